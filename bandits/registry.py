@@ -1,0 +1,66 @@
+"""Build a policy from its config, the experiment's arms and, optionally, a snapshot.
+
+This is the one constructor the decision workers and the learner need: a worker hot-swaps by
+calling :func:`build_policy` with the snapshot and version it just read, then replacing its
+reference to the old policy; nothing is mutated in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bandits.base import Arm, Policy
+from bandits.config import (
+    EpsilonGreedyConfig,
+    FixedConfig,
+    PolicyConfig,
+    ThompsonConfig,
+    VWCBConfig,
+)
+from bandits.epsilon_greedy import EpsilonGreedyPolicy
+from bandits.fixed import FixedPolicy
+from bandits.thompson import ThompsonPolicy
+from bandits.vw import VWPolicy
+
+__all__ = ["build_policy"]
+
+
+def build_policy(
+    config: PolicyConfig,
+    arms: Sequence[Arm],
+    *,
+    snapshot: bytes | None = None,
+    version: str = "0",
+) -> Policy:
+    """Return a ready policy; with ``snapshot``, its model state is restored exactly.
+
+    Args:
+        config: The experiment's policy config.
+        arms: The experiment's variants (keys and weights). ``fixed`` splits by weight,
+            ``thompson`` checks its floor against their count, ``vw_cb`` ignores them (it acts
+            on the candidates passed to ``choose``).
+        snapshot: Bytes from ``Policy.snapshot()`` of a policy of the same kind, or None
+            for a fresh model.
+        version: The model version to stamp on every Choice.
+
+    Raises:
+        ValueError: if the config does not fit the arms (e.g. ``min_share`` too large).
+        SnapshotError: if the snapshot is of another kind, corrupt, or incompatible.
+    """
+    match config:
+        case FixedConfig():
+            if snapshot is None:
+                return FixedPolicy(arms, version=version)
+            return FixedPolicy.restore(arms, snapshot, version=version)
+        case ThompsonConfig():
+            if snapshot is None:
+                return ThompsonPolicy(config, arms, version=version)
+            return ThompsonPolicy.restore(config, arms, snapshot, version=version)
+        case EpsilonGreedyConfig():
+            if snapshot is None:
+                return EpsilonGreedyPolicy(config, arms, version=version)
+            return EpsilonGreedyPolicy.restore(config, arms, snapshot, version=version)
+        case VWCBConfig():
+            if snapshot is None:
+                return VWPolicy(config, version=version)
+            return VWPolicy.restore(config, snapshot, version=version)

@@ -1,0 +1,195 @@
+"""Vowpal Wabbit ``--cb_explore_adf``: contextual bandit with shared and per-action features.
+
+One decision is one VW multi-line example: a ``shared`` line with the context (namespace
+``U``) followed by one line per candidate (namespace ``A``, see :mod:`bandits.features`).
+VW returns a pmf over the candidates (epsilon-greedy or SquareCB); we draw the action from
+that pmf with the caller's generator (not ``--cb_sample``'s internal seed), so the logged
+propensity is the pmf's value and runs are reproducible from the caller's seed.
+
+Learning uses the chosen action's label ``0:cost:propensity`` with ``cost = -reward``, set on
+the parsed example directly (``CBLabel``), which is also more precise than VW's text float
+parser.
+
+Parsed action examples are cached by the candidate's content (its msgpack encoding): VW leaves
+an action example as it found it after predict and learn (the tests pin that cached and fresh
+examples give identical pmfs), and reusing them halves the cost of a decision.
+
+Not thread-safe: a ``VWPolicy`` (its workspace and example cache) must be used by one thread
+at a time, e.g. one event loop per worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, Literal, cast
+
+import msgspec
+import numpy as np
+from vowpal_wabbit_next import CBLabel, TextFormatParser, Workspace
+from vowpal_wabbit_next import Example as VWExample
+
+from bandits.base import (
+    Candidate,
+    CandidateError,
+    Choice,
+    Context,
+    Example,
+    FloatArray,
+    SnapshotError,
+    check_candidates,
+    decode_snapshot,
+    draw_weighted,
+)
+from bandits.config import VWCBConfig
+from bandits.features import action_line, shared_line
+
+__all__ = ["VWPolicy"]
+
+NAME: Final = "vw_cb"
+_ACTION_CACHE_SIZE: Final = 10_000
+_NO_LABEL: Final = CBLabel()
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+class _VWState(msgspec.Struct, frozen=True, tag_field="kind", tag=NAME):
+    """A VW model and the arguments that shape it (all but epsilon)."""
+
+    args: list[str]
+    model: bytes
+    format: Literal[1] = 1
+
+
+class VWPolicy:
+    """Contextual bandit on Vowpal Wabbit with exact, caller-sampled propensities."""
+
+    def __init__(
+        self, config: VWCBConfig, *, version: str = "0", model: bytes | None = None
+    ) -> None:
+        """Create a workspace from the config, optionally loading serialized VW model bytes.
+
+        Raises:
+            SnapshotError: if VW cannot load ``model``.
+        """
+        self.name: str = NAME
+        self.version: str = version
+        self._config = config
+        try:
+            self._ws = Workspace(config.vw_args(), model_data=model)
+        except RuntimeError as exc:  # VW's way of saying the model bytes are unusable
+            raise SnapshotError(f"VW could not load the model: {exc}") from exc
+        self._parser = TextFormatParser(self._ws)
+        self._actions: dict[bytes, VWExample] = {}
+
+    # -- examples --------------------------------------------------------------------------
+
+    def _action_examples(self, candidates: Sequence[Candidate]) -> list[VWExample]:
+        """Return one parsed action example per candidate, reusing cached ones."""
+        check_candidates(candidates)
+        out: list[VWExample] = []
+        cache = self._actions
+        for candidate in candidates:
+            content = _ENCODER.encode(candidate)
+            example = cache.get(content)
+            if example is None:
+                if len(cache) >= _ACTION_CACHE_SIZE:
+                    cache.clear()
+                line = action_line(candidate.key, candidate.features)
+                example = cache[content] = self._parser.parse_line(line)
+            out.append(example)
+        return out
+
+    def _weights(self, context: Context, actions: list[VWExample]) -> list[float]:
+        """VW's pmf, indexed like ``actions`` (VW returns it sorted by probability)."""
+        shared = self._parser.parse_line(shared_line(context))
+        # --cb_explore_adf predicts ActionProbs: a list of (action index, probability).
+        prediction = cast(list[tuple[int, float]], self._ws.predict_one([shared, *actions]))
+        weights = [0.0] * len(actions)
+        for action, prob in prediction:
+            weights[action] = prob
+        return weights
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def pmf(self, context: Context, candidates: Sequence[Candidate]) -> FloatArray:
+        """Return VW's exploration pmf over ``candidates``, shape ``(n,)``, summing to one."""
+        weights = np.asarray(self._weights(context, self._action_examples(candidates)))
+        total = float(weights.sum())
+        if not total > 0:
+            raise CandidateError("VW returned no positive probability")
+        pmf: FloatArray = weights / total
+        return pmf
+
+    def choose(
+        self, context: Context, candidates: Sequence[Candidate], rng: np.random.Generator
+    ) -> Choice:
+        """Draw a candidate from VW's pmf for this context."""
+        actions = self._action_examples(candidates)
+        index, propensity = draw_weighted(self._weights(context, actions), rng.random())
+        return Choice(
+            index=index,
+            key=candidates[index].key,
+            propensity=propensity,
+            policy=self.name,
+            model_version=self.version,
+        )
+
+    def choose_many(
+        self,
+        contexts: Sequence[Context],
+        candidates: Sequence[Candidate],
+        rng: np.random.Generator,
+    ) -> list[Choice]:
+        """Decide for each context over the same candidates; equals repeated ``choose``."""
+        actions = self._action_examples(candidates)
+        out: list[Choice] = []
+        for context, u in zip(contexts, rng.random(len(contexts)).tolist(), strict=True):
+            index, propensity = draw_weighted(self._weights(context, actions), u)
+            out.append(
+                Choice(
+                    index=index,
+                    key=candidates[index].key,
+                    propensity=propensity,
+                    policy=self.name,
+                    model_version=self.version,
+                )
+            )
+        return out
+
+    # -- learning --------------------------------------------------------------------------
+
+    def learn(self, examples: Sequence[Example]) -> None:
+        """Learn from each example in order with label ``0:-reward:propensity``."""
+        for ex in examples:
+            actions = self._action_examples(ex.candidates)
+            shared = self._parser.parse_line(shared_line(ex.context))
+            chosen = actions[ex.chosen]
+            chosen.set_label(CBLabel(label=(0, -ex.reward, ex.propensity)))
+            try:
+                self._ws.learn_one([shared, *actions])
+            finally:
+                # The example stays cached for later decisions: it must not keep the label.
+                chosen.set_label(_NO_LABEL)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Serialize the VW model (with its online learning state) and its shaping args."""
+        state = _VWState(args=self._config.structural_args(), model=self._ws.serialize())
+        return msgspec.msgpack.encode(state)
+
+    @classmethod
+    def restore(cls, config: VWCBConfig, snapshot: bytes, *, version: str) -> VWPolicy:
+        """Rebuild from a snapshot; the config may change ``epsilon`` but nothing else.
+
+        Raises:
+            SnapshotError: if the snapshot is not a VW one, was trained with other arguments,
+                or VW cannot load it.
+        """
+        state = decode_snapshot(snapshot, _VWState, NAME)
+        expected = config.structural_args()
+        if state.args != expected:
+            raise SnapshotError(
+                f"snapshot was trained with VW arguments {' '.join(state.args)!r} but the "
+                f"config gives {' '.join(expected)!r}; only epsilon may change"
+            )
+        return cls(config, version=version, model=state.model)
