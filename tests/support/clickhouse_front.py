@@ -38,14 +38,15 @@ import base64
 import email.parser
 import email.policy
 import gzip
-import itertools
 import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -112,8 +113,8 @@ _STATUS_BY_NAME: dict[str, int] = {
 }  # fmt: skip
 # Quoted strings and comments are skipped; group 1 is a bare word outside them.
 _TOKEN_RE = re.compile(
-    r"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|`(?:[^`\\]|\\.)*`|--[^\n]*|/\*.*?\*/"""
-    r"|([A-Za-z_][A-Za-z0-9_]*)",
+    rb"""'(?:[^'\\]|\\.|'')*'|"(?:[^"\\]|\\.)*"|`(?:[^`\\]|\\.)*`|--[^\n]*|/\*.*?\*/"""
+    rb"|([A-Za-z_][A-Za-z0-9_]*)",
     re.DOTALL,
 )
 _CODE_RE = re.compile(r"Code: (\d+)\. DB::Exception: ")
@@ -136,14 +137,24 @@ class FrontError(Exception):
         text = raw[matches[-1].end() :].strip()
         names = _NAME_RE.findall(text)
         name = names[-1] if names else "UNKNOWN_EXCEPTION"
-        text = re.sub(rf"(?:\.? \({name}\))+\s*$", "", text)  # chdb repeats the name suffix
-        text = re.sub(r"\s*\(version [^()]*\)$", "", text)
-        return cls(int(matches[-1].group(1)), name, f"{text} ({name})")
+        suffix = re.compile(rf"(?:\.? \({name}\)|\s*\(version [^()]*\))$")
+        while (shorter := suffix.sub("", text)) != text:  # chdb repeats name and version
+            text = shorter
+        return cls(int(matches[-1].group(1)), name, text.rstrip("."))
 
     @property
     def status(self) -> int:
         """The HTTP status ClickHouse answers this error code with."""
         return _STATUS_BY_NAME.get(self.name, 500)
+
+
+class InsertData(msgspec.Struct, frozen=True, kw_only=True):
+    """An ``INSERT ... FORMAT f`` split into its SQL parts and the data that follows."""
+
+    head: str  # "INSERT INTO t (cols)"
+    settings: str  # "SETTINGS ..." before FORMAT, or ""
+    format: str
+    data: bytes
 
 
 class Statement(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +164,7 @@ class Statement(msgspec.Struct, frozen=True, kw_only=True):
     kind: str  # first keyword, upper case
     output_format: str | None  # the FORMAT named in the SQL, if any
     format_span: tuple[int, int] | None  # where that name sits in ``sql``
+    insert: InsertData | None = None  # set for INSERT ... FORMAT with data
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,25 +176,59 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def parse_statement(sql: bytes) -> Statement:
-    """Find the statement's kind and the output format it names (not scanning INSERT data)."""
-    head = sql[:4096].decode("utf-8", errors="replace")
-    first = next((m.group(1) for m in _TOKEN_RE.finditer(head) if m.group(1)), "")
-    kind = first.upper()
+    """Find the statement's kind, the output format it names, and any INSERT data.
+
+    Scanning stops at an INSERT's ``FORMAT <name>``: what follows is data, not SQL.
+    """
+    words = _words(sql)
+    first = next(words, None)
+    kind = first[0].upper() if first else ""
     if kind == "INSERT":
-        return Statement(sql=sql, kind=kind, output_format=None, format_span=None)
-    text = sql.decode("utf-8", errors="replace")
-    words = [(m.group(1), m.start(1), m.end(1)) for m in _TOKEN_RE.finditer(text) if m.group(1)]
-    output_format, span = None, None
-    for (word, _, end), (name, start, name_end) in itertools.pairwise(words):
-        tail = text[name_end:].strip().rstrip(";").strip()
-        if (
-            word.upper() == "FORMAT"
-            and not text[end:start].strip()
-            and (not tail or tail.upper().startswith("SETTINGS"))
-        ):
-            output_format = name
-            span = (len(text[:start].encode()), len(text[:name_end].encode()))
+        insert = _split_insert(sql, words)
+        return Statement(sql=sql, kind=kind, output_format=None, format_span=None, insert=insert)
+    output_format, span, previous = None, None, first
+    for word in words:
+        if previous and previous[0].upper() == "FORMAT" and not sql[previous[2] : word[1]].strip():
+            tail = sql[word[2] :].strip().rstrip(b";").strip()
+            if not tail or tail[:8].upper() == b"SETTINGS":
+                output_format, span = word[0], (word[1], word[2])
+        previous = word
     return Statement(sql=sql, kind=kind, output_format=output_format, format_span=span)
+
+
+def _words(sql: bytes) -> Iterator[tuple[str, int, int]]:
+    """Bare words outside quotes and comments, with their byte offsets, scanned lazily."""
+    for match in _TOKEN_RE.finditer(sql):
+        if match.group(1):
+            yield match.group(1).decode(), match.start(1), match.end(1)
+
+
+def _split_insert(sql: bytes, words: Iterator[tuple[str, int, int]]) -> InsertData | None:
+    """Split ``INSERT INTO t [(cols)] [SETTINGS ...] FORMAT f <data>``; None for other INSERTs."""
+    settings_at: int | None = None
+    previous: tuple[str, int, int] | None = None
+    for word, start, end in words:
+        upper = word.upper()
+        if upper in ("VALUES", "SELECT", "WITH", "INFILE"):
+            return None  # the engine parses these whole
+        if upper == "SETTINGS" and settings_at is None:
+            settings_at = start
+        if previous and previous[0].upper() == "FORMAT" and not sql[previous[2] : start].strip():
+            # As ClickHouse does: data starts after the first newline, else after the blanks.
+            data_at = end
+            while data_at < len(sql) and sql[data_at] in b" \t\f":
+                data_at += 1
+            data_at += sql.startswith(b"\r", data_at)
+            data_at += sql.startswith(b"\n", data_at)
+            cut = previous[1] if settings_at is None else settings_at
+            return InsertData(
+                head=sql[:cut].decode(),
+                settings=sql[cut : previous[1]].decode(),
+                format=word,
+                data=sql[data_at:],
+            )
+        previous = (word, start, end)
+    return None
 
 
 def native_header_block(columns: list[dict[str, str]]) -> bytes:
@@ -209,8 +255,13 @@ def decode_content(body: bytes, encoding: str) -> bytes:
     match encoding.strip().lower():
         case "" | "identity":
             return body
-        case "lz4":
-            return bytes(lz4.frame.decompress(body))
+        case "lz4":  # clickhouse-connect sends one frame per block; decode them all
+            out, rest = bytearray(), body
+            while rest:
+                decompressor = lz4.frame.LZ4FrameDecompressor()
+                out += decompressor.decompress(rest)
+                rest = decompressor.unused_data
+            return bytes(out)
         case "zstd":
             return bytes(zstd.decompress(body))
         case "gzip":
@@ -280,6 +331,7 @@ class ChdbEngine:
         self._database = "default"
         self._applied: dict[str, str] = {}  # settings currently SET on the engine
         self._session_databases: dict[str, str] = {}  # HTTP session_id -> database after USE
+        self._scratch = Path(tempfile.mkdtemp(prefix="chdb-front-"))  # staged INSERT data
         about = self._session.query("SELECT version(), timezone()", "TabSeparated")
         self.version, self.timezone = bytes(about.bytes()).decode().strip().split("\t")
         names = self._session.query("SELECT name FROM system.settings", "TabSeparated")
@@ -289,6 +341,7 @@ class ChdbEngine:
         """Close the chdb session once running statements finish."""
         with self._lock:
             self._session.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
     def execute(
         self,
@@ -303,13 +356,37 @@ class ChdbEngine:
         """Run one statement with its database, settings and bound parameters."""
         target = database or self._session_databases.get(session_id or "", "default")
         fmt = statement.output_format or default_format
+        sql, staged = statement.sql, None
+        if statement.insert is not None:
+            # chdb cuts inline data short past ~256 KiB; the engine reads a file whole.
+            sql, staged = self._stage_insert(statement.insert)
+        try:
+            return self._execute_locked(
+                statement, sql, target=target, session_id=session_id, settings=settings,
+                params=params, fmt=fmt,
+            )  # fmt: skip
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+
+    def _execute_locked(
+        self,
+        statement: Statement,
+        sql: bytes,
+        *,
+        target: str,
+        session_id: str | None,
+        settings: dict[str, str],
+        params: dict[str, str],
+        fmt: str,
+    ) -> Answer:
         with self._lock:
             if target != self._database:
                 self._run(f"USE `{_escape(target, '`')}`".encode(), "TabSeparated", {})
                 self._database = target
             self._apply_settings(settings)
             started = time.perf_counter_ns()
-            result = self._run(statement.sql, fmt, params)
+            result = self._run(sql, fmt, params)
             elapsed = time.perf_counter_ns() - started
             body = bytes(result.bytes() or b"")
             if statement.kind == "USE":
@@ -331,6 +408,14 @@ class ChdbEngine:
         }
         has_result = statement.kind in _RESULT_KINDS
         return Answer(body=body, output_format=fmt if has_result else None, summary=summary)
+
+    def _stage_insert(self, insert: InsertData) -> tuple[bytes, Path]:
+        """Write the data to a scratch file; return ``INSERT ... FROM INFILE`` and the file."""
+        staged = self._scratch / f"{uuid.uuid4().hex}.{insert.format.lower()}"
+        staged.write_bytes(insert.data)
+        infile = _escape(str(staged), "'")
+        sql = f"{insert.head} FROM INFILE '{infile}' {insert.settings} FORMAT {insert.format}"
+        return sql.encode(), staged
 
     def _empty_native(self, statement: Statement, params: dict[str, str]) -> bytes:
         """chdb writes no bytes for an empty Native result; a server sends the header block."""
@@ -470,7 +555,7 @@ class FrontHandler(BaseHTTPRequestHandler):
                 f"{user}: Authentication failed: password is incorrect, "
                 "or there is no user with such name."
             )
-            raise FrontError(516, "AUTHENTICATION_FAILED", f"{message} (AUTHENTICATION_FAILED)")
+            raise FrontError(516, "AUTHENTICATION_FAILED", message.rstrip("."))
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -498,7 +583,8 @@ class FrontHandler(BaseHTTPRequestHandler):
         headers["X-ClickHouse-Exception-Code"] = str(error.code)
         headers["Content-Type"] = "text/plain; charset=UTF-8"
         version = self.server.engine.version
-        text = f"Code: {error.code}. DB::Exception: {error.message} (version {version})\n"
+        text = f"Code: {error.code}. DB::Exception: {error.message}. ({error.name}) "
+        text += f"(version {version})\n"
         self._reply(error.status, text.encode(), headers)
 
     def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
