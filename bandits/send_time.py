@@ -257,7 +257,8 @@ class SendTimeThompson:
         s = cfg.smoothing
         smooth = (1 - 2 * s) * hist + s * (np.roll(hist, 1, axis=1) + np.roll(hist, -1, axis=1))
         total = smooth.sum(axis=1, keepdims=True)
-        lift: FloatArray = (smooth + cfg.history_prior / n_hours) * (n_hours / (total + cfg.history_prior))
+        profile: FloatArray = (smooth + cfg.history_prior / n_hours) / (total + cfg.history_prior)
+        lift: FloatArray = profile * n_hours
         if cfg.history_weight != 1.0:
             lift **= cfg.history_weight
         return lift
