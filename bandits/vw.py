@@ -14,6 +14,9 @@ Parsed action examples are cached by the candidate's content (its msgpack encodi
 an action example as it found it after predict and learn (the tests pin that cached and fresh
 examples give identical pmfs), and reusing them halves the cost of a decision.
 
+A snapshot restores the weights and learning state exactly (pmfs and further learning are
+identical); VW's reporting counters (average loss, example counts) restart from zero.
+
 Not thread-safe: a ``VWPolicy`` (its workspace and example cache) must be used by one thread
 at a time, e.g. one event loop per worker process.
 """

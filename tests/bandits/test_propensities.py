@@ -1,0 +1,127 @@
+"""Every policy: pmfs sum to one, choices follow them, propensities are exact and reproducible."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bandits.base import Arm, Candidate, CandidateError, Context, Example, Policy
+from bandits.config import (
+    EpsilonGreedyConfig,
+    FixedConfig,
+    ThompsonConfig,
+    VWCBConfig,
+)
+from bandits.registry import build_policy
+
+ARMS = [Arm(key="a", weight=1.0), Arm(key="b", weight=2.0), Arm(key="c", weight=3.0),
+        Arm(key="d", weight=4.0)]
+CANDIDATES = tuple(Candidate(key=a.key, features={"size": i + 1}) for i, a in enumerate(ARMS))
+CONTEXT: Context = {"country": "fr", "visits": 3, "member": True}
+REWARD_RATES = {"a": 0.2, "b": 0.5, "c": 0.35, "d": 0.1}
+
+
+def _trained(config: FixedConfig | ThompsonConfig | EpsilonGreedyConfig | VWCBConfig) -> Policy:
+    """A policy taught 300 uniformly logged examples, so its pmf is not uniform."""
+    policy = build_policy(config, ARMS, version="v7")
+    rng = np.random.default_rng(11)
+    examples = []
+    for _ in range(300):
+        chosen = int(rng.integers(len(CANDIDATES)))
+        reward = float(rng.random() < REWARD_RATES[CANDIDATES[chosen].key])
+        examples.append(Example(context=CONTEXT, candidates=CANDIDATES, chosen=chosen,
+                                propensity=0.25, reward=reward))
+    policy.learn(examples)
+    return policy
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "fixed": lambda: _trained(FixedConfig()),
+    "thompson": lambda: _trained(ThompsonConfig(min_share=0.05)),
+    "thompson_segmented": lambda: _trained(ThompsonConfig(segment_by="country")),
+    "epsilon_greedy": lambda: _trained(EpsilonGreedyConfig(epsilon=0.3)),
+    "vw_epsilon": lambda: _trained(VWCBConfig(epsilon=0.3)),
+    "vw_squarecb": lambda: _trained(VWCBConfig(exploration="squarecb", gamma_scale=5.0)),
+}
+
+
+@pytest.fixture(params=list(POLICIES), scope="module")
+def policy(request: pytest.FixtureRequest) -> Policy:
+    """Each policy kind, trained on the same logged data."""
+    return POLICIES[request.param]()
+
+
+def test_pmf_sums_to_one_and_is_not_degenerate(policy: Policy) -> None:
+    """The pmf is a probability vector over the candidates with more than one live arm."""
+    pmf = policy.pmf(CONTEXT, CANDIDATES)
+    assert pmf.shape == (len(CANDIDATES),)
+    assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    assert (pmf >= 0).all()
+    assert (pmf > 0).sum() >= 2
+
+
+def test_choice_frequencies_match_pmf(policy: Policy) -> None:
+    """20,000 draws from a fixed seed pass a chi-square test against the pmf at p > 0.001."""
+    rng = np.random.default_rng(2024)
+    pmf = policy.pmf(CONTEXT, CANDIDATES)
+    n = 20_000
+    choices = policy.choose_many([CONTEXT] * n, CANDIDATES, rng)
+    counts = np.bincount([c.index for c in choices], minlength=len(CANDIDATES))
+    live = pmf > 0
+    assert counts[~live].sum() == 0
+    result = stats.chisquare(counts[live], f_exp=pmf[live] * n)
+    assert result.pvalue > 1e-3
+
+
+def test_logged_propensity_is_the_pmf_value(policy: Policy) -> None:
+    """Each Choice carries pmf[index], the key at that index, the policy name and version."""
+    rng = np.random.default_rng(5)
+    pmf = policy.pmf(CONTEXT, CANDIDATES)
+    for _ in range(50):
+        choice = policy.choose(CONTEXT, CANDIDATES, rng)
+        assert choice.propensity == pytest.approx(pmf[choice.index], rel=1e-9)
+        assert choice.key == CANDIDATES[choice.index].key
+        assert choice.policy == policy.name
+        assert choice.model_version == "v7"
+
+
+def test_choose_many_equals_repeated_choose(policy: Policy) -> None:
+    """The bulk path consumes the generator exactly like one choose per context."""
+    contexts: list[Context] = [CONTEXT, {"country": "de"}, {}] * 30
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    one_by_one = [policy.choose(c, CANDIDATES, rng_a) for c in contexts]
+    assert policy.choose_many(contexts, CANDIDATES, rng_b) == one_by_one
+
+
+def test_same_seed_same_decisions() -> None:
+    """Two policies built and trained identically make identical choices from the same seed."""
+    for make in POLICIES.values():
+        first, second = make(), make()
+        a = first.choose_many([CONTEXT] * 200, CANDIDATES, np.random.default_rng(3))
+        b = second.choose_many([CONTEXT] * 200, CANDIDATES, np.random.default_rng(3))
+        assert a == b
+
+
+def test_candidate_subset_renormalises(policy: Policy) -> None:
+    """Offering a subset of the arms yields a pmf over that subset that sums to one."""
+    subset = (CANDIDATES[3], CANDIDATES[1])
+    pmf = policy.pmf(CONTEXT, subset)
+    assert pmf.shape == (2,)
+    assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    choice = policy.choose(CONTEXT, subset, np.random.default_rng(0))
+    assert choice.key in {"d", "b"}
+
+
+@pytest.mark.parametrize(
+    ("candidates", "match"),
+    [((), "no candidates"), ((CANDIDATES[0], CANDIDATES[0]), "unique")],
+)
+def test_bad_candidate_sets_are_refused(
+    policy: Policy, candidates: tuple[Candidate, ...], match: str
+) -> None:
+    """Every policy refuses an empty candidate set and duplicate keys."""
+    with pytest.raises(CandidateError, match=match):
+        policy.choose(CONTEXT, candidates, np.random.default_rng(0))

@@ -1,0 +1,143 @@
+"""Vowpal Wabbit policy: learning, personalisation, example caching and snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from vowpal_wabbit_next import CBLabel, TextFormatParser, Workspace
+
+from bandits.base import Arm, Candidate, Context, Example, SnapshotError
+from bandits.config import ThompsonConfig, VWCBConfig
+from bandits.features import action_line, shared_line
+from bandits.registry import build_policy
+from bandits.thompson import ThompsonPolicy
+from bandits.vw import VWPolicy
+
+CANDIDATES = (
+    Candidate(key="banner_red", features={"colour": "red", "size": 1.0}),
+    Candidate(key="banner_blue", features={"colour": "blue", "size": 2.0}),
+    Candidate(key="banner_green", features={"colour": "green", "tags": ["eco", "sale"]}),
+)
+SEGMENTS = ("young", "adult", "senior")
+# Segment s converts best on candidate s (0.7 vs 0.1).
+RATES = np.full((3, 3), 0.1) + np.eye(3) * 0.6
+
+
+def _context(segment: int, rng: np.random.Generator) -> Context:
+    return {"age_band": SEGMENTS[segment], "visits": int(rng.integers(1, 20)),
+            "member": bool(rng.random() < 0.5)}
+
+
+def _simulate(policy: VWPolicy, steps: int, rng: np.random.Generator) -> list[Example]:
+    """Online loop: decide, observe a Bernoulli reward, learn; returns the logged examples."""
+    logged = []
+    for _ in range(steps):
+        segment = int(rng.integers(3))
+        context = _context(segment, rng)
+        choice = policy.choose(context, CANDIDATES, rng)
+        reward = float(rng.random() < RATES[segment, choice.index])
+        example = Example(context=context, candidates=CANDIDATES, chosen=choice.index,
+                          propensity=choice.propensity, reward=reward)
+        policy.learn([example])
+        logged.append(example)
+    return logged
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[VWPolicy, list[Example]]:
+    """A VW policy taught 3,000 simulated decisions with segment-dependent best arms."""
+    policy = VWPolicy(VWCBConfig(epsilon=0.1), version="v1")
+    logged = _simulate(policy, 3_000, np.random.default_rng(1))
+    return policy, logged
+
+
+@pytest.mark.slow
+def test_personalises_by_segment(trained: tuple[VWPolicy, list[Example]]) -> None:
+    """After 3,000 examples each segment's best arm is greedy and chosen > 85% of the time
+    (the pmf's ceiling at epsilon 0.1 is 0.933)."""
+    policy, _ = trained
+    rng = np.random.default_rng(2)
+    for segment in range(3):
+        contexts = [_context(segment, rng) for _ in range(400)]
+        picks = [c.index for c in policy.choose_many(contexts, CANDIDATES, rng)]
+        assert policy.pmf(contexts[0], CANDIDATES).argmax() == segment
+        assert picks.count(segment) / len(picks) > 0.85
+
+
+@pytest.mark.slow
+def test_converges_without_context() -> None:
+    """With an empty context VW learns the single best arm (rates 0.2, 0.6, 0.3)."""
+    policy = VWPolicy(VWCBConfig(exploration="squarecb"))
+    rng = np.random.default_rng(3)
+    rates = (0.2, 0.6, 0.3)
+    for _ in range(1_500):
+        choice = policy.choose({}, CANDIDATES, rng)
+        policy.learn([Example(context={}, candidates=CANDIDATES, chosen=choice.index,
+                              propensity=choice.propensity,
+                              reward=float(rng.random() < rates[choice.index]))])
+    assert policy.pmf({}, CANDIDATES)[1] > 0.8
+
+
+def test_learning_matches_plain_vw_on_fresh_examples(
+    trained: tuple[VWPolicy, list[Example]],
+) -> None:
+    """Cached, relabelled action examples train exactly like freshly parsed ones."""
+    _, logged = trained
+    policy = VWPolicy(VWCBConfig(epsilon=0.1))
+    policy.learn(logged[:500])
+    reference = Workspace(VWCBConfig(epsilon=0.1).vw_args())
+    parser = TextFormatParser(reference)
+    for ex in logged[:500]:
+        actions = [parser.parse_line(action_line(c.key, c.features)) for c in ex.candidates]
+        actions[ex.chosen].set_label(CBLabel(label=(0, -ex.reward, ex.propensity)))
+        reference.learn_one([parser.parse_line(shared_line(ex.context)), *actions])
+    np.testing.assert_array_equal(policy._ws.weights(), reference.weights())
+
+
+def test_snapshot_restores_identical_predictions(
+    trained: tuple[VWPolicy, list[Example]],
+) -> None:
+    """A restored policy predicts the same pmfs as the original for the logged contexts."""
+    policy, logged = trained
+    restored = build_policy(VWCBConfig(epsilon=0.1), [], snapshot=policy.snapshot(),
+                            version="v2")
+    assert restored.version == "v2"
+    for ex in logged[:50]:
+        np.testing.assert_array_equal(restored.pmf(ex.context, CANDIDATES),
+                                      policy.pmf(ex.context, CANDIDATES))
+
+
+def test_epsilon_may_change_on_restore(trained: tuple[VWPolicy, list[Example]]) -> None:
+    """Restoring under a larger epsilon keeps the greedy arm and applies the new exploration."""
+    policy, logged = trained
+    wider = VWPolicy.restore(VWCBConfig(epsilon=0.3), policy.snapshot(), version="v2")
+    context = logged[0].context
+    old, new = policy.pmf(context, CANDIDATES), wider.pmf(context, CANDIDATES)
+    assert new.argmax() == old.argmax()
+    assert new.max() == pytest.approx(0.7 + 0.1, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("config", "snapshot", "match"),
+    [
+        (VWCBConfig(exploration="squarecb"), None, "trained with VW arguments"),
+        (VWCBConfig(interactions=()), None, "only epsilon may change"),
+        (VWCBConfig(), b"not msgpack at all", "not a vw_cb snapshot"),
+        (VWCBConfig(), ThompsonPolicy(ThompsonConfig(), [Arm(key="a")]).snapshot(),
+         "not a vw_cb snapshot"),
+    ],
+)
+def test_incompatible_snapshots_are_refused(
+    trained: tuple[VWPolicy, list[Example]], config: VWCBConfig, snapshot: bytes | None,
+    match: str,
+) -> None:
+    """Snapshots of another shape or kind raise SnapshotError instead of corrupting VW."""
+    policy, _ = trained
+    with pytest.raises(SnapshotError, match=match):
+        VWPolicy.restore(config, snapshot or policy.snapshot(), version="v2")
+
+
+def test_corrupt_model_bytes_are_refused() -> None:
+    """Model bytes VW cannot load raise SnapshotError with VW's reason."""
+    with pytest.raises(SnapshotError, match="VW could not load the model"):
+        VWPolicy(VWCBConfig(), model=b"\x00" * 64)
