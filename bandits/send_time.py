@@ -31,7 +31,9 @@ noise in π is independent of the reward). Every feasible hour gets at least
 min_share / n_feasible. The standard normals come from a per-call pool of `_POOL_ROWS` fresh
 H-vectors, of which each recipient uses `mc_draws` rows picked at random — which makes the bulk
 path cost microseconds per recipient instead of tens; batches of at most `_POOL_ROWS` draws in
-all (e.g. the single-recipient path) use independent draws.
+all (e.g. the single-recipient path) use independent draws. With 168 hours of week only each
+recipient's `_MAX_CONTENDERS` hours of highest upper bound μL + 3σL enter the Monte Carlo (the
+others get p̂ = 0, the floor still covers them): π stays exact, the cost stays that of 32 hours.
 
 Mapping onto `bandits.base`: `HourChoice.hour` is `Choice.index`, `str(hour)` its key,
 `propensity`, `policy` and `model_version` carry over; the context of an `Example` is the
@@ -51,6 +53,7 @@ POLICY_NAME: Final = "send_time_thompson"
 _SNAPSHOT_FORMAT: Final = 1
 _POOL_ROWS: Final = 2048
 _CHUNK_ELEMENTS: Final = 1 << 20  # draws per chunk: bounds memory (~4 MB float32)
+_MAX_CONTENDERS: Final = 32  # hours per recipient that enter the Monte Carlo (hour of week)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -161,6 +164,33 @@ def sample_from_pmf(pmf: FloatArray, rng: np.random.Generator) -> tuple[IntArray
     chosen[empty] = -1
     propensity[empty] = 0.0
     return chosen, propensity
+
+
+def _win_shares(
+    mean: npt.NDArray[np.float32], sd: npt.NDArray[np.float32], k: int, rng: np.random.Generator
+) -> FloatArray:
+    """Share of k normal draws N(mean, sd²) won by each column, shape (n, C) like `mean`."""
+    n, n_cols = mean.shape
+    # Small batches (the single-recipient path) get independent draws; large ones
+    # resample rows of a fresh pool, which costs a gather instead of n·k·C normals.
+    small = n * k <= _POOL_ROWS
+    pool = rng.standard_normal((n * k if small else _POOL_ROWS, n_cols), dtype=np.float32)
+    wins = np.empty((n, n_cols), dtype=np.float64)
+    step = max(1, _CHUNK_ELEMENTS // (k * n_cols))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        if small:
+            rows = pool.reshape(n, k, n_cols)[lo:hi]
+        else:
+            rows = pool[rng.integers(0, _POOL_ROWS, size=(hi - lo, k))]  # (m, k, C)
+        rows *= sd[lo:hi, None, :]
+        rows += mean[lo:hi, None, :]
+        winner = rows.argmax(axis=2)  # (m, k)
+        flat = (np.arange(hi - lo)[:, None] * n_cols + winner).ravel()
+        counts = np.bincount(flat, minlength=(hi - lo) * n_cols)
+        wins[lo:hi] = counts.reshape(hi - lo, n_cols)
+    wins /= k
+    return wins
 
 
 class SendTimeThompson:
@@ -288,29 +318,27 @@ class SendTimeThompson:
         mean32 = np.where(mask, mean, -np.inf).astype(np.float32)
         sd32 = np.where(mask, sd, 0.0).astype(np.float32)
         n, n_hours = mask.shape
-        k = self.config.mc_draws
-        # Small batches (the single-recipient path) get independent draws; large ones
-        # resample rows of a fresh pool, which costs a gather instead of n·k·H normals.
-        small = n * k <= _POOL_ROWS
-        pool = rng.standard_normal((n * k if small else _POOL_ROWS, n_hours), dtype=np.float32)
-        wins = np.empty((n, n_hours), dtype=np.float64)
-        step = max(1, _CHUNK_ELEMENTS // (k * n_hours))
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            if small:
-                rows = pool.reshape(n, k, n_hours)[lo:hi]
-            else:
-                rows = pool[rng.integers(0, _POOL_ROWS, size=(hi - lo, k))]  # (m, k, H)
-            rows *= sd32[lo:hi, None, :]
-            rows += mean32[lo:hi, None, :]
-            winner = rows.argmax(axis=2)  # (m, k)
-            flat = (np.arange(hi - lo)[:, None] * n_hours + winner).ravel()
-            counts = np.bincount(flat, minlength=(hi - lo) * n_hours)
-            wins[lo:hi] = counts.reshape(hi - lo, n_hours)
+        if n_hours <= _MAX_CONTENDERS:
+            wins = _win_shares(mean32, sd32, self.config.mc_draws, rng)
+        else:
+            # Only the hours with the highest upper bounds (μL + 3σL) can realistically win;
+            # random jitter breaks exact ties so that a flat prior does not favour Monday.
+            bound = (mean + 3 * sd) * (1 + 1e-9 * rng.random(mean.shape))  # > 0: μ > 0, L > 0
+            upper = np.where(mask, bound, -np.inf)
+            contenders = np.argpartition(-upper, _MAX_CONTENDERS - 1, axis=1)
+            contenders = contenders[:, :_MAX_CONTENDERS]
+            shares = _win_shares(
+                np.take_along_axis(mean32, contenders, axis=1),
+                np.take_along_axis(sd32, contenders, axis=1),
+                self.config.mc_draws,
+                rng,
+            )
+            wins = np.zeros((n, n_hours))
+            np.put_along_axis(wins, contenders, shares, axis=1)
         n_feasible = mask.sum(axis=1, keepdims=True)
         floor = np.where(mask, 1.0 / np.maximum(n_feasible, 1), 0.0)
         eps = self.config.min_share
-        pmf = (1 - eps) * (wins / k) + eps * floor
+        pmf = (1 - eps) * wins + eps * floor
         pmf[n_feasible[:, 0] == 0] = 0.0
         return pmf
 
