@@ -9,8 +9,10 @@ pseudo-observations:
     r̂(a)    = (Σ_{i: a_i = a} r_i + k r̄) / (n_a + k)
     r̂(s, a) = (Σ_{i: s_i = s, a_i = a} r_i + k r̂(a)) / (n_{s,a} + k)
 
-so a cell never seen falls back to its action's mean, and an action never logged to r̄. The
-model is fitted on the logged rows themselves; within a cell it ignores how the logging policy
+so a cell never seen falls back to its action's mean, and an action never logged to r̄.
+Shrinkage trades variance for bias in sparse cells — the direct method inherits that bias, the
+doubly robust estimate corrects it through the propensities. The model is fitted on the logged
+rows themselves; within a cell it ignores how the logging policy
 chose, so it can be biased where the policy used finer context than the cells — DR stays
 consistent then because its importance-weighted correction uses the propensities. A ridge model
 on numeric features, or cross-fitting, would be the next refinements and are not provided here.

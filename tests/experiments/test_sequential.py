@@ -65,15 +65,18 @@ def test_p_value_is_the_inverse_mixture_likelihood_ratio() -> None:
 
 
 def test_sequence_at_horizon_is_about_one_and_a_half_fixed_intervals() -> None:
-    """At the planned horizon the sequence is 1.4–1.7× the fixed interval, and always wider."""
+    """At the planned horizon the sequence is 1.4–1.7× the fixed interval, and always wider;
+    planning for far more or far fewer units than observed gives a wider sequence."""
     rng = np.random.default_rng(6)
     control, treatment = rng.normal(10, 3, 4_000), rng.normal(10, 3, 4_000)
     c, t = summarize(control), summarize(treatment)
     fixed = mean_lift(c, t)
     at_horizon = sequential_mean_test(c, t, horizon_units=8_000)
     early = sequential_mean_test(c, t, horizon_units=800_000)
+    late = sequential_mean_test(c, t, horizon_units=80)
     assert 1.4 < at_horizon.absolute.width / fixed.absolute.width < 1.7
-    assert early.absolute.width > fixed.absolute.width
+    assert early.absolute.width > 1.2 * at_horizon.absolute.width
+    assert late.absolute.width > 1.1 * at_horizon.absolute.width
     assert at_horizon.relative.width > fixed.relative.width
 
 
