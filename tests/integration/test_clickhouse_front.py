@@ -259,13 +259,34 @@ def test_wrong_credentials_are_refused(front_dsn: str, user: str, password: str)
         get_client(host=url.hostname, port=url.port, username=user, password=password)
 
 
-def test_get_requests_are_read_only(address: tuple[str, int]) -> None:
-    """GET runs SELECTs but refuses statements that write, as ClickHouse does (READONLY)."""
-    ok_status, _, ok_body = raw_request(address, "GET", "/?" + urlencode({"query": "SELECT 2"}))
-    assert (ok_status, ok_body) == (200, b"2\n")
-    query = {"query": "CREATE TABLE get_made (a UInt8) ENGINE = Memory"}
-    status, headers, _ = raw_request(address, "GET", "/?" + urlencode(query))
-    assert (status, headers["X-ClickHouse-Exception-Code"]) == (500, "164")
+class ReadOnlyCase(NamedTuple):
+    """A request and the exception code it earns (None: it runs and returns ``2``)."""
+
+    method: str
+    params: dict[str, str]
+    sql: str
+    code: str | None
+
+
+READ_ONLY_CASES = [
+    ReadOnlyCase("GET", {}, "SELECT 2", None),
+    ReadOnlyCase("GET", {}, "CREATE TABLE get_made (a UInt8) ENGINE = Memory", "164"),
+    ReadOnlyCase(
+        "POST", {"readonly": "1"}, "CREATE TABLE ro_made (a UInt8) ENGINE = Memory", "164"
+    ),
+    ReadOnlyCase("POST", {"readonly": "1"}, "SELECT 2", None),
+]
+
+
+@pytest.mark.parametrize("case", READ_ONLY_CASES)
+def test_get_and_readonly_refuse_writes(address: tuple[str, int], case: ReadOnlyCase) -> None:
+    """GET and ``readonly=1`` run reads but refuse writes, as ClickHouse does (READONLY)."""
+    query = urlencode({"query": case.sql, **case.params})
+    status, headers, body = raw_request(address, case.method, "/?" + query)
+    expected_status = 200 if case.code is None else 500
+    assert (status, headers.get("X-ClickHouse-Exception-Code")) == (expected_status, case.code)
+    if case.code is None:
+        assert body == b"2\n"
 
 
 @pytest.mark.parametrize(

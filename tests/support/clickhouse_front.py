@@ -6,8 +6,9 @@ the HTTP interface that clickhouse-connect uses:
 
 - ``GET|POST /ping`` and ``GET /`` answer ``Ok.``; any other path is a 404.
 - The statement is the ``query`` URL parameter, a newline, and the request body, as ClickHouse
-  builds it; for ``INSERT ... FORMAT <fmt>`` the rest of the body is the data, which chdb parses
-  itself (binary Native included). ``multipart/form-data`` bodies (clickhouse-connect's form
+  builds it. For ``INSERT ... FORMAT <fmt>`` the rest is data: it is staged in a scratch file and
+  inserted with ``INSERT ... FROM INFILE`` (chdb cuts inline Native data short). GET, or
+  ``readonly=1``, refuses writes. ``multipart/form-data`` bodies (clickhouse-connect's form
   encoding for large bound parameters) carry ``query`` and ``param_*`` fields.
 - ``param_<name>`` values go to chdb's own ``{name:Type}`` binding, so quoting and escaping are
   the engine's, exactly as a server would apply them.
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -81,11 +83,13 @@ _TRANSPORT_PARAMS = frozenset({
     "session_id", "session_timeout", "session_check", "compress", "decompress", "buffer_size",
     "wait_end_of_query", "client_protocol_version", "role", "send_progress_in_http_headers",
     "http_headers_progress_interval_ms", "enable_http_compression", "http_zlib_compression_level",
-    "cancel_http_readonly_queries_on_client_close", "http_response_buffer_size",
+    "cancel_http_readonly_queries_on_client_close", "http_response_buffer_size", "readonly",
 })  # fmt: skip
 # Statements that produce a result set (and so an X-ClickHouse-Format header).
-_RESULT_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
-_READ_ONLY_KINDS = _RESULT_KINDS | {"SET", "USE", "CHECK"}
+_RESULT_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN",
+                           "CHECK"})  # fmt: skip
+_READ_ONLY_KINDS = _RESULT_KINDS | {"SET", "USE"}
+_MAX_SESSIONS = 1000  # remembered HTTP sessions (their USE database), oldest dropped first
 # exceptionCodeToHTTPStatus in ClickHouse's src/Server/HTTP, keyed by the error's name.
 _STATUS_BY_NAME: dict[str, int] = {
     "REQUIRED_PASSWORD": 401,
@@ -394,6 +398,8 @@ class ChdbEngine:
                 self._database = bytes(current.bytes()).decode().strip()
                 if session_id:
                     self._session_databases[session_id] = self._database
+                    while len(self._session_databases) > _MAX_SESSIONS:
+                        del self._session_databases[next(iter(self._session_databases))]
             if not body and fmt == "Native" and statement.kind in _RESULT_KINDS:
                 body = self._empty_native(statement, params)
         summary = {
@@ -495,6 +501,9 @@ class FrontHandler(BaseHTTPRequestHandler):
             self._run_query(method, params, body, query_id)
         except FrontError as error:
             self._send_error(error, query_id)
+        except Exception as error:  # a front bug must still answer, not drop the connection
+            traceback.print_exc()
+            self._send_error(FrontError(1001, "STD_EXCEPTION", repr(error)), query_id)
 
     def _run_query(self, method: str, params: dict[str, str], body: bytes, query_id: str) -> None:
         content_type = self.headers.get("Content-Type", "")
@@ -511,9 +520,10 @@ class FrontHandler(BaseHTTPRequestHandler):
         if not sql.strip():
             raise FrontError(62, "SYNTAX_ERROR", "Empty query")
         statement = parse_statement(sql)
-        if method == "GET" and statement.kind not in _READ_ONLY_KINDS:
+        read_only = method == "GET" or params.get("readonly", "0") not in ("", "0")
+        if read_only and statement.kind not in _READ_ONLY_KINDS:
             message = "Cannot execute query in readonly mode. For queries over HTTP, method GET "
-            raise FrontError(164, "READONLY", message + "implies readonly. Use method POST.")
+            raise FrontError(164, "READONLY", message + "implies readonly. Use method POST")
         engine = self.server.engine
         settings = {
             name: value
@@ -529,7 +539,7 @@ class FrontHandler(BaseHTTPRequestHandler):
             default_format=self.headers.get("X-ClickHouse-Format")
             or params.get("default_format", "TabSeparated"),
         )
-        headers = self._common_headers(query_id)
+        headers = self._common_headers(query_id, settings.get("session_timezone"))
         headers["X-ClickHouse-Summary"] = json.dumps(answer.summary, separators=(",", ":"))
         headers["Content-Type"] = _content_type(answer.output_format)
         if answer.output_format:
@@ -570,10 +580,10 @@ class FrontHandler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _common_headers(self, query_id: str) -> dict[str, str]:
+    def _common_headers(self, query_id: str, timezone: str | None = None) -> dict[str, str]:
         return {
             "X-ClickHouse-Query-Id": query_id,
-            "X-ClickHouse-Timezone": self.server.engine.timezone,
+            "X-ClickHouse-Timezone": timezone or self.server.engine.timezone,
             "X-ClickHouse-Server-Display-Name": "chdb-front",
             "Keep-Alive": "timeout=30",
         }
