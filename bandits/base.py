@@ -14,6 +14,7 @@ policy from the snapshot (see :func:`bandits.registry.build_policy`).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Protocol, TypeVar, runtime_checkable
@@ -169,7 +170,7 @@ class Sampler:
     entries are never drawn and each index has probability ``pmf[i]``.
     """
 
-    __slots__ = ("_cdf", "_last", "_total", "pmf")
+    __slots__ = ("_cdf", "_cdf_list", "_last", "_pmf_list", "_total", "pmf")
 
     def __init__(self, weights: npt.ArrayLike) -> None:
         pmf = np.asarray(weights, dtype=np.float64)
@@ -185,10 +186,14 @@ class Sampler:
         self._cdf = np.cumsum(self.pmf)
         self._total = float(self._cdf[-1])
         self._last = int(np.flatnonzero(self.pmf)[-1])
+        # Python lists for the one-draw path: bisect on a list is ~20x faster than numpy's
+        # searchsorted on a small array, and it finds the same index.
+        self._cdf_list: list[float] = self._cdf.tolist()
+        self._pmf_list: list[float] = self.pmf.tolist()
 
     def draw(self, u: float) -> int:
         """Map one uniform in [0, 1) to an index."""
-        i = int(np.searchsorted(self._cdf, u * self._total, side="right"))
+        i = bisect.bisect_right(self._cdf_list, u * self._total)
         return min(i, self._last)
 
     def draw_many(self, u: FloatArray) -> npt.NDArray[np.intp]:
@@ -202,7 +207,7 @@ class Sampler:
         return Choice(
             index=i,
             key=keys[i],
-            propensity=float(self.pmf[i]),
+            propensity=self._pmf_list[i],
             policy=name,
             model_version=version,
         )
@@ -211,12 +216,12 @@ class Sampler:
         self, keys: Sequence[str], u: FloatArray, name: str, version: str
     ) -> list[Choice]:
         """Draw one index per uniform in ``u`` and wrap each as a Choice."""
-        pmf = self.pmf
+        pmf = self._pmf_list
         return [
             Choice(
                 index=i,
                 key=keys[i],
-                propensity=float(pmf[i]),
+                propensity=pmf[i],
                 policy=name,
                 model_version=version,
             )
