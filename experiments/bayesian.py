@@ -38,7 +38,7 @@ __all__ = [
     "normal_comparison",
 ]
 
-_MAX_EXACT_TERMS = 50_000_000
+_MAX_EXACT_TERMS = 2_000_000  # 16 MB per temporary array
 
 
 class BayesianResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,7 +140,7 @@ def exact_chance_to_beat(
     summed in log space.
 
     Raises:
-        ValueError: when the treatment's posterior alpha is not an integer or exceeds 5e7.
+        ValueError: when the treatment's posterior alpha is not an integer or exceeds 2e6.
     """
     _check_prior(prior_alpha, prior_beta)
     a_c, b_c = _posterior(control, prior_alpha, prior_beta)
