@@ -1,0 +1,111 @@
+"""The application factory: ``create_app(settings)`` is the only way to build the ASGI app."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from decision_api.logging import configure_logging
+from decision_api.problems import EXCEPTION_HANDLERS
+from decision_api.routes.decide import DecideController
+from decision_api.routes.dependencies import provide_services
+from decision_api.routes.experiments import ExperimentController
+from decision_api.routes.ops import healthz, metrics, readyz
+from decision_api.routes.outcomes import OutcomeController
+from decision_api.routes.units import EventController, UnitController
+from decision_api.services import open_services
+from decision_api.settings import Settings
+
+VERSION = "0.1.0"
+
+
+class RequestIdMiddleware:
+    """Give every request an id (the caller's ``X-Request-ID`` or a new one), bind it to logs
+    and echo it in the response. One counter is shared by every route."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+        self._prefix = f"{os.getpid():x}-"
+
+    def __call__(self, app: ASGIApp) -> ASGIApp:
+        """Wrap one route's ASGI app."""
+        counter, prefix = self._counter, self._prefix
+        return _with_request_id(app, counter, prefix)
+
+
+def _with_request_id(app: ASGIApp, counter: itertools.count[int], prefix: str) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        rid = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")[:64]
+                break
+        if rid is None:
+            rid = prefix + str(next(counter))
+        scope.setdefault("state", {})["request_id"] = rid
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the Tailor API for these settings; resources open in the lifespan."""
+    configure_logging(settings.log_format, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_services(settings) as services:
+            app.state.services = services
+            yield
+
+    origins = [o.strip() for o in settings.auth.cors_origins.split(",") if o.strip()]
+    cors = CORSConfig(allow_origins=origins, allow_headers=["*"]) if origins else None
+    handlers: list[Any] = [
+        DecideController,
+        ExperimentController,
+        UnitController,
+        EventController,
+        OutcomeController,
+        healthz,
+        readyz,
+        metrics,
+    ]
+    return Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestIdMiddleware()],
+        openapi_config=OpenAPIConfig(
+            title="Tailor",
+            version=VERSION,
+            path="/schema",
+            description="Experimentation and real-time personalization decision API.",
+        ),
+        cors_config=cors,
+        request_max_body_size=settings.decisions.max_body_bytes,
+        debug=False,
+    )

@@ -1,0 +1,295 @@
+"""The decision path: one unit, several placements, a variant for each — in well under a ms.
+
+For every placement the engine walks the live experiments serving it (highest priority first):
+
+1. targeting rules over the unit's profile merged with the request context;
+2. the layer slice (mutually exclusive experiments share a layer);
+3. the global holdout and the experiment's holdout (default variant, reason ``holdout``);
+4. consent (no consent: default variant, no profile read, pseudonymised unit id);
+5. the policy: ``fixed`` is the deterministic hash split; learning policies come from the
+   :class:`PolicyProvider` (bandits), which returns the choice and its exact propensity.
+
+Every placement decision is logged as an exposure with its reason code. A Redis failure while
+reading the profile does not fail the decision: the unit is decided on the request context alone
+and the answer says ``degraded: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import structlog
+from redis.exceptions import RedisError
+
+from bandits.base import Choice
+from bandits.config import FixedConfig
+from decision_api.event_writer import EventSink
+from decision_api.events import Exposure
+from decision_api.feature_store import EMPTY_PROFILE, FeatureStore, UnitProfile
+from decision_api.metrics import Metrics
+from decision_api.schemas import DecideResponse, PlacementDecision
+from experiments.assignment import in_global_holdout, in_holdout, in_layer, pick_bucket, unit_hash
+from experiments.cache import Compiled, ExperimentCache
+from experiments.models import Status
+from experiments.targeting import matches
+
+log = structlog.get_logger("tailor.decider")
+
+_json = msgspec.json.Encoder()
+
+
+class PolicyProvider(Protocol):
+    """Learning policies, per experiment (hot-swapped by the learner's snapshots)."""
+
+    def choose(
+        self, compiled: Compiled, context: Mapping[str, Any], rng: np.random.Generator
+    ) -> Choice | None:
+        """The policy's choice for this context, or None when no model is loaded."""
+        ...
+
+    def remember(
+        self,
+        decision_id: str,
+        compiled: Compiled,
+        unit_id: str,
+        choice: Choice,
+        context: Mapping[str, Any],
+        now_ms: int,
+    ) -> None:
+        """Keep the decision for the reward join (learning policies only)."""
+        ...
+
+
+class Pseudonymiser:
+    """Keyed, one-way unit ids for units that did not consent (and for logs)."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+
+    def __call__(self, unit_id: str) -> str:
+        """A stable pseudonym: ``anon:`` + 32 hex chars of HMAC-SHA256."""
+        digest = hmac.new(self._key, unit_id.encode(), hashlib.sha256).hexdigest()
+        return "anon:" + digest[:32]
+
+
+class Placed(msgspec.Struct, kw_only=True):
+    """One placement's decision with what the exposure row needs."""
+
+    answer: PlacementDecision
+    compiled: Compiled | None
+    holdout: bool
+    model_version: str
+
+
+def stringify(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """The context Map logged with an exposure (lists as JSON, booleans as 0/1)."""
+    out: dict[str, str] = {}
+    for name, value in attributes.items():
+        if isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, bool):
+            out[name] = "1" if value else "0"
+        elif isinstance(value, int | float):
+            out[name] = repr(value)
+        else:
+            out[name] = _json.encode(value).decode()
+    return out
+
+
+class DecisionEngine:
+    """Decide placements for units and log every exposure."""
+
+    def __init__(
+        self,
+        *,
+        features: FeatureStore,
+        cache: ExperimentCache,
+        policies: PolicyProvider | None,
+        sink: EventSink,
+        metrics: Metrics,
+        pseudonymise: Pseudonymiser,
+        rng: np.random.Generator,
+        global_holdout: float = 0.0,
+        sensitive_features: frozenset[str] = frozenset(),
+    ) -> None:
+        self._features = features
+        self._cache = cache
+        self._policies = policies
+        self._sink = sink
+        self._metrics = metrics
+        self._pseudonymise = pseudonymise
+        self._rng = rng
+        self.global_holdout = global_holdout
+        self.kill_switch = False
+        self._sensitive = sensitive_features
+
+    async def decide(
+        self,
+        unit_id: str,
+        placements: Sequence[str],
+        context: Mapping[str, Any],
+        consent: bool,
+        now_ms: int,
+    ) -> DecideResponse:
+        """Decide every placement for one unit; reads the profile in one Redis round trip."""
+        degraded = False
+        profile = EMPTY_PROFILE
+        if consent and not self.kill_switch:
+            try:
+                profile = (await self._features.get_profiles([unit_id], now_ms / 1000))[0]
+            except RedisError as exc:
+                degraded = True
+                self._metrics.degraded.labels("redis").inc()
+                log.warning("profile_read_failed", error=str(exc))
+            if profile.opted_out:
+                consent = False
+                profile = EMPTY_PROFILE
+        return self._decide_with(unit_id, placements, context, consent, profile, degraded, now_ms)
+
+    def _decide_with(
+        self,
+        unit_id: str,
+        placements: Sequence[str],
+        context: Mapping[str, Any],
+        consent: bool,
+        profile: UnitProfile,
+        degraded: bool,
+        now_ms: int,
+    ) -> DecideResponse:
+        attributes: dict[str, Any] = {**profile.attributes, **context} if consent else dict(context)
+        for name in self._sensitive & attributes.keys():
+            del attributes[name]
+        decision_id = uuid.uuid4().hex
+        global_holdout = in_global_holdout(unit_id, self.global_holdout)
+        logged_unit = unit_id if consent else self._pseudonymise(unit_id)
+        logged_context = stringify(attributes) if consent else {}
+        answers = []
+        for placement in placements:
+            placed = self._place(placement, unit_id, attributes, consent, global_holdout)
+            answer = placed.answer
+            answers.append(answer)
+            self._metrics.decisions.labels(answer.policy, answer.reason).inc()
+            compiled = placed.compiled
+            if compiled is None:
+                continue
+            experiment = compiled.experiment
+            self._sink.submit(
+                Exposure(
+                    event_id=uuid.uuid4(),
+                    decision_id=decision_id,
+                    ts_ms=now_ms,
+                    unit_id=logged_unit,
+                    experiment=experiment.key,
+                    experiment_version=experiment.version,
+                    placement=placement,
+                    variant=answer.variant or "",
+                    propensity=answer.propensity,
+                    policy=answer.policy,
+                    policy_version=placed.model_version,
+                    reason=answer.reason,
+                    holdout=placed.holdout,
+                    context=logged_context,
+                )
+            )
+        return DecideResponse(decision_id=decision_id, degraded=degraded, decisions=answers)
+
+    def _place(
+        self,
+        placement: str,
+        unit_id: str,
+        attributes: Mapping[str, Any],
+        consent: bool,
+        global_holdout: bool,
+    ) -> Placed:
+        fallback: tuple[Compiled, str] | None = None
+        for compiled in self._cache.for_placement(placement):
+            exp = compiled.experiment
+            if self.kill_switch:
+                return self._default(placement, compiled, "kill_switch")
+            if exp.status is Status.PAUSED:
+                fallback = fallback or (compiled, "experiment_paused")
+                continue
+            if not matches(exp.targeting, attributes):
+                fallback = fallback or (compiled, "not_targeted")
+                continue
+            if exp.layer is not None and (
+                exp.layer_slice is None or not in_layer(exp.layer, unit_id, exp.layer_slice)
+            ):
+                fallback = fallback or (compiled, "outside_layer")
+                continue
+            if global_holdout:
+                return self._default(placement, compiled, "global_holdout", holdout=True)
+            if in_holdout(exp.hash_salt, unit_id, exp.holdout):
+                return self._default(placement, compiled, "holdout", holdout=True)
+            if not consent:
+                return self._default(placement, compiled, "no_consent")
+            return self._assign(placement, compiled, unit_id, attributes)
+        if fallback is not None:
+            return self._default(placement, *fallback)
+        return Placed(
+            answer=PlacementDecision(placement=placement, reason="no_experiment"),
+            compiled=None,
+            holdout=False,
+            model_version="",
+        )
+
+    def _assign(
+        self, placement: str, compiled: Compiled, unit_id: str, attributes: Mapping[str, Any]
+    ) -> Placed:
+        exp = compiled.experiment
+        choice = None
+        learning = not isinstance(exp.policy, FixedConfig)
+        if learning and self._policies is not None:
+            choice = self._policies.choose(compiled, attributes, self._rng)
+        if choice is None:
+            index = pick_bucket(unit_hash(exp.hash_salt, unit_id), compiled.cumulative)
+            lower = compiled.cumulative[index - 1] if index else 0.0
+            propensity = compiled.cumulative[index] - lower
+            policy, reason, version = "fixed", "split", ""
+            if learning:
+                reason = "model_unavailable"
+        else:
+            index, propensity = choice.index, choice.propensity
+            policy, reason, version = choice.policy, "policy", choice.model_version
+        variant = exp.variants[index]
+        return Placed(
+            answer=PlacementDecision(
+                placement=placement,
+                experiment=exp.key,
+                variant=variant.key,
+                payload=variant.payload,
+                propensity=propensity,
+                policy=policy,
+                reason=reason,
+                model_version=version or None,
+            ),
+            compiled=compiled,
+            holdout=False,
+            model_version=version,
+        )
+
+    def _default(
+        self, placement: str, compiled: Compiled, reason: str, holdout: bool = False
+    ) -> Placed:
+        exp = compiled.experiment
+        variant = exp.variants[compiled.default_index]
+        return Placed(
+            answer=PlacementDecision(
+                placement=placement,
+                experiment=exp.key,
+                variant=variant.key,
+                payload=variant.payload,
+                propensity=1.0,
+                policy="default",
+                reason=reason,
+            ),
+            compiled=compiled,
+            holdout=holdout,
+            model_version="",
+        )

@@ -1,0 +1,137 @@
+"""The event log's SQL: tables, migrations and the statements the adapters run.
+
+One dialect for both backends (chdb embedded and a ClickHouse server through clickhouse-connect).
+Tables are ``ReplacingMergeTree`` keyed on ``event_id``, and inserts carry a deduplication token
+within ``non_replicated_deduplication_window``: a replayed batch is dropped on insert, and a row
+replayed in a different batch collapses on merge (reports read with ``FINAL``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from decision_api.events import Table
+
+EXPOSURE_COLUMNS: Final = (
+    "event_id",
+    "decision_id",
+    "ts",
+    "unit_id",
+    "experiment",
+    "experiment_version",
+    "placement",
+    "variant",
+    "propensity",
+    "policy",
+    "policy_version",
+    "reason",
+    "holdout",
+    "context",
+    "campaign",
+    "send_at",
+)
+OUTCOME_COLUMNS: Final = (
+    "event_id",
+    "ts",
+    "decision_id",
+    "unit_id",
+    "experiment",
+    "type",
+    "value",
+    "properties",
+)
+AUDIT_COLUMNS: Final = (
+    "event_id",
+    "ts",
+    "actor",
+    "action",
+    "entity",
+    "entity_key",
+    "version",
+    "detail",
+)
+COLUMNS: Final[dict[Table, tuple[str, ...]]] = {
+    "exposures": EXPOSURE_COLUMNS,
+    "outcomes": OUTCOME_COLUMNS,
+    "audit": AUDIT_COLUMNS,
+}
+
+_TABLE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"
+
+CREATE_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version UInt32,
+    applied_at DateTime DEFAULT now()
+) ENGINE = MergeTree ORDER BY version
+"""
+
+# Append-only list: (version, statement). Never edit an applied entry; add a new one.
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
+    (
+        1,
+        f"""
+CREATE TABLE IF NOT EXISTS exposures (
+    event_id UUID,
+    decision_id String,
+    ts DateTime64(3, 'UTC'),
+    unit_id String,
+    experiment LowCardinality(String),
+    experiment_version UInt32,
+    placement LowCardinality(String),
+    variant LowCardinality(String),
+    propensity Float64,
+    policy LowCardinality(String),
+    policy_version String,
+    reason LowCardinality(String),
+    holdout UInt8,
+    context Map(String, String),
+    campaign String DEFAULT '',
+    send_at Nullable(DateTime64(3, 'UTC'))
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (experiment, unit_id, event_id)
+{_TABLE_SETTINGS}
+""",
+    ),
+    (
+        2,
+        f"""
+CREATE TABLE IF NOT EXISTS outcomes (
+    event_id UUID,
+    ts DateTime64(3, 'UTC'),
+    decision_id String,
+    unit_id String,
+    experiment LowCardinality(String),
+    type LowCardinality(String),
+    value Float64,
+    properties Map(String, String)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (unit_id, type, event_id)
+{_TABLE_SETTINGS}
+""",
+    ),
+    (
+        3,
+        f"""
+CREATE TABLE IF NOT EXISTS audit (
+    event_id UUID,
+    ts DateTime64(3, 'UTC'),
+    actor String,
+    action LowCardinality(String),
+    entity LowCardinality(String),
+    entity_key String,
+    version UInt32,
+    detail String
+) ENGINE = ReplacingMergeTree
+ORDER BY (entity, entity_key, ts, event_id)
+{_TABLE_SETTINGS}
+""",
+    ),
+)
+
+APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version) VALUES ({version:UInt32})"
+
+COUNT_ROWS = "SELECT count() FROM {table:Identifier} FINAL"
+COUNT_DISTINCT_EVENTS = "SELECT count(), uniqExact(event_id) FROM {table:Identifier}"

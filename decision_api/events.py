@@ -1,0 +1,124 @@
+"""Event records: what the decision path appends to the durable event log.
+
+Records are msgspec Structs (``array_like`` so the disk spool stays compact); ``row()`` gives the
+tuple in the column order of :mod:`decision_api.event_sql`. Times are integer epoch milliseconds
+(ClickHouse ``DateTime64(3)`` ticks), so no conversion happens on the hot path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+import msgspec
+
+Table = Literal["exposures", "outcomes", "audit"]
+
+
+class Exposure(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="exposure"
+):
+    """A variant served to a unit (every decision, including defaults and holdouts)."""
+
+    event_id: uuid.UUID
+    decision_id: str
+    ts_ms: int
+    unit_id: str
+    experiment: str
+    experiment_version: int
+    placement: str
+    variant: str
+    propensity: float
+    policy: str
+    policy_version: str
+    reason: str
+    holdout: bool
+    context: dict[str, str]
+    campaign: str = ""
+    send_at_ms: int | None = None
+
+    def row(self) -> tuple[object, ...]:
+        """Values in ``EXPOSURE_COLUMNS`` order."""
+        return (
+            self.event_id,
+            self.decision_id,
+            self.ts_ms,
+            self.unit_id,
+            self.experiment,
+            self.experiment_version,
+            self.placement,
+            self.variant,
+            self.propensity,
+            self.policy,
+            self.policy_version,
+            self.reason,
+            1 if self.holdout else 0,
+            self.context,
+            self.campaign,
+            self.send_at_ms,
+        )
+
+
+class Outcome(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="outcome"
+):
+    """Something a unit did after a decision: a click, open, purchase (with value)."""
+
+    event_id: uuid.UUID
+    ts_ms: int
+    decision_id: str
+    unit_id: str
+    experiment: str
+    type: str
+    value: float
+    properties: dict[str, str]
+
+    def row(self) -> tuple[object, ...]:
+        """Values in ``OUTCOME_COLUMNS`` order."""
+        return (
+            self.event_id,
+            self.ts_ms,
+            self.decision_id,
+            self.unit_id,
+            self.experiment,
+            self.type,
+            self.value,
+            self.properties,
+        )
+
+
+class AuditEntry(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="audit"
+):
+    """A configuration change or data-rights action, for the audit table."""
+
+    event_id: uuid.UUID
+    ts_ms: int
+    actor: str
+    action: str
+    entity: str
+    entity_key: str
+    version: int
+    detail: str
+
+    def row(self) -> tuple[object, ...]:
+        """Values in ``AUDIT_COLUMNS`` order."""
+        return (
+            self.event_id,
+            self.ts_ms,
+            self.actor,
+            self.action,
+            self.entity,
+            self.entity_key,
+            self.version,
+            self.detail,
+        )
+
+
+Event = Exposure | Outcome | AuditEntry
+
+TABLE_OF: dict[type[Event], Table] = {
+    Exposure: "exposures",
+    Outcome: "outcomes",
+    AuditEntry: "audit",
+}

@@ -1,0 +1,321 @@
+"""Unit profiles in Redis: typed features plus behavioural counters kept by events.
+
+Key layout (one hash per unit, so a decision reads a profile in one round trip; the unit id is
+wrapped in a Redis Cluster hash tag so all of a unit's keys live on one shard):
+
+``{prefix}:u:{<unit_id>}`` — HASH, TTL ``redis.profile_ttl_s`` (refreshed on every write)
+
+====================  ======================================================================
+field                 value
+====================  ======================================================================
+``f:<name>``          typed feature: ``s:<str>``, ``n:<number>``, ``b:0|1``, ``l:<json list>``,
+                      ``t:<epoch seconds>`` (timestamp)
+``e:<type>:<day>``    count of events of ``type`` on UTC day number ``day`` (epoch // 86400)
+``v:<type>:<day>``    sum of event values (e.g. purchase revenue) on that day
+``l:<type>``          epoch seconds of the latest event of ``type``
+``cat``               JSON list of the 5 most recent categories seen in events
+``h:<type>:<how>``    email_open / email_click count by UTC hour of week (0 = Monday 00h)
+``x:optout``          ``1`` when the unit withdrew consent (no profile read, default experience)
+====================  ======================================================================
+
+Day buckets older than ``WINDOW_DAYS`` are pruned by the event script once the hash grows past
+``PRUNE_AT`` fields, so a profile's size is bounded by event types x 90 days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+import msgspec
+from redis.asyncio import Redis
+
+FeatureValue = str | int | float | bool | list[str]
+
+WINDOW_DAYS = 90
+COUNT_WINDOWS = (7, 30, 90)
+PRUNE_AT = 400
+MAX_CATEGORIES = 5
+HOURS_OF_WEEK = 168
+HISTOGRAM_TYPES = frozenset({"email_open", "email_click"})
+OPTOUT_FIELD = "x:optout"
+
+
+class Timestamp(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A timestamp feature on the wire: ``{"ts": "2026-11-01T10:00:00Z"}`` or epoch seconds."""
+
+    ts: float
+
+
+class UnitEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A behavioural event as the feature store applies it."""
+
+    type: str
+    ts: float
+    value: float = 0.0
+    category: str = ""
+
+
+class UnitProfile(msgspec.Struct, kw_only=True):
+    """What Redis holds about a unit, decoded.
+
+    ``attributes`` are the features targeting rules and models see (stored features and derived
+    counters); ``hours`` maps ``email_open``/``email_click`` to a 168-bin UTC hour-of-week
+    histogram.
+    """
+
+    attributes: dict[str, FeatureValue]
+    hours: dict[str, list[int]]
+    opted_out: bool = False
+    found: bool = False
+
+
+EMPTY_PROFILE = UnitProfile(attributes={}, hours={})
+
+
+class FeatureStore(Protocol):
+    """Where unit profiles live."""
+
+    async def get_profiles(self, unit_ids: Sequence[str], now: float) -> list[UnitProfile]:
+        """Profiles for the units, in order, in one round trip; unknown units are empty."""
+        ...
+
+    async def upsert_features(
+        self, unit_id: str, features: Mapping[str, FeatureValue | Timestamp]
+    ) -> None:
+        """Set (overwrite) the named features of a unit."""
+        ...
+
+    async def record_events(self, unit_id: str, events: Sequence[UnitEvent], now: float) -> None:
+        """Apply behavioural events to the unit's derived counters atomically."""
+        ...
+
+
+_RECORD_EVENT = """
+local key = KEYS[1]
+local typ, day, value, ts, cat, how = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local ttl, window, prune_at, max_cats = tonumber(ARGV[7]), tonumber(ARGV[8]),
+  tonumber(ARGV[9]), tonumber(ARGV[10])
+local today = tonumber(ARGV[11])
+if day > today - window then
+  redis.call('HINCRBY', key, 'e:' .. typ .. ':' .. day, 1)
+  if value ~= 0 then
+    redis.call('HINCRBYFLOAT', key, 'v:' .. typ .. ':' .. day, value)
+  end
+end
+local last = tonumber(redis.call('HGET', key, 'l:' .. typ) or '0')
+if ts > last then redis.call('HSET', key, 'l:' .. typ, ARGV[4]) end
+if cat ~= '' then
+  local cur = redis.call('HGET', key, 'cat')
+  local cats = {}
+  if cur then cats = cjson.decode(cur) end
+  local out = {cat}
+  for _, c in ipairs(cats) do
+    if c ~= cat and #out < max_cats then table.insert(out, c) end
+  end
+  redis.call('HSET', key, 'cat', cjson.encode(out))
+end
+if how ~= '' then redis.call('HINCRBY', key, 'h:' .. typ .. ':' .. how, 1) end
+if redis.call('HLEN', key) > prune_at then
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    local p = string.sub(f, 1, 2)
+    if p == 'e:' or p == 'v:' then
+      local d = tonumber(string.match(f, ':(%d+)$'))
+      if d and d <= today - window then redis.call('HDEL', key, f) end
+    end
+  end
+end
+redis.call('EXPIRE', key, ttl)
+return 1
+"""
+
+
+def unit_key(prefix: str, unit_id: str) -> str:
+    """The Redis key of a unit's profile hash."""
+    return f"{prefix}:u:{{{unit_id}}}"
+
+
+def encode_feature(value: FeatureValue | Timestamp) -> str:
+    """Encode one typed feature for its hash field."""
+    match value:
+        case bool():
+            return "b:1" if value else "b:0"
+        case int() | float():
+            return f"n:{value!r}"
+        case str():
+            return "s:" + value
+        case list():
+            return "l:" + msgspec.json.encode(value).decode()
+        case Timestamp():
+            return f"t:{value.ts!r}"
+    raise TypeError(f"unsupported feature type {type(value).__name__}")
+
+
+def decode_feature(raw: str) -> FeatureValue:
+    """Decode a stored feature; timestamps come back as epoch seconds (float)."""
+    tag, body = raw[:2], raw[2:]
+    if tag == "s:":
+        return body
+    if tag in ("n:", "t:"):
+        number = float(body)
+        return int(number) if tag == "n:" and number.is_integer() and "." not in body else number
+    if tag == "b:":
+        return body == "1"
+    if tag == "l:":
+        items = msgspec.json.decode(body)
+        return [str(i) for i in items]
+    raise ValueError(f"corrupt feature value {raw[:20]!r}")
+
+
+def decode_profile(raw: Mapping[str, str], now: float) -> UnitProfile:
+    """Turn a profile hash into attributes: stored features plus derived behaviour features.
+
+    Derived: ``<type>_7d``/``_30d``/``_90d`` counts, ``<type>_days_since``, for purchases
+    ``purchase_value_90d`` and ``aov_90d``, ``last_categories``, and for timestamp features
+    ``<name>_age_days``.
+    """
+    if not raw:
+        return UnitProfile(attributes={}, hours={})
+    attributes: dict[str, FeatureValue] = {}
+    today = int(now // 86400)
+    counts: dict[str, list[int]] = {}
+    values: dict[str, float] = {}
+    hours: dict[str, list[int]] = {}
+    for field, raw_value in raw.items():
+        kind = field[:2]
+        if kind == "f:":
+            name = field[2:]
+            value = decode_feature(raw_value)
+            attributes[name] = value
+            if raw_value.startswith("t:") and isinstance(value, float):
+                attributes[name + "_age_days"] = round((now - value) / 86400, 3)
+        elif kind in ("e:", "v:"):
+            typ, _, day_text = field[2:].rpartition(":")
+            age = today - int(day_text)
+            if age < 0 or age >= WINDOW_DAYS:
+                continue
+            if kind == "e:":
+                per_window = counts.setdefault(typ, [0] * len(COUNT_WINDOWS))
+                for i, window in enumerate(COUNT_WINDOWS):
+                    if age < window:
+                        per_window[i] += int(raw_value)
+            else:
+                values[typ] = values.get(typ, 0.0) + float(raw_value)
+        elif kind == "l:":
+            attributes[field[2:] + "_days_since"] = round((now - float(raw_value)) / 86400, 3)
+        elif kind == "h:":
+            typ, _, how = field[2:].rpartition(":")
+            hours.setdefault(typ, [0] * HOURS_OF_WEEK)[int(how)] = int(raw_value)
+        elif field == "cat":
+            attributes["last_categories"] = [str(c) for c in msgspec.json.decode(raw_value)]
+    for typ, per_window in counts.items():
+        for window, count in zip(COUNT_WINDOWS, per_window, strict=True):
+            attributes[f"{typ}_{window}d"] = count
+    for typ, total in values.items():
+        attributes[f"{typ}_value_90d"] = round(total, 6)
+        if typ == "purchase" and counts.get(typ, [0, 0, 0])[-1]:
+            attributes["aov_90d"] = round(total / counts[typ][-1], 6)
+    return UnitProfile(
+        attributes=attributes,
+        hours=hours,
+        opted_out=raw.get(OPTOUT_FIELD) == "1",
+        found=True,
+    )
+
+
+class RedisFeatureStore:
+    """The feature store on a real Redis (``redis.asyncio`` with hiredis)."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_s: int) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._ttl_s = ttl_s
+        self._record = redis.register_script(_RECORD_EVENT)
+
+    def key(self, unit_id: str) -> str:
+        """The profile key of a unit."""
+        return unit_key(self._prefix, unit_id)
+
+    async def get_profiles(self, unit_ids: Sequence[str], now: float) -> list[UnitProfile]:
+        """Profiles for the units, in order, in one pipelined round trip."""
+        if len(unit_ids) == 1:
+            raw: dict[str, str] = await self._redis.hgetall(self.key(unit_ids[0]))  # type: ignore[assignment]
+            return [decode_profile(raw, now)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for unit_id in unit_ids:
+                pipe.hgetall(self.key(unit_id))
+            raws = await pipe.execute()
+        return [decode_profile(raw, now) for raw in raws]
+
+    async def upsert_features(
+        self, unit_id: str, features: Mapping[str, FeatureValue | Timestamp]
+    ) -> None:
+        """Overwrite the given features and refresh the profile's TTL, atomically."""
+        key = self.key(unit_id)
+        mapping = {"f:" + name: encode_feature(v) for name, v in features.items()}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if mapping:
+                pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+            pipe.expire(key, self._ttl_s)
+            await pipe.execute()
+
+    async def delete_features(self, unit_id: str, names: Iterable[str]) -> None:
+        """Remove named features from a unit's profile."""
+        fields = ["f:" + n for n in names]
+        if fields:
+            await self._redis.hdel(self.key(unit_id), *fields)
+
+    async def record_events(self, unit_id: str, events: Sequence[UnitEvent], now: float) -> None:
+        """Apply events through one Lua script call each, pipelined (atomic per event)."""
+        key = self.key(unit_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                how = ""
+                if event.type in HISTOGRAM_TYPES:
+                    how = str(hour_of_week(event.ts))
+                await self._record(
+                    keys=[key],
+                    args=[
+                        event.type,
+                        int(event.ts // 86400),
+                        repr(float(event.value)),
+                        repr(float(event.ts)),
+                        event.category,
+                        how,
+                        self._ttl_s,
+                        WINDOW_DAYS,
+                        PRUNE_AT,
+                        MAX_CATEGORIES,
+                        int(now // 86400),
+                    ],
+                    client=pipe,
+                )
+            await pipe.execute()
+
+    async def set_opt_out(self, unit_id: str, opted_out: bool) -> None:
+        """Store (or clear) the unit's consent withdrawal."""
+        key = self.key(unit_id)
+        if opted_out:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, OPTOUT_FIELD, "1")
+                pipe.expire(key, self._ttl_s)
+                await pipe.execute()
+        else:
+            await self._redis.hdel(key, OPTOUT_FIELD)
+
+    async def raw(self, unit_id: str) -> dict[str, str]:
+        """The profile hash as stored (for the data-export right)."""
+        result: dict[str, str] = await self._redis.hgetall(self.key(unit_id))  # type: ignore[assignment]
+        return result
+
+    async def delete(self, unit_id: str) -> int:
+        """Erase the unit's profile; returns the number of keys removed."""
+        removed: int = await self._redis.delete(self.key(unit_id))
+        return removed
+
+
+def hour_of_week(ts: float) -> int:
+    """UTC hour of week for an epoch timestamp, Monday 00h = 0."""
+    # 1970-01-01 was a Thursday: shift by three days so Monday starts the week.
+    return int(((ts // 3600) + 72) % HOURS_OF_WEEK)

@@ -1,0 +1,48 @@
+"""structlog configuration: JSON lines (msgspec-encoded) in production, console in development.
+
+Request-scoped fields (``request_id``, ``route``) are bound through contextvars by the request
+middleware in :mod:`decision_api.app`. Unit ids are never logged raw: log ``unit_ref(unit_id)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from typing import Any
+
+import msgspec
+import structlog
+
+_encoder = msgspec.json.Encoder()
+
+
+def _serialize(event: Any, **_: Any) -> str:
+    return _encoder.encode(event).decode()
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    """Configure structlog once for the process (called by ``create_app``)."""
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    if fmt == "json":
+        processors.append(structlog.processors.JSONRenderer(serializer=_serialize))
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def unit_ref(unit_id: str) -> str:
+    """A short, one-way reference to a unit id that is safe to log."""
+    return hashlib.sha256(b"tailor-log|" + unit_id.encode()).hexdigest()[:12]

@@ -1,0 +1,1 @@
+"""HTTP controllers, one file per resource; each stays thin: decode, call the domain, answer."""

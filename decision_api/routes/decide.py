@@ -1,0 +1,40 @@
+"""``POST /v1/decide``: variants for one unit's placements."""
+
+from __future__ import annotations
+
+import time
+
+from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from decision_api.errors import InvalidInput
+from decision_api.event_writer import now_ms
+from decision_api.routes.guards import require
+from decision_api.schemas import DecideRequest, DecideResponse
+from decision_api.services import Services
+
+
+class DecideController(Controller):
+    """Real-time decisions for websites and apps."""
+
+    path = "/v1/decide"
+    tags = ["decisions"]
+
+    @post("", guards=[require("decide")], status_code=200)
+    async def decide(
+        self, data: JSONBody[DecideRequest], services: NamedDependency[Services]
+    ) -> DecideResponse:
+        """Pick a variant for each placement (see the README for the reason codes)."""
+        started = time.perf_counter()
+        limit = services.settings.decisions.max_placements
+        if len(data.placements) > limit:
+            raise InvalidInput(
+                f"at most {limit} placements per request, got {len(data.placements)}",
+                field="$.placements",
+            )
+        response = await services.engine.decide(
+            data.unit_id, data.placements, data.context, data.consent, now_ms()
+        )
+        services.metrics.decision_latency.labels("decide").observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,86 @@
+"""Admin API for experiment definitions and their lifecycle."""
+
+from __future__ import annotations
+
+import time
+
+from litestar import Controller, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from decision_api.routes.guards import require
+from decision_api.schemas import ExperimentList
+from decision_api.services import Services, sensitive_features
+from experiments.errors import InvalidDefinition
+from experiments.models import Experiment, ExperimentSpec, check_sensitive
+
+
+def _check(spec: ExperimentSpec, services: NamedDependency[Services]) -> None:
+    try:
+        check_sensitive(spec, sensitive_features(services.settings))
+    except ValueError as exc:
+        raise InvalidDefinition(str(exc), field="$.targeting") from exc
+
+
+class ExperimentController(Controller):
+    """Create, read, update (new version), start, pause and stop experiments."""
+
+    path = "/v1/experiments"
+    tags = ["experiments"]
+    guards = [require("admin")]
+
+    @post("", status_code=201)
+    async def create(
+        self, data: JSONBody[ExperimentSpec], services: NamedDependency[Services]
+    ) -> Experiment:
+        """Create a draft experiment (version 1)."""
+        _check(data, services)
+        created = await services.store.create(data, time.time())
+        await services.cache.refresh()
+        return created
+
+    @get("")
+    async def list_experiments(self, services: NamedDependency[Services]) -> ExperimentList:
+        """Every experiment, any status."""
+        return ExperimentList(experiments=await services.store.list())
+
+    @get("/{key:str}")
+    async def read(self, key: str, services: NamedDependency[Services]) -> Experiment:
+        """The current definition of one experiment."""
+        return await services.store.get(key)
+
+    @get("/{key:str}/history")
+    async def history(self, key: str, services: NamedDependency[Services]) -> ExperimentList:
+        """Every version of one experiment, oldest first."""
+        return ExperimentList(experiments=await services.store.history(key))
+
+    @put("/{key:str}")
+    async def update(
+        self, key: str, data: JSONBody[ExperimentSpec], services: NamedDependency[Services]
+    ) -> Experiment:
+        """Replace the definition; the version goes up by one."""
+        _check(data, services)
+        updated = await services.store.update(key, data, time.time())
+        await services.cache.refresh()
+        return updated
+
+    @post("/{key:str}/start", status_code=200)
+    async def start(self, key: str, services: NamedDependency[Services]) -> Experiment:
+        """Start (or resume) an experiment."""
+        changed = await services.store.transition(key, "start", time.time())
+        await services.cache.refresh()
+        return changed
+
+    @post("/{key:str}/pause", status_code=200)
+    async def pause(self, key: str, services: NamedDependency[Services]) -> Experiment:
+        """Pause: everyone gets the default variant until it is started again."""
+        changed = await services.store.transition(key, "pause", time.time())
+        await services.cache.refresh()
+        return changed
+
+    @post("/{key:str}/stop", status_code=200)
+    async def stop(self, key: str, services: NamedDependency[Services]) -> Experiment:
+        """Stop for good: the placement falls back to other experiments or its default."""
+        changed = await services.store.transition(key, "stop", time.time())
+        await services.cache.refresh()
+        return changed

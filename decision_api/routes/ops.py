@@ -1,0 +1,43 @@
+"""Operations: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Response, get
+from litestar.di import NamedDependency
+from redis.exceptions import RedisError
+
+from decision_api.schemas import Health
+from decision_api.services import Services
+
+
+@get("/healthz", tags=["ops"], include_in_schema=True)
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["ops"])
+async def readyz(services: NamedDependency[Services]) -> Response[Health]:
+    """Redis and the event log answer; 503 otherwise (with which one failed)."""
+    checks: dict[str, str] = {}
+    try:
+        await services.redis.ping()
+        checks["redis"] = "ok"
+    except RedisError as exc:
+        checks["redis"] = f"down: {type(exc).__name__}"
+    log_ok = await asyncio.to_thread(services.event_log.ping)
+    checks["event_log"] = "ok" if log_ok else "down"
+    checks["spool"] = "empty" if services.writer.healthy else "replaying"
+    ready = checks["redis"] == "ok" and log_ok
+    return Response(
+        Health(status="ready" if ready else "unavailable", checks=checks),
+        status_code=200 if ready else 503,
+    )
+
+
+@get("/metrics", tags=["ops"], media_type="text/plain; version=0.0.4")
+async def metrics(services: NamedDependency[Services]) -> bytes:
+    """Prometheus text exposition."""
+    return services.metrics.render()

@@ -1,0 +1,181 @@
+"""Wire schemas of the HTTP API: msgspec Structs only, no Litestar, so ``sdk/`` reuses them.
+
+Inputs are ``frozen, kw_only, forbid_unknown_fields`` with limits as ``Meta`` constraints, so a
+bad request fails at decode time with the offending field's path. Outputs omit defaults where an
+absent field reads naturally.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from experiments.models import KEY_PATTERN, Experiment, ExperimentSpec
+
+__all__ = [
+    "DecideRequest",
+    "DecideResponse",
+    "EventAccepted",
+    "EventRequest",
+    "Experiment",
+    "ExperimentList",
+    "ExperimentSpec",
+    "FeaturesRequest",
+    "FeaturesStored",
+    "Health",
+    "OutcomeAccepted",
+    "OutcomeBatch",
+    "OutcomeRequest",
+    "PlacementDecision",
+    "TimestampValue",
+]
+
+UnitId = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+Placement = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
+AttributeName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
+ShortText = Annotated[str, Meta(max_length=1024)]
+MetricName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+DecisionId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+AwareTime = Annotated[datetime, Meta(tz=True)]
+ContextValue = (
+    Annotated[str, Meta(max_length=1024)]
+    | int
+    | float
+    | bool
+    | Annotated[list[Annotated[str, Meta(max_length=256)]], Meta(max_length=100)]
+)
+
+
+class TimestampValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A timestamp feature: ``{"ts": "2026-11-01T10:00:00Z"}``."""
+
+    ts: AwareTime
+
+
+FeatureInput = ContextValue | TimestampValue
+
+
+class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/decide``: one unit, one or more placements."""
+
+    unit_id: UnitId
+    placements: Annotated[list[Placement], Meta(min_length=1, max_length=100)]
+    context: Annotated[dict[AttributeName, ContextValue], Meta(max_length=100)] = msgspec.field(
+        default_factory=dict
+    )
+    consent: bool = True
+
+
+class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one placement shows, and why.
+
+    ``experiment``/``variant``/``payload`` are absent when no experiment serves the placement
+    (reason ``no_experiment``): the page keeps its built-in default.
+    """
+
+    placement: str
+    reason: str
+    policy: str = "none"
+    propensity: float = 1.0
+    experiment: str | None = None
+    variant: str | None = None
+    payload: dict[str, Any] | None = None
+    model_version: str | None = None
+
+
+class DecideResponse(msgspec.Struct, kw_only=True):
+    """The answer to a decide request; ``degraded`` is true when a backend was skipped."""
+
+    decision_id: str
+    degraded: bool
+    decisions: list[PlacementDecision]
+
+
+class OutcomeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/outcomes``: something the unit did after a decision.
+
+    Identify the decision by ``decision_id`` (best) or by ``unit_id`` (optionally narrowed to one
+    ``experiment``); at least one of the two is required.
+    """
+
+    type: MetricName
+    decision_id: DecisionId | None = None
+    unit_id: UnitId | None = None
+    experiment: Annotated[str, Meta(pattern=KEY_PATTERN)] | None = None
+    value: Annotated[float, Meta(ge=-1e12, le=1e12)] = 0.0
+    ts: AwareTime | None = None
+    properties: Annotated[dict[AttributeName, ShortText], Meta(max_length=50)] = msgspec.field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if self.decision_id is None and self.unit_id is None:
+            raise ValueError("an outcome needs `decision_id` or `unit_id`")
+        if not math.isfinite(self.value):
+            raise ValueError("value must be a finite number")
+
+
+class OutcomeBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/outcomes/batch``: up to 10,000 outcomes at once (what the SDK sends)."""
+
+    outcomes: Annotated[list[OutcomeRequest], Meta(min_length=1, max_length=10_000)]
+
+
+class OutcomeAccepted(msgspec.Struct, kw_only=True):
+    """Outcomes accepted for the event log (and the reward join)."""
+
+    accepted: int
+    event_ids: list[str]
+
+
+class EventRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/events``: a behavioural event that updates the unit's derived features.
+
+    ``properties.category`` (if given) feeds ``last_categories``; ``value`` is the purchase
+    amount for ``purchase`` events.
+    """
+
+    unit_id: UnitId
+    type: MetricName
+    ts: AwareTime | None = None
+    value: Annotated[float, Meta(ge=-1e12, le=1e12)] = 0.0
+    properties: Annotated[dict[AttributeName, ShortText], Meta(max_length=50)] = msgspec.field(
+        default_factory=dict
+    )
+
+
+class EventAccepted(msgspec.Struct, kw_only=True):
+    """The event was applied to the profile."""
+
+    unit_id: str
+    type: str
+
+
+class FeaturesRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/units/{unit_id}/features``: upsert typed features."""
+
+    features: Annotated[dict[AttributeName, FeatureInput], Meta(min_length=1, max_length=200)]
+
+
+class FeaturesStored(msgspec.Struct, kw_only=True):
+    """Which features were written."""
+
+    unit_id: str
+    stored: list[str]
+
+
+class ExperimentList(msgspec.Struct, kw_only=True):
+    """``GET /v1/experiments``."""
+
+    experiments: list[Experiment]
+
+
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """``/healthz`` and ``/readyz``."""
+
+    status: str
+    checks: dict[str, str] = msgspec.field(default_factory=dict)

@@ -1,0 +1,185 @@
+"""Everything a worker holds open: Redis, the event log and its writer, caches, the engine.
+
+Opened in the app's lifespan (:func:`open_services`) and closed in reverse order; background
+tasks (config polling, flushing) start here too. Handlers receive the :class:`Services` object by
+dependency injection — nothing is reached through globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from decision_api.auth import KeyRing, current_actor, parse_bootstrap_keys
+from decision_api.decider import DecisionEngine, Pseudonymiser
+from decision_api.event_log import ClickHouseEventLog, open_event_log
+from decision_api.event_writer import EventWriter, now_ms
+from decision_api.events import AuditEntry
+from decision_api.feature_store import RedisFeatureStore
+from decision_api.metrics import Metrics
+from decision_api.settings import Settings
+from decision_api.spool import Spool
+from experiments.cache import ExperimentCache
+from experiments.models import Experiment
+from experiments.store import Action, ExperimentStore
+
+log = structlog.get_logger("tailor.services")
+
+
+class Services:
+    """A worker's open resources and domain objects."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        redis: Redis,
+        event_log: ClickHouseEventLog,
+        writer: EventWriter,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.event_log = event_log
+        self.writer = writer
+        self.metrics = metrics
+        self.worker_id = settings.worker_id or f"w{os.getpid()}"
+        prefix = settings.redis.key_prefix
+        self.features = RedisFeatureStore(redis, prefix, settings.redis.profile_ttl_s)
+        self.store = ExperimentStore(redis, prefix, audit=self._audit_experiment)
+        self.cache = ExperimentCache(self.store)
+        self.keys = KeyRing(parse_bootstrap_keys(settings.auth.api_keys))
+        self.pseudonymise = Pseudonymiser(settings.pseudonym_secret)
+        self.engine = DecisionEngine(
+            features=self.features,
+            cache=self.cache,
+            policies=None,
+            sink=writer,
+            metrics=metrics,
+            pseudonymise=self.pseudonymise,
+            rng=np.random.default_rng(),
+            global_holdout=settings.decisions.global_holdout,
+            sensitive_features=sensitive_features(settings),
+        )
+        self.engine.kill_switch = settings.decisions.kill_switch
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def audit(self, action: str, entity: str, key: str, version: int, detail: str) -> None:
+        """Append an audit entry (configuration change or data-rights action)."""
+        self.writer.submit(
+            AuditEntry(
+                event_id=uuid.uuid4(),
+                ts_ms=now_ms(),
+                actor=current_actor.get(),
+                action=action,
+                entity=entity,
+                entity_key=key,
+                version=version,
+                detail=detail,
+            )
+        )
+
+    def _audit_experiment(self, action: Action, experiment: Experiment) -> None:
+        self.audit(
+            action,
+            "experiment",
+            experiment.key,
+            experiment.version,
+            msgspec.json.encode(experiment).decode(),
+        )
+
+    def start_background(self, name: str, interval_s: float, step: Callable[[], object]) -> None:
+        """Run ``step`` (sync or async) every ``interval_s`` until shutdown; errors are logged."""
+
+        async def loop() -> None:
+            failing = False
+            while True:
+                try:
+                    result = step()
+                    if asyncio.iscoroutine(result):
+                        await result
+                    if failing:
+                        log.info("background_recovered", task=name)
+                    failing = False
+                except RedisError as exc:
+                    if not failing:
+                        log.warning("background_failed", task=name, error=str(exc))
+                    failing = True
+                await asyncio.sleep(interval_s)
+
+        self._tasks.append(asyncio.create_task(loop(), name=name))
+
+    async def close(self) -> None:
+        """Stop background tasks, flush events, close connections."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.writer.close()
+        await asyncio.to_thread(self.event_log.close)
+        await self.redis.aclose()
+
+
+def sensitive_features(settings: Settings) -> frozenset[str]:
+    """The configured sensitive-feature denylist."""
+    return frozenset(
+        f.strip() for f in settings.decisions.sensitive_features.split(",") if f.strip()
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open Redis and the event log, start the writer and pollers; close all on exit."""
+    metrics = Metrics()
+    redis = Redis.from_url(
+        settings.redis.url or "redis://127.0.0.1:6379/0",
+        decode_responses=True,
+        socket_timeout=settings.redis.socket_timeout_s,
+        socket_connect_timeout=settings.redis.socket_timeout_s,
+        health_check_interval=5,
+        max_connections=256,
+    )
+    event_log = await asyncio.to_thread(open_event_log, settings.event_log.url)
+    applied = await asyncio.to_thread(event_log.migrate)
+    if applied:
+        log.info("event_log_migrated", versions=applied)
+    cfg = settings.event_log
+    spool = Spool(Path(cfg.spool_dir), cfg.spool_max_bytes, cfg.spool_fsync)
+    writer = EventWriter(
+        event_log,
+        spool,
+        batch_size=cfg.batch_size,
+        flush_interval_s=cfg.flush_interval_s,
+        max_buffered=cfg.max_buffered,
+        metrics=metrics,
+    )
+    services = Services(
+        settings=settings, redis=redis, event_log=event_log, writer=writer, metrics=metrics
+    )
+    writer.start()
+    try:
+        await services.cache.refresh(force=True)
+    except RedisError as exc:
+        log.warning("config_load_failed", error=str(exc))
+    services.start_background(
+        "config-poll", settings.decisions.config_poll_interval_s, services.cache.refresh
+    )
+    if services.keys.open:
+        log.warning("auth_open", detail="no API key configured: every request is allowed")
+    log.info("services_started", worker=services.worker_id, started=time.time())
+    try:
+        yield services
+    finally:
+        await services.close()

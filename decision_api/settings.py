@@ -1,0 +1,121 @@
+"""Typed settings, read once from ``TAILOR_*`` environment variables.
+
+Every variable, its default and an example are listed in ``docs/configuration.md``. Tests build
+``Settings(...)`` directly; only the CLI and ``asgi.py`` call :meth:`Settings.from_env`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+PREFIX = "TAILOR_"
+# Read by clients (SDK, CLI, load tests), not by the server.
+CLIENT_VARIABLES = frozenset({"TAILOR_API_URL", "TAILOR_API_KEY"})
+
+LogFormat = Literal["json", "console"]
+
+
+class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where the hot state lives.
+
+    ``url`` empty means "embedded": ``tailor serve`` starts a private ``redis-server`` under
+    ``data_dir`` and points the app at it.
+    """
+
+    url: str = ""
+    key_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")] = "tailor"
+    socket_timeout_s: Annotated[float, Meta(gt=0, le=30)] = 0.5
+    profile_ttl_s: Annotated[int, Meta(ge=60)] = 400 * 86400
+
+
+class EventLogSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The durable event log: ``chdb:///dir`` (embedded) or ``http(s)://user:pass@host:port/db``."""
+
+    url: str = "chdb://./data/chdb"
+    batch_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 20_000
+    flush_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    max_buffered: Annotated[int, Meta(ge=1000)] = 2_000_000
+    spool_dir: str = "./data/spool"
+    spool_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 1 << 30
+    spool_fsync: Literal["always", "batch", "never"] = "batch"
+
+
+class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Bootstrap API keys (``key:scope+scope,...``); more keys are created through the admin API.
+
+    With no key configured anywhere the API is open (development mode) and says so at start-up.
+    """
+
+    api_keys: str = ""
+    rate_limit_per_s: Annotated[float, Meta(gt=0)] = 5000.0
+    rate_limit_burst: Annotated[int, Meta(ge=1)] = 10000
+    cors_origins: str = ""
+
+
+class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Limits and behaviour of the decision path."""
+
+    max_placements: Annotated[int, Meta(ge=1, le=100)] = 20
+    max_batch_recipients: Annotated[int, Meta(ge=1, le=1_000_000)] = 50_000
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 32 << 20
+    config_poll_interval_s: Annotated[float, Meta(gt=0, le=10)] = 0.25
+    global_holdout: Annotated[float, Meta(ge=0, lt=1)] = 0.0
+    kill_switch: bool = False
+    sensitive_features: str = "ethnicity,religion,health,sexual_orientation,political_opinion"
+
+
+class LearnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Online learning: in-server learner task and snapshot cadence."""
+
+    in_process: bool = True
+    snapshot_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
+    model_poll_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    reward_sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """All of Tailor's configuration; nested per concern."""
+
+    redis: RedisSettings = RedisSettings()
+    event_log: EventLogSettings = EventLogSettings()
+    auth: AuthSettings = AuthSettings()
+    decisions: DecisionSettings = DecisionSettings()
+    learner: LearnerSettings = LearnerSettings()
+    log_format: LogFormat = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: str = "./data"
+    pseudonym_secret: str = "change-me"
+    worker_id: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``TAILOR_*`` variables.
+
+        ``TAILOR_REDIS_URL`` maps to ``redis.url``; ``TAILOR_EVENT_LOG_BATCH_SIZE`` to
+        ``event_log.batch_size``: the first word after the prefix names the nested section when
+        one exists. Unknown variables and badly typed values raise ``msgspec.ValidationError``
+        naming the variable.
+        """
+        sections = {name for name, field in _struct_fields(cls).items() if field}
+        raw: dict[str, Any] = {}
+        for name, value in environ.items():
+            if not name.startswith(PREFIX) or name in CLIENT_VARIABLES:
+                continue
+            key = name[len(PREFIX) :].lower()
+            section = next((s for s in sections if key.startswith(s + "_")), None)
+            if section is None:
+                raw[key] = value
+            else:
+                raw.setdefault(section, {})[key[len(section) + 1 :]] = value
+        return msgspec.convert(raw, cls, strict=False)
+
+
+def _struct_fields(cls: type[msgspec.Struct]) -> dict[str, bool]:
+    """Map field name to whether the field is itself a nested Struct section."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {f.name: isinstance(f.type, msgspec.inspect.StructType) for f in info.fields}

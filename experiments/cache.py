@@ -1,0 +1,77 @@
+"""Each worker's in-memory view of the experiment definitions, refreshed when the config moves.
+
+The decision path reads only this cache (no Redis round trip for definitions). A background task
+calls :meth:`ExperimentCache.refresh` every ``decisions.config_poll_interval_s``: one GET of the
+config version, and a reload of all definitions when it changed. If Redis is unreachable the last
+good view stays in force, so decisions keep answering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from experiments.assignment import cumulative_shares
+from experiments.models import Experiment, Status
+from experiments.store import ExperimentStore
+
+
+class Compiled(msgspec.Struct, frozen=True, kw_only=True):
+    """An experiment prepared for the hot path."""
+
+    experiment: Experiment
+    cumulative: list[float]
+    default_index: int
+
+
+class ExperimentCache:
+    """Placement -> live experiments (running or paused), highest priority first."""
+
+    def __init__(self, store: ExperimentStore) -> None:
+        self._store = store
+        self.version = -1
+        self._by_placement: dict[str, tuple[Compiled, ...]] = {}
+        self._by_key: dict[str, Compiled] = {}
+
+    def for_placement(self, placement: str) -> tuple[Compiled, ...]:
+        """Live experiments serving ``placement``, in the order they are considered."""
+        return self._by_placement.get(placement, ())
+
+    def get(self, key: str) -> Compiled | None:
+        """A live experiment by key."""
+        return self._by_key.get(key)
+
+    def experiments(self) -> list[Experiment]:
+        """Every live experiment."""
+        return [c.experiment for c in self._by_key.values()]
+
+    async def refresh(self, force: bool = False) -> bool:
+        """Reload when the config version moved; returns True when the view changed."""
+        version = await self._store.config_version()
+        if version == self.version and not force:
+            return False
+        self.install(await self._store.list(), version)
+        return True
+
+    def install(self, experiments: Sequence[Experiment], version: int) -> None:
+        """Replace the view atomically (one reference swap per dict)."""
+        by_placement: dict[str, list[Compiled]] = {}
+        by_key: dict[str, Compiled] = {}
+        for exp in experiments:
+            if exp.status not in (Status.RUNNING, Status.PAUSED):
+                continue
+            keys = [v.key for v in exp.variants]
+            compiled = Compiled(
+                experiment=exp,
+                cumulative=cumulative_shares([v.weight for v in exp.variants]),
+                default_index=keys.index(exp.default_variant),
+            )
+            by_key[exp.key] = compiled
+            by_placement.setdefault(exp.placement, []).append(compiled)
+        self._by_placement = {
+            p: tuple(sorted(cs, key=lambda c: (-c.experiment.priority, c.experiment.key)))
+            for p, cs in by_placement.items()
+        }
+        self._by_key = by_key
+        self.version = version

@@ -1,0 +1,108 @@
+"""Shared fixtures: a real private ``redis-server`` and a real chdb directory for the session.
+
+Isolation between tests comes from namespaces, not from flushing: every test gets its own Redis
+key prefix and its own ClickHouse database. ``TAILOR_REDIS_URL`` points the suite at an existing
+Redis instead of starting one (nothing in it is ever flushed).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from decision_api.app import create_app
+from decision_api.event_log import ClickHouseEventLog, open_event_log
+from decision_api.redis_server import RedisServer
+from decision_api.settings import DecisionSettings, EventLogSettings, RedisSettings, Settings
+
+ADMIN_KEY = "test-admin-key"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for the whole session: ``TAILOR_REDIS_URL`` or a private server on a free port."""
+    external = os.environ.get("TAILOR_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"), persist=False).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's chdb data directory (one engine per process, so one directory)."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A unique name for this test's Redis prefix and ClickHouse database."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def event_log_url(chdb_dir: Path, namespace: str) -> str:
+    """This test's own database in the session's chdb."""
+    return f"chdb://{chdb_dir}?database={namespace}"
+
+
+@pytest.fixture
+def settings(redis_url: str, event_log_url: str, namespace: str, tmp_path: Path) -> Settings:
+    """Settings for an app under test: real Redis and chdb, fast flushes, open auth."""
+    return Settings(
+        redis=RedisSettings(url=redis_url, key_prefix=namespace),
+        event_log=EventLogSettings(
+            url=event_log_url,
+            flush_interval_s=0.05,
+            spool_dir=str(tmp_path / "spool"),
+        ),
+        decisions=DecisionSettings(config_poll_interval_s=0.05),
+        log_format="console",
+        log_level="warning",
+        data_dir=str(tmp_path),
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    """The app built by the factory for this test's settings."""
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """An in-process HTTP client with the app's lifespan running."""
+    async with AsyncTestClient(app=app) as c:
+        yield c
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A direct Redis client for assertions."""
+    r = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+def event_log(event_log_url: str) -> Iterator[ClickHouseEventLog]:
+    """A direct event-log client on this test's database, tables migrated."""
+    log = open_event_log(event_log_url)
+    log.migrate()
+    try:
+        yield log
+    finally:
+        log.close()
