@@ -58,8 +58,11 @@ def _clean_name(raw: str) -> str:
 def format_features(features: Mapping[str, FeatureValue]) -> str:
     """Return the space-separated VW tokens for ``features`` (may be empty).
 
-    Keys are emitted in the mapping's iteration order; empty names and empty strings are
-    skipped because VW would read them as a bare namespace separator.
+    Keys are emitted in the mapping's iteration order; empty names, empty strings and None
+    are skipped (VW would read an empty token as a bare namespace separator).
+
+    Raises:
+        TypeError: for a value that is not a string, number, boolean, list or None.
     """
     tokens: list[str] = []
     append = tokens.append
@@ -80,10 +83,12 @@ def format_features(features: Mapping[str, FeatureValue]) -> str:
         elif isinstance(value, str):
             if value:
                 append(f"{name}={clean(value)}")
-        else:
+        elif isinstance(value, list | tuple):
             for item in value:
                 if item:
-                    append(f"{name}={clean(item)}")
+                    append(f"{name}={clean(str(item))}")
+        elif value is not None:  # a JSON null is an absent feature; anything else is a bug
+            raise TypeError(f"feature {raw_name!r} has unsupported type {type(value).__name__}")
     return " ".join(tokens)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 import pytest
 
@@ -87,10 +89,10 @@ def test_decode_rejects_bad_configs(raw: bytes, match: str) -> None:
         (lambda: VWCBConfig(extra_args=("--daemon",)), "'--daemon' is not allowed"),
     ],
 )
-def test_construction_validates_like_decoding(build: object, match: str) -> None:
+def test_construction_validates_like_decoding(build: Callable[[], object], match: str) -> None:
     """Configs built in Python enforce the same bounds, with 'x == v, must be ...' messages."""
     with pytest.raises(ValueError, match=match):
-        build()  # type: ignore[operator]
+        build()
 
 
 def test_post_init_error_carries_the_struct_path() -> None:

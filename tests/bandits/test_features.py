@@ -21,7 +21,7 @@ from bandits.features import action_line, clean, format_features, shared_line
         ({"city": "New York"}, "city=New%20York"),
         ({"a|b": "x:y"}, "a%7Cb=x%3Ay"),
         ({"k=v": "1%"}, "k%3Dv=1%25"),
-        ({"": "dropped", "tabs": "a\tb"}, "tabs=a%09b"),
+        ({"": "dropped", "tabs": "a\tb", "null": None}, "tabs=a%09b"),  # type: ignore[dict-item]
     ],
 )
 def test_format_features(features: dict[str, FeatureValue], expected: str) -> None:
@@ -48,3 +48,9 @@ def test_lines_parse_into_the_intended_namespaces() -> None:
     assert action.feat_group_indices == [ord("A")]
     assert len(action[ord("A")]) == 3  # _key, price, colour
     assert action_line("big | bold", {}) == "|A _key=big%20%7C%20bold"
+
+
+def test_unsupported_value_types_are_refused() -> None:
+    """A value outside FeatureValue (here a dict) raises TypeError naming the feature."""
+    with pytest.raises(TypeError, match="feature 'nested' has unsupported type dict"):
+        format_features({"nested": {"a": 1}})  # type: ignore[dict-item]
