@@ -28,7 +28,7 @@ class RedisServer:
     """A ``redis-server`` child process."""
 
     def __init__(self, directory: Path, port: int | None = None, persist: bool = True) -> None:
-        self.directory = directory
+        self.directory = directory.resolve()
         self.port = port or free_port()
         self.persist = persist
         self._proc: subprocess.Popen[bytes] | None = None

@@ -85,6 +85,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     auth: AuthSettings = AuthSettings()
     decisions: DecisionSettings = DecisionSettings()
     learner: LearnerSettings = LearnerSettings()
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
     log_format: LogFormat = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: str = "./data"

@@ -1,0 +1,97 @@
+"""The ``tailor`` command: ``serve`` now, more subcommands (learn, report, demo, ...) beside it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from decision_api.settings import Settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except msgspec.ValidationError as exc:
+        print(f"tailor: bad configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def ensure_redis(settings: Settings) -> tuple[Settings, object | None]:
+    """With no ``TAILOR_REDIS_URL``, start a private redis-server under ``<data_dir>/redis``.
+
+    Returns the settings pointing at it and the server handle (to stop on exit).
+    """
+    if settings.redis.url:
+        return settings, None
+    from decision_api.redis_server import RedisServer
+
+    server = RedisServer(Path(settings.data_dir) / "redis", persist=True).start()
+    os.environ["TAILOR_REDIS_URL"] = server.url
+    print(f"tailor: started a private redis-server at {server.url}", file=sys.stderr)
+    redis = msgspec.structs.replace(settings.redis, url=server.url)
+    return msgspec.structs.replace(settings, redis=redis), server
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API with granian (uvloop); embedded Redis and chdb unless configured."""
+    from granian import Granian
+
+    settings = _settings_or_exit()
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    workers = args.workers or settings.workers
+    if workers > 1 and settings.event_log.url.startswith("chdb:"):
+        print(
+            "tailor: the embedded chdb event log is owned by one process; run one worker or "
+            "point TAILOR_EVENT_LOG_URL at a ClickHouse server",
+            file=sys.stderr,
+        )
+        return 2
+    settings, redis_server = ensure_redis(settings)
+    print(f"tailor: serving on http://{host}:{port}", file=sys.stderr)
+    try:
+        Granian(
+            "decision_api.asgi:build",
+            factory=True,
+            address=host,
+            port=port,
+            interface="asgi",  # type: ignore[arg-type]
+            workers=workers,
+            loop="uvloop",  # type: ignore[arg-type]
+            log_access=False,
+            backlog=2048,
+        ).serve()
+    finally:
+        if redis_server is not None:
+            redis_server.stop()  # type: ignore[attr-defined]
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="tailor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the decision API")
+    serve.add_argument("--host", help="bind address (default TAILOR_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default TAILOR_PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default TAILOR_WORKERS or 1)")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tailor`` console script."""
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
