@@ -43,6 +43,7 @@ recipient's (history, feasible) pair, and learning uses only (chosen hour, rewar
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Final
 
 import msgspec
@@ -53,6 +54,7 @@ POLICY_NAME: Final = "send_time_thompson"
 _SNAPSHOT_FORMAT: Final = 1
 _POOL_ROWS: Final = 2048
 _CHUNK_ELEMENTS: Final = 1 << 20  # draws per chunk: bounds memory (~4 MB float32)
+_ROWS_PER_CHUNK: Final = 2048  # recipients per chunk of the bulk path
 _MAX_CONTENDERS: Final = 32  # hours per recipient that enter the Monte Carlo (hour of week)
 
 FloatArray = npt.NDArray[np.float64]
@@ -139,21 +141,25 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Snapshot)
 
 
-def sample_from_pmf(pmf: FloatArray, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:
-    """Draw one index per row of `pmf` with exactly those probabilities.
+def sample_from_pmf(pmf: FloatArray, uniforms: FloatArray) -> tuple[IntArray, FloatArray]:
+    """Map one uniform per row of `pmf` to an index drawn with exactly those probabilities.
+
+    Index i is returned when u · Σpmf falls in [cdf[i−1], cdf[i]): zero-mass indices never.
 
     Args:
         pmf: shape (n, H), non-negative rows summing to 1 (or all zero: no choice).
-        rng: source of the n uniforms.
+        uniforms: shape (n,), independent uniforms in [0, 1), e.g. `rng.random(n)`.
 
     Returns:
         chosen: shape (n,), the index drawn, -1 for all-zero rows.
         propensity: shape (n,), pmf[row, chosen], 0.0 for all-zero rows.
     """
     n, n_actions = pmf.shape
+    if uniforms.shape != (n,):
+        raise ValueError(f"uniforms shape == {uniforms.shape}, must be ({n},)")
     cumulative = np.cumsum(pmf, axis=1)
     total = cumulative[:, -1]
-    u = rng.random(n) * total
+    u = uniforms * total
     # First index whose cumulative mass exceeds u: never a zero-mass index.
     chosen = (cumulative <= u[:, None]).sum(axis=1).astype(np.int64)
     overflow = chosen == n_actions  # u rounded up to the total: take the last positive index
@@ -167,22 +173,25 @@ def sample_from_pmf(pmf: FloatArray, rng: np.random.Generator) -> tuple[IntArray
 
 
 def _win_shares(
-    mean: npt.NDArray[np.float32], sd: npt.NDArray[np.float32], k: int, rng: np.random.Generator
+    mean: npt.NDArray[np.float32],
+    sd: npt.NDArray[np.float32],
+    k: int,
+    pool: npt.NDArray[np.float32] | None,
+    rng: np.random.Generator,
 ) -> FloatArray:
-    """Share of k normal draws N(mean, sd²) won by each column, shape (n, C) like `mean`."""
+    """Share of k normal draws N(mean, sd²) won by each column, shape (n, C) like `mean`.
+
+    `pool` (shape (P, C)) supplies standard normals resampled by row; None draws fresh ones.
+    """
     n, n_cols = mean.shape
-    # Small batches (the single-recipient path) get independent draws; large ones
-    # resample rows of a fresh pool, which costs a gather instead of n·k·C normals.
-    small = n * k <= _POOL_ROWS
-    pool = rng.standard_normal((n * k if small else _POOL_ROWS, n_cols), dtype=np.float32)
     wins = np.empty((n, n_cols), dtype=np.float64)
     step = max(1, _CHUNK_ELEMENTS // (k * n_cols))
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        if small:
-            rows = pool.reshape(n, k, n_cols)[lo:hi]
+        if pool is None:
+            rows = rng.standard_normal((hi - lo, k, n_cols), dtype=np.float32)
         else:
-            rows = pool[rng.integers(0, _POOL_ROWS, size=(hi - lo, k))]  # (m, k, C)
+            rows = pool[rng.integers(0, pool.shape[0], size=(hi - lo, k))]  # (m, k, C)
         rows *= sd[lo:hi, None, :]
         rows += mean[lo:hi, None, :]
         winner = rows.argmax(axis=2)  # (m, k)
@@ -249,9 +258,7 @@ class SendTimeThompson:
         n_hours = self.n_hours
         if hist.ndim != 2 or (n is not None and hist.shape[0] != n):
             raise ValueError(f"histories shape == {hist.shape}, must be ({n or 'n'}, {n_hours})")
-        if hist.shape[1] == 24 and n_hours == 168:
-            hist = np.tile(hist, (1, 7))  # an hour-of-day histogram applies to every weekday
-        elif hist.shape[1] != n_hours:
+        if hist.shape[1] != n_hours and not (hist.shape[1] == 24 and n_hours == 168):
             raise ValueError(f"histories shape == {hist.shape}, must be (n, {n_hours})")
         if not np.all(np.isfinite(hist) & (hist >= 0)):
             raise ValueError("histories must be finite and >= 0")
@@ -284,6 +291,8 @@ class SendTimeThompson:
     def _lift(self, hist: FloatArray) -> FloatArray:
         cfg = self.config
         n_hours = self.n_hours
+        if hist.shape[1] != n_hours:
+            hist = np.tile(hist, (1, n_hours // hist.shape[1]))  # same profile every weekday
         s = cfg.smoothing
         smooth = (1 - 2 * s) * hist + s * (np.roll(hist, 1, axis=1) + np.roll(hist, -1, axis=1))
         total = smooth.sum(axis=1, keepdims=True)
@@ -314,38 +323,18 @@ class SendTimeThompson:
         """
         mask = self._feasible(feasible)
         hist = self._histories(histories, mask.shape[0])
-        mean, sd = self._scores(hist)
-        mean32 = np.where(mask, mean, -np.inf).astype(np.float32)
-        sd32 = np.where(mask, sd, 0.0).astype(np.float32)
-        n, n_hours = mask.shape
-        if n_hours <= _MAX_CONTENDERS:
-            wins = _win_shares(mean32, sd32, self.config.mc_draws, rng)
-        else:
-            # Only the hours with the highest upper bounds (μL + 3σL) can realistically win;
-            # random jitter breaks exact ties so that a flat prior does not favour Monday.
-            bound = (mean + 3 * sd) * (1 + 1e-9 * rng.random(mean.shape))  # > 0: μ > 0, L > 0
-            upper = np.where(mask, bound, -np.inf)
-            contenders = np.argpartition(-upper, _MAX_CONTENDERS - 1, axis=1)
-            contenders = contenders[:, :_MAX_CONTENDERS]
-            shares = _win_shares(
-                np.take_along_axis(mean32, contenders, axis=1),
-                np.take_along_axis(sd32, contenders, axis=1),
-                self.config.mc_draws,
-                rng,
-            )
-            wins = np.zeros((n, n_hours))
-            np.put_along_axis(wins, contenders, shares, axis=1)
-        n_feasible = mask.sum(axis=1, keepdims=True)
-        floor = np.where(mask, 1.0 / np.maximum(n_feasible, 1), 0.0)
-        eps = self.config.min_share
-        pmf = (1 - eps) * wins + eps * floor
-        pmf[n_feasible[:, 0] == 0] = 0.0
+        pmf = np.empty(mask.shape)
+        for lo, hi, chunk in self._pmf_chunks(hist, mask, rng):
+            pmf[lo:hi] = chunk
         return pmf
 
     def choose_many(
         self, histories: npt.ArrayLike, feasible: npt.ArrayLike, rng: np.random.Generator
     ) -> tuple[IntArray, FloatArray]:
         """Choose an hour for each of n recipients.
+
+        Equals `sample_from_pmf(action_probabilities(...), u)` with `u = rng.random(n)` drawn
+        first, computed in row chunks so that no (n, H) temporary is ever allocated.
 
         Args:
             histories: shape (n, H) (or (n, 24) for hour of week), past opens per local hour.
@@ -356,8 +345,70 @@ class SendTimeThompson:
             chosen: shape (n,), hour index, -1 where no hour is feasible.
             propensity: shape (n,), the exact probability of the chosen hour (0.0 for -1).
         """
-        pmf = self.action_probabilities(histories, feasible, rng)
-        return sample_from_pmf(pmf, rng)
+        mask = self._feasible(feasible)
+        hist = self._histories(histories, mask.shape[0])
+        n = int(mask.shape[0])
+        uniforms: FloatArray = rng.random(size=n)
+        chosen = np.empty(n, dtype=np.int64)
+        propensity = np.empty(n)
+        for lo, hi, chunk in self._pmf_chunks(hist, mask, rng):
+            chosen[lo:hi], propensity[lo:hi] = sample_from_pmf(chunk, uniforms[lo:hi])
+        return chosen, propensity
+
+    def _pmf_chunks(
+        self, hist: FloatArray, mask: BoolArray, rng: np.random.Generator
+    ) -> Iterator[tuple[int, int, FloatArray]]:
+        # Row chunks keep every temporary a few MB: (n, 168) float64 arrays would be fresh
+        # mmaps whose page faults cost more than the arithmetic.
+        n, n_hours = mask.shape
+        k = self.config.mc_draws
+        n_cols = min(n_hours, _MAX_CONTENDERS)
+        # Small batches (the single-recipient path) get independent draws; large ones
+        # resample rows of one fresh pool, a gather instead of n·k·C normals.
+        pool = (
+            None if n * k <= _POOL_ROWS else rng.standard_normal((_POOL_ROWS, n_cols), np.float32)
+        )
+        for lo in range(0, n, _ROWS_PER_CHUNK):
+            hi = min(n, lo + _ROWS_PER_CHUNK)
+            yield lo, hi, self._pmf(hist[lo:hi], mask[lo:hi], pool, rng)
+
+    def _pmf(
+        self,
+        hist: FloatArray,
+        mask: BoolArray,
+        pool: npt.NDArray[np.float32] | None,
+        rng: np.random.Generator,
+    ) -> FloatArray:
+        mean, sd = self._scores(hist)
+        mean32 = np.where(mask, mean, -np.inf).astype(np.float32)
+        sd32 = np.where(mask, sd, 0.0).astype(np.float32)
+        n, n_hours = mask.shape
+        k = self.config.mc_draws
+        if n_hours <= _MAX_CONTENDERS:
+            wins = _win_shares(mean32, sd32, k, pool, rng)
+        else:
+            # Only the hours with the highest upper bounds (μL + 3σL) can realistically win;
+            # random jitter breaks exact ties so that a flat prior does not favour Monday.
+            # Bounds are > 0 (μ > 0, L > 0) where feasible and −inf elsewhere.
+            jitter = 1 + 1e-5 * rng.random(mean32.shape, dtype=np.float32)
+            upper = (mean32 + 3 * sd32) * jitter
+            contenders = np.argpartition(-upper, _MAX_CONTENDERS - 1, axis=1)
+            contenders = contenders[:, :_MAX_CONTENDERS]
+            shares = _win_shares(
+                np.take_along_axis(mean32, contenders, axis=1),
+                np.take_along_axis(sd32, contenders, axis=1),
+                k,
+                pool,
+                rng,
+            )
+            wins = np.zeros((n, n_hours))
+            np.put_along_axis(wins, contenders, shares, axis=1)
+        n_feasible = mask.sum(axis=1, keepdims=True)
+        floor = np.where(mask, 1.0 / np.maximum(n_feasible, 1), 0.0)
+        eps = self.config.min_share
+        pmf = (1 - eps) * wins + eps * floor
+        pmf[n_feasible[:, 0] == 0] = 0.0
+        return pmf
 
     def choose(
         self, history: npt.ArrayLike, feasible: npt.ArrayLike, rng: np.random.Generator

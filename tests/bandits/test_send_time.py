@@ -135,7 +135,7 @@ def test_sample_from_pmf_matches_probabilities_chi_square() -> None:
     """Draws from a fixed pmf match it: chi-square p > 0.001 over 200,000 draws (seed 5)."""
     rng = np.random.default_rng(5)
     pmf = np.array([0.0, 0.05, 0.3, 0.0, 0.15, 0.5, 0.0])
-    chosen, propensity = sample_from_pmf(np.tile(pmf, (200_000, 1)), rng)
+    chosen, propensity = sample_from_pmf(np.tile(pmf, (200_000, 1)), rng.random(200_000))
     counts = np.bincount(chosen, minlength=pmf.size)
     assert counts[pmf == 0].sum() == 0
     support = pmf > 0
@@ -145,20 +145,12 @@ def test_sample_from_pmf_matches_probabilities_chi_square() -> None:
 
 def test_sample_from_pmf_never_picks_zero_mass_at_the_edges() -> None:
     """Uniforms at 0 and just below 1 still land on positive-mass indices."""
-
-    class Edge(np.random.Generator):
-        def __init__(self, value: float) -> None:
-            super().__init__(np.random.PCG64(0))
-            self.value = value
-
-        def random(self, size: object = None, dtype: object = None, out: object = None) -> object:
-            return np.full(size, self.value)  # type: ignore[arg-type]
-
-    pmf = np.array([[0.0, 0.4, 0.6, 0.0], [0.0, 0.4, 0.6, 0.0]])
-    for value in (0.0, np.nextafter(1.0, 0.0)):
-        chosen, propensity = sample_from_pmf(pmf, Edge(value))
-        assert set(chosen.tolist()) <= {1, 2}
-        assert (propensity > 0).all()
+    pmf = np.array([[0.0, 0.4, 0.6, 0.0], [0.0, 0.4, 0.6, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    chosen, propensity = sample_from_pmf(pmf, np.array([0.0, np.nextafter(1.0, 0.0), 0.5]))
+    assert chosen.tolist() == [1, 2, -1]
+    assert propensity.tolist() == [0.4, 0.6, 0.0]
+    with pytest.raises(ValueError, match=r"uniforms shape == \(2,\), must be \(3,\)"):
+        sample_from_pmf(pmf, np.zeros(2))
 
 
 def test_logged_propensities_match_observed_frequencies() -> None:
@@ -171,19 +163,19 @@ def test_logged_propensities_match_observed_frequencies() -> None:
     feasible = all_feasible(n)
     feasible[:, 2:5] = False
     pmf = policy.action_probabilities(history, feasible, rng)
-    chosen, propensity = sample_from_pmf(pmf, rng)
+    chosen, propensity = sample_from_pmf(pmf, rng.random(n))
     np.testing.assert_array_equal(propensity, pmf[np.arange(n), chosen])
     expected = pmf.sum(axis=0)
     counts = np.bincount(chosen, minlength=H)
     support = expected > 0
     assert counts[~support].sum() == 0
     assert stats.chisquare(counts[support], expected[support]).pvalue > 1e-3
-    # The public bulk path is exactly "compute π, then sample from it": same seed, same output.
+    # The public bulk path is exactly "draw n uniforms, compute π, sample from it".
     chosen2, propensity2 = policy.choose_many(history, feasible, np.random.default_rng(10))
     again = np.random.default_rng(10)
-    chosen3, propensity3 = sample_from_pmf(
-        policy.action_probabilities(history, feasible, again), again
-    )
+    uniforms = again.random(n)
+    pmf2 = policy.action_probabilities(history, feasible, again)
+    chosen3, propensity3 = sample_from_pmf(pmf2, uniforms)
     np.testing.assert_array_equal(chosen2, chosen3)
     np.testing.assert_array_equal(propensity2, propensity3)
 
