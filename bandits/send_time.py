@@ -18,22 +18,28 @@ hundred sends per hour; the multiplicative lift keeps history relevant at any po
 `population_cap` bounds how sure a recipient's prior may be of the population (useful when
 behaviour drifts). θ is a ranking score, not a probability: it may exceed 1.
 
-Choice. For each recipient, `mc_draws` Thompson draws of θ are taken from a moment-matched normal
-approximation of each Beta (mean μ = α/(α+β), variance μ(1−μ)/(α+β+1)), scaled by L, over the
-feasible hours only;
-p̂_h is the share of draws that hour h wins. The action distribution is
+Choice. For each recipient, `mc_draws` Thompson draws of θ are taken from a moment-matched
+normal approximation of each Beta (mean μ = α/(α+β), variance μ(1−μ)/(κ(α+β)+1)), scaled by L,
+over the feasible hours only; p̂_h is the share of draws that hour h wins. The action
+distribution is
 
     π_h = (1 − min_share) p̂_h + min_share / n_feasible   for feasible h, 0 otherwise,
 
-and the hour is sampled from π with the caller's Generator, so the logged propensity π_chosen is
-exactly the probability with which that hour was chosen given π (valid for IPS: the Monte Carlo
-noise in π is independent of the reward). Every feasible hour gets at least
-min_share / n_feasible. The standard normals come from a per-call pool of `_POOL_ROWS` fresh
-H-vectors, of which each recipient uses `mc_draws` rows picked at random — which makes the bulk
-path cost microseconds per recipient instead of tens; batches of at most `_POOL_ROWS` draws in
-all (e.g. the single-recipient path) use independent draws. With 168 hours of week only each
-recipient's `_MAX_CONTENDERS` hours of highest upper bound μL + 3σL enter the Monte Carlo (the
-others get p̂ = 0, the floor still covers them): π stays exact, the cost stays that of 32 hours.
+and the hour is drawn from π with the caller's Generator, so the logged propensity π_chosen is
+exactly the probability with which that hour was drawn given π (valid for IPS: the Monte Carlo
+noise in π is independent of the reward). Every feasible hour keeps at least
+min_share / n_feasible.
+
+Cost. The bulk path works in chunks of `_ROWS_PER_CHUNK` recipients (no (n, H) temporaries).
+Its standard normals come from one pool of `_POOL_ROWS` fresh vectors per call, of which each
+recipient uses `mc_draws` rows picked at random — a gather instead of n·k·H normal draws;
+calls needing at most `_POOL_ROWS` draws (the single-recipient path) draw independently. With
+168 hours of week only each recipient's `_MAX_CONTENDERS` hours of highest upper bound
+μL + 3σL (ties broken at random) enter the Monte Carlo; the others get p̂ = 0 and keep the floor.
+
+Caveat for the profile owner: an open-hour histogram also reflects when mails were sent (a
+campaign always sent at 10h makes everyone look like a 10h opener); the floor and the policy's
+own spread of send hours wash this out over time, faster if opens are counted per send hour.
 
 Mapping onto `bandits.base`: `HourChoice.hour` is `Choice.index`, `str(hour)` its key,
 `propensity`, `policy` and `model_version` carry over; the context of an `Example` is the
