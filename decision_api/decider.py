@@ -171,7 +171,9 @@ class DecisionEngine:
         logged_context = stringify(attributes) if consent else {}
         answers = []
         for placement in placements:
-            placed = self._place(placement, unit_id, attributes, consent, global_holdout)
+            placed = self._place(
+                placement, unit_id, attributes, consent, global_holdout, decision_id, now_ms
+            )
             answer = placed.answer
             answers.append(answer)
             self._metrics.decisions.labels(answer.policy, answer.reason).inc()
@@ -206,6 +208,8 @@ class DecisionEngine:
         attributes: Mapping[str, Any],
         consent: bool,
         global_holdout: bool,
+        decision_id: str,
+        now_ms: int,
     ) -> Placed:
         fallback: tuple[Compiled, str] | None = None
         for compiled in self._cache.for_placement(placement):
@@ -229,7 +233,7 @@ class DecisionEngine:
                 return self._default(placement, compiled, "holdout", holdout=True)
             if not consent:
                 return self._default(placement, compiled, "no_consent")
-            return self._assign(placement, compiled, unit_id, attributes)
+            return self._assign(placement, compiled, unit_id, attributes, decision_id, now_ms)
         if fallback is not None:
             return self._default(placement, *fallback)
         return Placed(
@@ -240,7 +244,13 @@ class DecisionEngine:
         )
 
     def _assign(
-        self, placement: str, compiled: Compiled, unit_id: str, attributes: Mapping[str, Any]
+        self,
+        placement: str,
+        compiled: Compiled,
+        unit_id: str,
+        attributes: Mapping[str, Any],
+        decision_id: str,
+        now_ms: int,
     ) -> Placed:
         exp = compiled.experiment
         choice = None
@@ -257,6 +267,8 @@ class DecisionEngine:
         else:
             index, propensity = choice.index, choice.propensity
             policy, reason, version = choice.policy, "policy", choice.model_version
+            assert self._policies is not None
+            self._policies.remember(decision_id, compiled, unit_id, choice, attributes, now_ms)
         variant = exp.variants[index]
         return Placed(
             answer=PlacementDecision(

@@ -88,6 +88,10 @@ class Metrics:
         self.learned = Counter(
             "tailor_examples_learned", "Training examples learned", ["experiment"], registry=r
         )
+        self.late_outcomes = Counter(
+            "tailor_late_outcomes", "Outcomes after their decision's reward window (not learned)",
+            ["experiment"], registry=r,
+        )
         self.rate_limited = Counter(
             "tailor_rate_limited", "Requests refused by rate limits", registry=r
         )

@@ -126,10 +126,16 @@ class OutcomeBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class OutcomeAccepted(msgspec.Struct, kw_only=True):
-    """Outcomes accepted for the event log (and the reward join)."""
+    """Outcomes accepted for the event log; ``joined`` decisions rewarded in the reward join.
+
+    ``degraded`` is true when Redis was unavailable: the outcomes are logged all the same, but
+    learning policies did not see them.
+    """
 
     accepted: int
     event_ids: list[str]
+    joined: int = 0
+    degraded: bool = False
 
 
 class EventRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

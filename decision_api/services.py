@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -27,6 +28,7 @@ from decision_api.event_log import ClickHouseEventLog, open_event_log
 from decision_api.event_writer import EventWriter, now_ms
 from decision_api.events import AuditEntry
 from decision_api.feature_store import RedisFeatureStore
+from decision_api.learning import LearnerRunner, LearningPolicies
 from decision_api.metrics import Metrics
 from decision_api.settings import Settings
 from decision_api.spool import Spool
@@ -45,12 +47,14 @@ class Services:
         *,
         settings: Settings,
         redis: Redis,
+        redis_bin: Redis,
         event_log: ClickHouseEventLog,
         writer: EventWriter,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self.redis_bin = redis_bin
         self.event_log = event_log
         self.writer = writer
         self.metrics = metrics
@@ -61,10 +65,11 @@ class Services:
         self.cache = ExperimentCache(self.store)
         self.keys = KeyRing(parse_bootstrap_keys(settings.auth.api_keys))
         self.pseudonymise = Pseudonymiser(settings.pseudonym_secret)
+        self.learning = LearningPolicies(redis, redis_bin, prefix, metrics)
         self.engine = DecisionEngine(
             features=self.features,
             cache=self.cache,
-            policies=None,
+            policies=self.learning,
             sink=writer,
             metrics=metrics,
             pseudonymise=self.pseudonymise,
@@ -74,6 +79,30 @@ class Services:
         )
         self.engine.kill_switch = settings.decisions.kill_switch
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.learner: LearnerRunner | None = None
+
+    async def refresh_config(self, force: bool = False) -> bool:
+        """Reload experiment definitions if they changed, and follow them in the learners."""
+        changed = await self.cache.refresh(force=force)
+        if changed:
+            self.learning.sync(self.cache.experiments())
+        return changed
+
+    def start_learner(self) -> None:
+        """Run the learner and reward sweeper in this process (leader-elected across workers)."""
+        cfg = self.settings.learner
+        self.learner = LearnerRunner(
+            self.redis_bin,
+            self.learning.join,
+            self.store,
+            self.settings.redis.key_prefix,
+            holder=self.worker_id,
+            snapshot_interval_s=cfg.snapshot_interval_s,
+            sweep_interval_s=cfg.reward_sweep_interval_s,
+            metrics=self.metrics,
+        )
+        self._tasks.append(asyncio.create_task(self.learner.run(self._stop), name="learner"))
 
     def audit(self, action: str, entity: str, key: str, version: int, detail: str) -> None:
         """Append an audit entry (configuration change or data-rights action)."""
@@ -122,6 +151,13 @@ class Services:
 
     async def close(self) -> None:
         """Stop background tasks, flush events, close connections."""
+        self._stop.set()
+        if self.learner is not None:
+            learner_task = next(t for t in self._tasks if t.get_name() == "learner")
+            with contextlib.suppress(asyncio.TimeoutError, RedisError):
+                await asyncio.wait_for(asyncio.shield(learner_task), timeout=5)
+        with contextlib.suppress(RedisError):
+            await self.learning.join.flush()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -130,6 +166,7 @@ class Services:
         await self.writer.close()
         await asyncio.to_thread(self.event_log.close)
         await self.redis.aclose()
+        await self.redis_bin.aclose()
 
 
 def sensitive_features(settings: Settings) -> frozenset[str]:
@@ -143,14 +180,16 @@ def sensitive_features(settings: Settings) -> frozenset[str]:
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open Redis and the event log, start the writer and pollers; close all on exit."""
     metrics = Metrics()
-    redis = Redis.from_url(
-        settings.redis.url or "redis://127.0.0.1:6379/0",
-        decode_responses=True,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.socket_timeout_s,
-        health_check_interval=5,
-        max_connections=256,
-    )
+    redis_options: dict[str, Any] = {
+        "socket_timeout": settings.redis.socket_timeout_s,
+        "socket_connect_timeout": settings.redis.socket_timeout_s,
+        "health_check_interval": 5,
+        "max_connections": 256,
+    }
+    url = settings.redis.url or "redis://127.0.0.1:6379/0"
+    redis = Redis.from_url(url, decode_responses=True, **redis_options)
+    # Model snapshots are binary, and learners block on the stream: their own pool.
+    redis_bin = Redis.from_url(url, decode_responses=False, **redis_options)
     event_log = await asyncio.to_thread(open_event_log, settings.event_log.url)
     applied = await asyncio.to_thread(event_log.migrate)
     if applied:
@@ -166,16 +205,27 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         metrics=metrics,
     )
     services = Services(
-        settings=settings, redis=redis, event_log=event_log, writer=writer, metrics=metrics
+        settings=settings,
+        redis=redis,
+        redis_bin=redis_bin,
+        event_log=event_log,
+        writer=writer,
+        metrics=metrics,
     )
     writer.start()
     try:
-        await services.cache.refresh(force=True)
+        await services.refresh_config(force=True)
     except RedisError as exc:
         log.warning("config_load_failed", error=str(exc))
     services.start_background(
-        "config-poll", settings.decisions.config_poll_interval_s, services.cache.refresh
+        "config-poll", settings.decisions.config_poll_interval_s, services.refresh_config
     )
+    services.start_background("join-flush", 0.02, services.learning.join.flush)
+    services.start_background(
+        "model-poll", settings.learner.model_poll_interval_s, services.learning.serving.poll
+    )
+    if settings.learner.in_process:
+        services.start_learner()
     if services.keys.open:
         log.warning("auth_open", detail="no API key configured: every request is allowed")
     log.info("services_started", worker=services.worker_id, started=time.time())

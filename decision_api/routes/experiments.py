@@ -36,7 +36,7 @@ class ExperimentController(Controller):
         """Create a draft experiment (version 1)."""
         _check(data, services)
         created = await services.store.create(data, time.time())
-        await services.cache.refresh()
+        await services.refresh_config()
         return created
 
     @get("")
@@ -61,26 +61,26 @@ class ExperimentController(Controller):
         """Replace the definition; the version goes up by one."""
         _check(data, services)
         updated = await services.store.update(key, data, time.time())
-        await services.cache.refresh()
+        await services.refresh_config()
         return updated
 
     @post("/{key:str}/start", status_code=200)
     async def start(self, key: str, services: NamedDependency[Services]) -> Experiment:
         """Start (or resume) an experiment."""
         changed = await services.store.transition(key, "start", time.time())
-        await services.cache.refresh()
+        await services.refresh_config()
         return changed
 
     @post("/{key:str}/pause", status_code=200)
     async def pause(self, key: str, services: NamedDependency[Services]) -> Experiment:
         """Pause: everyone gets the default variant until it is started again."""
         changed = await services.store.transition(key, "pause", time.time())
-        await services.cache.refresh()
+        await services.refresh_config()
         return changed
 
     @post("/{key:str}/stop", status_code=200)
     async def stop(self, key: str, services: NamedDependency[Services]) -> Experiment:
         """Stop for good: the placement falls back to other experiments or its default."""
         changed = await services.store.transition(key, "stop", time.time())
-        await services.cache.refresh()
+        await services.refresh_config()
         return changed

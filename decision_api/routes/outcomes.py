@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+import structlog
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
+from redis.exceptions import RedisError
 
 from decision_api.event_writer import now_ms
 from decision_api.events import Outcome
@@ -15,11 +17,16 @@ from decision_api.routes.guards import require
 from decision_api.schemas import OutcomeAccepted, OutcomeBatch, OutcomeRequest
 from decision_api.services import Services
 
+log = structlog.get_logger("tailor.outcomes")
 
-def accept_outcomes(services: Services, requests: Sequence[OutcomeRequest]) -> OutcomeAccepted:
-    """Turn outcome requests into event-log rows (and reward-join input)."""
+
+async def accept_outcomes(
+    services: Services, requests: Sequence[OutcomeRequest]
+) -> OutcomeAccepted:
+    """Log outcomes durably, then apply them to the reward join (degrades if Redis is down)."""
     received = now_ms()
     ids = []
+    outcomes = []
     for req in requests:
         event_id = uuid.uuid4()
         ts_ms = int(req.ts.timestamp() * 1000) if req.ts is not None else received
@@ -36,7 +43,42 @@ def accept_outcomes(services: Services, requests: Sequence[OutcomeRequest]) -> O
         services.writer.submit(outcome)
         services.metrics.outcomes.labels(req.type).inc()
         ids.append(event_id.hex)
-    return OutcomeAccepted(accepted=len(ids), event_ids=ids)
+        outcomes.append(outcome)
+    joined, degraded = await join_outcomes(services, outcomes, received)
+    return OutcomeAccepted(accepted=len(ids), event_ids=ids, joined=joined, degraded=degraded)
+
+
+async def join_outcomes(
+    services: Services, outcomes: Sequence[Outcome], now: int
+) -> tuple[int, bool]:
+    """Feed outcomes to the reward join; returns (decisions rewarded, whether Redis failed)."""
+    rules = services.learning.rules
+    if not rules:
+        return 0, False
+    joined = 0
+    try:
+        for outcome in outcomes:
+            results = await services.learning.join.apply_outcome(
+                event_id=outcome.event_id.hex,
+                outcome_type=outcome.type,
+                value=outcome.value,
+                now_ms=now,
+                rules_of=rules,
+                decision_id=outcome.decision_id or None,
+                unit_id=outcome.unit_id or None,
+                experiment=outcome.experiment or None,
+            )
+            for experiment, result in results:
+                if result == "joined":
+                    joined += 1
+                elif result == "late":
+                    services.metrics.late_outcomes.labels(experiment).inc()
+                    log.info("outcome_late", experiment=experiment, type=outcome.type)
+    except RedisError as exc:
+        services.metrics.degraded.labels("redis").inc()
+        log.warning("reward_join_failed", error=str(exc))
+        return joined, True
+    return joined, False
 
 
 class OutcomeController(Controller):
@@ -51,11 +93,11 @@ class OutcomeController(Controller):
         self, data: JSONBody[OutcomeRequest], services: NamedDependency[Services]
     ) -> OutcomeAccepted:
         """Accept one outcome."""
-        return accept_outcomes(services, [data])
+        return await accept_outcomes(services, [data])
 
     @post("/batch", status_code=202)
     async def record_batch(
         self, data: JSONBody[OutcomeBatch], services: NamedDependency[Services]
     ) -> OutcomeAccepted:
         """Accept up to 10,000 outcomes at once."""
-        return accept_outcomes(services, data.outcomes)
+        return await accept_outcomes(services, data.outcomes)

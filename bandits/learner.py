@@ -1,0 +1,248 @@
+"""The online learner: joined examples from a Redis Stream into models, snapshots out.
+
+Exactly-once learning without a transaction log: the learner reads examples through a consumer
+group, learns them into in-memory models, and acknowledges them only when it publishes — the new
+snapshots and the ``XACK`` of every example they contain commit in one ``MULTI``. If the learner
+dies in between, the last snapshot does not contain the unacknowledged examples and they are
+re-delivered to the restarted learner (it reads its own pending entries first, and claims those
+of a dead consumer), so nothing is lost and nothing is learned twice.
+
+A reset (``SnapshotStore.reset``) bumps the model's generation; the learner notices on its next
+publish, drops its in-memory model and starts fresh from that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from bandits.base import Example, Policy, PolicyError
+from bandits.join import JOIN_GROUP, TrainingExample, decode_entry
+from bandits.registry import build_policy
+from bandits.snapshots import Snapshot, SnapshotStore
+from bandits.spec import PolicySpec
+
+log = structlog.get_logger("tailor.learner")
+
+SpecSource = Callable[[], Awaitable[Mapping[str, PolicySpec]]]
+CLAIM_IDLE_MS = 30_000
+
+
+class _Model:
+    """A model the learner is training."""
+
+    def __init__(self, spec: PolicySpec, policy: Policy, version: int, gen: int, examples: int):
+        self.spec = spec
+        self.policy = policy
+        self.version = version
+        self.gen = gen
+        self.examples = examples
+        self.dirty = False
+
+
+class Learner:
+    """Consume the training stream, learn, publish snapshots with their acks atomically."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        specs: SpecSource,
+        *,
+        consumer: str = "learner-0",
+        snapshot_interval_s: float = 2.0,
+        batch_size: int = 2000,
+        on_learned: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._stream = f"{prefix}:train"
+        self._snapshots = SnapshotStore(redis, prefix)
+        self._specs_source = specs
+        self._specs: Mapping[str, PolicySpec] = {}
+        self.consumer = consumer
+        self._interval = snapshot_interval_s
+        self._batch = batch_size
+        self._on_learned = on_learned
+        self._models: dict[str, _Model] = {}
+        self._unacked: list[str] = []
+        self._read_pending = True
+        self._last_publish = time.monotonic()
+        self.learned = 0
+        self.skipped = 0
+
+    async def start(self) -> None:
+        """Create the consumer group if needed (from the stream's start) and load specs."""
+        try:
+            await self._redis.xgroup_create(self._stream, JOIN_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._specs = await self._specs_source()
+
+    async def _model(self, name: str) -> _Model | None:
+        model = self._models.get(name)
+        spec = self._specs.get(name)
+        if spec is None:
+            self._specs = await self._specs_source()
+            spec = self._specs.get(name)
+            if spec is None:
+                return None
+        if model is not None and model.spec.experiment_version == spec.experiment_version:
+            return model
+        snapshot = await self._snapshots.get(name)
+        policy = await asyncio.to_thread(self._build, spec, snapshot)
+        model = _Model(
+            spec,
+            policy,
+            version=snapshot.version if snapshot else 0,
+            gen=snapshot.gen if snapshot else 0,
+            examples=snapshot.examples if snapshot and snapshot.data else 0,
+        )
+        self._models[name] = model
+        return model
+
+    @staticmethod
+    def _build(spec: PolicySpec, snapshot: Snapshot | None) -> Policy:
+        data = snapshot.data if snapshot is not None and snapshot.data else None
+        version = str(snapshot.version) if snapshot is not None else "0"
+        try:
+            return build_policy(spec.config, spec.arms, snapshot=data, version=version)
+        except (PolicyError, ValueError) as exc:
+            log.warning("snapshot_incompatible", experiment=spec.experiment, error=str(exc))
+            return build_policy(spec.config, spec.arms, version=version)
+
+    async def step(self, block_ms: int = 200) -> int:
+        """Read and learn one batch; returns the number of stream entries consumed."""
+        entries = await self._read(block_ms)
+        if not entries:
+            return 0
+        by_experiment: dict[str, list[Example]] = {}
+        for stream_id, fields in entries:
+            self._unacked.append(stream_id)
+            if fields is None:
+                continue  # trimmed from the stream while pending: nothing left to learn
+            example = decode_entry(stream_id, fields)
+            spec_model = await self._model(example.record.experiment)
+            built = self._example(spec_model, example)
+            if built is None:
+                self.skipped += 1
+                continue
+            by_experiment.setdefault(example.record.experiment, []).append(built)
+        for name, examples in by_experiment.items():
+            model = self._models[name]
+            model.policy.learn(examples)
+            model.examples += len(examples)
+            model.dirty = True
+            self.learned += len(examples)
+            if self._on_learned is not None:
+                self._on_learned(name, len(examples))
+        return len(entries)
+
+    @staticmethod
+    def _example(model: _Model | None, example: TrainingExample) -> Example | None:
+        if model is None:
+            return None
+        return model.spec.example(example.record, example.reward)
+
+    async def _read(self, block_ms: int) -> list[tuple[str, Any]]:
+        if self._read_pending:
+            # Our own pending entries first (a previous run died before publishing them).
+            reply = await self._redis.xreadgroup(
+                JOIN_GROUP, self.consumer, {self._stream: "0"}, count=self._batch
+            )
+            entries = _entries(reply)
+            if entries:
+                return entries
+            self._read_pending = False
+            claimed = await self._redis.xautoclaim(
+                self._stream, JOIN_GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=self._batch
+            )
+            if claimed and claimed[1]:
+                return [(_text(i), f) for i, f in claimed[1]]
+        reply = await self._redis.xreadgroup(
+            JOIN_GROUP, self.consumer, {self._stream: ">"}, count=self._batch, block=block_ms
+        )
+        return _entries(reply)
+
+    def publish_due(self) -> bool:
+        """Whether the snapshot cadence has elapsed."""
+        return time.monotonic() - self._last_publish >= self._interval
+
+    async def publish(self) -> int:
+        """Publish every changed model and acknowledge its examples, atomically."""
+        self._last_publish = time.monotonic()
+        current = await self._snapshots.versions(list(self._models))
+        for name, model in list(self._models.items()):
+            published = current.get(name)
+            if published is not None and published[1] != model.gen:
+                log.info("model_reset_seen", experiment=name, gen=published[1])
+                fresh = await asyncio.to_thread(self._build, model.spec, None)
+                self._models[name] = _Model(model.spec, fresh, published[0], published[1], 0)
+            elif published is not None and published[0] > model.version and not model.dirty:
+                model.version = published[0]
+        dirty = [m for m in self._models.values() if m.dirty]
+        if not dirty and not self._unacked:
+            return 0
+        now_ms = time.time_ns() // 1_000_000
+        snapshots = []
+        for model in dirty:
+            data = await asyncio.to_thread(model.policy.snapshot)
+            snapshots.append(
+                Snapshot(
+                    experiment=model.spec.experiment,
+                    version=max(model.version, current.get(model.spec.experiment, (0, 0))[0]) + 1,
+                    gen=model.gen,
+                    kind=model.policy.name,
+                    data=data,
+                    examples=model.examples,
+                    updated_ms=now_ms,
+                )
+            )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for snap in snapshots:
+                self._snapshots.stage_publish(pipe, snap)
+            if self._unacked:
+                pipe.xack(self._stream, JOIN_GROUP, *self._unacked)
+            await pipe.execute()
+        for model, snap in zip(dirty, snapshots, strict=True):
+            model.version = snap.version
+            model.dirty = False
+        acked = len(self._unacked)
+        self._unacked = []
+        if snapshots:
+            log.info(
+                "models_published",
+                models={s.experiment: s.version for s in snapshots},
+                acked=acked,
+            )
+        return len(snapshots)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Learn until ``stop`` is set, publishing on the cadence and once more at the end."""
+        await self.start()
+        while not stop.is_set():
+            await self.step(block_ms=100)
+            if self.publish_due():
+                self._specs = await self._specs_source()
+                await self.publish()
+        await self.publish()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entries(reply: Any) -> list[tuple[str, Any]]:
+    if not reply:
+        return []
+    out = []
+    for _stream, items in reply:
+        for stream_id, fields in items:
+            out.append((_text(stream_id), fields or None))
+    return out

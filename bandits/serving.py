@@ -1,0 +1,100 @@
+"""The serving side of learning policies: each worker's current model per experiment.
+
+Decisions read a plain dict of ready :class:`~bandits.base.Policy` objects — no lock, no I/O.
+:meth:`ServingPolicies.poll` (a background task) checks the published versions in one pipelined
+round trip and, for each that moved, builds the new policy off the event loop and swaps the
+reference. A snapshot that fails to load leaves the previous model serving and is reported
+through ``on_load_failure`` (a metric and a log line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import structlog
+
+from bandits.base import Choice, Context, Policy, PolicyError
+from bandits.registry import build_policy
+from bandits.snapshots import SnapshotStore
+from bandits.spec import PolicySpec
+
+log = structlog.get_logger("tailor.serving")
+
+
+class _Serving:
+    def __init__(self, spec: PolicySpec, policy: Policy, version: int) -> None:
+        self.spec = spec
+        self.policy = policy
+        self.version = version
+
+
+class ServingPolicies:
+    """Hot-swappable policies for the learning experiments a worker serves."""
+
+    def __init__(
+        self,
+        snapshots: SnapshotStore,
+        *,
+        on_load_failure: Callable[[str, str], None] | None = None,
+        on_loaded: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self._snapshots = snapshots
+        self._serving: dict[str, _Serving] = {}
+        self._specs: dict[str, PolicySpec] = {}
+        self._attempted: dict[str, tuple[int, PolicySpec]] = {}
+        self._on_load_failure = on_load_failure
+        self._on_loaded = on_loaded
+
+    def set_specs(self, specs: Mapping[str, PolicySpec]) -> None:
+        """Install the current learning experiments; new ones start on a fresh model."""
+        self._specs = dict(specs)
+        serving = {}
+        for name, spec in specs.items():
+            current = self._serving.get(name)
+            if current is not None:
+                # A changed definition keeps serving the old model until the poll rebuilds it.
+                serving[name] = current
+            else:
+                serving[name] = _Serving(spec, build_policy(spec.config, spec.arms), version=0)
+        self._serving = serving
+
+    def version_of(self, experiment: str) -> int:
+        """The snapshot version serving an experiment (0 = untrained)."""
+        current = self._serving.get(experiment)
+        return current.version if current else -1
+
+    def choose(self, experiment: str, context: Context, rng: np.random.Generator) -> Choice | None:
+        """The current model's choice, or None when the experiment has no model here."""
+        current = self._serving.get(experiment)
+        if current is None:
+            return None
+        return current.policy.choose(context, current.spec.candidates, rng)
+
+    async def poll(self) -> int:
+        """Swap in every newer snapshot (or rebuilt definition); returns how many swapped."""
+        versions = await self._snapshots.versions(list(self._specs))
+        swapped = 0
+        for name, spec in self._specs.items():
+            published = versions.get(name, (0, 0))[0]
+            if self._attempted.get(name) == (published, spec):
+                continue  # serving it already, or it failed to load: wait for the next one
+            self._attempted[name] = (published, spec)
+            snapshot = await self._snapshots.get(name) if published else None
+            data = snapshot.data if snapshot is not None and snapshot.data else None
+            version = snapshot.version if snapshot is not None else 0
+            try:
+                policy = await asyncio.to_thread(
+                    build_policy, spec.config, spec.arms, snapshot=data, version=str(version)
+                )
+            except (PolicyError, ValueError) as exc:
+                log.error("model_load_failed", experiment=name, version=version, error=str(exc))
+                if self._on_load_failure is not None:
+                    self._on_load_failure(name, str(exc))
+                continue
+            self._serving = {**self._serving, name: _Serving(spec, policy, version)}
+            swapped += 1
+            if self._on_loaded is not None:
+                self._on_loaded(name, version)
+        return swapped

@@ -1,0 +1,109 @@
+"""Model snapshots in Redis: what the learner publishes and every worker hot-swaps to.
+
+Key layout (``{p}`` = key prefix), one hash per experiment with a learning policy:
+
+=========================  =====  ==========================================================  ====
+key                        type   fields                                                      TTL
+=========================  =====  ==========================================================  ====
+``{p}:model:<experiment>``  HASH  ``version`` (int, +1 per publish), ``gen`` (reset             none
+                                  generation), ``data`` (``Policy.snapshot()`` bytes; empty =
+                                  fresh model), ``kind``, ``examples`` (learned so far),
+                                  ``updated_ms``
+=========================  =====  ==========================================================  ====
+
+Workers poll ``version`` for every learning experiment once per ``learner.model_poll_interval_s``
+(one pipelined round trip) and fetch ``data`` only when it moved. The model version logged with a
+decision is ``<version>`` of the snapshot that chose it (``0`` = never trained).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A published model."""
+
+    experiment: str
+    version: int
+    gen: int
+    kind: str
+    data: bytes
+    examples: int
+    updated_ms: int
+
+
+class SnapshotStore:
+    """Read and write model snapshots (needs a Redis client with ``decode_responses=False``)."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def key(self, experiment: str) -> str:
+        """The model hash of an experiment."""
+        return f"{self._prefix}:model:{experiment}"
+
+    async def versions(self, experiments: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``(version, gen)`` of each experiment's published model (absent ones omitted)."""
+        if not experiments:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name in experiments:
+                pipe.hmget(self.key(name), ["version", "gen"])
+            rows = await pipe.execute()
+        out = {}
+        for name, (version, gen) in zip(experiments, rows, strict=True):
+            if version is not None:
+                out[name] = (int(version), int(gen or 0))
+        return out
+
+    async def get(self, experiment: str) -> Snapshot | None:
+        """The published snapshot of an experiment, or None."""
+        raw: dict[bytes, bytes] = await self._redis.hgetall(self.key(experiment))  # type: ignore[assignment]
+        if not raw or b"version" not in raw:
+            return None
+        return Snapshot(
+            experiment=experiment,
+            version=int(raw[b"version"]),
+            gen=int(raw.get(b"gen", b"0")),
+            kind=raw.get(b"kind", b"").decode(),
+            data=raw.get(b"data", b""),
+            examples=int(raw.get(b"examples", b"0")),
+            updated_ms=int(raw.get(b"updated_ms", b"0")),
+        )
+
+    def stage_publish(self, pipe: Pipeline, snapshot: Snapshot) -> None:
+        """Queue a publish on a (MULTI) pipeline, so it can commit together with stream acks."""
+        pipe.hset(
+            self.key(snapshot.experiment),
+            mapping={
+                "version": snapshot.version,
+                "gen": snapshot.gen,
+                "kind": snapshot.kind,
+                "data": snapshot.data,
+                "examples": snapshot.examples,
+                "updated_ms": snapshot.updated_ms,
+            },
+        )
+
+    async def reset(self, experiment: str, now_ms: int) -> Snapshot:
+        """Replace the model with a fresh one (new generation); learners drop what they hold."""
+        current = await self.get(experiment)
+        fresh = Snapshot(
+            experiment=experiment,
+            version=(current.version + 1) if current else 1,
+            gen=(current.gen + 1) if current else 1,
+            kind=current.kind if current else "",
+            data=b"",
+            examples=0,
+            updated_ms=now_ms,
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            self.stage_publish(pipe, fresh)
+            await pipe.execute()
+        return fresh
