@@ -77,8 +77,10 @@ class ExperimentStore:
         return sorted((decode_experiment(v) for v in raw.values()), key=lambda e: e.key)
 
     async def history(self, key: str) -> builtins.list[Experiment]:
-        """Every stored version of ``key``, oldest first."""
+        """Every stored version of ``key``, oldest first; raises when there is no such key."""
         raw = await self._redis.hgetall(self._hist + key)
+        if not raw:
+            raise ExperimentNotFound(f"no experiment {key!r}")
         return sorted((decode_experiment(v) for v in raw.values()), key=lambda e: e.version)
 
     async def create(self, spec: ExperimentSpec, now: float) -> Experiment:
