@@ -95,6 +95,20 @@ class Learner:
                 return None
         if model is not None and model.spec.experiment_version == spec.experiment_version:
             return model
+        if model is not None:
+            # New definition: carry the in-memory model (with unpublished examples) over.
+            held = Snapshot(
+                experiment=name,
+                version=model.version,
+                gen=model.gen,
+                kind=model.policy.name,
+                data=await asyncio.to_thread(model.policy.snapshot),
+                examples=model.examples,
+                updated_ms=0,
+            )
+            model.policy = await asyncio.to_thread(self._build, spec, held)
+            model.spec = spec
+            return model
         snapshot = await self._snapshots.get(name)
         policy = await asyncio.to_thread(self._build, spec, snapshot)
         model = _Model(
@@ -181,9 +195,14 @@ class Learner:
         for name, model in list(self._models.items()):
             published = current.get(name)
             if published is not None and published[1] != model.gen:
-                log.info("model_reset_seen", experiment=name, gen=published[1])
-                fresh = await asyncio.to_thread(self._build, model.spec, None)
-                self._models[name] = _Model(model.spec, fresh, published[0], published[1], 0)
+                # Reset or warm start: continue from what was published, drop what we held.
+                log.info("model_replaced", experiment=name, gen=published[1])
+                snapshot = await self._snapshots.get(name)
+                policy = await asyncio.to_thread(self._build, model.spec, snapshot)
+                examples = snapshot.examples if snapshot is not None and snapshot.data else 0
+                self._models[name] = _Model(
+                    model.spec, policy, published[0], published[1], examples
+                )
             elif published is not None and published[0] > model.version and not model.dirty:
                 model.version = published[0]
         dirty = [m for m in self._models.values() if m.dirty]

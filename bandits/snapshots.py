@@ -91,16 +91,19 @@ class SnapshotStore:
             },
         )
 
-    async def reset(self, experiment: str, now_ms: int) -> Snapshot:
-        """Replace the model with a fresh one (new generation); learners drop what they hold."""
+    async def replace(
+        self, experiment: str, now_ms: int, *, kind: str = "", data: bytes = b"", examples: int = 0
+    ) -> Snapshot:
+        """Replace the model (a new generation): fresh when ``data`` is empty (a reset), or a
+        warm-started model. Learners drop what they hold and continue from it."""
         current = await self.get(experiment)
         fresh = Snapshot(
             experiment=experiment,
             version=(current.version + 1) if current else 1,
             gen=(current.gen + 1) if current else 1,
-            kind=current.kind if current else "",
-            data=b"",
-            examples=0,
+            kind=kind or (current.kind if current else ""),
+            data=data,
+            examples=examples,
             updated_ms=now_ms,
         )
         async with self._redis.pipeline(transaction=True) as pipe:

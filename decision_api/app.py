@@ -21,6 +21,7 @@ from decision_api.problems import EXCEPTION_HANDLERS
 from decision_api.routes.decide import DecideController
 from decision_api.routes.dependencies import provide_services
 from decision_api.routes.experiments import ExperimentController
+from decision_api.routes.models import ModelController
 from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
 from decision_api.routes.units import EventController, UnitController
@@ -86,6 +87,7 @@ def create_app(settings: Settings) -> Litestar:
     handlers: list[Any] = [
         DecideController,
         ExperimentController,
+        ModelController,
         UnitController,
         EventController,
         OutcomeController,

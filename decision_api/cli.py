@@ -74,6 +74,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Run the learner (and reward sweeper) as its own process until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from decision_api.learning import run_learner_process
+    from decision_api.logging import configure_logging
+
+    settings = _settings_or_exit()
+    if not settings.redis.url:
+        print("tailor learn: set TAILOR_REDIS_URL to the Redis the API uses", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_learner_process(
+            settings.redis.url,
+            settings.redis.key_prefix,
+            snapshot_interval_s=settings.learner.snapshot_interval_s,
+            sweep_interval_s=settings.learner.reward_sweep_interval_s,
+            stop=stop,
+            holder=args.name or f"learn-{os.getpid()}",
+        )
+
+    asyncio.run(main())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="tailor", description=__doc__)
@@ -83,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default TAILOR_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default TAILOR_WORKERS or 1)")
     serve.set_defaults(func=cmd_serve)
+    learn = sub.add_parser(
+        "learn",
+        help="run the online learner (set TAILOR_LEARNER_IN_PROCESS=false on the API servers)",
+    )
+    learn.add_argument("--name", help="lease holder name (default learn-<pid>)")
+    learn.set_defaults(func=cmd_learn)
     return parser
 
 

@@ -135,3 +135,20 @@ RECORD_MIGRATION = "INSERT INTO schema_migrations (version) VALUES ({version:UIn
 
 COUNT_ROWS = "SELECT count() FROM {table:Identifier} FINAL"
 COUNT_DISTINCT_EVENTS = "SELECT count(), uniqExact(event_id) FROM {table:Identifier}"
+
+# Warm start: logged decisions of one experiment (newest first) and the outcomes after them.
+WARM_START_EXPOSURES = """
+SELECT decision_id, unit_id, variant, propensity, context, toUnixTimestamp64Milli(ts) AS ts_ms
+FROM exposures FINAL
+WHERE experiment = {experiment:String}
+  AND reason IN ('policy', 'split') AND holdout = 0 AND propensity > 0
+ORDER BY ts DESC
+LIMIT {limit:UInt32}
+"""
+WARM_START_OUTCOMES = """
+SELECT decision_id, unit_id, type, value, toUnixTimestamp64Milli(ts) AS ts_ms
+FROM outcomes FINAL
+WHERE type IN {types:Array(String)}
+  AND ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND (experiment = '' OR experiment = {experiment:String})
+"""

@@ -221,3 +221,34 @@ class LearnerRunner:
                 await self.learner.publish()
             except RedisError as exc:
                 log.warning("final_publish_failed", error=str(exc))
+
+
+async def run_learner_process(
+    redis_url: str,
+    prefix: str,
+    *,
+    snapshot_interval_s: float,
+    sweep_interval_s: float,
+    stop: asyncio.Event,
+    holder: str,
+) -> LearnerRunner:
+    """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command)."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    redis_bin = Redis.from_url(redis_url, decode_responses=False)
+    try:
+        runner = LearnerRunner(
+            redis_bin,
+            RewardJoin(redis, prefix),
+            ExperimentStore(redis, prefix),
+            prefix,
+            holder=holder,
+            snapshot_interval_s=snapshot_interval_s,
+            sweep_interval_s=sweep_interval_s,
+        )
+        log.info("learner_started", holder=holder)
+        await runner.run(stop)
+        log.info("learner_stopped", learned=runner.learner.learned)
+        return runner
+    finally:
+        await redis.aclose()
+        await redis_bin.aclose()
