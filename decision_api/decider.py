@@ -31,7 +31,7 @@ from bandits.base import Choice
 from bandits.config import FixedConfig
 from decision_api.event_writer import EventSink
 from decision_api.events import Exposure
-from decision_api.feature_store import EMPTY_PROFILE, FeatureStore, UnitProfile
+from decision_api.feature_store import EMPTY_PROFILE, CapHit, FeatureStore, UnitProfile
 from decision_api.metrics import Metrics
 from decision_api.schemas import DecideResponse, PlacementDecision
 from experiments.assignment import in_global_holdout, in_holdout, in_layer, pick_bucket, unit_hash
@@ -76,6 +76,19 @@ class Pseudonymiser:
         """A stable pseudonym: ``anon:`` + 32 hex chars of HMAC-SHA256."""
         digest = hmac.new(self._key, unit_id.encode(), hashlib.sha256).hexdigest()
         return "anon:" + digest[:32]
+
+
+class UnitCall(msgspec.Struct, kw_only=True):
+    """One unit's side of a decision: what targeting and policies see, and what is logged."""
+
+    unit_id: str
+    attributes: dict[str, Any]
+    consent: bool
+    global_holdout: bool
+    decision_id: str
+    now_ms: int
+    caps: dict[str, list[int]]
+    degraded: bool
 
 
 class Placed(msgspec.Struct, kw_only=True):
@@ -150,30 +163,47 @@ class DecisionEngine:
             if profile.opted_out:
                 consent = False
                 profile = EMPTY_PROFILE
-        return self._decide_with(unit_id, placements, context, consent, profile, degraded, now_ms)
+        unit = self.prepare(unit_id, context, consent, profile, degraded, now_ms)
+        return DecideResponse(
+            decision_id=unit.decision_id,
+            degraded=degraded,
+            decisions=self.decide_unit(unit, placements),
+        )
 
-    def _decide_with(
+    def prepare(
         self,
         unit_id: str,
-        placements: Sequence[str],
         context: Mapping[str, Any],
         consent: bool,
         profile: UnitProfile,
         degraded: bool,
         now_ms: int,
-    ) -> DecideResponse:
-        attributes: dict[str, Any] = {**profile.attributes, **context} if consent else dict(context)
+    ) -> UnitCall:
+        """Per-unit state of one decision: attributes, consent, caps, a new decision id."""
+        if consent:
+            attributes: dict[str, Any] = {**profile.attributes, **context}
+        else:
+            attributes = dict(context)
         for name in self._sensitive & attributes.keys():
             del attributes[name]
-        decision_id = uuid.uuid4().hex
-        global_holdout = in_global_holdout(unit_id, self.global_holdout)
-        logged_unit = unit_id if consent else self._pseudonymise(unit_id)
-        logged_context = stringify(attributes) if consent else {}
+        return UnitCall(
+            unit_id=unit_id,
+            attributes=attributes,
+            consent=consent,
+            global_holdout=in_global_holdout(unit_id, self.global_holdout),
+            decision_id=uuid.uuid4().hex,
+            now_ms=now_ms,
+            caps=profile.caps,
+            degraded=degraded,
+        )
+
+    def decide_unit(self, unit: UnitCall, placements: Sequence[str]) -> list[PlacementDecision]:
+        """Decide every placement for a prepared unit and log the exposures."""
+        logged_unit = unit.unit_id if unit.consent else self._pseudonymise(unit.unit_id)
+        logged_context = stringify(unit.attributes) if unit.consent else {}
         answers = []
         for placement in placements:
-            placed = self._place(
-                placement, unit_id, attributes, consent, global_holdout, decision_id, now_ms
-            )
+            placed = self._place(placement, unit)
             answer = placed.answer
             answers.append(answer)
             self._metrics.decisions.labels(answer.policy, answer.reason).inc()
@@ -184,8 +214,8 @@ class DecisionEngine:
             self._sink.submit(
                 Exposure(
                     event_id=uuid.uuid4(),
-                    decision_id=decision_id,
-                    ts_ms=now_ms,
+                    decision_id=unit.decision_id,
+                    ts_ms=unit.now_ms,
                     unit_id=logged_unit,
                     experiment=experiment.key,
                     experiment_version=experiment.version,
@@ -199,19 +229,11 @@ class DecisionEngine:
                     context=logged_context,
                 )
             )
-        return DecideResponse(decision_id=decision_id, degraded=degraded, decisions=answers)
+        return answers
 
-    def _place(
-        self,
-        placement: str,
-        unit_id: str,
-        attributes: Mapping[str, Any],
-        consent: bool,
-        global_holdout: bool,
-        decision_id: str,
-        now_ms: int,
-    ) -> Placed:
+    def _place(self, placement: str, unit: UnitCall) -> Placed:
         fallback: tuple[Compiled, str] | None = None
+        unit_id = unit.unit_id
         for compiled in self._cache.for_placement(placement):
             exp = compiled.experiment
             if self.kill_switch:
@@ -219,7 +241,7 @@ class DecisionEngine:
             if exp.status is Status.PAUSED:
                 fallback = fallback or (compiled, "experiment_paused")
                 continue
-            if not matches(exp.targeting, attributes):
+            if not matches(exp.targeting, unit.attributes):
                 fallback = fallback or (compiled, "not_targeted")
                 continue
             if exp.layer is not None and (
@@ -227,13 +249,13 @@ class DecisionEngine:
             ):
                 fallback = fallback or (compiled, "outside_layer")
                 continue
-            if global_holdout:
+            if unit.global_holdout:
                 return self._default(placement, compiled, "global_holdout", holdout=True)
             if in_holdout(exp.hash_salt, unit_id, exp.holdout):
                 return self._default(placement, compiled, "holdout", holdout=True)
-            if not consent:
+            if not unit.consent:
                 return self._default(placement, compiled, "no_consent")
-            return self._assign(placement, compiled, unit_id, attributes, decision_id, now_ms)
+            return self._assign(placement, compiled, unit)
         if fallback is not None:
             return self._default(placement, *fallback)
         return Placed(
@@ -243,22 +265,14 @@ class DecisionEngine:
             model_version="",
         )
 
-    def _assign(
-        self,
-        placement: str,
-        compiled: Compiled,
-        unit_id: str,
-        attributes: Mapping[str, Any],
-        decision_id: str,
-        now_ms: int,
-    ) -> Placed:
+    def _assign(self, placement: str, compiled: Compiled, unit: UnitCall) -> Placed:
         exp = compiled.experiment
         choice = None
         learning = not isinstance(exp.policy, FixedConfig)
         if learning and self._policies is not None:
-            choice = self._policies.choose(compiled, attributes, self._rng)
+            choice = self._policies.choose(compiled, unit.attributes, self._rng)
         if choice is None:
-            index = pick_bucket(unit_hash(exp.hash_salt, unit_id), compiled.cumulative)
+            index = pick_bucket(unit_hash(exp.hash_salt, unit.unit_id), compiled.cumulative)
             lower = compiled.cumulative[index - 1] if index else 0.0
             propensity = compiled.cumulative[index] - lower
             policy, reason, version = "fixed", "split", ""
@@ -267,9 +281,24 @@ class DecisionEngine:
         else:
             index, propensity = choice.index, choice.propensity
             policy, reason, version = choice.policy, "policy", choice.model_version
-            assert self._policies is not None
-            self._policies.remember(decision_id, compiled, unit_id, choice, attributes, now_ms)
         variant = exp.variants[index]
+        cap = exp.frequency_cap
+        if cap is not None and index != compiled.default_index:
+            field = exp.key if cap.scope == "experiment" else f"{exp.key}|{variant.key}"
+            window_ms = cap.window_s * 1000
+            if unit.degraded:
+                # Caps unknown without the profile: guard-rails fail safe, not open.
+                return self._default(placement, compiled, "frequency_cap_unknown")
+            cutoff = unit.now_ms - window_ms
+            if sum(1 for t in unit.caps.get(field, ()) if t > cutoff) >= cap.max_exposures:
+                return self._default(placement, compiled, "frequency_capped")
+            self._features.queue_cap_hit(
+                CapHit(unit.unit_id, field, unit.now_ms, window_ms, cap.max_exposures)
+            )
+        if choice is not None and self._policies is not None:
+            self._policies.remember(
+                unit.decision_id, compiled, unit.unit_id, choice, unit.attributes, unit.now_ms
+            )
         return Placed(
             answer=PlacementDecision(
                 placement=placement,

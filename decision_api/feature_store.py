@@ -16,6 +16,8 @@ field                 value
 ``cat``               JSON list of the 5 most recent categories seen in events
 ``h:<type>:<how>``    email_open / email_click count by UTC hour of week (0 = Monday 00h)
 ``x:optout``          ``1`` when the unit withdrew consent (no profile read, default experience)
+``c:<exp>[|<var>]``   frequency cap: comma-separated epoch ms of the unit's recent exposures to
+                      the experiment (or one variant of it), at most the cap's ``max_exposures``
 ====================  ======================================================================
 
 Day buckets older than ``WINDOW_DAYS`` are pruned by the event script once the hash grows past
@@ -29,6 +31,7 @@ from typing import Protocol
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 FeatureValue = str | int | float | bool | list[str]
 
@@ -66,6 +69,7 @@ class UnitProfile(msgspec.Struct, kw_only=True):
 
     attributes: dict[str, FeatureValue]
     hours: dict[str, list[int]]
+    caps: dict[str, list[int]] = msgspec.field(default_factory=dict)
     opted_out: bool = False
     found: bool = False
 
@@ -88,6 +92,10 @@ class FeatureStore(Protocol):
 
     async def record_events(self, unit_id: str, events: Sequence[UnitEvent], now: float) -> None:
         """Apply behavioural events to the unit's derived counters atomically."""
+        ...
+
+    def queue_cap_hit(self, hit: CapHit) -> None:
+        """Count an exposure against a frequency cap (asynchronously)."""
         ...
 
 
@@ -129,6 +137,35 @@ end
 redis.call('EXPIRE', key, ttl)
 return 1
 """
+
+
+_RECORD_CAP = """
+local key, field = KEYS[1], ARGV[1]
+local now, window, keep, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  tonumber(ARGV[5])
+local out = {}
+local cur = redis.call('HGET', key, field)
+if cur then
+  for t in string.gmatch(cur, '[^,]+') do
+    if tonumber(t) > now - window then table.insert(out, t) end
+  end
+end
+table.insert(out, ARGV[2])
+while #out > keep do table.remove(out, 1) end
+redis.call('HSET', key, field, table.concat(out, ','))
+if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
+return #out
+"""
+
+
+class CapHit(msgspec.Struct, frozen=True):
+    """One capped exposure to record: unit, cap field (``<exp>`` or ``<exp>|<variant>``)."""
+
+    unit_id: str
+    field: str
+    ts_ms: int
+    window_ms: int
+    keep: int
 
 
 def unit_key(prefix: str, unit_id: str) -> str:
@@ -182,6 +219,7 @@ def decode_profile(raw: Mapping[str, str], now: float) -> UnitProfile:
     counts: dict[str, list[int]] = {}
     values: dict[str, float] = {}
     hours: dict[str, list[int]] = {}
+    caps: dict[str, list[int]] = {}
     for field, raw_value in raw.items():
         kind = field[:2]
         if kind == "f:":
@@ -207,6 +245,8 @@ def decode_profile(raw: Mapping[str, str], now: float) -> UnitProfile:
         elif kind == "h:":
             typ, _, how = field[2:].rpartition(":")
             hours.setdefault(typ, [0] * HOURS_OF_WEEK)[int(how)] = int(raw_value)
+        elif kind == "c:":
+            caps[field[2:]] = [int(t) for t in raw_value.split(",") if t]
         elif field == "cat":
             attributes["last_categories"] = [str(c) for c in msgspec.json.decode(raw_value)]
     for typ, per_window in counts.items():
@@ -219,6 +259,7 @@ def decode_profile(raw: Mapping[str, str], now: float) -> UnitProfile:
     return UnitProfile(
         attributes=attributes,
         hours=hours,
+        caps=caps,
         opted_out=raw.get(OPTOUT_FIELD) == "1",
         found=True,
     )
@@ -232,6 +273,8 @@ class RedisFeatureStore:
         self._prefix = prefix
         self._ttl_s = ttl_s
         self._record = redis.register_script(_RECORD_EVENT)
+        self._record_cap = redis.register_script(_RECORD_CAP)
+        self._cap_hits: list[CapHit] = []
 
     def key(self, unit_id: str) -> str:
         """The profile key of a unit."""
@@ -292,6 +335,29 @@ class RedisFeatureStore:
                     client=pipe,
                 )
             await pipe.execute()
+
+    def queue_cap_hit(self, hit: CapHit) -> None:
+        """Queue an exposure that counts against a frequency cap (written by ``flush_caps``)."""
+        self._cap_hits.append(hit)
+
+    async def flush_caps(self) -> int:
+        """Record queued cap hits atomically per unit, in one pipelined round trip."""
+        if not self._cap_hits:
+            return 0
+        hits, self._cap_hits = self._cap_hits, []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for hit in hits:
+                    await self._record_cap(
+                        keys=[self.key(hit.unit_id)],
+                        args=["c:" + hit.field, hit.ts_ms, hit.window_ms, hit.keep, self._ttl_s],
+                        client=pipe,
+                    )
+                await pipe.execute()
+        except RedisError:
+            self._cap_hits = (hits + self._cap_hits)[-100_000:]
+            raise
+        return len(hits)
 
     async def set_opt_out(self, unit_id: str, opted_out: bool) -> None:
         """Store (or clear) the unit's consent withdrawal."""

@@ -158,6 +158,7 @@ class Services:
                 await asyncio.wait_for(asyncio.shield(learner_task), timeout=5)
         with contextlib.suppress(RedisError):
             await self.learning.join.flush()
+            await self.features.flush_caps()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -221,6 +222,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         "config-poll", settings.decisions.config_poll_interval_s, services.refresh_config
     )
     services.start_background("join-flush", 0.02, services.learning.join.flush)
+    services.start_background("cap-flush", 0.02, services.features.flush_caps)
     services.start_background(
         "model-poll", settings.learner.model_poll_interval_s, services.learning.serving.poll
     )
