@@ -30,6 +30,7 @@ log = structlog.get_logger("tailor.problems")
 _PATH = re.compile(r" - at `(\$[^`]*)`")
 # Validators name the field at the start of their message: "variants[1].key: duplicate ...".
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\[\]]*): (.+)$", re.DOTALL)
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
 PROBLEM_TYPE = "https://tailor.dev/problems/"
 
 
@@ -78,6 +79,9 @@ def field_of(message: str, base: str = "$") -> tuple[str, str]:
     leading = _LEADING_FIELD.match(message)
     if leading is not None:
         return f"{base}.{leading.group(1)}", leading.group(2)
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown is not None:
+        return f"{base}.{unknown.group(1)}", message
     return base, message
 
 
