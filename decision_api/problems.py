@@ -116,12 +116,14 @@ def experiment_error_handler(
 ) -> Response[Problem]:
     """Render an experiment-domain error with the matching HTTP status."""
     mapped: TailorError
+    # Domain errors name plain fields ("key", "traffic"); the wire speaks JSON paths ("$.key").
+    field = exc.field if exc.field is None or exc.field.startswith("$") else "$." + exc.field
     if exc.kind == "not_found":
-        mapped = NotFound(exc.detail, field=exc.field)
+        mapped = NotFound(exc.detail, field=field)
     elif exc.kind == "conflict":
-        mapped = Conflict(exc.detail, field=exc.field)
+        mapped = Conflict(exc.detail, field=field)
     else:
-        mapped = InvalidInput(exc.detail, field=exc.field or "$")
+        mapped = InvalidInput(exc.detail, field=field or "$")
     return tailor_error_handler(request, mapped)
 
 
