@@ -88,17 +88,18 @@ def depth(condition: Condition) -> int:
 
 
 def _check_rule_value(op: str, value: RuleValue) -> None:
+    # "value: ..." names the field: the API reports the error at the rule's `value`.
     if op == "in":
         if not isinstance(value, list) or not value:
-            raise ValueError("`in` needs a non-empty list `value`")
+            raise ValueError("value: `in` needs a non-empty list `value`")
     elif op in ORDERED_OPERATORS:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"`{op}` needs a number or string `value`")
+            raise ValueError(f"value: `{op}` needs a number or string `value`")
     elif op == "exists":
         if value is not None and not isinstance(value, bool):
-            raise ValueError("`exists` takes no value or a boolean `value`")
+            raise ValueError("value: `exists` takes no value or a boolean `value`")
     elif op in {"eq", "ne", "contains"} and (value is None or isinstance(value, list)):
-        raise ValueError(f"`{op}` needs a scalar `value`")
+        raise ValueError(f"value: `{op}` needs a scalar `value`")
 
 
 class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
