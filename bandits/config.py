@@ -19,10 +19,13 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from bandits.send_time import SendTimeThompsonConfig
+
 __all__ = [
     "EpsilonGreedyConfig",
     "FixedConfig",
     "PolicyConfig",
+    "SendTimeThompsonConfig",
     "ThompsonConfig",
     "VWCBConfig",
     "decode_policy_config",
@@ -253,7 +256,9 @@ class VWCBConfig(_Base, frozen=True, tag="vw_cb"):
         return args
 
 
-PolicyConfig = FixedConfig | ThompsonConfig | EpsilonGreedyConfig | VWCBConfig
+PolicyConfig = (
+    FixedConfig | ThompsonConfig | EpsilonGreedyConfig | VWCBConfig | SendTimeThompsonConfig
+)
 """Any policy configuration; decode with ``msgspec.json.decode(raw, type=PolicyConfig)``."""
 
 _DECODER: Final[msgspec.json.Decoder[PolicyConfig]] = msgspec.json.Decoder(PolicyConfig)

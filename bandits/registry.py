@@ -19,6 +19,8 @@ from bandits.config import (
 )
 from bandits.epsilon_greedy import EpsilonGreedyPolicy
 from bandits.fixed import FixedPolicy
+from bandits.send_time import SendTimeThompsonConfig
+from bandits.send_time_policy import SendTimePolicy
 from bandits.thompson import ThompsonPolicy
 from bandits.vw import VWPolicy
 
@@ -64,3 +66,7 @@ def build_policy(
             if snapshot is None:
                 return VWPolicy(config, version=version)
             return VWPolicy.restore(config, snapshot, version=version)
+        case SendTimeThompsonConfig():
+            if snapshot is None:
+                return SendTimePolicy(config, version=version)
+            return SendTimePolicy.restore(config, snapshot, version=version)

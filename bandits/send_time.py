@@ -237,6 +237,11 @@ class SendTimeThompson:
         self._version = self._make_version()
 
     @property
+    def updates(self) -> int:
+        """How many ``learn`` calls the posterior has absorbed."""
+        return self._updates
+
+    @property
     def n_hours(self) -> int:
         """Number of hour actions H."""
         return self.config.n_hours

@@ -14,7 +14,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from bandits.config import FixedConfig, PolicyConfig
+from bandits.config import FixedConfig, PolicyConfig, VWCBConfig
+from bandits.send_time import SendTimeThompsonConfig
+from bandits.send_time_policy import hour_key
+from experiments.send_window import DefaultSendTime, HourKind, LocalHour, hours_in
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 Key = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
@@ -150,13 +153,59 @@ class FrequencyCap(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     scope: Literal["experiment", "variant"] = "experiment"
 
 
+class SendTimeSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A ``send_time`` experiment's actions (local hours) and its default send time.
+
+    The default applies to the holdout and to recipients the experiment does not serve; a batch
+    request may override it for one campaign.
+    """
+
+    hours: HourKind = "hour_of_day"
+    default: DefaultSendTime = LocalHour(hour=10)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.default, LocalHour) and not 0 <= self.default.hour < hours_in(
+            self.hours
+        ):
+            raise ValueError(
+                f"default.hour: {self.default.hour} is not an hour of {self.hours} "
+                f"(0..{hours_in(self.hours) - 1})"
+            )
+
+
+DAYPARTS = ("night", "morning", "afternoon", "evening")
+
+
+def hour_variants(hours: HourKind) -> list[Variant]:
+    """The actions of a send-time experiment: one variant per local hour, with features."""
+    n = hours_in(hours)
+    variants = []
+    for h in range(n):
+        hour = h % 24
+        features: dict[str, str | float | bool | list[str]] = {
+            "hour": str(hour),
+            "daypart": DAYPARTS[hour // 6],
+        }
+        if n == 168:
+            features["weekday"] = str(h // 24)
+        variants.append(Variant(key=hour_key(h, n), payload={"hour": h}, features=features))
+    return variants
+
+
 class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What a marketer defines (create / update body)."""
+    """What a marketer defines (create / update body).
+
+    ``kind: content`` (default) chooses among ``variants``; ``kind: send_time`` chooses a local
+    hour for each email recipient (its variants are generated: ``h00``..``h23`` or
+    ``h000``..``h167``, so leave ``variants`` and ``default_variant`` out).
+    """
 
     key: Key
     placement: Key
-    variants: Annotated[list[Variant], Meta(min_length=1, max_length=100)]
-    default_variant: Key
+    variants: Annotated[list[Variant], Meta(max_length=200)] = msgspec.field(default_factory=list)
+    default_variant: Annotated[str, Meta(max_length=64)] = ""
+    kind: Literal["content", "send_time"] = "content"
+    send_time: SendTimeSpec | None = None
     policy: PolicyConfig = FixedConfig()
     targeting: Condition | None = None
     holdout: Annotated[float, Meta(ge=0, le=0.9)] = 0.0
@@ -175,6 +224,15 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     frequency_cap: FrequencyCap | None = None
 
     def __post_init__(self) -> None:
+        if self.kind == "send_time":
+            self._check_send_time()
+            return
+        if self.send_time is not None:
+            raise ValueError("send_time: only experiments of kind send_time take send_time")
+        if isinstance(self.policy, SendTimeThompsonConfig):
+            raise ValueError("policy: send_time_thompson needs an experiment of kind send_time")
+        if not self.variants:
+            raise ValueError("variants: a content experiment needs at least one variant")
         seen: set[str] = set()
         for i, variant in enumerate(self.variants):
             if variant.key in seen:
@@ -186,6 +244,34 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"default_variant: {self.default_variant!r} is not one of the variants"
             )
+
+    def _check_send_time(self) -> None:
+        hours = self.send_time.hours if self.send_time is not None else "hour_of_day"
+        if self.variants and [v.key for v in self.variants] != [
+            v.key for v in hour_variants(hours)
+        ]:
+            raise ValueError("variants: a send_time experiment's variants are generated; omit them")
+        if not isinstance(self.policy, FixedConfig | SendTimeThompsonConfig | VWCBConfig):
+            raise ValueError(
+                "policy: send_time experiments take fixed, send_time_thompson or vw_cb"
+            )
+        if isinstance(self.policy, SendTimeThompsonConfig) and self.policy.n_hours != hours_in(
+            hours
+        ):
+            raise ValueError(f"policy.n_hours: must be {hours_in(hours)} for {hours}")
+
+    def normalised(self) -> ExperimentSpec:
+        """The spec as stored: send-time experiments get their generated hour variants."""
+        if self.kind != "send_time" or self.variants:
+            return self
+        timing = self.send_time or SendTimeSpec()
+        variants = hour_variants(timing.hours)
+        default = variants[0].key
+        if isinstance(timing.default, LocalHour):
+            default = variants[timing.default.hour].key
+        return msgspec.structs.replace(
+            self, variants=variants, default_variant=default, send_time=timing
+        )
 
     @property
     def hash_salt(self) -> str:

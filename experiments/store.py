@@ -85,6 +85,7 @@ class ExperimentStore:
 
     async def create(self, spec: ExperimentSpec, now: float) -> Experiment:
         """Store a new experiment as a draft at version 1."""
+        spec = spec.normalised()
         fields = {f: getattr(spec, f) for f in ExperimentSpec.__struct_fields__}
         experiment = Experiment(
             **fields, status=Status.DRAFT, version=1, created_at=now, updated_at=now
@@ -98,6 +99,7 @@ class ExperimentStore:
 
     async def update(self, key: str, spec: ExperimentSpec, now: float) -> Experiment:
         """Replace the definition of ``key`` with a new version; status and slice carry over."""
+        spec = spec.normalised()
         if spec.key != key:
             raise ExperimentConflict(
                 f"body key {spec.key!r} does not match the path {key!r}", field="key"

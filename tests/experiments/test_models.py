@@ -76,7 +76,7 @@ def test_variant_lookup_raises_for_unknown_keys() -> None:
          "variants: weights must sum to a positive total"),
         ({"variants": [{"key": "control", "weight": -1}]},
          r">= 0.0 - at `\$.variants\[0\].weight`"),
-        ({"variants": []}, r"length >= 1 - at `\$.variants`"),
+        ({"variants": []}, r"variants: a content experiment needs at least one variant"),
         ({"variants": [{"key": "control"}, {"key": "control"}]},
          r"variants\[1\].key: duplicate variant key 'control'"),
         ({"default_variant": "autumn"}, "default_variant: 'autumn' is not one of the variants"),
