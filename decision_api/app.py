@@ -18,9 +18,11 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from decision_api.logging import configure_logging
 from decision_api.problems import EXCEPTION_HANDLERS
+from decision_api.routes.controls import ControlController
 from decision_api.routes.decide import DecideController
 from decision_api.routes.dependencies import provide_services
 from decision_api.routes.experiments import ExperimentController
+from decision_api.routes.keys import KeyController
 from decision_api.routes.models import ModelController
 from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
@@ -72,6 +74,22 @@ def _with_request_id(app: ASGIApp, counter: itertools.count[int], prefix: str) -
     return middleware
 
 
+def cors_config(origins_spec: str) -> CORSConfig | None:
+    """CORS for the browser snippet's origins (``TAILOR_AUTH_CORS_ORIGINS``, comma-separated;
+    ``*`` for any); None (no CORS headers) when unset. Browsers may send the API key headers and
+    read ``Retry-After`` and ``X-Request-ID``."""
+    origins = [o.strip() for o in origins_spec.split(",") if o.strip()]
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+        allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
+        expose_headers=["retry-after", "x-request-id"],
+        max_age=600,
+    )
+
+
 def create_app(settings: Settings) -> Litestar:
     """Build the Tailor API for these settings; resources open in the lifespan."""
     configure_logging(settings.log_format, settings.log_level)
@@ -82,8 +100,7 @@ def create_app(settings: Settings) -> Litestar:
             app.state.services = services
             yield
 
-    origins = [o.strip() for o in settings.auth.cors_origins.split(",") if o.strip()]
-    cors = CORSConfig(allow_origins=origins, allow_headers=["*"]) if origins else None
+    cors = cors_config(settings.auth.cors_origins)
     handlers: list[Any] = [
         DecideController,
         ExperimentController,
@@ -91,6 +108,8 @@ def create_app(settings: Settings) -> Litestar:
         UnitController,
         EventController,
         OutcomeController,
+        KeyController,
+        ControlController,
         healthz,
         readyz,
         metrics,

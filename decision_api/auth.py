@@ -23,23 +23,36 @@ import msgspec
 
 Scope = Literal["decide", "ingest", "report", "admin"]
 SCOPES: frozenset[str] = frozenset({"decide", "ingest", "report", "admin"})
+KeySource = Literal["env", "redis"]
 
 current_actor: ContextVar[str] = ContextVar("tailor_actor", default="anonymous")
 """The key id of the request being served (for audit entries)."""
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
-    """A known key: its id (safe to show and log), digest and scopes."""
+    """A known key: its id (safe to show and log), digest, scopes and optional own rate limit.
+
+    ``rate_per_s``/``burst`` override ``auth.rate_limit_per_s``/``auth.rate_limit_burst`` for
+    this key; ``source`` says whether it came from the environment or from Redis.
+    """
 
     key_id: str
     digest: str
     scopes: frozenset[str]
     name: str = ""
     revoked: bool = False
+    created_at: float = 0.0
+    rate_per_s: float | None = None
+    burst: int | None = None
+    source: KeySource = "env"
 
     def allows(self, scope: str) -> bool:
         """Whether this key may call an endpoint that needs ``scope``."""
         return not self.revoked and (scope in self.scopes or "admin" in self.scopes)
+
+    def allows_any(self, scopes: Iterable[str]) -> bool:
+        """Whether this key holds at least one of ``scopes`` (or ``admin``)."""
+        return any(self.allows(scope) for scope in scopes)
 
 
 def digest(key: str) -> str:
@@ -78,21 +91,43 @@ class KeyRing:
         self._bootstrap = {k.digest: k for k in bootstrap}
         self._by_digest = dict(self._bootstrap)
         self.stored_count = 0
+        self.version = -1
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the Redis-stored keys have been read at least once."""
+        return self.version >= 0
 
     @property
     def open(self) -> bool:
-        """True when no key exists at all (development mode: every request allowed)."""
-        return not self._by_digest
+        """True when no key exists at all (development mode: every request allowed).
 
-    def replace_stored(self, keys: Iterable[ApiKey]) -> None:
-        """Swap in the current set of Redis-stored keys."""
+        Until the stored keys have been read (Redis unreachable at start-up) the ring is not
+        open: stored keys might exist, so requests are refused rather than let through.
+        """
+        return self.loaded and not self._by_digest
+
+    @property
+    def ready(self) -> bool:
+        """Whether keys can be checked: stored keys loaded, or bootstrap keys configured."""
+        return self.loaded or bool(self._bootstrap)
+
+    def replace_stored(self, keys: Iterable[ApiKey], version: int = -1) -> None:
+        """Swap in the current set of Redis-stored keys (revoked ones are left out)."""
         merged = dict(self._bootstrap)
         count = 0
         for k in keys:
+            if k.revoked:
+                continue
             merged.setdefault(k.digest, k)
             count += 1
         self._by_digest = merged
         self.stored_count = count
+        self.version = version
+
+    def bootstrap_keys(self) -> list[ApiKey]:
+        """The keys configured through ``TAILOR_AUTH_API_KEYS``."""
+        return list(self._bootstrap.values())
 
     def lookup(self, presented: str) -> ApiKey | None:
         """The key matching a presented secret, compared in constant time, or None."""

@@ -152,3 +152,30 @@ WHERE type IN {types:Array(String)}
   AND ts >= fromUnixTimestamp64Milli({since_ms:Int64})
   AND (experiment = '' OR experiment = {experiment:String})
 """
+
+# Data rights (decision_api.data_rights): every table with a unit_id column holds personal data.
+UNIT_TABLES = """
+SELECT table FROM system.columns
+WHERE database = currentDatabase() AND name = 'unit_id'
+ORDER BY table
+"""
+COUNT_UNIT_ROWS = (
+    "SELECT count() FROM {table:Identifier} WHERE unit_id IN {units:Array(String)}"
+)
+DELETE_UNIT_ROWS = (
+    "ALTER TABLE {table:Identifier} DELETE WHERE unit_id IN {units:Array(String)} "
+    "SETTINGS mutations_sync = 2"
+)
+UNIT_DECISION_IDS = (
+    "SELECT DISTINCT decision_id FROM exposures WHERE unit_id IN {units:Array(String)}"
+)
+UNIT_EXPOSURES = f"""
+SELECT {", ".join(EXPOSURE_COLUMNS[:14])} FROM exposures FINAL
+WHERE unit_id IN {{units:Array(String)}}
+ORDER BY ts, event_id LIMIT {{limit:UInt32}}
+"""
+UNIT_OUTCOMES = f"""
+SELECT {", ".join(OUTCOME_COLUMNS)} FROM outcomes FINAL
+WHERE unit_id IN {{units:Array(String)}}
+ORDER BY ts, event_id LIMIT {{limit:UInt32}}
+"""

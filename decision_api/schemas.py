@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -17,24 +17,39 @@ from msgspec import Meta
 from experiments.models import KEY_PATTERN, Experiment, ExperimentSpec
 
 __all__ = [
+    "ConsentRequest",
+    "ConsentState",
     "DecideRequest",
     "DecideResponse",
+    "ErasureReport",
     "EventAccepted",
     "EventRequest",
     "Experiment",
     "ExperimentList",
     "ExperimentSpec",
+    "ExposureRecord",
     "FeaturesRequest",
     "FeaturesStored",
     "Health",
+    "KeyCreate",
+    "KeyCreated",
+    "KeyInfo",
+    "KeyList",
+    "KillSwitchRequest",
+    "KillSwitchState",
     "OutcomeAccepted",
     "OutcomeBatch",
+    "OutcomeRecord",
     "OutcomeRequest",
     "PlacementDecision",
+    "RedisEntry",
     "TimestampValue",
+    "UnitExport",
 ]
 
-UnitId = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
+# Braces are refused: Redis keys wrap the unit id in a Cluster hash tag (``{<unit>}``), and a
+# brace inside it would move the tag (and let erasure confuse one unit's keys with another's).
+UnitId = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f{}]+$")]
 Placement = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
 AttributeName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
 ShortText = Annotated[str, Meta(max_length=1024)]
@@ -185,3 +200,139 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     status: str
     checks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+# --- Access control, consent and data rights (issue 7) ----------------------------------------
+
+ScopeName = Literal["decide", "ingest", "report", "admin"]
+KeyId = Annotated[str, Meta(pattern=r"^key_[0-9a-f]{12}$")]
+
+
+class KeyCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/keys``: a new API key with scopes and, optionally, its own rate limit."""
+
+    scopes: Annotated[list[ScopeName], Meta(min_length=1, max_length=4)]
+    name: Annotated[str, Meta(max_length=100, pattern=r"^[^\x00-\x1f]*$")] = ""
+    rate_per_s: Annotated[float, Meta(gt=0, le=1e6)] | None = None
+    burst: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
+
+
+class KeyInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An API key as listed: never its secret. ``source`` is ``env`` or ``redis``."""
+
+    key_id: str
+    scopes: list[str]
+    source: str
+    name: str = ""
+    created_at: float | None = None
+    rate_per_s: float | None = None
+    burst: int | None = None
+
+
+class KeyCreated(KeyInfo, kw_only=True, omit_defaults=True):
+    """A created key with its ``secret``, shown this once and stored only as a hash."""
+
+    secret: str = ""
+
+
+class KeyList(msgspec.Struct, kw_only=True):
+    """``GET /v1/keys``."""
+
+    keys: list[KeyInfo]
+
+
+class ConsentRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/units/{unit_id}/consent``: whether the unit allows personalisation."""
+
+    personalization: bool
+
+
+class ConsentState(msgspec.Struct, kw_only=True):
+    """The unit's stored consent."""
+
+    unit_id: str
+    personalization: bool
+
+
+class KillSwitchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PUT /v1/kill-switch``: engage (defaults everywhere) or release."""
+
+    engaged: bool
+
+
+class KillSwitchState(msgspec.Struct, kw_only=True):
+    """The global kill switch; ``forced`` when the settings engage it (API cannot release)."""
+
+    engaged: bool
+    forced: bool
+
+
+class ExposureRecord(msgspec.Struct, kw_only=True):
+    """One exposure row as stored in the event log."""
+
+    event_id: str
+    decision_id: str
+    ts: datetime
+    unit_id: str
+    experiment: str
+    experiment_version: int
+    placement: str
+    variant: str
+    propensity: float
+    policy: str
+    policy_version: str
+    reason: str
+    holdout: bool
+    context: dict[str, str]
+
+
+class OutcomeRecord(msgspec.Struct, kw_only=True):
+    """One outcome row as stored in the event log."""
+
+    event_id: str
+    ts: datetime
+    decision_id: str
+    unit_id: str
+    experiment: str
+    type: str
+    value: float
+    properties: dict[str, str]
+
+
+class RedisEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A Redis key about the unit other than its profile (decision records, caps, indexes)."""
+
+    key: str
+    type: str
+    ttl_s: int | None = None
+    value: str | list[str] | dict[str, str] | None = None
+
+
+class UnitExport(msgspec.Struct, kw_only=True):
+    """``GET /v1/units/{unit_id}/export``: everything Tailor stores about one unit.
+
+    ``features`` are the stored typed features (timestamps as epoch seconds); ``derived`` the
+    behavioural features computed from event counters; ``hours`` the hour-of-week histograms;
+    ``exposures``/``outcomes`` the event-log rows under the unit id and under its pseudonym
+    (``truncated`` when more than the export limit exist).
+    """
+
+    unit_id: str
+    pseudonym: str
+    personalization: bool
+    features: dict[str, str | int | float | bool | list[str]]
+    derived: dict[str, str | int | float | bool | list[str]]
+    hours: dict[str, list[int]]
+    redis: list[RedisEntry]
+    exposures: list[ExposureRecord]
+    outcomes: list[OutcomeRecord]
+    truncated: bool = False
+
+
+class ErasureReport(msgspec.Struct, kw_only=True):
+    """What ``DELETE /v1/units/{unit_id}`` removed; the audit entry names only ``pseudonym``."""
+
+    pseudonym: str
+    redis_keys: int
+    event_log_rows: dict[str, int]
+    unwritten_events: int

@@ -23,13 +23,17 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from decision_api.auth import KeyRing, current_actor, parse_bootstrap_keys
+from decision_api.controls import Controls
+from decision_api.data_rights import DataRights
 from decision_api.decider import DecisionEngine, Pseudonymiser
 from decision_api.event_log import ClickHouseEventLog, open_event_log
 from decision_api.event_writer import EventWriter, now_ms
 from decision_api.events import AuditEntry
 from decision_api.feature_store import RedisFeatureStore
+from decision_api.key_store import KeyStore, refresh_ring
 from decision_api.learning import LearnerRunner, LearningPolicies
 from decision_api.metrics import Metrics
+from decision_api.rate_limit import RateLimiter
 from decision_api.settings import Settings
 from decision_api.spool import Spool
 from experiments.cache import ExperimentCache
@@ -78,6 +82,20 @@ class Services:
             sensitive_features=sensitive_features(settings),
         )
         self.engine.kill_switch = settings.decisions.kill_switch
+        self.key_store = KeyStore(redis, prefix)
+        auth = settings.auth
+        self.rate_limiter = RateLimiter(
+            redis, prefix, rate_per_s=auth.rate_limit_per_s, burst=auth.rate_limit_burst
+        )
+        self.controls = Controls(redis, prefix, self.engine, forced=settings.decisions.kill_switch)
+        self.data_rights = DataRights(
+            redis=redis,
+            prefix=prefix,
+            event_log=event_log,
+            writer=writer,
+            pseudonymise=self.pseudonymise,
+            audit=self.audit,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.learner: LearnerRunner | None = None
@@ -177,6 +195,23 @@ def sensitive_features(settings: Settings) -> frozenset[str]:
     )
 
 
+async def start_trust_pollers(services: Services) -> None:
+    """Load API keys and the kill switch now, then poll both (one GET each per interval)."""
+    ring, store = services.keys, services.key_store
+
+    async def refresh_keys() -> None:
+        await refresh_ring(store, ring)
+
+    try:
+        await refresh_ring(store, ring, force=True)
+        await services.controls.poll()
+    except RedisError as exc:
+        log.warning("keys_load_failed", error=str(exc))
+    interval = services.settings.decisions.config_poll_interval_s
+    services.start_background("key-poll", interval, refresh_keys)
+    services.start_background("controls-poll", interval, services.controls.poll)
+
+
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open Redis and the event log, start the writer and pollers; close all on exit."""
@@ -228,6 +263,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     )
     if settings.learner.in_process:
         services.start_learner()
+    await start_trust_pollers(services)
     if services.keys.open:
         log.warning("auth_open", detail="no API key configured: every request is allowed")
     log.info("services_started", worker=services.worker_id, started=time.time())

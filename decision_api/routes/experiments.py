@@ -10,16 +10,14 @@ from litestar.params import JSONBody
 
 from decision_api.routes.guards import require
 from decision_api.schemas import ExperimentList
-from decision_api.services import Services, sensitive_features
-from experiments.errors import InvalidDefinition
-from experiments.models import Experiment, ExperimentSpec, check_sensitive
+from decision_api.sensitive import check_experiment, denylist
+from decision_api.services import Services
+from experiments.models import Experiment, ExperimentSpec
 
 
 def _check(spec: ExperimentSpec, services: NamedDependency[Services]) -> None:
-    try:
-        check_sensitive(spec, sensitive_features(services.settings))
-    except ValueError as exc:
-        raise InvalidDefinition(str(exc), field="$.targeting") from exc
+    """Refuse sensitive attributes in targeting, variant features and policy options."""
+    check_experiment(spec, denylist(services.settings.decisions.sensitive_features))
 
 
 class ExperimentController(Controller):

@@ -1,17 +1,39 @@
-"""Route guards: API-key scopes."""
+"""Route guards: API-key scopes and per-key rate limits.
+
+Which scope each route needs (``admin`` passes every guard):
+
+========================================  =========================
+route                                     scopes (any of)
+========================================  =========================
+``POST /v1/decide``                       decide
+``POST /v1/outcomes``, ``/batch``         decide, ingest
+``POST /v1/events``                       decide, ingest
+``PUT /v1/units/{id}/features``           ingest
+``PUT /v1/units/{id}/consent``            ingest
+``GET /v1/units/{id}/export``             admin
+``DELETE /v1/units/{id}``                 admin
+``/v1/experiments...``                    admin
+``/v1/keys...``, ``/v1/kill-switch``      admin
+reports                                   report
+``/healthz``, ``/readyz``, ``/metrics``   none (operations)
+========================================  =========================
+
+``decide`` keys are safe to embed in a web page: they can ask for decisions and report what the
+visitor did, never read or change stored data.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from decision_api.auth import Scope, current_actor
-from decision_api.errors import Forbidden, Unauthorized
+from decision_api.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
 def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -22,23 +44,39 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return connection.headers.get("x-api-key")
 
 
-def require(scope: Scope) -> Guard:
-    """A guard admitting keys with ``scope`` (or ``admin``): 401 without a key, 403 without it."""
+def require(*scopes: Scope) -> Guard:
+    """A guard admitting keys holding any of ``scopes`` (or ``admin``), within their rate limit.
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    401 without a (known, unrevoked) key, 403 with a key that lacks the scopes, 429 with
+    ``Retry-After`` when the key is over its rate limit. With no key configured anywhere the
+    API is open (development mode) and the guard admits everything.
+    """
+    if not scopes:
+        raise ValueError("require() needs at least one scope")
+    names = " or ".join(repr(s) for s in scopes)
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         services = connection.app.state.services
         ring = services.keys
         if ring.open:
             return
+        if not ring.ready:
+            raise ServiceUnavailable("API keys are not loaded yet (Redis unavailable); retry")
         presented = presented_key(connection)
         if not presented:
             raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
         key = ring.lookup(presented)
         if key is None or key.revoked:
             raise Unauthorized("unknown or revoked API key")
-        if not key.allows(scope):
-            raise Forbidden(f"this API key lacks the {scope!r} scope")
+        if not key.allows_any(scopes):
+            raise Forbidden(f"this API key lacks the {names} scope")
         connection.scope["state"]["api_key_id"] = key.key_id
         current_actor.set(key.key_id)
+        wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
+        if wait is not None:
+            services.metrics.rate_limited.inc()
+            raise RateLimited(
+                f"API key {key.key_id} is over its rate limit; retry later", retry_after_s=wait
+            )
 
     return guard

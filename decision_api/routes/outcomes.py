@@ -86,7 +86,7 @@ class OutcomeController(Controller):
 
     path = "/v1/outcomes"
     tags = ["outcomes"]
-    guards = [require("decide")]
+    guards = [require("decide", "ingest")]
 
     @post("", status_code=202)
     async def record(

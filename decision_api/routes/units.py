@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import time
 
-from litestar import Controller, post, put
+from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from decision_api.errors import InvalidInput
 from decision_api.feature_store import Timestamp, UnitEvent
 from decision_api.routes.guards import require
 from decision_api.schemas import (
+    ConsentRequest,
+    ConsentState,
+    ErasureReport,
     EventAccepted,
     EventRequest,
     FeaturesRequest,
     FeaturesStored,
     TimestampValue,
+    UnitExport,
     UnitId,
 )
+from decision_api.sensitive import denylist, sensitive_names
 from decision_api.services import Services
 
 
@@ -31,13 +37,46 @@ class UnitController(Controller):
     async def upsert_features(
         self, unit_id: UnitId, data: JSONBody[FeaturesRequest], services: NamedDependency[Services]
     ) -> FeaturesStored:
-        """Upsert typed features (numbers, strings, string lists, ``{"ts": ...}`` timestamps)."""
+        """Upsert typed features (numbers, strings, string lists, ``{"ts": ...}`` timestamps).
+
+        A name on the sensitive-feature denylist is refused (422): it is never stored.
+        """
+        used = sensitive_names(
+            data.features, denylist(services.settings.decisions.sensitive_features)
+        )
+        if used:
+            raise InvalidInput(
+                f"sensitive features are never stored: {used}", field=f"$.features.{used[0]}"
+            )
         features = {
             name: Timestamp(ts=value.ts.timestamp()) if isinstance(value, TimestampValue) else value
             for name, value in data.features.items()
         }
         await services.features.upsert_features(unit_id, features)
         return FeaturesStored(unit_id=unit_id, stored=sorted(features))
+
+    @put("/{unit_id:str}/consent", guards=[require("ingest")])
+    async def set_consent(
+        self, unit_id: UnitId, data: JSONBody[ConsentRequest], services: NamedDependency[Services]
+    ) -> ConsentState:
+        """Store the unit's consent: ``personalization: false`` means the default experience,
+        no profile read and a pseudonymised unit id in the event log, until given again."""
+        await services.features.set_opt_out(unit_id, not data.personalization)
+        action = "consent_given" if data.personalization else "consent_withdrawn"
+        services.audit(action, "unit", services.pseudonymise(unit_id), 0, "")
+        return ConsentState(unit_id=unit_id, personalization=data.personalization)
+
+    @get("/{unit_id:str}/export", guards=[require("admin")])
+    async def export(self, unit_id: UnitId, services: NamedDependency[Services]) -> UnitExport:
+        """Everything stored about the unit: profile, derived features, consent, Redis records,
+        exposures and outcomes (also those logged under its pseudonym)."""
+        return await services.data_rights.export(unit_id)
+
+    @delete("/{unit_id:str}", guards=[require("admin")], status_code=200)
+    async def erase(self, unit_id: UnitId, services: NamedDependency[Services]) -> ErasureReport:
+        """Erase the unit everywhere (Redis, unwritten events, event log) and audit it under its
+        pseudonym; 503 when the event log is down (nothing is lost by retrying)."""
+        return await services.data_rights.erase(unit_id)
 
 
 class EventController(Controller):
@@ -46,7 +85,7 @@ class EventController(Controller):
     path = "/v1/events"
     tags = ["units"]
 
-    @post("", guards=[require("decide")], status_code=202)
+    @post("", guards=[require("decide", "ingest")], status_code=202)
     async def record(
         self, data: JSONBody[EventRequest], services: NamedDependency[Services]
     ) -> EventAccepted:

@@ -1,0 +1,69 @@
+"""Admin API for API keys: create (the secret is shown once), list, revoke."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from decision_api.auth import ApiKey
+from decision_api.errors import Conflict, NotFound
+from decision_api.key_store import refresh_ring
+from decision_api.routes.guards import require
+from decision_api.schemas import KeyCreate, KeyCreated, KeyId, KeyInfo, KeyList
+from decision_api.services import Services
+
+
+def key_info(key: ApiKey) -> KeyInfo:
+    """The listable view of a key (never its secret or digest)."""
+    return KeyInfo(
+        key_id=key.key_id,
+        scopes=sorted(key.scopes),
+        source=key.source,
+        name=key.name,
+        created_at=key.created_at or None,
+        rate_per_s=key.rate_per_s,
+        burst=key.burst,
+    )
+
+
+class KeyController(Controller):
+    """Create, list and revoke API keys (admin scope)."""
+
+    path = "/v1/keys"
+    tags = ["keys"]
+    guards = [require("admin")]
+
+    @post("", status_code=201)
+    async def create(
+        self, data: JSONBody[KeyCreate], services: NamedDependency[Services]
+    ) -> KeyCreated:
+        """Create a key; the response carries its secret, which is not stored anywhere."""
+        key, secret = await services.key_store.create(
+            data.scopes, data.name, rate_per_s=data.rate_per_s, burst=data.burst
+        )
+        await refresh_ring(services.key_store, services.keys)
+        info = key_info(key)
+        services.audit("create", "api_key", key.key_id, 0, msgspec.json.encode(info).decode())
+        return KeyCreated(**msgspec.structs.asdict(info), secret=secret)
+
+    @get("")
+    async def list_keys(self, services: NamedDependency[Services]) -> KeyList:
+        """Every key: configured ones (``source: env``) and created ones; ids only."""
+        stored = await services.key_store.list()
+        keys = services.keys.bootstrap_keys() + stored
+        return KeyList(keys=[key_info(k) for k in keys])
+
+    @delete("/{key_id:str}", status_code=204)
+    async def revoke(self, key_id: KeyId, services: NamedDependency[Services]) -> None:
+        """Revoke a created key at once on this worker, within a poll interval everywhere."""
+        if any(k.key_id == key_id for k in services.keys.bootstrap_keys()):
+            raise Conflict(
+                f"{key_id} is configured in TAILOR_AUTH_API_KEYS; remove it there",
+                field="key_id",
+            )
+        if not await services.key_store.revoke(key_id):
+            raise NotFound(f"no API key {key_id}", field="key_id")
+        await refresh_ring(services.key_store, services.keys)
+        services.audit("revoke", "api_key", key_id, 0, "")
