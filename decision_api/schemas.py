@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from experiments.models import KEY_PATTERN, Experiment, ExperimentSpec
+from experiments.send_window import DefaultSendTime, SendWindow
 
 __all__ = [
     "ConsentRequest",
@@ -100,6 +101,7 @@ class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True):
     variant: str | None = None
     payload: dict[str, Any] | None = None
     model_version: str | None = None
+    send_at: datetime | None = None
 
 
 class DecideResponse(msgspec.Struct, kw_only=True):
@@ -336,3 +338,69 @@ class ErasureReport(msgspec.Struct, kw_only=True):
     redis_keys: int
     event_log_rows: dict[str, int]
     unwritten_events: int
+
+
+class Recipient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One email recipient of a bulk decision.
+
+    ``unit_id`` is checked per recipient (a bad one is reported in that recipient's ``error``
+    without failing the batch); ``timezone`` (IANA name) falls back to the context's or the
+    profile's ``timezone`` feature, then UTC.
+    """
+
+    unit_id: Annotated[str, Meta(max_length=4096)]
+    context: Annotated[dict[AttributeName, ContextValue], Meta(max_length=100)] = msgspec.field(
+        default_factory=dict
+    )
+    consent: bool = True
+    timezone: Annotated[str, Meta(max_length=64)] | None = None
+
+
+class BatchDecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/decide/batch``: variants (and send times) for many recipients at once.
+
+    ``placements`` may include ``send_time`` placements (served by experiments of kind
+    ``send_time``), which need ``send_window``; ``default_send_time`` overrides the experiments'
+    default for this campaign. ``step`` names a workflow step (abandoned_cart, welcome, ...):
+    it is visible to targeting as the attribute ``step``, next to ``campaign``. ``context``
+    applies to every recipient (a recipient's own context wins).
+    """
+
+    campaign: Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
+    placements: Annotated[list[Placement], Meta(min_length=1, max_length=20)]
+    recipients: Annotated[list[Recipient], Meta(min_length=1, max_length=1_000_000)]
+    send_window: SendWindow | None = None
+    default_send_time: DefaultSendTime | None = None
+    step: Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)] | None = None
+    context: Annotated[dict[AttributeName, ContextValue], Meta(max_length=100)] = msgspec.field(
+        default_factory=dict
+    )
+
+
+class RecipientError(msgspec.Struct, kw_only=True):
+    """Why one recipient got no decision."""
+
+    code: str
+    field: str
+    message: str
+
+
+class RecipientDecision(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One recipient's answer (a line of the NDJSON stream)."""
+
+    index: int
+    unit_id: str
+    decision_id: str | None = None
+    degraded: bool = False
+    decisions: list[PlacementDecision] = msgspec.field(default_factory=list)
+    error: RecipientError | None = None
+
+
+class BatchDecideResponse(msgspec.Struct, kw_only=True):
+    """The whole answer when not streamed."""
+
+    campaign: str
+    count: int
+    errors: int
+    degraded: bool
+    recipients: list[RecipientDecision]
