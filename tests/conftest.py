@@ -87,6 +87,34 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def shared_settings(
+    redis_url: str, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Like ``settings``, for one app shared by a whole module (its tests use their own keys)."""
+    name = "m" + uuid.uuid4().hex[:12]
+    tmp = tmp_path_factory.mktemp(name)
+    return Settings(
+        redis=RedisSettings(url=redis_url, key_prefix=name),
+        event_log=EventLogSettings(
+            url=f"chdb://{chdb_dir}?database={name}",
+            flush_interval_s=0.05,
+            spool_dir=str(tmp / "spool"),
+        ),
+        decisions=DecisionSettings(config_poll_interval_s=0.05),
+        log_format="console",
+        log_level="warning",
+        data_dir=str(tmp),
+    )
+
+
+@pytest.fixture(scope="module")
+async def shared_client(shared_settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """An in-process client of one app for a whole module (starting an app costs ~0.5 s)."""
+    async with AsyncTestClient(app=create_app(shared_settings)) as c:
+        yield c
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
     """A direct Redis client for assertions."""
