@@ -71,7 +71,11 @@ class Learner:
         self._on_learned = on_learned
         self._models: dict[str, _Model] = {}
         self._unacked: list[str] = []
-        self._read_pending = True
+        # Where re-reading our own pending entries, then claiming a dead consumer's, has got to
+        # (None once done). Pending entries stay pending until the next publish acks them, so
+        # re-reading from "0" would deliver the same batch again: the cursor moves past it.
+        self._pending_cursor: str | None = "0"
+        self._claim_cursor: str | None = "0-0"
         self._last_publish = time.monotonic()
         self.learned = 0
         self.skipped = 0
@@ -165,20 +169,30 @@ class Learner:
         return model.spec.example(example.record, example.reward)
 
     async def _read(self, block_ms: int) -> list[tuple[str, Any]]:
-        if self._read_pending:
+        if self._pending_cursor is not None:
             # Our own pending entries first (a previous run died before publishing them).
             reply = await self._redis.xreadgroup(
-                JOIN_GROUP, self.consumer, {self._stream: "0"}, count=self._batch
+                JOIN_GROUP, self.consumer, {self._stream: self._pending_cursor}, count=self._batch
             )
             entries = _entries(reply)
             if entries:
+                self._pending_cursor = entries[-1][0]
                 return entries
-            self._read_pending = False
+            self._pending_cursor = None
+        while self._claim_cursor is not None:
+            # Then the entries a dead learner (another consumer name) left unacknowledged.
             claimed = await self._redis.xautoclaim(
-                self._stream, JOIN_GROUP, self.consumer, CLAIM_IDLE_MS, "0-0", count=self._batch
+                self._stream,
+                JOIN_GROUP,
+                self.consumer,
+                CLAIM_IDLE_MS,
+                self._claim_cursor,
+                count=self._batch,
             )
+            cursor = _text(claimed[0]) if claimed else "0-0"
+            self._claim_cursor = None if cursor == "0-0" else cursor
             if claimed and claimed[1]:
-                return [(_text(i), f) for i, f in claimed[1]]
+                return [(_text(i), f or None) for i, f in claimed[1]]
         reply = await self._redis.xreadgroup(
             JOIN_GROUP, self.consumer, {self._stream: ">"}, count=self._batch, block=block_ms
         )
