@@ -1,0 +1,390 @@
+"""The reward join on a real Redis: windows, rules, aggregation, duplicates, late outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+import msgspec
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from bandits.join import (
+    DecisionRecord,
+    JoinRules,
+    RewardJoin,
+    TrainingExample,
+    decode_entry,
+    rules_for,
+)
+
+T0 = 1_700_000_000_000  # decision time (ms) of every record here
+WINDOW_S = 60
+
+
+def _rules(
+    aggregation: Literal["first", "sum"] = "first",
+    *,
+    default: float = 0.0,
+    lo: float = 0.0,
+    hi: float = 1.0,
+) -> JoinRules:
+    return rules_for(
+        WINDOW_S,
+        aggregation,
+        default,
+        lo,
+        hi,
+        [("click", 1.0, False), ("purchase", 0.01, True), ("bounce", -0.5, False)],
+    )
+
+
+def _record(decision_id: str, experiment: str = "hero", unit_id: str = "u1") -> DecisionRecord:
+    return DecisionRecord(
+        decision_id=decision_id,
+        experiment=experiment,
+        experiment_version=3,
+        unit_id=unit_id,
+        candidates=["a", "b", "c"],
+        chosen=1,
+        propensity=0.4,
+        model_version="7",
+        context={"segment": "s1", "score": 2.5, "tags": ["x", "y"], "member": True},
+        decided_ms=T0,
+    )
+
+
+@pytest.fixture
+def join(redis: Redis, namespace: str) -> RewardJoin:
+    """A reward join under this test's key prefix."""
+    return RewardJoin(redis, namespace)
+
+
+async def _stream(redis: Redis, join: RewardJoin) -> list[TrainingExample]:
+    return [decode_entry(i, f) for i, f in await redis.xrange(join.stream_key)]
+
+
+async def _outcome(
+    join: RewardJoin,
+    rules: dict[str, JoinRules],
+    *,
+    event_id: str,
+    type: str = "click",
+    value: float = 0.0,
+    at_s: float = 1.0,
+    decision_id: str | None = None,
+    unit_id: str | None = None,
+    experiment: str | None = None,
+) -> list[tuple[str, str]]:
+    return [
+        (e, str(r))
+        for e, r in await join.apply_outcome(
+            event_id=event_id,
+            outcome_type=type,
+            value=value,
+            now_ms=T0 + int(at_s * 1000),
+            rules_of=rules,
+            decision_id=decision_id,
+            unit_id=unit_id,
+            experiment=experiment,
+        )
+    ]
+
+
+async def test_outcome_by_decision_id_joins_and_finalises_under_first(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A click by decision id within the window is one joined example with the record intact."""
+    rules = {"hero": _rules()}
+    join.remember(_record("d1"), rules["hero"])
+    assert await join.flush() == 1
+    assert await _outcome(join, rules, event_id="e1", decision_id="d1") == [("hero", "joined")]
+    [example] = await _stream(redis, join)
+    assert (example.reward, example.joined) == (1.0, True)
+    assert example.record == _record("d1")
+    # tests/support/training.py writes learner test streams in exactly this shape.
+    [(_, fields)] = await redis.xrange(join.stream_key)
+    assert sorted(fields) == ["joined", "r", "rec"]
+    # Finalised: the record and its due entry are gone, so the sweeper cannot add a second one.
+    assert not await redis.exists(join.record_key("d1", "hero"))
+    assert await redis.zcard(join.due_key) == 0
+    assert await join.finalize_due(T0 + 10 * WINDOW_S * 1000) == 0
+    assert len(await _stream(redis, join)) == 1
+
+
+async def test_outcome_by_unit_and_experiment_rewards_only_that_experiment(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """unit id + experiment picks the unit's open decision in that experiment, no other."""
+    rules = {"hero": _rules(), "banner": _rules()}
+    join.remember(_record("d1", "hero"), rules["hero"])
+    join.remember(_record("d2", "banner"), rules["banner"])
+    await join.flush()
+    got = await _outcome(join, rules, event_id="e1", unit_id="u1", experiment="banner")
+    assert got == [("banner", "joined")]
+    await join.finalize_due(T0 + WINDOW_S * 1000 + 1)
+    by_exp = {e.record.experiment: (e.reward, e.joined) for e in await _stream(redis, join)}
+    assert by_exp == {"banner": (1.0, True), "hero": (0.0, False)}
+
+
+async def test_outcome_by_unit_alone_rewards_every_open_experiment(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A unit-only outcome reaches the unit's latest open decision in every experiment."""
+    rules = {"hero": _rules(), "banner": _rules()}
+    join.remember(_record("d1", "hero"), rules["hero"])
+    join.remember(_record("d2", "banner"), rules["banner"])
+    join.remember(_record("d3", "banner", unit_id="someone-else"), rules["banner"])
+    await join.flush()
+    got = await _outcome(join, rules, event_id="e1", unit_id="u1")
+    assert sorted(got) == [("banner", "joined"), ("hero", "joined")]
+    await join.finalize_due(T0 + WINDOW_S * 1000 + 1)
+    rewards = {e.record.decision_id: e.reward for e in await _stream(redis, join)}
+    assert rewards == {"d1": 1.0, "d2": 1.0, "d3": 0.0}
+
+
+async def test_decision_id_without_experiment_reaches_all_its_placements(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """One decision serving two experiments: an outcome by decision id alone rewards both."""
+    rules = {"hero": _rules(), "banner": _rules()}
+    join.remember(_record("d1", "hero"), rules["hero"])
+    join.remember(_record("d1", "banner"), rules["banner"])
+    await join.flush()
+    got = await _outcome(join, rules, event_id="e1", decision_id="d1")
+    assert got == [("banner", "joined"), ("hero", "joined")]
+    assert sorted(e.record.experiment for e in await _stream(redis, join)) == ["banner", "hero"]
+
+
+async def test_first_keeps_the_first_reward_and_later_outcomes_are_late(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """Under ``first`` the first rewarding outcome decides; the next one finds it finalised."""
+    rules = {"hero": _rules("first")}
+    join.remember(_record("d1"), rules["hero"])
+    await join.flush()
+    first = await _outcome(
+        join, rules, event_id="e1", type="purchase", value=30.0, decision_id="d1"
+    )
+    second = await _outcome(join, rules, event_id="e2", type="click", decision_id="d1")
+    assert (first, second) == ([("hero", "joined")], [("hero", "late")])
+    [example] = await _stream(redis, join)
+    assert example.reward == pytest.approx(0.3)
+
+
+async def test_sum_adds_rewards_until_the_window_closes(join: RewardJoin, redis: Redis) -> None:
+    """Under ``sum`` rewards accumulate and the sweeper writes their total at the window's end."""
+    rules = {"hero": _rules("sum", hi=100.0)}
+    join.remember(_record("d1"), rules["hero"])
+    await join.flush()
+    for i, (typ, value) in enumerate([("click", 0.0), ("purchase", 25.0), ("click", 0.0)]):
+        got = await _outcome(join, rules, event_id=f"e{i}", type=typ, value=value, at_s=i + 1)
+        assert got == []  # no decision id or unit id: nothing to join
+        got = await _outcome(
+            join, rules, event_id=f"e{i}", type=typ, value=value, at_s=i + 1, decision_id="d1"
+        )
+        assert got == [("hero", "joined")]
+    assert await _stream(redis, join) == []  # still open
+    assert await join.finalize_due(T0 + WINDOW_S * 1000 - 1) == 0
+    assert await join.finalize_due(T0 + WINDOW_S * 1000) == 1
+    [example] = await _stream(redis, join)
+    assert (example.reward, example.joined) == (pytest.approx(2.25), True)
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "outcomes", "lo", "hi", "expected"),
+    [
+        ("first", [("purchase", 250.0)], 0.0, 1.0, 1.0),  # 0.01 * 250 = 2.5 clipped to hi
+        ("first", [("bounce", 0.0)], -0.2, 1.0, -0.2),  # -0.5 clipped to lo
+        ("first", [("purchase", 42.0)], 0.0, 1.0, 0.42),  # per_value: reward * value
+        ("sum", [("click", 0.0)] * 3, 0.0, 2.0, 2.0),  # 3.0 clipped to hi at finalisation
+        ("sum", [("click", 0.0), ("bounce", 0.0)], 0.0, 1.0, 0.5),
+        ("sum", [("bounce", 0.0)] * 3, -1.0, 1.0, -1.0),
+    ],
+)
+async def test_reward_rules_per_value_and_clipping(
+    join: RewardJoin,
+    redis: Redis,
+    aggregation: Literal["first", "sum"],
+    outcomes: list[tuple[str, float]],
+    lo: float,
+    hi: float,
+    expected: float,
+) -> None:
+    """Each outcome type maps to its reward (times value if per_value), clipped to [lo, hi]."""
+    rules = {"hero": _rules(aggregation, lo=lo, hi=hi)}
+    join.remember(_record("d1"), rules["hero"])
+    await join.flush()
+    for i, (typ, value) in enumerate(outcomes):
+        await _outcome(join, rules, event_id=f"e{i}", type=typ, value=value, decision_id="d1")
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert example.reward == pytest.approx(expected)
+
+
+async def test_outcome_type_without_a_rule_is_ignored(join: RewardJoin, redis: Redis) -> None:
+    """An outcome type with no reward rule leaves the decision open for the default reward."""
+    rules = {"hero": _rules(default=0.25)}
+    join.remember(_record("d1"), rules["hero"])
+    await join.flush()
+    got = await _outcome(join, rules, event_id="e1", type="pageview", decision_id="d1")
+    assert got == [("hero", "ignored")]
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert (example.reward, example.joined) == (0.25, False)
+
+
+async def test_default_reward_applies_when_the_window_closes_without_outcome(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """The sweeper finalises exactly the records whose window has closed, with the default."""
+    rules = _rules(default=0.1)
+    join.remember(_record("early"), rules)
+    later = msgspec.structs.replace(_record("later"), unit_id="u2", decided_ms=T0 + 5_000)
+    join.remember(later, rules)
+    await join.flush()
+    assert await join.finalize_due(T0 + WINDOW_S * 1000 - 1) == 0
+    assert await join.finalize_due(T0 + WINDOW_S * 1000) == 1
+    assert [(e.record.decision_id, e.reward, e.joined) for e in await _stream(redis, join)] == [
+        ("early", 0.1, False)
+    ]
+    assert await join.finalize_due(T0 + WINDOW_S * 1000 + 5_000) == 1
+    assert await join.finalize_due(T0 + 10 * WINDOW_S * 1000) == 0
+    assert await redis.zcard(join.due_key) == 0
+    assert len(await _stream(redis, join)) == 2
+
+
+async def test_default_reward_is_clipped_too(join: RewardJoin, redis: Redis) -> None:
+    """A default outside [lo, hi] reaches the learner clipped, like any reward."""
+    rules = _rules(default=-3.0, lo=-1.0)
+    join.remember(_record("d1"), rules)
+    await join.flush()
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert example.reward == -1.0
+
+
+async def test_duplicate_event_counts_once(join: RewardJoin, redis: Redis) -> None:
+    """The same event id applied twice (a retried request) adds its reward once."""
+    rules = {"hero": _rules("sum", hi=10.0)}
+    join.remember(_record("d1"), rules["hero"])
+    await join.flush()
+    first = await _outcome(join, rules, event_id="e1", decision_id="d1")
+    again = await _outcome(join, rules, event_id="e1", decision_id="d1")
+    by_unit = await _outcome(join, rules, event_id="e1", unit_id="u1", experiment="hero")
+    assert (first, again, by_unit) == (
+        [("hero", "joined")],
+        [("hero", "duplicate")],
+        [("hero", "duplicate")],
+    )
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert example.reward == 1.0
+
+
+@pytest.mark.parametrize("finalised", [False, True], ids=["window-closed", "swept"])
+async def test_late_outcome_is_not_learned(
+    join: RewardJoin, redis: Redis, finalised: bool
+) -> None:
+    """An outcome after the window is 'late' whether or not the sweeper ran; reward unchanged."""
+    rules = {"hero": _rules("sum", default=0.0)}
+    join.remember(_record("d1"), rules["hero"])
+    await join.flush()
+    if finalised:
+        await join.finalize_due(T0 + WINDOW_S * 1000)
+    got = await _outcome(join, rules, event_id="e1", decision_id="d1", at_s=WINDOW_S + 0.001)
+    assert got == [("hero", "late")]
+    await join.finalize_due(T0 + 10 * WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert (example.reward, example.joined) == (0.0, False)
+
+
+async def test_unknown_experiment_rules_are_skipped(join: RewardJoin, redis: Redis) -> None:
+    """Outcomes for experiments whose rules the worker does not know are not applied."""
+    join.remember(_record("d1"), _rules())
+    await join.flush()
+    assert await _outcome(join, {}, event_id="e1", decision_id="d1") == []
+    assert await redis.hget(join.record_key("d1", "hero"), "r") is None
+
+
+async def test_records_and_indexes_expire_after_window_plus_grace(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """Every key a decision creates has a TTL of the window plus the grace hour."""
+    join.remember(_record("d1"), _rules())
+    await join.flush()
+    for key in (join.record_key("d1", "hero"), join.experiments_key("d1"),
+                join.unit_index_key("u1")):
+        ttl = await redis.pttl(key)
+        assert WINDOW_S * 1000 + 3_600_000 - 5_000 < ttl <= WINDOW_S * 1000 + 3_600_000
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_each_decision_yields_exactly_one_example_whatever_the_outcomes(
+    join: RewardJoin, redis: Redis, seed: int
+) -> None:
+    """Random outcome sequences (duplicates, late, by unit, concurrent sweeps) give one example
+    per decision, with the reward a reference model of the rules predicts."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    aggregation: Literal["first", "sum"] = "first" if seed % 2 else "sum"
+    rules = {"hero": _rules(aggregation, default=0.05, hi=5.0)}
+    window_ms = WINDOW_S * 1000
+    expected: dict[str, float] = {}
+    for i in range(n):
+        join.remember(_record(f"d{i}", unit_id=f"u{i}"), rules["hero"])
+    await join.flush()
+    calls = []
+    for i in range(n):
+        did = f"d{i}"
+        sent: list[tuple[str, str, float]] = []
+        for k in range(int(rng.integers(0, 6))):
+            if sent and rng.random() < 0.33:
+                # A replay (client retry): the same event id and content, at another time.
+                event = sent[int(rng.integers(len(sent)))]
+            else:
+                typ = str(rng.choice(["click", "purchase", "pageview"]))
+                event = (f"{did}-e{k}", typ, float(rng.integers(1, 50)))
+                sent.append(event)
+            at_ms = int(rng.integers(0, int(window_ms * 1.5)))
+            by_unit = bool(rng.random() < 0.5)
+            calls.append((at_ms, did, *event, by_unit))
+    calls.sort()
+    # Reference: in time order, outcomes inside the window, first occurrence of an event id.
+    seen: set[str] = set()
+    totals: dict[str, list[float]] = {f"d{i}": [] for i in range(n)}
+    for at_ms, did, event_id, typ, value, _ in calls:
+        reward = rules["hero"].reward_of(typ, value)
+        if reward is None or at_ms > window_ms or event_id in seen:
+            continue
+        if aggregation == "first" and totals[did]:
+            continue
+        seen.add(event_id)
+        totals[did].append(reward)
+    for did, rewards in totals.items():
+        raw = sum(rewards) if rewards else 0.05
+        expected[did] = min(5.0, max(0.0, raw))
+    # Apply in time order, sweeping concurrently now and then (the sweeper races outcomes).
+    for j, (at_ms, did, event_id, typ, value, by_unit) in enumerate(calls):
+        apply = _outcome(
+            join,
+            rules,
+            event_id=event_id,
+            type=typ,
+            value=value,
+            at_s=at_ms / 1000,
+            decision_id=None if by_unit else did,
+            unit_id=f"u{did[1:]}" if by_unit else None,
+            experiment="hero" if by_unit else None,
+        )
+        if j % 7 == 0:
+            await asyncio.gather(apply, join.finalize_due(T0 + at_ms))
+        else:
+            await apply
+    await asyncio.gather(*(join.finalize_due(T0 + 2 * window_ms) for _ in range(3)))
+    examples = await _stream(redis, join)
+    assert sorted(e.record.decision_id for e in examples) == sorted(expected)
+    got = {e.record.decision_id: e.reward for e in examples}
+    assert got == pytest.approx(expected)
+    assert await redis.zcard(join.due_key) == 0
