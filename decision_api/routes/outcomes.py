@@ -57,6 +57,9 @@ async def join_outcomes(
         return 0, False
     joined = 0
     try:
+        # Decisions this worker made but has not written yet (the join flusher runs every
+        # 20 ms) must be in Redis first, or an outcome sent right after its decision misses it.
+        await services.learning.join.flush()
         for outcome in outcomes:
             results = await services.learning.join.apply_outcome(
                 event_id=outcome.event_id.hex,
