@@ -139,10 +139,17 @@ def validation_handler(
         base = "$"
         if key and str(key) != "data":
             base = "$." + str(key) if source in (None, "body") else f"{source}:{key}"
+        if key == "data" and message == "'data'":
+            # Litestar reports a missing body as a KeyError on its ``data`` argument.
+            errors.append(FieldError(field="$", message="a JSON request body is required"))
+            continue
         path, clean = field_of(message, base)
         errors.append(FieldError(field=path, message=clean.strip()))
     malformed = "JSON is malformed" in str(exc.detail) or any(
-        "JSON is malformed" in e.message or "Input data was truncated" in e.message for e in errors
+        "JSON is malformed" in e.message
+        or "Input data was truncated" in e.message
+        or e.message == "a JSON request body is required"
+        for e in errors
     )
     status = 400 if malformed else 422
     detail = errors[0].message if errors else str(exc.detail)
@@ -167,6 +174,9 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
         405: "method_not_allowed",
         413: "payload_too_large",
     }.get(exc.status_code, "http_error")
+    # 400 (unparseable JSON) and 413 (body over the limit) are about the body as a whole.
+    body_level = exc.status_code in (400, 413)
+    errors = [FieldError(field="$", message=str(exc.detail))] if body_level else []
     return _response(
         Problem(
             type=PROBLEM_TYPE + code,
@@ -174,6 +184,7 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
             status=exc.status_code,
             detail=str(exc.detail),
             code=code,
+            errors=errors,
             request_id=_request_id(request),
         ),
         dict(exc.headers or {}),
