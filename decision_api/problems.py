@@ -30,7 +30,7 @@ log = structlog.get_logger("tailor.problems")
 _PATH = re.compile(r" - at `(\$[^`]*)`")
 # Validators name the field at the start of their message: "variants[1].key: duplicate ...".
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\[\]]*): (.+)$", re.DOTALL)
-_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]+)`")
+_UNKNOWN_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]+)`")
 PROBLEM_TYPE = "https://tailor.dev/problems/"
 
 
