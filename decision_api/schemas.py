@@ -131,7 +131,7 @@ class OutcomeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def __post_init__(self) -> None:
         if self.decision_id is None and self.unit_id is None:
-            raise ValueError("an outcome needs `decision_id` or `unit_id`")
+            raise ValueError("decision_id: an outcome needs `decision_id` or `unit_id`")
         if not math.isfinite(self.value):
             raise ValueError("value must be a finite number")
 
