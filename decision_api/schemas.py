@@ -50,7 +50,8 @@ __all__ = [
 
 # Braces are refused: Redis keys wrap the unit id in a Cluster hash tag (``{<unit>}``), and a
 # brace inside it would move the tag (and let erasure confuse one unit's keys with another's).
-UnitId = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f{}]+$")]
+UNIT_ID_PATTERN = r"^[^\x00-\x1f{}]+$"
+UnitId = Annotated[str, Meta(min_length=1, max_length=256, pattern=UNIT_ID_PATTERN)]
 Placement = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
 AttributeName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
 ShortText = Annotated[str, Meta(max_length=1024)]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
 from decision_api.errors import InvalidInput
 from decision_api.feature_store import Timestamp, UnitEvent
 from decision_api.routes.guards import require
 from decision_api.schemas import (
+    UNIT_ID_PATTERN,
     ConsentRequest,
     ConsentState,
     ErasureReport,
@@ -21,10 +23,12 @@ from decision_api.schemas import (
     FeaturesStored,
     TimestampValue,
     UnitExport,
-    UnitId,
 )
 from decision_api.sensitive import denylist, sensitive_names
 from decision_api.services import Services
+
+# Litestar does not apply msgspec ``Meta`` constraints to path parameters: restate them.
+PathUnitId = Annotated[str, Parameter(min_length=1, max_length=256, pattern=UNIT_ID_PATTERN)]
 
 
 class UnitController(Controller):
@@ -35,7 +39,10 @@ class UnitController(Controller):
 
     @put("/{unit_id:str}/features", guards=[require("ingest")])
     async def upsert_features(
-        self, unit_id: UnitId, data: JSONBody[FeaturesRequest], services: NamedDependency[Services]
+        self,
+        unit_id: PathUnitId,
+        data: JSONBody[FeaturesRequest],
+        services: NamedDependency[Services],
     ) -> FeaturesStored:
         """Upsert typed features (numbers, strings, string lists, ``{"ts": ...}`` timestamps).
 
@@ -57,7 +64,10 @@ class UnitController(Controller):
 
     @put("/{unit_id:str}/consent", guards=[require("ingest")])
     async def set_consent(
-        self, unit_id: UnitId, data: JSONBody[ConsentRequest], services: NamedDependency[Services]
+        self,
+        unit_id: PathUnitId,
+        data: JSONBody[ConsentRequest],
+        services: NamedDependency[Services],
     ) -> ConsentState:
         """Store the unit's consent: ``personalization: false`` means the default experience,
         no profile read and a pseudonymised unit id in the event log, until given again."""
@@ -67,13 +77,15 @@ class UnitController(Controller):
         return ConsentState(unit_id=unit_id, personalization=data.personalization)
 
     @get("/{unit_id:str}/export", guards=[require("admin")])
-    async def export(self, unit_id: UnitId, services: NamedDependency[Services]) -> UnitExport:
+    async def export(self, unit_id: PathUnitId, services: NamedDependency[Services]) -> UnitExport:
         """Everything stored about the unit: profile, derived features, consent, Redis records,
         exposures and outcomes (also those logged under its pseudonym)."""
         return await services.data_rights.export(unit_id)
 
     @delete("/{unit_id:str}", guards=[require("admin")], status_code=200)
-    async def erase(self, unit_id: UnitId, services: NamedDependency[Services]) -> ErasureReport:
+    async def erase(
+        self, unit_id: PathUnitId, services: NamedDependency[Services]
+    ) -> ErasureReport:
         """Erase the unit everywhere (Redis, unwritten events, event log) and audit it under its
         pseudonym; 503 when the event log is down (nothing is lost by retrying)."""
         return await services.data_rights.erase(unit_id)
