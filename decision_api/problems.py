@@ -138,6 +138,7 @@ def validation_handler(
         source = item.get("source") if isinstance(item, dict) else None
         base = "$"
         if key and str(key) != "data":
+            source = getattr(source, "value", source)  # Litestar's ParamType enum: "path"
             base = "$." + str(key) if source in (None, "body") else f"{source}:{key}"
         if key == "data" and message == "'data'":
             # Litestar reports a missing body as a KeyError on its ``data`` argument.
