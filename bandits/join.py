@@ -26,6 +26,7 @@ has closed, so its size is bounded by decisions in flight. The stream is trimmed
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -140,6 +141,29 @@ return finalize(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 """
 )
 
+_REMEMBER = """
+local prefix, due = ARGV[1], ARGV[2]
+local n = 0
+for _, r in ipairs(cjson.decode(ARGV[3])) do
+  local did, exp, unit = r[1], r[2], r[3]
+  local wend, ttl = r[5], r[6]
+  local rec = prefix .. ':dec:{' .. did .. '}:' .. exp
+  redis.call('HSET', rec, 'rec', r[4], 'wend', string.format('%d', wend), 'dflt', r[7],
+             'lo', r[8], 'hi', r[9], 'agg', r[10])
+  redis.call('PEXPIRE', rec, ttl)
+  redis.call('ZADD', due, wend, did .. '|' .. exp)
+  local exps = prefix .. ':dec:{' .. did .. '}:exps'
+  redis.call('SADD', exps, exp)
+  redis.call('PEXPIRE', exps, ttl)
+  local index = prefix .. ':u:{' .. unit .. '}:join'
+  redis.call('HSET', index, exp, did)
+  redis.call('PEXPIRE', index, ttl)
+  n = n + 1
+end
+return n
+"""
+REMEMBER_BATCH = 500
+
 _encoder = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(DecisionRecord)
 
@@ -154,7 +178,9 @@ class RewardJoin:
         self.stream_key = f"{prefix}:train"
         self._apply = redis.register_script(_APPLY_OUTCOME)
         self._finalize = redis.register_script(_FINALIZE_DUE)
-        self._pending: list[tuple[DecisionRecord, JoinRules]] = []
+        self._remember = redis.register_script(_REMEMBER)
+        self._pending: list[tuple[DecisionRecord, JoinRules, int]] = []
+        self._flush_lock = asyncio.Lock()
 
     def record_key(self, decision_id: str, experiment: str) -> str:
         """The Redis key of one remembered decision."""
@@ -168,9 +194,16 @@ class RewardJoin:
         """The Redis key mapping a unit's experiments to their open decision ids."""
         return f"{self._prefix}:u:{{{unit_id}}}:join"
 
-    def remember(self, record: DecisionRecord, rules: JoinRules) -> None:
-        """Queue a decision to be written by the next :meth:`flush` (no I/O on the hot path)."""
-        self._pending.append((record, rules))
+    def remember(
+        self, record: DecisionRecord, rules: JoinRules, window_end_ms: int | None = None
+    ) -> None:
+        """Queue a decision to be written by the next :meth:`flush` (no I/O on the hot path).
+
+        The reward window ends ``rules.window_ms`` after the decision unless ``window_end_ms``
+        says otherwise (a send-time decision's window runs from its send time).
+        """
+        end = window_end_ms if window_end_ms is not None else record.decided_ms + rules.window_ms
+        self._pending.append((record, rules, end))
 
     @property
     def pending(self) -> int:
@@ -178,37 +211,43 @@ class RewardJoin:
         return len(self._pending)
 
     async def flush(self) -> int:
-        """Write queued decisions in one pipelined round trip; returns how many."""
+        """Write queued decisions; returns how many. Waits for a flush in flight first, so on
+        return every decision queued before the call is in Redis (outcomes rely on that)."""
+        async with self._flush_lock:
+            return await self._flush()
+
+    async def _flush(self) -> int:
+        """Write queued decisions, ``REMEMBER_BATCH`` per script call; returns how many.
+
+        One script call carries many records: per-command client overhead (not Redis) is what
+        limits bulk decisions, so records travel as arguments of a few large calls.
+        """
         if not self._pending:
             return 0
         batch, self._pending = self._pending, []
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for record, rules in batch:
-                    key = self.record_key(record.decision_id, record.experiment)
-                    window_end = record.decided_ms + rules.window_ms
-                    ttl = rules.window_ms + RECORD_GRACE_MS
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "rec": _encoder.encode(record),
-                            "wend": window_end,
-                            "dflt": repr(rules.default),
-                            "lo": repr(rules.lo),
-                            "hi": repr(rules.hi),
-                            "agg": rules.aggregation,
-                        },
+                for start in range(0, len(batch), REMEMBER_BATCH):
+                    rows = [
+                        (
+                            record.decision_id,
+                            record.experiment,
+                            record.unit_id,
+                            _encoder.encode(record).decode(),
+                            window_end,
+                            max(1, window_end - record.decided_ms) + RECORD_GRACE_MS,
+                            repr(rules.default),
+                            repr(rules.lo),
+                            repr(rules.hi),
+                            rules.aggregation,
+                        )
+                        for record, rules, window_end in batch[start : start + REMEMBER_BATCH]
+                    ]
+                    await self._remember(
+                        keys=[self.due_key],
+                        args=[self._prefix, self.due_key, _encoder.encode(rows)],
+                        client=pipe,
                     )
-                    pipe.pexpire(key, ttl)
-                    pipe.zadd(
-                        self.due_key, {f"{record.decision_id}|{record.experiment}": window_end}
-                    )
-                    exps = self.experiments_key(record.decision_id)
-                    pipe.sadd(exps, record.experiment)
-                    pipe.pexpire(exps, ttl)
-                    index = self.unit_index_key(record.unit_id)
-                    pipe.hset(index, record.experiment, record.decision_id)
-                    pipe.pexpire(index, ttl)
                 await pipe.execute()
         except RedisError:
             # Put them back (bounded) so a short Redis outage does not lose the join.

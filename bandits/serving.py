@@ -65,6 +65,11 @@ class ServingPolicies:
         current = self._serving.get(experiment)
         return current.version if current else -1
 
+    def policy(self, experiment: str) -> Policy | None:
+        """The policy serving an experiment right now."""
+        current = self._serving.get(experiment)
+        return current.policy if current is not None else None
+
     def choose(self, experiment: str, context: Context, rng: np.random.Generator) -> Choice | None:
         """The current model's choice, or None when the experiment has no model here."""
         current = self._serving.get(experiment)

@@ -18,6 +18,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from decision_api.logging import configure_logging
 from decision_api.problems import EXCEPTION_HANDLERS
+from decision_api.routes.batch import BatchController
 from decision_api.routes.controls import ControlController
 from decision_api.routes.decide import DecideController
 from decision_api.routes.dependencies import provide_services
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> Litestar:
     cors = cors_config(settings.auth.cors_origins)
     handlers: list[Any] = [
         DecideController,
+        BatchController,
         ExperimentController,
         ModelController,
         UnitController,

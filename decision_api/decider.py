@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -30,7 +29,7 @@ from redis.exceptions import RedisError
 from bandits.base import Choice
 from bandits.config import FixedConfig
 from decision_api.event_writer import EventSink
-from decision_api.events import Exposure
+from decision_api.events import Exposure, new_decision_id, new_event_id
 from decision_api.feature_store import EMPTY_PROFILE, CapHit, FeatureStore, UnitProfile
 from decision_api.metrics import Metrics
 from decision_api.schemas import DecideResponse, PlacementDecision
@@ -98,6 +97,7 @@ class Placed(msgspec.Struct, kw_only=True):
     compiled: Compiled | None
     holdout: bool
     model_version: str
+    pending: bool = False
 
 
 def stringify(attributes: Mapping[str, Any]) -> dict[str, str]:
@@ -141,6 +141,14 @@ class DecisionEngine:
         self.global_holdout = global_holdout
         self.kill_switch = False
         self._sensitive = sensitive_features
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def _count(self, policy: str, reason: str) -> None:
+        counter = self._counters.get((policy, reason))
+        if counter is None:
+            counter = self._metrics.decisions.labels(policy, reason)
+            self._counters[policy, reason] = counter
+        counter.inc()
 
     async def decide(
         self,
@@ -191,7 +199,7 @@ class DecisionEngine:
             attributes=attributes,
             consent=consent,
             global_holdout=in_global_holdout(unit_id, self.global_holdout),
-            decision_id=uuid.uuid4().hex,
+            decision_id=new_decision_id(),
             now_ms=now_ms,
             caps=profile.caps,
             degraded=degraded,
@@ -199,39 +207,49 @@ class DecisionEngine:
 
     def decide_unit(self, unit: UnitCall, placements: Sequence[str]) -> list[PlacementDecision]:
         """Decide every placement for a prepared unit and log the exposures."""
+        placed = [self._place(placement, unit) for placement in placements]
+        self.log_exposures(unit, placed)
+        return [p.answer for p in placed]
+
+    def log_exposures(self, unit: UnitCall, placed: Sequence[Placed], campaign: str = "") -> None:
+        """Count and log the exposures of a unit's placement decisions."""
         logged_unit = unit.unit_id if unit.consent else self._pseudonymise(unit.unit_id)
         logged_context = stringify(unit.attributes) if unit.consent else {}
-        answers = []
-        for placement in placements:
-            placed = self._place(placement, unit)
-            answer = placed.answer
-            answers.append(answer)
-            self._metrics.decisions.labels(answer.policy, answer.reason).inc()
-            compiled = placed.compiled
+        for item in placed:
+            answer = item.answer
+            self._count(answer.policy, answer.reason)
+            compiled = item.compiled
             if compiled is None:
                 continue
             experiment = compiled.experiment
+            send_at = answer.send_at
             self._sink.submit(
                 Exposure(
-                    event_id=uuid.uuid4(),
+                    event_id=new_event_id(),
                     decision_id=unit.decision_id,
                     ts_ms=unit.now_ms,
                     unit_id=logged_unit,
                     experiment=experiment.key,
                     experiment_version=experiment.version,
-                    placement=placement,
+                    placement=answer.placement,
                     variant=answer.variant or "",
                     propensity=answer.propensity,
                     policy=answer.policy,
-                    policy_version=placed.model_version,
+                    policy_version=item.model_version,
                     reason=answer.reason,
-                    holdout=placed.holdout,
+                    holdout=item.holdout,
                     context=logged_context,
+                    campaign=campaign,
+                    send_at_ms=int(send_at.timestamp() * 1000) if send_at is not None else None,
                 )
             )
-        return answers
 
-    def _place(self, placement: str, unit: UnitCall) -> Placed:
+    def place(self, placement: str, unit: UnitCall, *, defer_send_time: bool = False) -> Placed:
+        """Decide one placement. With ``defer_send_time``, a running send-time experiment that
+        would assign comes back ``pending`` (the bulk path chooses hours vectorised)."""
+        return self._place(placement, unit, defer_send_time)
+
+    def _place(self, placement: str, unit: UnitCall, defer_send_time: bool = False) -> Placed:
         fallback: tuple[Compiled, str] | None = None
         unit_id = unit.unit_id
         for compiled in self._cache.for_placement(placement):
@@ -255,6 +273,12 @@ class DecisionEngine:
                 return self._default(placement, compiled, "holdout", holdout=True)
             if not unit.consent:
                 return self._default(placement, compiled, "no_consent")
+            if exp.kind == "send_time":
+                if not defer_send_time:
+                    return self._default(placement, compiled, "needs_send_window")
+                placed = self._default(placement, compiled, "pending")
+                placed.pending = True
+                return placed
             return self._assign(placement, compiled, unit)
         if fallback is not None:
             return self._default(placement, *fallback)

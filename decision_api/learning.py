@@ -21,7 +21,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bandits.base import Arm, Candidate, Choice
+from bandits.base import Arm, Candidate, Choice, Policy
 from bandits.join import DecisionRecord, JoinRules, RewardJoin, rules_for
 from bandits.learner import Learner
 from bandits.serving import ServingPolicies
@@ -96,6 +96,10 @@ class LearningPolicies:
         """The current model's choice for this context."""
         return self.serving.choose(compiled.experiment.key, context, rng)
 
+    def policy(self, experiment: str) -> Policy | None:
+        """The model currently serving an experiment (for bulk, vectorised choices)."""
+        return self.serving.policy(experiment)
+
     def remember(
         self,
         decision_id: str,
@@ -104,8 +108,14 @@ class LearningPolicies:
         choice: Choice,
         context: Mapping[str, Any],
         now_ms: int,
+        *,
+        candidates: list[str] | None = None,
+        window_end_ms: int | None = None,
     ) -> None:
-        """Queue the decision for the reward join (written by the join flusher)."""
+        """Queue the decision for the reward join (written by the join flusher).
+
+        ``candidates`` are the variant keys the policy chose among (all variants by default).
+        """
         exp = compiled.experiment
         rules = self.rules.get(exp.key)
         if rules is None:
@@ -116,7 +126,7 @@ class LearningPolicies:
                 experiment=exp.key,
                 experiment_version=exp.version,
                 unit_id=unit_id,
-                candidates=[v.key for v in exp.variants],
+                candidates=candidates or [v.key for v in exp.variants],
                 chosen=choice.index,
                 propensity=choice.propensity,
                 model_version=choice.model_version,
@@ -124,6 +134,7 @@ class LearningPolicies:
                 decided_ms=now_ms,
             ),
             rules,
+            window_end_ms,
         )
 
 
