@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 
+from decision_api.key_cli import add_key_commands
 from decision_api.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--name", help="lease holder name (default learn-<pid>)")
     learn.set_defaults(func=cmd_learn)
+    add_key_commands(sub)
     return parser
 
 

@@ -177,11 +177,13 @@ class Services:
         with contextlib.suppress(RedisError):
             await self.learning.join.flush()
             await self.features.flush_caps()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Cancel until done: on Python 3.11 a cancel that lands while redis-py's
+        # ``asyncio.wait_for`` send completes is swallowed, and one cancel() would hang here.
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         await self.writer.close()
         await asyncio.to_thread(self.event_log.close)
         await self.redis.aclose()

@@ -1,0 +1,401 @@
+"""Access control: route scopes, keys created/listed/revoked (API, CLI), rate limits, CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import pytest_asyncio
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from decision_api.app import create_app
+from decision_api.auth import digest
+from decision_api.cli import main as tailor_main
+from decision_api.key_store import KeyStore
+from decision_api.rate_limit import RateLimiter
+from decision_api.redis_server import free_port
+from decision_api.settings import AuthSettings, EventLogSettings, RedisSettings, Settings
+from tests.support.tailor_server import REPO_ROOT, tailor_env
+
+Client = AsyncTestClient[Litestar]
+
+SECRETS = {
+    "admin": "secret-admin",
+    "decide": "secret-decide",
+    "ingest": "secret-ingest",
+    "report": "secret-report",
+}
+BOOTSTRAP = ",".join(f"{secret}:{scope}" for scope, secret in SECRETS.items())
+
+# (method, path, body, scopes that may call it besides admin)
+ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
+    ("POST", "/v1/decide", {"unit_id": "u1", "placements": ["home"]}, {"decide"}),
+    ("POST", "/v1/outcomes", {"unit_id": "u1", "type": "click"}, {"decide", "ingest"}),
+    (
+        "POST",
+        "/v1/outcomes/batch",
+        {"outcomes": [{"unit_id": "u1", "type": "click"}]},
+        {"decide", "ingest"},
+    ),
+    ("POST", "/v1/events", {"unit_id": "u1", "type": "page_view"}, {"decide", "ingest"}),
+    ("PUT", "/v1/units/u1/features", {"features": {"segment": "vip"}}, {"ingest"}),
+    ("PUT", "/v1/units/u1/consent", {"personalization": True}, {"ingest"}),
+    ("GET", "/v1/units/u1/export", None, set()),
+    ("DELETE", "/v1/units/u1", None, set()),
+    ("GET", "/v1/experiments", None, set()),
+    ("GET", "/v1/experiments/nope", None, set()),
+    ("GET", "/v1/keys", None, set()),
+    ("POST", "/v1/keys", {"scopes": ["decide"]}, set()),
+    ("GET", "/v1/kill-switch", None, set()),
+    ("PUT", "/v1/kill-switch", {"engaged": False}, set()),
+]
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+
+
+def with_auth(settings: Settings, **changes: Any) -> Settings:
+    """``settings`` with bootstrap keys for every scope (and other auth changes)."""
+    auth = AuthSettings(api_keys=BOOTSTRAP, **changes)
+    return msgspec.structs.replace(settings, auth=auth)
+
+
+@pytest.fixture
+async def keyed(settings: Settings) -> AsyncIterator[Client]:
+    """A client for an app that has one bootstrap key per scope."""
+    async with AsyncTestClient(app=create_app(with_auth(settings))) as c:
+        yield c
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def shared(
+    redis_url: str, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Client]:
+    """One keyed app for the read-mostly tables below (an app start costs ~0.5 s)."""
+    namespace = "t" + uuid.uuid4().hex[:12]
+    settings = Settings(
+        redis=RedisSettings(url=redis_url, key_prefix=namespace),
+        event_log=EventLogSettings(
+            url=f"chdb://{chdb_dir}?database={namespace}",
+            flush_interval_s=0.05,
+            spool_dir=str(tmp_path_factory.mktemp("spool")),
+        ),
+        log_format="console",
+        log_level="warning",
+    )
+    async with AsyncTestClient(app=create_app(with_auth(settings))) as c:
+        yield c
+
+
+def bearer(secret: str) -> dict[str, str]:
+    """The Authorization header for a secret."""
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed"), ROUTES)
+async def test_scope_per_route(
+    shared: Client, method: str, path: str, body: dict[str, Any] | None, allowed: set[str]
+) -> None:
+    """Each route admits exactly its scopes (and admin): 401 without a key, 403 with another."""
+    no_key = await shared.request(method, path, json=body)
+    assert no_key.status_code == 401, no_key.text
+    assert no_key.json()["code"] == "unauthorized"
+    for scope, secret in SECRETS.items():
+        response = await shared.request(method, path, json=body, headers=bearer(secret))
+        if scope == "admin" or scope in allowed:
+            assert response.status_code not in (401, 403), (scope, response.text)
+        else:
+            assert response.status_code == 403, (scope, response.text)
+            assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_every_api_route_is_guarded(shared: Client) -> None:
+    """Every route outside operations and the schema has a scope guard (none is left open)."""
+    unguarded = []
+    for route in shared.app.routes:
+        if route.path in OPEN_PATHS or route.path.startswith("/schema"):
+            continue
+        for handler in getattr(route, "route_handlers", []):
+            if handler.http_methods != {"OPTIONS"} and not handler.resolve_guards():
+                unguarded.append(f"{sorted(handler.http_methods)} {route.path}")
+    assert not unguarded
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"X-API-Key": "wrong"}, 401),
+        ({"Authorization": "Basic c2VjcmV0LWFkbWlu"}, 401),
+        ({"X-API-Key": SECRETS["decide"]}, 200),
+        ({"authorization": f"bearer {SECRETS['decide']}"}, 200),
+    ],
+)
+async def test_key_presentation(shared: Client, headers: dict[str, str], status: int) -> None:
+    """Keys are read from a Bearer token or X-API-Key; unknown keys are 401."""
+    body = {"unit_id": "u1", "placements": ["home"]}
+    response = await shared.post("/v1/decide", json=body, headers=headers)
+    assert response.status_code == status, response.text
+
+
+async def test_keys_created_listed_revoked(keyed: Client, redis: Redis, namespace: str) -> None:
+    """A created key works at once for its scope, is listed without secret, stored hashed, and
+    stops working when revoked."""
+    admin = bearer(SECRETS["admin"])
+    created = await keyed.post(
+        "/v1/keys", json={"scopes": ["decide"], "name": "web"}, headers=admin
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    secret, key_id = body["secret"], body["key_id"]
+    assert body["scopes"] == ["decide"] and body["name"] == "web"
+    decide = {"unit_id": "u1", "placements": ["home"]}
+    assert (await keyed.post("/v1/decide", json=decide, headers=bearer(secret))).status_code == 200
+    forbidden = await keyed.get("/v1/experiments", headers=bearer(secret))
+    assert forbidden.status_code == 403
+
+    listed = (await keyed.get("/v1/keys", headers=admin)).json()["keys"]
+    assert {k["key_id"] for k in listed} >= {key_id}
+    assert {k["source"] for k in listed} == {"env", "redis"}
+    assert all("secret" not in k and "digest" not in k for k in listed)
+    assert secret not in str(listed)
+
+    stored = await redis.hgetall(f"{namespace}:keys")
+    assert list(stored) == [key_id]
+    assert secret not in stored[key_id] and digest(secret) in stored[key_id]
+
+    revoked = await keyed.delete(f"/v1/keys/{key_id}", headers=admin)
+    assert revoked.status_code == 204
+    after = await keyed.post("/v1/decide", json=decide, headers=bearer(secret))
+    assert after.status_code == 401
+    again = await keyed.delete(f"/v1/keys/{key_id}", headers=admin)
+    assert again.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"scopes": []}, "$.scopes"),
+        ({"scopes": ["root"]}, "$.scopes[0]"),
+        ({"scopes": ["decide"], "rate_per_s": 0}, "$.rate_per_s"),
+        ({"scopes": ["decide"], "secret": "mine"}, "$.secret"),
+    ],
+)
+async def test_key_create_rejects(keyed: Client, body: dict[str, Any], field: str) -> None:
+    """Bad key definitions are 422 naming the field."""
+    response = await keyed.post("/v1/keys", json=body, headers=bearer(SECRETS["admin"]))
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == field
+
+
+async def test_bootstrap_key_cannot_be_revoked_through_api(keyed: Client) -> None:
+    """A key from TAILOR_AUTH_API_KEYS is 409 on revoke (it lives in the configuration)."""
+    admin = bearer(SECRETS["admin"])
+    listed = (await keyed.get("/v1/keys", headers=admin)).json()["keys"]
+    env_key = next(k["key_id"] for k in listed if k["source"] == "env")
+    response = await keyed.delete(f"/v1/keys/{env_key}", headers=admin)
+    assert response.status_code == 409
+
+
+async def test_other_workers_follow_created_and_revoked_keys(settings: Settings) -> None:
+    """A key created on one worker is accepted by another within a poll interval, and a
+    revocation reaches it the same way."""
+    keyed_settings = with_auth(settings)
+    async with (
+        AsyncTestClient(app=create_app(keyed_settings)) as one,
+        AsyncTestClient(app=create_app(keyed_settings)) as two,
+    ):
+        admin = bearer(SECRETS["admin"])
+        created = (await one.post("/v1/keys", json={"scopes": ["ingest"]}, headers=admin)).json()
+        body = {"unit_id": "u1", "type": "click"}
+
+        async def status_on_two() -> int:
+            response = await two.post("/v1/outcomes", json=body, headers=bearer(created["secret"]))
+            return response.status_code
+
+        await wait_for_status(status_on_two, 202)
+        await one.delete(f"/v1/keys/{created['key_id']}", headers=admin)
+        await wait_for_status(status_on_two, 401)
+
+
+async def wait_for_status(probe: Any, expected: int, timeout: float = 3.0) -> None:
+    """Poll ``probe`` until it returns ``expected``."""
+    deadline = time.monotonic() + timeout
+    while (status := await probe()) != expected:
+        assert time.monotonic() < deadline, f"still {status}, expected {expected}"
+        await asyncio.sleep(0.05)
+
+
+async def test_open_mode_closes_once_a_key_exists(client: Client) -> None:
+    """With no key configured the API is open; creating the first key closes it."""
+    assert (await client.get("/v1/experiments")).status_code == 200
+    created = await client.post("/v1/keys", json={"scopes": ["admin"], "name": "first"})
+    assert created.status_code == 201
+    assert (await client.get("/v1/experiments")).status_code == 401
+    ok = await client.get("/v1/experiments", headers=bearer(created.json()["secret"]))
+    assert ok.status_code == 200
+
+
+async def test_refuses_until_keys_are_loaded(settings: Settings, tmp_path: Any) -> None:
+    """With Redis unreachable at start-up and no bootstrap key, requests get 503, not open
+    access (stored keys might exist)."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    down = msgspec.structs.replace(
+        settings, redis=msgspec.structs.replace(settings.redis, url=dead)
+    )
+    async with AsyncTestClient(app=create_app(down)) as c:
+        response = await c.post("/v1/decide", json={"unit_id": "u1", "placements": ["home"]})
+        assert response.status_code == 503, response.text
+
+
+def test_cli_creates_lists_and_revokes(redis_url: str, namespace: str) -> None:
+    """``tailor keys create/list/revoke`` work on Redis directly; the secret is printed once."""
+    env = tailor_env(os.environ, redis_url=redis_url, redis_key_prefix=namespace)
+
+    def tailor(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "decision_api.cli", "keys", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    created = tailor("create", "--scope", "decide", "--scope", "ingest", "--name", "web")
+    fields = dict(line.split(": ", 1) for line in created.strip().splitlines())
+    assert fields["scopes"] == "decide,ingest" and fields["secret"].startswith("tlr_")
+    listing = tailor("list")
+    assert fields["key_id"] in listing and "web" in listing and fields["secret"] not in listing
+    tailor("revoke", fields["key_id"])
+    assert fields["key_id"] not in tailor("list")
+
+
+def test_cli_rejects_unknown_scope(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown scope is a usage error before anything touches Redis."""
+    with pytest.raises(SystemExit) as exited:
+        tailor_main(["keys", "create", "--scope", "root"])
+    assert exited.value.code == 2
+    assert "root" in capsys.readouterr().err
+
+
+async def test_rate_limit_answers_429_with_retry_after(keyed: Client) -> None:
+    """A key over its own rate limit gets 429 with Retry-After and a problem body."""
+    admin = bearer(SECRETS["admin"])
+    spec = {"scopes": ["decide"], "rate_per_s": 0.5, "burst": 3}
+    secret = (await keyed.post("/v1/keys", json=spec, headers=admin)).json()["secret"]
+    body = {"unit_id": "u1", "placements": ["home"]}
+    statuses = [
+        (await keyed.post("/v1/decide", json=body, headers=bearer(secret))).status_code
+        for _ in range(5)
+    ]
+    assert statuses == [200, 200, 200, 429, 429]
+    limited = await keyed.post("/v1/decide", json=body, headers=bearer(secret))
+    assert limited.json()["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 2
+    other = await keyed.post("/v1/decide", json=body, headers=bearer(SECRETS["decide"]))
+    assert other.status_code == 200
+
+
+async def test_rate_limit_is_shared_by_workers(redis: Redis, namespace: str) -> None:
+    """Two workers' limiters draw on one bucket: together they admit at most burst + refill
+    (+ one lease each), and most of what the bucket holds."""
+    one = RateLimiter(redis, namespace, rate_per_s=100.0, burst=200)
+    two = RateLimiter(redis, namespace, rate_per_s=100.0, burst=200)
+    started = time.monotonic()
+    admitted = 0
+    for i in range(1000):
+        limiter = one if i % 2 else two
+        admitted += await limiter.acquire("key_shared") is None
+    elapsed = time.monotonic() - started
+    lease = 2  # min(100, burst, 100 * 0.02)
+    assert admitted <= 200 + 100 * elapsed + 2 * lease
+    assert admitted >= 200 - 2 * lease
+    assert one.redis_calls + two.redis_calls < 1000
+
+
+async def test_rate_limit_fails_open_without_redis() -> None:
+    """When Redis is unreachable, requests are admitted (decisions must keep answering)."""
+    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    limiter = RateLimiter(dead, "x", rate_per_s=1.0, burst=1)
+    try:
+        assert [await limiter.acquire("k") for _ in range(3)] == [None, None, None]
+        assert limiter.redis_calls == 1  # then it backs off instead of retrying per request
+    finally:
+        await dead.aclose()
+
+
+async def test_key_store_versions_every_change(redis: Redis, namespace: str) -> None:
+    """Every create and revoke moves the version workers poll."""
+    store = KeyStore(redis, namespace)
+    assert await store.version() == 0
+    key, _ = await store.create(["report"], "r")
+    assert await store.version() == 1
+    assert await store.revoke(key.key_id)
+    assert await store.version() == 2
+    assert not await store.revoke(key.key_id)
+
+
+@pytest.fixture
+async def cors(settings: Settings) -> AsyncIterator[Client]:
+    """A client for an app with keys and one allowed browser origin."""
+    app = create_app(with_auth(settings, cors_origins="https://shop.example"))
+    async with AsyncTestClient(app=app) as c:
+        yield c
+
+
+async def test_cors_preflight_allows_configured_origin(cors: Client) -> None:
+    """A preflight from the configured origin succeeds without a key and allows the key
+    headers; the actual response exposes Retry-After and X-Request-ID."""
+    preflight = await cors.options(
+        "/v1/decide",
+        headers={
+            "Origin": "https://shop.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 204, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert "authorization" in allowed and "x-api-key" in allowed
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    actual = await cors.post(
+        "/v1/decide",
+        json={"unit_id": "u1", "placements": ["home"]},
+        headers={"Origin": "https://shop.example", **bearer(SECRETS["decide"])},
+    )
+    assert actual.status_code == 200
+    assert actual.headers["access-control-allow-origin"] == "https://shop.example"
+    assert "retry-after" in actual.headers["access-control-expose-headers"].lower()
+
+
+async def test_cors_preflight_refuses_other_origins(cors: Client) -> None:
+    """A preflight from an origin not configured gets no allow-origin header."""
+    preflight = await cors.options(
+        "/v1/decide",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 400
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+async def test_no_cors_headers_without_configuration(keyed: Client) -> None:
+    """Without TAILOR_AUTH_CORS_ORIGINS no CORS header is sent."""
+    response = await keyed.post(
+        "/v1/decide",
+        json={"unit_id": "u1", "placements": ["home"]},
+        headers={"Origin": "https://shop.example", **bearer(SECRETS["decide"])},
+    )
+    assert "access-control-allow-origin" not in response.headers
