@@ -1,0 +1,185 @@
+"""Operations: health, readiness (and its 503s), Prometheus metrics, OpenAPI, JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import structlog
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from decision_api.app import create_app
+from decision_api.redis_server import RedisServer, free_port
+from decision_api.settings import RedisSettings, Settings
+
+Client = AsyncTestClient[Litestar]
+
+
+@pytest.fixture
+def client(shared_client: Client) -> Client:
+    """The module's app."""
+    return shared_client
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus exposition as {(sample name, labels): value}."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_healthz(client: Client) -> None:
+    """/healthz answers 200 while the process lives."""
+    response = await client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+async def test_readyz_when_everything_answers(client: Client) -> None:
+    """/readyz is 200 with every check ok when Redis and the event log answer."""
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"redis": "ok", "event_log": "ok", "spool": "empty"},
+    }
+
+
+async def test_readyz_is_503_when_redis_is_unreachable(shared_settings: Settings) -> None:
+    """An app whose Redis is a dead port starts, stays alive, and reports 503 not ready."""
+    dead = RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", key_prefix="dead")
+    app = create_app(msgspec.structs.replace(shared_settings, redis=dead))
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "unavailable"
+        assert body["checks"]["redis"].startswith("down")
+        assert body["checks"]["event_log"] == "ok"
+
+
+async def test_metrics_count_decisions_latency_queue_and_flush_errors(client: Client) -> None:
+    """/metrics exports the decisions counter, the latency histogram, queue depth, flush errors."""
+    tag = uuid.uuid4().hex[:8]
+    key, placement = f"m-{tag}", f"p-{tag}"
+    spec = {"key": key, "placement": placement, "variants": [{"key": "a"}, {"key": "b"}],
+            "default_variant": "a"}  # fmt: skip
+    await client.post("/v1/experiments", json=spec)
+    await client.post(f"/v1/experiments/{key}/start")
+    before = samples((await client.get("/metrics")).text)
+    for i in range(5):
+        await client.post("/v1/decide", json={"unit_id": f"u-{i}", "placements": [placement]})
+    await client.post("/v1/decide", json={"unit_id": "u", "placements": [f"none-{tag}"]})
+    written = ("tailor_events_written_total", frozenset({("table", "exposures")}))
+    deadline = time.monotonic() + 5
+    while True:  # the writer flushes every 0.05 s; poll until the 5 exposures are counted
+        response = await client.get("/metrics")
+        after = samples(response.text)
+        if after.get(written, 0) - before.get(written, 0) >= 5 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+
+    def delta(name: str, **labels: str) -> float:
+        k = (name, frozenset(labels.items()))
+        return after.get(k, 0.0) - before.get(k, 0.0)
+
+    assert delta("tailor_decisions_total", policy="fixed", reason="split") == 5
+    assert delta("tailor_decisions_total", policy="none", reason="no_experiment") == 1
+    assert delta("tailor_decision_latency_seconds_count", endpoint="decide") == 6
+    assert delta("tailor_decision_latency_seconds_bucket", endpoint="decide", le="+Inf") == 6
+    assert delta("tailor_events_written_total", table="exposures") == 5
+    assert after[("tailor_event_queue_depth", frozenset())] == 0
+    families = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {"tailor_event_flush_errors", "tailor_event_spool_bytes"} <= families
+
+
+async def test_openapi_lists_the_endpoints(client: Client) -> None:
+    """The OpenAPI document at /schema/openapi.json lists every public endpoint."""
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    expected = {
+        "/v1/decide": "post",
+        "/v1/experiments": "post",
+        "/v1/experiments/{key}": "put",
+        "/v1/experiments/{key}/start": "post",
+        "/v1/experiments/{key}/pause": "post",
+        "/v1/experiments/{key}/stop": "post",
+        "/v1/experiments/{key}/history": "get",
+        "/v1/outcomes": "post",
+        "/v1/outcomes/batch": "post",
+        "/v1/events": "post",
+        "/v1/units/{unit_id}/features": "put",
+        "/healthz": "get",
+        "/readyz": "get",
+        "/metrics": "get",
+    }
+    for path, method in expected.items():
+        assert method in paths.get(path, {}), path
+    assert "get" in paths["/v1/experiments"]
+    decide = paths["/v1/decide"]["post"]
+    assert "requestBody" in decide
+
+
+@pytest.fixture
+def doomed_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server this test may kill."""
+    server = RedisServer(tmp_path / "redis", persist=False).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_json_logs_carry_request_ids_and_never_raw_unit_ids(
+    settings: Settings, doomed_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Warnings logged while serving requests are JSON with a request id and no raw unit id."""
+    unit = f"secret-unit-{uuid.uuid4().hex[:8]}"
+    config = msgspec.structs.replace(
+        settings,
+        redis=RedisSettings(url=doomed_redis.url, key_prefix="logs"),
+        log_format="json",
+        log_level="info",
+    )
+    app = create_app(config)  # logging is configured now, onto the captured stderr
+    async with AsyncTestClient(app=app) as client:
+        await client.put(f"/v1/units/{unit}/features", json={"features": {"a": 1}})
+        doomed_redis.stop()
+        decided = await client.post(
+            "/v1/decide",
+            json={"unit_id": unit, "placements": ["home"]},
+            headers={"X-Request-ID": "req-decide-1"},
+        )
+        assert decided.status_code == 200
+        assert decided.json()["degraded"] is True
+        write = await client.put(
+            f"/v1/units/{unit}/features",
+            json={"features": {"a": 2}},
+            headers={"X-Request-ID": "req-write-1"},
+        )
+        assert write.status_code == 503
+        assert write.json()["code"] == "redis_unavailable"
+    err = capsys.readouterr().err
+    structlog.reset_defaults()  # do not leave structlog writing into this test's capture
+    records = []
+    for line in err.splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    by_event = {r["event"]: r for r in records}
+    assert by_event["profile_read_failed"]["request_id"] == "req-decide-1"
+    assert by_event["profile_read_failed"]["level"] == "warning"
+    assert by_event["redis_unavailable"]["request_id"] == "req-write-1"
+    assert not [line for line in err.splitlines() if line.startswith("{") and unit in line]
