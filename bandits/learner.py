@@ -152,6 +152,8 @@ class Learner:
                 self.skipped += 1
                 continue
             by_experiment.setdefault(example.record.experiment, []).append(built)
+        # A reset or warm start since the last look: these examples belong to the new model.
+        await self._follow(list(by_experiment))
         for name, examples in by_experiment.items():
             model = self._models[name]
             model.policy.learn(examples)
@@ -202,11 +204,11 @@ class Learner:
         """Whether the snapshot cadence has elapsed."""
         return time.monotonic() - self._last_publish >= self._interval
 
-    async def publish(self) -> int:
-        """Publish every changed model and acknowledge its examples, atomically."""
-        self._last_publish = time.monotonic()
-        current = await self._snapshots.versions(list(self._models))
-        for name, model in list(self._models.items()):
+    async def _follow(self, names: list[str]) -> dict[str, tuple[int, int]]:
+        """Adopt models replaced (reset, warm start) since loaded; returns published versions."""
+        current = await self._snapshots.versions(names)
+        for name in names:
+            model = self._models[name]
             published = current.get(name)
             if published is not None and published[1] != model.gen:
                 # Reset or warm start: continue from what was published, drop what we held.
@@ -219,6 +221,12 @@ class Learner:
                 )
             elif published is not None and published[0] > model.version and not model.dirty:
                 model.version = published[0]
+        return current
+
+    async def publish(self) -> int:
+        """Publish every changed model and acknowledge its examples, atomically."""
+        self._last_publish = time.monotonic()
+        current = await self._follow(list(self._models))
         dirty = [m for m in self._models.values() if m.dirty]
         if not dirty and not self._unacked:
             return 0
