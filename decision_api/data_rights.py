@@ -12,12 +12,15 @@ What is "about a unit" (see the key layouts in :mod:`decision_api.feature_store`
   ``ALTER TABLE ... DELETE`` and ``mutations_sync = 2`` (the rows are rewritten away, not
   masked, before the call returns).
 - Events not yet written: the writer's buffers and its disk spool are filtered first, so nothing
-  about the unit reaches the event log after the erasure.
+  about the unit reaches the event log after the erasure; queued Redis writes (frequency-cap hits,
+  decision records) are flushed before the keys are deleted.
 
 The erasure is recorded in the audit table under the unit's pseudonym (a keyed hash), never the
 raw id. It is idempotent: when the event log is down it fails with 503 before touching Redis, and
-can simply be repeated. Known limit: a decision for the unit being served on another worker at
-the same moment can still be logged after the erasure (within one flush interval).
+can simply be repeated. Known limits: a decision for the unit being served on another worker at
+the same moment can still be logged after the erasure (within one flush interval); training
+examples already finalised into the learner's stream (``{p}:train``, trimmed by length) are not
+searched.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -87,6 +90,7 @@ class DataRights:
         writer: EventWriter,
         pseudonymise: Callable[[str], str],
         audit: Auditor,
+        flushers: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -94,6 +98,7 @@ class DataRights:
         self._writer = writer
         self._pseudonymise = pseudonymise
         self._audit = audit
+        self._flushers = tuple(flushers)
 
     async def unit_keys(self, tags: frozenset[str]) -> list[str]:
         """Every key under the prefix whose hash tag is one of ``tags`` (one SCAN pass)."""
@@ -110,6 +115,8 @@ class DataRights:
         """Remove everything stored about ``unit_id``; raises EventLogUnavailable (503) if down."""
         pseudonym = self._pseudonymise(unit_id)
         ids = frozenset({unit_id, pseudonym})
+        for flush in self._flushers:  # queued Redis writes (caps, join records) land first
+            await flush()
         unwritten = await self._writer.forget(ids)
         decisions = {e.decision_id for e in unwritten if isinstance(e, Exposure)}
         rows = await asyncio.to_thread(self._erase_rows, sorted(ids), decisions)
@@ -130,15 +137,25 @@ class DataRights:
         return report
 
     def _erase_rows(self, ids: Sequence[str], decisions: set[str]) -> dict[str, int]:
-        """Delete the units' rows in every unit table; collects their decision ids first."""
+        """Delete the units' rows in every unit table (by unit id, and by decision id where the
+        table has one); collects the units' decision ids first (``decisions`` grows)."""
         units = {"units": list(ids)}
         decisions.update(str(r[0]) for r in self._log.query(event_sql.UNIT_DECISION_IDS, units))
+        by_both = {**units, "decisions": sorted(decisions)}
         removed: dict[str, int] = {}
-        for (table,) in self._log.query(event_sql.UNIT_TABLES):
-            params = {"table": str(table), **units}
-            count = int(self._log.query(event_sql.COUNT_UNIT_ROWS, params)[0][0])
+        for table, by_decision in self._log.query(event_sql.UNIT_TABLES):
+            if by_decision:
+                count_sql, delete_sql = (
+                    event_sql.COUNT_UNIT_OR_DECISION_ROWS,
+                    event_sql.DELETE_UNIT_OR_DECISION_ROWS,
+                )
+                params = {"table": str(table), **by_both}
+            else:
+                count_sql, delete_sql = event_sql.COUNT_UNIT_ROWS, event_sql.DELETE_UNIT_ROWS
+                params = {"table": str(table), **units}
+            count = int(self._log.query(count_sql, params)[0][0])
             if count:
-                self._log.command(event_sql.DELETE_UNIT_ROWS, params)
+                self._log.command(delete_sql, params)
             removed[str(table)] = count
         return removed
 
@@ -162,6 +179,7 @@ class DataRights:
             features=features,
             derived=derived,
             hours=profile.hours,
+            frequency_caps=profile.caps,
             redis=[await self._dump(k) for k in others],
             exposures=exposures,
             outcomes=outcomes,
@@ -169,11 +187,12 @@ class DataRights:
         )
 
     def _rows(self, ids: Sequence[str]) -> tuple[list[ExposureRecord], list[OutcomeRecord]]:
-        params = {"units": list(ids), "limit": EXPORT_LIMIT}
+        params: dict[str, object] = {"units": list(ids), "limit": EXPORT_LIMIT}
         exposures = [
             _record(ExposureRecord, event_sql.EXPOSURE_COLUMNS, row)
             for row in self._log.query(event_sql.UNIT_EXPOSURES, params)
         ]
+        params["decisions"] = sorted({e.decision_id for e in exposures})
         outcomes = [
             _record(OutcomeRecord, event_sql.OUTCOME_COLUMNS, row)
             for row in self._log.query(event_sql.UNIT_OUTCOMES, params)

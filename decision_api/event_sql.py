@@ -153,17 +153,28 @@ WHERE type IN {types:Array(String)}
   AND (experiment = '' OR experiment = {experiment:String})
 """
 
-# Data rights (decision_api.data_rights): every table with a unit_id column holds personal data.
+# Data rights (decision_api.data_rights): a table holds personal data when it has a unit_id column;
+# rows are the unit's by unit_id (raw or pseudonym) or, where the table has one, by the decision
+# ids of the unit's exposures (outcomes reported by decision id carry no unit id).
 UNIT_TABLES = """
-SELECT table FROM system.columns
-WHERE database = currentDatabase() AND name = 'unit_id'
+SELECT table, countIf(name = 'decision_id') > 0 AS by_decision FROM system.columns
+WHERE database = currentDatabase() AND name IN ('unit_id', 'decision_id')
+GROUP BY table HAVING countIf(name = 'unit_id') > 0
 ORDER BY table
 """
-COUNT_UNIT_ROWS = (
-    "SELECT count() FROM {table:Identifier} WHERE unit_id IN {units:Array(String)}"
+_UNIT_ROWS = "unit_id IN {units:Array(String)}"
+_UNIT_OR_DECISION_ROWS = (
+    "(unit_id IN {units:Array(String)} OR decision_id IN {decisions:Array(String)})"
+)
+COUNT_UNIT_ROWS = f"SELECT count() FROM {{table:Identifier}} WHERE {_UNIT_ROWS}"
+COUNT_UNIT_OR_DECISION_ROWS = (
+    f"SELECT count() FROM {{table:Identifier}} WHERE {_UNIT_OR_DECISION_ROWS}"
 )
 DELETE_UNIT_ROWS = (
-    "ALTER TABLE {table:Identifier} DELETE WHERE unit_id IN {units:Array(String)} "
+    f"ALTER TABLE {{table:Identifier}} DELETE WHERE {_UNIT_ROWS} SETTINGS mutations_sync = 2"
+)
+DELETE_UNIT_OR_DECISION_ROWS = (
+    f"ALTER TABLE {{table:Identifier}} DELETE WHERE {_UNIT_OR_DECISION_ROWS} "
     "SETTINGS mutations_sync = 2"
 )
 UNIT_DECISION_IDS = (
@@ -176,6 +187,6 @@ ORDER BY ts, event_id LIMIT {{limit:UInt32}}
 """
 UNIT_OUTCOMES = f"""
 SELECT {", ".join(OUTCOME_COLUMNS)} FROM outcomes FINAL
-WHERE unit_id IN {{units:Array(String)}}
+WHERE {_UNIT_OR_DECISION_ROWS}
 ORDER BY ts, event_id LIMIT {{limit:UInt32}}
 """

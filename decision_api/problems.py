@@ -6,6 +6,7 @@ Validation errors keep msgspec's ``$.field`` path in ``errors[].field``; Redis f
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -67,6 +68,13 @@ def _request_id(request: Request[Any, Any, Any]) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
+def _route(request: Request[Any, Any, Any]) -> str:
+    """The route template (``/v1/units/{unit_id:str}``), never the raw path: paths carry unit
+    ids, which are not logged."""
+    template = request.scope.get("path_template")
+    return f"{request.method} {template}" if isinstance(template, str) else request.method
+
+
 def field_of(message: str, base: str = "$") -> tuple[str, str]:
     """Split a msgspec error message into (``$.path``, message without the path).
 
@@ -96,7 +104,7 @@ def tailor_error_handler(request: Request[Any, Any, Any], exc: TailorError) -> R
     errors = [FieldError(field=exc.field, message=exc.detail)] if exc.field else []
     headers = None
     if isinstance(exc, RateLimited):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     return _response(
         Problem(
             type=PROBLEM_TYPE + exc.code,
@@ -194,13 +202,13 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 def redis_error_handler(request: Request[Any, Any, Any], exc: RedisError) -> Response[Problem]:
     """A write that needs Redis while Redis is down: 503, retry later."""
-    log.warning("redis_unavailable", error=str(exc), path=request.url.path)
+    log.warning("redis_unavailable", error=str(exc), route=_route(request))
     return tailor_error_handler(request, RedisUnavailable("Redis is unavailable; retry later"))
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """Anything unexpected: logged with its traceback, answered without internals."""
-    log.exception("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+    log.exception("unhandled_error", route=_route(request), error_type=type(exc).__name__)
     return _response(
         Problem(
             type=PROBLEM_TYPE + "internal_error",

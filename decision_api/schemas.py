@@ -316,6 +316,7 @@ class UnitExport(msgspec.Struct, kw_only=True):
 
     ``features`` are the stored typed features (timestamps as epoch seconds); ``derived`` the
     behavioural features computed from event counters; ``hours`` the hour-of-week histograms;
+    ``frequency_caps`` the epoch-ms times of recent capped exposures, per experiment (|variant);
     ``exposures``/``outcomes`` the event-log rows under the unit id and under its pseudonym
     (``truncated`` when more than the export limit exist).
     """
@@ -326,6 +327,7 @@ class UnitExport(msgspec.Struct, kw_only=True):
     features: dict[str, str | int | float | bool | list[str]]
     derived: dict[str, str | int | float | bool | list[str]]
     hours: dict[str, list[int]]
+    frequency_caps: dict[str, list[int]]
     redis: list[RedisEntry]
     exposures: list[ExposureRecord]
     outcomes: list[OutcomeRecord]

@@ -95,6 +95,7 @@ class Services:
             writer=writer,
             pseudonymise=self.pseudonymise,
             audit=self.audit,
+            flushers=(self.features.flush_caps, self.learning.join.flush),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
