@@ -149,6 +149,9 @@ def open_event_log(url: str) -> ClickHouseEventLog:
             "secure": parts.scheme == "https",
             "connect_timeout": 5,
             "send_receive_timeout": 30,
+            # No HTTP session: a session admits one query at a time, and the writer's inserts
+            # run concurrently with readiness pings and report queries from other threads.
+            "autogenerate_session_id": False,
         }
         try:
             boot = clickhouse_connect.get_client(**common)
