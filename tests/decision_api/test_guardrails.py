@@ -1,0 +1,150 @@
+"""Guard-rails: the global kill switch across workers, the sensitive-feature denylist."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from decision_api.app import create_app
+from decision_api.settings import DecisionSettings, Settings
+
+Client = AsyncTestClient[Litestar]
+
+HERO: dict[str, Any] = {
+    "key": "hero",
+    "placement": "home",
+    "variants": [{"key": "control"}, {"key": "spring"}],
+    "default_variant": "control",
+}
+DECIDE = {"unit_id": "u-1", "placements": ["home"]}
+
+
+async def reasons(client: Client, units: int = 20) -> set[str]:
+    """The reason codes served to ``units`` different units."""
+    found = set()
+    for i in range(units):
+        body = {**DECIDE, "unit_id": f"u-{i}"}
+        found.add((await client.post("/v1/decide", json=body)).json()["decisions"][0]["reason"])
+    return found
+
+
+async def until(probe: Any, timeout: float = 3.0) -> None:
+    """Poll an async predicate until it holds."""
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_kill_switch_reaches_every_worker(settings: Settings, redis: Redis) -> None:
+    """Engaging the switch on one worker serves defaults (reason kill_switch) on another within
+    a poll interval; releasing it restores the split; both are audited."""
+    async with (
+        AsyncTestClient(app=create_app(settings)) as one,
+        AsyncTestClient(app=create_app(settings)) as two,
+    ):
+        await one.post("/v1/experiments", json=HERO)
+        await one.post("/v1/experiments/hero/start")
+        await until(lambda: _reasons_are(two, {"split"}))
+
+        engaged = await one.put("/v1/kill-switch", json={"engaged": True})
+        assert engaged.json() == {"engaged": True, "forced": False}
+        assert await reasons(one) == {"kill_switch"}
+        await until(lambda: _reasons_are(two, {"kill_switch"}))
+        decided = (await two.post("/v1/decide", json=DECIDE)).json()["decisions"][0]
+        assert (decided["variant"], decided["propensity"]) == ("control", 1.0)
+        assert (await two.get("/v1/kill-switch")).json()["engaged"] is True
+
+        await one.put("/v1/kill-switch", json={"engaged": False})
+        await until(lambda: _reasons_are(two, {"split"}))
+
+        services = one.app.state.services
+        await asyncio.to_thread(one.blocking_portal.call, services.writer.flush)
+        audit = await asyncio.to_thread(
+            services.event_log.query,
+            "SELECT action FROM audit WHERE entity = 'kill_switch' ORDER BY ts",
+        )
+        assert [a for (a,) in audit] == ["engage", "release"]
+
+
+async def _reasons_are(client: Client, expected: set[str]) -> bool:
+    return await reasons(client, 5) == expected
+
+
+async def test_kill_switch_forced_by_settings(settings: Settings) -> None:
+    """``decisions.kill_switch`` engages the switch for the process; the API cannot release it."""
+    forced = msgspec.structs.replace(settings, decisions=DecisionSettings(kill_switch=True))
+    async with AsyncTestClient(app=create_app(forced)) as client:
+        await client.post("/v1/experiments", json=HERO)
+        await client.post("/v1/experiments/hero/start")
+        released = await client.put("/v1/kill-switch", json={"engaged": False})
+        assert released.json() == {"engaged": True, "forced": True}
+        assert await reasons(client, 5) == {"kill_switch"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (
+            {"targeting": {"all": [{"attribute": "Health", "op": "eq", "value": "x"}]}},
+            "$.targeting",
+        ),
+        (
+            {"variants": [{"key": "control"}, {"key": "spring", "features": {"religion": "x"}}]},
+            "$.variants[1].features",
+        ),
+        ({"policy": {"kind": "thompson", "segment_by": "ethnicity"}}, "$.policy.segment_by"),
+        (
+            {
+                "policy": {"kind": "vw_cb"},
+                "variants": [
+                    {"key": "control", "features": {"political_opinion": 1.0}},
+                    {"key": "spring"},
+                ],
+            },
+            "$.variants[0].features",
+        ),
+    ],
+)
+async def test_sensitive_features_rejected_in_definitions(
+    client: Client, change: dict[str, Any], field: str
+) -> None:
+    """Targeting, variant (action) features and policy options naming a sensitive feature are
+    422 at definition time, case-insensitively, naming the field."""
+    response = await client.post("/v1/experiments", json={**HERO, **change})
+    assert response.status_code == 422, response.text
+    error = response.json()["errors"][0]
+    assert error["field"] == field
+    assert "sensitive" in error["message"]
+
+
+async def test_sensitive_features_never_stored(
+    client: Client, redis: Redis, namespace: str
+) -> None:
+    """PUT features with a sensitive name is refused (422 naming it) and nothing is stored."""
+    body = {"features": {"segment": "vip", "health": "diabetic"}}
+    response = await client.put("/v1/units/u-1/features", json=body)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "$.features.health"
+    assert await redis.exists(f"{namespace}:u:{{u-1}}") == 0
+
+
+async def test_sensitive_context_never_reaches_targeting(client: Client) -> None:
+    """A sensitive attribute sent in the request context is stripped before targeting."""
+    spec = {**HERO, "targeting": {"all": [{"attribute": "device", "op": "eq", "value": "m"}]}}
+    await client.post("/v1/experiments", json=spec)
+    await client.post("/v1/experiments/hero/start")
+    body = {**DECIDE, "context": {"device": "m", "health": "x"}}
+    decided = (await client.post("/v1/decide", json=body)).json()["decisions"][0]
+    assert decided["reason"] == "split"
+    services = client.app.state.services
+    await asyncio.to_thread(client.blocking_portal.call, services.writer.flush)
+    rows = await asyncio.to_thread(services.event_log.query, "SELECT context FROM exposures")
+    assert rows == [({"device": "m"},)]
