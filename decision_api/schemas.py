@@ -57,6 +57,9 @@ AttributeName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 ShortText = Annotated[str, Meta(max_length=1024)]
 MetricName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 DecisionId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+# A client-generated event id (UUID as 32 lowercase hex digits): a retried submission carries
+# the same id, so the event log's ``event_id`` deduplication cannot count it twice.
+EventId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
 AwareTime = Annotated[datetime, Meta(tz=True)]
 ContextValue = (
     Annotated[str, Meta(max_length=1024)]
@@ -117,10 +120,12 @@ class OutcomeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """``POST /v1/outcomes``: something the unit did after a decision.
 
     Identify the decision by ``decision_id`` (best) or by ``unit_id`` (optionally narrowed to one
-    ``experiment``); at least one of the two is required.
+    ``experiment``); at least one of the two is required. ``event_id`` (optional, 32 hex digits)
+    makes a resubmission idempotent: the SDK sets it once per outcome and retries with it.
     """
 
     type: MetricName
+    event_id: EventId | None = None
     decision_id: DecisionId | None = None
     unit_id: UnitId | None = None
     experiment: Annotated[str, Meta(pattern=KEY_PATTERN)] | None = None

@@ -28,7 +28,7 @@ async def accept_outcomes(
     ids = []
     outcomes = []
     for req in requests:
-        event_id = uuid.uuid4()
+        event_id = uuid.UUID(req.event_id) if req.event_id else uuid.uuid4()
         ts_ms = int(req.ts.timestamp() * 1000) if req.ts is not None else received
         outcome = Outcome(
             event_id=event_id,
