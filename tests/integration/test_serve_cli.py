@@ -1,0 +1,151 @@
+"""``tailor serve`` as a real process on its embedded defaults: private Redis, chdb, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from decision_api.redis_server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+TAILOR = Path(sys.executable).with_name("tailor")
+
+# Counted in a separate interpreter: chdb opens one data directory per process, and this test
+# process may already hold the session's.
+COUNT_EXPOSURES = """
+import json, sys
+from decision_api.event_log import open_event_log
+log = open_event_log(sys.argv[1])
+rows = log.query("SELECT decision_id, unit_id, experiment, variant, reason FROM exposures")
+print(json.dumps([list(r) for r in rows]))
+log.close()
+"""
+
+
+def children_of(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live direct children of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        # Field 4 of /proc/<pid>/stat is the parent pid; the command name may contain spaces.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """``tailor serve --host 127.0.0.1 --port <free>`` in a temp dir, without TAILOR_REDIS_URL."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(
+        TAILOR_DATA_DIR=str(data),
+        TAILOR_EVENT_LOG_URL=f"chdb://{data / 'chdb'}",
+        TAILOR_EVENT_LOG_SPOOL_DIR=str(data / "spool"),
+        TAILOR_EVENT_LOG_FLUSH_INTERVAL_S="0.1",
+        TAILOR_LOG_FORMAT="json",
+    )
+    port = free_port()
+    command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli"]
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not healthy: " + log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        yield process, url, data
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid, cmdline in children_of(process.pid):  # never leave a redis-server behind
+            if "redis-server" in cmdline:
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_serve_decides_logs_and_stops_cleanly(
+    server: tuple[subprocess.Popen[bytes], str, Path],
+) -> None:
+    """The server starts its own redis-server, serves a decision whose exposure reaches chdb,
+    and on SIGTERM exits 0 after stopping its redis-server child."""
+    process, url, data = server
+    redis_children = [(pid, cmd) for pid, cmd in children_of(process.pid) if "redis-server" in cmd]
+    assert len(redis_children) == 1, children_of(process.pid)
+    redis_pid = redis_children[0][0]
+    assert Path(os.readlink(f"/proc/{redis_pid}/cwd")) == (data / "redis").resolve()  # its --dir
+
+    with httpx.Client(base_url=url, timeout=10) as http:
+        spec = {"key": "hero-banner", "placement": "home_hero",
+                "variants": [{"key": "control", "payload": {"img": "a.png"}},
+                             {"key": "spring", "payload": {"img": "b.png"}}],
+                "default_variant": "control"}  # fmt: skip
+        assert http.post("/v1/experiments", json=spec).status_code == 201
+        assert http.post("/v1/experiments/hero-banner/start").status_code == 200
+        decided = http.post(
+            "/v1/decide",
+            json={"unit_id": "u-123", "placements": ["home_hero"], "context": {"device": "m"}},
+        )
+        assert decided.status_code == 200
+        answer = decided.json()
+        (placed,) = answer["decisions"]
+        assert placed["reason"] == "split"
+        assert placed["variant"] in {"control", "spring"}
+        assert http.get("/readyz").status_code == 200
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    deadline = time.monotonic() + 5
+    while alive(redis_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(redis_pid), "the private redis-server outlived the server"
+
+    counted = subprocess.run(
+        [sys.executable, "-c", COUNT_EXPOSURES, f"chdb://{data / 'chdb'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+    )  # fmt: skip
+    rows = json.loads(counted.stdout)
+    assert rows == [[answer["decision_id"], "u-123", "hero-banner", placed["variant"], "split"]]
+    log_text = (data.parent / "serve.log").read_text(errors="replace")
+    assert re.search(r"started a private redis-server at redis://127\.0\.0\.1:\d+", log_text)
