@@ -17,16 +17,19 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from decision_api.logging import configure_logging
-from decision_api.problems import EXCEPTION_HANDLERS
+from decision_api.problems import EXCEPTION_HANDLERS, document_problems
 from decision_api.routes.batch import BatchController
 from decision_api.routes.controls import ControlController
 from decision_api.routes.decide import DecideController
+from decision_api.routes.definitions import definitions
 from decision_api.routes.dependencies import provide_services
 from decision_api.routes.experiments import ExperimentController
+from decision_api.routes.exposures import ExposureController
 from decision_api.routes.keys import KeyController
 from decision_api.routes.models import ModelController
 from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
+from decision_api.routes.sdk import tailor_js
 from decision_api.routes.units import EventController, UnitController
 from decision_api.services import open_services
 from decision_api.settings import Settings
@@ -110,13 +113,16 @@ def create_app(settings: Settings) -> Litestar:
         UnitController,
         EventController,
         OutcomeController,
+        ExposureController,
+        definitions,
+        tailor_js,
         KeyController,
         ControlController,
         healthz,
         readyz,
         metrics,
     ]
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
@@ -132,3 +138,5 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.decisions.max_body_bytes,
         debug=False,
     )
+    document_problems(app)
+    return app

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from experiments.models import KEY_PATTERN, Experiment, ExperimentSpec
+from experiments.models import KEY_PATTERN, Condition, Experiment, ExperimentSpec, LayerSlice
 from experiments.send_window import DefaultSendTime, SendWindow
 
 __all__ = [
@@ -22,13 +22,20 @@ __all__ = [
     "ConsentState",
     "DecideRequest",
     "DecideResponse",
+    "Definition",
+    "DefinitionVariant",
+    "Definitions",
     "ErasureReport",
     "EventAccepted",
     "EventRequest",
     "Experiment",
     "ExperimentList",
     "ExperimentSpec",
+    "ExposureBatch",
     "ExposureRecord",
+    "ExposureRejection",
+    "ExposureReport",
+    "ExposuresAccepted",
     "FeaturesRequest",
     "FeaturesStored",
     "Health",
@@ -412,3 +419,108 @@ class BatchDecideResponse(msgspec.Struct, kw_only=True):
     errors: int
     degraded: bool
     recipients: list[RecipientDecision]
+
+
+# --- Local evaluation (SDK): definitions out, locally made exposures in ----------------------
+
+
+class DefinitionVariant(msgspec.Struct, kw_only=True):
+    """A variant as local evaluation needs it: key, split weight, payload."""
+
+    key: str
+    weight: float
+    payload: dict[str, Any]
+
+
+class Definition(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A live ``fixed`` experiment reduced to the fields assignment reads.
+
+    ``salt`` is the salt the hash uses (the key unless set); ``status`` is ``running`` or
+    ``paused``; experiments of one placement are considered by ``priority`` (high first), then key.
+    """
+
+    key: str
+    placement: str
+    salt: str
+    variants: list[DefinitionVariant]
+    default_variant: str
+    status: str
+    version: int
+    priority: int = 0
+    holdout: float = 0.0
+    layer: str | None = None
+    layer_slice: LayerSlice | None = None
+    targeting: Condition | None = None
+
+
+class Definitions(msgspec.Struct, kw_only=True):
+    """``GET /v1/definitions``: what an SDK needs to assign ``fixed`` experiments locally.
+
+    ``remote_placements`` are served by an experiment that cannot be evaluated locally (learning
+    policy, send time, frequency cap): the SDK asks the API for those. ``version`` is the config
+    version (also in the ``ETag``); ``hash_version`` the assignment hash the server uses.
+    """
+
+    version: int
+    hash_version: int
+    global_holdout: float
+    kill_switch: bool
+    experiments: list[Definition]
+    remote_placements: list[str]
+
+
+LocalReason = Literal[
+    "split",
+    "holdout",
+    "global_holdout",
+    "no_consent",
+    "not_targeted",
+    "outside_layer",
+    "experiment_paused",
+    "kill_switch",
+]
+
+
+class ExposureReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One exposure decided by an SDK's local evaluator.
+
+    ``event_id`` (client-generated) makes resubmission idempotent. The server sets the policy
+    (``fixed`` for ``split``, ``default`` otherwise), pseudonymises the unit id and drops the
+    context when ``consent`` is false, as for its own decisions.
+    """
+
+    event_id: EventId
+    decision_id: DecisionId
+    unit_id: UnitId
+    experiment: Annotated[str, Meta(pattern=KEY_PATTERN)]
+    experiment_version: Annotated[int, Meta(ge=1)]
+    placement: Placement
+    variant: Annotated[str, Meta(pattern=KEY_PATTERN)]
+    reason: LocalReason
+    propensity: Annotated[float, Meta(gt=0, le=1)]
+    ts: AwareTime
+    consent: bool = True
+    context: Annotated[dict[AttributeName, ContextValue], Meta(max_length=100)] = msgspec.field(
+        default_factory=dict
+    )
+
+
+class ExposureBatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/exposures/batch``: up to 10,000 locally decided exposures."""
+
+    exposures: Annotated[list[ExposureReport], Meta(min_length=1, max_length=10_000)]
+
+
+class ExposureRejection(msgspec.Struct, kw_only=True):
+    """An exposure the server refused (unknown experiment or variant): not logged, not retried."""
+
+    index: int
+    field: str
+    message: str
+
+
+class ExposuresAccepted(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """How many exposures were logged; the others are listed in ``rejected``."""
+
+    accepted: int
+    rejected: list[ExposureRejection] = msgspec.field(default_factory=list)

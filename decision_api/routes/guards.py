@@ -8,6 +8,8 @@ route                                     scopes (any of)
 ``POST /v1/decide``                       decide
 ``POST /v1/outcomes``, ``/batch``         decide, ingest
 ``POST /v1/events``                       decide, ingest
+``GET /v1/definitions``                   decide (SDK local evaluation)
+``POST /v1/exposures/batch``              decide, ingest (SDK local evaluation)
 ``PUT /v1/units/{id}/features``           ingest
 ``PUT /v1/units/{id}/consent``            ingest
 ``GET /v1/units/{id}/export``             admin
@@ -20,6 +22,11 @@ reports                                   report
 
 ``decide`` keys are safe to embed in a web page: they can ask for decisions and report what the
 visitor did, never read or change stored data.
+
+On routes that accept ``decide``, a key may also come as the ``?key=`` query parameter, for the
+browser snippet: ``navigator.sendBeacon`` cannot set headers, and a header-free ``text/plain``
+request skips the CORS preflight round trip. URLs end up in logs and caches, so a key presented
+that way must hold the ``decide`` scope and nothing else (403 otherwise).
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return connection.headers.get("x-api-key")
 
 
+URL_KEY_SCOPES: frozenset[str] = frozenset({"decide"})
+"""The only scopes a key passed as ``?key=`` may hold."""
+
+
 def require(*scopes: Scope) -> Guard:
     """A guard admitting keys holding any of ``scopes`` (or ``admin``), within their rate limit.
 
@@ -54,6 +65,7 @@ def require(*scopes: Scope) -> Guard:
     if not scopes:
         raise ValueError("require() needs at least one scope")
     names = " or ".join(repr(s) for s in scopes)
+    url_keys = "decide" in scopes
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         services = connection.app.state.services
@@ -63,11 +75,20 @@ def require(*scopes: Scope) -> Guard:
         if not ring.ready:
             raise ServiceUnavailable("API keys are not loaded yet (Redis unavailable); retry")
         presented = presented_key(connection)
+        from_url = False
+        if not presented and url_keys:
+            presented = connection.query_params.get("key")
+            from_url = bool(presented)
         if not presented:
             raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
         key = ring.lookup(presented)
         if key is None or key.revoked:
             raise Unauthorized("unknown or revoked API key")
+        if from_url and not key.scopes <= URL_KEY_SCOPES:
+            raise Forbidden(
+                "a key passed in the URL (?key=) may hold only the 'decide' scope; "
+                "send other keys in the Authorization header"
+            )
         if not key.allows_any(scopes):
             raise Forbidden(f"this API key lacks the {names} scope")
         connection.scope["state"]["api_key_id"] = key.key_id

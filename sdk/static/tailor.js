@@ -1,0 +1,151 @@
+/*! Tailor browser snippet (ES2017, no dependencies).
+ *
+ * <html class="tailor-hide">  (optional anti-flicker: with the CSS rule
+ *   .tailor-hide [data-tailor-placement] { visibility: hidden }  the snippet removes the class
+ *   when it is done, decided or not)
+ * <script async src="https://API/sdk/tailor.js" data-key="DECIDE_ONLY_KEY"></script>
+ *
+ * Script attributes: data-api (default: the script's origin), data-key (a key holding only the
+ * decide scope: it travels as ?key=), data-unit (default: the tailor_uid cookie, created on
+ * first visit; without consent an id for this page view only), data-consent="false",
+ * data-timeout (ms, default 1000), data-context (JSON object merged into the context).
+ *
+ * Markup: data-tailor-placement="home_hero" on a container; inside it (or on it)
+ *   data-tailor-field="headline"                   textContent = payload.headline
+ *   <img data-tailor-field="img">                  src = payload.img
+ *   data-tailor-field="url" data-tailor-as="href"  any attribute but on*, style, srcdoc;
+ *                                                  javascript:/data: values are refused
+ *   data-tailor-field="theme" data-tailor-as="class"  classList.add(payload.theme)
+ *   data-tailor-click="click"                      a click reports an outcome of that type
+ * The container gets data-tailor-variant (and data-tailor-done, decided or not).
+ *
+ * window.tailor: ready (Promise of the decide answer, or null on failure), decision, unit,
+ * track(type, value, properties) -> sends an outcome with the page's decision id.
+ * Decide is a header-free text/plain POST (no CORS preflight); outcomes go by sendBeacon.
+ * Fail-open: on any error or timeout the page keeps its built-in content.
+ */
+(function () {
+  'use strict';
+  var script = document.currentScript || document.querySelector('script[src*="/sdk/tailor.js"]');
+  var attr = function (name) { return script ? script.getAttribute(name) : null; };
+  var api = (attr('data-api') || (script ? new URL(script.src, location.href).origin : '')).replace(/\/$/, '');
+  var key = attr('data-key') || '';
+  var consent = attr('data-consent') !== 'false';
+  var timeoutMs = parseInt(attr('data-timeout') || '1000', 10);
+  var PLACEMENT = 'data-tailor-placement';
+
+  function hex32() {
+    var bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) { return (b + 256).toString(16).slice(1); }).join('');
+  }
+
+  function unitId() {
+    var given = attr('data-unit');
+    if (given) return given;
+    var found = document.cookie.match(/(?:^|;\s*)tailor_uid=([0-9a-f]{32})/);
+    if (found) return found[1];
+    var id = hex32();
+    if (consent) document.cookie = 'tailor_uid=' + id + ';path=/;max-age=31536000;SameSite=Lax';
+    return id;
+  }
+
+  function url(path) { return api + path + (key ? '?key=' + encodeURIComponent(key) : ''); }
+
+  function context() {
+    var ctx = {
+      page: location.pathname.slice(0, 1024),
+      device: matchMedia('(max-width: 767px)').matches ? 'mobile' : 'desktop',
+      language: (navigator.language || '').slice(0, 32),
+      local_hour: new Date().getHours()
+    };
+    if (document.referrer) ctx.referrer = document.referrer.slice(0, 1024);
+    try { Object.assign(ctx, JSON.parse(attr('data-context') || '{}')); } catch (e) { /* keep defaults */ }
+    return ctx;
+  }
+
+  function apply(root, payload) {
+    var targets = Array.prototype.slice.call(root.querySelectorAll('[data-tailor-field]'));
+    if (root.hasAttribute('data-tailor-field')) targets.push(root);
+    targets.forEach(function (el) {
+      var value = payload[el.getAttribute('data-tailor-field')];
+      if (value === undefined || value === null) return;
+      var as = el.getAttribute('data-tailor-as') || (el.tagName === 'IMG' ? 'src' : 'text');
+      value = String(value);
+      if (as === 'text') el.textContent = value;
+      else if (as === 'class') value.split(/\s+/).filter(Boolean).forEach(function (c) { el.classList.add(c); });
+      else if (/^(on|style$|srcdoc$)/i.test(as) || /^\s*(javascript|vbscript|data):/i.test(value)) return;
+      else el.setAttribute(as, value);
+    });
+  }
+
+  var unit = unitId();
+  var byPlacement = {};
+  var tailor = window.tailor = { unit: unit, decision: null, error: null };
+
+  function send(body) {
+    var data = JSON.stringify(body);
+    if (navigator.sendBeacon && navigator.sendBeacon(url('/v1/outcomes'), data)) return true;
+    fetch(url('/v1/outcomes'), { method: 'POST', body: data, keepalive: true, mode: 'cors' }).catch(function () {});
+    return false;
+  }
+
+  function outcome(type, value, placement, properties) {
+    var d = placement ? byPlacement[placement] : null;
+    var body = { event_id: hex32(), type: type, unit_id: unit, value: Number(value) || 0 };
+    if (tailor.decision) body.decision_id = tailor.decision.decision_id;
+    if (d && d.experiment) body.experiment = d.experiment;
+    if (properties) body.properties = properties;
+    return send(body);
+  }
+
+  tailor.track = function (type, value, properties) { return outcome(type, value, null, properties); };
+
+  document.addEventListener('click', function (event) {
+    var el = event.target && event.target.closest && event.target.closest('[data-tailor-click]');
+    if (!el) return;
+    var box = el.closest('[' + PLACEMENT + ']');
+    outcome(el.getAttribute('data-tailor-click') || 'click', 0, box && box.getAttribute(PLACEMENT));
+  }, true);
+
+  function finish(answer) {
+    document.querySelectorAll('[' + PLACEMENT + ']').forEach(function (el) { el.setAttribute('data-tailor-done', ''); });
+    document.documentElement.classList.remove('tailor-hide');
+    document.dispatchEvent(new CustomEvent('tailor:decision', { detail: answer }));
+    return answer;
+  }
+
+  async function decide() {
+    var nodes = document.querySelectorAll('[' + PLACEMENT + ']');
+    var placements = Array.from(new Set(Array.prototype.map.call(nodes, function (el) { return el.getAttribute(PLACEMENT); })));
+    if (!placements.length) return finish(null);
+    var abort = new AbortController();
+    var timer = setTimeout(function () { abort.abort(); }, timeoutMs);
+    try {
+      var response = await fetch(url('/v1/decide'), {
+        method: 'POST', mode: 'cors', credentials: 'omit', signal: abort.signal,
+        body: JSON.stringify({ unit_id: unit, placements: placements, context: context(), consent: consent })
+      });
+      if (!response.ok) throw new Error('tailor: decide answered ' + response.status);
+      var answer = await response.json();
+      tailor.decision = answer;
+      answer.decisions.forEach(function (d) { byPlacement[d.placement] = d; });
+      nodes.forEach(function (el) {
+        var d = byPlacement[el.getAttribute(PLACEMENT)];
+        if (!d || !d.variant) return;
+        if (d.payload) apply(el, d.payload);
+        el.setAttribute('data-tailor-variant', d.variant);
+      });
+      return finish(answer);
+    } catch (error) {
+      tailor.error = String(error);
+      return finish(null);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  tailor.ready = document.readyState === 'loading'
+    ? new Promise(function (resolve) { document.addEventListener('DOMContentLoaded', function () { resolve(decide()); }); })
+    : decide();
+})();
