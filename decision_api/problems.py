@@ -12,11 +12,14 @@ from typing import Any
 
 import msgspec
 import structlog
-from litestar import Request, Response
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
 from decision_api.errors import (
+    BadRequest,
     Conflict,
     InvalidInput,
     NotFound,
@@ -206,6 +209,13 @@ def redis_error_handler(request: Request[Any, Any, Any], exc: RedisError) -> Res
     return tailor_error_handler(request, RedisUnavailable("Redis is unavailable; retry later"))
 
 
+def nesting_error_handler(
+    request: Request[Any, Any, Any], exc: RecursionError
+) -> Response[Problem]:
+    """JSON nested so deeply that decoding (or encoding) it exhausts the stack: 400."""
+    return tailor_error_handler(request, BadRequest("JSON is nested too deeply", field="$"))
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """Anything unexpected: logged with its traceback, answered without internals."""
     log.exception("unhandled_error", route=_route(request), error_type=type(exc).__name__)
@@ -227,5 +237,35 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ValidationException: validation_handler,
     HTTPException: http_error_handler,
     RedisError: redis_error_handler,
+    RecursionError: nesting_error_handler,
     Exception: internal_error_handler,
 }
+
+
+PROBLEM_STATUSES = (400, 401, 403, 404, 409, 413, 422, 429, 503)
+_UNDOCUMENTED_PATHS = ("/healthz", "/readyz", "/metrics", "/schema")
+
+
+def document_problems(app: Litestar) -> None:
+    """Declare the problem-details answers in the OpenAPI document of every API operation.
+
+    Every ``/v1`` operation may answer 400 (malformed JSON), 401/403/429 (key, scope, rate
+    limit), 404/409 (missing or conflicting resource), 413 (body size), 422 (invalid field) and
+    503 (a backend is down), always as ``application/problem+json``. Done once here rather than
+    on each handler, so a new route cannot forget it.
+    """
+    spec = ResponseSpec(
+        data_container=Problem,
+        description="A problem-details body (RFC 9457) naming the offending field",
+        media_type="application/problem+json",
+        generate_examples=False,
+    )
+    for route in app.routes:
+        if route.path.startswith(_UNDOCUMENTED_PATHS):
+            continue
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler) and handler.http_methods != {"OPTIONS"}:
+                handler.responses = {
+                    **{status: spec for status in PROBLEM_STATUSES},
+                    **(handler.responses or {}),
+                }

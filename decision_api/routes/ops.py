@@ -6,6 +6,7 @@ import asyncio
 
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
 from decision_api.schemas import Health
@@ -18,7 +19,11 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["ops"])
+@get(
+    "/readyz",
+    tags=["ops"],
+    responses={503: ResponseSpec(Health, description="A backend is unreachable")},
+)
 async def readyz(services: NamedDependency[Services]) -> Response[Health]:
     """Redis and the event log answer; 503 otherwise (with which one failed)."""
     checks: dict[str, str] = {}

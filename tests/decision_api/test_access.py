@@ -26,9 +26,9 @@ from decision_api.key_store import KeyStore
 from decision_api.rate_limit import RateLimiter
 from decision_api.redis_server import free_port
 from decision_api.settings import AuthSettings, EventLogSettings, RedisSettings, Settings
-from tests.support.tailor_server import REPO_ROOT, tailor_env
 
 Client = AsyncTestClient[Litestar]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SECRETS = {
     "admin": "secret-admin",
@@ -259,7 +259,8 @@ async def test_refuses_until_keys_are_loaded(settings: Settings, tmp_path: Any) 
 
 def test_cli_creates_lists_and_revokes(redis_url: str, namespace: str) -> None:
     """``tailor keys create/list/revoke`` work on Redis directly; the secret is printed once."""
-    env = tailor_env(os.environ, redis_url=redis_url, redis_key_prefix=namespace)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(TAILOR_REDIS_URL=redis_url, TAILOR_REDIS_KEY_PREFIX=namespace)
 
     def tailor(*args: str) -> str:
         done = subprocess.run(
