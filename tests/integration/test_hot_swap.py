@@ -182,13 +182,22 @@ async def test_two_worker_processes_swap_models_and_pause_within_a_second(
             assert (await http.post(a + "/v1/experiments", json=HERO)).status_code == 201
             assert (await http.post(a + "/v1/experiments/hero/start")).status_code == 200
 
+            async def live_everywhere() -> bool:
+                # consent=false probes are not learned; they show the worker knows the experiment.
+                for url in (a, b):
+                    got = await http.post(url + "/v1/decide", json={
+                        "unit_id": "probe", "placements": ["home"], "consent": False})
+                    if got.json()["decisions"][0]["reason"] != "no_consent":
+                        return False
+                return True
+
+            await eventually(live_everywhere, what="both workers serving the experiment")
+
             # Traffic on both workers at once; clicks go to the worker that decided.
             async def traffic(url: str, units: range, rng: np.random.Generator) -> int:
                 learning = 0
                 for i in units:
                     decision = await _decide(http, url, f"u{i}")
-                    if decision["reason"] == "no_experiment":
-                        continue  # this worker has not polled the new definition yet (< 0.25 s)
                     assert decision["reason"] == "policy", decision
                     learning += 1
                     if decision["variant"] == "c" or rng.random() < 0.1:
@@ -202,7 +211,6 @@ async def test_two_worker_processes_swap_models_and_pause_within_a_second(
                 traffic(b, range(60, 120), np.random.default_rng(2)),
             )
             n = sum(counts)
-            assert min(counts) >= 30, counts  # both workers took part
 
             async def all_learned() -> bool:
                 snap = await snapshots.get("hero")
