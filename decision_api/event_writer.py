@@ -228,7 +228,7 @@ class EventWriter:
         for segment in segments if max_segments is None else segments[:max_segments]:
             for batch in self._spool.read(segment):
                 if not self._replay_batch(batch):
-                    log.info("event_log_still_down", spooled_bytes=self._spool.size())
+                    log.debug("event_log_still_down", spooled_bytes=self._spool.size())
                     return False
             self._spool.drop(segment)
             log.info("spool_replayed", segment=segment.name)
