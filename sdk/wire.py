@@ -63,7 +63,8 @@ _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
         RecipientDecision,
     )
 }
-_PATH = re.compile(r" - at `(\$[^`]*)`")
+_BARE_PATH = re.compile(r" at (\$\S*)$")  # "got `object` at $.context[...]"
+_PATH = re.compile(r" - at `(?:key` in `)?(\$[^`]*)`")  # "at `key` in `$.context`"
 
 
 def encode(value: Any) -> bytes:
@@ -89,7 +90,7 @@ def validated(value: Mapping[str, Any], type_: type[S]) -> S:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        match = _PATH.search(message)
+        match = _PATH.search(message) or _BARE_PATH.search(message)
         field = match.group(1) if match else None
         if match is not None:
             message = message[: match.start()] + message[match.end() :]
