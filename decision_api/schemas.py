@@ -220,7 +220,7 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
 # --- Access control, consent and data rights (issue 7) ----------------------------------------
 
 ScopeName = Literal["decide", "ingest", "report", "admin"]
-KeyId = Annotated[str, Meta(pattern=r"^key_[0-9a-f]{12}$")]
+KEY_ID_PATTERN = r"^key_[0-9a-f]{12}$"
 
 
 class KeyCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

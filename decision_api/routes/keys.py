@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
 from decision_api.auth import ApiKey
 from decision_api.errors import Conflict, NotFound
 from decision_api.key_store import refresh_ring
 from decision_api.routes.guards import require
-from decision_api.schemas import KeyCreate, KeyCreated, KeyId, KeyInfo, KeyList
+from decision_api.schemas import KEY_ID_PATTERN, KeyCreate, KeyCreated, KeyInfo, KeyList
 from decision_api.services import Services
+
+# Path parameters are validated by Litestar's Parameter (msgspec Meta applies to bodies).
+PathKeyId = Annotated[str, Parameter(pattern=KEY_ID_PATTERN)]
 
 
 def key_info(key: ApiKey) -> KeyInfo:
@@ -56,7 +61,7 @@ class KeyController(Controller):
         return KeyList(keys=[key_info(k) for k in keys])
 
     @delete("/{key_id:str}", status_code=204)
-    async def revoke(self, key_id: KeyId, services: NamedDependency[Services]) -> None:
+    async def revoke(self, key_id: PathKeyId, services: NamedDependency[Services]) -> None:
         """Revoke a created key at once on this worker, within a poll interval everywhere."""
         if any(k.key_id == key_id for k in services.keys.bootstrap_keys()):
             raise Conflict(
