@@ -60,7 +60,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/v1/kill-switch", None, set()),
     ("PUT", "/v1/kill-switch", {"engaged": False}, set()),
 ]
-OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/sdk/tailor.js"}  # the snippet is public
 
 
 def with_auth(settings: Settings, **changes: Any) -> Settings:
@@ -227,7 +227,7 @@ async def test_other_workers_follow_created_and_revoked_keys(settings: Settings)
         await wait_for_status(status_on_two, 401)
 
 
-async def wait_for_status(probe: Any, expected: int, timeout: float = 3.0) -> None:
+async def wait_for_status(probe: Any, expected: int, timeout: float = 10.0) -> None:
     """Poll ``probe`` until it returns ``expected``."""
     deadline = time.monotonic() + timeout
     while (status := await probe()) != expected:
@@ -294,7 +294,7 @@ def test_cli_rejects_unknown_scope(capsys: pytest.CaptureFixture[str]) -> None:
 async def test_rate_limit_answers_429_with_retry_after(keyed: Client) -> None:
     """A key over its own rate limit gets 429 with Retry-After and a problem body."""
     admin = bearer(SECRETS["admin"])
-    spec = {"scopes": ["decide"], "rate_per_s": 0.5, "burst": 3}
+    spec = {"scopes": ["decide"], "rate_per_s": 0.1, "burst": 3}  # a token per 10 s
     secret = (await keyed.post("/v1/keys", json=spec, headers=admin)).json()["secret"]
     body = {"unit_id": "u1", "placements": ["home"]}
     statuses = [
@@ -304,7 +304,7 @@ async def test_rate_limit_answers_429_with_retry_after(keyed: Client) -> None:
     assert statuses == [200, 200, 200, 429, 429]
     limited = await keyed.post("/v1/decide", json=body, headers=bearer(secret))
     assert limited.json()["code"] == "rate_limited"
-    assert 1 <= int(limited.headers["retry-after"]) <= 2
+    assert 1 <= int(limited.headers["retry-after"]) <= 10
     other = await keyed.post("/v1/decide", json=body, headers=bearer(SECRETS["decide"]))
     assert other.status_code == 200
 

@@ -35,7 +35,7 @@ async def reasons(client: Client, units: int = 20) -> set[str]:
     return found
 
 
-async def until(probe: Any, timeout: float = 3.0) -> None:
+async def until(probe: Any, timeout: float = 10.0) -> None:
     """Poll an async predicate until it holds."""
     deadline = time.monotonic() + timeout
     while not await probe():
