@@ -50,6 +50,16 @@ def children_of(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (granian's worker, the private redis-server)."""
+    out, todo = [], [pid]
+    while todo:
+        for child, _ in children_of(todo.pop()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:
@@ -96,11 +106,18 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]
             time.sleep(0.05)
         yield process, url, data
     finally:
+        # On failure, stop the whole tree: killing only the main process would orphan granian's
+        # worker and the redis-server (they are not told), so remember them first.
+        tree = descendants(process.pid)
         if process.poll() is None:
-            process.kill()
-            process.wait()
-        for pid, cmdline in children_of(process.pid):  # never leave a redis-server behind
-            if "redis-server" in cmdline:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in tree:
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -134,12 +151,15 @@ def test_serve_decides_logs_and_stops_cleanly(
         assert placed["variant"] in {"control", "spring"}
         assert http.get("/readyz").status_code == 200
 
+    tree = descendants(process.pid)
+    assert redis_pid in tree
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0
     deadline = time.monotonic() + 5
-    while alive(redis_pid) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(redis_pid), "the private redis-server outlived the server"
+    assert not [pid for pid in tree if alive(pid)], "a server process outlived SIGTERM"
 
     counted = subprocess.run(
         [sys.executable, "-c", COUNT_EXPOSURES, f"chdb://{data / 'chdb'}"],
