@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -436,12 +437,17 @@ def main() -> int:
             time.sleep(0.5)
             counters = server_counters(url)
     finally:
+        tree = proc_tree(server.pid)[1:]  # granian's worker: orphaned if only the parent dies
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        for pid in tree:  # still there after the parent's exit (and not a reused pid)?
+            with contextlib.suppress(OSError):
+                if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
         redis_server.stop()
 
     def median(name: str) -> float:
