@@ -306,18 +306,34 @@ class RewardJoin:
         return results
 
     async def finalize_due(self, now_ms: int, limit: int = 1000) -> int:
-        """Finalise every decision whose window has closed (default reward if no outcome)."""
-        members = await self._redis.zrangebyscore(self.due_key, "-inf", now_ms, start=0, num=limit)
+        """Finalise every decision whose window has closed (default reward if no outcome).
+
+        Due members are read ``limit`` at a time and finalised in one pipelined round trip per
+        batch, so the sweeper keeps up with thousands of decisions per second.
+        """
         done = 0
-        for member in members:
-            decision_id, _, experiment = str(member).partition("|")
-            done += int(
-                await self._finalize(
-                    keys=[self.due_key, self.record_key(decision_id, experiment), self.stream_key],
-                    args=[str(member), STREAM_MAXLEN],
-                )
+        while True:
+            members = await self._redis.zrangebyscore(
+                self.due_key, "-inf", now_ms, start=0, num=limit
             )
-        return done
+            if not members:
+                return done
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for member in members:
+                    decision_id, _, experiment = str(member).partition("|")
+                    await self._finalize(
+                        keys=[
+                            self.due_key,
+                            self.record_key(decision_id, experiment),
+                            self.stream_key,
+                        ],
+                        args=[str(member), STREAM_MAXLEN],
+                        client=pipe,
+                    )
+                done += sum(int(r) for r in await pipe.execute())
+            # Every member read leaves the due set (finalised, or already gone): no re-reads.
+            if len(members) < limit:
+                return done
 
 
 def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:
