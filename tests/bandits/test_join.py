@@ -255,6 +255,19 @@ async def test_default_reward_applies_when_the_window_closes_without_outcome(
     assert len(await _stream(redis, join)) == 2
 
 
+async def test_sweeper_drains_every_due_decision_in_batches(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """One sweep finalises all closed windows, however many batches of ``limit`` that takes."""
+    rules = _rules(default=0.0)
+    for i in range(25):
+        join.remember(_record(f"d{i}", unit_id=f"u{i}"), rules)
+    await join.flush()
+    assert await join.finalize_due(T0 + WINDOW_S * 1000, limit=10) == 25
+    assert await redis.zcard(join.due_key) == 0
+    assert len(await _stream(redis, join)) == 25
+
+
 async def test_default_reward_is_clipped_too(join: RewardJoin, redis: Redis) -> None:
     """A default outside [lo, hi] reaches the learner clipped, like any reward."""
     rules = _rules(default=-3.0, lo=-1.0)
