@@ -7,14 +7,16 @@ control, a rate with no units) are NaN and encode as JSON ``null``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from experiments.bayesian import BayesianResult
 from experiments.cuped import CupedResult
 from experiments.frequentist import LiftResult
 from experiments.intervals import Interval
+from experiments.models import MetricName
 from experiments.multiple_testing import AdjustedPValues
 from experiments.off_policy import OffPolicyEstimate
 from experiments.sequential import SequentialResult
@@ -70,16 +72,20 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         ope_max_decisions: above this many logged decisions off-policy evaluation samples units.
     """
 
-    start_ms: int = 0
-    end_ms: int | None = None
-    segment: str = ""
-    metrics: tuple[str, ...] = ()
-    window_s: int | None = None
-    pre_period_s: int = 14 * 86400
-    level: float = 0.95
+    start_ms: Annotated[int, Meta(ge=0)] = 0
+    end_ms: Annotated[int, Meta(ge=0)] | None = None
+    segment: Annotated[str, Meta(max_length=64)] = ""
+    metrics: Annotated[tuple[MetricName, ...], Meta(max_length=20)] = ()
+    window_s: Annotated[int, Meta(ge=1, le=366 * 86400)] | None = None
+    pre_period_s: Annotated[int, Meta(ge=0, le=366 * 86400)] = 14 * 86400
+    level: Annotated[float, Meta(ge=0.5, le=0.999)] = 0.95
     correction: Correction = "holm"
-    horizon_units: int | None = None
-    ope_max_decisions: int = 1_000_000
+    horizon_units: Annotated[int, Meta(ge=2)] | None = None
+    ope_max_decisions: Annotated[int, Meta(ge=1000)] = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.end_ms is not None and self.end_ms <= self.start_ms:
+            raise ValueError("to: the end of the period must come after its start")
 
 
 class ReportWindow(msgspec.Struct, frozen=True, kw_only=True):
