@@ -256,6 +256,8 @@ class Learner:
             model.dirty = False
         acked = len(self._unacked)
         self._unacked = []
+        if acked:
+            await self._trim()
         if snapshots:
             log.info(
                 "models_published",
@@ -263,6 +265,21 @@ class Learner:
                 acked=acked,
             )
         return len(snapshots)
+
+    async def _trim(self) -> None:
+        """Drop learned entries from the stream: they hold unit ids and context, and are in a
+        published snapshot now. Entries still pending (anyone's) and unread ones stay."""
+        summary = await self._redis.xpending(self._stream, JOIN_GROUP)
+        if summary and summary.get("pending"):
+            floor = _text(summary["min"])
+        else:
+            groups = await self._redis.xinfo_groups(self._stream)
+            mine = next((g for g in groups if _text(g["name"]) == JOIN_GROUP), None)
+            if mine is None:
+                return
+            ms, _, seq = _text(mine["last-delivered-id"]).partition("-")
+            floor = f"{ms}-{int(seq or 0) + 1}"
+        await self._redis.xtrim(self._stream, minid=floor, approximate=False)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Learn until ``stop`` is set, publishing on the cadence and once more at the end."""
