@@ -39,6 +39,7 @@ from experiments.report_arms import (
 )
 from experiments.report_breakdowns import daily_series, segment_report, uplift
 from experiments.report_data import (
+    DAY_MS,
     ArmGroup,
     ReportData,
     ReportQuery,
@@ -310,6 +311,13 @@ def _warnings(data: ReportData, experiment: Experiment) -> list[str]:
     return out
 
 
+def _first_ms(data: ReportData) -> int:
+    """The period's start: the requested one, or the first day with units when open-ended."""
+    if data.query.start_ms > 0 or not data.groups:
+        return data.query.start_ms
+    return min(g.day for g in data.groups) * DAY_MS
+
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
@@ -341,7 +349,7 @@ def report_from_data(
         primary_metric=experiment.primary_metric,
         guardrail_metrics=list(experiment.guardrail_metrics),
         window=ReportWindow(
-            start=_iso(query.start_ms),
+            start=_iso(_first_ms(data)),
             end=_iso(query.end_ms),
             attribution_window_s=query.window_ms // 1000,
             pre_period_s=options.pre_period_s,
