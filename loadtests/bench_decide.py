@@ -88,6 +88,7 @@ class RunResult(msgspec.Struct, kw_only=True):
     p99_ms: float
     max_ms: float
     server_cpu_s: float
+    loop_thread_cpu_s: float
     loadgen_cpu_s: float
 
 
@@ -124,6 +125,24 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / tick
+
+
+def busiest_thread_cpu(pids: list[int]) -> dict[tuple[int, int], float]:
+    """CPU seconds of every thread of the given processes, keyed by (pid, tid)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[(pid, int(task.name))] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def start_server(workdir: Path, redis_url: str, port: int) -> subprocess.Popen[bytes]:
@@ -340,12 +359,16 @@ def start_profiler(path: Path | None, pid: int, duration: float) -> subprocess.P
         return None
     spy = Path(sys.executable).with_name("py-spy")
     command = [str(spy), "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-               "--duration", str(int(duration)), "--rate", "200", "--format", "raw",
+               "--threads", "--duration", str(int(duration)), "--rate", "200", "--format", "raw",
                "--output", str(path)]  # fmt: skip
+    if os.environ.get("BENCH_PYSPY_NATIVE"):
+        command.append("--native")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarise(mode: str, elapsed: float, gen: Generator, cpu: tuple[float, float]) -> RunResult:
+def summarise(
+    mode: str, elapsed: float, gen: Generator, cpu: tuple[float, float, float]
+) -> RunResult:
     """Figures of one run."""
     lat = np.asarray(gen.latencies, dtype=np.float64) / 1e6
     p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat.size else (np.nan,) * 3
@@ -360,6 +383,7 @@ def summarise(mode: str, elapsed: float, gen: Generator, cpu: tuple[float, float
         p99_ms=round(float(p99), 3),
         max_ms=round(float(lat.max()) if lat.size else float("nan"), 3),
         server_cpu_s=round(cpu[0], 2),
+        loop_thread_cpu_s=round(cpu[2], 2),
         loadgen_cpu_s=round(cpu[1], 2),
     )
 
@@ -377,9 +401,16 @@ async def measure(args: argparse.Namespace, port: int, server_pids: list[int]) -
     for run in range(args.runs):
         spy = start_profiler(args.profile, server_pids[0], args.duration) if run == 0 else None
         server_before = cpu_seconds(server_pids)
+        threads_before = busiest_thread_cpu(server_pids)
         own_before = time.process_time()
         elapsed = await gen.run(args.duration)
-        cpu = (cpu_seconds(server_pids) - server_before, time.process_time() - own_before)
+        threads_after = busiest_thread_cpu(server_pids)
+        loop_cpu = max(v - threads_before.get(k, 0.0) for k, v in threads_after.items())
+        cpu = (
+            cpu_seconds(server_pids) - server_before,
+            time.process_time() - own_before,
+            loop_cpu,
+        )
         result = summarise(mode, elapsed, gen, cpu)
         results.append(result)
         if spy is not None:
@@ -387,8 +418,10 @@ async def measure(args: argparse.Namespace, port: int, server_pids: list[int]) -
         print(
             f"run {run + 1}: {result.throughput:8.1f} decisions/s  p50 {result.p50_ms:6.2f} ms"
             f"  p95 {result.p95_ms:6.2f}  p99 {result.p99_ms:6.2f}  max {result.max_ms:7.2f}"
-            f"  errors {result.errors}  cpu server {result.server_cpu_s:.1f} s"
-            f" / loadgen {result.loadgen_cpu_s:.1f} s",
+            f"  errors {result.errors}  cpu: server {result.server_cpu_s:.1f} s"
+            f" (event loop {result.loop_thread_cpu_s:.1f} s ="
+            f" {1e6 * result.loop_thread_cpu_s / max(result.requests, 1):.0f} us/decision),"
+            f" loadgen {result.loadgen_cpu_s:.1f} s",
             flush=True,
         )
     return results
