@@ -29,6 +29,7 @@ from decision_api.routes.keys import KeyController
 from decision_api.routes.models import ModelController
 from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
+from decision_api.routes.reports import ReportController, report_asset, report_page
 from decision_api.routes.sdk import tailor_js
 from decision_api.routes.units import EventController, UnitController
 from decision_api.services import open_services
@@ -117,6 +118,9 @@ def create_app(settings: Settings) -> Litestar:
         definitions,
         tailor_js,
         KeyController,
+        ReportController,
+        report_page,
+        report_asset,
         ControlController,
         healthz,
         readyz,

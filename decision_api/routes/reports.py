@@ -1,0 +1,207 @@
+"""Experiment reports over HTTP: JSON (or text) for programs, an HTML page for people.
+
+``GET /v1/experiments/{key}/report`` (scope ``report``) returns the report JSON
+(:class:`experiments.report_models.ExperimentReport`); ``?format=text`` returns the table
+``tailor report`` prints. Query parameters, all optional: ``from`` and ``to`` (ISO date or
+date-time, UTC; ``to`` exclusive, a bare date includes that day), ``segment`` (a context
+attribute captured at exposure), ``metric`` (extra outcome types, repeatable), ``level``,
+``correction`` (``holm`` | ``bh``), ``horizon_units``, ``window_s``, ``pre_period_s``.
+
+``GET /reports/{key}`` is the HTML page, with the same parameters. A browser cannot attach an
+``Authorization`` header to a link, so the page also accepts its key once in the URL:
+``/reports/{key}?key=<API key>`` checks the key (it needs the ``report`` scope), stores it in an
+``HttpOnly``, ``SameSite=Strict`` cookie scoped to ``/reports`` and redirects (303) to the same
+URL without it — the key leaves the address bar and the history at once. Later visits send the
+cookie; ``Authorization: Bearer`` and ``X-API-Key`` work too. Without a valid key the page is a
+small form asking for one (401). ``GET /reports/static/{report.js,report.css}`` serves the page's
+assets (nothing secret: no key needed), so the page works offline, without a CDN.
+
+Reports run in a worker thread: the event-log client is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from litestar import Controller, MediaType, Request, Response, get
+from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
+from litestar.params import Parameter
+from litestar.response import Redirect
+
+from decision_api.auth import current_actor
+from decision_api.errors import InvalidInput, NotFound, RateLimited, ServiceUnavailable
+from decision_api.routes.guards import presented_key, require
+from decision_api.services import Services
+from experiments.report_html import ASSETS, asset, render_report_page
+from experiments.report_models import ExperimentReport, ReportOptions
+from experiments.report_options import ReportOptionsError, report_options
+from experiments.report_text import render_report_text
+from experiments.reports import build_report
+
+__all__ = ["COOKIE", "ReportController", "report_asset", "report_page"]
+
+COOKIE = "tailor_report_key"
+COOKIE_MAX_AGE_S = 8 * 3600
+STATIC_PATH = "/reports/static"
+
+
+def _options(
+    start: str | None,
+    end: str | None,
+    segment: str | None,
+    metric: list[str] | None,
+    level: float | None,
+    correction: str | None,
+    horizon_units: int | None,
+    window_s: int | None,
+    pre_period_s: int | None,
+) -> ReportOptions:
+    try:
+        return report_options(
+            start=start,
+            end=end,
+            segment=segment,
+            metrics=metric or (),
+            level=level,
+            correction=correction,
+            horizon_units=horizon_units,
+            window_s=window_s,
+            pre_period_s=pre_period_s,
+        )
+    except ReportOptionsError as exc:
+        raise InvalidInput(str(exc), field=exc.field) from exc
+
+
+async def _build(services: Services, key: str, options: ReportOptions) -> ExperimentReport:
+    experiment = await services.store.get(key)
+    return await asyncio.to_thread(build_report, services.event_log, experiment, options)
+
+
+class ReportController(Controller):
+    """The report of one experiment as JSON (or text)."""
+
+    path = "/v1/experiments"
+    tags = ["reports"]
+    guards = [require("report")]
+
+    @get("/{key:str}/report")
+    async def report(
+        self,
+        key: str,
+        services: NamedDependency[Services],
+        start: str | None = Parameter(query="from", default=None),
+        end: str | None = Parameter(query="to", default=None),
+        segment: str | None = None,
+        metric: list[str] | None = None,
+        level: float | None = None,
+        correction: str | None = None,
+        horizon_units: int | None = None,
+        window_s: int | None = None,
+        pre_period_s: int | None = None,
+        format: Literal["json", "text"] = "json",
+    ) -> Response[Any]:
+        """Statistics, uplift and off-policy estimates of one experiment."""
+        options = _options(
+            start, end, segment, metric, level, correction, horizon_units, window_s, pre_period_s
+        )
+        report = await _build(services, key, options)
+        if format == "text":
+            return Response(render_report_text(report), media_type=MediaType.TEXT)
+        return Response(report, media_type=MediaType.JSON)
+
+
+_LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Tailor report</title><link rel="stylesheet" href="{static}/report.css"></head>
+<body><main><h1>Report: {key}</h1><p class="note">{message}</p>
+<form method="get"><label>API key with the <code>report</code> scope
+<input name="key" type="password" autocomplete="off"></label>
+<button type="submit">Open</button></form></main></body></html>"""
+
+
+def _login_page(key: str, message: str) -> Response[str]:
+    body = _LOGIN.format(static=STATIC_PATH, key=html.escape(key), message=html.escape(message))
+    return Response(body, status_code=401, media_type=MediaType.HTML)
+
+
+async def _admit(
+    request: Request[Any, Any, Any], services: Services, presented: str | None
+) -> str | None:
+    """None when the request may see reports, else why not (for the login page)."""
+    ring = services.keys
+    if ring.open:
+        return None
+    if not ring.ready:
+        raise ServiceUnavailable("API keys are not loaded yet (Redis unavailable); retry")
+    if not presented:
+        return "This page needs an API key with the report scope."
+    key = ring.lookup(presented)
+    if key is None or key.revoked:
+        return "Unknown or revoked API key."
+    if not key.allows_any(("report",)):
+        return "This API key lacks the report scope."
+    request.scope["state"]["api_key_id"] = key.key_id
+    current_actor.set(key.key_id)
+    wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
+    if wait is not None:
+        services.metrics.rate_limited.inc()
+        raise RateLimited(f"API key {key.key_id} is over its rate limit", retry_after_s=wait)
+    return None
+
+
+@get("/reports/{key:str}", tags=["reports"], include_in_schema=True)
+async def report_page(
+    request: Request[Any, Any, Any],
+    key: str,
+    services: NamedDependency[Services],
+    start: str | None = Parameter(query="from", default=None),
+    end: str | None = Parameter(query="to", default=None),
+    segment: str | None = None,
+    metric: list[str] | None = None,
+    level: float | None = None,
+    correction: str | None = None,
+    horizon_units: int | None = None,
+    window_s: int | None = None,
+    pre_period_s: int | None = None,
+) -> Response[Any]:
+    """The report page (key: header, cookie, or once as ``?key=``; see the module docstring)."""
+    url_key = request.query_params.get("key")
+    if url_key:
+        refused = await _admit(request, services, url_key)
+        if refused is not None:
+            return _login_page(key, refused)
+        rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
+        target = request.url.path + ("?" + urlencode(rest) if rest else "")
+        cookie = Cookie(
+            key=COOKIE,
+            value=url_key,
+            path="/reports",
+            max_age=COOKIE_MAX_AGE_S,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return Redirect(path=target, status_code=303, cookies=[cookie])
+    presented = presented_key(request) or request.cookies.get(COOKIE)
+    refused = await _admit(request, services, presented)
+    if refused is not None:
+        return _login_page(key, refused)
+    options = _options(
+        start, end, segment, metric, level, correction, horizon_units, window_s, pre_period_s
+    )
+    report = await _build(services, key, options)
+    page = render_report_page(report, static_base=STATIC_PATH)
+    return Response(page, media_type=MediaType.HTML, headers={"Cache-Control": "no-store"})
+
+
+@get(STATIC_PATH + "/{name:str}", tags=["reports"], include_in_schema=False)
+async def report_asset(name: str) -> Response[bytes]:
+    """The report page's script and style sheet."""
+    if name not in ASSETS:
+        raise NotFound(f"no report asset {name!r}")
+    return Response(
+        asset(name), media_type=ASSETS[name], headers={"Cache-Control": "public, max-age=300"}
+    )
