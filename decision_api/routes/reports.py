@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import html
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect
 
 from decision_api.auth import current_actor
@@ -91,18 +91,18 @@ class ReportController(Controller):
     @get("/{key:str}/report")
     async def report(
         self,
-        key: str,
+        key: FromPath[str],
         services: NamedDependency[Services],
-        start: str | None = Parameter(query="from", default=None),
-        end: str | None = Parameter(query="to", default=None),
-        segment: str | None = None,
-        metric: list[str] | None = None,
-        level: float | None = None,
-        correction: str | None = None,
-        horizon_units: int | None = None,
-        window_s: int | None = None,
-        pre_period_s: int | None = None,
-        format: Literal["json", "text"] = "json",
+        start: Annotated[str | None, QueryParameter(name="from")] = None,
+        end: Annotated[str | None, QueryParameter(name="to")] = None,
+        segment: FromQuery[str | None] = None,
+        metric: FromQuery[list[str] | None] = None,
+        level: FromQuery[float | None] = None,
+        correction: FromQuery[str | None] = None,
+        horizon_units: FromQuery[int | None] = None,
+        window_s: FromQuery[int | None] = None,
+        pre_period_s: FromQuery[int | None] = None,
+        format: FromQuery[Literal["json", "text"]] = "json",
     ) -> Response[Any]:
         """Statistics, uplift and off-policy estimates of one experiment."""
         options = _options(
@@ -155,17 +155,17 @@ async def _admit(
 @get("/reports/{key:str}", tags=["reports"], include_in_schema=True)
 async def report_page(
     request: Request[Any, Any, Any],
-    key: str,
+    key: FromPath[str],
     services: NamedDependency[Services],
-    start: str | None = Parameter(query="from", default=None),
-    end: str | None = Parameter(query="to", default=None),
-    segment: str | None = None,
-    metric: list[str] | None = None,
-    level: float | None = None,
-    correction: str | None = None,
-    horizon_units: int | None = None,
-    window_s: int | None = None,
-    pre_period_s: int | None = None,
+    start: Annotated[str | None, QueryParameter(name="from")] = None,
+    end: Annotated[str | None, QueryParameter(name="to")] = None,
+    segment: FromQuery[str | None] = None,
+    metric: FromQuery[list[str] | None] = None,
+    level: FromQuery[float | None] = None,
+    correction: FromQuery[str | None] = None,
+    horizon_units: FromQuery[int | None] = None,
+    window_s: FromQuery[int | None] = None,
+    pre_period_s: FromQuery[int | None] = None,
 ) -> Response[Any]:
     """The report page (key: header, cookie, or once as ``?key=``; see the module docstring)."""
     url_key = request.query_params.get("key")
@@ -198,7 +198,7 @@ async def report_page(
 
 
 @get(STATIC_PATH + "/{name:str}", tags=["reports"], include_in_schema=False)
-async def report_asset(name: str) -> Response[bytes]:
+async def report_asset(name: FromPath[str]) -> Response[bytes]:
     """The report page's script and style sheet."""
     if name not in ASSETS:
         raise NotFound(f"no report asset {name!r}")
