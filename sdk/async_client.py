@@ -275,7 +275,8 @@ class AsyncTailorClient:
                     break
                 self._progress.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._progress.wait()
             return self._pending() == 0
         finally:
             self._urgent -= 1
@@ -437,7 +438,8 @@ class AsyncTailorClient:
             wait = min(wakeups) - time.monotonic()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 self._wake.clear()
 
     async def _flush(self, channel: Channel[Any]) -> float:
