@@ -84,11 +84,12 @@ def random_log(rng: np.random.Generator, units: int = 300, outcomes: int = 500) 
             )
     exposures = pd.DataFrame(ex_rows)
     decisions = exposures[exposures.experiment == EXPERIMENT]
+    per_unit = {u: g for u, g in decisions.groupby("unit_id")}
     out_rows = []
     for _ in range(outcomes):
         unit = f"u{int(rng.integers(0, units + 20))}"  # some units never exposed
         typ = str(rng.choice([*TYPES, "other"], p=[0.45, 0.3, 0.15, 0.1]))
-        own = decisions[decisions.unit_id == unit]
+        own = per_unit.get(unit, decisions.iloc[:0])
         base = int(own.ts.min()) if len(own) else T0 + int(rng.integers(0, 5 * DAY))
         ts = base + int(rng.integers(-3 * DAY, 2 * DAY))
         by_decision = len(own) > 0 and rng.random() < 0.35

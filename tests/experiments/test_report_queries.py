@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from decision_api.event_log import ClickHouseEventLog
+from decision_api.event_log import ClickHouseEventLog, open_event_log
 from experiments.off_policy import evaluate_policy
 from experiments.report_data import ReportData, ReportQuery, RewardQuery, fetch_report_data
 from experiments.report_off_policy import cell_moments, evaluate_constant_target, reward_table
@@ -53,12 +57,29 @@ def _query(segment: str, aggregation: str = "sum", ope_max: int = 1_000_000) -> 
     )
 
 
-@pytest.fixture
-def logged(event_log: ClickHouseEventLog) -> Log:
-    """A random log inserted into this test's database."""
+@pytest.fixture(scope="module")
+def module_log(chdb_dir: Path) -> Iterator[tuple[ClickHouseEventLog, Log]]:
+    """A random log inserted once into a database of this module's own."""
+    event_log = open_event_log(f"chdb://{chdb_dir}?database=r{uuid.uuid4().hex[:12]}")
+    event_log.migrate()
     log = random_log(np.random.default_rng(11))
     insert_log(event_log, log)
-    return log
+    try:
+        yield event_log, log
+    finally:
+        event_log.close()
+
+
+@pytest.fixture
+def event_log(module_log: tuple[ClickHouseEventLog, Log]) -> ClickHouseEventLog:
+    """The module's event log (shadows the per-test one: these tests only read)."""
+    return module_log[0]
+
+
+@pytest.fixture
+def logged(module_log: tuple[ClickHouseEventLog, Log]) -> Log:
+    """The rows in the module's event log."""
+    return module_log[1]
 
 
 def _observed(data: ReportData) -> pd.DataFrame:
