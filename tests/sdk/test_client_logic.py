@@ -40,8 +40,14 @@ Handler = Callable[[httpx.Request], httpx.Response]
 
 def problem(status: int, code: str, field: str | None = None) -> bytes:
     """A problem-details body as the API writes it."""
-    body: dict[str, Any] = {"type": "t", "title": "x", "status": status, "detail": f"d{status}",
-                            "code": code, "request_id": "r-1"}  # fmt: skip
+    body: dict[str, Any] = {
+        "type": "t",
+        "title": "x",
+        "status": status,
+        "detail": f"d{status}",
+        "code": code,
+        "request_id": "r-1",
+    }
     if field is not None:
         body["errors"] = [{"field": field, "message": "bad"}]
     return msgspec.json.encode(body)
@@ -68,8 +74,11 @@ def test_error_from_response(status: int, cls: type[APIError], retryable: bool) 
     error = error_from_response(status, problem(status, "c", "$.unit_id"), "2.5")
     assert type(error) is cls
     assert (error.status, error.code, error.field, error.request_id) == (
-        status, "c", "$.unit_id", "r-1",
-    )  # fmt: skip
+        status,
+        "c",
+        "$.unit_id",
+        "r-1",
+    )
     assert error.retryable is retryable
     if isinstance(error, RateLimitedError):
         assert error.retry_after_s == 2.5
@@ -169,8 +178,9 @@ def channel(capacity: int = 100) -> Any:
     buffer: EventBuffer[OutcomeRequest] = EventBuffer(capacity)
     for i in range(10):
         buffer.add(outcome(i))
-    return outcome_channel(buffer, 10, RetryPolicy(attempts=1, base_s=0.1, cap_s=0.4),
-                           np.random.default_rng(1))  # fmt: skip
+    return outcome_channel(
+        buffer, 10, RetryPolicy(attempts=1, base_s=0.1, cap_s=0.4), np.random.default_rng(1)
+    )
 
 
 def test_flush_rejects_the_one_item_a_422_names() -> None:
@@ -243,8 +253,14 @@ class Stub:
 def stub_client(stub: Stub, **options: Any) -> TailorClient:
     """A sync client whose transport is the stub."""
     opts = ClientOptions(retry=RetryPolicy(attempts=3, base_s=0.02, cap_s=0.05), **options)
-    return TailorClient("http://stub", "k", options=opts, transport=httpx.MockTransport(stub),
-                        rng=np.random.default_rng(3), close_at_exit=False)  # fmt: skip
+    return TailorClient(
+        "http://stub",
+        "k",
+        options=opts,
+        transport=httpx.MockTransport(stub),
+        rng=np.random.default_rng(3),
+        close_at_exit=False,
+    )
 
 
 STORED = httpx.Response(200, json={"unit_id": "u1", "stored": ["segment"]})
@@ -319,9 +335,24 @@ def test_decide_is_not_retried_and_falls_back() -> None:
 
 def test_decide_retries_when_asked() -> None:
     """With ``decide_attempts=2`` a transient failure is retried once."""
-    ok = httpx.Response(200, json={"decision_id": "d1", "degraded": False, "decisions": [
-        {"placement": "hero", "reason": "split", "policy": "fixed", "propensity": 0.5,
-         "experiment": "e", "variant": "b", "payload": {"h": "B"}}]})  # fmt: skip
+    ok = httpx.Response(
+        200,
+        json={
+            "decision_id": "d1",
+            "degraded": False,
+            "decisions": [
+                {
+                    "placement": "hero",
+                    "reason": "split",
+                    "policy": "fixed",
+                    "propensity": 0.5,
+                    "experiment": "e",
+                    "variant": "b",
+                    "payload": {"h": "B"},
+                }
+            ],
+        },
+    )
     stub = Stub(httpx.ConnectError("refused"), ok)
     with stub_client(stub, decide_attempts=2) as client:
         result = client.decide("u1", ["hero"])
@@ -379,8 +410,14 @@ class BrokenStream(httpx.SyncByteStream):
 
 def line(index: int, unit: str) -> bytes:
     """One NDJSON line of ``/v1/decide/batch``."""
-    decision = {"placement": "subject", "reason": "split", "policy": "fixed",
-                "experiment": "e", "variant": "b", "payload": {"s": "B"}}  # fmt: skip
+    decision = {
+        "placement": "subject",
+        "reason": "split",
+        "policy": "fixed",
+        "experiment": "e",
+        "variant": "b",
+        "payload": {"s": "B"},
+    }
     body = {"index": index, "unit_id": unit, "decision_id": f"d{index}", "decisions": [decision]}
     return msgspec.json.encode(body) + b"\n"
 
@@ -391,8 +428,14 @@ def test_decide_batch_stream_breaking_falls_back_for_the_rest() -> None:
     units = ["a", "b", "c", "d"]
     stub = Stub(httpx.Response(200, stream=BrokenStream([line(0, "a"), line(1, "b")])))
     with stub_client(stub) as client:
-        results = list(client.decide_batch("spring", [{"unit_id": u} for u in units],
-                                           ["subject"], defaults={"subject": "plain"}))  # fmt: skip
+        results = list(
+            client.decide_batch(
+                "spring",
+                [{"unit_id": u} for u in units],
+                ["subject"],
+                defaults={"subject": "plain"},
+            )
+        )
     assert [r.unit_id for r in results] == units
     assert [r["subject"].variant for r in results] == ["b", "b", "plain", "plain"]
     assert [r.fallback for r in results] == [False, False, True, True]

@@ -46,12 +46,13 @@ def definition(salt: str, weights: list[float], **changes: Any) -> Definition:
         "key": "golden",
         "placement": "p",
         "salt": salt,
-        "variants": [DefinitionVariant(key=f"v{i}", weight=w, payload={}) for i, w in
-                     enumerate(weights)],
+        "variants": [
+            DefinitionVariant(key=f"v{i}", weight=w, payload={}) for i, w in enumerate(weights)
+        ],
         "default_variant": "v0",
         "status": "running",
         "version": 1,
-    }  # fmt: skip
+    }
     fields.update(changes)
     return Definition(**fields)
 
@@ -120,7 +121,15 @@ def test_global_holdout_matches_the_server_rule() -> None:
 def test_other_hash_version_disables_local_evaluation() -> None:
     """Definitions for another hash version are installed but never used to decide."""
     ev = LocalEvaluator()
-    ev.install(Definitions(version=1, hash_version=HASH_VERSION + 1, global_holdout=0.0,
-                           kill_switch=False, experiments=[], remote_placements=[]))  # fmt: skip
+    ev.install(
+        Definitions(
+            version=1,
+            hash_version=HASH_VERSION + 1,
+            global_holdout=0.0,
+            kill_switch=False,
+            experiments=[],
+            remote_placements=[],
+        )
+    )
     assert not ev.ready
     assert not ev.can_evaluate("p")

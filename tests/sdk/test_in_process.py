@@ -254,8 +254,12 @@ async def test_local_evaluation_agrees_with_the_server(api: Client, tag: str) ->
         },
     )
     await running(api, f"fallback-{tag}", p["target"])
-    await running(api, f"tonly-{tag}", p["tonly"],
-                  targeting={"attribute": "device", "op": "eq", "value": "mobile"})  # fmt: skip
+    await running(
+        api,
+        f"tonly-{tag}",
+        p["tonly"],
+        targeting={"attribute": "device", "op": "eq", "value": "mobile"},
+    )
     await running(api, f"l1-{tag}", p["layer"], layer=f"L{tag}", traffic=0.5)
     await running(api, f"l2-{tag}", p["layer"], layer=f"L{tag}", traffic=0.3)
     await running(api, f"paused-{tag}", p["paused"])
