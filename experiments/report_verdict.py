@@ -53,7 +53,7 @@ def format_chance(p: float) -> str:
     return f"{p:.0%}"
 
 
-def _sentence(c: Comparison, metric: str, level: float) -> str:
+def _sentence(c: Comparison, metric: str, level: float, family: int) -> str:
     a = c.sequential.absolute
     numbers = format_points(a.estimate, a.lower, a.upper, level)
     chance = format_chance(c.bayesian.chance_to_beat_control)
@@ -61,6 +61,11 @@ def _sentence(c: Comparison, metric: str, level: float) -> str:
         lead = f"{c.variant} beats {c.control} on {metric}"
     elif c.significant:
         lead = f"{c.variant} is worse than {c.control} on {metric}"
+    elif family > 1 and (a.lower > 0 or a.upper < 0):
+        lead = (
+            f"No clear difference between {c.variant} and {c.control} on {metric} yet "
+            f"(after correcting for {family} comparisons)"
+        )
     else:
         lead = f"No clear difference between {c.variant} and {c.control} on {metric} yet"
     return f"{lead}: {numbers}, chance to beat {chance}"
@@ -142,12 +147,15 @@ def verdict(
     if not rate_comparisons:
         return Verdict(
             status="no_data",
-            headline=(f"Not enough units to compare variants on {primary.metric} yet; {srm_text}."),
+            headline=f"Not enough units to compare variants on {primary.metric} yet; {srm_text}.",
             details=[],
         )
     best = _best(rate_comparisons)
-    headline = f"{_sentence(best, primary.metric, level)}; {srm_text}."
-    details = [_sentence(c, primary.metric, level) + "." for c in rate_comparisons if c is not best]
+    family = sum(len(m.comparisons) for m in metrics)
+    headline = f"{_sentence(best, primary.metric, level, family)}; {srm_text}."
+    details = [
+        _sentence(c, primary.metric, level, family) + "." for c in rate_comparisons if c is not best
+    ]
     for c in primary.comparisons:
         if c.measure == "value_per_unit":
             a = c.sequential.absolute
