@@ -125,7 +125,8 @@ def test_sync_decide_over_the_socket(api: ApiServer, tag: str) -> None:
     variants = [{"key": "a", "payload": {"h": "A"}}, {"key": "b", "payload": {"h": "B"}}]
     start_experiment(api, f"hero-{tag}", f"home-{tag}", variants)
     latencies = []
-    with client_for(api.url) as client, httpx.Client(base_url=api.url) as raw:
+    # A generous timeout: this test pins answers, not the deadline (a loaded CI box is slow).
+    with client_for(api.url, decide_timeout_s=2.0) as client, httpx.Client(base_url=api.url) as raw:
         for i in range(60):
             unit = f"u-{tag}-{i}"
             started = time.perf_counter()
@@ -152,7 +153,7 @@ def test_fail_open_with_nothing_listening(tag: str) -> None:
         elapsed = time.monotonic() - started
         assert result.fallback and isinstance(result.error, TransportError)
         assert (result["hero"].variant, result["footer"].variant) == ("control", None)
-        assert elapsed < 0.1
+        assert elapsed < 0.15  # a refused connection fails at once, well before any timeout
         for i in range(10):
             client.track_outcome("click", unit_id=f"u-{tag}", value=i)
         eventually(lambda: client.stats.outcomes.failed_flushes >= 2, timeout=5)
@@ -176,7 +177,7 @@ def test_slow_server_gives_defaults_within_the_timeout(
             )
             elapsed = time.monotonic() - started
             assert result.fallback and isinstance(result.error, RequestTimeout)
-            assert timeout_s * 0.9 <= elapsed < timeout_s + 0.15
+            assert timeout_s * 0.9 <= elapsed < timeout_s + 0.2
             patient = client.decide(f"u-{tag}", [f"slow-{tag}"], timeout_s=3.0)
             assert not patient.fallback and patient[f"slow-{tag}"].experiment == f"slow-{tag}"
     finally:
@@ -194,7 +195,7 @@ async def test_slow_server_async_client_deadline(api: ApiServer, tag: str) -> No
     finally:
         proxy.close()
     assert result.fallback and isinstance(result.error, RequestTimeout)
-    assert 0.09 <= elapsed < 0.2
+    assert 0.09 <= elapsed < 0.3
 
 
 def test_no_outcome_lost_when_the_server_restarts(
