@@ -25,6 +25,8 @@ __all__ = [
     "RecipientResult",
     "fallback_decisions",
     "from_server",
+    "recipient_fallback",
+    "recipient_result",
 ]
 
 FALLBACK_REASON = "fallback"

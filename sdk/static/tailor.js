@@ -2,13 +2,16 @@
  *
  * <html class="tailor-hide">  (optional anti-flicker: with the CSS rule
  *   .tailor-hide [data-tailor-placement] { visibility: hidden }  the snippet removes the class
- *   when it is done, decided or not)
+ *   when it is done, decided or not; add an inline timer that removes it too, in case this
+ *   file never loads: setTimeout(function () { document.documentElement.classList
+ *   .remove('tailor-hide'); }, 1500))
  * <script async src="https://API/sdk/tailor.js" data-key="DECIDE_ONLY_KEY"></script>
  *
  * Script attributes: data-api (default: the script's origin), data-key (a key holding only the
  * decide scope: it travels as ?key=), data-unit (default: the tailor_uid cookie, created on
  * first visit; without consent an id for this page view only), data-consent="false",
  * data-timeout (ms, default 1000), data-context (JSON object merged into the context).
+ * Context sent: page (path only), referrer (no query), device, language, local_hour.
  *
  * Markup: data-tailor-placement="home_hero" on a container; inside it (or on it)
  *   data-tailor-field="headline"                   textContent = payload.headline
@@ -59,7 +62,7 @@
       language: (navigator.language || '').slice(0, 32),
       local_hour: new Date().getHours()
     };
-    if (document.referrer) ctx.referrer = document.referrer.slice(0, 1024);
+    try { var ref = new URL(document.referrer); ctx.referrer = (ref.origin + ref.pathname).slice(0, 1024); } catch (e) { /* none */ }
     try { Object.assign(ctx, JSON.parse(attr('data-context') || '{}')); } catch (e) { /* keep defaults */ }
     return ctx;
   }
