@@ -398,13 +398,6 @@ class AsyncTailorClient:
             return  # no loop yet: the first call made inside one starts the task
         self._task = asyncio.create_task(self._run(), name="tailor-sdk")
 
-    def _due(self, channel: Channel[Any], last: float, not_before: float) -> float | None:
-        waiting = len(channel.buffer)
-        if not waiting:
-            return None
-        urgent = waiting >= self.options.flush_size or self._urgent > 0
-        return max(last if urgent else last + self.options.flush_interval_s, not_before)
-
     async def _run(self) -> None:
         """The background task: flush each channel when due, refresh definitions, sleep."""
         opts = self.options
@@ -424,14 +417,18 @@ class AsyncTailorClient:
                         log.warning("tailor: definitions refresh failed: %s", exc)
                 wakeups.append(next_refresh)
             for i, channel in enumerate(self._channels):
-                due = self._due(channel, last[i], not_before[i])
+                due = channel.due_at(
+                    last[i], not_before[i], opts.flush_interval_s, self._urgent > 0
+                )
                 if due is None:
                     continue
                 if due <= time.monotonic():
                     delay = await self._flush(channel)
                     last[i] = time.monotonic()
                     not_before[i] = last[i] + delay
-                    due = self._due(channel, last[i], not_before[i])
+                    due = channel.due_at(
+                        last[i], not_before[i], opts.flush_interval_s, self._urgent > 0
+                    )
                 if due is not None:
                     wakeups.append(due)
             self._progress.set()

@@ -450,14 +450,18 @@ class TailorClient:
                         log.warning("tailor: definitions refresh failed: %s", exc)
                 wakeups.append(next_refresh)
             for i, channel in enumerate(self._channels):
-                due = self._due(channel, last[i], not_before[i])
+                due = channel.due_at(
+                    last[i], not_before[i], opts.flush_interval_s, self._urgent > 0
+                )
                 if due is None:
                     continue
                 if due <= time.monotonic():
                     delay = self._flush(channel)
                     last[i] = time.monotonic()
                     not_before[i] = last[i] + delay
-                    due = self._due(channel, last[i], not_before[i])
+                    due = channel.due_at(
+                        last[i], not_before[i], opts.flush_interval_s, self._urgent > 0
+                    )
                 if due is not None:
                     wakeups.append(due)
             with self._progress:
@@ -466,14 +470,6 @@ class TailorClient:
             if wait > 0:
                 self._wake.wait(wait)
                 self._wake.clear()
-
-    def _due(self, channel: Channel[Any], last: float, not_before: float) -> float | None:
-        """When ``channel`` should next send (None: nothing waits)."""
-        waiting = len(channel.buffer)
-        if not waiting:
-            return None
-        urgent = waiting >= self.options.flush_size or self._urgent > 0
-        return max(last if urgent else last + self.options.flush_interval_s, not_before)
 
     def _flush(self, channel: Channel[Any]) -> float:
         """Send one batch of ``channel``; returns seconds before its next attempt."""

@@ -68,6 +68,20 @@ class Channel(Generic[T]):
         self._rng = rng
         self.failures = 0
 
+    def due_at(
+        self, last: float, not_before: float, interval_s: float, urgent: bool
+    ) -> float | None:
+        """When this channel should send next (monotonic seconds), or None when nothing waits.
+
+        A full batch, or an urgent flush (``flush()``/``close()``), is due right after the last
+        send; otherwise ``interval_s`` after it; never before the backoff's ``not_before``.
+        """
+        waiting = len(self.buffer)
+        if not waiting:
+            return None
+        now_due = urgent or waiting >= self.batch_size
+        return max(last if now_due else last + interval_s, not_before)
+
     def next_batch(self) -> list[T]:
         """The oldest waiting events, now in flight (empty when nothing waits)."""
         return self.buffer.take(self._limit)
