@@ -65,9 +65,11 @@ def _num(x: float, digits: int = 2) -> str:
 
 
 def _pp(iv: Interval) -> str:
+    # A difference of rates lies in [-1, 1]: wider interval ends are shown clipped there.
     if math.isnan(iv.estimate):
         return "–"
-    return f"{iv.estimate * 100:+.2f} pp [{iv.lower * 100:.2f}, {iv.upper * 100:.2f}]"
+    lo, hi = max(iv.lower, -1.0), min(iv.upper, 1.0)
+    return f"{iv.estimate * 100:+.2f} pp [{lo * 100:.2f}, {hi * 100:.2f}]"
 
 
 def _plain(iv: Interval) -> str:

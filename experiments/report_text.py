@@ -41,7 +41,8 @@ def _iv(iv: Interval, rate: bool) -> str:
         return "-"
     k = 100.0 if rate else 1.0
     unit = " pp" if rate else ""
-    return f"{iv.estimate * k:+.2f}{unit} [{iv.lower * k:.2f}, {iv.upper * k:.2f}]"
+    lo, hi = (max(iv.lower, -1.0), min(iv.upper, 1.0)) if rate else (iv.lower, iv.upper)
+    return f"{iv.estimate * k:+.2f}{unit} [{lo * k:.2f}, {hi * k:.2f}]"
 
 
 def _comparison(c: Comparison) -> list[str]:

@@ -31,9 +31,13 @@ def _decimals(x: float) -> int:
 
 
 def format_points(estimate: float, lower: float, upper: float, level: float) -> str:
-    """A rate difference in percentage points with its interval: "+1.8 pp, 95% CI [0.6, 3.0]"."""
+    """A rate difference in percentage points with its interval: "+1.8 pp, 95% CI [0.6, 3.0]".
+
+    Interval ends beyond ±100 pp (early confidence sequences) are clipped to the possible range.
+    """
     if math.isnan(estimate):
         return "n/a"
+    lower, upper = max(lower, -1.0), min(upper, 1.0)
     d = _decimals(estimate * 100)
     return f"{estimate * 100:+.{d}f} pp, {level:.0%} CI [{lower * 100:.{d}f}, {upper * 100:.{d}f}]"
 

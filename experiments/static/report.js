@@ -35,6 +35,11 @@
   var LABELS = { "~holdout": "holdout", "~global_holdout": "global holdout" };
   function armLabel(arm) { return LABELS[arm] || arm; }
 
+  // Rate differences lie in [-1, 1]; early confidence sequences are wider and drawn clipped.
+  function clip(iv) {
+    return { estimate: iv.estimate, lower: Math.max(iv.lower, -1), upper: Math.min(iv.upper, 1) };
+  }
+
   function finite(x) { return typeof x === "number" && isFinite(x); }
 
   function extent(values) {
@@ -100,7 +105,7 @@
       if (m.role === "secondary") { return; }
       m.comparisons.forEach(function (c) {
         if (c.measure !== "conversion_rate") { return; }
-        rows.push({ label: c.variant + " · " + m.metric, fixed: c.lift.absolute, seq: c.sequential.absolute, direction: c.direction });
+        rows.push({ label: c.variant + " · " + m.metric, fixed: clip(c.lift.absolute), seq: clip(c.sequential.absolute), direction: c.direction });
       });
     });
     if (!rows.length) { empty(container, "No comparisons yet."); return; }

@@ -1,0 +1,208 @@
+"""The report page: who may open it, how its key travels, and that Chromium draws its charts."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from decision_api.app import create_app
+from decision_api.settings import AuthSettings, Settings
+from tests.experiments.report_rows import insert_log, random_log
+
+Client = AsyncTestClient[Litestar]
+ADMIN, REPORT, DECIDE = "admin-secret", "report-secret", "decide-secret"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+SPEC = {
+    "key": "exp",
+    "name": "Homepage hero",
+    "hypothesis": "A bolder hero lifts purchases",
+    "placement": "home",
+    "variants": [{"key": "control"}, {"key": "b"}, {"key": "c"}],
+    "default_variant": "control",
+    "primary_metric": "purchase",
+    "guardrail_metrics": ["unsubscribe"],
+    "reward": {"rules": [{"type": "purchase", "reward": 1.0}]},
+}
+
+
+@pytest.fixture(scope="module")
+async def client(shared_settings: Settings) -> AsyncIterator[Client]:
+    """One app for the module (its tests only read), with admin, report and decide keys, an
+    experiment and a random log."""
+    keyed = msgspec.structs.replace(
+        shared_settings,
+        auth=AuthSettings(api_keys=f"{ADMIN}:admin,{REPORT}:report,{DECIDE}:decide"),
+    )
+    async with AsyncTestClient(app=create_app(keyed)) as c:
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        assert (await c.post("/v1/experiments", json=SPEC, headers=admin)).status_code == 201
+        insert_log(c.app.state.services.event_log, random_log(np.random.default_rng(5)))
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": f"Bearer {DECIDE}"}, 403),
+        ({"X-API-Key": REPORT}, 200),
+        ({"Authorization": f"Bearer {ADMIN}"}, 200),
+    ],
+)
+async def test_json_report_needs_the_report_scope(
+    client: Client, headers: dict[str, str], status: int
+) -> None:
+    """The JSON report admits keys with the report (or admin) scope only."""
+    response = await client.get("/v1/experiments/exp/report", headers=headers)
+    assert response.status_code == status
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"from": "yesterday"}, "$.from"),
+        ({"level": "2"}, "$.level"),
+        ({"from": "2024-02-01", "to": "2024-01-01"}, "$.to"),
+        ({"metric": "Bad Metric"}, "$.metric"),
+        ({"correction": "bonferroni"}, "$.correction"),
+    ],
+)
+async def test_bad_parameters_name_the_field(
+    client: Client, params: dict[str, str], field: str
+) -> None:
+    """Unusable query parameters get a 422 problem naming the parameter."""
+    response = await client.get(
+        "/v1/experiments/exp/report", params=params, headers={"X-API-Key": REPORT}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == field
+
+
+async def test_unknown_experiment_is_404(client: Client) -> None:
+    """A report of an experiment that does not exist is a 404."""
+    response = await client.get("/v1/experiments/nope/report", headers={"X-API-Key": REPORT})
+    assert response.status_code == 404
+
+
+async def test_page_takes_its_key_once_from_the_url(client: Client) -> None:
+    """Without a key the page asks for one; ?key= with a report key becomes an HttpOnly cookie
+    and a redirect to the same URL without the key; the cookie then opens the page."""
+    ask = await client.get("/reports/exp")
+    assert ask.status_code == 401 and 'name="key"' in ask.text
+    wrong = await client.get("/reports/exp", params={"key": DECIDE})
+    assert wrong.status_code == 401 and "lacks the report scope" in wrong.text
+    hop = await client.get(
+        "/reports/exp", params={"key": REPORT, "segment": "device"}, follow_redirects=False
+    )
+    assert hop.status_code == 303
+    assert hop.headers["location"] == "/reports/exp?segment=device"
+    cookie = hop.headers["set-cookie"]
+    assert "tailor_report_key=" in cookie and "HttpOnly" in cookie
+    assert "samesite=strict" in cookie.lower() and "Path=/reports" in cookie
+    page = await client.get("/reports/exp?segment=device", cookies={"tailor_report_key": REPORT})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<section class="verdict' in page.text and "By segment" in page.text
+    assert REPORT not in page.text
+
+
+async def test_assets_are_served_without_a_key(client: Client) -> None:
+    """The page's script and style sheet come from the API itself; other names are 404."""
+    js = await client.get("/reports/static/report.js")
+    assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+    assert (await client.get("/reports/static/report.css")).status_code == 200
+    assert (await client.get("/reports/static/evil.js")).status_code == 404
+
+
+class _Site(http.server.BaseHTTPRequestHandler):
+    """Serves fixed bytes per path (the page and assets exactly as the API returned them)."""
+
+    pages: dict[str, tuple[bytes, str]] = {}
+
+    def do_GET(self) -> None:
+        body, media = self.pages.get(self.path, (b"", ""))
+        self.send_response(200 if media else 404)
+        self.send_header("Content-Type", media or "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def site() -> Iterator[tuple[str, type[_Site]]]:
+    """A local HTTP server for a snapshot of the page (Chromium cannot reach the test client)."""
+
+    class Site(_Site):
+        pages: dict[str, tuple[bytes, str]] = {}
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", Site
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_chromium_draws_the_charts_without_errors(
+    client: Client, site: tuple[str, type[_Site]], tmp_path: Path
+) -> None:
+    """Headless Chromium renders the page's three SVG charts from the embedded JSON with no
+    script error, offline (no request leaves the page's own server); a screenshot is saved to
+    artifacts/report_page.png."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "install Chromium (apt-get install -y chromium; scripts/bootstrap does it)"
+    base, handler = site
+    key = {"X-API-Key": REPORT}
+    page = await client.get("/reports/exp", params={"segment": "device"}, headers=key)
+    assert page.status_code == 200
+    handler.pages["/reports/exp"] = (page.content, "text/html; charset=utf-8")
+    for name in ("report.js", "report.css"):
+        asset = await client.get(f"/reports/static/{name}")
+        handler.pages[f"/reports/static/{name}"] = (asset.content, asset.headers["content-type"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report_page.png"
+    shot.unlink(missing_ok=True)
+    run = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--window-size=1200,2400",
+            f"--screenshot={shot}",
+            "--dump-dom",
+            f"{base}/reports/exp",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    dom = run.stdout.decode()
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert re.search(r'<html[^>]*data-charts="ok"', dom), dom[:500]
+    assert "data-chart-errors" not in dom
+    for chart in ("chart-daily", "chart-lift", "chart-segments"):
+        block = dom.split(f'id="{chart}"', 1)[1].split("</figure>", 1)[0]
+        assert "<svg" in block and ("<path" in block or "<line" in block)
+    assert shot.stat().st_size > 10_000
