@@ -10,7 +10,7 @@ through ``on_load_failure`` (a metric and a log line).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import structlog
@@ -76,6 +76,15 @@ class ServingPolicies:
         if current is None:
             return None
         return current.policy.choose(context, current.spec.candidates, rng)
+
+    def choose_many(
+        self, experiment: str, contexts: Sequence[Context], rng: np.random.Generator
+    ) -> list[Choice] | None:
+        """The current model's choices for many contexts (one ``choose_many`` call), or None."""
+        current = self._serving.get(experiment)
+        if current is None:
+            return None
+        return current.policy.choose_many(contexts, current.spec.candidates, rng)
 
     async def poll(self) -> int:
         """Swap in every newer snapshot (or rebuilt definition); returns how many swapped."""

@@ -52,6 +52,15 @@ class PolicyProvider(Protocol):
         """The policy's choice for this context, or None when no model is loaded."""
         ...
 
+    def choose_many(
+        self,
+        compiled: Compiled,
+        contexts: Sequence[Mapping[str, Any]],
+        rng: np.random.Generator,
+    ) -> Sequence[Choice] | None:
+        """The policy's choices for many contexts in one call, or None when no model is loaded."""
+        ...
+
     def remember(
         self,
         decision_id: str,
@@ -143,12 +152,12 @@ class DecisionEngine:
         self._sensitive = sensitive_features
         self._counters: dict[tuple[str, str], Any] = {}
 
-    def _count(self, policy: str, reason: str) -> None:
+    def _count(self, policy: str, reason: str, n: int = 1) -> None:
         counter = self._counters.get((policy, reason))
         if counter is None:
             counter = self._metrics.decisions.labels(policy, reason)
             self._counters[policy, reason] = counter
-        counter.inc()
+        counter.inc(n)
 
     async def decide(
         self,
@@ -213,43 +222,93 @@ class DecisionEngine:
 
     def log_exposures(self, unit: UnitCall, placed: Sequence[Placed], campaign: str = "") -> None:
         """Count and log the exposures of a unit's placement decisions."""
-        logged_unit = unit.unit_id if unit.consent else self._pseudonymise(unit.unit_id)
-        logged_context = stringify(unit.attributes) if unit.consent else {}
-        for item in placed:
-            answer = item.answer
-            self._count(answer.policy, answer.reason)
-            compiled = item.compiled
-            if compiled is None:
-                continue
-            experiment = compiled.experiment
-            send_at = answer.send_at
-            self._sink.submit(
-                Exposure(
-                    event_id=new_event_id(),
-                    decision_id=unit.decision_id,
-                    ts_ms=unit.now_ms,
-                    unit_id=logged_unit,
-                    experiment=experiment.key,
-                    experiment_version=experiment.version,
-                    placement=answer.placement,
-                    variant=answer.variant or "",
-                    propensity=answer.propensity,
-                    policy=answer.policy,
-                    policy_version=item.model_version,
-                    reason=answer.reason,
-                    holdout=item.holdout,
-                    context=logged_context,
-                    campaign=campaign,
-                    send_at_ms=int(send_at.timestamp() * 1000) if send_at is not None else None,
+        self.log_exposures_many([unit], [placed], campaign)
+
+    def log_exposures_many(
+        self, units: Sequence[UnitCall], placed: Sequence[Sequence[Placed]], campaign: str = ""
+    ) -> None:
+        """Count and log the exposures of many units' decisions (``placed[i]`` for ``units[i]``);
+        metrics are counted once per (policy, reason) and the events handed over in one call."""
+        counts: dict[tuple[str, str], int] = {}
+        events: list[Exposure] = []
+        append = events.append
+        for unit, items in zip(units, placed, strict=True):
+            if unit.consent:
+                logged_unit, logged_context = unit.unit_id, stringify(unit.attributes)
+            else:
+                logged_unit, logged_context = self._pseudonymise(unit.unit_id), {}
+            for item in items:
+                answer = item.answer
+                label = (answer.policy, answer.reason)
+                counts[label] = counts.get(label, 0) + 1
+                compiled = item.compiled
+                if compiled is None:
+                    continue
+                experiment = compiled.experiment
+                send_at = answer.send_at
+                append(
+                    Exposure(
+                        event_id=new_event_id(),
+                        decision_id=unit.decision_id,
+                        ts_ms=unit.now_ms,
+                        unit_id=logged_unit,
+                        experiment=experiment.key,
+                        experiment_version=experiment.version,
+                        placement=answer.placement,
+                        variant=answer.variant or "",
+                        propensity=answer.propensity,
+                        policy=answer.policy,
+                        policy_version=item.model_version,
+                        reason=answer.reason,
+                        holdout=item.holdout,
+                        context=logged_context,
+                        campaign=campaign,
+                        send_at_ms=int(send_at.timestamp() * 1000) if send_at is not None else None,
+                    )
                 )
-            )
+        for (policy, reason), n in counts.items():
+            self._count(policy, reason, n)
+        if events:
+            self._sink.submit_many(events)
 
     def place(self, placement: str, unit: UnitCall, *, defer_send_time: bool = False) -> Placed:
         """Decide one placement. With ``defer_send_time``, a running send-time experiment that
         would assign comes back ``pending`` (the bulk path chooses hours vectorised)."""
         return self._place(placement, unit, defer_send_time)
 
+    def place_many(
+        self, placement: str, units: Sequence[UnitCall], *, defer_send_time: bool = False
+    ) -> list[Placed]:
+        """Decide one placement for many units: for each unit what :meth:`place` answers, with
+        each experiment's policy choosing for all of its units in one vectorised call."""
+        out: list[Placed | None] = []
+        assigned: dict[str, tuple[Compiled, list[int]]] = {}
+        for i, unit in enumerate(units):
+            routed = self._route(placement, unit, defer_send_time)
+            if isinstance(routed, Placed):
+                out.append(routed)
+                continue
+            out.append(None)
+            group = assigned.get(routed.experiment.key)
+            if group is None:
+                assigned[routed.experiment.key] = (routed, [i])
+            else:
+                group[1].append(i)
+        for compiled, members in assigned.values():
+            chosen = self._choose_many(compiled, [units[i] for i in members])
+            for i, choice in zip(members, chosen, strict=True):
+                out[i] = self._assign(placement, compiled, units[i], choice)
+        return [p for p in out if p is not None]
+
     def _place(self, placement: str, unit: UnitCall, defer_send_time: bool = False) -> Placed:
+        routed = self._route(placement, unit, defer_send_time)
+        if isinstance(routed, Placed):
+            return routed
+        return self._assign(placement, routed, unit, self._choose(routed, unit))
+
+    def _route(self, placement: str, unit: UnitCall, defer_send_time: bool) -> Placed | Compiled:
+        """The placement's answer when it is a default (or a pending send time), else the
+        experiment whose policy assigns the unit."""
         fallback: tuple[Compiled, str] | None = None
         unit_id = unit.unit_id
         for compiled in self._cache.for_placement(placement):
@@ -279,7 +338,7 @@ class DecisionEngine:
                 placed = self._default(placement, compiled, "pending")
                 placed.pending = True
                 return placed
-            return self._assign(placement, compiled, unit)
+            return compiled
         if fallback is not None:
             return self._default(placement, *fallback)
         return Placed(
@@ -289,12 +348,24 @@ class DecisionEngine:
             model_version="",
         )
 
-    def _assign(self, placement: str, compiled: Compiled, unit: UnitCall) -> Placed:
+    def _choose(self, compiled: Compiled, unit: UnitCall) -> Choice | None:
+        if isinstance(compiled.experiment.policy, FixedConfig) or self._policies is None:
+            return None
+        return self._policies.choose(compiled, unit.attributes, self._rng)
+
+    def _choose_many(
+        self, compiled: Compiled, units: Sequence[UnitCall]
+    ) -> Sequence[Choice | None]:
+        if isinstance(compiled.experiment.policy, FixedConfig) or self._policies is None:
+            return [None] * len(units)
+        chosen = self._policies.choose_many(compiled, [u.attributes for u in units], self._rng)
+        return [None] * len(units) if chosen is None else chosen
+
+    def _assign(
+        self, placement: str, compiled: Compiled, unit: UnitCall, choice: Choice | None
+    ) -> Placed:
         exp = compiled.experiment
-        choice = None
         learning = not isinstance(exp.policy, FixedConfig)
-        if learning and self._policies is not None:
-            choice = self._policies.choose(compiled, unit.attributes, self._rng)
         if choice is None:
             index = pick_bucket(unit_hash(exp.hash_salt, unit.unit_id), compiled.cumulative)
             lower = compiled.cumulative[index - 1] if index else 0.0

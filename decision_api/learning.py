@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,15 @@ class LearningPolicies:
     ) -> Choice | None:
         """The current model's choice for this context."""
         return self.serving.choose(compiled.experiment.key, context, rng)
+
+    def choose_many(
+        self,
+        compiled: Compiled,
+        contexts: Sequence[Mapping[str, Any]],
+        rng: np.random.Generator,
+    ) -> list[Choice] | None:
+        """The current model's choices for many contexts, in one vectorised call."""
+        return self.serving.choose_many(compiled.experiment.key, contexts, rng)
 
     def policy(self, experiment: str) -> Policy | None:
         """The model currently serving an experiment (for bulk, vectorised choices)."""
