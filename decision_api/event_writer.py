@@ -112,9 +112,22 @@ class EventWriter:
             self._wake.set()
 
     def submit_many(self, events: Iterable[Event]) -> None:
-        """Buffer several events."""
-        for event in events:
-            self.submit(event)
+        """Buffer several events (as many ``submit`` calls, in one step)."""
+        batch = list(events)
+        room = self._max_buffered - self._buffered
+        if len(batch) > room:
+            lost = len(batch) - max(room, 0)
+            batch = batch[: max(room, 0)]
+            self.dropped += lost
+            self._metrics.events_dropped(lost)
+            log.error("event_dropped", reason="buffer_full", buffered=self._buffered, count=lost)
+        buffers = self._buffers
+        for event in batch:
+            buffers[TABLE_OF[type(event)]].append(event)
+        self._buffered += len(batch)
+        self.accepted += len(batch)
+        if self._buffered >= self._batch_size:
+            self._wake.set()
 
     def start(self) -> None:
         """Start the background flush loop."""
