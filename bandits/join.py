@@ -144,27 +144,39 @@ return finalize(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 _REMEMBER = """
 local prefix, due = ARGV[1], ARGV[2]
 local n = 0
-for _, r in ipairs(cjson.decode(ARGV[3])) do
-  local did, exp, unit = r[1], r[2], r[3]
-  local wend, ttl = r[5], r[6]
-  local rec = prefix .. ':dec:{' .. did .. '}:' .. exp
-  redis.call('HSET', rec, 'rec', r[4], 'wend', string.format('%d', wend), 'dflt', r[7],
-             'lo', r[8], 'hi', r[9], 'agg', r[10])
-  redis.call('PEXPIRE', rec, ttl)
-  redis.call('ZADD', due, wend, did .. '|' .. exp)
-  local exps = prefix .. ':dec:{' .. did .. '}:exps'
-  redis.call('SADD', exps, exp)
-  redis.call('PEXPIRE', exps, ttl)
-  local index = prefix .. ':u:{' .. unit .. '}:join'
-  redis.call('HSET', index, exp, did)
-  redis.call('PEXPIRE', index, ttl)
-  n = n + 1
+for _, g in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local did, unit = g[1], g[2]
+  local tag = prefix .. ':dec:{' .. did .. '}:'
+  local scored, exps, index = {}, {}, {}
+  local ttl, ttl_text = -1, '1'
+  for i = 3, #g do
+    local r = g[i]
+    local exp, wend = r[1], r[3]
+    local rec = tag .. exp
+    redis.call('HSET', rec, 'rec', r[2], 'wend', wend, 'dflt', r[5], 'lo', r[6], 'hi', r[7],
+               'agg', r[8])
+    redis.call('PEXPIRE', rec, r[4])
+    scored[#scored + 1] = wend
+    scored[#scored + 1] = did .. '|' .. exp
+    exps[#exps + 1] = exp
+    index[#index + 1] = exp
+    index[#index + 1] = did
+    if tonumber(r[4]) > ttl then ttl, ttl_text = tonumber(r[4]), r[4] end
+    n = n + 1
+  end
+  redis.call('ZADD', due, unpack(scored))
+  redis.call('SADD', tag .. 'exps', unpack(exps))
+  redis.call('PEXPIRE', tag .. 'exps', ttl_text)
+  local key = prefix .. ':u:{' .. unit .. '}:join'
+  redis.call('HSET', key, unpack(index))
+  redis.call('PEXPIRE', key, ttl_text)
 end
 return n
 """
 REMEMBER_BATCH = 500
 
 _encoder = msgspec.json.Encoder()
+_packer = msgspec.msgpack.Encoder()
 _record_decoder = msgspec.json.Decoder(DecisionRecord)
 
 
@@ -217,41 +229,29 @@ class RewardJoin:
             return await self._flush()
 
     async def _flush(self) -> int:
-        """Write queued decisions, ``REMEMBER_BATCH`` per script call; returns how many.
+        """Write queued decisions, about ``REMEMBER_BATCH`` per script call; returns how many.
 
         One script call carries many records: per-command client overhead (not Redis) is what
-        limits bulk decisions, so records travel as arguments of a few large calls.
+        limits bulk decisions, so records travel as one msgpack argument of a few large calls
+        (the record JSON inside it as a plain string, never re-escaped). A decision's records (one
+        per experiment) travel together and share their index writes. The calls are awaited
+        one by one, so reads from other clients interleave with a long flush.
         """
         if not self._pending:
             return 0
         batch, self._pending = self._pending, []
+        sent: set[str] = set()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for start in range(0, len(batch), REMEMBER_BATCH):
-                    rows = [
-                        (
-                            record.decision_id,
-                            record.experiment,
-                            record.unit_id,
-                            _encoder.encode(record).decode(),
-                            window_end,
-                            max(1, window_end - record.decided_ms) + RECORD_GRACE_MS,
-                            repr(rules.default),
-                            repr(rules.lo),
-                            repr(rules.hi),
-                            rules.aggregation,
-                        )
-                        for record, rules, window_end in batch[start : start + REMEMBER_BATCH]
-                    ]
-                    await self._remember(
-                        keys=[self.due_key],
-                        args=[self._prefix, self.due_key, _encoder.encode(rows)],
-                        client=pipe,
-                    )
-                await pipe.execute()
+            for payload, decisions in _remember_calls(batch):
+                await self._remember(
+                    keys=[self.due_key], args=[self._prefix, self.due_key, payload]
+                )
+                sent.update(decisions)
         except RedisError:
-            # Put them back (bounded) so a short Redis outage does not lose the join.
-            self._pending = (batch + self._pending)[-100_000:]
+            # Put the unwritten ones back (bounded) so a short Redis outage does not lose the
+            # join; rewriting a record that did reach Redis is harmless (same keys, same values).
+            unsent = [item for item in batch if item[0].decision_id not in sent]
+            self._pending = (unsent + self._pending)[-100_000:]
             raise
         return len(batch)
 
@@ -334,6 +334,45 @@ class RewardJoin:
             # Every member read leaves the due set (finalised, or already gone): no re-reads.
             if len(members) < limit:
                 return done
+
+
+def _remember_calls(
+    batch: Sequence[tuple[DecisionRecord, JoinRules, int]],
+) -> list[tuple[bytes, list[str]]]:
+    """The script arguments writing ``batch``: (msgpack payload, its decision ids) per call.
+
+    The payload lists decisions as ``[decision_id, unit_id, row, ...]`` with one row per
+    experiment: experiment, record JSON, window end, key TTL (ms), default reward, clip range,
+    aggregation. ``batch`` is grouped by decision in first-seen order and the groups cut into
+    calls of about ``REMEMBER_BATCH`` records; a decision never spans two calls.
+    """
+    rule_args: dict[int, tuple[str, str, str, str]] = {}
+    groups: dict[str, list[Any]] = {}
+    for record, rules, end in batch:
+        args = rule_args.get(id(rules))
+        if args is None:
+            args = rule_args[id(rules)] = (
+                repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation
+            )
+        ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
+        row = (record.experiment, _encoder.encode(record).decode(), str(end), str(ttl), *args)
+        group = groups.get(record.decision_id)
+        if group is None:
+            groups[record.decision_id] = [record.decision_id, record.unit_id, row]
+        else:
+            group.append(row)
+    calls: list[tuple[bytes, list[str]]] = []
+    part: list[list[Any]] = []
+    count = 0
+    for group in groups.values():
+        part.append(group)
+        count += len(group) - 2
+        if count >= REMEMBER_BATCH:
+            calls.append((_packer.encode(part), [g[0] for g in part]))
+            part, count = [], 0
+    if part:
+        calls.append((_packer.encode(part), [g[0] for g in part]))
+    return calls
 
 
 def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:
