@@ -25,6 +25,7 @@ from decision_api.routes.definitions import definitions
 from decision_api.routes.dependencies import provide_services
 from decision_api.routes.experiments import ExperimentController
 from decision_api.routes.exposures import ExposureController
+from decision_api.routes.imports import ImportController
 from decision_api.routes.keys import KeyController
 from decision_api.routes.models import ModelController
 from decision_api.routes.ops import healthz, metrics, readyz
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> Litestar:
         tailor_js,
         KeyController,
         ReportController,
+        ImportController,
         report_page,
         report_asset,
         ControlController,

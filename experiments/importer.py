@@ -47,14 +47,16 @@ from decision_api.decider import stringify
 from decision_api.errors import EventLogUnavailable
 from decision_api.event_log import EventLog
 from decision_api.events import Exposure, Outcome, Table
-from experiments.models import KEY_PATTERN, Experiment
+from experiments.models import KEY_PATTERN, Experiment, ExperimentSpec
 
 __all__ = [
     "ImportFormat",
     "ImportRejected",
     "ImportSummary",
     "LoggedDecision",
+    "detect_format",
     "import_decisions",
+    "infer_spec",
     "read_rows",
     "validate_rows",
 ]
@@ -420,3 +422,54 @@ def _undo(event_log: EventLog, params: dict[str, str], cause: EventLogUnavailabl
             f"removed ({undo}): run the same import again once the event log is back — it "
             "completes idempotently"
         ) from cause
+
+
+def infer_spec(
+    rows: Sequence[Mapping[str, Any]],
+    key: str,
+    *,
+    placement: str | None = None,
+    default_variant: str | None = None,
+    primary_metric: str | None = None,
+) -> ExperimentSpec:
+    """A draft experiment for ``tailor import --create``: variants are the file's ``variant``
+    values (first seen first, equal weights), the default variant the first of them unless
+    named, the primary metric the most frequent outcome type unless named.
+
+    Raises:
+        ValueError: when the file names no variant, or the result is not a valid definition.
+    """
+    variants: list[str] = []
+    types: dict[str, int] = {}
+    for raw in rows:
+        v = raw.get("variant")
+        if v not in (None, "") and str(v) not in variants:
+            variants.append(str(v))
+        for name, value in raw.items():
+            if name.startswith("outcome.") and value not in (None, ""):
+                t = name[len("outcome.") :]
+                types[t] = types.get(t, 0) + 1
+        try:
+            listed = _as_list(raw.get("outcomes"), "outcomes")
+        except ValueError:
+            listed = []
+        for item in listed:
+            if isinstance(item, dict) and isinstance(item.get("type"), str):
+                types[item["type"]] = types.get(item["type"], 0) + 1
+    if not variants:
+        raise ValueError("the file names no variant to create the experiment with")
+    metric = primary_metric or (max(types, key=lambda t: types[t]) if types else "conversion")
+    try:
+        return msgspec.convert(
+            {
+                "key": key,
+                "placement": placement or key,
+                "variants": [{"key": v} for v in variants],
+                "default_variant": default_variant or variants[0],
+                "primary_metric": metric,
+                "hypothesis": "imported history",
+            },
+            ExperimentSpec,
+        )
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"cannot create {key!r} from the file: {exc}") from exc
