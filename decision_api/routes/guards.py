@@ -55,6 +55,54 @@ URL_KEY_SCOPES: frozenset[str] = frozenset({"decide"})
 """The only scopes a key passed as ``?key=`` may hold."""
 
 
+async def authorize(
+    services: Any,
+    scopes: tuple[Scope, ...],
+    header_key: str | None,
+    url_key: str | None,
+) -> str | None:
+    """Check a request's key against ``scopes`` and its rate limit; returns the key id.
+
+    Returns None when the API is open (no key configured). Raises 401 without a known key, 403
+    without the scope (or for a non-``decide`` key passed in the URL), 429 over the rate limit,
+    and 503 when the key cannot be checked because stored keys are not loaded yet — bootstrap
+    keys keep working while Redis is down.
+    """
+    ring = services.keys
+    if ring.open:
+        return None
+    presented = header_key
+    from_url = False
+    if not presented and url_key and "decide" in scopes:
+        presented, from_url = url_key, True
+    if not presented:
+        if not ring.ready:
+            raise ServiceUnavailable("API keys are not loaded yet (Redis unavailable); retry")
+        raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
+    key = ring.lookup(presented)
+    if key is None and not ring.ready:
+        raise ServiceUnavailable("API keys are not loaded yet (Redis unavailable); retry")
+    if key is None or key.revoked:
+        raise Unauthorized("unknown or revoked API key")
+    if from_url and not key.scopes <= URL_KEY_SCOPES:
+        raise Forbidden(
+            "a key passed in the URL (?key=) may hold only the 'decide' scope; "
+            "send other keys in the Authorization header"
+        )
+    if not key.allows_any(scopes):
+        names = " or ".join(repr(s) for s in scopes)
+        raise Forbidden(f"this API key lacks the {names} scope")
+    current_actor.set(key.key_id)
+    wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
+    if wait is not None:
+        services.metrics.rate_limited.inc()
+        raise RateLimited(
+            f"API key {key.key_id} is over its rate limit; retry later", retry_after_s=wait
+        )
+    key_id: str = key.key_id
+    return key_id
+
+
 def require(*scopes: Scope) -> Guard:
     """A guard admitting keys holding any of ``scopes`` (or ``admin``), within their rate limit.
 
@@ -64,40 +112,15 @@ def require(*scopes: Scope) -> Guard:
     """
     if not scopes:
         raise ValueError("require() needs at least one scope")
-    names = " or ".join(repr(s) for s in scopes)
-    url_keys = "decide" in scopes
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        services = connection.app.state.services
-        ring = services.keys
-        if ring.open:
-            return
-        if not ring.ready:
-            raise ServiceUnavailable("API keys are not loaded yet (Redis unavailable); retry")
-        presented = presented_key(connection)
-        from_url = False
-        if not presented and url_keys:
-            presented = connection.query_params.get("key")
-            from_url = bool(presented)
-        if not presented:
-            raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
-        key = ring.lookup(presented)
-        if key is None or key.revoked:
-            raise Unauthorized("unknown or revoked API key")
-        if from_url and not key.scopes <= URL_KEY_SCOPES:
-            raise Forbidden(
-                "a key passed in the URL (?key=) may hold only the 'decide' scope; "
-                "send other keys in the Authorization header"
-            )
-        if not key.allows_any(scopes):
-            raise Forbidden(f"this API key lacks the {names} scope")
-        connection.scope["state"]["api_key_id"] = key.key_id
-        current_actor.set(key.key_id)
-        wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
-        if wait is not None:
-            services.metrics.rate_limited.inc()
-            raise RateLimited(
-                f"API key {key.key_id} is over its rate limit; retry later", retry_after_s=wait
-            )
+        key_id = await authorize(
+            connection.app.state.services,
+            scopes,
+            presented_key(connection),
+            connection.query_params.get("key"),
+        )
+        if key_id is not None:
+            connection.scope["state"]["api_key_id"] = key_id
 
     return guard
