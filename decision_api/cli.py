@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from decision_api.key_cli import add_key_commands
+from decision_api.report_cli import add_report_commands
 from decision_api.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--name", help="lease holder name (default learn-<pid>)")
     learn.set_defaults(func=cmd_learn)
     add_key_commands(sub)
+    add_report_commands(sub)
     return parser
 
 
