@@ -1,0 +1,178 @@
+"""`tailor report` and `tailor import`: directly on the event log, and through the API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import numpy as np
+import pytest
+from litestar.testing import TestClient
+
+from decision_api.app import create_app
+from decision_api.cli import main
+from decision_api.event_log import ClickHouseEventLog
+from decision_api.events import AuditEntry
+from decision_api.settings import AuthSettings, Settings
+from experiments.models import Experiment, RewardRule, RewardSpec, Variant
+from experiments.report_options import report_options
+from experiments.report_text import render_report_text
+from experiments.reports import build_report
+from tests.experiments.report_rows import insert_log, random_log
+
+EXPERIMENT = Experiment(
+    key="exp",
+    placement="home",
+    variants=[Variant(key="control"), Variant(key="b"), Variant(key="c")],
+    default_variant="control",
+    primary_metric="purchase",
+    guardrail_metrics=["unsubscribe"],
+    reward=RewardSpec(rules=[RewardRule(type="purchase")]),
+)
+CSV = "unit_id,ts,variant,propensity,context.device,outcome.purchase\n"
+
+
+def _audit(event_log: ClickHouseEventLog, experiment: Experiment) -> None:
+    entry = AuditEntry(
+        event_id=uuid.uuid4(),
+        ts_ms=int(time.time() * 1000),
+        actor="test",
+        action="create",
+        entity="experiment",
+        entity_key=experiment.key,
+        version=experiment.version,
+        detail=msgspec.json.encode(experiment).decode(),
+    )
+    event_log.insert("audit", [entry.row()], uuid.uuid4().hex)
+
+
+@pytest.fixture
+def direct(
+    event_log: ClickHouseEventLog, event_log_url: str, monkeypatch: pytest.MonkeyPatch
+) -> ClickHouseEventLog:
+    """The CLI pointed at this test's event log, with no API and no Redis configured."""
+    for name in ("TAILOR_API_URL", "TAILOR_API_KEY", "TAILOR_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TAILOR_EVENT_LOG_URL", event_log_url)
+    return event_log
+
+
+def test_report_reads_the_event_log_directly(
+    direct: ClickHouseEventLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without TAILOR_API_URL the command finds the definition in the audit table and prints
+    the same table the API's text format gives."""
+    _audit(direct, EXPERIMENT)
+    insert_log(direct, random_log(np.random.default_rng(3)))
+    assert main(["report", "exp", "--to", "2023-11-25", "--segment", "device"]) == 0
+    printed = capsys.readouterr().out
+    options = report_options(end="2023-11-25", segment="device")
+    assert printed == render_report_text(build_report(direct, EXPERIMENT, options))
+    assert "purchase (primary)" in printed and "unsubscribe (guardrail)" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["report", "nope"], 1, "no experiment 'nope'"),
+        (["report", "exp", "--from", "soon"], 2, "$.from"),
+    ],
+)
+def test_report_errors(
+    direct: ClickHouseEventLog,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    code: int,
+    message: str,
+) -> None:
+    """Unknown experiments and bad parameters exit non-zero with the reason."""
+    _audit(direct, EXPERIMENT)
+    assert main(argv) == code
+    assert message in capsys.readouterr().err
+
+
+def test_import_loads_a_file_directly(
+    direct: ClickHouseEventLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tailor import` validates and loads a CSV into the experiment; a bad file loads nothing
+    and the error names its rows."""
+    _audit(direct, EXPERIMENT)
+    good = tmp_path / "history.csv"
+    good.write_text(CSV + "u1,2024-01-02T03:04:05Z,b,0.5,mobile,12.5\nu2,1704164645,c,0.25,,\n")
+    assert main(["import", str(good), "--experiment", "exp"]) == 0
+    summary = msgspec.json.decode(capsys.readouterr().out)
+    assert (summary["decisions"], summary["outcomes"]) == (2, 1)
+    bad = tmp_path / "bad.csv"
+    bad.write_text(CSV + "u3,2024-01-02,x,0.5,,\nu4,2024-01-02,b,2,,\n")
+    assert main(["import", str(bad), "--experiment", "exp"]) == 1
+    err = capsys.readouterr().err
+    assert "row 1: variant 'x'" in err and "row 2: propensity 2.0 must be in (0, 1]" in err
+    assert direct.query("SELECT count() FROM exposures") == [(2,)]
+
+
+ADMIN, REPORT = "cli-admin", "cli-report"
+
+
+@pytest.fixture
+def through_api(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TestClient[Any], list[str]]]:
+    """TAILOR_API_URL set; httpx calls go to an in-process app (records the keys sent)."""
+    keyed = msgspec.structs.replace(
+        settings, auth=AuthSettings(api_keys=f"{ADMIN}:admin,{REPORT}:report")
+    )
+    base = "http://tailor.test"
+    sent: list[str] = []
+    with TestClient(app=create_app(keyed)) as client:
+
+        def route(method: str) -> Any:
+            def call(url: str, **kwargs: Any) -> httpx.Response:
+                assert url.startswith(base)
+                kwargs.pop("timeout", None)
+                sent.append(kwargs["headers"].get("Authorization", ""))
+                return client.request(method, url[len(base) :], **kwargs)
+
+            return call
+
+        monkeypatch.setattr(httpx, "get", route("GET"))
+        monkeypatch.setattr(httpx, "post", route("POST"))
+        monkeypatch.setenv("TAILOR_API_URL", base + "/")
+        yield client, sent
+
+
+def test_import_and_report_through_the_api(
+    through_api: tuple[TestClient[Any], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With TAILOR_API_URL the commands call the server with TAILOR_API_KEY: import --create
+    infers the experiment from the file, and report prints the server's text table."""
+    client, sent = through_api
+    rows = [f"u{i},2024-01-02T00:00:{i:02d}Z,{'ab'[i % 2]},0.5,mobile,{i % 3}" for i in range(40)]
+    history = tmp_path / "history.csv"
+    history.write_text(CSV + "\n".join(rows) + "\n")
+    monkeypatch.setenv("TAILOR_API_KEY", ADMIN)
+    argv = ["import", str(history), "--experiment", "legacy", "--create"]
+    assert main(argv) == 0
+    assert msgspec.json.decode(capsys.readouterr().out)["decisions"] == 40
+    definition = client.get("/v1/experiments/legacy", headers={"X-API-Key": ADMIN}).json()
+    assert [v["key"] for v in definition["variants"]] == ["a", "b"]
+    assert definition["primary_metric"] == "purchase"
+    monkeypatch.setenv("TAILOR_API_KEY", REPORT)
+    assert main(["report", "legacy", "--to", "2024-01-03"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("legacy [legacy v1, draft, policy fixed]")
+    assert main(["report", "legacy", "--to", "2024-01-03", "--json"]) == 0
+    report = msgspec.json.decode(capsys.readouterr().out)
+    assert {a["arm"]: a["units"] for a in report["arms"]} == {"a": 20, "b": 20}
+    assert report["off_policy"]["decisions_used"] == 40
+    assert sent == [f"Bearer {ADMIN}", f"Bearer {REPORT}", f"Bearer {REPORT}"]
+    monkeypatch.setenv("TAILOR_API_KEY", "wrong")
+    assert main(["report", "legacy"]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
