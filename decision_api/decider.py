@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -150,6 +150,7 @@ class DecisionEngine:
         self.global_holdout = global_holdout
         self.kill_switch = False
         self._sensitive = sensitive_features
+        self.profile_reader: Callable[[str, float], Awaitable[UnitProfile]] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
 
     def _count(self, policy: str, reason: str, n: int = 1) -> None:
@@ -172,7 +173,10 @@ class DecisionEngine:
         profile = EMPTY_PROFILE
         if consent and not self.kill_switch:
             try:
-                profile = (await self._features.get_profiles([unit_id], now_ms / 1000))[0]
+                if self.profile_reader is not None:
+                    profile = await self.profile_reader(unit_id, now_ms / 1000)
+                else:
+                    profile = (await self._features.get_profiles([unit_id], now_ms / 1000))[0]
             except RedisError as exc:
                 degraded = True
                 self._metrics.degraded.labels("redis").inc()

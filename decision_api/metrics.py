@@ -52,6 +52,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.fast_path = Counter(
+            "tailor_decide_fast_path",
+            "Decide requests served by the fast path (the rest went through the full handler)",
+            registry=r,
+        )
         self.degraded = Counter(
             "tailor_degraded_responses",
             "Responses answered without a backend",

@@ -32,6 +32,7 @@ from decision_api.events import AuditEntry
 from decision_api.feature_store import RedisFeatureStore
 from decision_api.key_store import KeyStore, refresh_ring
 from decision_api.learning import LearnerRunner, LearningPolicies
+from decision_api.profile_batcher import ProfileBatcher
 from decision_api.metrics import Metrics
 from decision_api.rate_limit import RateLimiter
 from decision_api.settings import Settings
@@ -82,6 +83,8 @@ class Services:
             sensitive_features=sensitive_features(settings),
         )
         self.engine.kill_switch = settings.decisions.kill_switch
+        self.profiles = ProfileBatcher(self.features)
+        self.engine.profile_reader = self.profiles.get
         self.key_store = KeyStore(redis, prefix)
         auth = settings.auth
         self.rate_limiter = RateLimiter(

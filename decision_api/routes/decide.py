@@ -10,6 +10,7 @@ from litestar.params import JSONBody
 
 from decision_api.errors import InvalidInput
 from decision_api.event_writer import now_ms
+from decision_api.fast_decide import fast_decide
 from decision_api.routes.guards import require
 from decision_api.schemas import DecideRequest, DecideResponse
 from decision_api.services import Services
@@ -21,7 +22,7 @@ class DecideController(Controller):
     path = "/v1/decide"
     tags = ["decisions"]
 
-    @post("", guards=[require("decide")], status_code=200)
+    @post("", guards=[require("decide")], status_code=200, middleware=[fast_decide])
     async def decide(
         self, data: JSONBody[DecideRequest], services: NamedDependency[Services]
     ) -> DecideResponse:

@@ -1,0 +1,100 @@
+"""The fast path of /v1/decide answers exactly like the full handler, and only the happy path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from decision_api.app import create_app
+from decision_api.settings import AuthSettings, Settings
+
+EXPERIMENT = {
+    "key": "fast-hero",
+    "placement": "fast_hero",
+    "variants": [
+        {"key": "a", "weight": 1, "payload": {"img": "a.png"}},
+        {"key": "b", "weight": 3, "payload": {"img": "b.png"}},
+    ],
+    "default_variant": "a",
+}
+
+
+def _fast_hits(app: Litestar) -> float:
+    value = app.state.services.metrics.fast_path._value.get()
+    return float(value)
+
+
+async def _start(client: AsyncTestClient[Litestar], headers: dict[str, str]) -> None:
+    r = await client.post("/v1/experiments", json=EXPERIMENT, headers=headers)
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/experiments/fast-hero/start", headers=headers)
+    assert r.status_code == 200, r.text
+
+
+async def test_fast_path_serves_valid_requests_like_the_handler(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    """A valid request is served by the fast path with the handler's answer shape."""
+    await _start(client, {})
+    before = _fast_hits(app)
+    r = await client.post(
+        "/v1/decide", json={"unit_id": "u-1", "placements": ["fast_hero"], "context": {"d": 1}}
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert "x-request-id" in r.headers
+    body = r.json()
+    assert set(body) == {"decision_id", "degraded", "decisions"}
+    (decision,) = body["decisions"]
+    assert decision["experiment"] == "fast-hero"
+    assert decision["variant"] in {"a", "b"}
+    assert decision["propensity"] == pytest.approx(0.25 if decision["variant"] == "a" else 0.75)
+    assert _fast_hits(app) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"{not json", 400, "$"),
+        (b'{"unit_id": "u", "placements": ["p"], "colour": 1}', 422, "$.colour"),
+        (b'{"unit_id": "", "placements": ["p"]}', 422, "$.unit_id"),
+        (b'{"unit_id": "u", "placements": []}', 422, "$.placements"),
+    ],
+)
+async def test_bad_input_falls_through_to_the_handler(
+    client: AsyncTestClient[Litestar], app: Litestar, body: bytes, status: int, field: str
+) -> None:
+    """Anything the fast path does not accept gets the full handler's problem answer."""
+    before = _fast_hits(app)
+    r = await client.post("/v1/decide", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    problem: dict[str, Any] = r.json()
+    assert problem["errors"][0]["field"] == field
+    assert _fast_hits(app) == before
+
+
+async def test_keys_are_checked_on_the_fast_path(settings: Settings) -> None:
+    """Without a key the answer is the handler's 401; a decide key is served fast."""
+    keyed = Settings(
+        **{
+            **{f: getattr(settings, f) for f in settings.__struct_fields__},
+            "auth": AuthSettings(api_keys="adm:admin,web:decide,rep:report"),
+        }
+    )
+    app = create_app(keyed)
+    async with AsyncTestClient(app=app) as client:
+        await _start(client, {"authorization": "Bearer adm"})
+        request = {"unit_id": "u-2", "placements": ["fast_hero"]}
+        before = _fast_hits(app)
+        assert (await client.post("/v1/decide", json=request)).status_code == 401
+        wrong = await client.post("/v1/decide", json=request, headers={"x-api-key": "rep"})
+        assert wrong.status_code == 403
+        assert _fast_hits(app) == before
+        ok = await client.post("/v1/decide", json=request, headers={"x-api-key": "web"})
+        assert ok.status_code == 200
+        url = await client.post("/v1/decide?key=web", json=request)
+        assert url.status_code == 200
+        assert _fast_hits(app) == before + 2
