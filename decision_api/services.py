@@ -32,8 +32,8 @@ from decision_api.events import AuditEntry
 from decision_api.feature_store import RedisFeatureStore
 from decision_api.key_store import KeyStore, refresh_ring
 from decision_api.learning import LearnerRunner, LearningPolicies
-from decision_api.profile_batcher import ProfileBatcher
 from decision_api.metrics import Metrics
+from decision_api.profile_batcher import ProfileBatcher
 from decision_api.rate_limit import RateLimiter
 from decision_api.settings import Settings
 from decision_api.spool import Spool
