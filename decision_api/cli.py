@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,15 +50,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
-    if workers > 1 and settings.event_log.url.startswith("chdb:"):
-        print(
-            "tailor: the embedded chdb event log is owned by one process; run one worker or "
-            "point TAILOR_EVENT_LOG_URL at a ClickHouse server",
-            file=sys.stderr,
-        )
-        return 2
     settings, redis_server = ensure_redis(settings)
-    print(f"tailor: serving on http://{host}:{port}", file=sys.stderr)
+    owner = None
+    if workers > 1 and settings.event_log.url.startswith("chdb:"):
+        # One process may hold chdb: an owner process does, and the workers reach it through
+        # Redis (decision_api.event_relay).
+        owner = start_event_log_owner(settings.event_log.url)
+        os.environ["TAILOR_EVENT_LOG_URL"] = "relay://"
+    print(f"tailor: serving on http://{host}:{port} ({workers} worker(s))", file=sys.stderr)
     try:
         Granian(
             "decision_api.asgi:build",
@@ -71,8 +71,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
             backlog=2048,
         ).serve()
     finally:
+        if owner is not None:
+            owner.terminate()  # the owner drains what the workers flushed on their way out
+            try:
+                owner.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                owner.kill()
         if redis_server is not None:
             redis_server.stop()  # type: ignore[attr-defined]
+    return 0
+
+
+def start_event_log_owner(event_log_url: str) -> subprocess.Popen[bytes]:
+    """Start ``tailor event-log-owner`` for this chdb directory (workers see it via /readyz)."""
+    env = {**os.environ, "TAILOR_EVENT_LOG_URL": event_log_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "decision_api.cli", "event-log-owner"], env=env
+    )
+    return proc
+
+
+def cmd_event_log_owner(args: argparse.Namespace) -> int:
+    """Hold the embedded event log for several API workers (started by ``tailor serve``)."""
+    import signal
+    import threading
+
+    from decision_api.event_relay import run_owner
+    from decision_api.logging import configure_logging
+
+    settings = _settings_or_exit()
+    if not settings.redis.url:
+        print("tailor event-log-owner: TAILOR_REDIS_URL is required", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_owner(settings.event_log.url, settings.redis.url, settings.redis.key_prefix, stop)
     return 0
 
 
@@ -123,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--name", help="lease holder name (default learn-<pid>)")
     learn.set_defaults(func=cmd_learn)
+    owner = sub.add_parser(
+        "event-log-owner",
+        help="hold the embedded chdb event log for several API workers (tailor serve does this)",
+    )
+    owner.set_defaults(func=cmd_event_log_owner)
     add_key_commands(sub)
     add_report_commands(sub)
     return parser

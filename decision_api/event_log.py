@@ -28,6 +28,10 @@ DEFAULT_DATABASE = "tailor"
 class EventLog(Protocol):
     """Append-only store of exposures, outcomes and audit entries, queryable by SQL."""
 
+    def migrate(self) -> list[int]:
+        """Create and migrate tables; returns the migration versions applied now."""
+        ...
+
     def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
         """Insert rows (in ``event_sql.COLUMNS[table]`` order); a repeated token is a no-op."""
         ...

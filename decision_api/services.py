@@ -26,7 +26,8 @@ from decision_api.auth import KeyRing, current_actor, parse_bootstrap_keys
 from decision_api.controls import Controls
 from decision_api.data_rights import DataRights
 from decision_api.decider import DecisionEngine, Pseudonymiser
-from decision_api.event_log import ClickHouseEventLog, open_event_log
+from decision_api.event_log import EventLog, open_event_log
+from decision_api.event_relay import RelayEventLog
 from decision_api.event_writer import EventWriter, now_ms
 from decision_api.events import AuditEntry
 from decision_api.feature_store import RedisFeatureStore
@@ -53,7 +54,7 @@ class Services:
         settings: Settings,
         redis: Redis,
         redis_bin: Redis,
-        event_log: ClickHouseEventLog,
+        event_log: EventLog,
         writer: EventWriter,
         metrics: Metrics,
     ) -> None:
@@ -232,7 +233,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     redis = Redis.from_url(url, decode_responses=True, **redis_options)
     # Model snapshots are binary, and learners block on the stream: their own pool.
     redis_bin = Redis.from_url(url, decode_responses=False, **redis_options)
-    event_log = await asyncio.to_thread(open_event_log, settings.event_log.url)
+    event_log: EventLog
+    if settings.event_log.url.startswith("relay:"):
+        # Several workers share one embedded chdb: its owner process is reached through Redis.
+        event_log = RelayEventLog(url, settings.redis.key_prefix)
+    else:
+        event_log = await asyncio.to_thread(open_event_log, settings.event_log.url)
     applied = await asyncio.to_thread(event_log.migrate)
     if applied:
         log.info("event_log_migrated", versions=applied)

@@ -1,0 +1,185 @@
+"""Several API workers share one embedded chdb through Redis: the event-log relay."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from decision_api.errors import EventLogUnavailable
+from decision_api.event_log import open_event_log
+from decision_api.event_relay import RelayEventLog, run_owner
+from decision_api.events import Outcome
+from decision_api.redis_server import free_port
+from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
+
+
+def _outcomes(n: int, tag: str) -> list[tuple[object, ...]]:
+    return [
+        Outcome(
+            event_id=uuid.uuid4(),
+            ts_ms=1_795_000_000_000 + i,
+            decision_id=f"d{i}",
+            unit_id=f"{tag}-{i}",
+            experiment="",
+            type="click",
+            value=1.0,
+            properties={"i": str(i)},
+        ).row()
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def owner(redis_url: str, event_log_url: str, namespace: str) -> Iterator[threading.Event]:
+    """The owner loop in a thread of this process (it opens this test's chdb database)."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_owner, args=(event_log_url, redis_url, namespace, stop), daemon=True
+    )
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _wait(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_relay_inserts_queries_and_deduplicates(
+    redis_url: str, namespace: str, owner: threading.Event
+) -> None:
+    """Inserts reach chdb through the stream, a replayed token is not counted twice, and
+    queries and commands run in the owner."""
+    relay = RelayEventLog(redis_url, namespace, timeout_s=20)
+    try:
+        _wait(relay.ping)
+        rows = _outcomes(500, "a")
+        relay.insert("outcomes", rows, "token-1")
+        relay.insert("outcomes", rows, "token-1")  # a replayed batch
+        count = "SELECT count() FROM outcomes WHERE unit_id LIKE {p:String}"
+        _wait(lambda: relay.query(count, {"p": "a-%"}) == [(500,)])
+        assert relay.query("SELECT max(value), min(properties['i']) FROM outcomes") == [(1.0, "0")]
+        relay.command(
+            "ALTER TABLE outcomes DELETE WHERE unit_id = {u:String} SETTINGS mutations_sync = 2",
+            {"u": "a-7"},
+        )
+        assert relay.query(count, {"p": "a-%"}) == [(499,)]
+        with pytest.raises(EventLogUnavailable, match="UNKNOWN_TABLE|Unknown table"):
+            relay.query("SELECT count() FROM no_such_table")
+    finally:
+        relay.close()
+
+
+def test_events_wait_in_redis_while_the_owner_is_down(
+    redis_url: str, event_log_url: str, namespace: str
+) -> None:
+    """With no owner running, inserts still succeed (the stream is the buffer) and are stored
+    when an owner starts."""
+    relay = RelayEventLog(redis_url, namespace, timeout_s=20)
+    try:
+        assert not relay.ping()
+        relay.insert("outcomes", _outcomes(300, "b"), "token-b")
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=run_owner, args=(event_log_url, redis_url, namespace, stop), daemon=True
+        )
+        thread.start()
+        try:
+            _wait(lambda: relay.query("SELECT count() FROM outcomes") == [(300,)])
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    finally:
+        relay.close()
+
+
+def test_relay_without_redis_is_unavailable() -> None:
+    """A dead Redis makes inserts raise EventLogUnavailable, so the writer spools them."""
+    relay = RelayEventLog(f"redis://127.0.0.1:{free_port()}/0", "x", timeout_s=1)
+    try:
+        with pytest.raises(EventLogUnavailable):
+            relay.insert("outcomes", _outcomes(1, "c"), "t")
+        assert not relay.ping()
+    finally:
+        relay.close()
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_embedded_event_log(tmp_path: Path) -> None:
+    """``tailor serve --workers 2`` on chdb: both workers' exposures are stored exactly once and
+    every process stops on SIGTERM."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(
+        TAILOR_DATA_DIR=str(data),
+        TAILOR_EVENT_LOG_URL=f"chdb://{data / 'chdb'}",
+        TAILOR_EVENT_LOG_SPOOL_DIR=str(data / "spool"),
+        TAILOR_EVENT_LOG_FLUSH_INTERVAL_S="0.1",
+        TAILOR_LOG_LEVEL="warning",
+    )
+    port = free_port()
+    command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli"]
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "serve", "--port", str(port), "--workers", "2"],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.1)
+        tree = descendants(process.pid)
+        spec = {"key": "hero", "placement": "home",
+                "variants": [{"key": "a"}, {"key": "b"}], "default_variant": "a"}  # fmt: skip
+        decision_ids = set()
+        with httpx.Client(base_url=url, timeout=10) as http:
+            assert http.post("/v1/experiments", json=spec).status_code == 201
+            assert http.post("/v1/experiments/hero/start").status_code == 200
+            time.sleep(1.0)  # both workers poll the config version
+            for i in range(200):
+                r = http.post("/v1/decide", json={"unit_id": f"u{i}", "placements": ["home"]})
+                assert r.status_code == 200
+                assert r.json()["decisions"][0]["reason"] == "split"
+                decision_ids.add(r.json()["decision_id"])
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in tree:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    counted = subprocess.run(
+        [sys.executable, "-c", COUNT_EXPOSURES, f"chdb://{data / 'chdb'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+    )  # fmt: skip
+    rows = json.loads(counted.stdout)
+    assert sorted(r[0] for r in rows) == sorted(decision_ids)
+    assert not [pid for pid in tree if alive(pid)]
