@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from decision_api.errors import EventLogUnavailable
-from decision_api.event_log import open_event_log
 from decision_api.event_relay import RelayEventLog, run_owner
 from decision_api.events import Outcome
 from decision_api.redis_server import free_port
@@ -81,7 +80,7 @@ def test_relay_inserts_queries_and_deduplicates(
             {"u": "a-7"},
         )
         assert relay.query(count, {"p": "a-%"}) == [(499,)]
-        with pytest.raises(EventLogUnavailable, match="UNKNOWN_TABLE|Unknown table"):
+        with pytest.raises(EventLogUnavailable, match=r"UNKNOWN_TABLE|Unknown table"):
             relay.query("SELECT count() FROM no_such_table")
     finally:
         relay.close()
