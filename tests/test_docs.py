@@ -7,6 +7,7 @@ links with themselves.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import re
@@ -22,6 +23,7 @@ from litestar.routes import HTTPRoute
 
 from bandits.config import _ALIASES, _ALLOWED, _RESERVED, PolicyConfig
 from decision_api.app import create_app
+from decision_api.cli import build_parser
 from decision_api.event_sql import COLUMNS
 from decision_api.metrics import Metrics
 from decision_api.schemas import LocalReason
@@ -302,6 +304,15 @@ def test_links_between_pages_resolve(path: Path) -> None:
         if not exists or (anchor and anchor not in defined):
             broken.append(target)
     assert broken == []
+
+
+def test_every_command_is_documented() -> None:
+    """operations.md describes every `tailor` subcommand."""
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    commands = sorted(actions[0].choices)
+    assert {"serve", "learn", "keys"} <= set(commands)
+    text = page("operations.md")
+    assert [c for c in commands if f"`tailor {c}" not in text] == []
 
 
 def test_index_links_every_page() -> None:
