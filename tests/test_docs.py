@@ -11,6 +11,7 @@ import argparse
 import ast
 import json
 import re
+import subprocess
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,6 +264,50 @@ def test_json_examples_parse(path: Path) -> None:
     """Every ```json block of every page is valid JSON."""
     for block in code_blocks(path.read_text(encoding="utf-8"), "json"):
         json.loads(block)
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_shell_examples_parse(path: Path) -> None:
+    """Every ```bash block of every page is valid shell (``bash -n``)."""
+    for block in code_blocks(path.read_text(encoding="utf-8"), "bash"):
+        checked = subprocess.run(
+            ["bash", "-n"], input=block, text=True, capture_output=True, check=False
+        )
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_experiment_examples_are_valid_definitions() -> None:
+    """The definitions, targeting and reward examples of experiments.md decode as such."""
+    decoded = 0
+    for block in code_blocks(page("experiments.md"), "json"):
+        data = json.loads(block)
+        if "placement" in data:
+            msgspec.convert(data, ExperimentSpec)
+        elif "all" in data or "any" in data:
+            msgspec.convert(data, Condition)
+        elif "rules" in data:
+            msgspec.convert(data, RewardSpec)
+        else:
+            continue
+        decoded += 1
+    assert decoded >= 4
+
+
+def test_curl_bodies_are_valid() -> None:
+    """Every literal ``-d '...'`` body in http-api.md is JSON; experiment bodies are definitions."""
+    bodies = [
+        body
+        for block in code_blocks(page("http-api.md"), "bash")
+        for body in re.findall(r"-d '(\{.*?\})'", block, re.DOTALL)
+    ]
+    definitions = 0
+    for body in bodies:
+        data = json.loads(body)
+        if "placement" in data and "key" in data:
+            msgspec.convert(data, ExperimentSpec)
+            definitions += 1
+    assert len(bodies) >= 20
+    assert definitions >= 5
 
 
 def slug(heading: str) -> str:
