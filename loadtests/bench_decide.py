@@ -26,12 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +42,20 @@ import redis
 from decision_api.feature_store import encode_feature, unit_key
 from decision_api.redis_server import RedisServer, free_port
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "loadtests" / "results"
+if __package__ in (None, ""):  # run as a script: make ``loadtests`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtests.harness import (
+    REPO,
+    ServerUnderTest,
+    busiest_thread_delta,
+    cpu_seconds,
+    server_counters,
+    start_profiler,
+    thread_cpu,
+    write_result,
+)
+from loadtests.http_load import LoadGenerator, Sample
+
 ADMIN_KEY = "bench-admin-key"
 DECIDE_KEY = "bench-decide-key"
 PREFIX = "bench"
@@ -92,101 +100,6 @@ class RunResult(msgspec.Struct, kw_only=True):
     loadgen_cpu_s: float
 
 
-# ---------------------------------------------------------------------------------------------
-# Processes
-
-
-def proc_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(parents.get(p, []))
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of the given processes (their own, not reaped children)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
-def busiest_thread_cpu(pids: list[int]) -> dict[tuple[int, int], float]:
-    """CPU seconds of every thread of the given processes, keyed by (pid, tid)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for pid in pids:
-        try:
-            tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out[(pid, int(task.name))] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-def start_server(workdir: Path, redis_url: str, port: int) -> subprocess.Popen[bytes]:
-    """``tailor serve`` on its embedded chdb, the private Redis, keys and JSON logs on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
-    env.update(
-        TAILOR_REDIS_URL=redis_url,
-        TAILOR_REDIS_KEY_PREFIX=PREFIX,
-        TAILOR_DATA_DIR=str(workdir / "data"),
-        TAILOR_EVENT_LOG_URL=f"chdb://{workdir / 'data' / 'chdb'}",
-        TAILOR_EVENT_LOG_SPOOL_DIR=str(workdir / "data" / "spool"),
-        TAILOR_AUTH_API_KEYS=f"{ADMIN_KEY}:admin,{DECIDE_KEY}:decide",
-        TAILOR_AUTH_RATE_LIMIT_PER_S="1000000",
-        TAILOR_AUTH_RATE_LIMIT_BURST="1000000",
-        TAILOR_LOG_FORMAT="json",
-        TAILOR_LOG_LEVEL="info",
-    )
-    tailor = Path(sys.executable).with_name("tailor")
-    command = [str(tailor)] if tailor.exists() else [sys.executable, "-m", "decision_api.cli"]
-    log = (workdir / "serve.log").open("wb")
-    return subprocess.Popen(
-        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    """Block until ``/readyz`` answers 200."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("server did not become ready:\n" + log_path.read_text()[-3000:])
-
-
 def setup_experiment(url: str) -> None:
     """Create and start the benchmark's experiment through the admin API."""
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -223,22 +136,6 @@ def load_features(redis_url: str, units: int, rng: np.random.Generator) -> float
     return time.perf_counter() - started
 
 
-def server_counters(url: str) -> dict[str, float]:
-    """Decisions served and exposures written, from the server's /metrics."""
-    text = httpx.get(url + "/metrics", timeout=10).text
-    out = {"decisions": 0.0, "exposures_written": 0.0, "queue_depth": 0.0, "flush_errors": 0.0}
-    for line in text.splitlines():
-        if line.startswith("tailor_decisions_total{"):
-            out["decisions"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith('tailor_events_written_total{table="exposures"}'):
-            out["exposures_written"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("tailor_event_queue_depth "):
-            out["queue_depth"] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("tailor_event_flush_errors_total{"):
-            out["flush_errors"] += float(line.rsplit(" ", 1)[1])
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Load generator
 
@@ -264,119 +161,33 @@ def encode_requests(units: int, count: int, rng: np.random.Generator, port: int)
     return out
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response; returns its status code."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    lower = head.lower()
-    at = lower.find(b"content-length:")
-    if at >= 0:
-        end = lower.index(b"\r\n", at)
-        await reader.readexactly(int(lower[at + 15 : end]))
-    elif b"transfer-encoding: chunked" in lower:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    return status
+class DecideRequests:
+    """The workload: the pre-encoded decide requests, in turn."""
 
+    kinds = ("decide",)
 
-class Generator:
-    """Closed- or open-loop load over keep-alive connections."""
+    def __init__(self, requests: list[bytes]) -> None:
+        self._requests = requests
 
-    def __init__(self, port: int, requests: list[bytes], concurrency: int, rate: float) -> None:
-        self.port = port
-        self.requests = requests
-        self.concurrency = concurrency
-        self.rate = rate
-        self.latencies: list[int] = []
-        self.errors = 0
-        self._next = 0
+    def request(self, i: int) -> tuple[int, bytes, int]:
+        """The ``i``-th request."""
+        return 0, self._requests[i % len(self._requests)], 0
 
-    async def run(self, duration: float) -> float:
-        """Drive load for ``duration`` seconds; returns the measured wall time."""
-        conns = [await asyncio.open_connection("127.0.0.1", self.port)
-                 for _ in range(self.concurrency)]  # fmt: skip
-        self.latencies, self.errors, self._next = [], 0, 0
-        start = time.perf_counter_ns()
-        stop = start + int(duration * 1e9)
-        worker = self._open if self.rate > 0 else self._closed
-        await asyncio.gather(*(worker(r, w, start, stop) for r, w in conns))
-        elapsed = (time.perf_counter_ns() - start) / 1e9
-        for _, w in conns:
-            w.close()
-        return elapsed
-
-    async def _closed(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, start: int, stop: int
-    ) -> None:
-        requests, n = self.requests, len(self.requests)
-        clock = time.perf_counter_ns
-        while (t0 := clock()) < stop:
-            i = self._next
-            self._next = i + 1
-            writer.write(requests[i % n])
-            try:
-                status = await read_response(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                self.errors += 1
-                return
-            self.latencies.append(clock() - t0)
-            if status != 200:
-                self.errors += 1
-
-    async def _open(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, start: int, stop: int
-    ) -> None:
-        requests, n = self.requests, len(self.requests)
-        clock = time.perf_counter_ns
-        interval = 1e9 / self.rate
-        while True:
-            i = self._next
-            self._next = i + 1
-            scheduled = start + int(i * interval)
-            if scheduled >= stop:
-                return
-            wait = scheduled - clock()
-            if wait > 0:
-                await asyncio.sleep(wait / 1e9)
-            writer.write(requests[i % n])
-            try:
-                status = await read_response(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                self.errors += 1
-                return
-            # From the scheduled time: a late send is the server's (or the generator's) delay.
-            self.latencies.append(clock() - scheduled)
-            if status != 200:
-                self.errors += 1
-
-
-def start_profiler(path: Path | None, pid: int, duration: float) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling the server process tree for ``duration`` seconds, if asked for."""
-    if path is None:
-        return None
-    spy = Path(sys.executable).with_name("py-spy")
-    command = [str(spy), "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-               "--threads", "--duration", str(int(duration)), "--rate", "200", "--format", "raw",
-               "--output", str(path)]  # fmt: skip
-    if os.environ.get("BENCH_PYSPY_NATIVE"):
-        command.append("--native")
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def response(self, kind: int, tag: int, status: int, body: bytes) -> None:
+        """Answers are only counted (by the generator)."""
 
 
 def summarise(
-    mode: str, elapsed: float, gen: Generator, cpu: tuple[float, float, float]
+    mode: str, elapsed: float, sample: Sample, cpu: tuple[float, float, float]
 ) -> RunResult:
     """Figures of one run."""
-    lat = np.asarray(gen.latencies, dtype=np.float64) / 1e6
+    lat = np.frombuffer(sample.latencies[0], dtype=np.int64).astype(np.float64) / 1e6
     p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat.size else (np.nan,) * 3
     return RunResult(
         mode=mode,
         duration_s=round(elapsed, 3),
         requests=int(lat.size),
-        errors=gen.errors,
+        errors=sample.errors[0],
         throughput=round(lat.size / elapsed, 1),
         p50_ms=round(float(p50), 3),
         p95_ms=round(float(p95), 3),
@@ -392,7 +203,7 @@ async def measure(args: argparse.Namespace, port: int, server_pids: list[int]) -
     """Warm up, then the measured runs."""
     rng = np.random.default_rng(args.seed)
     requests = encode_requests(args.units, 50_000, rng, port)
-    gen = Generator(port, requests, args.concurrency, rate=0)
+    gen = LoadGenerator(port, DecideRequests(requests), args.concurrency, rate=0)
     if args.warmup > 0:
         await gen.run(args.warmup)
     gen.rate = args.rate
@@ -401,17 +212,16 @@ async def measure(args: argparse.Namespace, port: int, server_pids: list[int]) -
     for run in range(args.runs):
         spy = start_profiler(args.profile, server_pids[0], args.duration) if run == 0 else None
         server_before = cpu_seconds(server_pids)
-        threads_before = busiest_thread_cpu(server_pids)
+        threads_before = thread_cpu(server_pids)
         own_before = time.process_time()
         elapsed = await gen.run(args.duration)
-        threads_after = busiest_thread_cpu(server_pids)
-        loop_cpu = max(v - threads_before.get(k, 0.0) for k, v in threads_after.items())
+        loop_cpu = busiest_thread_delta(threads_before, thread_cpu(server_pids))
         cpu = (
             cpu_seconds(server_pids) - server_before,
             time.process_time() - own_before,
             loop_cpu,
         )
-        result = summarise(mode, elapsed, gen, cpu)
+        result = summarise(mode, elapsed, gen.take(), cpu)
         results.append(result)
         if spy is not None:
             spy.wait(timeout=60)
@@ -437,6 +247,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=0.0, help="open-loop req/s (0: closed)")
     parser.add_argument("--units", type=int, default=100_000, help="units with profiles")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "--profile",
@@ -455,13 +266,20 @@ def main() -> int:
     redis_server = RedisServer(workdir / "redis", persist=False).start()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(workdir, redis_server.url, port)
+    server = ServerUnderTest(
+        workdir,
+        redis_server.url,
+        port,
+        prefix=PREFIX,
+        api_keys=f"{ADMIN_KEY}:admin,{DECIDE_KEY}:decide",
+        workers=args.workers,
+    )
     try:
-        wait_healthy(url, server, workdir / "serve.log")
+        server.wait_ready()
         setup_experiment(url)
         loaded = load_features(redis_server.url, args.units, np.random.default_rng(args.seed))
         print(f"features for {args.units:,} units loaded in {loaded:.1f} s", flush=True)
-        server_pids = proc_tree(server.pid)
+        server_pids = server.pids()
         results = asyncio.run(measure(args, port, server_pids))
         # Every decision's exposure must reach the event log (flush interval 1 s).
         deadline = time.monotonic() + 15
@@ -470,21 +288,11 @@ def main() -> int:
             time.sleep(0.5)
             counters = server_counters(url)
     finally:
-        tree = proc_tree(server.pid)[1:]  # granian's worker: orphaned if only the parent dies
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        for pid in tree:  # still there after the parent's exit (and not a reused pid)?
-            with contextlib.suppress(OSError):
-                if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGKILL)
+        server.stop()  # granian's worker too (orphaned if only the parent dies)
         redis_server.stop()
 
     def median(name: str) -> float:
-        return round(statistics.median(getattr(r, name) for r in results), 3)
+        return round(float(statistics.median(getattr(r, name) for r in results)), 3)
 
     summary = {k: median(k) for k in ("throughput", "p50_ms", "p95_ms", "p99_ms", "max_ms")}
     summary["errors"] = sum(r.errors for r in results)
@@ -499,22 +307,16 @@ def main() -> int:
         f"{counters['exposures_written']:.0f} exposures written to chdb, "
         f"flush errors {counters['flush_errors']:.0f}"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = RESULTS / f"bench_decide-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "command": " ".join(sys.argv),
-                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "runs": [msgspec.to_builtins(r) for r in results],
-                "median": summary,
-                "server": counters,
-            },
-            indent=2,
-        )
-        + "\n"
+    out = write_result(
+        "bench_decide",
+        {
+            "command": " ".join(sys.argv),
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "runs": [msgspec.to_builtins(r) for r in results],
+            "median": summary,
+            "server": counters,
+        },
     )
     print(f"wrote {out.relative_to(REPO)}")
     if not args.keep:
