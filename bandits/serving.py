@@ -103,10 +103,20 @@ class ServingPolicies:
                     build_policy, spec.config, spec.arms, snapshot=data, version=str(version)
                 )
             except (PolicyError, ValueError) as exc:
-                log.error("model_load_failed", experiment=name, version=version, error=str(exc))
-                if self._on_load_failure is not None:
-                    self._on_load_failure(name, str(exc))
-                continue
+                current = self._serving.get(name)
+                if data is not None and current is not None and current.spec.config != spec.config:
+                    # The new definition changed the model's structure (policy kind, VW
+                    # arguments): the snapshot cannot fit it, so serve a fresh model, as the
+                    # learner does, instead of the old definition's.
+                    log.warning("model_restarted", experiment=name, reason=str(exc))
+                    policy = build_policy(spec.config, spec.arms, version=str(version))
+                else:
+                    log.error(
+                        "model_load_failed", experiment=name, version=version, error=str(exc)
+                    )
+                    if self._on_load_failure is not None:
+                        self._on_load_failure(name, str(exc))
+                    continue
             self._serving = {**self._serving, name: _Serving(spec, policy, version)}
             swapped += 1
             if self._on_loaded is not None:

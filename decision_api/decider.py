@@ -149,7 +149,7 @@ class DecisionEngine:
         self._rng = rng
         self.global_holdout = global_holdout
         self.kill_switch = False
-        self._sensitive = sensitive_features
+        self._sensitive = frozenset(name.lower() for name in sensitive_features)
         self.profile_reader: Callable[[str, float], Awaitable[UnitProfile]] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
 
@@ -205,8 +205,10 @@ class DecisionEngine:
             attributes: dict[str, Any] = {**profile.attributes, **context}
         else:
             attributes = dict(context)
-        for name in self._sensitive & attributes.keys():
-            del attributes[name]
+        if self._sensitive:
+            # Case-insensitive, as definitions and feature writes are checked.
+            for name in [n for n in attributes if n.lower() in self._sensitive]:
+                del attributes[name]
         return UnitCall(
             unit_id=unit_id,
             attributes=attributes,

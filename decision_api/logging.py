@@ -1,6 +1,6 @@
 """structlog configuration: JSON lines (msgspec-encoded) in production, console in development.
 
-Request-scoped fields (``request_id``, ``route``) are bound through contextvars by the request
+The request-scoped ``request_id`` is bound through contextvars by the request
 middleware in :mod:`decision_api.app`. Unit ids are never logged raw: log ``unit_ref(unit_id)``.
 """
 

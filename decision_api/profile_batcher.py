@@ -54,11 +54,19 @@ class ProfileBatcher:
         self.round_trips += 1
         try:
             profiles = await self._store.get_profiles([u for u, _ in batch], now)
-        except (RedisError, Exception) as exc:  # every waiter sees the failure, nothing is hidden
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+        except RedisError as exc:
+            self._fail(batch, exc)
             return
+        except BaseException as exc:
+            # Unexpected: every waiter sees it too (no request may hang), and it propagates.
+            self._fail(batch, exc)
+            raise
         for (_, future), profile in zip(batch, profiles, strict=True):
             if not future.done():
                 future.set_result(profile)
+
+    @staticmethod
+    def _fail(batch: list[tuple[str, asyncio.Future[UnitProfile]]], exc: BaseException) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)

@@ -17,6 +17,7 @@ PREFIX = "TAILOR_"
 CLIENT_VARIABLES = frozenset({"TAILOR_API_URL", "TAILOR_API_KEY"})
 
 LogFormat = Literal["json", "console"]
+DEFAULT_DATA_DIR = "./data"
 
 
 class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -90,7 +91,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
     log_format: LogFormat = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    data_dir: str = "./data"
+    data_dir: str = DEFAULT_DATA_DIR
     pseudonym_secret: str = "change-me"
     worker_id: str = ""
 
@@ -101,7 +102,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ``TAILOR_REDIS_URL`` maps to ``redis.url``; ``TAILOR_EVENT_LOG_BATCH_SIZE`` to
         ``event_log.batch_size``: the first word after the prefix names the nested section when
         one exists. Unknown variables and badly typed values raise ``msgspec.ValidationError``
-        naming the variable.
+        naming the setting's path (``$.learner.in_process`` for ``TAILOR_LEARNER_IN_PROCESS``).
+        The chdb directory and the spool default to ``<TAILOR_DATA_DIR>/chdb`` and ``/spool``.
         """
         sections = {name for name, field in _struct_fields(cls).items() if field}
         raw: dict[str, Any] = {}
@@ -114,6 +116,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raw[key] = value
             else:
                 raw.setdefault(section, {})[key[len(section) + 1 :]] = value
+        data_dir = str(raw.get("data_dir", DEFAULT_DATA_DIR)).rstrip("/") or "."
+        section = raw.setdefault("event_log", {})
+        section.setdefault("url", f"chdb://{data_dir}/chdb")
+        section.setdefault("spool_dir", f"{data_dir}/spool")
         return msgspec.convert(raw, cls, strict=False)
 
 

@@ -18,7 +18,7 @@ _ARM_LABELS = {"~holdout": "holdout", "~global_holdout": "global holdout"}
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    widths = [max(len(h), max((len(r[i]) for r in rows), default=0)) for i, h in enumerate(head)]
 
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])

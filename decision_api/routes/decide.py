@@ -26,7 +26,11 @@ class DecideController(Controller):
     async def decide(
         self, data: JSONBody[DecideRequest], services: NamedDependency[Services]
     ) -> DecideResponse:
-        """Pick a variant for each placement (see the README for the reason codes)."""
+        """Pick a variant for each placement (reason codes: docs/http-api.md#reason-codes).
+
+        Valid, authorised requests are answered by the fast path in
+        :mod:`decision_api.fast_decide`; this handler serves the rest (and the errors).
+        """
         started = time.perf_counter()
         limit = services.settings.decisions.max_placements
         if len(data.placements) > limit:

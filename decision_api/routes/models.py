@@ -32,7 +32,7 @@ class ModelInfo(msgspec.Struct, kw_only=True):
 async def _learning(key: str, services: Services) -> Experiment:
     experiment = await services.store.get(key)
     if not is_learning(experiment.policy):
-        raise Conflict(f"experiment {key!r} uses a fixed split; it has no model", field="policy")
+        raise Conflict(f"experiment {key!r} uses a fixed split; it has no model", field="$.policy")
     return experiment
 
 

@@ -141,3 +141,25 @@ async def test_removed_experiment_stops_being_served(store: SnapshotStore) -> No
     assert serving.choose(EXP, {}, np.random.default_rng(0)) is None
     assert serving.version_of(EXP) == -1
     assert serving.choose("other", {}, np.random.default_rng(0)) is not None
+
+
+async def test_structural_definition_change_restarts_the_model(store: SnapshotStore) -> None:
+    """When a live experiment's policy changes kind, the old snapshot cannot fit the new
+    definition: workers serve a fresh model of the new kind instead of the old one, and it is
+    not counted as a failed load."""
+    old = spec_of(EXP)
+    failures: list[str] = []
+    serving = ServingPolicies(store, on_load_failure=lambda n, e: failures.append(n))
+    serving.set_specs({EXP: old})
+    await _publish(store, old, 1, _trained(old))
+    assert await serving.poll() == 1
+    new = msgspec.structs.replace(
+        old, experiment_version=old.experiment_version + 1, config=VWCBConfig()
+    )
+    serving.set_specs({EXP: new})
+    with capture_logs() as logs:
+        assert await serving.poll() == 1
+    policy = serving.policy(EXP)
+    assert policy is not None and policy.name == "vw_cb"
+    assert failures == []
+    assert any(entry["event"] == "model_restarted" for entry in logs)

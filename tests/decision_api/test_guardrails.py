@@ -137,11 +137,12 @@ async def test_sensitive_features_never_stored(
 
 
 async def test_sensitive_context_never_reaches_targeting(client: Client) -> None:
-    """A sensitive attribute sent in the request context is stripped before targeting."""
+    """A sensitive attribute sent in the request context is stripped before targeting and
+    logging, whatever its case."""
     spec = {**HERO, "targeting": {"all": [{"attribute": "device", "op": "eq", "value": "m"}]}}
     await client.post("/v1/experiments", json=spec)
     await client.post("/v1/experiments/hero/start")
-    body = {**DECIDE, "context": {"device": "m", "health": "x"}}
+    body = {**DECIDE, "context": {"device": "m", "health": "x", "Religion": "y"}}
     decided = (await client.post("/v1/decide", json=body)).json()["decisions"][0]
     assert decided["reason"] == "split"
     services = client.app.state.services
