@@ -10,6 +10,7 @@ synchronous (the batching writer runs them in a thread); errors from either back
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,3 +175,66 @@ def _identifier(name: str) -> str:
     if not name.replace("_", "").isalnum():
         raise ValueError(f"database name {name!r} must be letters, digits and underscores")
     return name
+
+
+class DeferredEventLog:
+    """A ClickHouse server that was unreachable at start-up, connected to when it answers.
+
+    Until then every call raises :class:`EventLogUnavailable` — so the batching writer spools
+    exposures and outcomes to disk and replays them later — and a call at most every
+    ``retry_s`` seconds tries to connect and migrate. The API serves meanwhile.
+    """
+
+    def __init__(self, url: str, retry_s: float = 5.0) -> None:
+        self._url = url
+        self._retry_s = retry_s
+        self._log: ClickHouseEventLog | None = None
+        self._last_try = 0.0
+        self._lock = threading.Lock()
+
+    def _connected(self) -> ClickHouseEventLog:
+        if self._log is not None:
+            return self._log
+        with self._lock:
+            if self._log is not None:
+                return self._log
+            now = time.monotonic()
+            if now - self._last_try < self._retry_s:
+                raise EventLogUnavailable("ClickHouse was unreachable; retrying")
+            self._last_try = now
+            connected = open_event_log(self._url)
+            connected.migrate()
+            self._log = connected
+            return connected
+
+    def migrate(self) -> list[int]:
+        """Connect and migrate now if possible (a no-op answer while unreachable)."""
+        try:
+            self._connected()
+        except EventLogUnavailable:
+            return []
+        return []
+
+    def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
+        """Insert once connected."""
+        self._connected().insert(table, rows, token)
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Query once connected."""
+        return self._connected().query(sql, parameters)
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Run a statement once connected."""
+        self._connected().command(sql, parameters)
+
+    def ping(self) -> bool:
+        """Whether the server answers (connecting if it does)."""
+        try:
+            return self._connected().ping()
+        except EventLogUnavailable:
+            return False
+
+    def close(self) -> None:
+        """Close the connection if there is one."""
+        if self._log is not None:
+            self._log.close()

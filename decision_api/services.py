@@ -26,7 +26,8 @@ from decision_api.auth import KeyRing, current_actor, parse_bootstrap_keys
 from decision_api.controls import Controls
 from decision_api.data_rights import DataRights
 from decision_api.decider import DecisionEngine, Pseudonymiser
-from decision_api.event_log import EventLog, open_event_log
+from decision_api.errors import EventLogUnavailable
+from decision_api.event_log import DeferredEventLog, EventLog, open_event_log
 from decision_api.event_relay import RelayEventLog
 from decision_api.event_writer import EventWriter, now_ms
 from decision_api.events import AuditEntry
@@ -238,7 +239,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # Several workers share one embedded chdb: its owner process is reached through Redis.
         event_log = RelayEventLog(url, settings.redis.key_prefix)
     else:
-        event_log = await asyncio.to_thread(open_event_log, settings.event_log.url)
+        try:
+            event_log = await asyncio.to_thread(open_event_log, settings.event_log.url)
+        except EventLogUnavailable as exc:
+            if settings.event_log.url.startswith("chdb:"):
+                raise  # a local directory that cannot be opened is a configuration error
+            # A ClickHouse server down at start-up: serve anyway, spool events until it answers.
+            log.warning("event_log_unreachable_at_start", error=str(exc))
+            event_log = DeferredEventLog(settings.event_log.url)
     applied = await asyncio.to_thread(event_log.migrate)
     if applied:
         log.info("event_log_migrated", versions=applied)
@@ -276,6 +284,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     if settings.learner.in_process:
         services.start_learner()
     await start_trust_pollers(services)
+    if settings.pseudonym_secret == "change-me" and not services.keys.open:
+        log.warning(
+            "pseudonym_secret_default",
+            detail="set TAILOR_PSEUDONYM_SECRET: pseudonyms of non-consenting units are only as "
+            "private as this secret",
+        )
     if services.keys.open:
         log.warning("auth_open", detail="no API key configured: every request is allowed")
     log.info("services_started", worker=services.worker_id, started=time.time())
