@@ -156,7 +156,8 @@ class Learner:
         await self._follow(list(by_experiment))
         for name, examples in by_experiment.items():
             model = self._models[name]
-            model.policy.learn(examples)
+            # Off the event loop: an in-server learner shares it with decisions.
+            await asyncio.to_thread(model.policy.learn, examples)
             model.examples += len(examples)
             model.dirty = True
             self.learned += len(examples)
