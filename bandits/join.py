@@ -46,7 +46,7 @@ JOIN_GROUP = "learners"
 Applied = Literal["joined", "duplicate", "late", "ignored"]
 
 
-class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
     """What the learner needs of a decision: context, candidates, choice, propensity."""
 
     decision_id: str
@@ -191,7 +191,7 @@ class RewardJoin:
         self._apply = redis.register_script(_APPLY_OUTCOME)
         self._finalize = redis.register_script(_FINALIZE_DUE)
         self._remember = redis.register_script(_REMEMBER)
-        self._pending: list[tuple[DecisionRecord, JoinRules, int]] = []
+        self._pending: list[_Queued] = []
         self._flush_lock = asyncio.Lock()
 
     def record_key(self, decision_id: str, experiment: str) -> str:
@@ -215,7 +215,7 @@ class RewardJoin:
         says otherwise (a send-time decision's window runs from its send time).
         """
         end = window_end_ms if window_end_ms is not None else record.decided_ms + rules.window_ms
-        self._pending.append((record, rules, end))
+        self._pending.append(_Queued(record, rules, end))
 
     @property
     def pending(self) -> int:
@@ -250,7 +250,7 @@ class RewardJoin:
         except RedisError:
             # Put the unwritten ones back (bounded) so a short Redis outage does not lose the
             # join; rewriting a record that did reach Redis is harmless (same keys, same values).
-            unsent = [item for item in batch if item[0].decision_id not in sent]
+            unsent = [item for item in batch if item.record.decision_id not in sent]
             self._pending = (unsent + self._pending)[-100_000:]
             raise
         return len(batch)
@@ -336,9 +336,16 @@ class RewardJoin:
                 return done
 
 
-def _remember_calls(
-    batch: Sequence[tuple[DecisionRecord, JoinRules, int]],
-) -> list[tuple[bytes, list[str]]]:
+class _Queued(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A decision waiting for the flusher (not tracked by the cyclic GC: bulk decisions queue
+    tens of thousands, and nothing here can form a reference cycle)."""
+
+    record: DecisionRecord
+    rules: JoinRules
+    end: int
+
+
+def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
     """The script arguments writing ``batch``: (msgpack payload, its decision ids) per call.
 
     The payload lists decisions as ``[decision_id, unit_id, row, ...]`` with one row per
@@ -346,16 +353,19 @@ def _remember_calls(
     aggregation. ``batch`` is grouped by decision in first-seen order and the groups cut into
     calls of about ``REMEMBER_BATCH`` records; a decision never spans two calls.
     """
+    # One C call encodes every record (JSON never contains a raw newline).
+    bodies = _encoder.encode_lines([item.record for item in batch]).decode().split("\n")
     rule_args: dict[int, tuple[str, str, str, str]] = {}
     groups: dict[str, list[Any]] = {}
-    for record, rules, end in batch:
+    for item, body in zip(batch, bodies, strict=False):
+        record, rules, end = item.record, item.rules, item.end
         args = rule_args.get(id(rules))
         if args is None:
             args = rule_args[id(rules)] = (
                 repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation
             )
         ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
-        row = (record.experiment, _encoder.encode(record).decode(), str(end), str(ttl), *args)
+        row = (record.experiment, body, str(end), str(ttl), *args)
         group = groups.get(record.decision_id)
         if group is None:
             groups[record.decision_id] = [record.decision_id, record.unit_id, row]

@@ -35,7 +35,13 @@ def new_decision_id() -> str:
 
 
 class Exposure(
-    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="exposure"
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    array_like=True,
+    tag_field="kind",
+    tag="exposure",
+    gc=False,
 ):
     """A variant served to a unit (every decision, including defaults and holdouts)."""
 

@@ -97,7 +97,7 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     consent: bool = True
 
 
-class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True):
+class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """What one placement shows, and why.
 
     ``experiment``/``variant``/``payload`` are absent when no experiment serves the placement
@@ -355,7 +355,7 @@ class ErasureReport(msgspec.Struct, kw_only=True):
     unwritten_events: int
 
 
-class Recipient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Recipient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     """One email recipient of a bulk decision.
 
     ``unit_id`` is checked per recipient (a bad one is reported in that recipient's ``error``
@@ -400,7 +400,7 @@ class RecipientError(msgspec.Struct, kw_only=True):
     message: str
 
 
-class RecipientDecision(msgspec.Struct, kw_only=True, omit_defaults=True):
+class RecipientDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """One recipient's answer (a line of the NDJSON stream)."""
 
     index: int
