@@ -83,6 +83,9 @@ class LearningPolicies:
             on_loaded=lambda name, v: metrics.model_version.labels(name).set(v),
         )
         self.rules: dict[str, JoinRules] = {}
+        # Each experiment's variant keys, built once per definition (bulk decisions remember
+        # tens of thousands of decisions a second; the lists are shared, never mutated).
+        self._variant_keys: dict[str, tuple[Experiment, list[str]]] = {}
 
     def sync(self, experiments: Iterable[Experiment]) -> None:
         """Follow the live experiment definitions."""
@@ -129,13 +132,18 @@ class LearningPolicies:
         rules = self.rules.get(exp.key)
         if rules is None:
             return
+        if not candidates:
+            known = self._variant_keys.get(exp.key)
+            if known is None or known[0] is not exp:
+                known = self._variant_keys[exp.key] = (exp, [v.key for v in exp.variants])
+            candidates = known[1]
         self.join.remember(
             DecisionRecord(
                 decision_id=decision_id,
                 experiment=exp.key,
                 experiment_version=exp.version,
                 unit_id=unit_id,
-                candidates=candidates or [v.key for v in exp.variants],
+                candidates=candidates,
                 chosen=choice.index,
                 propensity=choice.propensity,
                 model_version=choice.model_version,
