@@ -142,15 +142,15 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def peak_rss_mb(pid: int) -> tuple[float, float]:
-    """(sum, max) of ``VmHWM`` over the process tree, in MB."""
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> tuple[float, float]:
+    """(sum, max) of ``VmHWM`` (or another status field) over the process tree, in MB."""
     peaks = []
     for p in tree(pid):
         try:
             status = Path(f"/proc/{p}/status").read_text()
         except OSError:
             continue
-        match = re.search(r"VmHWM:\s+(\d+) kB", status)
+        match = re.search(field + r":\s+(\d+) kB", status)
         if match:
             peaks.append(int(match.group(1)) / 1024)
     return sum(peaks), max(peaks, default=0.0)
@@ -167,6 +167,22 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (``/proc/<pid>/task/*/comm``) over the process tree."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for p in tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            name = re.sub(r"[-_:]?\d+$", "", name) or name
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def redis_process_id(url: str) -> int:
@@ -319,8 +335,9 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
             print(f"  {config}: server pid {server.process.pid} at {server.url}", flush=True)
             warm = bodies(items[:2000], 2000)[0]
             send(client, warm, args.stream)
-            written = wait_written(client, 1)  # noqa: F841 - the first flush is in
-            assert server.process is not None
+            wait_written(client, 1)
+            baseline, _ = peak_rss_mb(server.process.pid, "VmRSS")
+            print(f"  {config}: server RSS after warm-up {baseline:.0f} MB", flush=True)
             rates, durable, cpu_rates = [], [], []
             expected = exposures_written(client)
             pid = server.process.pid
@@ -328,6 +345,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
             for _ in range(args.runs):
                 expected = wait_for_quiet(client, expected)
                 cpu0, redis0 = cpu_seconds(pid), cpu_seconds(redis_pid)
+                threads0 = thread_cpu(pid)
                 start = time.perf_counter()
                 answered = sum(send(client, body, args.stream) for body in payloads)
                 elapsed = time.perf_counter() - start
@@ -339,6 +357,17 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                 server_cpu = cpu_seconds(pid) - cpu0
                 redis_cpu = cpu_seconds(redis_pid) - redis0
                 cpu_rates.append(args.recipients / server_cpu)
+                threads = thread_cpu(pid)
+                rss_now, _ = peak_rss_mb(pid, "VmRSS")
+                rss_peak, _ = peak_rss_mb(pid)
+                split = sorted(
+                    ((threads[n] - threads0.get(n, 0.0), n) for n in threads), reverse=True
+                )
+                print(f"    server RSS now {rss_now:.0f} MB, peak so far {rss_peak:.0f} MB")
+                if args.threads:
+                    print("    server CPU by thread: " + ", ".join(
+                        f"{name} {sec:.1f} s" for sec, name in split[:6] if sec >= 0.05
+                    ))
                 print(
                     f"  {config}: {rates[-1]:,.0f} recipients/s ({elapsed:.2f} s), "
                     f"all exposures written after {durable[-1]:.2f} s; CPU until then: server "
@@ -385,6 +414,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--configs", default="thompson,vw_cb")
     parser.add_argument("--stream", action="store_true", help="ask for NDJSON answers")
+    parser.add_argument("--threads", action="store_true", help="print server CPU per thread")
     args = parser.parse_args()
     print(f"load before: {load()}  (cpus: {os.cpu_count()})")
     results = [run_config(name, args) for name in iter_configs(args.configs)]
