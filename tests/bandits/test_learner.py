@@ -13,12 +13,15 @@ from redis.asyncio import Redis
 from bandits import learner as learner_module
 from bandits.base import Arm
 from bandits.config import ThompsonConfig, VWCBConfig
-from bandits.join import JOIN_GROUP
+from bandits.join import JOIN_GROUP, RewardJoin
 from bandits.learner import Learner
 from bandits.registry import build_policy
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec
 from bandits.thompson import ThompsonPolicy
+from decision_api.learning import LearnerRunner
+from experiments.models import ExperimentSpec
+from experiments.store import ExperimentStore
 from tests.support.training import ARMS, arm_totals, bernoulli_examples, feed, record, spec_of
 
 EXP = "hero"
@@ -316,3 +319,43 @@ async def test_non_thompson_arms_are_not_required_to_match(
                                 snapshot=(await store.get("other")).data)  # type: ignore[union-attr]
     assert isinstance(other_policy, ThompsonPolicy)
     assert other_policy.posterior("y") == (2.0, 1.0)
+
+
+async def test_the_lease_lets_exactly_one_runner_learn(
+    redis_bin: Redis, redis: Redis, namespace: str
+) -> None:
+    """Of two in-server learners on one Redis only the lease holder learns and sweeps; when its
+    lease lapses the other takes over and continues the published model."""
+    store = ExperimentStore(redis, namespace)
+    spec = msgspec.convert(
+        {"key": EXP, "placement": "home", "default_variant": "a",
+         "variants": [{"key": k} for k in ARMS], "policy": {"kind": "thompson"}},
+        ExperimentSpec,
+    )
+    await store.create(spec, 0.0)
+    runners = [
+        LearnerRunner(redis_bin, RewardJoin(redis, namespace), store, namespace, holder=name,
+                      snapshot_interval_s=0.0, sweep_interval_s=0.0)
+        for name in ("worker-1", "worker-2")
+    ]
+    rng = np.random.default_rng(9)
+    first = bernoulli_examples(EXP, 300, rng)
+    await feed(redis_bin, namespace, first)
+    for _ in range(3):
+        await runners[0].tick()
+    await runners[1].tick()
+    assert [r.leader for r in runners] == [True, False]
+    assert runners[1].learner.learned == 0
+    snap = await SnapshotStore(redis_bin, namespace).get(EXP)
+    assert snap is not None and snap.examples == 300
+
+    await redis.delete(f"{namespace}:learner:leader")  # the leader's lease lapses
+    second = bernoulli_examples(EXP, 200, rng, start=300)
+    await feed(redis_bin, namespace, second)
+    for _ in range(3):
+        await runners[1].tick()
+    assert runners[1].leader and runners[1].learner.learned == 200
+    await runners[0].tick()
+    assert not runners[0].leader
+    snap = await SnapshotStore(redis_bin, namespace).get(EXP)
+    assert snap is not None and snap.examples == 500
