@@ -23,8 +23,10 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 from scipy import stats
 
+from bandits.join import DecisionRecord
 from decision_api.bulk import Campaign, decide_bulk
 from decision_api.feature_store import unit_key
+from decision_api.learning import spec_of
 from decision_api.schemas import Recipient
 from decision_api.services import Services, open_services
 from decision_api.settings import DecisionSettings, Settings
@@ -688,3 +690,76 @@ async def test_python_api_decides_an_iterable_in_ordered_chunks(
     for r in flat:
         (decision,) = r.decisions
         assert decision.send_at is not None and begin <= decision.send_at < begin + timedelta(1)
+
+
+# --- equivalence with /v1/decide and the reward join --------------------------------------------
+
+
+async def test_batch_answers_what_single_decisions_answer(client: Client, tag: str) -> None:
+    """For fixed splits with targeting, holdout, a layer slice and consent, each recipient of a
+    batch gets exactly the answer ``/v1/decide`` gives the same unit and context."""
+    placements = [f"hero-{tag}", f"offer-{tag}", f"banner-{tag}"]
+    await start(client, content_spec(f"vip-{tag}", placements[0], targeting={
+        "attribute": "tier", "op": "in", "value": ["gold", "silver"]}))  # fmt: skip
+    await start(client, content_spec(f"held-{tag}", placements[1], holdout=0.3))
+    await start(client, content_spec(f"layered-{tag}", placements[2], layer=f"L-{tag}",
+                                     traffic=0.5))  # fmt: skip
+    campaign = f"c-{tag}"
+    recipients = [
+        {"unit_id": f"eq-{tag}-{i}", "context": {"tier": ["gold", "bronze", "silver"][i % 3]},
+         "consent": i % 7 != 0}
+        for i in range(150)
+    ]  # fmt: skip
+    answer = await batch(client, {"campaign": campaign, "placements": placements,
+                                  "recipients": recipients})  # fmt: skip
+    fields = ("placement", "experiment", "variant", "reason", "policy", "propensity", "payload")
+    for recipient, result in zip(recipients, answer["recipients"], strict=True):
+        single = await client.post("/v1/decide", json={
+            "unit_id": recipient["unit_id"], "placements": placements,
+            "context": {**recipient["context"], "campaign": campaign},
+            "consent": recipient["consent"]})  # fmt: skip
+        assert single.status_code == 200, single.text
+        expected = [{f: d.get(f) for f in fields} for d in single.json()["decisions"]]
+        assert [{f: d.get(f) for f in fields} for d in result["decisions"]] == expected
+    reasons = Counter(d["reason"] for r in answer["recipients"] for d in r["decisions"])
+    assert {"split", "not_targeted", "holdout", "outside_layer", "no_consent"} <= set(reasons)
+
+
+async def test_remembered_send_time_decision_indexes_the_hours_it_chose_among(
+    client: Client, tag: str, redis: Redis
+) -> None:
+    """A learning send-time decision is remembered for the reward join with the window's
+    feasible hours as candidates, the chosen one at ``chosen``, its propensity, and a reward
+    window that runs from send_at; the learner turns it into a valid example."""
+    key, placement = f"st-join-{tag}", f"send-{tag}"
+    await start(client, send_time_spec(key, placement, policy={"kind": "send_time_thompson"},
+                                       reward_window_s=3600))  # fmt: skip
+    # 09:30-14:10 in Tokyo on a future day: hours 9..14 are the only candidates.
+    begin = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=30, second=0,
+                                                             microsecond=0)  # fmt: skip
+    wire = {"start": begin.isoformat(),
+            "end": (begin + timedelta(hours=4, minutes=40)).isoformat()}  # fmt: skip
+    recipients = [{"unit_id": f"j-{tag}-{i}", "timezone": "Asia/Tokyo"} for i in range(40)]
+    answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
+                                  "send_window": wire, "recipients": recipients})  # fmt: skip
+    prefix = services_of(client).settings.redis.key_prefix
+    experiment = services_of(client).cache.get(key)
+    assert experiment is not None
+    spec = spec_of(experiment.experiment)
+    for result in answer["recipients"]:
+        decision = placed(result, placement)
+        record_key = f"{prefix}:dec:{{{result['decision_id']}}}:{key}"
+
+        async def stored(record_key: str = record_key) -> dict[str, str]:
+            found: dict[str, str] = await redis.hgetall(record_key)
+            return found
+
+        fields = await eventually(stored)
+        record = msgspec.json.decode(fields["rec"], type=DecisionRecord)
+        assert record.candidates == ["h09", "h10", "h11", "h12", "h13", "h14"]
+        assert record.candidates[record.chosen] == decision["variant"]
+        assert record.propensity == decision["propensity"]
+        send_at_ms = int(instant(decision["send_at"]).timestamp() * 1000)
+        assert int(fields["wend"]) == send_at_ms + 3600 * 1000
+        example = spec.example(record, 1.0)
+        assert example is not None and example.chosen_key == decision["variant"]
