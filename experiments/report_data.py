@@ -17,11 +17,13 @@ import msgspec
 from decision_api.event_log import EventLog
 from experiments import report_queries as sql
 from experiments.report_off_policy import CellMoments
+from experiments.report_queries import GLOBAL_HOLDOUT_CODE, HOLDOUT_CODE
 
 __all__ = [
     "DAY_MS",
     "GLOBAL_HOLDOUT_ARM",
     "HOLDOUT_ARM",
+    "UNCONFIGURED",
     "ArmGroup",
     "ReportData",
     "ReportQuery",
@@ -34,6 +36,8 @@ __all__ = [
 DAY_MS = 86_400_000
 HOLDOUT_ARM = "~holdout"
 GLOBAL_HOLDOUT_ARM = "~global_holdout"
+UNCONFIGURED = "~unconfigured"
+UNKNOWN_SEGMENT = "(unknown)"
 PPM = 1_000_000
 
 K = TypeVar("K", bound=Hashable)
@@ -144,7 +148,9 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         query: what was aggregated.
         groups: cohort units per (arm, segment, day of first exposure).
+        exposures: in-experiment exposures in the period per arm (each counted in its own arm).
         earlier_units: units first exposed before the range (left out of the cohort).
+        unconfigured: variants seen in the log but no longer configured (arm ``UNCONFIGURED``).
         orphan_outcomes: outcomes naming only a decision (resolved to its unit).
         logged_decisions: logged decisions (non-holdout split/policy exposures) in the range.
         ope_fraction: share of units the off-policy sums cover (1 unless sampled).
@@ -154,7 +160,9 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
 
     query: ReportQuery
     groups: list[ArmGroup]
+    exposures: dict[str, int]
     earlier_units: int
+    unconfigured: list[str]
     orphan_outcomes: int
     logged_decisions: int
     ope_fraction: float
@@ -171,28 +179,59 @@ def sum_groups(groups: Iterable[ArmGroup], key: Callable[[ArmGroup], K]) -> dict
     return out
 
 
-def _type_sums(row: Sequence[Any], types: Sequence[str]) -> dict[str, TypeSums]:
-    columns = [list(c) for c in row[7:16]]
-    out = {}
-    for i, name in enumerate(types):
-        values = [c[i] if i < len(c) else 0 for c in columns]
-        out[name] = TypeSums(
-            converters=int(values[0]),
-            events=int(values[1]),
-            value=float(values[2]),
-            value_sq=float(values[3]),
-            pre_converters=int(values[4]),
-            both_converters=int(values[5]),
-            pre_value=float(values[6]),
-            pre_value_sq=float(values[7]),
-            cross_value=float(values[8]),
+def _arm_names(variants: Sequence[str]) -> dict[int, str]:
+    names = {i + 1: v for i, v in enumerate(variants)}
+    names.update(
+        {0: UNCONFIGURED, HOLDOUT_CODE: HOLDOUT_ARM, GLOBAL_HOLDOUT_CODE: GLOBAL_HOLDOUT_ARM}
+    )
+    return names
+
+
+def _type_sums(row: Sequence[Any]) -> TypeSums:
+    return TypeSums(
+        converters=int(row[7]),
+        events=int(row[8]),
+        value=float(row[9]),
+        value_sq=float(row[10]),
+        pre_converters=int(row[11]),
+        both_converters=int(row[12]),
+        pre_value=float(row[13]),
+        pre_value_sq=float(row[14]),
+        cross_value=float(row[15]),
+    )
+
+
+def _groups(
+    rows: Sequence[Sequence[Any]], query: ReportQuery, segments: dict[int, str]
+) -> tuple[list[ArmGroup], int]:
+    """Cohort groups from UNIT_METRICS rows (one per type index), and the earlier units."""
+    names = _arm_names(query.variants)
+    merged: dict[tuple[int, int, int], ArmGroup] = {}
+    earlier = 0
+    for row in rows:
+        arm, seg, day, cohort, k = int(row[0]), int(row[1]), int(row[2]), row[3], int(row[4])
+        units, mixed = int(row[5]), int(row[6])
+        if not cohort:
+            earlier += units
+            continue
+        by_type = {query.types[k - 1]: _type_sums(row)} if 1 <= k <= len(query.types) else {}
+        group = ArmGroup(
+            arm=names.get(arm, UNCONFIGURED),
+            segment=segments.get(seg, UNKNOWN_SEGMENT),
+            day=day,
+            units=units,
+            mixed_units=mixed,
+            by_type=by_type,
         )
-    return out
+        key = (arm, seg, day)
+        merged[key] = merged[key].merged(group) if key in merged else group
+    return list(merged.values()), earlier
 
 
 def _unit_parameters(query: ReportQuery, resolve_orphans: bool) -> dict[str, object]:
     return {
         "experiment": query.experiment,
+        "variants": list(query.variants),
         "start_ms": query.start_ms,
         "end_ms": query.end_ms,
         "lookback_ms": query.pre_ms,
@@ -213,6 +252,7 @@ def _ope_parameters(query: ReportQuery, sample_ppm: int) -> dict[str, object]:
         "segment": query.segment,
         "variants": list(query.variants),
         "sample_ppm": sample_ppm,
+        "by_decision": 1,
         "reward_types": list(reward.types),
         "reward_of": list(reward.rewards),
         "reward_per_value": [1 if v else 0 for v in reward.per_value],
@@ -224,31 +264,58 @@ def _ope_parameters(query: ReportQuery, sample_ppm: int) -> dict[str, object]:
     }
 
 
-def _cells(rows: Sequence[Sequence[Any]], r0: float) -> tuple[list[CellMoments], int]:
-    base: dict[tuple[int, str], Sequence[Any]] = {}
-    corrections: dict[tuple[int, str], Sequence[Any]] = {}
+class _OffPolicyRows(msgspec.Struct, frozen=True, kw_only=True):
+    """What OFF_POLICY's rows say, typed."""
+
+    cells: list[CellMoments]
+    exposures: dict[str, int]
+    segments: dict[int, str]
+    unconfigured: list[str]
+    unknown_decisions: int
+    logged: int
+
+
+def _off_policy_rows(
+    rows: Sequence[Sequence[Any]], query: ReportQuery, r0: float
+) -> _OffPolicyRows:
+    names = _arm_names(query.variants)
+    exposures: dict[str, int] = {}
+    segments: dict[int, str] = {}
+    unconfigured: set[str] = set()
+    base: dict[tuple[int, str], list[float]] = {}
+    corrections: dict[tuple[int, str], list[float]] = {}
+    unknown = logged = 0
     for row in rows:
-        key = (int(row[1]), str(row[2]))
-        (base if row[0] == "base" else corrections)[key] = row
-    cells, unknown = [], 0
-    for (vi, seg), b in sorted(base.items()):
-        n = int(b[3])
-        if vi == 0:
-            unknown += n
+        code, name, seg, seg_hash = int(row[1]), str(row[2]), str(row[3]), int(row[4])
+        segments[seg_hash] = seg
+        n = int(row[6])
+        moments = [float(x) for x in row[7:13]]
+        if row[0] == "rewarded":
+            corrections[(code, seg)] = moments
             continue
-        c = corrections.get((vi, seg))
-        d = [float(x) for x in c[4:10]] if c is not None else [0.0] * 6
-        inv_p, inv_p_sq, p1 = float(b[4]), float(b[5]), float(b[7])
+        arm = names.get(code, UNCONFIGURED)
+        exposures[arm] = exposures.get(arm, 0) + int(row[5])
+        if code <= len(query.variants):
+            logged += int(row[5])
+        if code == 0:
+            unconfigured.add(name)
+            unknown += n
+        elif 1 <= code <= len(query.variants) and n > 0:
+            base[(code, seg)] = [float(n), *moments]
+    cells = []
+    for (code, seg), b in sorted(base.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        n, inv_p, inv_p_sq, min_p, p1, p2 = int(b[0]), b[1], b[2], b[3], b[4], b[5]
+        d = corrections.get((code, seg), [0.0] * 6)
         cells.append(
             CellMoments(
                 segment=seg,
-                action=vi - 1,
+                action=code - 1,
                 n=n,
                 inv_p=inv_p,
                 inv_p_sq=inv_p_sq,
-                min_p=float(b[6]),
+                min_p=min_p,
                 p=p1,
-                p_sq=float(b[8]),
+                p_sq=p2,
                 r=r0 * n + d[3],
                 r_sq=r0 * r0 * n + d[4],
                 r_inv_p=r0 * inv_p + d[0],
@@ -257,52 +324,45 @@ def _cells(rows: Sequence[Sequence[Any]], r0: float) -> tuple[list[CellMoments],
                 r_p=r0 * p1 + d[5],
             )
         )
-    return cells, unknown
+    return _OffPolicyRows(
+        cells=cells,
+        exposures=exposures,
+        segments=segments,
+        unconfigured=sorted(unconfigured),
+        unknown_decisions=unknown,
+        logged=logged,
+    )
 
 
 def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
-    """Aggregate an experiment's exposures and outcomes (4 queries, one unit-level scan).
+    """Aggregate an experiment's exposures and outcomes (four queries, one unit-level scan).
+
+    Off-policy sums cover all logged decisions up to ``ope_max_decisions``; beyond that a
+    deterministic sample of units holding about that many (by exposure count, an upper bound).
 
     Raises:
         EventLogUnavailable: when the event log cannot be queried.
     """
     unit_params = _unit_parameters(query, resolve_orphans=True)
     orphans = int(event_log.query(sql.ORPHAN_OUTCOMES, unit_params)[0][0])
+    total = int(event_log.query(sql.EXPOSURE_COUNT, unit_params)[0][0])
+    ppm = PPM
+    if total > query.ope_max_decisions:
+        ppm = max(1, math.ceil(PPM * query.ope_max_decisions / total))
+    ope = _off_policy_rows(
+        event_log.query(sql.OFF_POLICY, _ope_parameters(query, ppm)), query, query.reward.base
+    )
     rows = event_log.query(sql.UNIT_METRICS, _unit_parameters(query, orphans > 0))
-    groups, earlier = [], 0
-    for row in rows:
-        if not row[3]:
-            earlier += int(row[4])
-            continue
-        groups.append(
-            ArmGroup(
-                arm=str(row[0]),
-                segment=str(row[1]),
-                day=int(row[2]),
-                units=int(row[4]),
-                exposures=int(row[5]),
-                mixed_units=int(row[6]),
-                by_type=_type_sums(row, query.types),
-            )
-        )
-    logged = int(event_log.query(sql.LOGGED_DECISIONS, _ope_parameters(query, PPM))[0][0])
-    cells: list[CellMoments] = []
-    unknown = 0
-    fraction = 1.0
-    if logged > 0 and query.variants:
-        ppm = PPM
-        if logged > query.ope_max_decisions:
-            ppm = max(1, math.ceil(PPM * query.ope_max_decisions / logged))
-        fraction = ppm / PPM
-        ope_rows = event_log.query(sql.OFF_POLICY, _ope_parameters(query, ppm))
-        cells, unknown = _cells(ope_rows, query.reward.base)
+    groups, earlier = _groups(rows, query, ope.segments)
     return ReportData(
         query=query,
         groups=groups,
+        exposures=ope.exposures,
         earlier_units=earlier,
+        unconfigured=ope.unconfigured,
         orphan_outcomes=orphans,
-        logged_decisions=logged,
-        ope_fraction=fraction,
-        ope_cells=cells,
-        ope_unknown_variants=unknown,
+        logged_decisions=ope.logged,
+        ope_fraction=ppm / PPM,
+        ope_cells=ope.cells,
+        ope_unknown_variants=ope.unknown_decisions,
     )

@@ -1,60 +1,70 @@
 """The report's SQL: named, parameterised queries over the event log (chdb and server alike).
 
 Every query takes ``{name:Type}`` parameters, bound by the engine and never formatted into the
-text, and runs through ``EventLog.query``. Times are epoch milliseconds.
+text, and runs through ``EventLog.query``. Times are epoch milliseconds. Arms travel as codes:
+``1..K`` the configured variants in order, ``0`` a variant no longer configured, ``254`` the
+experiment's holdout, ``255`` the global holdout. Segments travel as ``cityHash64`` of the value
+(``OFF_POLICY``'s base rows name them).
 
 ``UNIT_METRICS`` — one scan of the experiment's exposures, grouped by unit:
 
 * ``o``: outcomes of the requested ``types`` in ``[start - lookback, end)``, tagged with this
-  experiment or with none, deduplicated with ``GROUP BY event_id`` (as fast as ``FINAL`` here and
-  also correct across partitions).
+  experiment or with none, deduplicated with ``GROUP BY event_id`` (as fast as ``FINAL`` here,
+  and correct across partitions too).
 * ``orphan_units``: outcomes that name only a decision (``unit_id = ''``) get the unit of that
   decision's exposure. Skipped (``resolve_orphans = 0``) when there are none: it reads every
   decision id.
 * ``units``: only exposures with ``reason`` ``split``, ``policy``, ``holdout`` or
   ``global_holdout`` put a unit in the experiment (``not_targeted``, ``no_consent``,
-  ``kill_switch``… served a default outside it). A unit's arm is that of its first exposure —
-  ``~holdout`` / ``~global_holdout`` for holdout rows, else the variant — and its segment the
-  ``segment`` context attribute at that exposure.
-* ``per_unit``: per outcome type, the unit's events and value sum over the attribution window
-  ``[first exposure, first exposure + window)``, and the same over the pre-period
-  ``[first - pre, first)`` (the CUPED covariate).
+  ``kill_switch``… served a default outside it). A unit's arm is that of its first exposure
+  (``min`` of time and arm code packed into one integer), its segment the ``segment`` context
+  attribute at that exposure.
+* ``unit_types``: units ⟕ outcomes, summed per (unit, outcome type) over the attribution window
+  ``[first exposure, first exposure + window)`` and over the pre-period ``[first - pre, first)``
+  (the CUPED covariate). Units without outcomes collapse into one group per (arm, segment, day);
+  a unit with outcomes is counted once, in the group of its lowest outcome type.
 
-One row per (arm, segment, day of first exposure, cohort) with per-type arrays (in ``types``
-order) of sums over units: converting units, events, value, value², and the pre-period
-equivalents and cross products. All are additive: totals, segments and daily series are sums of
-rows. ``cohort`` is 1 for units first exposed in ``[start, end)``; earlier units are returned
-(cohort 0) only so that nothing is silently mixed in.
+Rows per (arm, segment, day of first exposure, cohort, type index) — index 0 holds units without
+outcomes — with additive sums: units, converting units, events, value, value², and the pre-period
+equivalents and cross products. ``cohort`` is 1 for units first exposed in ``[start, end)``.
 
-``OFF_POLICY`` — logged decisions (non-holdout ``split``/``policy`` exposures) in
-``[start, end)`` of a deterministic unit sample (``sample_ppm`` per million units by hash; all of
-them at 1,000,000) and the reward each earned under the experiment's rules: an outcome naming a
-decision rewards that decision; one naming only the unit rewards the unit's latest decision at or
-before it (the live reward join's rule); both within ``reward_window`` after the decision,
-combined by ``first`` or ``sum`` and clipped to ``[reward_min, reward_max]``; decisions no outcome
-reached get ``reward_base`` (the clipped default). Rows per (part, variant index, segment):
-``base`` rows hold n, Σ1/p, Σ1/p², min p, Σp, Σp² over all decisions; ``rewarded`` rows the
-corrections Σ(r - r0)/p, Σ(r - r0)/p², Σ(r² - r0²)/p², Σ(r - r0), Σ(r² - r0²), Σ(r - r0)p over
-decisions with a reward — together every moment the estimators of
-:mod:`experiments.report_off_policy` need.
+``OFF_POLICY`` — ``base`` rows: per (arm code, variant, segment) of in-experiment exposures in
+``[start, end)``, the exposures and, over logged decisions (non-holdout ``split``/``policy``
+rows) of a deterministic unit sample (``sample_ppm`` per million units by hash), n, Σ1/p, Σ1/p²,
+min p, Σp, Σp². ``rewarded`` rows: per (variant index, segment) of logged decisions that earned
+a reward under the experiment's rules — an outcome naming a decision rewards that decision, one
+naming only the unit rewards the unit's latest logged decision at or before it (the live reward
+join's rule), within ``reward_window``; rewards combine by ``first`` or ``sum`` and are clipped
+to ``[reward_min, reward_max]`` — the corrections Σ(r - r0)/p, Σ(r - r0)/p², Σ(r² - r0²)/p²,
+Σ(r - r0), Σ(r² - r0²), Σ(r - r0)p against the clipped default r0 every other decision gets.
+Together these are every moment :mod:`experiments.report_off_policy` needs.
 
-Exposures are read without ``FINAL`` (2.8x the CPU on a merged table, measured): replayed batches
-are dropped on insert by their deduplication token, and a duplicate exposure would not change the
-unit-level aggregates (min, argMin) anyway.
+Exposures are read without ``FINAL`` (2.8x the CPU on a merged table, measured): replayed
+batches are dropped on insert by their deduplication token, and a duplicate exposure would not
+change the unit-level aggregates (min, argMin) anyway.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["LOGGED_DECISIONS", "OFF_POLICY", "ORPHAN_OUTCOMES", "UNIT_METRICS"]
+__all__ = ["EXPOSURE_COUNT", "OFF_POLICY", "ORPHAN_OUTCOMES", "UNIT_METRICS"]
+
+GLOBAL_HOLDOUT_CODE = 255
+HOLDOUT_CODE = 254
 
 # The context attribute a report is broken down by; constant-folded to '' (and the Map column
 # left unread) when no segment is requested.
 _SEGMENT = "if({segment:String} = '', '', context[{segment:String}])"
+_ARM_CODE = (
+    "multiIf(reason = 'global_holdout', 255, holdout = 1, 254, "
+    "indexOf({variants:Array(String)}, variant))"
+)
 _IN_EXPERIMENT = "reason IN ('split', 'policy', 'holdout', 'global_holdout')"
 _LOGGED = "reason IN ('split', 'policy') AND holdout = 0 AND propensity > 0"
 _SAMPLED = "cityHash64(unit_id) % 1000000 < {sample_ppm:UInt32}"
+_IN_RANGE = """ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+    AND ts < fromUnixTimestamp64Milli({end_ms:Int64})"""
 _OUTCOMES_IN_RANGE = """experiment IN ('', {experiment:String})
     AND ts >= fromUnixTimestamp64Milli({start_ms:Int64} - {lookback_ms:Int64})
     AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
@@ -63,6 +73,11 @@ _OUTCOMES_IN_RANGE = """experiment IN ('', {experiment:String})
 ORPHAN_OUTCOMES: Final = f"""
 SELECT count() FROM outcomes
 WHERE unit_id = '' AND decision_id != '' AND {_OUTCOMES_IN_RANGE}
+"""
+
+EXPOSURE_COUNT: Final = f"""
+SELECT count() FROM exposures
+WHERE experiment = {{experiment:String}} AND {_IN_RANGE}
 """
 
 UNIT_METRICS: Final = f"""
@@ -79,125 +94,141 @@ orphan_units AS (
   SELECT decision_id AS d_id, any(cityHash64(unit_id)) AS d_uh
   FROM exposures
   WHERE {{resolve_orphans:UInt8}} = 1 AND experiment = {{experiment:String}}
-    AND decision_id IN (
-      SELECT decision_id FROM outcomes
-      WHERE unit_id = '' AND decision_id != '' AND {_OUTCOMES_IN_RANGE})
+    AND decision_id IN (SELECT o_dec FROM o WHERE o_unit = '' AND o_dec != '')
   GROUP BY decision_id
 ),
-by_unit AS (
-  SELECT uh, groupArray(o_ms) AS u_t, groupArray(o_k) AS u_k, groupArray(o_value) AS u_v
+o_flat AS (
+  SELECT f_uh, f_ms, f_k, f_v, min(f_k) OVER (PARTITION BY f_uh) AS f_min_k
   FROM (
-    SELECT if(o_unit != '', cityHash64(o_unit), d_uh) AS uh, o_ms,
-      indexOf({{types:Array(String)}}, o_type) AS o_k, o_value
+    SELECT if(o_unit != '', cityHash64(o_unit), d_uh) AS f_uh, o_ms AS f_ms,
+      toUInt8(indexOf({{types:Array(String)}}, o_type)) AS f_k, o_value AS f_v
     FROM o LEFT JOIN orphan_units ON orphan_units.d_id = o.o_dec
     WHERE o_unit != '' OR d_uh != 0)
-  GROUP BY uh
 ),
 units AS (
   SELECT cityHash64(unit_id) AS uh,
-    min(toUnixTimestamp64Milli(ts)) AS first_ms,
-    argMin(multiIf(reason = 'global_holdout', '~global_holdout',
-                   holdout = 1, '~holdout', toString(variant)), ts) AS arm,
-    argMin({_SEGMENT}, ts) AS seg,
-    count() AS n_exposures,
-    minIf(variant, holdout = 0) != maxIf(variant, holdout = 0) AS mixed
+    min(bitShiftLeft(toUInt64(toUnixTimestamp64Milli(ts)), 8) + {_ARM_CODE}) AS first,
+    argMin(cityHash64({_SEGMENT}), ts) AS seg,
+    minIf(indexOf({{variants:Array(String)}}, variant), holdout = 0)
+      != maxIf(indexOf({{variants:Array(String)}}, variant), holdout = 0) AS mixed
   FROM exposures
   WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT}
     AND ts < fromUnixTimestamp64Milli({{end_ms:Int64}})
   GROUP BY uh
 ),
-per_unit AS (
-  SELECT arm, seg, intDiv(first_ms, 86400000) AS first_day,
-    toUInt8(first_ms >= {{start_ms:Int64}}) AS cohort, n_exposures, mixed,
-    range(1, length({{types:Array(String)}}) + 1) AS type_ids,
-    arrayMap((t, k) -> if(t >= first_ms AND t < first_ms + {{window_ms:Int64}}, k, 0), u_t, u_k)
-      AS in_k,
-    arrayMap((t, k) -> if(t < first_ms AND t >= first_ms - {{pre_ms:Int64}}, k, 0), u_t, u_k)
-      AS pre_k,
-    arrayMap(k -> countEqual(in_k, k), type_ids) AS cnt,
-    arrayMap(k -> arraySum(arrayFilter((v, kk) -> kk = k, u_v, in_k)), type_ids) AS val,
-    arrayMap(k -> countEqual(pre_k, k), type_ids) AS pre_cnt,
-    arrayMap(k -> arraySum(arrayFilter((v, kk) -> kk = k, u_v, pre_k)), type_ids) AS pre_val
-  FROM units LEFT JOIN by_unit USING (uh)
+unit_types AS (
+  SELECT if(f_k = 0, toUInt64(0), uh) AS key_uh, f_k AS k,
+    toUInt8(bitAnd(first, 255)) AS arm, seg,
+    intDiv(t0, 86400000) AS day, toUInt8(t0 >= {{start_ms:Int64}}) AS cohort,
+    count() AS n_rows, countIf(mixed) AS n_mixed, any(mixed) AS u_mixed, any(f_min_k) AS min_k,
+    countIf(f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS cnt,
+    sumIf(f_v, f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS val,
+    countIf(f_k != 0 AND f_ms < t0 AND f_ms >= t0 - {{pre_ms:Int64}}) AS pre_cnt,
+    sumIf(f_v, f_k != 0 AND f_ms < t0 AND f_ms >= t0 - {{pre_ms:Int64}}) AS pre_val
+  FROM (SELECT *, toInt64(bitShiftRight(first, 8)) AS t0 FROM units) AS u
+  LEFT JOIN o_flat ON o_flat.f_uh = u.uh
+  GROUP BY key_uh, k, arm, seg, day, cohort
 )
-SELECT arm, seg, first_day, cohort,
-  count() AS units,
-  sum(n_exposures) AS exposures,
-  sum(mixed) AS mixed_units,
-  sumForEach(arrayMap(c -> toUInt64(c > 0), cnt)) AS converters,
-  sumForEach(cnt) AS events,
-  sumForEach(val) AS value,
-  sumForEach(arrayMap(v -> v * v, val)) AS value_sq,
-  sumForEach(arrayMap(c -> toUInt64(c > 0), pre_cnt)) AS pre_converters,
-  sumForEach(arrayMap((a, b) -> toUInt64(a > 0 AND b > 0), cnt, pre_cnt)) AS both_converters,
-  sumForEach(pre_val) AS pre_value,
-  sumForEach(arrayMap(v -> v * v, pre_val)) AS pre_value_sq,
-  sumForEach(arrayMap((a, b) -> a * b, val, pre_val)) AS cross_value
-FROM per_unit
-GROUP BY arm, seg, first_day, cohort
+SELECT arm, seg, day, cohort, k AS type_index,
+  sum(if(key_uh = 0, n_rows, k = min_k)) AS units,
+  sum(if(key_uh = 0, n_mixed, k = min_k AND u_mixed)) AS mixed_units,
+  countIf(cnt > 0) AS converters,
+  sum(cnt) AS events,
+  sum(val) AS value,
+  sum(val * val) AS value_sq,
+  countIf(pre_cnt > 0) AS pre_converters,
+  countIf(cnt > 0 AND pre_cnt > 0) AS both_converters,
+  sum(pre_val) AS pre_value,
+  sum(pre_val * pre_val) AS pre_value_sq,
+  sum(val * pre_val) AS cross_value
+FROM unit_types
+GROUP BY arm, seg, day, cohort, type_index
 """
 
-# Logged decisions of the sampled units, with what OFF_POLICY needs of each.
+_REWARD_OF = (
+    "{reward_of:Array(Float64)}[indexOf({reward_types:Array(String)}, type)]"
+    " * if({reward_per_value:Array(UInt8)}[indexOf({reward_types:Array(String)}, type)] = 1,"
+    " value, 1.0)"
+)
 _DECISIONS = f"""
-    SELECT decision_id, cityHash64(unit_id) AS uh, cityHash64(decision_id) AS dh,
-      toUnixTimestamp64Milli(ts) AS t, propensity AS p,
-      indexOf({{variants:Array(String)}}, variant) AS vi, {_SEGMENT} AS sv
-    FROM exposures
-    WHERE experiment = {{experiment:String}} AND {_LOGGED} AND {_SAMPLED}
-      AND ts >= fromUnixTimestamp64Milli({{start_ms:Int64}})
-      AND ts < fromUnixTimestamp64Milli({{end_ms:Int64}})"""
-
-_REWARD_OUTCOMES = """
-    SELECT event_id,
-      any(unit_id) AS r_unit, any(decision_id) AS r_dec, any(toUnixTimestamp64Milli(ts)) AS r_t,
-      any({reward_of:Array(Float64)}[indexOf({reward_types:Array(String)}, type)]
-          * if({reward_per_value:Array(UInt8)}[indexOf({reward_types:Array(String)}, type)] = 1,
-               value, 1.0)) AS r_value
-    FROM outcomes
-    WHERE experiment IN ('', {experiment:String}) AND has({reward_types:Array(String)}, type)
-      AND ts >= fromUnixTimestamp64Milli({start_ms:Int64})
-      AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
-    GROUP BY event_id"""
+  FROM exposures
+  WHERE experiment = {{experiment:String}} AND {_LOGGED} AND {_SAMPLED} AND {_IN_RANGE}"""
 
 OFF_POLICY: Final = f"""
 WITH
-ro AS ({_REWARD_OUTCOMES}
+ro AS (
+  SELECT event_id, any(unit_id) AS r_unit, any(decision_id) AS r_dec,
+    any(toUnixTimestamp64Milli(ts)) AS r_t, any({_REWARD_OF}) AS r_value
+  FROM outcomes
+  WHERE experiment IN ('', {{experiment:String}}) AND has({{reward_types:Array(String)}}, type)
+    AND {_IN_RANGE}
+  GROUP BY event_id
 ),
-hits AS (
-  SELECT e.dh AS h_dh, e.p AS h_p, e.vi AS h_vi, e.sv AS h_sv, ro.r_t AS h_t, ro.r_value AS h_r
-  FROM ro INNER JOIN ({_DECISIONS}
-      AND decision_id IN (SELECT r_dec FROM ro WHERE r_dec != '')
-  ) AS e ON e.decision_id = ro.r_dec
-  WHERE ro.r_t >= e.t AND ro.r_t <= e.t + {{reward_window_ms:Int64}}
-  UNION ALL
-  SELECT e.dh, e.p, e.vi, e.sv, u.r_t, u.r_value
-  FROM (SELECT cityHash64(r_unit) AS uh, r_t, r_value FROM ro WHERE r_dec = '' AND r_unit != '')
-    AS u
-  ASOF INNER JOIN ({_DECISIONS}
-      AND cityHash64(unit_id) IN (SELECT cityHash64(r_unit) FROM ro WHERE r_dec = '')
-  ) AS e ON u.uh = e.uh AND u.r_t >= e.t
-  WHERE u.r_t <= e.t + {{reward_window_ms:Int64}}
+by_decision AS (
+  SELECT cityHash64(cityHash64(e.unit_id), toUnixTimestamp64Milli(e.ts)) AS h_id,
+    e.propensity AS h_p, indexOf({{variants:Array(String)}}, e.variant) AS h_vi,
+    {_SEGMENT} AS h_sv, r.r_t AS h_t, r.r_value AS h_r
+  FROM exposures AS e
+  INNER JOIN (SELECT r_dec, r_t, r_value FROM ro WHERE r_dec != '') AS r ON r.r_dec = e.decision_id
+  WHERE {{by_decision:UInt8}} = 1 AND e.experiment = {{experiment:String}}
+    AND e.reason IN ('split', 'policy') AND e.holdout = 0 AND e.propensity > 0
+    AND cityHash64(e.unit_id) % 1000000 < {{sample_ppm:UInt32}}
+    AND e.ts >= fromUnixTimestamp64Milli({{start_ms:Int64}})
+    AND e.ts < fromUnixTimestamp64Milli({{end_ms:Int64}})
+    AND e.decision_id IN (SELECT r_dec FROM ro WHERE r_dec != '')
+    AND r.r_t >= toUnixTimestamp64Milli(e.ts)
+    AND r.r_t <= toUnixTimestamp64Milli(e.ts) + {{reward_window_ms:Int64}}
+),
+unit_outcomes AS (
+  SELECT cityHash64(r_unit) AS uh, groupArray(r_t) AS u_t, groupArray(r_value) AS u_r
+  FROM ro WHERE r_dec = '' AND r_unit != '' GROUP BY uh
+),
+unit_decisions AS (
+  SELECT cityHash64(unit_id) AS uh,
+    groupArray(toUnixTimestamp64Milli(ts)) AS e_t, groupArray(propensity) AS e_p,
+    groupArray(indexOf({{variants:Array(String)}}, variant)) AS e_v,
+    groupArray({_SEGMENT}) AS e_s
+  {_DECISIONS}
+    AND cityHash64(unit_id) IN (SELECT uh FROM unit_outcomes)
+  GROUP BY uh
+),
+by_unit AS (
+  SELECT cityHash64(uh, e_t[j]) AS h_id, e_p[j] AS h_p, e_v[j] AS h_vi, e_s[j] AS h_sv,
+    t AS h_t, r AS h_r
+  FROM (
+    SELECT d.uh AS uh, d.e_t AS e_t, d.e_p AS e_p, d.e_v AS e_v, d.e_s AS e_s,
+      arrayMap(x -> indexOf(d.e_t, arrayMax(arrayFilter(z -> z <= x, d.e_t))), o.u_t) AS js,
+      o.u_t AS ts_, o.u_r AS rs_
+    FROM unit_decisions AS d INNER JOIN unit_outcomes AS o ON o.uh = d.uh
+  )
+  ARRAY JOIN js AS j, ts_ AS t, rs_ AS r
+  WHERE j > 0 AND t <= e_t[j] + {{reward_window_ms:Int64}}
 ),
 rewarded AS (
   SELECT any(h_p) AS p, any(h_vi) AS vi, any(h_sv) AS sv,
     greatest({{reward_min:Float64}}, least({{reward_max:Float64}},
       if({{reward_sum:UInt8}} = 1, sum(h_r), argMin(h_r, h_t)))) AS r,
     {{reward_base:Float64}} AS r0
-  FROM hits GROUP BY h_dh
+  FROM (SELECT * FROM by_decision UNION ALL SELECT * FROM by_unit)
+  GROUP BY h_id
 )
-SELECT 'base' AS part, vi, sv, count() AS n,
-  sum(1 / p) AS a1, sum(1 / (p * p)) AS a2, min(p) AS a3, sum(p) AS a4, sum(p * p) AS a5, 0. AS a6
-FROM ({_DECISIONS}) GROUP BY vi, sv
+SELECT 'base' AS part, {_ARM_CODE} AS code, toString(variant) AS name,
+  {_SEGMENT} AS sv, cityHash64(sv) AS sv_hash, count() AS exposures,
+  countIf(logged) AS n,
+  sumIf(1 / propensity, logged) AS a1,
+  sumIf(1 / (propensity * propensity), logged) AS a2,
+  minIf(propensity, logged) AS a3,
+  sumIf(propensity, logged) AS a4,
+  sumIf(propensity * propensity, logged) AS a5,
+  0.0 AS a6
+FROM (
+  SELECT *, {_LOGGED} AND {_SAMPLED} AS logged
+  FROM exposures
+  WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE})
+GROUP BY code, name, sv
 UNION ALL
-SELECT 'rewarded', vi, sv, count(),
+SELECT 'rewarded', vi, '', sv, cityHash64(sv), 0, count(),
   sum((r - r0) / p), sum((r - r0) / (p * p)), sum((r * r - r0 * r0) / (p * p)),
   sum(r - r0), sum(r * r - r0 * r0), sum((r - r0) * p)
 FROM rewarded GROUP BY vi, sv
-"""
-
-LOGGED_DECISIONS: Final = f"""
-SELECT count() FROM exposures
-WHERE experiment = {{experiment:String}} AND {_LOGGED}
-  AND ts >= fromUnixTimestamp64Milli({{start_ms:Int64}})
-  AND ts < fromUnixTimestamp64Milli({{end_ms:Int64}})
 """

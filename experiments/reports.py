@@ -142,7 +142,7 @@ def arm_summaries(data: ReportData, experiment: Experiment) -> list[ArmSummary]:
                 arm=arm,
                 kind=kind,
                 units=group.units,
-                exposures=group.exposures,
+                exposures=data.exposures.get(arm, 0),
                 share=group.units / in_split if kind == "variant" and in_split else float("nan"),
                 configured_share=weights[arm] / weight_sum if arm in weights else None,
             )
@@ -302,10 +302,8 @@ def _warnings(data: ReportData, experiment: Experiment) -> list[str]:
             f"{mixed} units saw more than one variant (weights or salt changed mid-run?): "
             "each counts in the arm of its first exposure"
         )
-    configured = {v.key for v in experiment.variants}
-    for arm in totals:
-        if arm_kind(arm) == "variant" and arm not in configured:
-            out.append(f"exposures of variant {arm!r}, which is no longer configured")
+    for name in data.unconfigured:
+        out.append(f"exposures of variant {name!r}, which is no longer configured")
     if data.earlier_units:
         out.append(f"{data.earlier_units} units first exposed before the period are left out")
     return out

@@ -85,7 +85,8 @@ def logged(module_log: tuple[ClickHouseEventLog, Log]) -> Log:
 def _observed(data: ReportData) -> pd.DataFrame:
     rows = []
     for g in data.groups:
-        for t, s in g.by_type.items():
+        for t in TYPES:
+            s = g.sums(t)
             rows.append(
                 dict(
                     arm=g.arm, seg=g.segment, day=g.day, cohort=True, type=t, units=g.units,
@@ -157,10 +158,15 @@ def test_off_policy_sums_match_pandas(
 def test_off_policy_samples_units_beyond_the_cap(
     event_log: ClickHouseEventLog, logged: Log
 ) -> None:
-    """Above ``ope_max_decisions`` the off-policy sums cover a unit sample of about that size,
-    and say so."""
+    """Above ``ope_max_decisions`` the off-policy sums cover a deterministic sample of units
+    (sized by the period's exposures) and say so; traffic numbers stay complete."""
     full = fetch_report_data(event_log, _query(""))
-    capped = fetch_report_data(event_log, _query("", ope_max=full.logged_decisions // 2))
-    assert capped.ope_fraction == pytest.approx(0.5, abs=0.01)
+    cap = full.logged_decisions // 2
+    capped = fetch_report_data(event_log, _query("", ope_max=cap))
+    ex = logged.exposures
+    in_period = ex[(ex.experiment == EXPERIMENT) & (ex.ts >= START) & (ex.ts < END)]
+    assert capped.ope_fraction == pytest.approx(cap / len(in_period), abs=1e-5)
     used = sum(c.n for c in capped.ope_cells)
-    assert 0.3 * full.logged_decisions < used < 0.7 * full.logged_decisions
+    assert 0 < used < full.logged_decisions
+    assert capped.logged_decisions == full.logged_decisions
+    assert capped.exposures == full.exposures

@@ -66,7 +66,6 @@ class Units:
             segment=segment,
             day=day,
             units=y.size,
-            exposures=2 * y.size,
             by_type={
                 "purchase": TypeSums(
                     converters=int(conv.sum()),
@@ -88,7 +87,9 @@ def _data(groups: list[ArmGroup]) -> ReportData:
     return ReportData(
         query=QUERY,
         groups=groups,
+        exposures={g.arm: 2 * g.units for g in groups},
         earlier_units=0,
+        unconfigured=[],
         orphan_outcomes=0,
         logged_decisions=0,
         ope_fraction=1.0,

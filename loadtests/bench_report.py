@@ -1,0 +1,112 @@
+"""Benchmark: a whole experiment report over 10M exposures and 1M outcomes in chdb.
+
+Run: ``.venv/bin/python loadtests/bench_report.py [--dir DIR] [--runs 5] [--reuse]``
+
+Generates the traffic of :mod:`loadtests.report_data` inside ClickHouse (unless ``--reuse`` finds
+it already in ``DIR``), then times ``build_report`` — every query and every statistic of the
+JSON report, off-policy section included — ``--runs`` times, without and with a segment
+breakdown, after background merges settle and again after ``OPTIMIZE TABLE ... FINAL``.
+Prints wall time (min and median), process CPU time (chdb runs in-process) and the load
+average, since other work on the machine shows up in wall time. Target: under 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from decision_api.event_log import ClickHouseEventLog, open_event_log
+from experiments.models import Experiment, Variant
+from experiments.report_data import fetch_report_data
+from experiments.report_models import ReportOptions
+from experiments.reports import build_report, report_query
+from loadtests.report_data import BENCH_EXPERIMENT, generate
+
+EXPERIMENT = Experiment(
+    key=BENCH_EXPERIMENT,
+    placement="home",
+    variants=[Variant(key="control"), Variant(key="b"), Variant(key="c")],
+    default_variant="control",
+    primary_metric="purchase",
+    guardrail_metrics=["unsubscribe"],
+    holdout=0.05,
+    name="Benchmark hero banner",
+)
+NOW_MS = 1_800_000_000_000
+
+
+def _time(
+    log: ClickHouseEventLog, options: ReportOptions, runs: int
+) -> tuple[list[float], list[float]]:
+    walls, cpus = [], []
+    for _ in range(runs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        build_report(log, EXPERIMENT, options, now_ms=NOW_MS)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return walls, cpus
+
+
+def _row(label: str, walls: list[float], cpus: list[float]) -> str:
+    return (
+        f"{label:<34} wall min {min(walls):6.3f} s  median {statistics.median(walls):6.3f} s"
+        f"   cpu min {min(cpus):6.3f} s   (load {os.getloadavg()[0]:.1f})"
+    )
+
+
+def main() -> None:
+    """Generate (or reuse) the data and print the report's timings."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help="chdb data directory (default: a temp dir)")
+    parser.add_argument("--exposures", type=int, default=10_000_000)
+    parser.add_argument("--outcomes", type=int, default=1_000_000)
+    parser.add_argument("--units", type=int, default=2_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--reuse", action="store_true", help="keep data already in --dir")
+    parser.add_argument("--no-optimize", action="store_true", help="skip the OPTIMIZE pass")
+    args = parser.parse_args()
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="tailor-bench-report-"))
+    log = open_event_log(f"chdb://{directory}?database=bench")
+    log.migrate()
+    have = log.query("SELECT count() FROM exposures")[0][0]
+    if not (args.reuse and have >= args.exposures):
+        data = generate(log, exposures=args.exposures, outcomes=args.outcomes, units=args.units)
+        rate = (data.exposures + data.outcomes) / data.seconds
+        print(
+            f"generated {data.exposures:,} exposures and {data.outcomes:,} outcomes of "
+            f"{data.units:,} units in {data.seconds:.1f} s ({rate:,.0f} rows/s) in {directory}"
+        )
+    parts = log.query(
+        "SELECT table, count() FROM system.parts WHERE database = 'bench' AND active "
+        "GROUP BY table ORDER BY table"
+    )
+    print(f"active parts: {dict(parts)}")
+    query = report_query(EXPERIMENT, ReportOptions(), NOW_MS)
+    data = fetch_report_data(log, query)  # warm-up (page cache, marks)
+    units = sum(g.units for g in data.groups)
+    print(f"report covers {units:,} units, {data.logged_decisions:,} logged decisions")
+    passes = [("", False)] + ([] if args.no_optimize else [(" (after OPTIMIZE FINAL)", True)])
+    for suffix, optimize in passes:
+        if optimize:
+            started = time.perf_counter()
+            log.command("OPTIMIZE TABLE exposures FINAL")
+            log.command("OPTIMIZE TABLE outcomes FINAL")
+            print(f"OPTIMIZE FINAL took {time.perf_counter() - started:.1f} s")
+        for label, options in (
+            ("report", ReportOptions()),
+            ("report by segment (device)", ReportOptions(segment="device")),
+        ):
+            walls, cpus = _time(log, options, args.runs)
+            print(_row(label + suffix, walls, cpus))
+    log.close()
+
+
+if __name__ == "__main__":
+    main()
