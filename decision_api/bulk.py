@@ -40,7 +40,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bandits.base import Candidate, Choice
-from bandits.send_time_policy import SendTimePolicy, hour_key
+from bandits.send_time_policy import SendTimePolicy
 from bandits.spec import candidate_features
 from bandits.vw import VWPolicy
 from decision_api.decider import DecisionEngine, Placed, UnitCall
@@ -436,14 +436,26 @@ class _SendTimeGroup:
             chosen[idx], propensity[idx] = hours, props
             return chosen, propensity, policy.name, policy.version
         if isinstance(policy, VWPolicy):
-            by_key = {c.key: c for c in _hour_candidates(self.compiled)}
+            # Members of one zone share their feasible hours: one choose_many per zone.
+            candidates = _hour_candidates(self.compiled)
+            by_code: dict[int, list[int]] = {}
+            codes = self.table.codes
             for m in pending:
-                k, _ = self.members[m]
-                hours_ok = np.flatnonzero(self.feasible[m])
-                options = [by_key[hour_key(int(h), self.n_hours)] for h in hours_ok]
-                context = {**self.chunk.units[k].attributes, **_history_features(self._week(k))}
-                choice = policy.choose(context, options, rng)
-                chosen[m], propensity[m] = int(hours_ok[choice.index]), choice.propensity
+                by_code.setdefault(int(codes[m]), []).append(m)
+            for code, members in by_code.items():
+                hours_ok = np.flatnonzero(self.table.feasible[code])
+                options = [candidates[h] for h in hours_ok.tolist()]
+                contexts = [
+                    {
+                        **self.chunk.units[self.members[m][0]].attributes,
+                        **_history_features(self._week(self.members[m][0])),
+                    }
+                    for m in members
+                ]
+                for m, choice in zip(
+                    members, policy.choose_many(contexts, options, rng), strict=True
+                ):
+                    chosen[m], propensity[m] = int(hours_ok[choice.index]), choice.propensity
             return chosen, propensity, policy.name, policy.version
         for m in pending:  # fixed: uniform over the feasible hours, sticky per unit
             k, _ = self.members[m]
@@ -503,11 +515,21 @@ def _utc_offset_hours(zone: str, window: SendWindow) -> int:
     return found
 
 
+_CANDIDATES: dict[int, tuple[Compiled, list[Candidate]]] = {}
+
+
 def _hour_candidates(compiled: Compiled) -> list[Candidate]:
-    return [
-        Candidate(key=v.key, features=candidate_features(v.payload, v.features))
-        for v in compiled.experiment.variants
-    ]
+    """The experiment's hour actions with their features (built once per definition)."""
+    known = _CANDIDATES.get(id(compiled))
+    if known is None or known[0] is not compiled:
+        if len(_CANDIDATES) > 256:
+            _CANDIDATES.clear()
+        candidates = [
+            Candidate(key=v.key, features=candidate_features(v.payload, v.features))
+            for v in compiled.experiment.variants
+        ]
+        known = _CANDIDATES[id(compiled)] = (compiled, candidates)
+    return known[1]
 
 
 def _history_features(week: FloatArray) -> dict[str, Any]:
