@@ -243,7 +243,9 @@ def _unit_parameters(query: ReportQuery, resolve_orphans: bool) -> dict[str, obj
     }
 
 
-def _ope_parameters(query: ReportQuery, sample_ppm: int) -> dict[str, object]:
+def _ope_parameters(
+    query: ReportQuery, sample_ppm: int, by_decision: bool = True
+) -> dict[str, object]:
     reward = query.reward
     return {
         "experiment": query.experiment,
@@ -252,7 +254,7 @@ def _ope_parameters(query: ReportQuery, sample_ppm: int) -> dict[str, object]:
         "segment": query.segment,
         "variants": list(query.variants),
         "sample_ppm": sample_ppm,
-        "by_decision": 1,
+        "by_decision": 1 if by_decision else 0,
         "reward_types": list(reward.types),
         "reward_of": list(reward.rewards),
         "reward_per_value": [1 if v else 0 for v in reward.per_value],
@@ -349,9 +351,8 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
     ppm = PPM
     if total > query.ope_max_decisions:
         ppm = max(1, math.ceil(PPM * query.ope_max_decisions / total))
-    ope = _off_policy_rows(
-        event_log.query(sql.OFF_POLICY, _ope_parameters(query, ppm)), query, query.reward.base
-    )
+    ope_params = _ope_parameters(query, ppm, by_decision=orphans > 0)
+    ope = _off_policy_rows(event_log.query(sql.OFF_POLICY, ope_params), query, query.reward.base)
     rows = event_log.query(sql.UNIT_METRICS, _unit_parameters(query, orphans > 0))
     groups, earlier = _groups(rows, query, ope.segments)
     return ReportData(

@@ -71,13 +71,26 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--reuse", action="store_true", help="keep data already in --dir")
     parser.add_argument("--no-optimize", action="store_true", help="skip the OPTIMIZE pass")
+    parser.add_argument(
+        "--decision-only",
+        type=float,
+        default=0.0,
+        help="share of outcomes naming only their decision (costs a scan of decision ids)",
+    )
     args = parser.parse_args()
     directory = args.dir or Path(tempfile.mkdtemp(prefix="tailor-bench-report-"))
     log = open_event_log(f"chdb://{directory}?database=bench")
     log.migrate()
     have = log.query("SELECT count() FROM exposures")[0][0]
-    if not (args.reuse and have >= args.exposures):
-        data = generate(log, exposures=args.exposures, outcomes=args.outcomes, units=args.units)
+    if not (args.reuse and have >= args.exposures) or args.decision_only:
+        data = generate(
+            log,
+            exposures=args.exposures,
+            outcomes=args.outcomes,
+            units=args.units,
+            decision_only=args.decision_only,
+            outcomes_only=args.reuse and have >= args.exposures,
+        )
         rate = (data.exposures + data.outcomes) / data.seconds
         print(
             f"generated {data.exposures:,} exposures and {data.outcomes:,} outcomes of "

@@ -10,8 +10,9 @@ ones); 5% of units in the experiment's holdout, 1% in the global holdout, the re
 over ``control``, ``b`` and ``c`` (propensity 1/3); a context Map of ``device`` and ``country``.
 Outcomes go to a fifth of the units (the active ones, about 2.5 each): purchases (40%, with a
 value), clicks (50%) and unsubscribes (10%), from three days before a unit's first exposure to
-two days after; ``b`` and ``c`` convert about 10% more often than ``control``; one outcome in
-twenty names only its decision.
+two days after; ``b`` and ``c`` convert about 10% more often than ``control``. Every outcome
+names its unit; ``with_decision`` of them also the decision (the unit's first), and
+``decision_only`` of them name only the decision (what a caller that keeps no unit id sends).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ OUTCOMES_SQL = f"""
 INSERT INTO outcomes (event_id, ts, decision_id, unit_id, experiment, type, value, properties)
 SELECT generateUUIDv4(number),
   fromUnixTimestamp64Milli(toInt64({{start_ms:Int64}} + first + offset)),
-  if(number % 20 = 0, lower(hex(MD5(toString(k)))), ''),
-  if(number % 20 = 0, '', concat('visitor-', toString(k))), '',
+  if(x < {{with_decision:Float64}} + {{decision_only:Float64}}, lower(hex(MD5(toString(k)))), ''),
+  if(x < {{decision_only:Float64}}, '', concat('visitor-', toString(k))), '',
   multiIf(t < 40, 'purchase', t < 90, 'click', 'unsubscribe'),
   if(t < 40, 20 + (cityHash64(number, 7) % 8000) / 100, 0), map()
 FROM (
@@ -68,7 +69,8 @@ FROM (
     cityHash64(k, 2) % 1000 AS h,
     cityHash64(number, 6) % 100 AS t,
     cityHash64(k, 1) % ({{days:UInt64}} * {DAY_MS} * 8 / 10) AS first,
-    toInt64(cityHash64(number, 5) % (5 * {DAY_MS})) - 3 * {DAY_MS} AS offset
+    toInt64(cityHash64(number, 5) % (5 * {DAY_MS})) - 3 * {DAY_MS} AS offset,
+    (cityHash64(number, 9) % 1000) / 1000 AS x
   FROM numbers({{draws:UInt64}})
 )
 WHERE NOT (h >= 60 AND h % 3 = 0 AND cityHash64(number, 8) % 11 = 0)
@@ -91,16 +93,29 @@ def generate(
     outcomes: int = 1_000_000,
     units: int = 2_000_000,
     days: int = 28,
+    with_decision: float = 0.5,
+    decision_only: float = 0.0,
+    outcomes_only: bool = False,
 ) -> GeneratedData:
-    """Replace the event log's exposures and outcomes with synthetic traffic (see module doc)."""
+    """Replace the event log's exposures (unless ``outcomes_only``) and outcomes with synthetic
+    traffic (see the module docstring)."""
     started = time.perf_counter()
     event_log.migrate()
-    event_log.command("TRUNCATE TABLE exposures")
-    event_log.command("TRUNCATE TABLE outcomes")
     params = {"start_ms": START_MS, "units": units, "days": days}
-    event_log.command(EXPOSURES_SQL, {**params, "exposures": exposures})
+    if not outcomes_only:
+        event_log.command("TRUNCATE TABLE exposures")
+        event_log.command(EXPOSURES_SQL, {**params, "exposures": exposures})
+    event_log.command("TRUNCATE TABLE outcomes")
     # About 1/11 of the control-arm draws are dropped (the effect): draw a little more.
-    event_log.command(OUTCOMES_SQL, {**params, "draws": int(outcomes * 1.031)})
+    event_log.command(
+        OUTCOMES_SQL,
+        {
+            **params,
+            "draws": int(outcomes * 1.031),
+            "with_decision": with_decision,
+            "decision_only": decision_only,
+        },
+    )
     counts = event_log.query(
         "SELECT (SELECT count() FROM exposures), (SELECT count() FROM outcomes)"
     )[0]
