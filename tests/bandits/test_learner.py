@@ -301,10 +301,11 @@ async def test_snapshot_cadence_is_respected(
     assert lo <= snap.version <= hi
 
 
-async def test_non_thompson_arms_are_not_required_to_match(
+async def test_each_experiment_learns_its_own_examples(
     redis_bin: Redis, namespace: str
 ) -> None:
-    """A spec for another experiment's arms does not affect this one's posterior."""
+    """Examples of two experiments interleaved on one stream go to their own models, both
+    published in one step."""
     other = spec_of("other", ThompsonConfig(), arms=("x", "y"))
     await feed(redis_bin, namespace, [(record("o1", "other", 1, arms=("x", "y")), 1.0)])
     await feed(redis_bin, namespace, [(record("h1", EXP, 0), 0.0)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bandits.snapshots import Snapshot, SnapshotStore
 from decision_api.learning import spec_of
 from decision_api.settings import LearnerSettings, Settings
 from experiments.store import ExperimentStore
+from tests.support.polling import eventually, sample
 from tests.support.processes import TailorProcess, TailorServer, server_env
 
 HERO = {
@@ -38,25 +39,6 @@ HERO = {
     "reward_window_s": 1,
     "reward": {"rules": [{"type": "click"}]},
 }
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` every 20 ms until it holds; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not hold within {timeout_s} s")
-        await asyncio.sleep(0.02)
-
-
-def sample(text: str, line_start: str) -> float:
-    """The value of the first Prometheus sample whose line starts with ``line_start`` (or 0)."""
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 LOADED = 'tailor_model_version_loaded{experiment="hero"}'

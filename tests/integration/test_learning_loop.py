@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from decision_api.services import Services
 from decision_api.settings import LearnerSettings, Settings
 from experiments.models import ExperimentSpec
 from experiments.store import ExperimentStore
+from tests.support.polling import eventually, sample
 from tests.support.processes import TailorProcess
 from tests.support.training import arm_totals, bernoulli_examples, feed
 
@@ -57,17 +58,6 @@ def definition(
         "reward_window_s": window_s,
         "reward": reward or {"rules": [{"type": "click"}]},
     }
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` every 20 ms until it holds; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not hold within {timeout_s} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -127,11 +117,7 @@ async def model(client: AsyncTestClient[Litestar], key: str) -> dict[str, Any]:
 
 async def metric(client: AsyncTestClient[Litestar], line_start: str) -> float:
     """The value of the first Prometheus sample whose line starts with ``line_start``."""
-    text = (await client.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sample((await client.get("/metrics")).text, line_start)
 
 
 async def decide_and_click(
