@@ -143,6 +143,28 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the simulated shop through a fresh server and print truth vs findings."""
+    from decision_api.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        fast=args.fast,
+        days=args.days,
+        port=args.port,
+        serve=not args.no_serve,
+        seed=args.seed,
+        data_dir=Path(args.data_dir),
+    )
+    return run_demo(options)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="tailor", description=__doc__)
@@ -165,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     owner.set_defaults(func=cmd_event_log_owner)
     add_key_commands(sub)
     add_report_commands(sub)
+    demo = sub.add_parser(
+        "demo",
+        help="start a server, simulate a shop through it and print what the reports found "
+        "next to the simulated truth",
+    )
+    demo.add_argument("--fast", action="store_true", help="a few seconds: tiny shop, one day")
+    demo.add_argument("--days", type=_positive, help="simulated days (default 3; --fast 1)")
+    demo.add_argument("--port", type=int, help="port (default 8000 if free, else any; 0: any)")
+    demo.add_argument("--no-serve", action="store_true", help="exit when done (default: keep "
+                      "serving the reports until Ctrl-C)")
+    demo.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
+    demo.add_argument("--data-dir", default="data/demo",
+                      help="the demo's data directory, wiped at start (default data/demo)")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,169 @@
+"""``tailor demo``: start a server, run the simulated shop through it, print truth vs findings.
+
+Exit codes: 0 the demo ran (whatever the statistics say: a finding that misses its truth is
+shown, not hidden); 1 Tailor failed to answer (SDK fallbacks, lost outcomes, a server that
+died); 2 the demo could not start (port in use, foreign data directory); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+import numpy as np
+
+from decision_api.demo.driver import Observations, Plan, simulate
+from decision_api.demo.progress import Progress
+from decision_api.demo.reports import ReportView, fetch_reports
+from decision_api.demo.server import DemoServer, DemoSetupError, prepare_data_dir
+from decision_api.demo.shop import CAROUSEL, HERO, OFFER, SEND_TIME, SUBJECT, experiments
+from decision_api.demo.summary import findings, render
+from decision_api.demo.world import Population, make_population
+
+__all__ = ["DemoOptions", "run_demo", "scale"]
+
+
+class DemoOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``tailor demo`` was asked for."""
+
+    fast: bool = False
+    days: int | None = None
+    port: int | None = None
+    serve: bool = True
+    seed: int = 7
+    data_dir: Path = Path("data/demo")
+
+
+class Scale(msgspec.Struct, frozen=True, kw_only=True):
+    """Population size and traffic."""
+
+    shoppers: int
+    plan: Plan
+
+
+def scale(options: DemoOptions) -> Scale:
+    """The demo's size: 5,000 shoppers and 3 days of 5,000 visits (``--fast``: 300, 1, 300)."""
+    if options.fast:
+        shoppers, days, visits = 300, 1, 300
+    else:
+        shoppers, days, visits = 5000, 3, 5000
+    days = options.days if options.days is not None else days
+    return Scale(shoppers=shoppers, plan=Plan(days=days, visits_per_day=visits, seed=options.seed))
+
+
+def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run the whole demo; see the module docstring for the exit codes."""
+    started = time.monotonic()
+    size = scale(options)
+    try:
+        data_dir = prepare_data_dir(options.data_dir)
+        port = DemoServer.choose_port(options.port)
+    except DemoSetupError as exc:
+        print(f"tailor demo: {exc}", file=err)
+        return 2
+    server = DemoServer(data_dir, port)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        print(
+            f"tailor demo: starting a server on {server.url} (data and log in {data_dir})", file=err
+        )
+        server.start()
+        server.wait_ready()
+        assert server.redis_url is not None
+        population = make_population(size.shoppers, np.random.default_rng(options.seed))
+        subscribers = int(population.subscribed.sum())
+        plan = size.plan
+        progress = Progress(
+            population.size + plan.days * (plan.visits_per_day + subscribers), stream=err
+        )
+        obs = asyncio.run(simulate(population, plan, server.url, server.redis_url, progress))
+        progress.set_stage("reading the reports")
+        reports = asyncio.run(read_reports(server.url, population, obs))
+        progress.finish()
+        elapsed = time.monotonic() - started
+        out.write(summary_text(population, plan, obs, reports, server.url, elapsed))
+        out.flush()
+        status = 1 if obs.fallbacks or obs.dropped_outcomes else 0
+        if not options.serve:
+            return status
+        print(
+            f"tailor demo: still serving on {server.url} — open the reports above; Ctrl-C to stop",
+            file=err,
+        )
+        while server.alive():
+            time.sleep(0.5)
+        print(f"tailor demo: the server stopped unexpectedly:\n{server.log_tail()}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print("\ntailor demo: stopping", file=err)
+        return 130
+    except DemoSetupError as exc:
+        print(f"tailor demo: {exc}", file=err)
+        return 1
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def read_reports(
+    api_url: str, population: Population, obs: Observations
+) -> dict[str, ReportView]:
+    """Every experiment's report; the hero's with the planned number of shoppers as horizon."""
+    requests: dict[str, dict[str, str | int]] = {
+        HERO: {"horizon_units": population.size},
+        CAROUSEL: {"segment": "segment"},
+        OFFER: {"horizon_units": population.size},
+        SUBJECT: {},
+        SEND_TIME: {},
+    }
+    expected = {HERO: len(obs.visits), SEND_TIME: len(obs.emails)}
+    return await fetch_reports(api_url, requests, expected)
+
+
+def summary_text(
+    population: Population,
+    plan: Plan,
+    obs: Observations,
+    reports: dict[str, ReportView],
+    url: str,
+    elapsed_s: float,
+) -> str:
+    """The printed result: scale, truth vs findings, problems, the report pages."""
+    opens = sum(e.opened for e in obs.emails)
+    purchases = sum(v.purchased for v in obs.visits)
+    clicks = sum(v.clicked for v in obs.visits)
+    lines = [
+        "",
+        f"Tailor demo — seed {plan.seed}: {plan.days} simulated day(s), "
+        f"{population.size:,} shoppers, {len(obs.visits):,} visits ({purchases:,} purchases, "
+        f"{clicks:,} carousel clicks), {len(obs.emails):,} newsletters ({opens:,} opened); "
+        f"{elapsed_s:.0f} s",
+        "What the simulation knew (truth) next to what Tailor's reports found:",
+        "",
+        render(findings(population, obs, reports)),
+    ]
+    problems = []
+    if obs.fallbacks:
+        problems.append(f"{obs.fallbacks} answers were SDK fallbacks (first: {obs.first_error})")
+    if obs.dropped_outcomes:
+        problems.append(f"{obs.dropped_outcomes} outcomes were dropped by the SDK")
+    if obs.degraded:
+        problems.append(f"{obs.degraded} answers were degraded (Redis slow or down)")
+    if obs.learn_timeouts:
+        problems.append(f"learner did not catch up in time for: {', '.join(obs.learn_timeouts)}")
+    for report in reports.values():
+        problems.extend(f"{report.experiment}: {w}" for w in report.warnings)
+    if problems:
+        lines += ["", "Problems:", *(f"  - {p}" for p in problems)]
+    lines += ["", "HTML reports:"]
+    lines += [f"  {url}/reports/{spec.key}" for spec in experiments()]
+    lines += [
+        f"JSON: {url}/v1/experiments/<key>/report  ·  API docs: {url}/schema",
+        "",
+    ]
+    return "\n".join(lines)
