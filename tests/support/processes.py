@@ -7,6 +7,7 @@ SIGTERM (then SIGKILL) by the test that started it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -33,6 +34,7 @@ class TailorProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=str(log_path.parent),
+            start_new_session=True,  # its own process group: stop() reaches granian's workers
         )
 
     @property
@@ -44,20 +46,26 @@ class TailorProcess:
         """Whether the child is still running."""
         return self.proc.poll() is None
 
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
+            os.killpg(self.proc.pid, sig)
+
     def kill(self) -> None:
-        """SIGKILL: the process dies where it stands, no cleanup."""
-        self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL to the process and its children: they die where they stand, no cleanup."""
+        self._signal_group(signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM and wait (SIGKILL after ``timeout_s``); returns the exit code."""
+        """SIGTERM and wait (SIGKILL after ``timeout_s``); returns the exit code. Children left
+        behind by the process (a granian worker) are killed with it."""
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        self._signal_group(signal.SIGKILL)
         self._log.close()
         return int(self.proc.returncode)
 
