@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -213,6 +215,7 @@ class Server:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group: stop() reaches granian's worker too
         )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
@@ -232,11 +235,11 @@ class Server:
     def stop(self) -> None:
         """SIGTERM the server (graceful: flushes its writer), then stop Redis."""
         self.process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         self._log.close()
         self.redis.stop()
 
