@@ -353,7 +353,8 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
         ppm = max(1, math.ceil(PPM * query.ope_max_decisions / total))
     ope_params = _ope_parameters(query, ppm, by_decision=orphans > 0)
     ope = _off_policy_rows(event_log.query(sql.OFF_POLICY, ope_params), query, query.reward.base)
-    rows = event_log.query(sql.UNIT_METRICS, _unit_parameters(query, orphans > 0))
+    unit_sql = sql.UNIT_METRICS_BY_SEGMENT if query.segment else sql.UNIT_METRICS
+    rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0))
     groups, earlier = _groups(rows, query, ope.segments)
     return ReportData(
         query=query,

@@ -50,7 +50,13 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["EXPOSURE_COUNT", "OFF_POLICY", "ORPHAN_OUTCOMES", "UNIT_METRICS"]
+__all__ = [
+    "EXPOSURE_COUNT",
+    "OFF_POLICY",
+    "ORPHAN_OUTCOMES",
+    "UNIT_METRICS",
+    "UNIT_METRICS_BY_SEGMENT",
+]
 
 GLOBAL_HOLDOUT_CODE = 255
 HOLDOUT_CODE = 254
@@ -84,7 +90,7 @@ SELECT count() FROM exposures
 WHERE experiment = {{experiment:String}} AND {_IN_RANGE}
 """
 
-UNIT_METRICS: Final = f"""
+_UNIT_METRICS = f"""
 WITH
 o AS (
   SELECT event_id,
@@ -112,7 +118,7 @@ o_flat AS (
 units AS (
   SELECT cityHash64(unit_id) AS uh,
     min(bitShiftLeft(toUInt64(toUnixTimestamp64Milli(ts)), 8) + {_ARM_CODE}) AS first,
-    argMin(cityHash64({_SEGMENT}), ts) AS seg,
+    {{segment_hash}} AS seg,
     minIf(indexOf({{variants:Array(String)}}, variant), holdout = 0)
       != maxIf(indexOf({{variants:Array(String)}}, variant), holdout = 0) AS mixed
   FROM exposures
@@ -148,6 +154,13 @@ SELECT arm, seg, day, cohort, k AS type_index,
 FROM unit_types
 GROUP BY arm, seg, day, cohort, type_index
 """
+
+# Two variants of one query: the per-unit segment costs a column read and an aggregate, so the
+# report without a segment leaves both out.
+UNIT_METRICS: Final = _UNIT_METRICS.replace("{segment_hash}", "cityHash64('')")
+UNIT_METRICS_BY_SEGMENT: Final = _UNIT_METRICS.replace(
+    "{segment_hash}", "argMin(cityHash64(context[{segment:String}]), ts)"
+)
 
 _REWARD_OF = (
     "{reward_of:Array(Float64)}[indexOf({reward_types:Array(String)}, type)]"
@@ -195,7 +208,7 @@ unit_decisions AS (
     groupArray(indexOf({{variants:Array(String)}}, variant)) AS e_v,
     groupArray({_SEGMENT}) AS e_s, groupArray(cityHash64(decision_id)) AS e_d
   {_DECISIONS}
-    AND cityHash64(unit_id) IN (SELECT uh FROM unit_outcomes)
+    AND cityHash64(unit_id) IN (SELECT cityHash64(r_unit) FROM ro WHERE r_unit != '')
   GROUP BY uh
 ),
 by_unit AS (
@@ -206,7 +219,7 @@ by_unit AS (
       arrayMap((x, dh) -> if(dh != 0, indexOf(d.e_d, dh),
           indexOf(d.e_t, arrayMax(arrayFilter(z -> z <= x, d.e_t)))), o.u_t, o.u_d) AS js,
       o.u_t AS ts_, o.u_r AS rs_
-    FROM unit_decisions AS d INNER JOIN unit_outcomes AS o ON o.uh = d.uh
+    FROM unit_outcomes AS o INNER JOIN unit_decisions AS d ON d.uh = o.uh
   )
   ARRAY JOIN js AS j, ts_ AS t, rs_ AS r
   WHERE j > 0 AND t >= e_t[j] AND t <= e_t[j] + {{reward_window_ms:Int64}}
@@ -219,7 +232,7 @@ rewarded AS (
   FROM (SELECT * FROM by_decision UNION ALL SELECT * FROM by_unit)
   GROUP BY h_id
 )
-SELECT 'base' AS part, {_ARM_CODE} AS code, toString(variant) AS name,
+SELECT 'base' AS part, {_ARM_CODE} AS code, variant AS name,
   {_SEGMENT} AS sv, cityHash64(sv) AS sv_hash, count() AS exposures,
   countIf(logged) AS n,
   sumIf(1 / propensity, logged) AS a1,
@@ -229,7 +242,8 @@ SELECT 'base' AS part, {_ARM_CODE} AS code, toString(variant) AS name,
   sumIf(propensity * propensity, logged) AS a5,
   0.0 AS a6
 FROM (
-  SELECT *, {_LOGGED} AND {_SAMPLED} AS logged
+  SELECT reason, holdout, variant, propensity, context,
+    {_LOGGED} AND {_SAMPLED} AS logged
   FROM exposures
   WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE})
 GROUP BY code, name, sv
