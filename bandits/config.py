@@ -211,20 +211,30 @@ class VWCBConfig(_Base, frozen=True, tag="vw_cb"):
         gamma_exponent: SquareCB's gamma exponent (gamma grows as t ** exponent).
         interactions: Namespace interactions; ``UA`` crosses context with action features,
             which is what lets the model personalise.
-        extra_args: Further VW options from the allow-list, e.g. ``("-l", "0.5")``.
+        learning_rate: VW's ``--learning_rate``. VW's own default (0.5) makes the cost
+            estimates of a contextual bandit mostly noise at click-through rates of a few percent;
+            0.01 learns the segment-dependent best arm in the simulation benchmark
+            (``loadtests/sim_learning.py``). An ``-l`` in ``extra_args`` takes precedence.
+        extra_args: Further VW options from the allow-list, e.g. ``("--l2", "1e-6")``.
+
+    The defaults (SquareCB, gamma_scale 10, learning rate 0.01, ``-q UA``) are what reached 79%
+    of the oracle's gain over uniform in the simulation benchmark; epsilon-greedy at 0.1 reached
+    46%.
     """
 
-    exploration: Literal["epsilon", "squarecb"] = "epsilon"
+    exploration: Literal["epsilon", "squarecb"] = "squarecb"
     epsilon: Probability = 0.05
     gamma_scale: PositiveFloat = 10.0
     gamma_exponent: Annotated[float, msgspec.Meta(ge=0.0)] = 0.5
     interactions: Annotated[tuple[str, ...], msgspec.Meta(max_length=8)] = ("UA",)
+    learning_rate: PositiveFloat = 0.01
     extra_args: Annotated[tuple[str, ...], msgspec.Meta(max_length=64)] = ()
 
     def __post_init__(self) -> None:
         _check("epsilon", self.epsilon, ge=0.0, le=1.0)
         _check("gamma_scale", self.gamma_scale, gt=0.0)
         _check("gamma_exponent", self.gamma_exponent, ge=0.0)
+        _check("learning_rate", self.learning_rate, gt=0.0)
         for ns in self.interactions:
             _check_value("interactions", _Arg.NAMESPACES, ns)
         args = self.vw_args()
@@ -245,7 +255,10 @@ class VWCBConfig(_Base, frozen=True, tag="vw_cb"):
                      "--gamma_exponent", repr(self.gamma_exponent)]
         for ns in self.interactions:
             args += ["--interactions", ns]
-        return args + check_vw_args(self.extra_args)
+        extra = check_vw_args(self.extra_args)
+        if "--learning_rate" not in extra and "-l" not in self.extra_args:
+            args += ["--learning_rate", repr(self.learning_rate)]
+        return args + extra
 
     def structural_args(self) -> list[str]:
         """Return the arguments a snapshot must share to be restorable (all but epsilon)."""

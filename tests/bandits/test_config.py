@@ -18,6 +18,7 @@ from bandits.config import (
     decode_policy_config,
 )
 from bandits.registry import build_policy
+from tests.support.training import epsilon_vw
 
 
 @pytest.mark.parametrize(
@@ -81,8 +82,8 @@ def test_decode_rejects_bad_configs(raw: bytes, match: str) -> None:
     ("build", "match"),
     [
         (lambda: EpsilonGreedyConfig(epsilon=1.2), r"epsilon == 1.2, must be <= 1.0"),
-        (lambda: VWCBConfig(epsilon=-0.5), r"epsilon == -0.5, must be >= 0.0"),
-        (lambda: VWCBConfig(epsilon=float("nan")), r"epsilon == nan, must be finite"),
+        (lambda: epsilon_vw(-0.5), r"epsilon == -0.5, must be >= 0.0"),
+        (lambda: epsilon_vw(float("nan")), r"epsilon == nan, must be finite"),
         (lambda: ThompsonConfig(min_share=1.5), r"min_share == 1.5, must be < 1.0"),
         (lambda: ThompsonConfig(prior_beta=0.0), r"prior_beta == 0.0, must be > 0.0"),
         (lambda: VWCBConfig(gamma_scale=0.0), r"gamma_scale == 0.0, must be > 0.0"),
@@ -128,17 +129,21 @@ def test_vw_args_are_normalised_and_complete() -> None:
     assert check_vw_args(("-l", "0.5", "--l2=1e-6", "-q", "UU", "--noconstant")) == [
         "--learning_rate", "0.5", "--l2", "1e-6", "--quadratic", "UU", "--noconstant",
     ]
-    assert VWCBConfig(epsilon=0.2).vw_args() == [
+    assert epsilon_vw(0.2).vw_args() == [
         "--cb_explore_adf", "--quiet", "--epsilon", "0.2", "--interactions", "UA",
+        "--learning_rate", "0.01",
     ]
     squarecb = VWCBConfig(exploration="squarecb", gamma_scale=20.0, extra_args=("--lambda", "-1"))
     assert squarecb.vw_args() == [
         "--cb_explore_adf", "--quiet", "--squarecb", "--gamma_scale", "20.0",
-        "--gamma_exponent", "0.5", "--interactions", "UA", "--lambda", "-1",
+        "--gamma_exponent", "0.5", "--interactions", "UA", "--learning_rate", "0.01",
+        "--lambda", "-1",
     ]
+    # An explicit learning rate in the extra arguments replaces the default one.
+    assert VWCBConfig(extra_args=("-l", "0.5")).vw_args().count("--learning_rate") == 1
 
 
 def test_structural_args_ignore_only_epsilon() -> None:
     """Two configs differing only in epsilon share structural args; other changes do not."""
-    assert VWCBConfig(epsilon=0.1).structural_args() == VWCBConfig(epsilon=0.3).structural_args()
+    assert epsilon_vw(0.1).structural_args() == epsilon_vw(0.3).structural_args()
     assert VWCBConfig().structural_args() != VWCBConfig(interactions=()).structural_args()

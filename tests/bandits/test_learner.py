@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from bandits import learner as learner_module
 from bandits.base import Arm
-from bandits.config import ThompsonConfig, VWCBConfig
+from bandits.config import ThompsonConfig
 from bandits.join import JOIN_GROUP, RewardJoin
 from bandits.learner import Learner
 from bandits.registry import build_policy
@@ -22,7 +22,15 @@ from bandits.thompson import ThompsonPolicy
 from decision_api.learning import LearnerRunner
 from experiments.models import ExperimentSpec
 from experiments.store import ExperimentStore
-from tests.support.training import ARMS, arm_totals, bernoulli_examples, feed, record, spec_of
+from tests.support.training import (
+    ARMS,
+    arm_totals,
+    bernoulli_examples,
+    epsilon_vw,
+    feed,
+    record,
+    spec_of,
+)
 
 EXP = "hero"
 
@@ -234,8 +242,8 @@ async def test_warm_started_generation_is_continued(redis_bin: Redis, namespace:
 
 async def test_new_definition_keeps_the_model(redis_bin: Redis, namespace: str) -> None:
     """A new experiment version (e.g. epsilon changed) carries the learned VW model over."""
-    v1 = spec_of(EXP, VWCBConfig(epsilon=0.2), version=1)
-    v2 = msgspec.structs.replace(v1, experiment_version=2, config=VWCBConfig(epsilon=0.01))
+    v1 = spec_of(EXP, epsilon_vw(0.2), version=1)
+    v2 = msgspec.structs.replace(v1, experiment_version=2, config=epsilon_vw(0.01))
     table = {EXP: v1}
 
     async def specs() -> Mapping[str, PolicySpec]:

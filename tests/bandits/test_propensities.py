@@ -16,6 +16,7 @@ from bandits.config import (
     VWCBConfig,
 )
 from bandits.registry import build_policy
+from tests.support.training import epsilon_vw
 
 ARMS = [Arm(key="a", weight=1.0), Arm(key="b", weight=2.0), Arm(key="c", weight=3.0),
         Arm(key="d", weight=4.0)]
@@ -43,7 +44,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "thompson": lambda: _trained(ThompsonConfig(min_share=0.05)),
     "thompson_segmented": lambda: _trained(ThompsonConfig(segment_by="country")),
     "epsilon_greedy": lambda: _trained(EpsilonGreedyConfig(epsilon=0.3)),
-    "vw_epsilon": lambda: _trained(VWCBConfig(epsilon=0.3)),
+    "vw_epsilon": lambda: _trained(epsilon_vw(0.3)),
     "vw_squarecb": lambda: _trained(VWCBConfig(exploration="squarecb", gamma_scale=5.0)),
 }
 

@@ -15,7 +15,7 @@ from bandits.registry import build_policy
 from bandits.serving import ServingPolicies
 from bandits.snapshots import Snapshot, SnapshotStore
 from bandits.spec import PolicySpec
-from tests.support.training import bernoulli_examples, spec_of
+from tests.support.training import bernoulli_examples, epsilon_vw, spec_of
 
 EXP = "hero"
 
@@ -119,8 +119,8 @@ async def test_changed_definition_rebuilds_with_the_published_model(
 ) -> None:
     """A new experiment version keeps serving the old policy until the poll rebuilds it with
     the new config on the same snapshot."""
-    v1 = spec_of(EXP, VWCBConfig(epsilon=0.3))
-    v2 = msgspec.structs.replace(v1, experiment_version=2, config=VWCBConfig(epsilon=0.0))
+    v1 = spec_of(EXP, epsilon_vw(0.3))
+    v2 = msgspec.structs.replace(v1, experiment_version=2, config=epsilon_vw(0.0))
     await _publish(store, v1, 1, _trained(v1, n=800))
     serving = ServingPolicies(store)
     serving.set_specs({EXP: v1})

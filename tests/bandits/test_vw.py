@@ -12,6 +12,7 @@ from bandits.features import action_line, shared_line
 from bandits.registry import build_policy
 from bandits.thompson import ThompsonPolicy
 from bandits.vw import VWPolicy
+from tests.support.training import epsilon_vw
 
 CANDIDATES = (
     Candidate(key="banner_red", features={"colour": "red", "size": 1.0}),
@@ -46,7 +47,7 @@ def _simulate(policy: VWPolicy, steps: int, rng: np.random.Generator) -> list[Ex
 @pytest.fixture(scope="module")
 def trained() -> tuple[VWPolicy, list[Example]]:
     """A VW policy taught 3,000 simulated decisions with segment-dependent best arms."""
-    policy = VWPolicy(VWCBConfig(epsilon=0.1), version="v1")
+    policy = VWPolicy(epsilon_vw(0.1), version="v1")
     logged = _simulate(policy, 3_000, np.random.default_rng(1))
     return policy, logged
 
@@ -66,8 +67,12 @@ def test_personalises_by_segment(trained: tuple[VWPolicy, list[Example]]) -> Non
 
 @pytest.mark.slow
 def test_converges_without_context() -> None:
-    """With an empty context VW learns the single best arm (rates 0.2, 0.6, 0.3)."""
-    policy = VWPolicy(VWCBConfig(exploration="squarecb"))
+    """With an empty context VW learns the single best arm (rates 0.2, 0.6, 0.3).
+
+    Rates this far apart are learned fast with VW's own learning rate (0.5); the default
+    (0.01) is tuned for click-through rates of a few percent (loadtests/sim_learning.py).
+    """
+    policy = VWPolicy(VWCBConfig(exploration="squarecb", learning_rate=0.5))
     rng = np.random.default_rng(3)
     rates = (0.2, 0.6, 0.3)
     for _ in range(1_500):
@@ -83,9 +88,9 @@ def test_learning_matches_plain_vw_on_fresh_examples(
 ) -> None:
     """Cached, relabelled action examples train exactly like freshly parsed ones."""
     _, logged = trained
-    policy = VWPolicy(VWCBConfig(epsilon=0.1))
+    policy = VWPolicy(epsilon_vw(0.1))
     policy.learn(logged[:500])
-    reference = Workspace(VWCBConfig(epsilon=0.1).vw_args())
+    reference = Workspace(epsilon_vw(0.1).vw_args())
     parser = TextFormatParser(reference)
     for ex in logged[:500]:
         actions = [parser.parse_line(action_line(c.key, c.features)) for c in ex.candidates]
@@ -99,7 +104,7 @@ def test_snapshot_restores_identical_predictions(
 ) -> None:
     """A restored policy predicts the same pmfs as the original for the logged contexts."""
     policy, logged = trained
-    restored = build_policy(VWCBConfig(epsilon=0.1), [], snapshot=policy.snapshot(),
+    restored = build_policy(epsilon_vw(0.1), [], snapshot=policy.snapshot(),
                             version="v2")
     assert restored.version == "v2"
     for ex in logged[:50]:
@@ -110,7 +115,7 @@ def test_snapshot_restores_identical_predictions(
 def test_epsilon_may_change_on_restore(trained: tuple[VWPolicy, list[Example]]) -> None:
     """Restoring under a larger epsilon keeps the greedy arm and applies the new exploration."""
     policy, logged = trained
-    wider = VWPolicy.restore(VWCBConfig(epsilon=0.3), policy.snapshot(), version="v2")
+    wider = VWPolicy.restore(epsilon_vw(0.3), policy.snapshot(), version="v2")
     context = logged[0].context
     old, new = policy.pmf(context, CANDIDATES), wider.pmf(context, CANDIDATES)
     assert new.argmax() == old.argmax()

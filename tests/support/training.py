@@ -14,7 +14,7 @@ import numpy as np
 from redis.asyncio import Redis
 
 from bandits.base import Arm, Candidate, FeatureValue
-from bandits.config import PolicyConfig, ThompsonConfig
+from bandits.config import PolicyConfig, ThompsonConfig, VWCBConfig
 from bandits.join import DecisionRecord
 from bandits.spec import PolicySpec
 
@@ -99,3 +99,8 @@ def arm_totals(examples: Sequence[tuple[DecisionRecord, float]]) -> dict[str, tu
         s, f = out.get(key, (0.0, 0.0))
         out[key] = (s + reward, f + 1.0 - reward)
     return out
+
+
+def epsilon_vw(epsilon: float) -> VWCBConfig:
+    """A vw_cb config exploring epsilon-greedily (the default is SquareCB)."""
+    return VWCBConfig(exploration="epsilon", epsilon=epsilon)
