@@ -58,6 +58,11 @@ def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     report.add_argument("--level", type=float, help="interval level (default 0.95)")
     report.add_argument("--correction", choices=["holm", "bh"], help="multiple testing")
     report.add_argument("--horizon-units", type=int, help="planned units (always-valid tests)")
+    report.add_argument(
+        "--off-policy",
+        action=argparse.BooleanOptionalAction,
+        help="off-policy estimates (default: only for learning policies)",
+    )
     report.add_argument("--json", action="store_true", help="print the JSON report")
     report.set_defaults(func=cmd_report)
     imp = sub.add_parser("import", help="load logged decisions (CSV, Parquet, JSON lines)")
@@ -165,6 +170,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             "level": args.level,
             "correction": args.correction,
             "horizon_units": args.horizon_units,
+            "off_policy": None if args.off_policy is None else str(args.off_policy).lower(),
         }.items()
         if v is not None
     }
@@ -197,6 +203,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             level=args.level,
             correction=args.correction,
             horizon_units=args.horizon_units,
+            off_policy=args.off_policy,
         )
     except ReportOptionsError as exc:
         return _fail(f"{exc.field}: {exc}", 2)

@@ -75,6 +75,7 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
         reward: reward rules for off-policy evaluation.
         ope_max_decisions: above this many logged decisions, off-policy evaluation uses a
             deterministic sample of units (by hash) holding about this many.
+        off_policy: whether to compute the off-policy sums at all.
     """
 
     experiment: str
@@ -87,6 +88,7 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
     segment: str = ""
     reward: RewardQuery
     ope_max_decisions: int = 1_000_000
+    off_policy: bool = True
 
 
 class TypeSums(msgspec.Struct, frozen=True, kw_only=True):
@@ -347,12 +349,17 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
     """
     unit_params = _unit_parameters(query, resolve_orphans=True)
     orphans = int(event_log.query(sql.ORPHAN_OUTCOMES, unit_params)[0][0])
-    total = int(event_log.query(sql.EXPOSURE_COUNT, unit_params)[0][0])
     ppm = PPM
-    if total > query.ope_max_decisions:
-        ppm = max(1, math.ceil(PPM * query.ope_max_decisions / total))
-    ope_params = _ope_parameters(query, ppm, by_decision=orphans > 0)
-    ope = _off_policy_rows(event_log.query(sql.OFF_POLICY, ope_params), query, query.reward.base)
+    if query.off_policy:
+        total = int(event_log.query(sql.EXPOSURE_COUNT, unit_params)[0][0])
+        if total > query.ope_max_decisions:
+            ppm = max(1, math.ceil(PPM * query.ope_max_decisions / total))
+        ope_params = _ope_parameters(query, ppm, by_decision=orphans > 0)
+        ope_rows = event_log.query(sql.OFF_POLICY, ope_params)
+    else:  # the summary has the base rows' leading columns: same parser, no moments
+        summary = event_log.query(sql.EXPOSURE_SUMMARY, _ope_parameters(query, 0))
+        ope_rows = [("base", *row, 0, *([0.0] * 6)) for row in summary]
+    ope = _off_policy_rows(ope_rows, query, query.reward.base)
     unit_sql = sql.UNIT_METRICS_BY_SEGMENT if query.segment else sql.UNIT_METRICS
     rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0))
     groups, earlier = _groups(rows, query, ope.segments)

@@ -224,7 +224,10 @@ def _segments(s: SegmentReport | None) -> str:
 
 def _off_policy(o: OffPolicySection | None) -> str:
     if o is None:
-        return '<p class="note">No logged decisions in this period.</p>'
+        return (
+            '<p class="note">Not computed: off-policy estimates come with learning policies, '
+            "or on request (<code>?off_policy=true</code>); they need logged decisions.</p>"
+        )
     rows = []
     for pv in o.policies:
         est = pv.estimate

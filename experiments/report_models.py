@@ -70,6 +70,9 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             set it before the experiment starts — the default comes from a power calculation
             (5% baseline conversion, 10% relative lift, 80% power), never from the data.
         ope_max_decisions: above this many logged decisions off-policy evaluation samples units.
+        off_policy: compute off-policy estimates; by default only for learning policies (a
+            fixed split's variants are compared directly, and the estimates cost a second pass
+            over the exposures).
     """
 
     start_ms: Annotated[int, Meta(ge=0)] = 0
@@ -82,6 +85,7 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     correction: Correction = "holm"
     horizon_units: Annotated[int, Meta(ge=2)] | None = None
     ope_max_decisions: Annotated[int, Meta(ge=1000)] = 1_000_000
+    off_policy: bool | None = None
 
     def __post_init__(self) -> None:
         if self.end_ms is not None and self.end_ms <= self.start_ms:

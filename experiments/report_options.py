@@ -3,6 +3,7 @@
 ``from`` / ``to`` take an ISO 8601 date (``2024-05-01``, a whole UTC day) or date-time
 (``2024-05-01T12:00:00Z``; no zone means UTC); ``to`` is exclusive, and a bare date as ``to``
 includes that whole day. ``metric`` may repeat. ``correction`` is ``holm`` or ``bh``.
+``off_policy`` forces off-policy estimates on or off (default: on for learning policies).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def report_options(
     horizon_units: int | None = None,
     window_s: int | None = None,
     pre_period_s: int | None = None,
+    off_policy: bool | None = None,
 ) -> ReportOptions:
     """Validated options; unset parameters keep their defaults.
 
@@ -93,6 +95,7 @@ def report_options(
         ("horizon_units", horizon_units),
         ("window_s", window_s),
         ("pre_period_s", pre_period_s),
+        ("off_policy", off_policy),
     ):
         if value is not None:
             raw[name] = value

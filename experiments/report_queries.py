@@ -28,14 +28,18 @@ Rows per (arm, segment, day of first exposure, cohort, type index) — index 0 h
 outcomes — with additive sums: units, converting units, events, value, value², and the pre-period
 equivalents and cross products. ``cohort`` is 1 for units first exposed in ``[start, end)``.
 
-``OFF_POLICY`` — ``base`` rows: per (arm code, variant, segment) of in-experiment exposures in
-``[start, end)``, the exposures and, over logged decisions (non-holdout ``split``/``policy``
-rows) of a deterministic unit sample (``sample_ppm`` per million units by hash), n, Σ1/p, Σ1/p²,
-min p, Σp, Σp². ``rewarded`` rows: per (variant index, segment) of logged decisions that earned
-a reward under the experiment's rules — an outcome naming a decision rewards that decision, one
-naming only the unit rewards the unit's latest logged decision at or before it (the live reward
-join's rule), within ``reward_window``; rewards combine by ``first`` or ``sum`` and are clipped
-to ``[reward_min, reward_max]`` — the corrections Σ(r - r0)/p, Σ(r - r0)/p², Σ(r² - r0²)/p²,
+``EXPOSURE_SUMMARY`` — exposures per (arm code, variant, segment) in ``[start, end)``: traffic
+per arm and the segment names, when the report skips off-policy evaluation.
+
+``OFF_POLICY`` — ``base`` rows (the summary's columns and more): per (arm code, variant,
+segment) of in-experiment exposures in ``[start, end)``, the exposures and, over logged
+decisions (non-holdout ``split``/``policy`` rows) of a deterministic unit sample
+(``sample_ppm`` per million units by hash), n, Σ1/p, Σ1/p², min p, Σp, Σp². ``rewarded`` rows:
+per (variant index, segment) of logged decisions that earned a reward under the experiment's
+rules — an outcome naming a decision rewards that decision, one naming only the unit rewards the
+unit's latest logged decision at or before it (the live reward join's rule), within
+``reward_window``; rewards combine by ``first`` or ``sum`` and are clipped to
+``[reward_min, reward_max]`` — the corrections Σ(r - r0)/p, Σ(r - r0)/p², Σ(r² - r0²)/p²,
 Σ(r - r0), Σ(r² - r0²), Σ(r - r0)p against the clipped default r0 every other decision gets.
 Together these are every moment :mod:`experiments.report_off_policy` needs. Outcomes with a
 unit id are matched inside the unit's decisions (by decision id hash, else last touch);
@@ -52,6 +56,7 @@ from typing import Final
 
 __all__ = [
     "EXPOSURE_COUNT",
+    "EXPOSURE_SUMMARY",
     "OFF_POLICY",
     "ORPHAN_OUTCOMES",
     "UNIT_METRICS",
@@ -257,4 +262,12 @@ SELECT 'rewarded', vi, '', sv, cityHash64(sv), 0, count(),
   sum((r - r0) / p), sum((r - r0) / (p * p)), sum((r * r - r0 * r0) / (p * p)),
   sum(r - r0), sum(r * r - r0 * r0), sum((r - r0) * p)
 FROM rewarded GROUP BY vi, sv
+"""
+
+EXPOSURE_SUMMARY: Final = f"""
+SELECT {_ARM_CODE} AS code, variant AS name, {_SEGMENT} AS sv, cityHash64(sv) AS sv_hash,
+  count() AS exposures
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
+GROUP BY code, name, sv
 """

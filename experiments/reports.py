@@ -124,6 +124,11 @@ def report_query(experiment: Experiment, options: ReportOptions, now_ms: int) ->
             hi=spec.max_reward,
         ),
         ope_max_decisions=options.ope_max_decisions,
+        off_policy=(
+            options.off_policy
+            if options.off_policy is not None
+            else policy_kind(experiment) != "fixed"
+        ),
     )
 
 

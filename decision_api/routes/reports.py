@@ -5,7 +5,8 @@
 ``tailor report`` prints. Query parameters, all optional: ``from`` and ``to`` (ISO date or
 date-time, UTC; ``to`` exclusive, a bare date includes that day), ``segment`` (a context
 attribute captured at exposure), ``metric`` (extra outcome types, repeatable), ``level``,
-``correction`` (``holm`` | ``bh``), ``horizon_units``, ``window_s``, ``pre_period_s``.
+``correction`` (``holm`` | ``bh``), ``horizon_units``, ``window_s``, ``pre_period_s``,
+``off_policy`` (``true``/``false``; default: only for learning policies).
 
 ``GET /reports/{key}`` is the HTML page, with the same parameters. A browser cannot attach an
 ``Authorization`` header to a link, so the page also accepts its key once in the URL:
@@ -59,6 +60,7 @@ def _options(
     horizon_units: int | None,
     window_s: int | None,
     pre_period_s: int | None,
+    off_policy: bool | None,
 ) -> ReportOptions:
     try:
         return report_options(
@@ -71,6 +73,7 @@ def _options(
             horizon_units=horizon_units,
             window_s=window_s,
             pre_period_s=pre_period_s,
+            off_policy=off_policy,
         )
     except ReportOptionsError as exc:
         raise InvalidInput(str(exc), field=exc.field) from exc
@@ -102,11 +105,21 @@ class ReportController(Controller):
         horizon_units: FromQuery[int | None] = None,
         window_s: FromQuery[int | None] = None,
         pre_period_s: FromQuery[int | None] = None,
+        off_policy: FromQuery[bool | None] = None,
         format: FromQuery[Literal["json", "text"]] = "json",
     ) -> Response[Any]:
         """Statistics, uplift and off-policy estimates of one experiment."""
         options = _options(
-            start, end, segment, metric, level, correction, horizon_units, window_s, pre_period_s
+            start,
+            end,
+            segment,
+            metric,
+            level,
+            correction,
+            horizon_units,
+            window_s,
+            pre_period_s,
+            off_policy,
         )
         report = await _build(services, key, options)
         if format == "text":
@@ -166,6 +179,7 @@ async def report_page(
     horizon_units: FromQuery[int | None] = None,
     window_s: FromQuery[int | None] = None,
     pre_period_s: FromQuery[int | None] = None,
+    off_policy: FromQuery[bool | None] = None,
 ) -> Response[Any]:
     """The report page (key: header, cookie, or once as ``?key=``; see the module docstring)."""
     url_key = request.query_params.get("key")
@@ -190,7 +204,16 @@ async def report_page(
     if refused is not None:
         return _login_page(key, refused)
     options = _options(
-        start, end, segment, metric, level, correction, horizon_units, window_s, pre_period_s
+        start,
+        end,
+        segment,
+        metric,
+        level,
+        correction,
+        horizon_units,
+        window_s,
+        pre_period_s,
+        off_policy,
     )
     report = await _build(services, key, options)
     page = render_report_page(report, static_base=STATIC_PATH)

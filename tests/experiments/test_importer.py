@@ -189,7 +189,10 @@ def test_off_policy_on_an_import_matches_the_rows(event_log: ClickHouseEventLog)
     ]
     import_decisions(event_log, EXPERIMENT, _encode(rows, "jsonl"), "jsonl")
     report = build_report(
-        event_log, EXPERIMENT, ReportOptions(segment="device"), now_ms=1_800_000_000_000
+        event_log,
+        EXPERIMENT,
+        ReportOptions(segment="device", off_policy=True),
+        now_ms=1_800_000_000_000,
     )
     assert report.off_policy is not None and report.off_policy.decisions_used == n
     got = {p.policy: p.estimate for p in report.off_policy.policies}

@@ -33,7 +33,9 @@ START, END, WINDOW, PRE = T0 + DAY, T0 + 6 * DAY, DAY, 2 * DAY
 RULES = {"purchase": (1.0, True), "click": (0.25, False)}
 
 
-def _query(segment: str, aggregation: str = "sum", ope_max: int = 1_000_000) -> ReportQuery:
+def _query(
+    segment: str, aggregation: str = "sum", ope_max: int = 1_000_000, off_policy: bool = True
+) -> ReportQuery:
     return ReportQuery(
         experiment=EXPERIMENT,
         variants=VARIANTS,
@@ -54,6 +56,7 @@ def _query(segment: str, aggregation: str = "sum", ope_max: int = 1_000_000) -> 
             hi=60.0,
         ),
         ope_max_decisions=ope_max,
+        off_policy=off_policy,
     )
 
 
@@ -118,6 +121,18 @@ def test_unit_metrics_match_pandas(
     earlier = expected.xs(False, level="cohort").xs(TYPES[0], level="type").units.sum()
     assert data.earlier_units == earlier > 0
     assert data.orphan_outcomes > 0
+    summary = fetch_report_data(event_log, _query(segment, off_policy=False))
+    assert summary.groups == data.groups and summary.exposures == data.exposures
+    assert summary.ope_cells == []
+    ex = logged.exposures
+    mine = ex[(ex.experiment == EXPERIMENT) & (ex.ts >= START) & (ex.ts < END)]
+    mine = mine[mine.reason.isin(["split", "policy", "holdout", "global_holdout"])]
+    arm = np.where(
+        mine.reason == "global_holdout",
+        "~global_holdout",
+        np.where(mine.holdout == 1, "~holdout", mine.variant),
+    )
+    assert data.exposures == pd.Series(arm).value_counts().to_dict()
 
 
 @pytest.mark.parametrize("aggregation", ["sum", "first"])

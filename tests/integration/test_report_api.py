@@ -95,7 +95,7 @@ async def test_report_recovers_a_planted_effect(client: Client) -> None:
     intervals, the verdict names the winner, and holdout uplift and off-policy values appear."""
     key = "planted"
     arms = await planted_experiment(client, key, np.random.default_rng(7))
-    params = {"segment": "device", "horizon_units": str(UNITS)}
+    params = {"segment": "device", "horizon_units": str(UNITS), "off_policy": "true"}
     response = await client.get(f"/v1/experiments/{key}/report", params=params)
     assert response.status_code == 200, response.text
     report = response.json()

@@ -168,11 +168,13 @@ def test_import_and_report_through_the_api(
     assert main(["report", "legacy", "--to", "2024-01-03"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("legacy [legacy v1, draft, policy fixed]")
-    assert main(["report", "legacy", "--to", "2024-01-03", "--json"]) == 0
+    assert main(["report", "legacy", "--to", "2024-01-03", "--json", "--off-policy"]) == 0
     report = msgspec.json.decode(capsys.readouterr().out)
     assert {a["arm"]: a["units"] for a in report["arms"]} == {"a": 20, "b": 20}
     assert report["off_policy"]["decisions_used"] == 40
     assert sent == [f"Bearer {ADMIN}", f"Bearer {REPORT}", f"Bearer {REPORT}"]
+    assert main(["report", "legacy", "--to", "2024-01-03", "--json"]) == 0
+    assert msgspec.json.decode(capsys.readouterr().out)["off_policy"] is None  # a fixed split
     monkeypatch.setenv("TAILOR_API_KEY", "wrong")
     assert main(["report", "legacy"]) == 1
     assert "HTTP 401" in capsys.readouterr().err
