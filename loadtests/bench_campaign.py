@@ -305,9 +305,9 @@ def send(client: httpx.Client, body: bytes, stream: bool) -> int:
         return lines
     response = client.post("/v1/decide/batch", content=body, headers=headers)
     response.raise_for_status()
-    head = response.content[:200]
-    count = re.search(rb'"count":(\d+)', head) or re.search(rb'"count":(\d+)', response.content)
-    assert count is not None, head
+    tail = response.content[-200:]  # the summary follows the recipients
+    count = re.search(rb'"count":(\d+)', tail)
+    assert count is not None, tail
     return int(count.group(1))
 
 

@@ -5,18 +5,18 @@ one pass by msgspec straight into :class:`~decision_api.schemas.BatchDecideReque
 :class:`StructBody` DTO): Litestar's default path decodes JSON into builtins and converts them,
 which costs about twice as much for a large campaign. The OpenAPI schema documents the body all
 the same. Answers are one JSON document, or with ``Accept: application/x-ndjson`` one line per
-recipient, streamed chunk by chunk as they are decided.
+recipient; either way the body is streamed chunk by chunk as recipients are decided.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Generator
 from functools import cache
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
-from litestar import Controller, MediaType, Request, Response, post
+from litestar import Controller, MediaType, Request, post
 from litestar.di import NamedDependency
 from litestar.dto import AbstractDTO, DTOConfig, DTOFieldDefinition
 from litestar.openapi.datastructures import ResponseSpec
@@ -166,9 +166,9 @@ class BatchController(Controller):
                 data_container=BatchDecideResponse,
                 generate_examples=False,
                 description=(
-                    "Every recipient's answer. With `Accept: application/x-ndjson` the body is "
-                    "instead one `RecipientDecision` object per line, in request order, "
-                    "streamed as chunks are decided."
+                    "Every recipient's answer, streamed as chunks are decided. With `Accept: "
+                    "application/x-ndjson` the body is instead one `RecipientDecision` object "
+                    "per line, in request order."
                 ),
             )
         },
@@ -182,7 +182,7 @@ class BatchController(Controller):
         request: Request[Any, Any, Any],
         data: Annotated[BatchDecideRequest, Body(media_type="application/json")],
         services: NamedDependency[Services],
-    ) -> Response[BatchDecideResponse] | Stream:
+    ) -> Stream:
         """Decide every placement (and send time) for every recipient."""
         campaign = campaign_of(data, services)
         batches = decide_bulk(
@@ -201,33 +201,28 @@ class BatchController(Controller):
                     yield _encoder.encode_lines(batch)
 
             return NDJSONStream(lines())
-        body = await _json_answer(campaign.name, batches)
-        # The bytes are a BatchDecideResponse document (which the OpenAPI schema documents).
-        return cast(Response[BatchDecideResponse], Response(body, media_type=MediaType.JSON))
+        return Stream(json_document(campaign.name, batches), media_type=MediaType.JSON)
 
 
-async def _json_answer(
+async def json_document(
     campaign: str, batches: AsyncIterator[list[RecipientDecision]]
-) -> bytes:
-    """The :class:`BatchDecideResponse` document, encoded chunk by chunk as answers come (the
-    answers themselves are not kept: for 50,000 recipients they weigh more than their JSON)."""
-    body = bytearray(b'{"campaign":')
-    body += _encoder.encode(campaign)
-    body += b',"recipients":['
+) -> AsyncIterator[bytes]:
+    """The :class:`BatchDecideResponse` document, sent piece by piece as chunks are decided.
+
+    Neither the answers nor the whole document are ever held: a 50,000-recipient answer is
+    ~25 MB of JSON (more as objects), and the server's memory stays flat. The summary fields
+    (``count``, ``errors``, ``degraded``) follow the recipients, once they are known.
+    """
+    yield b'{"campaign":' + _encoder.encode(campaign) + b',"recipients":['
     count = errors = 0
     degraded = False
-    first = True
     async for batch in batches:
         if not batch:
             continue
-        if not first:
-            body += b","
-        first = False
-        body += _encoder.encode(batch)[1:-1]
+        piece = _encoder.encode(batch)[1:-1]
+        yield piece if count == 0 else b"," + piece
         count += len(batch)
         errors += sum(1 for a in batch if a.error is not None)
         degraded = degraded or any(a.degraded for a in batch)
-    body += b'],"count":%d,"errors":%d,"degraded":%s}' % (
-        count, errors, b"true" if degraded else b"false"
-    )
-    return bytes(body)
+    flag = b"true" if degraded else b"false"
+    yield b'],"count":%d,"errors":%d,"degraded":%s}' % (count, errors, flag)
