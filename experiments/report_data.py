@@ -76,6 +76,8 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
         ope_max_decisions: above this many logged decisions, off-policy evaluation uses a
             deterministic sample of units (by hash) holding about this many.
         off_policy: whether to compute the off-policy sums at all.
+        open_end: no upper bound was asked for (``end_ms`` is "now"): the exposures' time
+            filter folds away.
     """
 
     experiment: str
@@ -89,6 +91,7 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
     reward: RewardQuery
     ope_max_decisions: int = 1_000_000
     off_policy: bool = True
+    open_end: bool = False
 
 
 class TypeSums(msgspec.Struct, frozen=True, kw_only=True):
@@ -242,6 +245,7 @@ def _unit_parameters(query: ReportQuery, resolve_orphans: bool) -> dict[str, obj
         "segment": query.segment,
         "types": list(query.types),
         "resolve_orphans": 1 if resolve_orphans else 0,
+        "open_end": 1 if query.open_end else 0,
     }
 
 
@@ -257,6 +261,7 @@ def _ope_parameters(
         "variants": list(query.variants),
         "sample_ppm": sample_ppm,
         "by_decision": 1 if by_decision else 0,
+        "open_end": 1 if query.open_end else 0,
         "reward_types": list(reward.types),
         "reward_of": list(reward.rewards),
         "reward_per_value": [1 if v else 0 for v in reward.per_value],

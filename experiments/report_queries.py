@@ -80,8 +80,10 @@ _IN_EXPERIMENT = "reason IN ('split', 'policy', 'holdout', 'global_holdout')"
 _LOGGED = "reason IN ('split', 'policy') AND holdout = 0 AND propensity > 0"
 # Constant-folded away (no unit id hashed) when nothing is sampled.
 _SAMPLED = "({sample_ppm:UInt32} >= 1000000 OR cityHash64(unit_id) % 1000000 < {sample_ppm:UInt32})"
-_IN_RANGE = """ts >= fromUnixTimestamp64Milli({start_ms:Int64})
-    AND ts < fromUnixTimestamp64Milli({end_ms:Int64})"""
+# An open period (from 0, to "now") folds to true: the ts column is then read only if needed.
+_BEFORE_END = "({open_end:UInt8} = 1 OR ts < fromUnixTimestamp64Milli({end_ms:Int64}))"
+_IN_RANGE = f"""({{start_ms:Int64}} <= 0 OR ts >= fromUnixTimestamp64Milli({{start_ms:Int64}}))
+    AND {_BEFORE_END}"""
 _OUTCOMES_IN_RANGE = """experiment IN ('', {experiment:String})
     AND ts >= fromUnixTimestamp64Milli({start_ms:Int64} - {lookback_ms:Int64})
     AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
@@ -132,7 +134,7 @@ units AS (
     minIf({_VARIANT_INDEX}, holdout = 0) != maxIf({_VARIANT_INDEX}, holdout = 0) AS mixed
   FROM exposures
   WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT}
-    AND ts < fromUnixTimestamp64Milli({{end_ms:Int64}})
+    AND {_BEFORE_END}
   GROUP BY uh
 ),
 unit_types AS (
@@ -201,8 +203,7 @@ by_decision AS (
     AND e.reason IN ('split', 'policy') AND e.holdout = 0 AND e.propensity > 0
     AND ({{sample_ppm:UInt32}} >= 1000000
          OR cityHash64(e.unit_id) % 1000000 < {{sample_ppm:UInt32}})
-    AND e.ts >= fromUnixTimestamp64Milli({{start_ms:Int64}})
-    AND e.ts < fromUnixTimestamp64Milli({{end_ms:Int64}})
+    AND {_IN_RANGE.replace("ts ", "e.ts ")}
     AND e.decision_id IN (SELECT r_dec FROM ro WHERE r_unit = '' AND r_dec != '')
     AND r.r_t >= toUnixTimestamp64Milli(e.ts)
     AND r.r_t <= toUnixTimestamp64Milli(e.ts) + {{reward_window_ms:Int64}}

@@ -124,6 +124,7 @@ def report_query(experiment: Experiment, options: ReportOptions, now_ms: int) ->
             hi=spec.max_reward,
         ),
         ope_max_decisions=options.ope_max_decisions,
+        open_end=options.end_ms is None,
         off_policy=(
             options.off_policy
             if options.off_policy is not None

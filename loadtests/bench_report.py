@@ -4,8 +4,9 @@ Run: ``.venv/bin/python loadtests/bench_report.py [--dir DIR] [--runs 5] [--reus
 
 Generates the traffic of :mod:`loadtests.report_data` inside ClickHouse (unless ``--reuse`` finds
 it already in ``DIR``), then times ``build_report`` — every query and every statistic of the
-JSON report, off-policy section included — ``--runs`` times, without and with a segment
-breakdown, after background merges settle and again after ``OPTIMIZE TABLE ... FINAL``.
+JSON report — ``--runs`` times: the default report of this fixed-split experiment, the same
+broken down by a segment, and with the off-policy section (the default for learning
+policies); after background merges settle, and again after ``OPTIMIZE TABLE ... FINAL``.
 Prints wall time (min and median), process CPU time (chdb runs in-process) and the load
 average, since other work on the machine shows up in wall time. Target: under 2 s.
 """
@@ -115,6 +116,7 @@ def main() -> None:
         for label, options in (
             ("report", ReportOptions()),
             ("report by segment (device)", ReportOptions(segment="device")),
+            ("report + off-policy section", ReportOptions(off_policy=True)),
         ):
             walls, cpus = _time(log, options, args.runs)
             print(_row(label + suffix, walls, cpus))
