@@ -44,6 +44,7 @@ class RunFigures(msgspec.Struct, kw_only=True):
     kinds: dict[str, KindFigures]
     statuses: dict[str, int]
     send_lag_p99_ms: float
+    not_sent: int
     server_cpu_s: float
     server_cpu_share: float
     busiest_thread_cpu_s: float
@@ -121,7 +122,8 @@ def print_run(label: str, run: RunFigures) -> None:
     print(
         f"{label}: {o.per_s:8.1f} req/s  p50 {o.p50_ms:6.2f} ms  p95 {o.p95_ms:6.2f}  "
         f"p99 {o.p99_ms:6.2f}  max {o.max_ms:7.2f}  errors {o.errors}  "
-        f"send-lag p99 {run.send_lag_p99_ms:.2f} ms  load {run.load_avg[0]:.2f}",
+        f"send-lag p99 {run.send_lag_p99_ms:.2f} ms  not sent {run.not_sent}  "
+        f"load {run.load_avg[0]:.2f}",
         flush=True,
     )
     for name, k in run.kinds.items():
@@ -141,8 +143,11 @@ def print_run(label: str, run: RunFigures) -> None:
     )
 
 
-def make_run(mode: str, elapsed: float, sample: Sample, meters: dict[str, Any]) -> RunFigures:
-    """Bundle a run's figures."""
+def make_run(
+    mode: str, elapsed: float, sample: Sample, meters: dict[str, Any], due: int = 0
+) -> RunFigures:
+    """Bundle a run's figures; ``due`` is how many requests the open loop scheduled (0: closed
+    loop), so that ``not_sent`` shows a rate the server did not sustain."""
     overall, kinds = sample_figures(sample, elapsed)
     lag = np.frombuffer(sample.send_lag, dtype=np.int64)
     return RunFigures(
@@ -152,6 +157,7 @@ def make_run(mode: str, elapsed: float, sample: Sample, meters: dict[str, Any]) 
         kinds=kinds,
         statuses={str(k): v for k, v in sorted(sample.statuses.items())},
         send_lag_p99_ms=round(float(np.percentile(lag, 99)) / 1e6, 3) if lag.size else 0.0,
+        not_sent=max(0, due - sample.sent),
         load_avg=load_average(),
         **meters,
     )
@@ -168,6 +174,8 @@ class SoakWindow(msgspec.Struct, kw_only=True):
     errors: int
     server_rss_mb: float
     server_cpu_share: float
+    not_sent: int
+    load_avg_1m: float
 
 
 def verdict(windows: list[SoakWindow]) -> dict[str, Any]:

@@ -110,14 +110,16 @@ def process_name(pid: int) -> str:
 
 
 def child_pids(program: str) -> list[int]:
-    """Descendants of this process whose command line starts with ``program``."""
+    """Descendants of this process running ``program`` (the base name of their ``argv[0]``)."""
     out = []
     for pid in proc_tree(os.getpid())[1:]:
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(program.encode()):
-                out.append(pid)
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
         except OSError:
             continue
+        # redis-server retitles itself "<path> <host>:<port>": the program is the first word.
+        if Path(argv0.decode(errors="replace").split(" ", 1)[0]).name == program:
+            out.append(pid)
     return out
 
 
@@ -167,10 +169,12 @@ class ServerUnderTest:
         prefix: Redis key prefix.
         api_keys: ``TAILOR_AUTH_API_KEYS``.
         workers: API worker processes.
-        server: ``granian`` (``tailor serve``) or ``uvicorn``.
+        server: ``granian`` (``tailor serve``), ``granian-cli`` (granian's own command line with
+            ``server_args``, one worker) or ``uvicorn``.
         learner: ``in-process`` (the default, leader-elected inside the API workers) or
             ``process`` (``TAILOR_LEARNER_IN_PROCESS=false`` and a ``tailor learn`` process).
         extra_env: More ``TAILOR_*`` settings.
+        server_args: Extra options for ``granian-cli``.
     """
 
     def __init__(
@@ -185,6 +189,7 @@ class ServerUnderTest:
         server: str = "granian",
         learner: str = "in-process",
         extra_env: dict[str, str] | None = None,
+        server_args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.port = port
@@ -199,6 +204,14 @@ class ServerUnderTest:
         if server == "granian":
             command = [*_tailor_command(), "serve", "--host", "127.0.0.1", "--port", str(port),
                        "--workers", str(workers)]  # fmt: skip
+            self.main = self._spawn(command, self.env)
+        elif server == "granian-cli":  # granian's own CLI, to try options tailor serve fixes
+            if workers > 1:
+                raise ValueError("granian-cli runs one worker (tailor serve starts the owner)")
+            command = [str(Path(sys.executable).with_name("granian")), "--interface", "asgi",
+                       "--factory", "--host", "127.0.0.1", "--port", str(port), "--loop",
+                       "uvloop", "--no-access-log", "--backlog", "2048", *server_args,
+                       "decision_api.asgi:build"]  # fmt: skip
             self.main = self._spawn(command, self.env)
         elif server == "uvicorn":
             env = dict(self.env)

@@ -3,8 +3,10 @@
 Closed loop: each connection sends its next request when the answer arrives (the maximum
 throughput). Open loop: request ``i`` is due at ``start + i / rate`` and its latency counts from
 that due time, so a stalled server is charged for every request it delayed (no coordinated
-omission); the generator's own lateness is kept apart as ``send_lag``. What is sent and what is
-done with an answer belong to a :class:`Workload`. One process drives well over 10,000
+omission); the generator's own lateness is kept apart as ``send_lag``. Sending stops at the end
+of the run: requests still due then (a backlog the server did not absorb) are not sent, and the
+shortfall ``rate x duration - sent`` shows that the rate was not sustained. What is sent and
+what is done with an answer belong to a :class:`Workload`. One process drives well over 10,000
 requests/s (about 60 us of CPU per request).
 """
 
@@ -64,6 +66,17 @@ class Sample:
         self.errors = [0] * kinds
         self.statuses: dict[int, int] = {}
         self.send_lag = array("q")  # open loop: how late the generator sent (ns)
+        self.sent = 0
+
+    def absorb(self, other: Sample) -> None:
+        """Add another sample's figures to this one."""
+        for mine, theirs in zip(self.latencies, other.latencies, strict=True):
+            mine.extend(theirs)
+        self.errors = [a + b for a, b in zip(self.errors, other.errors, strict=True)]
+        for status, n in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + n
+        self.send_lag.extend(other.send_lag)
+        self.sent += other.sent
 
 
 class LoadGenerator:
@@ -142,6 +155,7 @@ class LoadGenerator:
             i = self._next
             self._next = i + 1
             kind, data, tag = request(i)
+            self.sample.sent += 1
             if not await self._exchange(reader, writer, data, kind, tag):
                 return
             self.sample.latencies[kind].append(clock() - t0)
@@ -158,10 +172,13 @@ class LoadGenerator:
             scheduled = start + int(i * interval)
             if scheduled >= stop:
                 return
-            wait = scheduled - clock()
-            if wait > 0:
-                await asyncio.sleep(wait / 1e9)
+            now = clock()
+            if now >= stop:  # the backlog left at the end is not sent: counted as not sent
+                return
+            if scheduled > now:
+                await asyncio.sleep((scheduled - now) / 1e9)
             kind, data, tag = request(i)
+            self.sample.sent += 1
             self.sample.send_lag.append(clock() - scheduled)
             if not await self._exchange(reader, writer, data, kind, tag):
                 return

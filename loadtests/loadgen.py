@@ -232,7 +232,7 @@ async def measure(
             spy = start_profiler(args.profile, server.main.pid, args.duration)
         meters.reset()
         elapsed = await gen.run(args.duration)
-        run = make_run(mode, elapsed, gen.take(), meters.read())
+        run = make_run(mode, elapsed, gen.take(), meters.read(), int(args.duration * rate))
         if spy is not None:
             await asyncio.to_thread(spy.wait, 60)
         print_run(f"run {n + 1} ({mode})", run)
@@ -259,40 +259,33 @@ async def soak(
     def tick() -> None:
         now = time.perf_counter()
         sample = gen.take()
-        for k in range(len(KINDS)):
-            everything.latencies[k].extend(sample.latencies[k])
-            everything.errors[k] += sample.errors[k]
-        for status, n in sample.statuses.items():
-            everything.statuses[status] = everything.statuses.get(status, 0) + n
-        everything.send_lag.extend(sample.send_lag)
+        everything.absorb(sample)
         overall, kinds = sample_figures(sample, now - last[0])
         m = meters.read()
         meters.reset()
-        last[0] = now
         window = SoakWindow(
             t_s=round(now - began, 1), per_s=overall.per_s,
             decide_per_s=kinds["decide"].per_s if "decide" in kinds else 0.0,
             p50_ms=overall.p50_ms, p99_ms=overall.p99_ms, errors=overall.errors,
             server_rss_mb=m["server_rss_mb"], server_cpu_share=m["server_cpu_share"],
+            not_sent=max(0, int(gen.rate * (now - last[0])) - sample.sent),
+            load_avg_1m=load_average()[0],
         )  # fmt: skip
+        last[0] = now
         windows.append(window)
         print(
             f"t={window.t_s:6.0f} s  {window.per_s:7.1f} req/s ({window.decide_per_s:.0f} "
             f"decisions/s)  p50 {window.p50_ms:6.2f} ms  p99 {window.p99_ms:6.2f} ms  "
-            f"errors {window.errors}  server RSS {window.server_rss_mb:6.1f} MB  "
-            f"cpu {window.server_cpu_share:.2f} cores  load {load_average()[0]:.2f}",
+            f"errors {window.errors}  not sent {window.not_sent}  server RSS "
+            f"{window.server_rss_mb:6.1f} MB  cpu {window.server_cpu_share:.2f} cores  "
+            f"load {window.load_avg_1m:.2f}",
             flush=True,
         )
 
     elapsed = await gen.run(args.soak, every=args.soak_every, tick=tick)
-    tail = gen.take()
-    for k in range(len(KINDS)):
-        everything.latencies[k].extend(tail.latencies[k])
-        everything.errors[k] += tail.errors[k]
-    everything.send_lag.extend(tail.send_lag)
-    for status, n in tail.statuses.items():
-        everything.statuses[status] = everything.statuses.get(status, 0) + n
-    run = make_run(f"soak, open loop at {gen.rate:g}/s", elapsed, everything, whole.read())
+    everything.absorb(gen.take())
+    mode = f"soak, open loop at {gen.rate:g}/s"
+    run = make_run(mode, elapsed, everything, whole.read(), int(args.soak * gen.rate))
     return windows, verdict(windows), run
 
 
@@ -318,7 +311,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--units", type=int, default=100_000)
     parser.add_argument("--vw-only", action="store_true", help="every placement is vw_cb")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    parser.add_argument(
+        "--server", choices=["granian", "granian-cli", "uvicorn"], default="granian"
+    )
+    parser.add_argument(
+        "--server-args", default="", help="granian-cli options, e.g. '--task-impl rust'"
+    )
     parser.add_argument("--learner", choices=["in-process", "process"], default="in-process")
     parser.add_argument("--reward-window", type=int, default=60, help="seconds")
     parser.add_argument("--soak", type=float, default=0.0, help="soak for this many seconds")
@@ -356,6 +354,7 @@ def main() -> int:
         workdir, redis_server.url, port, prefix=PREFIX,
         api_keys=f"{ADMIN_KEY}:admin,{CLIENT_KEY}:decide+ingest",
         workers=args.workers, server=args.server, learner=args.learner,
+        server_args=args.server_args.split(),
     )  # fmt: skip
     windows: list[SoakWindow] = []
     soak_verdict: dict[str, Any] = {}
