@@ -19,7 +19,7 @@ A simulated **day** is a round of visits followed by one newsletter campaign:
    closes now, which is what the server's sweeper does when the windows really end (two days
    later for email) — and waits until the learner has learned the day's emails.
 
-Within a day time is real: the carousel's 5-second reward windows close by themselves and
+Within a day time is real: the carousel's 3-second reward windows close by themselves and
 ``vw_cb`` learns continuously from its one-second snapshots.
 """
 
@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 
 from bandits.join import RewardJoin
 from decision_api.demo.progress import Progress
+from decision_api.demo.records import EmailRecord, Observations, Plan, VisitRecord
 from decision_api.demo.shop import (
     DEFAULT_SEND_HOUR,
     EMAIL_PLACEMENTS,
@@ -61,7 +62,7 @@ from decision_api.settings import RedisSettings
 from experiments.send_window import SendWindow
 from sdk import AsyncTailorClient, ClientOptions, DefaultVariant, RetryPolicy
 
-__all__ = ["EmailRecord", "Observations", "Plan", "VisitRecord", "simulate"]
+__all__ = ["simulate"]
 
 USUAL_DEVICE = 0.85
 MIN_GAP_S = 0.25
@@ -74,64 +75,6 @@ DEFAULTS = {
     "newsletter_subject": DefaultVariant(variant="plain"),
     "newsletter_send_time": DefaultVariant(variant="default"),
 }
-
-
-class Plan(msgspec.Struct, frozen=True, kw_only=True):
-    """How much traffic to simulate."""
-
-    days: int
-    visits_per_day: int
-    seed: int
-    concurrency: int = 12
-
-
-class VisitRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
-    """One visit: who, what each placement showed (and why), what happened."""
-
-    unit: int
-    day: int
-    device: int
-    hero: str
-    hero_reason: str
-    sort: str
-    sort_reason: str
-    offer: str
-    offer_reason: str
-    purchased: bool
-    clicked: bool
-
-
-class EmailRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
-    """One newsletter sent: subject and local hour chosen (and why), the open chance, the open."""
-
-    unit: int
-    day: int
-    subject: str
-    subject_reason: str
-    local_hour: int
-    send_reason: str
-    p_open: float
-    p_default_hour: float
-    opened: bool
-
-
-class Observations(msgspec.Struct, kw_only=True):
-    """Everything the simulation saw, in completion order."""
-
-    visits: list[VisitRecord] = msgspec.field(default_factory=list)
-    emails: list[EmailRecord] = msgspec.field(default_factory=list)
-    fallbacks: int = 0
-    degraded: int = 0
-    first_error: str = ""
-    dropped_outcomes: int = 0
-    profiles: int = 0
-    history_events: int = 0
-    learn_timeouts: list[str] = msgspec.field(default_factory=list)
-
-    def fail(self, error: object) -> None:
-        """Count an answer Tailor did not give (a fallback)."""
-        self.fallbacks += 1
-        self.first_error = self.first_error or str(error)
 
 
 async def simulate(
@@ -151,8 +94,9 @@ async def simulate(
         retry=RetryPolicy(attempts=5, base_s=0.1, cap_s=2.0),
         flush_interval_s=0.25,
         close_timeout_s=30.0,
-        max_connections=plan.concurrency * 2,
-        max_keepalive_connections=plan.concurrency * 2,
+        # httpx checks every pooled connection on each request: keep the pool small.
+        max_connections=plan.concurrency,
+        max_keepalive_connections=plan.concurrency,
     )
     redis = Redis.from_url(redis_url, decode_responses=True)  # what RewardJoin expects
     async with (

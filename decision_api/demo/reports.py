@@ -193,7 +193,7 @@ async def fetch_reports(
 ) -> dict[str, ReportView]:
     """Fetch each experiment's JSON report with its query parameters.
 
-    The event log is written in batches about every half second, so a report is fetched again
+    The event log is written in batches about every second, so a report is fetched again
     until it counts ``expected_exposures[key]`` exposures (or ``timeout_s`` passes).
     """
     out: dict[str, ReportView] = {}

@@ -17,8 +17,9 @@ from typing import TextIO
 import msgspec
 import numpy as np
 
-from decision_api.demo.driver import Observations, Plan, simulate
+from decision_api.demo.driver import simulate
 from decision_api.demo.progress import Progress
+from decision_api.demo.records import Observations, Plan
 from decision_api.demo.reports import ReportView, fetch_reports
 from decision_api.demo.server import DemoServer, DemoSetupError, prepare_data_dir
 from decision_api.demo.shop import CAROUSEL, HERO, OFFER, SEND_TIME, SUBJECT, experiments
@@ -47,11 +48,11 @@ class Scale(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def scale(options: DemoOptions) -> Scale:
-    """The demo's size: 5,000 shoppers and 3 days of 5,000 visits (``--fast``: 300, 1, 300)."""
+    """The demo's size: 3,000 shoppers and 3 days of 3,000 visits (``--fast``: 300, 1, 300)."""
     if options.fast:
         shoppers, days, visits = 300, 1, 300
     else:
-        shoppers, days, visits = 5000, 3, 5000
+        shoppers, days, visits = 3000, 3, 3000
     days = options.days if options.days is not None else days
     return Scale(shoppers=shoppers, plan=Plan(days=days, visits_per_day=visits, seed=options.seed))
 

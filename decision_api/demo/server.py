@@ -120,7 +120,6 @@ class DemoServer:
             TAILOR_DATA_DIR=str(self.data_dir),
             TAILOR_EVENT_LOG_URL=f"chdb://{self.data_dir / 'chdb'}",
             TAILOR_EVENT_LOG_SPOOL_DIR=str(self.data_dir / "spool"),
-            TAILOR_EVENT_LOG_FLUSH_INTERVAL_S="0.5",
             TAILOR_LEARNER_SNAPSHOT_INTERVAL_S="1",
             TAILOR_LEARNER_MODEL_POLL_INTERVAL_S="0.5",
             TAILOR_LEARNER_REWARD_SWEEP_INTERVAL_S="0.5",
