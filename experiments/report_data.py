@@ -153,7 +153,7 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         query: what was aggregated.
         groups: cohort units per (arm, segment, day of first exposure).
-        exposures: in-experiment exposures in the period per arm (each counted in its own arm).
+        exposures: in-experiment exposures (up to the period's end) of each arm's cohort units.
         earlier_units: units first exposed before the range (left out of the cohort).
         unconfigured: variants seen in the log but no longer configured (arm ``UNCONFIGURED``).
         orphan_outcomes: outcomes naming only a decision (resolved to its unit).
@@ -225,6 +225,7 @@ def _groups(
             segment=segments.get(seg, UNKNOWN_SEGMENT),
             day=day,
             units=units,
+            exposures=int(row[16]),
             mixed_units=mixed,
             by_type=by_type,
         )
@@ -355,23 +356,28 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
     unit_params = _unit_parameters(query, resolve_orphans=True)
     orphans = int(event_log.query(sql.ORPHAN_OUTCOMES, unit_params)[0][0])
     ppm = PPM
+    ope_rows: Sequence[Sequence[Any]] = []
     if query.off_policy:
         total = int(event_log.query(sql.EXPOSURE_COUNT, unit_params)[0][0])
         if total > query.ope_max_decisions:
             ppm = max(1, math.ceil(PPM * query.ope_max_decisions / total))
         ope_params = _ope_parameters(query, ppm, by_decision=orphans > 0)
         ope_rows = event_log.query(sql.OFF_POLICY, ope_params)
-    else:  # the summary has the base rows' leading columns: same parser, no moments
+    elif query.segment:  # the segment names; the summary has the base rows' leading columns
         summary = event_log.query(sql.EXPOSURE_SUMMARY, _ope_parameters(query, 0))
         ope_rows = [("base", *row, 0, *([0.0] * 6)) for row in summary]
     ope = _off_policy_rows(ope_rows, query, query.reward.base)
     unit_sql = sql.UNIT_METRICS_BY_SEGMENT if query.segment else sql.UNIT_METRICS
     rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0))
-    groups, earlier = _groups(rows, query, ope.segments)
+    segments = {sql.EMPTY_SEGMENT_HASH: "", **ope.segments}
+    groups, earlier = _groups(rows, query, segments)
+    exposures: dict[str, int] = {}
+    for g in groups:
+        exposures[g.arm] = exposures.get(g.arm, 0) + g.exposures
     return ReportData(
         query=query,
         groups=groups,
-        exposures=ope.exposures,
+        exposures=exposures,
         earlier_units=earlier,
         unconfigured=ope.unconfigured,
         orphan_outcomes=orphans,

@@ -25,8 +25,9 @@ experiment's holdout, ``255`` the global holdout. Segments travel as ``cityHash6
   a unit with outcomes is counted once, in the group of its lowest outcome type.
 
 Rows per (arm, segment, day of first exposure, cohort, type index) — index 0 holds units without
-outcomes — with additive sums: units, converting units, events, value, value², and the pre-period
-equivalents and cross products. ``cohort`` is 1 for units first exposed in ``[start, end)``.
+outcomes — with additive sums: units, converting units, events, value, value², the pre-period
+equivalents and cross products, and the units' exposures. ``cohort`` is 1 for units first
+exposed in ``[start, end)``.
 
 ``EXPOSURE_SUMMARY`` — exposures per (arm code, variant, segment) in ``[start, end)``: traffic
 per arm and the segment names, when the report skips off-policy evaluation.
@@ -65,6 +66,7 @@ __all__ = [
 
 GLOBAL_HOLDOUT_CODE = 255
 HOLDOUT_CODE = 254
+EMPTY_SEGMENT_HASH = 11160318154034397263  # cityHash64(''): the segment of a report without one
 
 # The context attribute a report is broken down by; constant-folded to '' (and the Map column
 # left unread) when no segment is requested.
@@ -131,7 +133,8 @@ units AS (
   SELECT cityHash64(unit_id) AS uh,
     min(bitShiftLeft(toUInt64(toUnixTimestamp64Milli(ts)), 8) + {_ARM_CODE}) AS first,
     {{segment_hash}} AS seg,
-    minIf({_VARIANT_INDEX}, holdout = 0) != maxIf({_VARIANT_INDEX}, holdout = 0) AS mixed
+    minIf({_VARIANT_INDEX}, holdout = 0) != maxIf({_VARIANT_INDEX}, holdout = 0) AS mixed,
+    count() AS n_exp
   FROM exposures
   WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT}
     AND {_BEFORE_END}
@@ -142,6 +145,7 @@ unit_types AS (
     toUInt8(bitAnd(first, 255)) AS arm, seg,
     intDiv(t0, 86400000) AS day, toUInt8(t0 >= {{start_ms:Int64}}) AS cohort,
     count() AS n_rows, countIf(mixed) AS n_mixed, any(mixed) AS u_mixed, any(f_min_k) AS min_k,
+    sum(n_exp) AS sum_exp, any(n_exp) AS u_exp,
     countIf(f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS cnt,
     sumIf(f_v, f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS val,
     countIf(f_k != 0 AND f_ms < t0 AND f_ms >= t0 - {{pre_ms:Int64}}) AS pre_cnt,
@@ -161,7 +165,8 @@ SELECT arm, seg, day, cohort, k AS type_index,
   countIf(cnt > 0 AND pre_cnt > 0) AS both_converters,
   sum(pre_val) AS pre_value,
   sum(pre_val * pre_val) AS pre_value_sq,
-  sum(val * pre_val) AS cross_value
+  sum(val * pre_val) AS cross_value,
+  sum(if(key_uh = 0, sum_exp, if(k = min_k, u_exp, 0))) AS exposures
 FROM unit_types
 GROUP BY arm, seg, day, cohort, type_index
 """

@@ -14,6 +14,7 @@ from decision_api.event_log import ClickHouseEventLog, open_event_log
 from experiments.off_policy import evaluate_policy
 from experiments.report_data import ReportData, ReportQuery, RewardQuery, fetch_report_data
 from experiments.report_off_policy import cell_moments, evaluate_constant_target, reward_table
+from experiments.report_queries import EMPTY_SEGMENT_HASH
 from experiments.reward_models import cell_mean_rewards
 from experiments.target_policies import uniform_policy
 from tests.experiments.report_rows import (
@@ -125,14 +126,21 @@ def test_unit_metrics_match_pandas(
     assert summary.groups == data.groups and summary.exposures == data.exposures
     assert summary.ope_cells == []
     ex = logged.exposures
-    mine = ex[(ex.experiment == EXPERIMENT) & (ex.ts >= START) & (ex.ts < END)]
-    mine = mine[mine.reason.isin(["split", "policy", "holdout", "global_holdout"])]
+    mine = ex[
+        (ex.experiment == EXPERIMENT)
+        & ex.reason.isin(["split", "policy", "holdout", "global_holdout"])
+        & (ex.ts < END)
+    ].sort_values(["unit_id", "ts"], kind="stable")
+    first = mine.groupby("unit_id").first()
     arm = np.where(
-        mine.reason == "global_holdout",
+        first.reason == "global_holdout",
         "~global_holdout",
-        np.where(mine.holdout == 1, "~holdout", mine.variant),
+        np.where(first.holdout == 1, "~holdout", first.variant),
     )
-    assert data.exposures == pd.Series(arm).value_counts().to_dict()
+    cohort = pd.Series(arm, index=first.index)[first.ts >= START]
+    per_unit = mine.groupby("unit_id").size()
+    expected_exposures = per_unit[cohort.index].groupby(cohort).sum().to_dict()
+    assert data.exposures == expected_exposures
 
 
 @pytest.mark.parametrize("aggregation", ["sum", "first"])
@@ -185,3 +193,8 @@ def test_off_policy_samples_units_beyond_the_cap(
     assert 0 < used < full.logged_decisions
     assert capped.logged_decisions == full.logged_decisions
     assert capped.exposures == full.exposures
+
+
+def test_empty_segment_hash_is_the_engines(event_log: ClickHouseEventLog) -> None:
+    """The constant naming the segment of reports without one is ClickHouse's cityHash64('')."""
+    assert event_log.query("SELECT cityHash64('')") == [(EMPTY_SEGMENT_HASH,)]
