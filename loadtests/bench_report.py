@@ -105,7 +105,7 @@ def main() -> None:
     query = report_query(EXPERIMENT, ReportOptions(), NOW_MS)
     data = fetch_report_data(log, query)  # warm-up (page cache, marks)
     units = sum(g.units for g in data.groups)
-    print(f"report covers {units:,} units, {data.logged_decisions:,} logged decisions")
+    print(f"report covers {units:,} units")
     passes = [("", False)] + ([] if args.no_optimize else [(" (after OPTIMIZE FINAL)", True)])
     for suffix, optimize in passes:
         if optimize:
