@@ -15,6 +15,7 @@ the private Redis outlive the server, :meth:`DemoServer.stop` shuts it down by i
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -95,6 +96,7 @@ class DemoServer:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = data_dir / "server.log"
         self.redis_url: str | None = None
+        self.ready = False
         self._log: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -168,6 +170,7 @@ class DemoServer:
                 self.redis_url = self.redis_url or self._find_redis_url()
                 try:
                     if self.redis_url and http.get(self.url + "/readyz").status_code == 200:
+                        self.ready = True
                         return
                 except httpx.HTTPError:
                     pass
@@ -205,21 +208,53 @@ class DemoServer:
             return None
         return found.group(1) if found else None
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the server and wait (SIGKILL after ``timeout_s``); then make sure its
-        private Redis is gone. Safe to call more than once."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM the server and wait (SIGKILL after ``timeout_s``: 20 s once it served, to
+        let it flush the event log; 5 s while starting, when granian may not exit on SIGTERM);
+        then stop whatever it left and make sure its private Redis is gone. Idempotent."""
+        if timeout_s is None:
+            timeout_s = 20.0 if self.ready else 5.0
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             if not self.wait(timeout_s):
                 proc.kill()
                 proc.wait(timeout=10)
+        if proc is not None:
+            # A server stopped while it was still starting can leave a granian worker behind;
+            # everything it started shares its process group (its own session).
+            _stop_group(proc.pid)
         self.redis_url = self.redis_url or self._find_redis_url()
         if self.redis_url:
             _shutdown_redis(self.redis_url)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM what is left of the server's process group, then SIGKILL it after
+    ``timeout_s``."""
+    if not _group_alive(pgid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
 
 
 def _shutdown_redis(url: str) -> None:
@@ -230,8 +265,8 @@ def _shutdown_redis(url: str) -> None:
     except redis.RedisError:
         return  # already gone
     try:
-        client.shutdown(nosave=True)
-    except redis.RedisError:
-        pass  # the connection drops as it exits: expected
+        # The connection drops as the server exits: an error here is expected.
+        with contextlib.suppress(redis.RedisError):
+            client.shutdown(nosave=True)
     finally:
         client.close()

@@ -119,7 +119,8 @@ def policy_value_finding(name: str, truth: float, estimate: EstimateView | None)
         return Finding(what=name, truth=pct(truth), found="not in the report")
     found = f"{pct(dr.estimate)} {ci(dr, points=False)}"
     if estimate.low_support:
-        return Finding(what=name, truth=pct(truth), found=found + " (report: low support)")
+        warning = " (the report warns: low support, the interval is unreliable)"
+        return Finding(what=name, truth=pct(truth), found=found + warning)
     return Finding(what=name, truth=pct(truth), found=found, covered=dr.contains(truth))
 
 
@@ -197,7 +198,13 @@ def carousel_section(population: Population, obs: Observations, report: ReportVi
         for s in range(len(SEGMENTS))
         for d in range(len(DEVICES))
     )
-    return Section(title=title, rows=rows, notes=[f"true best sorts: {bests}"])
+    notes = [f"true best sorts: {bests}"]
+    if any("low support" in row.found for row in rows):
+        notes.append(
+            "SquareCB explores less as it grows sure, so these logs say little about other "
+            "policies: the report flags it rather than guess"
+        )
+    return Section(title=title, rows=rows, notes=notes)
 
 
 def offer_section(obs: Observations, report: ReportView) -> Section:

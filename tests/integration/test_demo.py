@@ -229,28 +229,31 @@ def test_fast_demo_prints_truth_next_to_findings_and_cleans_up(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_server_and_its_redis(tmp_path: Path) -> None:
-    """SIGINT while the demo simulates ends it with 130, and its server and Redis with it."""
-    proc = subprocess.Popen(
-        [str(TAILOR), "demo", "--fast", "--port", "0"],
-        cwd=tmp_path,
-        env=demo_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        log = tmp_path / "data" / "demo" / "server.log"
-        deadline = time.monotonic() + 120
-        while "private redis-server" not in (log.read_text() if log.exists() else ""):
-            assert proc.poll() is None and time.monotonic() < deadline, "server never started"
-            time.sleep(0.2)
-        assert processes_under(tmp_path)  # the server and its Redis are running
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    """SIGINT while visitors are simulated ends the demo with 130, and its server and Redis
+    with it."""
+    err_path = tmp_path / "stderr.txt"
+    with err_path.open("w") as err_file:
+        proc = subprocess.Popen(
+            [str(TAILOR), "demo", "--fast", "--port", "0"],
+            cwd=tmp_path,
+            env=demo_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "visitors" not in err_path.read_text():
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, "the simulation never started"
+                time.sleep(0.1)
+            assert processes_under(tmp_path)  # the server and its Redis are running
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = err_path.read_text()
     assert proc.returncode == 130, err[-3000:]
     assert "stopping" in err
     assert processes_under(tmp_path) == []
