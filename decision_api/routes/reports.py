@@ -14,8 +14,9 @@ attribute captured at exposure), ``metric`` (extra outcome types, repeatable), `
 ``HttpOnly``, ``SameSite=Strict`` cookie scoped to ``/reports`` and redirects (303) to the same
 URL without it — the key leaves the address bar and the history at once. Later visits send the
 cookie; ``Authorization: Bearer`` and ``X-API-Key`` work too. Without a valid key the page is a
-small form asking for one (401). ``GET /reports/static/{report.js,report.css}`` serves the page's
-assets (nothing secret: no key needed), so the page works offline, without a CDN.
+small form asking for one (401; 403 for a key without the scope).
+``GET /reports/static/{report.js,report.css}`` serves the page's assets under the same guard (the
+cookie is scoped to ``/reports``), so the page works offline, without a CDN.
 
 Reports run in a worker thread: the event-log client is synchronous.
 """
@@ -28,13 +29,23 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from litestar import Controller, MediaType, Request, Response, get
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect
 
 from decision_api.auth import current_actor
-from decision_api.errors import InvalidInput, NotFound, RateLimited, ServiceUnavailable
+from decision_api.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    TailorError,
+    Unauthorized,
+)
 from decision_api.routes.guards import presented_key, require
 from decision_api.services import Services
 from experiments.report_html import ASSETS, asset, render_report_page
@@ -43,7 +54,7 @@ from experiments.report_options import ReportOptionsError, report_options
 from experiments.report_text import render_report_text
 from experiments.reports import build_report
 
-__all__ = ["COOKIE", "ReportController", "report_asset", "report_page"]
+__all__ = ["COOKIE", "ReportController", "page_guard", "report_asset", "report_page"]
 
 COOKIE = "tailor_report_key"
 COOKIE_MAX_AGE_S = 8 * 3600
@@ -129,43 +140,61 @@ class ReportController(Controller):
 
 _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Tailor report</title><link rel="stylesheet" href="{static}/report.css"></head>
-<body><main><h1>Report: {key}</h1><p class="note">{message}</p>
+<body><main><h1>Tailor report</h1><p class="note">{message}</p>
 <form method="get"><label>API key with the <code>report</code> scope
 <input name="key" type="password" autocomplete="off"></label>
 <button type="submit">Open</button></form></main></body></html>"""
 
 
-def _login_page(key: str, message: str) -> Response[str]:
-    body = _LOGIN.format(static=STATIC_PATH, key=html.escape(key), message=html.escape(message))
-    return Response(body, status_code=401, media_type=MediaType.HTML)
+def _page_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The key a page request carries: a header, the one-time ``?key=``, or the cookie."""
+    return (
+        presented_key(connection)
+        or connection.query_params.get("key")
+        or connection.cookies.get(COOKIE)
+    )
 
 
-async def _admit(
-    request: Request[Any, Any, Any], services: Services, presented: str | None
-) -> str | None:
-    """None when the request may see reports, else why not (for the login page)."""
+async def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Admit keys with the ``report`` scope from a header, ``?key=`` or the page's cookie.
+
+    401 without a (known, unrevoked) key, 403 for a key without the scope, 429 over its rate
+    limit; on the page these render as a small form asking for a key (see `_login`).
+    """
+    services: Services = connection.app.state.services
     ring = services.keys
     if ring.open:
-        return None
+        return
     if not ring.ready:
         raise ServiceUnavailable("API keys are not loaded yet (Redis unavailable); retry")
+    presented = _page_key(connection)
     if not presented:
-        return "This page needs an API key with the report scope."
+        raise Unauthorized("This page needs an API key with the report scope.")
     key = ring.lookup(presented)
     if key is None or key.revoked:
-        return "Unknown or revoked API key."
+        raise Unauthorized("Unknown or revoked API key.")
     if not key.allows_any(("report",)):
-        return "This API key lacks the report scope."
-    request.scope["state"]["api_key_id"] = key.key_id
+        raise Forbidden("This API key lacks the report scope.")
+    connection.scope["state"]["api_key_id"] = key.key_id
     current_actor.set(key.key_id)
     wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
     if wait is not None:
         services.metrics.rate_limited.inc()
         raise RateLimited(f"API key {key.key_id} is over its rate limit", retry_after_s=wait)
-    return None
 
 
-@get("/reports/{key:str}", tags=["reports"], include_in_schema=True)
+def _login(_: Request[Any, Any, Any], exc: TailorError) -> Response[str]:
+    """The page's answer to a missing or refused key: a form asking for one."""
+    body = _LOGIN.format(static=STATIC_PATH, message=html.escape(exc.detail))
+    return Response(body, status_code=exc.status_code, media_type=MediaType.HTML)
+
+
+@get(
+    "/reports/{key:str}",
+    tags=["reports"],
+    guards=[page_guard],
+    exception_handlers={Unauthorized: _login, Forbidden: _login},
+)
 async def report_page(
     request: Request[Any, Any, Any],
     key: FromPath[str],
@@ -183,10 +212,7 @@ async def report_page(
 ) -> Response[Any]:
     """The report page (key: header, cookie, or once as ``?key=``; see the module docstring)."""
     url_key = request.query_params.get("key")
-    if url_key:
-        refused = await _admit(request, services, url_key)
-        if refused is not None:
-            return _login_page(key, refused)
+    if url_key:  # admitted by the guard: keep it in a cookie, out of the address bar
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
         target = request.url.path + ("?" + urlencode(rest) if rest else "")
         cookie = Cookie(
@@ -199,10 +225,6 @@ async def report_page(
             secure=request.url.scheme == "https",
         )
         return Redirect(path=target, status_code=303, cookies=[cookie])
-    presented = presented_key(request) or request.cookies.get(COOKIE)
-    refused = await _admit(request, services, presented)
-    if refused is not None:
-        return _login_page(key, refused)
     options = _options(
         start,
         end,
@@ -220,9 +242,9 @@ async def report_page(
     return Response(page, media_type=MediaType.HTML, headers={"Cache-Control": "no-store"})
 
 
-@get(STATIC_PATH + "/{name:str}", tags=["reports"], include_in_schema=False)
+@get(STATIC_PATH + "/{name:str}", tags=["reports"], include_in_schema=False, guards=[page_guard])
 async def report_asset(name: FromPath[str]) -> Response[bytes]:
-    """The report page's script and style sheet."""
+    """The report page's script and style sheet (the page's cookie travels with them)."""
     if name not in ASSETS:
         raise NotFound(f"no report asset {name!r}")
     return Response(

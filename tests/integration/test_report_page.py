@@ -101,7 +101,7 @@ async def test_page_takes_its_key_once_from_the_url(client: Client) -> None:
     ask = await client.get("/reports/exp")
     assert ask.status_code == 401 and 'name="key"' in ask.text
     wrong = await client.get("/reports/exp", params={"key": DECIDE})
-    assert wrong.status_code == 401 and "lacks the report scope" in wrong.text
+    assert wrong.status_code == 403 and "lacks the report scope" in wrong.text
     hop = await client.get(
         "/reports/exp", params={"key": REPORT, "segment": "device"}, follow_redirects=False
     )
@@ -116,12 +116,17 @@ async def test_page_takes_its_key_once_from_the_url(client: Client) -> None:
     assert REPORT not in page.text
 
 
-async def test_assets_are_served_without_a_key(client: Client) -> None:
-    """The page's script and style sheet come from the API itself; other names are 404."""
-    js = await client.get("/reports/static/report.js")
+async def test_assets_come_from_the_api(client: Client) -> None:
+    """The page's script and style sheet are served by the API itself, to the page's cookie (or
+    a report key); other names are 404."""
+    cookie = {"tailor_report_key": REPORT}
+    js = await client.get("/reports/static/report.js", cookies=cookie)
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
-    assert (await client.get("/reports/static/report.css")).status_code == 200
-    assert (await client.get("/reports/static/evil.js")).status_code == 404
+    css = await client.get("/reports/static/report.css", headers={"X-API-Key": REPORT})
+    assert css.status_code == 200
+    assert (await client.get("/reports/static/evil.js", cookies=cookie)).status_code == 404
+    client.cookies.clear()  # an earlier test's redirect left the page's cookie in the jar
+    assert (await client.get("/reports/static/report.js")).status_code == 401
 
 
 class _Site(http.server.BaseHTTPRequestHandler):
@@ -172,7 +177,7 @@ async def test_chromium_draws_the_charts_without_errors(
     assert page.status_code == 200
     handler.pages["/reports/exp"] = (page.content, "text/html; charset=utf-8")
     for name in ("report.js", "report.css"):
-        asset = await client.get(f"/reports/static/{name}")
+        asset = await client.get(f"/reports/static/{name}", headers=key)
         handler.pages[f"/reports/static/{name}"] = (asset.content, asset.headers["content-type"])
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report_page.png"
