@@ -164,11 +164,21 @@ class EventWriter:
                 await asyncio.sleep(self._interval)
 
     def _take_batches(self) -> list[SpooledBatch]:
+        # At most ``batch_size`` events per insert: a writer that fell behind a bulk campaign
+        # would otherwise build one huge insert, whose transient memory tops the server's RSS.
         batches = []
+        size = self._batch_size
         for table, buffer in self._buffers.items():
             if buffer:
                 self._buffers[table] = []
-                batches.append(SpooledBatch(table=table, token=uuid.uuid4().hex, events=buffer))
+                for start in range(0, len(buffer), size):
+                    batches.append(
+                        SpooledBatch(
+                            table=table,
+                            token=uuid.uuid4().hex,
+                            events=buffer if len(buffer) <= size else buffer[start : start + size],
+                        )
+                    )
         self._buffered = 0
         return batches
 
