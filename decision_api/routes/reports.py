@@ -33,6 +33,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect
 
@@ -189,11 +190,21 @@ def _login(_: Request[Any, Any, Any], exc: TailorError) -> Response[str]:
     return Response(body, status_code=exc.status_code, media_type=MediaType.HTML)
 
 
+_FORM = ResponseSpec(
+    data_container=str,
+    description="A page asking for an API key with the report scope",
+    media_type=MediaType.HTML,
+    generate_examples=False,
+)
+
+
 @get(
     "/reports/{key:str}",
     tags=["reports"],
+    media_type=MediaType.HTML,
     guards=[page_guard],
     exception_handlers={Unauthorized: _login, Forbidden: _login},
+    responses={401: _FORM, 403: _FORM},
 )
 async def report_page(
     request: Request[Any, Any, Any],
