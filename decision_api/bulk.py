@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandits.base import Candidate, Choice
 from bandits.send_time_policy import SendTimePolicy
@@ -212,10 +213,14 @@ async def _load_profiles(features: FeatureStore, chunk: _Chunk, now_ms: int) -> 
     chunk.profiles = [EMPTY_PROFILE] * len(chunk.recipients)
     if not wanted:
         return
+    unit_ids = [chunk.recipients[i].unit_id for i in wanted]
     try:
-        profiles = await features.get_profiles(
-            [chunk.recipients[i].unit_id for i in wanted], now_ms / 1000
-        )
+        try:
+            profiles = await features.get_profiles(unit_ids, now_ms / 1000)
+        except RedisTimeoutError:
+            # A starved event loop (a long campaign on a busy machine) can miss the socket
+            # timeout once; a second try is cheaper than a chunk of answers without profiles.
+            profiles = await features.get_profiles(unit_ids, now_ms / 1000)
     except RedisError as exc:
         log.warning("bulk_profiles_unavailable", error=str(exc), recipients=len(wanted))
         chunk.degraded = True

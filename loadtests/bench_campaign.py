@@ -245,9 +245,9 @@ class Server:
         """The server's base URL."""
         return f"http://127.0.0.1:{self.port}"
 
-    def log_tail(self) -> str:
+    def log_tail(self, chars: int = 3000) -> str:
         """The end of the server's output."""
-        return (self.directory / "server.log").read_text(errors="replace")[-3000:]
+        return (self.directory / "server.log").read_text(errors="replace")[-chars:]
 
     def __exit__(self, *_: object) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -292,6 +292,10 @@ def create_experiments(client: httpx.Client, config: str) -> None:
     time.sleep(1.5)  # the config poll and the model poll pick them up
 
 
+# Answers given without a profile (Redis too slow to answer): reported, never hidden.
+TALLY = {"degraded": 0}
+
+
 def send(client: httpx.Client, body: bytes, stream: bool) -> int:
     """Post one request; returns the number of recipients answered."""
     headers = {"content-type": "application/json"}
@@ -302,9 +306,11 @@ def send(client: httpx.Client, body: bytes, stream: bool) -> int:
             r.raise_for_status()
             for chunk in r.iter_raw():
                 lines += chunk.count(b"\n")
+                TALLY["degraded"] += chunk.count(b'"degraded":true')
         return lines
     response = client.post("/v1/decide/batch", content=body, headers=headers)
     response.raise_for_status()
+    TALLY["degraded"] += response.content.count(b'"degraded":true,"decisions"')
     tail = response.content[-200:]  # the summary follows the recipients
     count = re.search(rb'"count":(\d+)', tail)
     assert count is not None, tail
@@ -376,6 +382,11 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                     flush=True,
                 )
             rss_sum, rss_max = peak_rss_mb(server.process.pid)
+            warnings = re.findall(r'"event": ?"([a-z_]+)"[^\n]*"level": ?"(?:warning|error)"',
+                                  server.log_tail(10**7))  # fmt: skip
+            if warnings:
+                counts = {name: warnings.count(name) for name in sorted(set(warnings))}
+                print(f"  {config}: server warnings: {counts}")
     return {
         "config": config,
         "rates": rates,
@@ -419,6 +430,8 @@ def main() -> int:
     print(f"load before: {load()}  (cpus: {os.cpu_count()})")
     results = [run_config(name, args) for name in iter_configs(args.configs)]
     print(f"load after: {load()}")
+    if TALLY["degraded"]:
+        print(f"WARNING: {TALLY['degraded']} answers were degraded (decided without the profile)")
     mode = "NDJSON stream" if args.stream else "JSON"
     print(f"\n{args.recipients:,} recipients, requests of {args.request_size:,}, {mode}:")
     for r in results:

@@ -21,6 +21,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from scipy import stats
 
 from bandits.join import DecisionRecord
@@ -763,3 +764,35 @@ async def test_remembered_send_time_decision_indexes_the_hours_it_chose_among(
         assert int(fields["wend"]) == send_at_ms + 3600 * 1000
         example = spec.example(record, 1.0)
         assert example is not None and example.chosen_key == decision["variant"]
+
+
+@pytest.mark.parametrize(
+    ("failures", "degraded"),
+    [(0, False), (1, False), (5, True)],
+    ids=["redis-fine", "one-timeout-retried", "redis-down"],
+)
+async def test_profile_read_failure_degrades_the_chunk_not_the_batch(
+    client: Client, tag: str, monkeypatch: pytest.MonkeyPatch, failures: int, degraded: bool
+) -> None:
+    """A timed-out profile read is retried once; when Redis keeps failing the recipients are
+    still decided (send times without history) and their answers say degraded: true."""
+    key, placement = f"st-deg-{tag}", f"send-{tag}"
+    await start(client, send_time_spec(key, placement, policy={"kind": "send_time_thompson"}))
+    services = services_of(client)
+    real = services.features.get_profiles
+    left = [failures]
+
+    async def flaky(unit_ids: list[str], now: float) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise RedisTimeoutError("Timeout reading from socket")
+        return await real(unit_ids, now)
+
+    monkeypatch.setattr(services.features, "get_profiles", flaky)
+    answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
+                                  "send_window": window("2026-06-01T00:00:00+00:00", 24),
+                                  "recipients": [{"unit_id": f"d-{tag}-{i}"} for i in range(5)]})
+    assert answer["degraded"] is degraded and answer["errors"] == 0
+    for result in answer["recipients"]:
+        assert result.get("degraded", False) is degraded
+        assert placed(result, placement)["send_at"]
