@@ -114,7 +114,6 @@ async def simulate(
             progress.set_stage(f"writing {population.size:,} shopper profiles")
             await write_profiles(client, population, plan.concurrency, rng, obs, progress)
             join = RewardJoin(redis, RedisSettings().key_prefix)
-            learned = {SUBJECT: 0, SEND_TIME: 0}
             for day in range(1, plan.days + 1):
                 progress.set_stage(f"day {day}/{plan.days}: visitors")
                 await visit_day(client, population, plan, day, rng, obs, progress)
@@ -123,14 +122,7 @@ async def simulate(
                 progress.set_stage(f"day {day}/{plan.days}: learning")
                 if not await client.flush():
                     obs.fail("outcomes could not be delivered")
-                await join.finalize_due(int((time.time() + 60 * 86400) * 1000))
-                for key in learned:
-                    learned[key] = sum(
-                        1
-                        for e in obs.emails
-                        if (e.subject_reason if key == SUBJECT else e.send_reason) == "policy"
-                    )
-                await wait_until_learned(admin, learned, obs)
+                await end_of_day(join, admin, obs)
         finally:
             await redis.aclose()
         obs.dropped_outcomes = client.stats.dropped
@@ -370,14 +362,23 @@ async def newsletter_day(
     )
 
 
-async def wait_until_learned(
-    admin: httpx.AsyncClient, targets: dict[str, int], obs: Observations
-) -> None:
-    """Wait until each model has learned at least ``targets[key]`` examples and the server
-    serves it (one model poll later); note the experiments that did not get there in time."""
+async def end_of_day(join: RewardJoin, admin: httpx.AsyncClient, obs: Observations) -> None:
+    """Close every reward window opened so far and wait until the email models learned them.
+
+    The reward clock jumps 60 days ahead: each open decision is finalised (default reward 0
+    unless an outcome came), as the server's sweeper would once its window really ended.
+    Finalising again while waiting catches records the server wrote to Redis a moment late.
+    Then it waits until each email model counts every decision its policy made and the server
+    serves it (one model poll later); experiments that did not get there in time are noted.
+    """
+    targets = {
+        SUBJECT: sum(e.subject_reason == "policy" for e in obs.emails),
+        SEND_TIME: sum(e.send_reason == "policy" for e in obs.emails),
+    }
     deadline = time.monotonic() + LEARN_TIMEOUT_S
     for key, target in targets.items():
         while True:
+            await join.finalize_due(int((time.time() + 60 * 86400) * 1000))
             got = await admin.get(f"/v1/experiments/{key}/model")
             if got.status_code == 200 and int(got.json()["examples"]) >= target:
                 break

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+import httpx
 import msgspec
 import numpy as np
+from redis.exceptions import RedisError
 
 from decision_api.demo.driver import simulate
 from decision_api.demo.progress import Progress
@@ -25,6 +27,7 @@ from decision_api.demo.server import DemoServer, DemoSetupError, prepare_data_di
 from decision_api.demo.shop import CAROUSEL, HERO, OFFER, SEND_TIME, SUBJECT, experiments
 from decision_api.demo.summary import findings, render
 from decision_api.demo.world import Population, make_population
+from sdk import TailorError
 
 __all__ = ["DemoOptions", "run_demo", "scale"]
 
@@ -48,11 +51,11 @@ class Scale(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def scale(options: DemoOptions) -> Scale:
-    """The demo's size: 3,000 shoppers and 3 days of 3,000 visits (``--fast``: 300, 1, 300)."""
+    """The demo's size: 3,000 shoppers and 3 days of 2,500 visits (``--fast``: 300, 1, 300)."""
     if options.fast:
         shoppers, days, visits = 300, 1, 300
     else:
-        shoppers, days, visits = 3000, 3, 3000
+        shoppers, days, visits = 3000, 3, 2500
     days = options.days if options.days is not None else days
     return Scale(shoppers=shoppers, plan=Plan(days=days, visits_per_day=visits, seed=options.seed))
 
@@ -87,7 +90,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         reports = asyncio.run(read_reports(server.url, population, obs))
         progress.finish()
         elapsed = time.monotonic() - started
-        out.write(summary_text(population, plan, obs, reports, server.url, elapsed))
+        out.write(summary_text(population, plan, obs, reports, server.url, elapsed, options.fast))
         out.flush()
         status = 1 if obs.fallbacks or obs.dropped_outcomes else 0
         if not options.serve:
@@ -105,6 +108,13 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         return 130
     except DemoSetupError as exc:
         print(f"tailor demo: {exc}", file=err)
+        return 1
+    except (TailorError, httpx.HTTPError, RedisError) as exc:
+        print(
+            f"\ntailor demo: the API failed: {exc!r}\nserver log ({server.log_path}):\n"
+            f"{server.log_tail()}",
+            file=err,
+        )
         return 1
     finally:
         server.stop()
@@ -133,6 +143,7 @@ def summary_text(
     reports: dict[str, ReportView],
     url: str,
     elapsed_s: float,
+    fast: bool = False,
 ) -> str:
     """The printed result: scale, truth vs findings, problems, the report pages."""
     opens = sum(e.opened for e in obs.emails)
@@ -145,6 +156,14 @@ def summary_text(
         f"{clicks:,} carousel clicks), {len(obs.emails):,} newsletters ({opens:,} opened); "
         f"{elapsed_s:.0f} s",
         "What the simulation knew (truth) next to what Tailor's reports found:",
+        *(
+            [
+                "(--fast: a tiny shop and one day, too little data for the reports to find the "
+                "effects; run without --fast to see them found)"
+            ]
+            if fast
+            else []
+        ),
         "",
         render(findings(population, obs, reports)),
     ]

@@ -182,21 +182,19 @@ def hero_truth(offers_by_unit: Sequence[Sequence[str]]) -> dict[str, float]:
     (what the hero variant is combined with). The difference between two variants' values is
     the lift a report of per-unit conversion estimates over these units.
     """
-    out = {}
-    for hero in HERO_VARIANTS:
-        out[hero] = (
-            float(
-                np.mean(
-                    [
-                        conversion_probability([purchase_probability(hero, o) for o in offers])
-                        for offers in offers_by_unit
-                    ]
-                )
+    if not offers_by_unit:
+        return {hero: float("nan") for hero in HERO_VARIANTS}
+    return {
+        hero: float(
+            np.mean(
+                [
+                    conversion_probability([purchase_probability(hero, o) for o in offers])
+                    for offers in offers_by_unit
+                ]
             )
-            if offers_by_unit
-            else float("nan")
         )
-    return out
+        for hero in HERO_VARIANTS
+    }
 
 
 def open_probability(local_hour: int, peak_hour: int, subject: str) -> float:
