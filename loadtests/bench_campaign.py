@@ -382,8 +382,14 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                     flush=True,
                 )
             rss_sum, rss_max = peak_rss_mb(server.process.pid)
-            warnings = re.findall(r'"event": ?"([a-z_]+)"[^\n]*"level": ?"(?:warning|error)"',
-                                  server.log_tail(10**7))  # fmt: skip
+            warnings = []
+            for line in server.log_tail(10**7).splitlines():
+                if not re.search(r'"level": ?"(warning|error)"', line):
+                    continue
+                event = re.search(r'"event": ?"([a-z_]+)"', line)
+                task = re.search(r'"task": ?"([a-z-]+)"', line)
+                if event:
+                    warnings.append(event.group(1) + (f"[{task.group(1)}]" if task else ""))
             if warnings:
                 counts = {name: warnings.count(name) for name in sorted(set(warnings))}
                 print(f"  {config}: server warnings: {counts}")
