@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TextIO
 
@@ -24,7 +25,7 @@ from decision_api.demo.progress import Progress
 from decision_api.demo.records import Observations, Plan
 from decision_api.demo.reports import ReportView, fetch_reports
 from decision_api.demo.server import DemoServer, DemoSetupError, prepare_data_dir
-from decision_api.demo.shop import CAROUSEL, HERO, OFFER, SEND_TIME, SUBJECT, experiments
+from decision_api.demo.shop import CAROUSEL, HERO, OFFER, SEND_TIME, SUBJECT
 from decision_api.demo.summary import findings, render
 from decision_api.demo.world import Population, make_population
 from sdk import TailorError
@@ -127,19 +128,33 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
             signal.signal(signal.SIGTERM, previous)
 
 
-async def read_reports(
-    api_url: str, population: Population, obs: Observations
-) -> dict[str, ReportView]:
-    """Every experiment's report; the hero's with the planned number of shoppers as horizon."""
-    requests: dict[str, dict[str, str | int]] = {
+def sized_to_find(plan: Plan, fast: bool) -> bool:
+    """Whether the run is big enough for the reports to find the effects (the default size)."""
+    return not fast and plan.days >= 3 and plan.visits_per_day >= 2500
+
+
+def report_params(population: Population) -> dict[str, dict[str, str | int]]:
+    """The query parameters of each experiment's report, for the JSON and the HTML page alike.
+
+    The hero and offer tests plan for the whole population: their always-valid intervals are
+    tightest there (``horizon_units``; the default plans for a far larger test). The carousel's
+    report is broken down by segment, which its off-policy reward model also uses.
+    """
+    return {
         HERO: {"horizon_units": population.size},
         CAROUSEL: {"segment": "segment"},
         OFFER: {"horizon_units": population.size},
         SUBJECT: {},
         SEND_TIME: {},
     }
+
+
+async def read_reports(
+    api_url: str, population: Population, obs: Observations
+) -> dict[str, ReportView]:
+    """Every experiment's JSON report, once the event log holds every decision."""
     expected = {HERO: len(obs.visits), SEND_TIME: len(obs.emails)}
-    return await fetch_reports(api_url, requests, expected)
+    return await fetch_reports(api_url, report_params(population), expected)
 
 
 def summary_text(
@@ -164,14 +179,14 @@ def summary_text(
         "What the simulation knew (truth) next to what Tailor's reports found:",
         *(
             [
-                "(--fast: a tiny shop and one day, too little data for the reports to find the "
-                "effects; run without --fast to see them found)"
+                "(A smaller run than the default: too little data for the reports to be sure of\n"
+                " every effect; a finding that is not significant yet is no contradiction.)"
             ]
-            if fast
+            if not sized_to_find(plan, fast)
             else []
         ),
         "",
-        render(findings(population, obs, reports)),
+        render(findings(population, obs, reports, expect_found=sized_to_find(plan, fast))),
     ]
     problems = []
     if obs.fallbacks:
@@ -187,7 +202,9 @@ def summary_text(
     if problems:
         lines += ["", "Problems:", *(f"  - {p}" for p in problems)]
     lines += ["", "HTML reports:"]
-    lines += [f"  {url}/reports/{spec.key}" for spec in experiments()]
+    for key, params in report_params(population).items():
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        lines.append(f"  {url}/reports/{key}{query}")
     lines += [
         f"JSON: {url}/v1/experiments/<key>/report  ·  API docs: {url}/schema",
         "",
