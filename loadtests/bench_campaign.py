@@ -21,6 +21,7 @@ Request bodies are encoded before the clock starts; the client only counts answe
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import signal
@@ -204,8 +205,9 @@ def exposures_written(client: httpx.Client) -> int:
 class Server:
     """A private redis-server plus ``tailor serve`` on free ports, in a temporary directory."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, workers: int = 1) -> None:
         self.directory = directory
+        self.workers = workers
         self.redis = RedisServer(directory / "redis", persist=False)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -224,7 +226,8 @@ class Server:
         )
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "decision_api.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "decision_api.cli", "serve", "--port", str(self.port),
+             "--workers", str(self.workers)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -332,7 +335,10 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
     rng = np.random.default_rng(7)
     items = recipients(args.recipients, rng)
     payloads = bodies(items, args.request_size)
-    with tempfile.TemporaryDirectory(prefix="tailor-bench-") as tmp, Server(Path(tmp)) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="tailor-bench-") as tmp,
+        Server(Path(tmp), args.workers) as server,
+    ):
         seed_histories(server.redis.url, args.recipients, rng)
         headers = {"authorization": f"Bearer {API_KEY}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=600) as client:
@@ -341,7 +347,10 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
             print(f"  {config}: server pid {server.process.pid} at {server.url}", flush=True)
             warm = bodies(items[:2000], 2000)[0]
             send(client, warm, args.stream)
-            wait_written(client, 1)
+            if args.workers > 1:
+                time.sleep(3)  # per-worker metrics: give the writers time instead of counting
+            else:
+                wait_written(client, 1)
             baseline, _ = peak_rss_mb(server.process.pid, "VmRSS")
             print(f"  {config}: server RSS after warm-up {baseline:.0f} MB", flush=True)
             rates, durable, cpu_rates = [], [], []
@@ -349,17 +358,29 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
             pid = server.process.pid
             redis_pid = redis_process_id(server.redis.url)
             for _ in range(args.runs):
-                expected = wait_for_quiet(client, expected)
+                if args.workers > 1:
+                    time.sleep(3)
+                else:
+                    expected = wait_for_quiet(client, expected)
                 cpu0, redis0 = cpu_seconds(pid), cpu_seconds(redis_pid)
                 threads0 = thread_cpu(pid)
                 start = time.perf_counter()
-                answered = sum(send(client, body, args.stream) for body in payloads)
+                if args.workers > 1:
+                    # One request in flight per worker: the kernel spreads them over workers.
+                    with ThreadPoolExecutor(args.workers) as pool:
+                        answered = sum(pool.map(lambda b: send(client, b, args.stream), payloads))
+                else:
+                    answered = sum(send(client, body, args.stream) for body in payloads)
                 elapsed = time.perf_counter() - start
                 assert answered == args.recipients, (answered, args.recipients)
                 rates.append(args.recipients / elapsed)
                 # Two placements per recipient: one exposure each (errors none here).
                 expected += 2 * args.recipients
-                durable.append(elapsed + wait_written(client, expected))
+                if args.workers > 1:
+                    # Per-worker metrics (one registry per process) cannot tell what all wrote.
+                    durable.append(float("nan"))
+                else:
+                    durable.append(elapsed + wait_written(client, expected))
                 server_cpu = cpu_seconds(pid) - cpu0
                 redis_cpu = cpu_seconds(redis_pid) - redis0
                 cpu_rates.append(args.recipients / server_cpu)
@@ -432,6 +453,7 @@ def main() -> int:
     parser.add_argument("--configs", default="thompson,vw_cb")
     parser.add_argument("--stream", action="store_true", help="ask for NDJSON answers")
     parser.add_argument("--threads", action="store_true", help="print server CPU per thread")
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes")
     args = parser.parse_args()
     print(f"load before: {load()}  (cpus: {os.cpu_count()})")
     results = [run_config(name, args) for name in iter_configs(args.configs)]
