@@ -21,7 +21,6 @@ Request bodies are encoded before the clock starts; the client only counts answe
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ThreadPoolExecutor
 import os
 import re
 import signal
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -392,9 +392,10 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                 )
                 print(f"    server RSS now {rss_now:.0f} MB, peak so far {rss_peak:.0f} MB")
                 if args.threads:
-                    print("    server CPU by thread: " + ", ".join(
-                        f"{name} {sec:.1f} s" for sec, name in split[:6] if sec >= 0.05
-                    ))
+                    print(
+                        "    server CPU by thread: "
+                        + ", ".join(f"{name} {sec:.1f} s" for sec, name in split[:6] if sec >= 0.05)
+                    )
                 print(
                     f"  {config}: {rates[-1]:,.0f} recipients/s ({elapsed:.2f} s), "
                     f"all exposures written after {durable[-1]:.2f} s; CPU until then: server "
