@@ -157,7 +157,7 @@ class BatchController(Controller):
 
     @post(
         "",
-        guards=[require("decide")],
+        guards=[require("ingest")],
         status_code=200,
         dto=StructBody[BatchDecideRequest],
         return_dto=None,

@@ -49,7 +49,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
         {"decide", "ingest"},
     ),
     ("POST", "/v1/events", {"unit_id": "u1", "type": "page_view"}, {"decide", "ingest"}),
-    ("POST", "/v1/decide/batch", {}, {"decide"}),
+    ("POST", "/v1/decide/batch", {}, {"ingest"}),
     ("GET", "/v1/definitions", None, {"decide"}),
     ("POST", "/v1/exposures/batch", {}, {"decide", "ingest"}),
     ("GET", "/v1/experiments/nope/model", None, set()),
