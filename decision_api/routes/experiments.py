@@ -6,7 +6,7 @@ import time
 
 from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from decision_api.routes.guards import require
 from decision_api.schemas import ExperimentList
@@ -43,18 +43,23 @@ class ExperimentController(Controller):
         return ExperimentList(experiments=await services.store.list())
 
     @get("/{key:str}")
-    async def read(self, key: str, services: NamedDependency[Services]) -> Experiment:
+    async def read(self, key: FromPath[str], services: NamedDependency[Services]) -> Experiment:
         """The current definition of one experiment."""
         return await services.store.get(key)
 
     @get("/{key:str}/history")
-    async def history(self, key: str, services: NamedDependency[Services]) -> ExperimentList:
+    async def history(
+        self, key: FromPath[str], services: NamedDependency[Services]
+    ) -> ExperimentList:
         """Every version of one experiment, oldest first."""
         return ExperimentList(experiments=await services.store.history(key))
 
     @put("/{key:str}")
     async def update(
-        self, key: str, data: JSONBody[ExperimentSpec], services: NamedDependency[Services]
+        self,
+        key: FromPath[str],
+        data: JSONBody[ExperimentSpec],
+        services: NamedDependency[Services],
     ) -> Experiment:
         """Replace the definition; the version goes up by one."""
         _check(data, services)
@@ -63,21 +68,21 @@ class ExperimentController(Controller):
         return updated
 
     @post("/{key:str}/start", status_code=200)
-    async def start(self, key: str, services: NamedDependency[Services]) -> Experiment:
+    async def start(self, key: FromPath[str], services: NamedDependency[Services]) -> Experiment:
         """Start (or resume) an experiment."""
         changed = await services.store.transition(key, "start", time.time())
         await services.refresh_config()
         return changed
 
     @post("/{key:str}/pause", status_code=200)
-    async def pause(self, key: str, services: NamedDependency[Services]) -> Experiment:
+    async def pause(self, key: FromPath[str], services: NamedDependency[Services]) -> Experiment:
         """Pause: everyone gets the default variant until it is started again."""
         changed = await services.store.transition(key, "pause", time.time())
         await services.refresh_config()
         return changed
 
     @post("/{key:str}/stop", status_code=200)
-    async def stop(self, key: str, services: NamedDependency[Services]) -> Experiment:
+    async def stop(self, key: FromPath[str], services: NamedDependency[Services]) -> Experiment:
         """Stop for good: the placement falls back to other experiments or its default."""
         changed = await services.store.transition(key, "stop", time.time())
         await services.refresh_config()

@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from bandits.spec import is_learning
 from decision_api.errors import Conflict, NotFound
@@ -44,7 +45,7 @@ class ModelController(Controller):
     guards = [require("admin")]
 
     @get("")
-    async def read(self, key: str, services: NamedDependency[Services]) -> ModelInfo:
+    async def read(self, key: FromPath[str], services: NamedDependency[Services]) -> ModelInfo:
         """The published model (404 before the first snapshot)."""
         await _learning(key, services)
         snap = await services.learning.snapshots.get(key)
@@ -61,7 +62,7 @@ class ModelController(Controller):
         )
 
     @post("/reset", status_code=200)
-    async def reset(self, key: str, services: NamedDependency[Services]) -> ModelInfo:
+    async def reset(self, key: FromPath[str], services: NamedDependency[Services]) -> ModelInfo:
         """Start over from a fresh model (a new generation; learners drop what they hold)."""
         await _learning(key, services)
         snap = await services.learning.snapshots.replace(key, now_ms())
@@ -77,7 +78,9 @@ class ModelController(Controller):
         )
 
     @post("/warm-start", status_code=200)
-    async def warm_start(self, key: str, services: NamedDependency[Services]) -> ModelInfo:
+    async def warm_start(
+        self, key: FromPath[str], services: NamedDependency[Services]
+    ) -> ModelInfo:
         """Teach a fresh model the experiment's logged history in the event log, publish it."""
         experiment = await _learning(key, services)
         await services.writer.flush()
