@@ -219,7 +219,8 @@ class TailorClient:
     ) -> Iterator[RecipientResult]:
         """Stream one result per recipient, in order (NDJSON from ``/v1/decide/batch``).
 
-        Raises ``InvalidRequest`` at once for arguments the API would refuse, and the
+        Needs a key with the ``ingest`` scope (a server-side key; ``decide`` keys are for web
+        pages). Raises ``InvalidRequest`` at once for arguments the API would refuse, and the
         ``APIError`` of a 4xx answer on the first ``next()``. When the API is down or the stream
         breaks, the recipients not yet answered get the defaults (``fallback=True``).
         """
