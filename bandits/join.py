@@ -143,33 +143,36 @@ return finalize(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 
 _REMEMBER = """
 local prefix, due = ARGV[1], ARGV[2]
+local call = cmsgpack.unpack(ARGV[3])
+local rules, scored = call[1], call[2]
 local n = 0
-for _, g in ipairs(cmsgpack.unpack(ARGV[3])) do
+for c = 3, #call do
+  local g = call[c]
   local did, unit = g[1], g[2]
   local tag = prefix .. ':dec:{' .. did .. '}:'
-  local scored, exps, index = {}, {}, {}
+  local exps, index = {}, {}
   local ttl, ttl_text = -1, '1'
   for i = 3, #g do
     local r = g[i]
-    local exp, wend = r[1], r[3]
+    local exp, ru = r[1], rules[r[5]]
     local rec = tag .. exp
-    redis.call('HSET', rec, 'rec', r[2], 'wend', wend, 'dflt', r[5], 'lo', r[6], 'hi', r[7],
-               'agg', r[8])
+    redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'dflt', ru[1], 'lo', ru[2], 'hi', ru[3],
+               'agg', ru[4])
     redis.call('PEXPIRE', rec, r[4])
-    scored[#scored + 1] = wend
-    scored[#scored + 1] = did .. '|' .. exp
     exps[#exps + 1] = exp
     index[#index + 1] = exp
     index[#index + 1] = did
     if tonumber(r[4]) > ttl then ttl, ttl_text = tonumber(r[4]), r[4] end
     n = n + 1
   end
-  redis.call('ZADD', due, unpack(scored))
   redis.call('SADD', tag .. 'exps', unpack(exps))
   redis.call('PEXPIRE', tag .. 'exps', ttl_text)
   local key = prefix .. ':u:{' .. unit .. '}:join'
   redis.call('HSET', key, unpack(index))
   redis.call('PEXPIRE', key, ttl_text)
+end
+for s = 1, #scored, 2000 do
+  redis.call('ZADD', due, unpack(scored, s, math.min(s + 1999, #scored)))
 end
 return n
 """
@@ -348,27 +351,42 @@ class _Queued(msgspec.Struct, frozen=True, array_like=True, gc=False):
 def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
     """The script arguments writing ``batch``: (msgpack payload, its decision ids) per call.
 
-    The payload lists decisions as ``[decision_id, unit_id, row, ...]`` with one row per
-    experiment: experiment, record JSON, window end, key TTL (ms), default reward, clip range,
-    aggregation. ``batch`` is grouped by decision in first-seen order and the groups cut into
-    calls of about ``REMEMBER_BATCH`` records; a decision never spans two calls.
+    A payload is ``[rules, due, decision, ...]``: ``rules`` lists the distinct reward rules
+    (default reward, clip range, aggregation), ``due`` the due-set entries of the call as one
+    flat ``[window end, "<decision id>|<experiment>", ...]`` list, sorted so that the call's
+    ``ZADD`` inserts neighbours one after another (a random insertion order into the large due
+    set cost Redis more than all the record writes), and each decision is
+    ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment, record JSON,
+    window end, key TTL (ms), the index of its rules (1-based, as Lua counts). ``batch`` is
+    grouped by decision in first-seen order and the groups cut into calls of about
+    ``REMEMBER_BATCH`` records; a decision never spans two calls.
     """
     # One C call encodes every record (JSON never contains a raw newline).
     bodies = _encoder.encode_lines([item.record for item in batch]).decode().split("\n")
-    rule_args: dict[int, tuple[str, str, str, str]] = {}
+    rule_index: dict[int, int] = {}
+    rule_rows: list[tuple[str, str, str, str]] = []
+    texts: dict[int, str] = {}  # window ends and TTLs take few distinct values per batch
     groups: dict[str, list[Any]] = {}
     for item, body in zip(batch, bodies, strict=False):
         record, rules, end = item.record, item.rules, item.end
-        args = rule_args.get(id(rules))
-        if args is None:
-            args = rule_args[id(rules)] = (
-                repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation
+        index = rule_index.get(id(rules))
+        if index is None:
+            rule_rows.append(
+                (repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation)
             )
+            index = rule_index[id(rules)] = len(rule_rows)
+        end_text = texts.get(end)
+        if end_text is None:
+            end_text = texts[end] = str(end)
         ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
-        row = (record.experiment, body, str(end), str(ttl), *args)
-        group = groups.get(record.decision_id)
+        ttl_text = texts.get(ttl)
+        if ttl_text is None:
+            ttl_text = texts[ttl] = str(ttl)
+        row = (record.experiment, body, end_text, ttl_text, index)
+        decision_id = record.decision_id
+        group = groups.get(decision_id)
         if group is None:
-            groups[record.decision_id] = [record.decision_id, record.unit_id, row]
+            groups[decision_id] = [decision_id, record.unit_id, row]
         else:
             group.append(row)
     calls: list[tuple[bytes, list[str]]] = []
@@ -378,11 +396,31 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
         part.append(group)
         count += len(group) - 2
         if count >= REMEMBER_BATCH:
-            calls.append((_packer.encode(part), [g[0] for g in part]))
+            calls.append(_remember_call(rule_rows, part))
             part, count = [], 0
     if part:
-        calls.append((_packer.encode(part), [g[0] for g in part]))
+        calls.append(_remember_call(rule_rows, part))
     return calls
+
+
+def _remember_call(
+    rule_rows: list[tuple[str, str, str, str]], part: list[list[Any]]
+) -> tuple[bytes, list[str]]:
+    """One call's payload (see :func:`_remember_calls`) and its decision ids."""
+    # Member -> window end: a member repeated within the call keeps its last end, as
+    # successive ZADDs would leave it.
+    ends: dict[str, str] = {}
+    for group in part:
+        prefix = group[0] + "|"
+        for row in group[2:]:
+            ends[prefix + row[0]] = row[2]
+    due = [x for member, end in sorted(ends.items(), key=_by_end) for x in (end, member)]
+    return _packer.encode([rule_rows, due, *part]), [g[0] for g in part]
+
+
+def _by_end(entry: tuple[str, str]) -> tuple[int, str]:
+    member, end = entry
+    return int(end), member
 
 
 def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:
