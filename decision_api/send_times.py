@@ -258,23 +258,43 @@ class SendTimeGroup:
         """Opens and clicks per local hour (of day or week) of the pending members, (n, H).
 
         UTC histograms are rolled by each zone's offset at the window start; members sharing
-        a zone (and so an offset) are rolled together.
+        a zone (and so an offset) are rolled together. Each history type's counts go into the
+        week matrix in one conversion (rows summed in :meth:`_week`'s order, so the same
+        floats), not one small array per member.
         """
         out = np.zeros((len(pending), self.n_hours))
-        with_history = [
-            (r, m) for r, m in enumerate(pending) if self.chunk.profiles[self.members[m][0]].hours
-        ]
-        if not with_history:
-            return out
-        weeks = np.stack([self._week(self.members[m][0]) for _, m in with_history])
-        rows = np.array([r for r, _ in with_history])
+        profiles, zones, members = self.chunk.profiles, self.chunk.zones, self.members
+        rows: list[int] = []
         by_offset: dict[int, list[int]] = {}
-        for i, (_, m) in enumerate(with_history):
-            offset = _utc_offset_hours(self.chunk.zones[self.members[m][0]], self.window)
-            by_offset.setdefault(offset, []).append(i)
-        for offset, members in by_offset.items():
-            local = np.roll(weeks[members], offset, axis=1)
-            out[rows[members]] = (
+        by_type: dict[str, tuple[list[int], list[list[int]]]] = {t: ([], []) for t in HISTORY_TYPES}
+        for r, m in enumerate(pending):
+            k = members[m][0]
+            hours = profiles[k].hours
+            if not hours:
+                continue
+            i = len(rows)
+            rows.append(r)
+            for typ, (at, counts) in by_type.items():
+                found = hours.get(typ)
+                if found:
+                    at.append(i)
+                    counts.append(found)
+            offset = _utc_offset_hours(zones[k], self.window)
+            group = by_offset.get(offset)
+            if group is None:
+                by_offset[offset] = [i]
+            else:
+                group.append(i)
+        if not rows:
+            return out
+        weeks = np.zeros((len(rows), 168))
+        for at, counts in by_type.values():
+            if at:
+                weeks[at] += np.array(counts, dtype=np.float64)
+        row_index = np.array(rows)
+        for offset, group in by_offset.items():
+            local = np.roll(weeks[group], offset, axis=1)
+            out[row_index[group]] = (
                 local if self.n_hours == 168 else local.reshape(-1, 7, 24).sum(axis=1)
             )
         return out
