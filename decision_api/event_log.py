@@ -91,12 +91,19 @@ class ClickHouseEventLog:
         """Insert a batch with a deduplication token (a replay of the same batch is dropped)."""
         if not rows:
             return
+        self.insert_encoded(table, event_sql.encode_rows(table, rows), token)
+
+    def insert_encoded(self, table: Table, body: bytes, token: str) -> None:
+        """Insert rows already encoded by :func:`event_sql.encode_rows` (same token rules)."""
+        if not body:
+            return
         self._run(
-            self._client.insert,
+            self._client.raw_insert,
             table,
-            rows,
-            column_names=list(event_sql.COLUMNS[table]),
+            list(event_sql.COLUMNS[table]),
+            body,
             settings={"insert_deduplication_token": token},
+            fmt=event_sql.INSERT_FORMAT,
         )
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:

@@ -16,8 +16,11 @@ writer spools the batch to its disk spool and replays it later, as with any even
 
 Key layout (``{p}`` = key prefix):
 
-- ``{p}:evlog:events`` STREAM — ``t`` (table), ``k`` (dedup token), ``r`` (msgpack rows); entries
-  are deleted once inserted; trimmed to ``STREAM_MAXLEN`` entries as a last-resort bound;
+- ``{p}:evlog:events`` STREAM — ``t`` (table), ``k`` (dedup token), ``n`` (row count) and ``b``
+  (the rows as the insert body, :func:`decision_api.event_sql.encode_rows`: the worker encodes
+  them and the owner passes them to chdb untouched), or ``r`` (msgpack rows, written by earlier
+  versions and still read); entries are deleted once inserted; trimmed to ``STREAM_MAXLEN``
+  entries as a last-resort bound;
 - ``{p}:evlog:req`` LIST — pending query requests (msgpack), consumed by the owner;
 - ``{p}:evlog:resp:<id>`` LIST — one response, expires after ``RESPONSE_TTL_S``;
 - ``{p}:evlog:owner`` STRING — owner heartbeat (owner pid), expires after 5 s.
@@ -36,6 +39,7 @@ import redis
 import structlog
 from redis.exceptions import RedisError, ResponseError
 
+from decision_api import event_sql
 from decision_api.errors import EventLogUnavailable
 from decision_api.event_log import ClickHouseEventLog
 from decision_api.events import Table
@@ -99,7 +103,7 @@ class RelayEventLog:
         try:
             self._redis.xadd(
                 self._keys.stream,
-                {"t": table, "k": token, "r": _encoder.encode(list(rows))},
+                {"t": table, "k": token, "n": len(rows), "b": event_sql.encode_rows(table, rows)},
                 maxlen=STREAM_MAXLEN,
                 approximate=True,
             )
@@ -176,10 +180,16 @@ class Owner:
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 if fields:
-                    rows = msgspec.msgpack.decode(fields[b"r"])
-                    table = fields[b"t"].decode()
-                    self._log.insert(table, [tuple(r) for r in rows], fields[b"k"].decode())
-                    self.inserted += len(rows)
+                    table: Any = fields[b"t"].decode()
+                    token = fields[b"k"].decode()
+                    body = fields.get(b"b")
+                    if body is not None:
+                        self._log.insert_encoded(table, body, token)
+                        self.inserted += int(fields[b"n"])
+                    else:  # an entry in the earlier format (msgpack rows)
+                        rows = msgspec.msgpack.decode(fields[b"r"])
+                        self._log.insert(table, [tuple(r) for r in rows], token)
+                        self.inserted += len(rows)
                 self._redis.xack(self._keys.stream, OWNER_GROUP, entry_id)
                 self._redis.xdel(self._keys.stream, entry_id)
                 done += 1

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
+import redis
 
 from decision_api.errors import EventLogUnavailable
-from decision_api.event_relay import RelayEventLog, run_owner
+from decision_api.event_relay import RelayEventLog, RelayKeys, run_owner
 from decision_api.events import Outcome
 from decision_api.redis_server import free_port
 from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
@@ -106,6 +108,32 @@ def test_events_wait_in_redis_while_the_owner_is_down(
             stop.set()
             thread.join(timeout=30)
     finally:
+        relay.close()
+
+
+def test_entries_of_the_earlier_format_are_inserted(
+    redis_url: str, namespace: str, owner: threading.Event
+) -> None:
+    """A stream entry written by an earlier version (msgpack rows under ``r``) still reaches
+    chdb, as do entries in the current format (the encoded insert body under ``b``)."""
+    relay = RelayEventLog(redis_url, namespace, timeout_s=20)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        _wait(relay.ping)
+        old = _outcomes(40, "old")
+        client.xadd(
+            RelayKeys(namespace).stream,
+            {"t": "outcomes", "k": "token-old", "r": msgspec.msgpack.encode(old)},
+        )
+        relay.insert("outcomes", _outcomes(60, "new"), "token-new")
+        count = "SELECT count() FROM outcomes WHERE unit_id LIKE {p:String}"
+        _wait(lambda: relay.query(count, {"p": "old-%"}) == [(40,)])
+        _wait(lambda: relay.query(count, {"p": "new-%"}) == [(60,)])
+        ts = "SELECT toUnixTimestamp64Milli(min(ts)) FROM outcomes WHERE unit_id LIKE {p:String}"
+        assert relay.query(ts, {"p": "old-%"}) == relay.query(ts, {"p": "new-%"})
+        assert relay.query(ts, {"p": "new-%"}) == [(1_795_000_000_000,)]
+    finally:
+        client.close()
         relay.close()
 
 
