@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from decision_api.fast_decide import TRIED, install_front
 from decision_api.logging import configure_logging
 from decision_api.problems import EXCEPTION_HANDLERS, document_problems
 from decision_api.routes.batch import BatchController
@@ -41,33 +42,39 @@ VERSION = "0.1.0"
 
 class RequestIdMiddleware:
     """Give every request an id (the caller's ``X-Request-ID`` or a new one), bind it to logs
-    and echo it in the response. One counter is shared by every route."""
+    and echo it in the response. One counter is shared by every route (and by the decide front,
+    :class:`~decision_api.fast_decide.DecideFront`, whose id a handed-over request keeps)."""
 
     def __init__(self) -> None:
         self._counter = itertools.count()
         self._prefix = f"{os.getpid():x}-"
 
+    def new_id(self) -> str:
+        """A fresh id for a request without ``X-Request-ID``."""
+        return self._prefix + str(next(self._counter))
+
     def __call__(self, app: ASGIApp) -> ASGIApp:
         """Wrap one route's ASGI app."""
-        counter, prefix = self._counter, self._prefix
-        return _with_request_id(app, counter, prefix)
+        return _with_request_id(app, self.new_id)
 
 
-def _with_request_id(app: ASGIApp, counter: itertools.count[int], prefix: str) -> ASGIApp:
+def _with_request_id(app: ASGIApp, new_id: Callable[[], str]) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        rid = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                rid = value.decode("latin-1")[:64]
-                break
+        state = scope.setdefault("state", {})
+        rid = state.get("request_id") if TRIED in scope else None
         if rid is None:
-            rid = prefix + str(next(counter))
-        scope.setdefault("state", {})["request_id"] = rid
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=rid)
+            for name, value in scope["headers"]:
+                if name == b"x-request-id":
+                    rid = value.decode("latin-1")[:64]
+                    break
+            if rid is None:
+                rid = new_id()
+            state["request_id"] = rid
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=rid)
         rid_header = (b"x-request-id", rid.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
@@ -107,6 +114,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
 
     cors = cors_config(settings.auth.cors_origins)
+    request_ids = RequestIdMiddleware()
     handlers: list[Any] = [
         DecideController,
         BatchController,
@@ -133,7 +141,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestIdMiddleware()],
+        middleware=[request_ids],
         openapi_config=OpenAPIConfig(
             title="Tailor",
             version=VERSION,
@@ -145,4 +153,5 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     document_problems(app)
+    install_front(app, request_ids.new_id)
     return app

@@ -98,3 +98,63 @@ async def test_keys_are_checked_on_the_fast_path(settings: Settings) -> None:
         url = await client.post("/v1/decide?key=web", json=request)
         assert url.status_code == 200
         assert _fast_hits(app) == before + 2
+
+
+async def test_request_ids_on_the_fast_path_and_after_handover(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    """The fast path echoes the caller's X-Request-ID (or a new id); a request it hands to the
+    regular route keeps the id it was given, in the header and in the problem answer."""
+    await _start(client, {})
+    request = {"unit_id": "u-3", "placements": ["fast_hero"]}
+    given = await client.post("/v1/decide", json=request, headers={"x-request-id": "rid-given"})
+    assert given.status_code == 200
+    assert given.headers["x-request-id"] == "rid-given"
+    fresh = [(await client.post("/v1/decide", json=request)).headers["x-request-id"] for _ in "ab"]
+    assert fresh[0] != fresh[1]
+    assert all(rid.split("-")[0] == fresh[0].split("-")[0] for rid in fresh)
+    before = _fast_hits(app)
+    bad = await client.post(
+        "/v1/decide", json={"unit_id": "u-3", "placements": []}, headers={"x-request-id": "r-b"}
+    )
+    assert bad.status_code == 422
+    assert bad.headers["x-request-id"] == "r-b"
+    assert bad.json()["request_id"] == "r-b"
+    generated = await client.post("/v1/decide", json={"unit_id": "u-3", "placements": []})
+    assert generated.json()["request_id"] == generated.headers["x-request-id"]
+    assert _fast_hits(app) == before
+
+
+async def test_other_spellings_of_the_path_still_take_the_fast_path(
+    client: AsyncTestClient[Litestar], app: Litestar
+) -> None:
+    """``/v1/decide/`` is routed to the same handler, whose route middleware serves it fast."""
+    await _start(client, {})
+    before = _fast_hits(app)
+    r = await client.post("/v1/decide/", json={"unit_id": "u-4", "placements": ["fast_hero"]})
+    assert r.status_code == 200
+    assert r.json()["decisions"][0]["experiment"] == "fast-hero"
+    assert "x-request-id" in r.headers
+    assert _fast_hits(app) == before + 1
+
+
+async def test_an_unexpected_error_is_the_routes_problem_answer(
+    client: AsyncTestClient[Litestar], app: Litestar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception inside the decision answers the 500 problem the exception handlers give."""
+    await _start(client, {})
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.state.services.engine, "decide", broken)
+    r = await client.post(
+        "/v1/decide",
+        json={"unit_id": "u-5", "placements": ["fast_hero"]},
+        headers={"x-request-id": "r-500"},
+    )
+    assert r.status_code == 500
+    problem = r.json()
+    assert problem["status"] == 500
+    assert problem["request_id"] == "r-500"
+    assert "boom" not in r.text
