@@ -238,11 +238,15 @@ class DecisionEngine:
         counts: dict[tuple[str, str], int] = {}
         events: list[Exposure] = []
         append = events.append
+        # Bulk send times share a few datetime objects per chunk: convert each once (keyed by
+        # identity; the dict holds each object, so no id is reused while it lives).
+        send_ms: dict[int, tuple[object, int]] = {}
         for unit, items in zip(units, placed, strict=True):
             if unit.consent:
                 logged_unit, logged_context = unit.unit_id, stringify(unit.attributes)
             else:
                 logged_unit, logged_context = self._pseudonymise(unit.unit_id), {}
+            decision_id, now_ms = unit.decision_id, unit.now_ms
             for item in items:
                 answer = item.answer
                 label = (answer.policy, answer.reason)
@@ -252,11 +256,17 @@ class DecisionEngine:
                     continue
                 experiment = compiled.experiment
                 send_at = answer.send_at
+                send_at_ms: int | None = None
+                if send_at is not None:
+                    known = send_ms.get(id(send_at))
+                    if known is None:
+                        known = send_ms[id(send_at)] = (send_at, int(send_at.timestamp() * 1000))
+                    send_at_ms = known[1]
                 append(
                     Exposure(
                         event_id=new_event_id(),
-                        decision_id=unit.decision_id,
-                        ts_ms=unit.now_ms,
+                        decision_id=decision_id,
+                        ts_ms=now_ms,
                         unit_id=logged_unit,
                         experiment=experiment.key,
                         experiment_version=experiment.version,
@@ -269,7 +279,7 @@ class DecisionEngine:
                         holdout=item.holdout,
                         context=logged_context,
                         campaign=campaign,
-                        send_at_ms=int(send_at.timestamp() * 1000) if send_at is not None else None,
+                        send_at_ms=send_at_ms,
                     )
                 )
         for (policy, reason), n in counts.items():

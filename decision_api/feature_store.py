@@ -297,10 +297,14 @@ class RedisFeatureStore:
         # Many units: a few script calls returning many hashes each. Per-command client overhead
         # (packing, parsing, timeouts), not Redis, is what a pipeline of HGETALLs spends on.
         profiles: list[UnitProfile] = []
+        prefix = self._prefix + ":u:{"
         for start in range(0, len(unit_ids), MGET_BATCH):
-            keys = [self.key(u) for u in unit_ids[start : start + MGET_BATCH]]
+            keys = [prefix + u + "}" for u in unit_ids[start : start + MGET_BATCH]]
             flat_hashes = await self._mget(keys=keys)
             for flat in flat_hashes:
+                if not flat:  # an unknown unit (most of a campaign's, often): no dict to build
+                    profiles.append(UnitProfile(attributes={}, hours={}))
+                    continue
                 it = iter(flat)
                 profiles.append(decode_profile(dict(zip(it, it, strict=True)), now))
         return profiles
