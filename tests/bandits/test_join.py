@@ -255,9 +255,7 @@ async def test_default_reward_applies_when_the_window_closes_without_outcome(
     assert len(await _stream(redis, join)) == 2
 
 
-async def test_sweeper_drains_every_due_decision_in_batches(
-    join: RewardJoin, redis: Redis
-) -> None:
+async def test_sweeper_drains_every_due_decision_in_batches(join: RewardJoin, redis: Redis) -> None:
     """One sweep finalises all closed windows, however many batches of ``limit`` that takes."""
     rules = _rules(default=0.0)
     for i in range(25):
@@ -297,9 +295,7 @@ async def test_duplicate_event_counts_once(join: RewardJoin, redis: Redis) -> No
 
 
 @pytest.mark.parametrize("finalised", [False, True], ids=["window-closed", "swept"])
-async def test_late_outcome_is_not_learned(
-    join: RewardJoin, redis: Redis, finalised: bool
-) -> None:
+async def test_late_outcome_is_not_learned(join: RewardJoin, redis: Redis, finalised: bool) -> None:
     """An outcome after the window is 'late' whether or not the sweeper ran; reward unchanged."""
     rules = {"hero": _rules("sum", default=0.0)}
     join.remember(_record("d1"), rules["hero"])
@@ -327,8 +323,11 @@ async def test_records_and_indexes_expire_after_window_plus_grace(
     """Every key a decision creates has a TTL of the window plus the grace hour."""
     join.remember(_record("d1"), _rules())
     await join.flush()
-    for key in (join.record_key("d1", "hero"), join.experiments_key("d1"),
-                join.unit_index_key("u1")):
+    for key in (
+        join.record_key("d1", "hero"),
+        join.experiments_key("d1"),
+        join.unit_index_key("u1"),
+    ):
         ttl = await redis.pttl(key)
         assert WINDOW_S * 1000 + 3_600_000 - 5_000 < ttl <= WINDOW_S * 1000 + 3_600_000
 
@@ -401,3 +400,47 @@ async def test_each_decision_yields_exactly_one_example_whatever_the_outcomes(
     got = {e.record.decision_id: e.reward for e in examples}
     assert got == pytest.approx(expected)
     assert await redis.zcard(join.due_key) == 0
+
+
+async def test_large_flush_writes_every_record_with_its_rules_and_window(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A flush of several script calls (sorted due-set entries, rules sent once per call) writes
+    each record with its own rules, window end and TTL, and every due member with its score."""
+    first, summed = _rules("first", default=0.25), _rules("sum", lo=-1.0, hi=2.0)
+    n = 700  # two experiments each: three script calls
+    for i in range(n):
+        join.remember(_record(f"d{i}", "hero", f"u{i}"), first)
+        join.remember(_record(f"d{i}", "send", f"u{i}"), summed, T0 + (n - i) * 3_600_000)
+    assert await join.flush() == 2 * n
+    assert await redis.zcard(join.due_key) == 2 * n
+    for i in (0, 1, 499, 500, n - 1):
+        hero = await redis.hgetall(join.record_key(f"d{i}", "hero"))
+        send = await redis.hgetall(join.record_key(f"d{i}", "send"))
+        assert (hero["wend"], hero["dflt"], hero["lo"], hero["hi"], hero["agg"]) == (
+            str(T0 + WINDOW_S * 1000),
+            "0.25",
+            "0.0",
+            "1.0",
+            "first",
+        )
+        end = T0 + (n - i) * 3_600_000
+        assert (send["wend"], send["dflt"], send["lo"], send["hi"], send["agg"]) == (
+            str(end),
+            "0.0",
+            "-1.0",
+            "2.0",
+            "sum",
+        )
+        assert msgspec.json.decode(send["rec"], type=DecisionRecord) == _record(
+            f"d{i}", "send", f"u{i}"
+        )
+        assert await redis.zscore(join.due_key, f"d{i}|hero") == T0 + WINDOW_S * 1000
+        assert await redis.zscore(join.due_key, f"d{i}|send") == end
+        assert await redis.smembers(join.experiments_key(f"d{i}")) == {"hero", "send"}
+        assert await redis.hgetall(join.unit_index_key(f"u{i}")) == {
+            "hero": f"d{i}",
+            "send": f"d{i}",
+        }
+        ttl = await redis.pttl(join.experiments_key(f"d{i}"))
+        assert end - T0 + 3_600_000 - 5_000 < ttl <= end - T0 + 3_600_000
