@@ -352,37 +352,39 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
     """The script arguments writing ``batch``: (msgpack payload, its decision ids) per call.
 
     A payload is ``[rules, due, decision, ...]``: ``rules`` lists the distinct reward rules
-    (default reward, clip range, aggregation), ``due`` the due-set entries of the call as one
-    flat ``[window end, "<decision id>|<experiment>", ...]`` list, sorted so that the call's
-    ``ZADD`` inserts neighbours one after another (a random insertion order into the large due
-    set cost Redis more than all the record writes), and each decision is
-    ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment, record JSON,
-    window end, key TTL (ms), the index of its rules (1-based, as Lua counts). ``batch`` is
-    grouped by decision in first-seen order and the groups cut into calls of about
-    ``REMEMBER_BATCH`` records; a decision never spans two calls.
+    (default reward, clip range, aggregation); ``due`` holds the call's due-set entries as one
+    flat ``[window end, "<decision id>|<experiment>", ...]`` list, sorted, so that one ``ZADD``
+    inserts neighbours one after another (random inserts into the large due set, one ``ZADD``
+    per decision, took Redis more time than the record ``HSET``s: about half of that goes); each
+    decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment,
+    record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua counts) and
+    the window end as a number (for sorting; the script ignores it). ``batch`` is grouped by
+    decision in first-seen order and the groups cut into calls of about ``REMEMBER_BATCH``
+    records; a decision never spans two calls.
     """
     # One C call encodes every record (JSON never contains a raw newline).
     bodies = _encoder.encode_lines([item.record for item in batch]).decode().split("\n")
     rule_index: dict[int, int] = {}
     rule_rows: list[tuple[str, str, str, str]] = []
-    texts: dict[int, str] = {}  # window ends and TTLs take few distinct values per batch
+    # (rules, window end, decision time) -> (rules index, end text, TTL text): few distinct
+    # per batch (a chunk's decisions share their time; send times take a few dozen ends).
+    shared: dict[tuple[int, int, int], tuple[int, str, str]] = {}
     groups: dict[str, list[Any]] = {}
     for item, body in zip(batch, bodies, strict=False):
-        record, rules, end = item.record, item.rules, item.end
-        index = rule_index.get(id(rules))
-        if index is None:
-            rule_rows.append(
-                (repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation)
-            )
-            index = rule_index[id(rules)] = len(rule_rows)
-        end_text = texts.get(end)
-        if end_text is None:
-            end_text = texts[end] = str(end)
-        ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
-        ttl_text = texts.get(ttl)
-        if ttl_text is None:
-            ttl_text = texts[ttl] = str(ttl)
-        row = (record.experiment, body, end_text, ttl_text, index)
+        record, end = item.record, item.end
+        key = (id(item.rules), end, record.decided_ms)
+        known = shared.get(key)
+        if known is None:
+            rules = item.rules
+            index = rule_index.get(id(rules))
+            if index is None:
+                rule_rows.append(
+                    (repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation)
+                )
+                index = rule_index[id(rules)] = len(rule_rows)
+            ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
+            known = shared[key] = (index, str(end), str(ttl))
+        row = (record.experiment, body, known[1], known[2], known[0], end)
         decision_id = record.decision_id
         group = groups.get(decision_id)
         if group is None:
@@ -408,19 +410,17 @@ def _remember_call(
 ) -> tuple[bytes, list[str]]:
     """One call's payload (see :func:`_remember_calls`) and its decision ids."""
     # Member -> window end: a member repeated within the call keeps its last end, as
-    # successive ZADDs would leave it.
-    ends: dict[str, str] = {}
+    # successive ZADDs would leave it. Sorted by (end, end text, member): C comparisons only.
+    ends: dict[str, tuple[int, str]] = {}
     for group in part:
         prefix = group[0] + "|"
         for row in group[2:]:
-            ends[prefix + row[0]] = row[2]
-    due = [x for member, end in sorted(ends.items(), key=_by_end) for x in (end, member)]
+            ends[prefix + row[0]] = (row[5], row[2])
+    due: list[str] = []
+    for (_, end_text), member in sorted(zip(ends.values(), ends, strict=True)):
+        due.append(end_text)
+        due.append(member)
     return _packer.encode([rule_rows, due, *part]), [g[0] for g in part]
-
-
-def _by_end(entry: tuple[str, str]) -> tuple[int, str]:
-    member, end = entry
-    return int(end), member
 
 
 def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:
