@@ -292,8 +292,9 @@ class AsyncTailorClient:
             atexit.unregister(self._flush_at_exit)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait(), not ``await task`` under suppress(CancelledError): that would also swallow a
+            # cancellation of the caller arriving meanwhile, and the caller would carry on.
+            await asyncio.wait([self._task])
         await self._http.aclose()
         await self._background_http.aclose()
 

@@ -93,7 +93,7 @@ async def simulate(
         batch_timeout_s=120.0,
         retry=RetryPolicy(attempts=5, base_s=0.1, cap_s=2.0),
         flush_interval_s=0.25,
-        close_timeout_s=30.0,
+        close_timeout_s=10.0,
         # httpx checks every pooled connection on each request: keep the pool small.
         max_connections=plan.concurrency,
         max_keepalive_connections=plan.concurrency,

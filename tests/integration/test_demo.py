@@ -248,7 +248,10 @@ def test_ctrl_c_stops_the_server_and_its_redis(tmp_path: Path) -> None:
                 time.sleep(0.1)
             assert processes_under(tmp_path)  # the server and its Redis are running
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the demo did not stop within 60 s of SIGINT:\n" + err_path.read_text())
         finally:
             if proc.poll() is None:
                 proc.kill()
