@@ -1,14 +1,15 @@
 """Benchmark: a 100,000-recipient email campaign through ``POST /v1/decide/batch``.
 
 Run: ``.venv/bin/python loadtests/bench_campaign.py [--recipients 100000] [--request-size 50000]
-[--runs 3] [--configs thompson,vw_cb] [--stream]``
+[--runs 3] [--configs thompson,vw_cb] [--stream] [--workers 1]``
 
 For each configuration it starts a private ``redis-server`` and a real ``tailor serve`` process
 (granian, one worker, embedded chdb event log in a temporary directory, logging on), creates one
 content placement (``subject``: 3 variants) and one send-time placement (``send_time``: hours of
 day, 10% holdout), seeds open-hour histories for a third of the recipients, and sends the campaign
 in requests of ``--request-size`` recipients (sequentially, one connection; ``--stream`` asks for
-NDJSON). Configurations: ``thompson`` (``thompson`` for content, ``send_time_thompson`` for send
+NDJSON; with ``--workers N``, N requests at a time to N API worker processes, which then hand
+their events to the event-log owner process — the time until they are durable is not counted). Configurations: ``thompson`` (``thompson`` for content, ``send_time_thompson`` for send
 time) and ``vw_cb`` (``vw_cb`` on both).
 
 Printed per configuration: recipients/s of each run and their median, the time until every
