@@ -9,8 +9,9 @@ content placement (``subject``: 3 variants) and one send-time placement (``send_
 day, 10% holdout), seeds open-hour histories for a third of the recipients, and sends the campaign
 in requests of ``--request-size`` recipients (sequentially, one connection; ``--stream`` asks for
 NDJSON; with ``--workers N``, N requests at a time to N API worker processes, which then hand
-their events to the event-log owner process — the time until they are durable is not counted). Configurations: ``thompson`` (``thompson`` for content, ``send_time_thompson`` for send
-time) and ``vw_cb`` (``vw_cb`` on both).
+their events to the event-log owner process — the time until they are durable is not counted).
+Configurations: ``thompson`` (``thompson`` for content, ``send_time_thompson`` for send time) and
+``vw_cb`` (``vw_cb`` on both).
 
 Printed per configuration: recipients/s of each run and their median, the time until every
 exposure of a run was written to the event log, and the server's peak RSS (``VmHWM`` of the
