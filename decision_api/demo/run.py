@@ -12,8 +12,10 @@ import signal
 import sys
 import time
 import urllib.parse
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import Any, TextIO, TypeVar
 
 import httpx
 import msgspec
@@ -31,6 +33,8 @@ from decision_api.demo.world import Population, make_population
 from sdk import TailorError
 
 __all__ = ["DemoOptions", "run_demo", "scale"]
+
+T = TypeVar("T")
 
 
 class DemoOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,9 +90,11 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         progress = Progress(
             population.size + plan.days * (plan.visits_per_day + subscribers), stream=err
         )
-        obs = asyncio.run(simulate(population, plan, server.url, server.redis_url, progress))
+        obs = run_interruptibly(
+            simulate(population, plan, server.url, server.redis_url, progress)
+        )
         progress.set_stage("reading the reports")
-        reports = asyncio.run(read_reports(server.url, population, obs))
+        reports = run_interruptibly(read_reports(server.url, population, obs))
         progress.finish()
         elapsed = time.monotonic() - started
         out.write(summary_text(population, plan, obs, reports, server.url, elapsed, options.fast))
@@ -126,6 +132,31 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         finally:
             signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGTERM, previous)
+
+
+def run_interruptibly(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, except that a Ctrl-C always ends it with ``KeyboardInterrupt``.
+
+    asyncio's own SIGINT handling cancels the main task and raises ``KeyboardInterrupt`` only
+    if the task then ends cancelled; a cancellation lost inside a library (seen once under CI
+    load: the demo ran on and kept serving) would make it ignore the Ctrl-C. Here the signal
+    raises at once, and is remembered in case something swallows it anyway.
+    """
+    interrupted = False
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = asyncio.run(main)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
 
 
 def sized_to_find(plan: Plan, fast: bool) -> bool:
