@@ -16,7 +16,12 @@ from bandits.base import (
     PolicyError,
     SnapshotError,
 )
-from bandits.config import (
+from bandits.epsilon_greedy import EpsilonGreedyPolicy
+from bandits.fixed import FixedPolicy
+from bandits.registry import build_policy
+from bandits.thompson import ThompsonPolicy
+from bandits.vw import VWPolicy
+from tailor_contract.policies import (
     EpsilonGreedyConfig,
     FixedConfig,
     PolicyConfig,
@@ -24,11 +29,6 @@ from bandits.config import (
     VWCBConfig,
     decode_policy_config,
 )
-from bandits.epsilon_greedy import EpsilonGreedyPolicy
-from bandits.fixed import FixedPolicy
-from bandits.registry import build_policy
-from bandits.thompson import ThompsonPolicy
-from bandits.vw import VWPolicy
 
 __all__ = [
     "Arm",

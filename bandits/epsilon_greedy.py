@@ -28,7 +28,7 @@ from bandits.base import (
     check_candidates,
     decode_snapshot,
 )
-from bandits.config import EpsilonGreedyConfig
+from tailor_contract.policies import EpsilonGreedyConfig
 
 __all__ = ["EpsilonGreedyPolicy"]
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bandits.base import Arm, Policy
-from bandits.config import (
+from bandits.epsilon_greedy import EpsilonGreedyPolicy
+from bandits.fixed import FixedPolicy
+from bandits.send_time.policy import SendTimePolicy
+from bandits.thompson import ThompsonPolicy
+from bandits.vw import VWPolicy
+from tailor_contract.policies import (
     EpsilonGreedyConfig,
     FixedConfig,
     PolicyConfig,
+    SendTimeThompsonConfig,
     ThompsonConfig,
     VWCBConfig,
 )
-from bandits.epsilon_greedy import EpsilonGreedyPolicy
-from bandits.fixed import FixedPolicy
-from bandits.send_time import SendTimeThompsonConfig
-from bandits.send_time_policy import SendTimePolicy
-from bandits.thompson import ThompsonPolicy
-from bandits.vw import VWPolicy
 
 __all__ = ["build_policy"]
 

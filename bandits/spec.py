@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import msgspec
 
 from bandits.base import Arm, Candidate, Example, FeatureValue
-from bandits.config import EpsilonGreedyConfig, FixedConfig, PolicyConfig, ThompsonConfig
 from bandits.join import DecisionRecord
+from tailor_contract.policies import EpsilonGreedyConfig, FixedConfig, PolicyConfig, ThompsonConfig
 
 
 class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -39,7 +39,7 @@ from bandits.base import (
     check_candidates,
     decode_snapshot,
 )
-from bandits.config import ThompsonConfig
+from tailor_contract.policies import ThompsonConfig
 
 __all__ = ["ThompsonPolicy"]
 

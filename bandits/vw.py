@@ -43,8 +43,8 @@ from bandits.base import (
     decode_snapshot,
     draw_weighted,
 )
-from bandits.config import VWCBConfig
 from bandits.features import action_line, shared_line
+from tailor_contract.policies import VWCBConfig
 
 __all__ = ["VWPolicy"]
 
@@ -52,6 +52,19 @@ NAME: Final = "vw_cb"
 _ACTION_CACHE_SIZE: Final = 10_000
 _NO_LABEL: Final = CBLabel()
 _ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+def check_vw_config(config: VWCBConfig) -> None:
+    """Raise ValueError with VW's message if VW itself rejects the config's arguments.
+
+    The contract checks every option against its allow-list; this builds a throwaway
+    ``Workspace`` (2 bits) so that combinations VW refuses fail when a definition is accepted.
+    """
+    args = config.vw_args()
+    try:
+        Workspace([*args, "-b", "2"] if "--bit_precision" not in args else args)
+    except RuntimeError as exc:  # VW reports unknown or conflicting options this way
+        raise ValueError(f"VW rejected arguments {' '.join(args)!r}: {exc}") from exc
 
 
 class _VWState(msgspec.Struct, frozen=True, tag_field="kind", tag=NAME):

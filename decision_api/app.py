@@ -16,7 +16,6 @@ from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from decision_api.fast_decide import TRIED, install_front
 from decision_api.logging import configure_logging
 from decision_api.problems import EXCEPTION_HANDLERS, document_problems
 from decision_api.routes.batch import BatchController
@@ -26,6 +25,7 @@ from decision_api.routes.definitions import definitions
 from decision_api.routes.dependencies import provide_services
 from decision_api.routes.experiments import ExperimentController
 from decision_api.routes.exposures import ExposureController
+from decision_api.routes.fast_decide import TRIED, DecideFront
 from decision_api.routes.imports import ImportController
 from decision_api.routes.keys import KeyController
 from decision_api.routes.models import ModelController
@@ -43,7 +43,7 @@ VERSION = "0.1.0"
 class RequestIdMiddleware:
     """Give every request an id (the caller's ``X-Request-ID`` or a new one), bind it to logs
     and echo it in the response. One counter is shared by every route (and by the decide front,
-    :class:`~decision_api.fast_decide.DecideFront`, whose id a handed-over request keeps)."""
+    :class:`~decision_api.routes.fast_decide.DecideFront`, whose id a handed-over request keeps)."""
 
     def __init__(self) -> None:
         self._counter = itertools.count()
@@ -153,5 +153,12 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     document_problems(app)
-    install_front(app, request_ids.new_id)
+    app.state.new_request_id = request_ids.new_id
     return app
+
+
+def create_asgi_app(settings: Settings) -> DecideFront:
+    """What a server runs: :func:`create_app` behind the ``/v1/decide`` front
+    (:class:`~decision_api.routes.fast_decide.DecideFront`), which shares its request ids."""
+    app = create_app(settings)
+    return DecideFront(app, app.state.new_request_id)

@@ -8,9 +8,8 @@ import gc
 import os
 import sys
 
-from litestar import Litestar
-
-from decision_api.app import create_app
+from decision_api.app import create_asgi_app
+from decision_api.routes.fast_decide import DecideFront
 from decision_api.settings import Settings
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter
@@ -34,8 +33,8 @@ def tune_process() -> None:
             ctypes.CDLL(libc_name).mallopt(_M_ARENA_MAX, 2)
 
 
-def build() -> Litestar:
+def build() -> DecideFront:
     """Build the app from the process environment (called once per server worker)."""
-    app = create_app(Settings.from_env(os.environ))
+    app = create_asgi_app(Settings.from_env(os.environ))
     tune_process()
     return app

@@ -18,7 +18,8 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
-from decision_api.errors import (
+from experiments.errors import ExperimentError
+from tailor_contract.errors import (
     BadRequest,
     Conflict,
     InvalidInput,
@@ -27,7 +28,6 @@ from decision_api.errors import (
     RedisUnavailable,
     TailorError,
 )
-from experiments.errors import ExperimentError
 
 log = structlog.get_logger("tailor.problems")
 
@@ -216,19 +216,22 @@ def nesting_error_handler(
     return tailor_error_handler(request, BadRequest("JSON is nested too deeply", field="$"))
 
 
+def internal_problem(request_id: str | None, *, route: str, exc: Exception) -> Problem:
+    """Log an unexpected error with its traceback and return its 500 problem (no internals)."""
+    log.exception("unhandled_error", route=route, error_type=type(exc).__name__)
+    return Problem(
+        type=PROBLEM_TYPE + "internal_error",
+        title="Internal error",
+        status=500,
+        detail="internal error; the request id identifies it in the logs",
+        code="internal_error",
+        request_id=request_id,
+    )
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """Anything unexpected: logged with its traceback, answered without internals."""
-    log.exception("unhandled_error", route=_route(request), error_type=type(exc).__name__)
-    return _response(
-        Problem(
-            type=PROBLEM_TYPE + "internal_error",
-            title="Internal error",
-            status=500,
-            detail="internal error; the request id identifies it in the logs",
-            code="internal_error",
-            request_id=_request_id(request),
-        )
-    )
+    return _response(internal_problem(_request_id(request), route=_route(request), exc=exc))
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -22,26 +22,26 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from decision_api.auth import KeyRing, current_actor, parse_bootstrap_keys
-from decision_api.controls import Controls
-from decision_api.data_rights import DataRights
-from decision_api.decider import DecisionEngine, Pseudonymiser
-from decision_api.errors import EventLogUnavailable
-from decision_api.event_log import DeferredEventLog, EventLog, open_event_log
-from decision_api.event_relay import RelayEventLog
-from decision_api.event_writer import EventWriter, now_ms
-from decision_api.events import AuditEntry
-from decision_api.feature_store import RedisFeatureStore
-from decision_api.key_store import KeyStore, refresh_ring
-from decision_api.learning import LearnerRunner, LearningPolicies
+from decision_api.access.key_store import KeyStore, refresh_ring
+from decision_api.access.keys import KeyRing, current_actor, parse_bootstrap_keys
+from decision_api.access.rate_limit import RateLimiter
+from decision_api.decisions.controls import Controls
+from decision_api.decisions.engine import DecisionEngine, Pseudonymiser
+from decision_api.learning.runtime import LearnerRunner, LearningPolicies
 from decision_api.metrics import Metrics
-from decision_api.profile_batcher import ProfileBatcher
-from decision_api.rate_limit import RateLimiter
+from decision_api.privacy.data_rights import DataRights
+from decision_api.profiles.batcher import ProfileBatcher
+from decision_api.profiles.store import RedisFeatureStore
 from decision_api.settings import Settings
-from decision_api.spool import Spool
+from event_log.relay import RelayEventLog
+from event_log.rows import AuditEntry
+from event_log.spool import Spool
+from event_log.store import DeferredEventLog, EventLog, open_event_log
+from event_log.writer import EventWriter, now_ms
 from experiments.cache import ExperimentCache
-from experiments.models import Experiment
 from experiments.store import Action, ExperimentStore
+from tailor_contract.definitions import Experiment
+from tailor_contract.errors import EventLogUnavailable
 
 log = structlog.get_logger("tailor.services")
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from experiments.assignment import cumulative_shares
-from experiments.models import Experiment, Status
 from experiments.store import ExperimentStore
+from tailor_contract.assignment import cumulative_shares
+from tailor_contract.definitions import Experiment, Status
 
 
 class Compiled(msgspec.Struct, frozen=True, kw_only=True):

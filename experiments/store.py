@@ -25,9 +25,9 @@ from typing import Literal
 import msgspec
 from redis.asyncio import Redis
 
-from experiments.assignment import allocate_slice
 from experiments.errors import ExperimentConflict, ExperimentNotFound
-from experiments.models import Experiment, ExperimentSpec, Status
+from tailor_contract.assignment import allocate_slice
+from tailor_contract.definitions import Experiment, ExperimentSpec, Status
 
 Action = Literal["create", "update", "start", "pause", "stop"]
 AuditHook = Callable[[Action, Experiment], None]

@@ -41,7 +41,7 @@ import msgspec
 import numpy as np
 import redis
 
-from decision_api.feature_store import unit_key
+from decision_api.profiles.store import unit_key
 from decision_api.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +228,7 @@ class Server:
         )
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "decision_api.cli", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "decision_api.cli.main", "serve", "--port", str(self.port),
              "--workers", str(self.workers)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

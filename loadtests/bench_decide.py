@@ -39,7 +39,7 @@ import msgspec
 import numpy as np
 import redis
 
-from decision_api.feature_store import encode_feature, unit_key
+from decision_api.profiles.store import encode_feature, unit_key
 from decision_api.redis_server import RedisServer, free_port
 
 if __package__ in (None, ""):  # run as a script: make ``loadtests`` importable

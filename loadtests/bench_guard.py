@@ -28,9 +28,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from decision_api.auth import KeyRing, parse_bootstrap_keys
+from decision_api.access.keys import KeyRing, parse_bootstrap_keys
+from decision_api.access.rate_limit import RateLimiter, lease_size
 from decision_api.metrics import Metrics
-from decision_api.rate_limit import RateLimiter, lease_size
 from decision_api.redis_server import RedisServer
 from decision_api.routes.guards import require
 

@@ -20,16 +20,16 @@ import numpy as np
 from vowpal_wabbit_next import TextFormatParser
 
 from bandits.base import Arm, Candidate, Context, Example, Policy
-from bandits.config import (
+from bandits.features import action_line
+from bandits.registry import build_policy
+from bandits.vw import VWPolicy
+from tailor_contract.policies import (
     EpsilonGreedyConfig,
     FixedConfig,
     PolicyConfig,
     ThompsonConfig,
     VWCBConfig,
 )
-from bandits.features import action_line
-from bandits.registry import build_policy
-from bandits.vw import VWPolicy
 
 N_CANDIDATES = 10
 N_SHARED = 20

@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decision_api.event_log import ClickHouseEventLog, open_event_log
-from experiments.models import Experiment, Variant
-from experiments.report_data import fetch_report_data
-from experiments.report_models import ReportOptions
-from experiments.reports import build_report, report_query
+from event_log.store import ClickHouseEventLog, open_event_log
+from experiments.reports.build import build_report, report_query
+from experiments.reports.data import fetch_report_data
+from experiments.reports.results import ReportOptions
 from loadtests.report_data import BENCH_EXPERIMENT, generate
+from tailor_contract.definitions import Experiment, Variant
 
 EXPERIMENT = Experiment(
     key=BENCH_EXPERIMENT,

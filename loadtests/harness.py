@@ -156,7 +156,7 @@ def tailor_env(
 
 def _tailor_command() -> list[str]:
     tailor = Path(sys.executable).with_name("tailor")
-    return [str(tailor)] if tailor.exists() else [sys.executable, "-m", "decision_api.cli"]
+    return [str(tailor)] if tailor.exists() else [sys.executable, "-m", "decision_api.cli.main"]
 
 
 class ServerUnderTest:

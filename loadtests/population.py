@@ -6,8 +6,8 @@ Placements and the policy kind of the experiment serving each (``vw_only`` makes
 experiments reward a click or a purchase with 1 within ``reward_window_s``.
 
 Profiles (segment, device, 14 numeric features, a category list, a flag) are written straight
-into Redis in the server's key format (:func:`decision_api.feature_store.unit_key` and
-:func:`~decision_api.feature_store.encode_feature`), pipelined: about 100,000 units in a few
+into Redis in the server's key format (:func:`decision_api.profiles.store.unit_key` and
+:func:`~decision_api.profiles.store.encode_feature`), pipelined: about 100,000 units in a few
 seconds.
 """
 
@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import redis
 
-from decision_api.feature_store import encode_feature, unit_key
+from decision_api.profiles.store import encode_feature, unit_key
 
 ADMIN_KEY = "loadgen-admin-key"
 CLIENT_KEY = "loadgen-client-key"

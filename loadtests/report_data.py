@@ -21,7 +21,7 @@ import time
 
 import msgspec
 
-from decision_api.event_log import ClickHouseEventLog
+from event_log.store import ClickHouseEventLog
 
 __all__ = ["BENCH_EXPERIMENT", "GeneratedData", "generate"]
 

@@ -210,7 +210,7 @@ class Server:
         self.log_path = workdir / "serve.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "decision_api.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "decision_api.cli.main", "serve", "--port", str(self.port)],
             cwd=workdir,
             env=env,
             stdout=self._log,

@@ -1,7 +1,7 @@
 """Tailor's Python SDK: decide, report outcomes, keep features — fail-open, with local evaluation.
 
 ``TailorClient`` (threads) and ``AsyncTailorClient`` (asyncio) share one API and the server's
-wire schemas (:mod:`decision_api.schemas`). The browser snippet ships as ``sdk/static/tailor.js``
+wire schemas (:mod:`tailor_contract.wire`). The browser snippet ships as ``sdk/static/tailor.js``
 and is served by the API at ``/sdk/tailor.js``.
 """
 

@@ -19,6 +19,7 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import random
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -26,19 +27,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-import numpy as np
 
-from decision_api.schemas import (
-    DecideResponse,
-    Definitions,
-    EventAccepted,
-    ExposureReport,
-    FeaturesStored,
-    OutcomeRequest,
-    Recipient,
-    RecipientDecision,
-)
-from experiments.send_window import DefaultSendTime, SendWindow
 from sdk import deciding, wire
 from sdk.client import ClientStats, batch_request, http_headers
 from sdk.errors import APIError, RateLimitedError, RequestTimeout, TailorError, TransportError
@@ -52,6 +41,17 @@ from sdk.results import (
     RecipientResult,
     recipient_fallback,
     recipient_result,
+)
+from tailor_contract.send_window import DefaultSendTime, SendWindow
+from tailor_contract.wire import (
+    DecideResponse,
+    Definitions,
+    EventAccepted,
+    ExposureReport,
+    FeaturesStored,
+    OutcomeRequest,
+    Recipient,
+    RecipientDecision,
 )
 
 __all__ = ["AsyncTailorClient"]
@@ -69,13 +69,13 @@ class AsyncTailorClient:
         *,
         options: ClientOptions | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        rng: np.random.Generator | None = None,
+        rng: random.Random | None = None,
         close_at_exit: bool = True,
     ) -> None:
         self.options = opts = options or ClientOptions()
         self._base_url = base_url
         self._api_key = api_key
-        self._rng = rng if rng is not None else np.random.default_rng()
+        self._rng = rng if rng is not None else random.Random()
         limits = httpx.Limits(
             max_connections=opts.max_connections,
             max_keepalive_connections=opts.max_keepalive_connections,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import random
 import threading
 import time
 import urllib.parse
@@ -28,19 +29,7 @@ from typing import Any
 
 import httpx
 import msgspec
-import numpy as np
 
-from decision_api.schemas import (
-    DecideResponse,
-    Definitions,
-    EventAccepted,
-    ExposureReport,
-    FeaturesStored,
-    OutcomeRequest,
-    Recipient,
-    RecipientDecision,
-)
-from experiments.send_window import DefaultSendTime, SendWindow
 from sdk import deciding, wire
 from sdk.errors import APIError, RateLimitedError, TailorError, TransportError
 from sdk.event_buffer import BufferStats, EventBuffer
@@ -53,6 +42,17 @@ from sdk.results import (
     RecipientResult,
     recipient_fallback,
     recipient_result,
+)
+from tailor_contract.send_window import DefaultSendTime, SendWindow
+from tailor_contract.wire import (
+    DecideResponse,
+    Definitions,
+    EventAccepted,
+    ExposureReport,
+    FeaturesStored,
+    OutcomeRequest,
+    Recipient,
+    RecipientDecision,
 )
 
 __all__ = ["ClientStats", "TailorClient", "batch_request"]
@@ -120,11 +120,11 @@ class TailorClient:
         *,
         options: ClientOptions | None = None,
         transport: httpx.BaseTransport | None = None,
-        rng: np.random.Generator | None = None,
+        rng: random.Random | None = None,
         close_at_exit: bool = True,
     ) -> None:
         self.options = opts = options or ClientOptions()
-        self._rng = rng if rng is not None else np.random.default_rng()
+        self._rng = rng if rng is not None else random.Random()
         limits = httpx.Limits(
             max_connections=opts.max_connections,
             max_keepalive_connections=opts.max_keepalive_connections,

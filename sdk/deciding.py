@@ -15,11 +15,11 @@ from typing import Any
 
 import msgspec
 
-from decision_api.schemas import DecideResponse, ExposureReport
 from sdk import wire
 from sdk.errors import TailorError
 from sdk.local_eval import LocalEvaluator
 from sdk.results import DecideResult, Decision, Defaults, fallback_decisions, from_server
+from tailor_contract.wire import DecideResponse, ExposureReport
 
 __all__ = ["Plan", "conclude", "fallback_result", "plan"]
 

@@ -17,23 +17,22 @@ error)`` — and only the sending differs. Decisions taken here:
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-import numpy as np
-
-from decision_api.schemas import (
+from sdk import wire
+from sdk.errors import APIError, InvalidRequest, RateLimitedError, TailorError
+from sdk.event_buffer import EventBuffer
+from sdk.options import RetryPolicy
+from tailor_contract.wire import (
     ExposureBatch,
     ExposureReport,
     ExposuresAccepted,
     OutcomeBatch,
     OutcomeRequest,
 )
-from sdk import wire
-from sdk.errors import APIError, InvalidRequest, RateLimitedError, TailorError
-from sdk.event_buffer import EventBuffer
-from sdk.options import RetryPolicy
 
 __all__ = ["Channel", "exposure_channel", "outcome_channel"]
 
@@ -55,7 +54,7 @@ class Channel(Generic[T]):
         *,
         batch_size: int,
         backoff: RetryPolicy,
-        rng: np.random.Generator,
+        rng: random.Random,
     ) -> None:
         self.name = name
         self.path = path
@@ -162,7 +161,7 @@ def outcome_channel(
     buffer: EventBuffer[OutcomeRequest],
     batch_size: int,
     backoff: RetryPolicy,
-    rng: np.random.Generator,
+    rng: random.Random,
 ) -> Channel[OutcomeRequest]:
     """Outcomes to ``POST /v1/outcomes/batch``."""
     return Channel(
@@ -181,7 +180,7 @@ def exposure_channel(
     buffer: EventBuffer[ExposureReport],
     batch_size: int,
     backoff: RetryPolicy,
-    rng: np.random.Generator,
+    rng: random.Random,
 ) -> Channel[ExposureReport]:
     """Locally decided exposures to ``POST /v1/exposures/batch``."""
     return Channel(

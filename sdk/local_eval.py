@@ -3,10 +3,11 @@
 The client fetches ``GET /v1/definitions`` (live ``fixed`` experiments, reduced to what
 assignment reads) and re-fetches it periodically with ``If-None-Match``. For a placement the
 definitions cover, :class:`LocalEvaluator` walks the experiments exactly as the server's
-decision engine does (``decision_api.decider``): highest priority first; kill switch; paused,
+decision engine does (``decision_api.decisions.engine``): highest priority first; kill switch;
+paused,
 not targeted and outside-layer experiments remembered as the fallback; then global holdout,
-holdout, consent, and the versioned hash split — through ``experiments.assignment`` and
-``experiments.targeting``, imported, not copied, and pinned by the golden vectors in
+holdout, consent, and the versioned hash split — through ``tailor_contract.assignment`` and
+``tailor_contract.targeting``, imported, not copied, and pinned by the golden vectors in
 ``tests/golden/assignment_cases.json``.
 
 Differences from a server decision, by construction:
@@ -30,8 +31,8 @@ from typing import Any
 
 import msgspec
 
-from decision_api.schemas import Definition, Definitions, ExposureReport, PlacementDecision
-from experiments.assignment import (
+from sdk.wire import new_event_id
+from tailor_contract.assignment import (
     HASH_VERSION,
     cumulative_shares,
     in_global_holdout,
@@ -40,8 +41,8 @@ from experiments.assignment import (
     pick_bucket,
     unit_hash,
 )
-from experiments.targeting import matches
-from sdk.wire import new_event_id
+from tailor_contract.targeting import matches
+from tailor_contract.wire import Definition, Definitions, ExposureReport, PlacementDecision
 
 __all__ = ["LocalEvaluator"]
 

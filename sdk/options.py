@@ -8,9 +8,9 @@ least every second, and kept (up to 100,000) while the API is unreachable.
 from __future__ import annotations
 
 import math
+import random
 
 import msgspec
-import numpy as np
 
 __all__ = ["ClientOptions", "RetryPolicy"]
 
@@ -35,7 +35,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         if not self.cap_s >= self.base_s:
             raise ValueError(f"cap_s == {self.cap_s}, must be >= base_s ({self.base_s})")
 
-    def delay(self, attempt: int, rng: np.random.Generator) -> float:
+    def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
         ceiling = min(self.cap_s, self.base_s * 2.0 ** min(attempt, 60))
         return float(rng.uniform(0.0, ceiling))

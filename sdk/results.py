@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from decision_api.schemas import PlacementDecision, RecipientDecision
 from sdk.errors import InvalidRequest, TailorError
+from tailor_contract.wire import PlacementDecision, RecipientDecision
 
 __all__ = [
     "DecideResult",
@@ -44,7 +44,7 @@ Defaults = Mapping[str, DefaultVariant | str]
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    """One placement's answer (see ``decision_api.schemas.PlacementDecision`` for the fields).
+    """One placement's answer (see ``tailor_contract.wire.PlacementDecision`` for the fields).
 
     ``fallback`` is true when this is the caller's default because Tailor could not answer;
     ``local`` when the SDK's local evaluator decided it.

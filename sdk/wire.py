@@ -1,5 +1,5 @@
 """The I/O-free half of the clients: requests built and checked against the server's own wire
-schemas (:mod:`decision_api.schemas`), answers decoded, transport failures mapped to errors.
+schemas (:mod:`tailor_contract.wire`), answers decoded, transport failures mapped to errors.
 
 Arguments are validated with ``msgspec.convert`` into the same Structs the API decodes, so a
 request the server would refuse is refused here, before sending, with the same ``$.field``
@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from decision_api.schemas import (
+from sdk.errors import InvalidRequest, RequestTimeout, TransportError, error_from_response
+from tailor_contract.wire import (
     BatchDecideRequest,
     DecideRequest,
     DecideResponse,
@@ -31,7 +32,6 @@ from decision_api.schemas import (
     RecipientDecision,
     TimestampValue,
 )
-from sdk.errors import InvalidRequest, RequestTimeout, TransportError, error_from_response
 
 __all__ = [
     "JSON",

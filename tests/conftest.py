@@ -18,9 +18,9 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from decision_api.app import create_app
-from decision_api.event_log import ClickHouseEventLog, open_event_log
 from decision_api.redis_server import RedisServer
 from decision_api.settings import DecisionSettings, EventLogSettings, RedisSettings, Settings
+from event_log.store import ClickHouseEventLog, open_event_log
 
 ADMIN_KEY = "test-admin-key"
 

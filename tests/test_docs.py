@@ -22,14 +22,12 @@ import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 
-from bandits.config import _ALIASES, _ALLOWED, _RESERVED, PolicyConfig
 from decision_api.app import create_app
-from decision_api.cli import build_parser
-from decision_api.event_sql import COLUMNS
+from decision_api.cli.main import build_parser
 from decision_api.metrics import Metrics
-from decision_api.schemas import LocalReason
 from decision_api.settings import CLIENT_VARIABLES, PREFIX, Settings
-from experiments.models import (
+from event_log.sql import COLUMNS
+from tailor_contract.definitions import (
     Condition,
     ExperimentSpec,
     FrequencyCap,
@@ -39,6 +37,8 @@ from experiments.models import (
     SendTimeSpec,
     Variant,
 )
+from tailor_contract.policies import _ALIASES, _ALLOWED, _RESERVED, PolicyConfig
+from tailor_contract.wire import LocalReason
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -1,7 +1,7 @@
 """``POST /v1/decide/batch``: variants and send times for many recipients (email, flows).
 
 The body (up to ``decisions.max_batch_recipients`` recipients, 50,000 by default) is decoded in
-one pass by msgspec straight into :class:`~decision_api.schemas.BatchDecideRequest` (the
+one pass by msgspec straight into :class:`~tailor_contract.wire.BatchDecideRequest` (the
 :class:`StructBody` DTO): Litestar's default path decodes JSON into builtins and converts them,
 which costs about twice as much for a large campaign. The OpenAPI schema documents the body all
 the same. Answers are one JSON document, or with ``Accept: application/x-ndjson`` one line per
@@ -24,13 +24,13 @@ from litestar.params import Body
 from litestar.response import Stream
 from litestar.typing import FieldDefinition
 
-from decision_api.bulk import Campaign, check_campaign_default, decide_bulk
-from decision_api.errors import BadRequest, InvalidInput
-from decision_api.event_writer import now_ms
+from decision_api.decisions.bulk import Campaign, check_campaign_default, decide_bulk
 from decision_api.problems import from_validation_error
 from decision_api.routes.guards import require
-from decision_api.schemas import BatchDecideRequest, BatchDecideResponse, RecipientDecision
 from decision_api.services import Services
+from event_log.writer import now_ms
+from tailor_contract.errors import BadRequest, InvalidInput
+from tailor_contract.wire import BatchDecideRequest, BatchDecideResponse, RecipientDecision
 
 NDJSON = "application/x-ndjson"
 T = TypeVar("T")

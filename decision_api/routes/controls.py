@@ -7,8 +7,8 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from decision_api.routes.guards import require
-from decision_api.schemas import KillSwitchRequest, KillSwitchState
 from decision_api.services import Services
+from tailor_contract.wire import KillSwitchRequest, KillSwitchState
 
 
 def _state(services: Services) -> KillSwitchState:

@@ -8,12 +8,12 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from decision_api.errors import InvalidInput
-from decision_api.event_writer import now_ms
-from decision_api.fast_decide import fast_decide
+from decision_api.routes.fast_decide import fast_decide
 from decision_api.routes.guards import require
-from decision_api.schemas import DecideRequest, DecideResponse
 from decision_api.services import Services
+from event_log.writer import now_ms
+from tailor_contract.errors import InvalidInput
+from tailor_contract.wire import DecideRequest, DecideResponse
 
 
 class DecideController(Controller):
@@ -29,7 +29,7 @@ class DecideController(Controller):
         """Pick a variant for each placement (reason codes: docs/http-api.md#reason-codes).
 
         Valid, authorised requests are answered by the fast path in
-        :mod:`decision_api.fast_decide`; this handler serves the rest (and the errors).
+        :mod:`decision_api.routes.fast_decide`; this handler serves the rest (and the errors).
         """
         started = time.perf_counter()
         limit = services.settings.decisions.max_placements

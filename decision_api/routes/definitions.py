@@ -13,12 +13,12 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
-from bandits.config import FixedConfig
 from decision_api.routes.guards import require
-from decision_api.schemas import Definition, Definitions, DefinitionVariant
 from decision_api.services import Services
-from experiments.assignment import HASH_VERSION
-from experiments.models import Experiment
+from tailor_contract.assignment import HASH_VERSION
+from tailor_contract.definitions import Experiment
+from tailor_contract.policies import FixedConfig
+from tailor_contract.wire import Definition, Definitions, DefinitionVariant
 
 
 def locally_evaluable(experiment: Experiment) -> bool:

@@ -8,16 +8,25 @@ from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from bandits.vw import check_vw_config
+from decision_api.privacy.sensitive import check_experiment, denylist
 from decision_api.routes.guards import require
-from decision_api.schemas import ExperimentList
-from decision_api.sensitive import check_experiment, denylist
 from decision_api.services import Services
-from experiments.models import Experiment, ExperimentSpec
+from experiments.errors import InvalidDefinition
+from tailor_contract.definitions import Experiment, ExperimentSpec
+from tailor_contract.policies import VWCBConfig
+from tailor_contract.wire import ExperimentList
 
 
 def _check(spec: ExperimentSpec, services: NamedDependency[Services]) -> None:
-    """Refuse sensitive attributes in targeting, variant features and policy options."""
+    """Refuse sensitive attributes in targeting, variant features and policy options, and VW
+    options that VW itself rejects."""
     check_experiment(spec, denylist(services.settings.decisions.sensitive_features))
+    if isinstance(spec.policy, VWCBConfig):
+        try:
+            check_vw_config(spec.policy)
+        except ValueError as exc:
+            raise InvalidDefinition(str(exc), field="$.policy.extra_args") from exc
 
 
 class ExperimentController(Controller):

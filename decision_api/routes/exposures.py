@@ -17,19 +17,18 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from decision_api.decider import stringify
-from decision_api.events import Exposure
 from decision_api.routes.guards import require
-from decision_api.schemas import (
+from decision_api.services import Services
+from event_log.rows import Exposure, stringify
+from experiments.errors import ExperimentNotFound
+from tailor_contract.assignment import cumulative_shares
+from tailor_contract.definitions import Experiment
+from tailor_contract.wire import (
     ExposureBatch,
     ExposureRejection,
     ExposureReport,
     ExposuresAccepted,
 )
-from decision_api.services import Services
-from experiments.assignment import cumulative_shares
-from experiments.errors import ExperimentNotFound
-from experiments.models import Experiment
 
 HOLDOUT_REASONS = frozenset({"holdout", "global_holdout"})
 

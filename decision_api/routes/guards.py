@@ -37,18 +37,16 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from decision_api.auth import Scope, current_actor
-from decision_api.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
+from decision_api.access.keys import Scope, current_actor, presented_key
+from tailor_contract.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
-def presented_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+def connection_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The API key a request carries (Bearer token or ``X-API-Key``)."""
-    header = connection.headers.get("authorization")
-    if header and header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return connection.headers.get("x-api-key")
+    headers = connection.headers
+    return presented_key(headers.get("authorization"), headers.get("x-api-key"))
 
 
 URL_KEY_SCOPES: frozenset[str] = frozenset({"decide"})
@@ -117,7 +115,7 @@ def require(*scopes: Scope) -> Guard:
         key_id = await authorize(
             connection.app.state.services,
             scopes,
-            presented_key(connection),
+            connection_key(connection),
             connection.query_params.get("key"),
         )
         if key_id is not None:

@@ -1,7 +1,7 @@
 """``POST /v1/experiments/{key}/imports``: load logged decisions through the running server.
 
 The body is the file itself (CSV, Parquet or JSON lines; ``?format=`` names which), the schema
-that of :mod:`experiments.importer`. This is what ``tailor import`` calls when
+that of :mod:`event_log.importer`. This is what ``tailor import`` calls when
 ``TAILOR_API_URL`` is set — the robust path with the embedded chdb event log, which only the
 server process may open. Scope ``admin``. ``?create=true`` creates a missing experiment from
 the file (variants inferred; ``default_variant``, ``primary_metric`` and ``placement`` may be
@@ -22,19 +22,19 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 
-from decision_api.errors import InvalidInput
 from decision_api.problems import PROBLEM_TYPE, FieldError, Problem
 from decision_api.routes.guards import require
 from decision_api.services import Services
-from experiments.errors import ExperimentNotFound
-from experiments.importer import (
+from event_log.importer import (
     ImportRejected,
     ImportSummary,
     import_decisions,
     infer_spec,
     read_rows,
 )
-from experiments.models import Experiment
+from experiments.errors import ExperimentNotFound
+from tailor_contract.definitions import Experiment
+from tailor_contract.errors import InvalidInput
 
 __all__ = ["ImportController"]
 

@@ -9,12 +9,12 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
-from decision_api.auth import ApiKey
-from decision_api.errors import Conflict, NotFound
-from decision_api.key_store import refresh_ring
+from decision_api.access.key_store import refresh_ring
+from decision_api.access.keys import ApiKey
 from decision_api.routes.guards import require
-from decision_api.schemas import KEY_ID_PATTERN, KeyCreate, KeyCreated, KeyInfo, KeyList
 from decision_api.services import Services
+from tailor_contract.errors import Conflict, NotFound
+from tailor_contract.wire import KEY_ID_PATTERN, KeyCreate, KeyCreated, KeyInfo, KeyList
 
 # Path parameters are validated by Litestar's Parameter (msgspec Meta applies to bodies).
 PathKeyId = Annotated[str, Parameter(pattern=KEY_ID_PATTERN)]

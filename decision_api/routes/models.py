@@ -10,12 +10,12 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from bandits.spec import is_learning
-from decision_api.errors import Conflict, NotFound
-from decision_api.event_writer import now_ms
+from decision_api.learning.warm_start import history_examples, warm_policy
 from decision_api.routes.guards import require
 from decision_api.services import Services
-from decision_api.warm_start import history_examples, warm_policy
-from experiments.models import Experiment
+from event_log.writer import now_ms
+from tailor_contract.definitions import Experiment
+from tailor_contract.errors import Conflict, NotFound
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

@@ -9,8 +9,8 @@ from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
-from decision_api.schemas import Health
 from decision_api.services import Services
+from tailor_contract.wire import Health
 
 
 @get("/healthz", tags=["ops"], include_in_schema=True)

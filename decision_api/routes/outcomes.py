@@ -11,11 +11,11 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from redis.exceptions import RedisError
 
-from decision_api.event_writer import now_ms
-from decision_api.events import Outcome
 from decision_api.routes.guards import require
-from decision_api.schemas import OutcomeAccepted, OutcomeBatch, OutcomeRequest
 from decision_api.services import Services
+from event_log.rows import Outcome
+from event_log.writer import now_ms
+from tailor_contract.wire import OutcomeAccepted, OutcomeBatch, OutcomeRequest
 
 log = structlog.get_logger("tailor.outcomes")
 

@@ -1,7 +1,7 @@
 """Experiment reports over HTTP: JSON (or text) for programs, an HTML page for people.
 
 ``GET /v1/experiments/{key}/report`` (scope ``report``) returns the report JSON
-(:class:`experiments.report_models.ExperimentReport`); ``?format=text`` returns the table
+(:class:`experiments.reports.results.ExperimentReport`); ``?format=text`` returns the table
 ``tailor report`` prints. Query parameters, all optional: ``from`` and ``to`` (ISO date or
 date-time, UTC; ``to`` exclusive, a bare date includes that day), ``segment`` (a context
 attribute captured at exposure), ``metric`` (extra outcome types, repeatable), ``level``,
@@ -37,8 +37,15 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect
 
-from decision_api.auth import current_actor
-from decision_api.errors import (
+from decision_api.access.keys import current_actor
+from decision_api.routes.guards import connection_key, require
+from decision_api.services import Services
+from experiments.reports.build import build_report
+from experiments.reports.html import ASSETS, asset, render_report_page
+from experiments.reports.options import ReportOptionsError, report_options
+from experiments.reports.results import ExperimentReport, ReportOptions
+from experiments.reports.text import render_report_text
+from tailor_contract.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
@@ -47,13 +54,6 @@ from decision_api.errors import (
     TailorError,
     Unauthorized,
 )
-from decision_api.routes.guards import presented_key, require
-from decision_api.services import Services
-from experiments.report_html import ASSETS, asset, render_report_page
-from experiments.report_models import ExperimentReport, ReportOptions
-from experiments.report_options import ReportOptionsError, report_options
-from experiments.report_text import render_report_text
-from experiments.reports import build_report
 
 __all__ = ["COOKIE", "ReportController", "page_guard", "report_asset", "report_page"]
 
@@ -150,7 +150,7 @@ _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 def _page_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     """The key a page request carries: a header, the one-time ``?key=``, or the cookie."""
     return (
-        presented_key(connection)
+        connection_key(connection)
         or connection.query_params.get("key")
         or connection.cookies.get(COOKIE)
     )

@@ -9,10 +9,12 @@ from litestar import Controller, delete, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
-from decision_api.errors import InvalidInput
-from decision_api.feature_store import Timestamp, UnitEvent
+from decision_api.privacy.sensitive import denylist, sensitive_names
+from decision_api.profiles.store import Timestamp, UnitEvent
 from decision_api.routes.guards import require
-from decision_api.schemas import (
+from decision_api.services import Services
+from tailor_contract.errors import InvalidInput
+from tailor_contract.wire import (
     UNIT_ID_PATTERN,
     ConsentRequest,
     ConsentState,
@@ -24,8 +26,6 @@ from decision_api.schemas import (
     TimestampValue,
     UnitExport,
 )
-from decision_api.sensitive import denylist, sensitive_names
-from decision_api.services import Services
 
 # Litestar does not apply msgspec ``Meta`` constraints to path parameters: restate them.
 PathUnitId = Annotated[str, Parameter(min_length=1, max_length=256, pattern=UNIT_ID_PATTERN)]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bandits.base import Arm, Candidate, Example
-from bandits.config import EpsilonGreedyConfig
 from bandits.epsilon_greedy import EpsilonGreedyPolicy
+from tailor_contract.policies import EpsilonGreedyConfig
 
 ARMS = [Arm(key=k) for k in ("a", "b", "c", "d")]
 CANDIDATES = tuple(Candidate(key=a.key) for a in ARMS)

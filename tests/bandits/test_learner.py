@@ -12,16 +12,16 @@ from redis.asyncio import Redis
 
 from bandits import learner as learner_module
 from bandits.base import Arm
-from bandits.config import ThompsonConfig
 from bandits.join import JOIN_GROUP, RewardJoin
 from bandits.learner import Learner
 from bandits.registry import build_policy
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec
 from bandits.thompson import ThompsonPolicy
-from decision_api.learning import LearnerRunner
-from experiments.models import ExperimentSpec
+from decision_api.learning.runtime import LearnerRunner
 from experiments.store import ExperimentStore
+from tailor_contract.definitions import ExperimentSpec
+from tailor_contract.policies import ThompsonConfig
 from tests.support.training import (
     ARMS,
     arm_totals,

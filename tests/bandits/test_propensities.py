@@ -9,13 +9,13 @@ import pytest
 from scipy import stats
 
 from bandits.base import Arm, Candidate, CandidateError, Context, Example, Policy
-from bandits.config import (
+from bandits.registry import build_policy
+from tailor_contract.policies import (
     EpsilonGreedyConfig,
     FixedConfig,
     ThompsonConfig,
     VWCBConfig,
 )
-from bandits.registry import build_policy
 from tests.support.training import epsilon_vw
 
 ARMS = [Arm(key="a", weight=1.0), Arm(key="b", weight=2.0), Arm(key="c", weight=3.0),

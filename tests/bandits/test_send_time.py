@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bandits.send_time import (
+from bandits.send_time.thompson import (
     HourChoice,
     SendTimeThompson,
     SendTimeThompsonConfig,
     sample_from_pmf,
 )
-from experiments.send_window import SendWindow, bulk_zone_hours
+from bandits.send_time.zones import bulk_zone_hours
+from tailor_contract.send_window import SendWindow
 
 H = 24
 

@@ -10,11 +10,11 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from bandits.config import ThompsonConfig, VWCBConfig
 from bandits.registry import build_policy
 from bandits.serving import ServingPolicies
 from bandits.snapshots import Snapshot, SnapshotStore
 from bandits.spec import PolicySpec
+from tailor_contract.policies import ThompsonConfig, VWCBConfig
 from tests.support.training import bernoulli_examples, epsilon_vw, spec_of
 
 EXP = "hero"

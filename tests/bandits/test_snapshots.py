@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from bandits.base import Arm, Candidate, Context, Example, SnapshotError
-from bandits.config import (
+from bandits.registry import build_policy
+from tailor_contract.policies import (
     EpsilonGreedyConfig,
     FixedConfig,
     PolicyConfig,
     ThompsonConfig,
     VWCBConfig,
 )
-from bandits.registry import build_policy
 
 ARMS = [Arm(key="control", weight=2.0), Arm(key="new", weight=1.0), Arm(key="bold")]
 CANDIDATES = tuple(Candidate(key=a.key, features={"rank": i}) for i, a in enumerate(ARMS))

@@ -8,8 +8,8 @@ from scipy import integrate
 from scipy import stats as sps
 
 from bandits.base import Arm, Candidate, Context, Example
-from bandits.config import ThompsonConfig
 from bandits.thompson import ThompsonPolicy
+from tailor_contract.policies import ThompsonConfig
 
 ARMS = [Arm(key=k) for k in ("a", "b", "c", "d")]
 CANDIDATES = tuple(Candidate(key=a.key) for a in ARMS)

@@ -7,11 +7,11 @@ import pytest
 from vowpal_wabbit_next import CBLabel, TextFormatParser, Workspace
 
 from bandits.base import Arm, Candidate, Context, Example, SnapshotError
-from bandits.config import ThompsonConfig, VWCBConfig
 from bandits.features import action_line, shared_line
 from bandits.registry import build_policy
 from bandits.thompson import ThompsonPolicy
 from bandits.vw import VWPolicy
+from tailor_contract.policies import ThompsonConfig, VWCBConfig
 from tests.support.training import epsilon_vw
 
 CANDIDATES = (
@@ -146,3 +146,14 @@ def test_corrupt_model_bytes_are_refused() -> None:
     """Model bytes VW cannot load raise SnapshotError with VW's reason."""
     with pytest.raises(SnapshotError, match="VW could not load the model"):
         VWPolicy(VWCBConfig(), model=b"\x00" * 64)
+
+
+def test_vw_rejects_what_passes_the_allow_list() -> None:
+    """Options each on the allow-list that VW refuses together fail with VW's message."""
+    from bandits.vw import check_vw_config
+    from tailor_contract.policies import VWCBConfig
+
+    config = VWCBConfig(extra_args=("--first", "3", "--cover", "3"))
+    with pytest.raises(ValueError, match="VW rejected"):
+        check_vw_config(config)
+    check_vw_config(VWCBConfig())

@@ -19,11 +19,11 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
+from decision_api.access.key_store import KeyStore
+from decision_api.access.keys import digest
+from decision_api.access.rate_limit import RateLimiter
 from decision_api.app import create_app
-from decision_api.auth import digest
-from decision_api.cli import main as tailor_main
-from decision_api.key_store import KeyStore
-from decision_api.rate_limit import RateLimiter
+from decision_api.cli.main import main as tailor_main
 from decision_api.redis_server import free_port
 from decision_api.settings import AuthSettings, EventLogSettings, RedisSettings, Settings
 
@@ -268,7 +268,7 @@ def test_cli_creates_lists_and_revokes(redis_url: str, namespace: str) -> None:
 
     def tailor(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "decision_api.cli", "keys", *args],
+            [sys.executable, "-m", "decision_api.cli.main", "keys", *args],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

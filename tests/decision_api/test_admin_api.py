@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from decision_api.app import create_app
 from decision_api.services import Services
 from decision_api.settings import AuthSettings, Settings
-from experiments.models import Experiment
+from tailor_contract.definitions import Experiment
 
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]

@@ -25,14 +25,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from scipy import stats
 
 from bandits.join import DecisionRecord
-from decision_api.bulk import Campaign, decide_bulk
-from decision_api.feature_store import unit_key
-from decision_api.learning import spec_of
-from decision_api.schemas import Recipient
+from decision_api.decisions.bulk import Campaign, decide_bulk
+from decision_api.learning.runtime import spec_of
+from decision_api.profiles.store import unit_key
 from decision_api.services import Services, open_services
 from decision_api.settings import DecisionSettings, Settings
-from experiments.models import ExperimentSpec
-from experiments.send_window import SendWindow
+from tailor_contract.definitions import ExperimentSpec
+from tailor_contract.send_window import SendWindow
+from tailor_contract.wire import Recipient
 from tests.support.processes import TailorServer, server_env
 
 T = TypeVar("T")
@@ -140,7 +140,7 @@ def first_local_hours(zone: str, start: datetime, end: datetime, of_week: bool) 
     """Oracle: the first Unix second in [start, end) at which ``zone`` shows each local hour.
 
     A minute-by-minute scan (every zone's hour boundaries fall on whole minutes), independent of
-    the transition walk in ``experiments.send_window``.
+    the transition walk in ``tailor_contract.send_window``.
     """
     tz = ZoneInfo(zone)
     t, end_s = int(np.ceil(start.timestamp())), int(np.ceil(end.timestamp()))

@@ -18,12 +18,12 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from decision_api.app import create_app
-from decision_api.decider import Pseudonymiser
-from decision_api.events import Exposure
+from decision_api.decisions.engine import Pseudonymiser
 from decision_api.redis_server import RedisServer
 from decision_api.services import Services
 from decision_api.settings import Settings
-from decision_api.spool import SpooledBatch
+from event_log.rows import Exposure
+from event_log.spool import SpooledBatch
 
 Client = AsyncTestClient[Litestar]
 T = TypeVar("T")
@@ -294,7 +294,7 @@ async def test_erasure_needs_the_event_log(client: Client) -> None:
     await client.put(f"/v1/units/{UNIT}/features", json={"features": {"segment": "vip"}})
 
     def broken(sql: str, parameters: Any = None) -> list[tuple[Any, ...]]:
-        from decision_api.errors import EventLogUnavailable
+        from tailor_contract.errors import EventLogUnavailable
 
         raise EventLogUnavailable("event log unreachable (test)")
 

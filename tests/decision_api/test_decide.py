@@ -12,10 +12,10 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from decision_api.decider import Pseudonymiser
+from decision_api.decisions.engine import Pseudonymiser
 from decision_api.services import Services
-from experiments.assignment import in_holdout, in_layer, variant_index
-from experiments.models import LayerSlice
+from tailor_contract.assignment import in_holdout, in_layer, variant_index
+from tailor_contract.definitions import LayerSlice
 
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]

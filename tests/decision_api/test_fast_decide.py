@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from decision_api.app import create_app
+from decision_api.app import create_asgi_app
+from decision_api.routes.fast_decide import DecideFront
 from decision_api.settings import AuthSettings, Settings
 
 EXPERIMENT = {
@@ -22,7 +24,20 @@ EXPERIMENT = {
 }
 
 
-def _fast_hits(app: Litestar) -> float:
+@pytest.fixture
+def app(settings: Settings) -> DecideFront:
+    """What a server runs: the decide front around the Litestar app."""
+    return create_asgi_app(settings)
+
+
+@pytest.fixture
+async def client(app: DecideFront) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """An in-process client of the front, with the app's lifespan running."""
+    async with AsyncTestClient(app=app) as c:  # type: ignore[arg-type]
+        yield c
+
+
+def _fast_hits(app: Litestar | DecideFront) -> float:
     value = app.state.services.metrics.fast_path._value.get()
     return float(value)
 
@@ -84,7 +99,7 @@ async def test_keys_are_checked_on_the_fast_path(settings: Settings) -> None:
             "auth": AuthSettings(api_keys="adm:admin,web:decide,rep:report"),
         }
     )
-    app = create_app(keyed)
+    app = create_asgi_app(keyed)
     async with AsyncTestClient(app=app) as client:
         await _start(client, {"authorization": "Bearer adm"})
         request = {"unit_id": "u-2", "placements": ["fast_hero"]}

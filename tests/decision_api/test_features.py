@@ -13,7 +13,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from decision_api.feature_store import RedisFeatureStore, unit_key
+from decision_api.profiles.store import RedisFeatureStore, unit_key
 from decision_api.services import Services
 
 Client = AsyncTestClient[Litestar]

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from decision_api.feature_store import CapHit, FeatureValue, Timestamp, UnitEvent, UnitProfile
-from decision_api.profile_batcher import ProfileBatcher
+from decision_api.profiles.batcher import ProfileBatcher
+from decision_api.profiles.store import CapHit, FeatureValue, Timestamp, UnitEvent, UnitProfile
 
 
 class SlowStore:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from decision_api.event_log import EventLog
-from decision_api.events import Exposure, Outcome
+from event_log.rows import Exposure, Outcome
+from event_log.store import EventLog
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from experiments.bayesian import (
+from experiments.statistics.bayesian import (
     beta_binomial_comparison,
     exact_chance_to_beat,
     normal_comparison,
 )
-from experiments.summaries import MetricSummary, summarize
+from experiments.statistics.summaries import MetricSummary, summarize
 
 CONTROL = MetricSummary(n=2_000, total=100, total_sq=100)
 TREATMENT = MetricSummary(n=2_000, total=120, total_sq=120)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments.cuped import cuped_lift, cuped_theta
-from experiments.summaries import CupedSummary, summarize_with_covariate
+from experiments.statistics.cuped import cuped_lift, cuped_theta
+from experiments.statistics.summaries import CupedSummary, summarize_with_covariate
 
 RHO = 0.7  # correlation of pre-period covariate and metric in the synthetic data
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments.frequentist import lift_from_moments, mean_lift, proportion_lift
-from experiments.intervals import Interval, normal_interval, z_critical
-from experiments.summaries import MetricSummary, summarize
+from experiments.statistics.frequentist import lift_from_moments, mean_lift, proportion_lift
+from experiments.statistics.intervals import Interval, normal_interval, z_critical
+from experiments.statistics.summaries import MetricSummary, summarize
 
 
 @pytest.fixture(scope="module")

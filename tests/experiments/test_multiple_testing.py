@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from experiments.multiple_testing import benjamini_hochberg, holm
+from experiments.statistics.multiple_testing import benjamini_hochberg, holm
 
 P_VALUES = [0.01, 0.04, 0.03, 0.005]
 

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from experiments.off_policy import effective_sample_size, evaluate_policy, importance_weights
-from experiments.reward_models import cell_mean_rewards, cell_mean_table
-from experiments.target_policies import (
+from experiments.off_policy.estimators import (
+    effective_sample_size,
+    evaluate_policy,
+    importance_weights,
+)
+from experiments.off_policy.reward_models import cell_mean_rewards, cell_mean_table
+from experiments.off_policy.target_policies import (
     constant_policy,
     epsilon_greedy_policy,
     greedy_policy,

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from experiments.power import (
+from experiments.statistics.power import (
     mean_mde,
     mean_power,
     mean_sample_size,

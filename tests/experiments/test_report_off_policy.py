@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from experiments.off_policy import OffPolicyEstimate, evaluate_policy
-from experiments.report_off_policy import (
+from experiments.off_policy.estimators import OffPolicyEstimate, evaluate_policy
+from experiments.off_policy.reward_models import cell_mean_rewards, cell_mean_table
+from experiments.off_policy.target_policies import constant_policy, logged_policy, uniform_policy
+from experiments.reports.cells import (
     CellMoments,
     cell_moments,
     evaluate_constant_target,
     evaluate_logging_policy,
     reward_table,
 )
-from experiments.reward_models import cell_mean_rewards, cell_mean_table
-from experiments.target_policies import constant_policy, logged_policy, uniform_policy
 
 K = 3
 Logged = tuple[

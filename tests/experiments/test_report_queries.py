@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from decision_api.event_log import ClickHouseEventLog, open_event_log
-from experiments.off_policy import evaluate_policy
-from experiments.report_data import ReportData, ReportQuery, RewardQuery, fetch_report_data
-from experiments.report_off_policy import cell_moments, evaluate_constant_target, reward_table
-from experiments.report_queries import EMPTY_SEGMENT_HASH
-from experiments.reward_models import cell_mean_rewards
-from experiments.target_policies import uniform_policy
+from event_log.store import ClickHouseEventLog, open_event_log
+from experiments.off_policy.estimators import evaluate_policy
+from experiments.off_policy.reward_models import cell_mean_rewards
+from experiments.off_policy.target_policies import uniform_policy
+from experiments.reports.cells import cell_moments, evaluate_constant_target, reward_table
+from experiments.reports.data import ReportData, ReportQuery, RewardQuery, fetch_report_data
+from experiments.reports.queries import EMPTY_SEGMENT_HASH
 from tests.experiments.report_rows import (
     DAY,
     EXPERIMENT,

@@ -9,13 +9,8 @@ import pytest
 from numpy.typing import NDArray
 from scipy import stats
 
-from experiments.models import Experiment, RewardRule, RewardSpec, Variant
-from experiments.multiple_testing import holm
-from experiments.power import proportion_sample_size
-from experiments.report_breakdowns import MAX_SEGMENTS, daily_series, segment_report, uplift
-from experiments.report_data import ArmGroup, ReportData, ReportQuery, RewardQuery, TypeSums
-from experiments.report_models import ReportOptions
-from experiments.reports import (
+from experiments.reports.breakdowns import MAX_SEGMENTS, daily_series, segment_report, uplift
+from experiments.reports.build import (
     correct_for_multiplicity,
     default_horizon_units,
     metric_reports,
@@ -23,6 +18,11 @@ from experiments.reports import (
     report_query,
     sample_ratio,
 )
+from experiments.reports.data import ArmGroup, ReportData, ReportQuery, RewardQuery, TypeSums
+from experiments.reports.results import ReportOptions
+from experiments.statistics.multiple_testing import holm
+from experiments.statistics.power import proportion_sample_size
+from tailor_contract.definitions import Experiment, RewardRule, RewardSpec, Variant
 
 EXPERIMENT = Experiment(
     key="hero",

@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from experiments.frequentist import mean_lift, proportion_lift
-from experiments.sequential import (
+from experiments.statistics.frequentist import mean_lift, proportion_lift
+from experiments.statistics.sequential import (
     confidence_sequence_radius,
     mixture_log_likelihood_ratio,
     optimal_mixture_ratio,
     sequential_mean_test,
     sequential_proportion_test,
 )
-from experiments.summaries import MetricSummary, summarize
+from experiments.statistics.summaries import MetricSummary, summarize
 
 
 def test_radius_equals_howard_asymptotic_confidence_sequence() -> None:

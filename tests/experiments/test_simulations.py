@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments.frequentist import LiftResult, mean_lift, proportion_lift
-from experiments.power import mean_power, proportion_power, proportion_sample_size
-from experiments.sequential import sequential_mean_test, sequential_proportion_test
-from experiments.summaries import MetricSummary
+from experiments.statistics.frequentist import LiftResult, mean_lift, proportion_lift
+from experiments.statistics.power import mean_power, proportion_power, proportion_sample_size
+from experiments.statistics.sequential import sequential_mean_test, sequential_proportion_test
+from experiments.statistics.summaries import MetricSummary
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from experiments.srm import sample_ratio_mismatch
+from experiments.statistics.srm import sample_ratio_mismatch
 
 
 def test_matches_scipy_chisquare() -> None:

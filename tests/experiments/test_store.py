@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 
 from experiments.cache import ExperimentCache
 from experiments.errors import ExperimentConflict, ExperimentNotFound
-from experiments.models import Experiment, ExperimentSpec, LayerSlice, Status
 from experiments.store import Action, ExperimentStore
+from tailor_contract.definitions import Experiment, ExperimentSpec, LayerSlice, Status
 
 
 def spec(key: str = "hero", **changes: Any) -> ExperimentSpec:

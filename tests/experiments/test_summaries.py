@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from experiments.summaries import (
+from experiments.statistics.summaries import (
     CupedSummary,
     MetricSummary,
     summarize,

@@ -1,7 +1,7 @@
 """Regenerate ``assignment_cases.json``: golden vectors for assignment hash version 1.
 
 Run ``python tests/golden/make_assignment_cases.py`` from the repository root. The generator is
-an independent reading of the specification in ``experiments/assignment.py`` and imports nothing
+an independent reading of the specification in ``tailor_contract/assignment.py`` and imports nothing
 from it, so a change to the code cannot silently change the vectors:
 
 - ``hash``: the first 8 bytes of ``sha256("v1|{salt}|{unit_id}")`` (UTF-8) as an unsigned

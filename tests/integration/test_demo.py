@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decision_api.demo.reports import BayesView, ComparisonView, IntervalView, LiftView
-from decision_api.demo.server import MARKER, DemoSetupError, prepare_data_dir
-from decision_api.demo.shop import experiments
-from decision_api.demo.summary import lift_finding
-from decision_api.demo.world import (
+from demo.reports import BayesView, ComparisonView, IntervalView, LiftView
+from demo.server import MARKER, DemoSetupError, prepare_data_dir
+from demo.shop import experiments
+from demo.summary import lift_finding
+from demo.world import (
     DEVICES,
     HERO_PURCHASE,
     SEGMENTS,

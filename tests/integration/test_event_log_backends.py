@@ -19,12 +19,12 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from decision_api.app import create_app
-from decision_api.errors import EventLogUnavailable
-from decision_api.event_log import ClickHouseEventLog, open_event_log
-from decision_api.event_sql import COLUMNS, MIGRATIONS
-from decision_api.events import AuditEntry, Exposure, Outcome
 from decision_api.services import Services
 from decision_api.settings import Settings
+from event_log.rows import AuditEntry, Exposure, Outcome
+from event_log.sql import COLUMNS, MIGRATIONS
+from event_log.store import ClickHouseEventLog, open_event_log
+from tailor_contract.errors import EventLogUnavailable
 from tests.support.clickhouse_front import running_clickhouse_front
 
 TS_MS = 1_772_600_767_250  # 2026-03-04T05:06:07.250Z

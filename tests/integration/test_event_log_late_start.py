@@ -13,9 +13,9 @@ import msgspec
 from litestar.testing import AsyncTestClient
 
 from decision_api.app import create_app
-from decision_api.event_log import open_event_log
 from decision_api.redis_server import free_port
 from decision_api.settings import EventLogSettings, Settings
+from event_log.store import open_event_log
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -18,10 +18,10 @@ import msgspec
 import pytest
 import redis
 
-from decision_api.errors import EventLogUnavailable
-from decision_api.event_relay import RelayEventLog, RelayKeys, run_owner
-from decision_api.events import Outcome
 from decision_api.redis_server import free_port
+from event_log.relay import RelayEventLog, RelayKeys, run_owner
+from event_log.rows import Outcome
+from tailor_contract.errors import EventLogUnavailable
 from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
 
 
@@ -162,7 +162,7 @@ def test_two_workers_share_the_embedded_event_log(tmp_path: Path) -> None:
         TAILOR_LOG_LEVEL="warning",
     )
     port = free_port()
-    command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli"]
+    command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli.main"]
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

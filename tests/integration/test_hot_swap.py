@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from bandits.base import Example
 from bandits.registry import build_policy
 from bandits.snapshots import Snapshot, SnapshotStore
-from decision_api.learning import spec_of
+from decision_api.learning.runtime import spec_of
 from decision_api.settings import LearnerSettings, Settings
 from experiments.store import ExperimentStore
 from tests.support.polling import eventually, sample

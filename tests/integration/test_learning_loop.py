@@ -27,11 +27,11 @@ from bandits.registry import build_policy
 from bandits.snapshots import SnapshotStore
 from bandits.thompson import ThompsonPolicy
 from decision_api.app import create_app
-from decision_api.learning import spec_of
+from decision_api.learning.runtime import spec_of
 from decision_api.services import Services
 from decision_api.settings import LearnerSettings, Settings
-from experiments.models import ExperimentSpec
 from experiments.store import ExperimentStore
+from tailor_contract.definitions import ExperimentSpec
 from tests.support.polling import eventually, sample
 from tests.support.processes import TailorProcess
 from tests.support.training import arm_totals, bernoulli_examples, feed

@@ -15,14 +15,14 @@ import pytest
 from litestar.testing import TestClient
 
 from decision_api.app import create_app
-from decision_api.cli import main
-from decision_api.event_log import ClickHouseEventLog
-from decision_api.events import AuditEntry
+from decision_api.cli.main import main
 from decision_api.settings import AuthSettings, Settings
-from experiments.models import Experiment, RewardRule, RewardSpec, Variant
-from experiments.report_options import report_options
-from experiments.report_text import render_report_text
-from experiments.reports import build_report
+from event_log.rows import AuditEntry
+from event_log.store import ClickHouseEventLog
+from experiments.reports.build import build_report
+from experiments.reports.options import report_options
+from experiments.reports.text import render_report_text
+from tailor_contract.definitions import Experiment, RewardRule, RewardSpec, Variant
 from tests.experiments.report_rows import insert_log, random_log
 
 EXPERIMENT = Experiment(

@@ -24,7 +24,7 @@ TAILOR = Path(sys.executable).with_name("tailor")
 # process may already hold the session's.
 COUNT_EXPOSURES = """
 import json, sys
-from decision_api.event_log import open_event_log
+from event_log.store import open_event_log
 log = open_event_log(sys.argv[1])
 rows = log.query("SELECT decision_id, unit_id, experiment, variant, reason FROM exposures")
 print(json.dumps([list(r) for r in rows]))
@@ -82,7 +82,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]
         TAILOR_LOG_FORMAT="json",
     )
     port = free_port()
-    command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli"]
+    command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli.main"]
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -40,7 +40,7 @@ class ApiServer:
         """Start and wait until ``/readyz`` answers 200."""
         with self._log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "decision_api.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "decision_api.cli.main", "serve", "--port", str(self.port)],
                 cwd=REPO_ROOT,
                 env=self._env,
                 stdout=log,

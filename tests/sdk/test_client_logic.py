@@ -6,6 +6,7 @@ same behaviours against the real app are in ``test_in_process.py`` and ``test_so
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,6 @@ import msgspec
 import numpy as np
 import pytest
 
-from decision_api.schemas import OutcomeRequest
 from sdk import (
     APIError,
     AuthError,
@@ -34,6 +34,7 @@ from sdk import (
 from sdk.errors import RequestTimeout, error_from_response
 from sdk.event_buffer import EventBuffer
 from sdk.flushing import outcome_channel
+from tailor_contract.wire import OutcomeRequest
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -137,7 +138,7 @@ def test_backoff_is_full_jitter_under_a_growing_cap() -> None:
     2 % tolerance is ten sd.
     """
     policy = RetryPolicy(attempts=10, base_s=0.1, cap_s=1.0)
-    rng = np.random.default_rng(7)
+    rng = random.Random(7)
     for attempt, ceiling in [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0), (40, 1.0)]:
         draws = np.array([policy.delay(attempt, rng) for _ in range(20_000)])
         assert draws.min() >= 0.0
@@ -179,7 +180,7 @@ def channel(capacity: int = 100) -> Any:
     for i in range(10):
         buffer.add(outcome(i))
     return outcome_channel(
-        buffer, 10, RetryPolicy(attempts=1, base_s=0.1, cap_s=0.4), np.random.default_rng(1)
+        buffer, 10, RetryPolicy(attempts=1, base_s=0.1, cap_s=0.4), random.Random(1)
     )
 
 
@@ -258,7 +259,7 @@ def stub_client(stub: Stub, **options: Any) -> TailorClient:
         "k",
         options=opts,
         transport=httpx.MockTransport(stub),
-        rng=np.random.default_rng(3),
+        rng=random.Random(3),
         close_at_exit=False,
     )
 

@@ -1,7 +1,7 @@
 """The SDK's local evaluator passes the assignment golden vectors the server passes.
 
 Every case goes through :class:`sdk.LocalEvaluator` as a definition would arrive from
-``GET /v1/definitions`` (not through ``experiments.assignment`` directly), so the test pins what
+``GET /v1/definitions`` (not through ``tailor_contract.assignment`` directly), so the test pins what
 the SDK does end to end: salt, hash version, bucket edges, holdout and layer slices.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from decision_api.schemas import Definition, Definitions, DefinitionVariant
-from experiments.assignment import HASH_VERSION, in_global_holdout
-from experiments.models import LayerSlice
 from sdk import LocalEvaluator, local_eval
+from tailor_contract.assignment import HASH_VERSION, in_global_holdout
+from tailor_contract.definitions import LayerSlice
+from tailor_contract.wire import Definition, Definitions, DefinitionVariant
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "assignment_cases.json"
 if not GOLDEN.exists():  # written by the experiments suite; never silently absent in CI
@@ -100,7 +100,7 @@ def test_bucket_edges(case: dict[str, Any]) -> None:
 
 def test_evaluator_uses_the_server_functions() -> None:
     """The evaluator imports the server's assignment and targeting functions, not copies."""
-    from experiments import assignment, targeting
+    from tailor_contract import assignment, targeting
 
     assert local_eval.unit_hash is assignment.unit_hash
     assert local_eval.pick_bucket is assignment.pick_bucket

@@ -22,14 +22,14 @@ from decision_api.redis_server import free_port
 
 
 class TailorProcess:
-    """One ``python -m decision_api.cli <args>`` child process."""
+    """One ``python -m decision_api.cli.main <args>`` child process."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "decision_api.cli", *args],
+            [sys.executable, "-m", "decision_api.cli.main", *args],
             env={**base, "TAILOR_LOG_FORMAT": "json", **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,

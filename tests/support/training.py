@@ -14,9 +14,9 @@ import numpy as np
 from redis.asyncio import Redis
 
 from bandits.base import Arm, Candidate, FeatureValue
-from bandits.config import PolicyConfig, ThompsonConfig, VWCBConfig
 from bandits.join import DecisionRecord
 from bandits.spec import PolicySpec
+from tailor_contract.policies import PolicyConfig, ThompsonConfig, VWCBConfig
 
 _encoder = msgspec.json.Encoder()
 

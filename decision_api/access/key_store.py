@@ -1,0 +1,112 @@
+"""API keys created through the admin API or the CLI, stored hashed in Redis.
+
+Key layout (``{p}`` is ``redis.key_prefix``):
+
+========================  =======  ======================================================  ====
+key                       type     value                                                   TTL
+========================  =======  ======================================================  ====
+``{p}:keys``              HASH     key id -> JSON ``access.keys.ApiKey``                   none
+                                   (``sha256`` digest, scopes, name, own rate limit)
+``{p}:keys:version``      STRING   incremented by every create and revoke                  none
+========================  =======  ======================================================  ====
+
+The secret itself is never stored: it is shown once, in the create response. Revoking deletes
+the hash entry. Neither key grows with traffic (one entry per live key). Workers poll
+``{p}:keys:version`` (one GET) and reload the hash when it moves (:func:`refresh_ring`), so a
+revoked key stops working everywhere within one poll interval.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable
+
+import msgspec
+from redis.asyncio import Redis
+
+from decision_api.access.keys import SCOPES, ApiKey, KeyRing, digest, key_id_of
+
+SECRET_PREFIX = "tlr_"
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ApiKey)
+
+
+def new_secret() -> str:
+    """A fresh high-entropy key secret (256 random bits, URL-safe)."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """The scopes as a set; raises ValueError naming unknown or missing scopes."""
+    wanted = frozenset(scopes)
+    unknown = wanted - SCOPES
+    if not wanted or unknown:
+        raise ValueError(f"unknown scope(s) {sorted(unknown)}; use one or more of {sorted(SCOPES)}")
+    return wanted
+
+
+class KeyStore:
+    """Create, list and revoke API keys in Redis."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._hash = f"{prefix}:keys"
+        self._version = f"{prefix}:keys:version"
+
+    async def create(
+        self,
+        scopes: Iterable[str],
+        name: str = "",
+        *,
+        rate_per_s: float | None = None,
+        burst: int | None = None,
+    ) -> tuple[ApiKey, str]:
+        """Store a new key; returns it and its secret (which is not kept anywhere)."""
+        wanted = check_scopes(scopes)
+        secret = new_secret()
+        key_digest = digest(secret)
+        key = ApiKey(
+            key_id=key_id_of(key_digest),
+            digest=key_digest,
+            scopes=wanted,
+            name=name,
+            created_at=time.time(),
+            rate_per_s=rate_per_s,
+            burst=burst,
+            source="redis",
+        )
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._hash, key.key_id, _encoder.encode(key))
+            pipe.incr(self._version)
+            await pipe.execute()
+        return key, secret
+
+    async def list(self) -> list[ApiKey]:
+        """Every stored key, oldest first."""
+        raw: dict[str, str] = await self._redis.hgetall(self._hash)  # type: ignore[assignment]
+        keys = [_decoder.decode(v) for v in raw.values()]
+        return sorted(keys, key=lambda k: (k.created_at, k.key_id))
+
+    async def revoke(self, key_id: str) -> bool:
+        """Delete a key; returns False when no stored key has this id."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._hash, key_id)
+            pipe.incr(self._version)
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def version(self) -> int:
+        """The key-set version (0 before any change)."""
+        raw = await self._redis.get(self._version)
+        return int(raw) if raw is not None else 0
+
+
+async def refresh_ring(store: KeyStore, ring: KeyRing, force: bool = False) -> bool:
+    """Reload the ring's stored keys when the key-set version moved; True when it changed."""
+    version = await store.version()
+    if version == ring.version and not force:
+        return False
+    ring.replace_stored(await store.list(), version)
+    return True

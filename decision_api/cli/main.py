@@ -1,0 +1,191 @@
+"""The ``tailor`` command: ``serve`` now, more subcommands (learn, report, demo, ...) beside it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import msgspec
+
+from decision_api.cli.keys import add_key_commands
+from decision_api.cli.reports import add_report_commands
+from decision_api.settings import Settings
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except msgspec.ValidationError as exc:
+        print(f"tailor: bad configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def ensure_redis(settings: Settings) -> tuple[Settings, object | None]:
+    """With no ``TAILOR_REDIS_URL``, start a private redis-server under ``<data_dir>/redis``.
+
+    Returns the settings pointing at it and the server handle (to stop on exit).
+    """
+    if settings.redis.url:
+        return settings, None
+    from decision_api.redis_server import RedisServer
+
+    server = RedisServer(Path(settings.data_dir) / "redis", persist=True).start()
+    os.environ["TAILOR_REDIS_URL"] = server.url
+    print(f"tailor: started a private redis-server at {server.url}", file=sys.stderr)
+    redis = msgspec.structs.replace(settings.redis, url=server.url)
+    return msgspec.structs.replace(settings, redis=redis), server
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API with granian (uvloop); embedded Redis and chdb unless configured."""
+    from granian import Granian
+
+    settings = _settings_or_exit()
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    workers = args.workers or settings.workers
+    settings, redis_server = ensure_redis(settings)
+    owner = None
+    if workers > 1 and settings.event_log.url.startswith("chdb:"):
+        # One process may hold chdb: an owner process does, and the workers reach it through
+        # Redis (event_log.relay).
+        owner = start_event_log_owner(settings.event_log.url)
+        os.environ["TAILOR_EVENT_LOG_URL"] = "relay://"
+    print(f"tailor: serving on http://{host}:{port} ({workers} worker(s))", file=sys.stderr)
+    try:
+        Granian(
+            "decision_api.asgi:build",
+            factory=True,
+            address=host,
+            port=port,
+            interface="asgi",  # type: ignore[arg-type]
+            workers=workers,
+            loop="uvloop",  # type: ignore[arg-type]
+            log_access=False,
+            backlog=2048,
+        ).serve()
+    finally:
+        if owner is not None:
+            owner.terminate()  # the owner drains what the workers flushed on their way out
+            try:
+                owner.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                owner.kill()
+        if redis_server is not None:
+            redis_server.stop()  # type: ignore[attr-defined]
+    return 0
+
+
+def start_event_log_owner(event_log_url: str) -> subprocess.Popen[bytes]:
+    """Start ``tailor event-log-owner`` for this chdb directory (workers see it via /readyz)."""
+    env = {**os.environ, "TAILOR_EVENT_LOG_URL": event_log_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "decision_api.cli.main", "event-log-owner"], env=env
+    )
+    return proc
+
+
+def cmd_event_log_owner(args: argparse.Namespace) -> int:
+    """Hold the embedded event log for several API workers (started by ``tailor serve``)."""
+    import signal
+    import threading
+
+    from decision_api.logging import configure_logging
+    from event_log.relay import run_owner
+
+    settings = _settings_or_exit()
+    if not settings.redis.url:
+        print("tailor event-log-owner: TAILOR_REDIS_URL is required", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_owner(settings.event_log.url, settings.redis.url, settings.redis.key_prefix, stop)
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    """Run the learner (and reward sweeper) as its own process until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from decision_api.learning.runtime import run_learner_process
+    from decision_api.logging import configure_logging
+
+    settings = _settings_or_exit()
+    if not settings.redis.url:
+        print("tailor learn: set TAILOR_REDIS_URL to the Redis the API uses", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_learner_process(
+            settings.redis.url,
+            settings.redis.key_prefix,
+            snapshot_interval_s=settings.learner.snapshot_interval_s,
+            sweep_interval_s=settings.learner.reward_sweep_interval_s,
+            stop=stop,
+            holder=args.name or f"learn-{os.getpid()}",
+        )
+
+    asyncio.run(main())
+    return 0
+
+
+COMMANDS_GROUP = "tailor.commands"
+"""Entry-point group of commands that live above the server (``tailor demo``): each names a
+function that adds its sub-parser, so the server never imports them."""
+
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="tailor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the decision API")
+    serve.add_argument("--host", help="bind address (default TAILOR_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default TAILOR_PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default TAILOR_WORKERS or 1)")
+    serve.set_defaults(func=cmd_serve)
+    learn = sub.add_parser(
+        "learn",
+        help="run the online learner (set TAILOR_LEARNER_IN_PROCESS=false on the API servers)",
+    )
+    learn.add_argument("--name", help="lease holder name (default learn-<pid>)")
+    learn.set_defaults(func=cmd_learn)
+    owner = sub.add_parser(
+        "event-log-owner",
+        help="hold the embedded chdb event log for several API workers (tailor serve does this)",
+    )
+    owner.set_defaults(func=cmd_event_log_owner)
+    add_key_commands(sub)
+    add_report_commands(sub)
+    for entry in entry_points(group=COMMANDS_GROUP):
+        add_command: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
+        add_command = entry.load()
+        add_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tailor`` console script."""
+    args = build_parser().parse_args(argv)
+    func: Command = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,437 @@
+"""The decision path: one unit, several placements, a variant for each — in well under a ms.
+
+For every placement the engine walks the live experiments serving it (highest priority first):
+
+1. targeting rules over the unit's profile merged with the request context;
+2. the layer slice (mutually exclusive experiments share a layer);
+3. the global holdout and the experiment's holdout (default variant, reason ``holdout``);
+4. consent (no consent: default variant, no profile read, pseudonymised unit id);
+5. the policy: ``fixed`` is the deterministic hash split; learning policies come from the
+   :class:`PolicyProvider` (bandits), which returns the choice and its exact propensity.
+
+Every placement decision is logged as an exposure with its reason code. A Redis failure while
+reading the profile does not fail the decision: the unit is decided on the request context alone
+and the answer says ``degraded: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import structlog
+from redis.exceptions import RedisError
+
+from bandits.base import Choice
+from decision_api.metrics import Metrics
+from decision_api.profiles.store import EMPTY_PROFILE, CapHit, FeatureStore, UnitProfile
+from event_log.rows import Exposure, new_decision_id, new_event_id, stringify
+from event_log.writer import EventSink
+from experiments.cache import Compiled, ExperimentCache
+from tailor_contract.assignment import (
+    in_global_holdout,
+    in_holdout,
+    in_layer,
+    pick_bucket,
+    unit_hash,
+)
+from tailor_contract.definitions import Status
+from tailor_contract.policies import FixedConfig
+from tailor_contract.targeting import matches
+from tailor_contract.wire import DecideResponse, PlacementDecision
+
+log = structlog.get_logger("tailor.decider")
+
+
+
+class PolicyProvider(Protocol):
+    """Learning policies, per experiment (hot-swapped by the learner's snapshots)."""
+
+    def choose(
+        self, compiled: Compiled, context: Mapping[str, Any], rng: np.random.Generator
+    ) -> Choice | None:
+        """The policy's choice for this context, or None when no model is loaded."""
+        ...
+
+    def choose_many(
+        self,
+        compiled: Compiled,
+        contexts: Sequence[Mapping[str, Any]],
+        rng: np.random.Generator,
+    ) -> Sequence[Choice] | None:
+        """The policy's choices for many contexts in one call, or None when no model is loaded."""
+        ...
+
+    def remember(
+        self,
+        decision_id: str,
+        compiled: Compiled,
+        unit_id: str,
+        choice: Choice,
+        context: Mapping[str, Any],
+        now_ms: int,
+    ) -> None:
+        """Keep the decision for the reward join (learning policies only)."""
+        ...
+
+
+class Pseudonymiser:
+    """Keyed, one-way unit ids for units that did not consent (and for logs)."""
+
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+
+    def __call__(self, unit_id: str) -> str:
+        """A stable pseudonym: ``anon:`` + 32 hex chars of HMAC-SHA256."""
+        digest = hmac.new(self._key, unit_id.encode(), hashlib.sha256).hexdigest()
+        return "anon:" + digest[:32]
+
+
+class UnitCall(msgspec.Struct, kw_only=True):
+    """One unit's side of a decision: what targeting and policies see, and what is logged."""
+
+    unit_id: str
+    attributes: dict[str, Any]
+    consent: bool
+    global_holdout: bool
+    decision_id: str
+    now_ms: int
+    caps: dict[str, list[int]]
+    degraded: bool
+
+
+class Placed(msgspec.Struct, kw_only=True):
+    """One placement's decision with what the exposure row needs."""
+
+    answer: PlacementDecision
+    compiled: Compiled | None
+    holdout: bool
+    model_version: str
+    pending: bool = False
+
+
+class DecisionEngine:
+    """Decide placements for units and log every exposure."""
+
+    def __init__(
+        self,
+        *,
+        features: FeatureStore,
+        cache: ExperimentCache,
+        policies: PolicyProvider | None,
+        sink: EventSink,
+        metrics: Metrics,
+        pseudonymise: Pseudonymiser,
+        rng: np.random.Generator,
+        global_holdout: float = 0.0,
+        sensitive_features: frozenset[str] = frozenset(),
+    ) -> None:
+        self._features = features
+        self._cache = cache
+        self._policies = policies
+        self._sink = sink
+        self._metrics = metrics
+        self._pseudonymise = pseudonymise
+        self._rng = rng
+        self.global_holdout = global_holdout
+        self.kill_switch = False
+        self._sensitive = frozenset(name.lower() for name in sensitive_features)
+        self.profile_reader: Callable[[str, float], Awaitable[UnitProfile]] | None = None
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def _count(self, policy: str, reason: str, n: int = 1) -> None:
+        counter = self._counters.get((policy, reason))
+        if counter is None:
+            counter = self._metrics.decisions.labels(policy, reason)
+            self._counters[policy, reason] = counter
+        counter.inc(n)
+
+    async def decide(
+        self,
+        unit_id: str,
+        placements: Sequence[str],
+        context: Mapping[str, Any],
+        consent: bool,
+        now_ms: int,
+    ) -> DecideResponse:
+        """Decide every placement for one unit; reads the profile in one Redis round trip."""
+        degraded = False
+        profile = EMPTY_PROFILE
+        if consent and not self.kill_switch:
+            try:
+                if self.profile_reader is not None:
+                    profile = await self.profile_reader(unit_id, now_ms / 1000)
+                else:
+                    profile = (await self._features.get_profiles([unit_id], now_ms / 1000))[0]
+            except RedisError as exc:
+                degraded = True
+                self._metrics.degraded.labels("redis").inc()
+                log.warning("profile_read_failed", error=str(exc))
+            if profile.opted_out:
+                consent = False
+                profile = EMPTY_PROFILE
+        unit = self.prepare(unit_id, context, consent, profile, degraded, now_ms)
+        return DecideResponse(
+            decision_id=unit.decision_id,
+            degraded=degraded,
+            decisions=self.decide_unit(unit, placements),
+        )
+
+    def prepare(
+        self,
+        unit_id: str,
+        context: Mapping[str, Any],
+        consent: bool,
+        profile: UnitProfile,
+        degraded: bool,
+        now_ms: int,
+    ) -> UnitCall:
+        """Per-unit state of one decision: attributes, consent, caps, a new decision id."""
+        if consent:
+            attributes: dict[str, Any] = {**profile.attributes, **context}
+        else:
+            attributes = dict(context)
+        if self._sensitive:
+            # Case-insensitive, as definitions and feature writes are checked.
+            for name in [n for n in attributes if n.lower() in self._sensitive]:
+                del attributes[name]
+        return UnitCall(
+            unit_id=unit_id,
+            attributes=attributes,
+            consent=consent,
+            global_holdout=in_global_holdout(unit_id, self.global_holdout),
+            decision_id=new_decision_id(),
+            now_ms=now_ms,
+            caps=profile.caps,
+            degraded=degraded,
+        )
+
+    def decide_unit(self, unit: UnitCall, placements: Sequence[str]) -> list[PlacementDecision]:
+        """Decide every placement for a prepared unit and log the exposures."""
+        placed = [self._place(placement, unit) for placement in placements]
+        self.log_exposures(unit, placed)
+        return [p.answer for p in placed]
+
+    def log_exposures(self, unit: UnitCall, placed: Sequence[Placed], campaign: str = "") -> None:
+        """Count and log the exposures of a unit's placement decisions."""
+        self.log_exposures_many([unit], [placed], campaign)
+
+    def log_exposures_many(
+        self, units: Sequence[UnitCall], placed: Sequence[Sequence[Placed]], campaign: str = ""
+    ) -> None:
+        """Count and log the exposures of many units' decisions (``placed[i]`` for ``units[i]``);
+        metrics are counted once per (policy, reason) and the events handed over in one call."""
+        counts: dict[tuple[str, str], int] = {}
+        events: list[Exposure] = []
+        append = events.append
+        # Bulk send times share a few datetime objects per chunk: convert each once (keyed by
+        # identity; the dict holds each object, so no id is reused while it lives).
+        send_ms: dict[int, tuple[object, int]] = {}
+        for unit, items in zip(units, placed, strict=True):
+            if unit.consent:
+                logged_unit, logged_context = unit.unit_id, stringify(unit.attributes)
+            else:
+                logged_unit, logged_context = self._pseudonymise(unit.unit_id), {}
+            decision_id, now_ms = unit.decision_id, unit.now_ms
+            for item in items:
+                answer = item.answer
+                label = (answer.policy, answer.reason)
+                counts[label] = counts.get(label, 0) + 1
+                compiled = item.compiled
+                if compiled is None:
+                    continue
+                experiment = compiled.experiment
+                send_at = answer.send_at
+                send_at_ms: int | None = None
+                if send_at is not None:
+                    known = send_ms.get(id(send_at))
+                    if known is None:
+                        known = send_ms[id(send_at)] = (send_at, int(send_at.timestamp() * 1000))
+                    send_at_ms = known[1]
+                append(
+                    Exposure(
+                        event_id=new_event_id(),
+                        decision_id=decision_id,
+                        ts_ms=now_ms,
+                        unit_id=logged_unit,
+                        experiment=experiment.key,
+                        experiment_version=experiment.version,
+                        placement=answer.placement,
+                        variant=answer.variant or "",
+                        propensity=answer.propensity,
+                        policy=answer.policy,
+                        policy_version=item.model_version,
+                        reason=answer.reason,
+                        holdout=item.holdout,
+                        context=logged_context,
+                        campaign=campaign,
+                        send_at_ms=send_at_ms,
+                    )
+                )
+        for (policy, reason), n in counts.items():
+            self._count(policy, reason, n)
+        if events:
+            self._sink.submit_many(events)
+
+    def place(self, placement: str, unit: UnitCall, *, defer_send_time: bool = False) -> Placed:
+        """Decide one placement. With ``defer_send_time``, a running send-time experiment that
+        would assign comes back ``pending`` (the bulk path chooses hours vectorised)."""
+        return self._place(placement, unit, defer_send_time)
+
+    def place_many(
+        self, placement: str, units: Sequence[UnitCall], *, defer_send_time: bool = False
+    ) -> list[Placed]:
+        """Decide one placement for many units: for each unit what :meth:`place` answers, with
+        each experiment's policy choosing for all of its units in one vectorised call."""
+        out: list[Placed | None] = []
+        assigned: dict[str, tuple[Compiled, list[int]]] = {}
+        for i, unit in enumerate(units):
+            routed = self._route(placement, unit, defer_send_time)
+            if isinstance(routed, Placed):
+                out.append(routed)
+                continue
+            out.append(None)
+            group = assigned.get(routed.experiment.key)
+            if group is None:
+                assigned[routed.experiment.key] = (routed, [i])
+            else:
+                group[1].append(i)
+        for compiled, members in assigned.values():
+            chosen = self._choose_many(compiled, [units[i] for i in members])
+            for i, choice in zip(members, chosen, strict=True):
+                out[i] = self._assign(placement, compiled, units[i], choice)
+        return [p for p in out if p is not None]
+
+    def _place(self, placement: str, unit: UnitCall, defer_send_time: bool = False) -> Placed:
+        routed = self._route(placement, unit, defer_send_time)
+        if isinstance(routed, Placed):
+            return routed
+        return self._assign(placement, routed, unit, self._choose(routed, unit))
+
+    def _route(self, placement: str, unit: UnitCall, defer_send_time: bool) -> Placed | Compiled:
+        """The placement's answer when it is a default (or a pending send time), else the
+        experiment whose policy assigns the unit."""
+        fallback: tuple[Compiled, str] | None = None
+        unit_id = unit.unit_id
+        for compiled in self._cache.for_placement(placement):
+            exp = compiled.experiment
+            if self.kill_switch:
+                return self._default(placement, compiled, "kill_switch")
+            if exp.status is Status.PAUSED:
+                fallback = fallback or (compiled, "experiment_paused")
+                continue
+            if not matches(exp.targeting, unit.attributes):
+                fallback = fallback or (compiled, "not_targeted")
+                continue
+            if exp.layer is not None and (
+                exp.layer_slice is None or not in_layer(exp.layer, unit_id, exp.layer_slice)
+            ):
+                fallback = fallback or (compiled, "outside_layer")
+                continue
+            if unit.global_holdout:
+                return self._default(placement, compiled, "global_holdout", holdout=True)
+            if in_holdout(exp.hash_salt, unit_id, exp.holdout):
+                return self._default(placement, compiled, "holdout", holdout=True)
+            if not unit.consent:
+                return self._default(placement, compiled, "no_consent")
+            if exp.kind == "send_time":
+                if not defer_send_time:
+                    return self._default(placement, compiled, "needs_send_window")
+                placed = self._default(placement, compiled, "pending")
+                placed.pending = True
+                return placed
+            return compiled
+        if fallback is not None:
+            return self._default(placement, *fallback)
+        return Placed(
+            answer=PlacementDecision(placement=placement, reason="no_experiment"),
+            compiled=None,
+            holdout=False,
+            model_version="",
+        )
+
+    def _choose(self, compiled: Compiled, unit: UnitCall) -> Choice | None:
+        if isinstance(compiled.experiment.policy, FixedConfig) or self._policies is None:
+            return None
+        return self._policies.choose(compiled, unit.attributes, self._rng)
+
+    def _choose_many(
+        self, compiled: Compiled, units: Sequence[UnitCall]
+    ) -> Sequence[Choice | None]:
+        if isinstance(compiled.experiment.policy, FixedConfig) or self._policies is None:
+            return [None] * len(units)
+        chosen = self._policies.choose_many(compiled, [u.attributes for u in units], self._rng)
+        return [None] * len(units) if chosen is None else chosen
+
+    def _assign(
+        self, placement: str, compiled: Compiled, unit: UnitCall, choice: Choice | None
+    ) -> Placed:
+        exp = compiled.experiment
+        learning = not isinstance(exp.policy, FixedConfig)
+        if choice is None:
+            index = pick_bucket(unit_hash(exp.hash_salt, unit.unit_id), compiled.cumulative)
+            lower = compiled.cumulative[index - 1] if index else 0.0
+            propensity = compiled.cumulative[index] - lower
+            policy, reason, version = "fixed", "split", ""
+            if learning:
+                reason = "model_unavailable"
+        else:
+            index, propensity = choice.index, choice.propensity
+            policy, reason, version = choice.policy, "policy", choice.model_version
+        variant = exp.variants[index]
+        cap = exp.frequency_cap
+        if cap is not None and index != compiled.default_index:
+            field = exp.key if cap.scope == "experiment" else f"{exp.key}|{variant.key}"
+            window_ms = cap.window_s * 1000
+            if unit.degraded:
+                # Caps unknown without the profile: guard-rails fail safe, not open.
+                return self._default(placement, compiled, "frequency_cap_unknown")
+            cutoff = unit.now_ms - window_ms
+            if sum(1 for t in unit.caps.get(field, ()) if t > cutoff) >= cap.max_exposures:
+                return self._default(placement, compiled, "frequency_capped")
+            self._features.queue_cap_hit(
+                CapHit(unit.unit_id, field, unit.now_ms, window_ms, cap.max_exposures)
+            )
+        if choice is not None and self._policies is not None:
+            self._policies.remember(
+                unit.decision_id, compiled, unit.unit_id, choice, unit.attributes, unit.now_ms
+            )
+        return Placed(
+            answer=PlacementDecision(
+                placement=placement,
+                experiment=exp.key,
+                variant=variant.key,
+                payload=variant.payload,
+                propensity=propensity,
+                policy=policy,
+                reason=reason,
+                model_version=version or None,
+            ),
+            compiled=compiled,
+            holdout=False,
+            model_version=version,
+        )
+
+    def _default(
+        self, placement: str, compiled: Compiled, reason: str, holdout: bool = False
+    ) -> Placed:
+        exp = compiled.experiment
+        variant = exp.variants[compiled.default_index]
+        return Placed(
+            answer=PlacementDecision(
+                placement=placement,
+                experiment=exp.key,
+                variant=variant.key,
+                payload=variant.payload,
+                propensity=1.0,
+                policy="default",
+                reason=reason,
+            ),
+            compiled=compiled,
+            holdout=holdout,
+            model_version="",
+        )

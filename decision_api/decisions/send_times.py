@@ -1,0 +1,338 @@
+"""Send times for a chunk of bulk recipients: chosen hours, default times, reward-join records.
+
+One :class:`SendTimeGroup` per send-time experiment in a chunk decides all its members at once:
+
+- the recipient's zone turns the campaign's send window into the local hours that can still be
+  sent, and each hour into the UTC instant it starts (DST-aware, :mod:`tailor_contract.send_window`;
+  tables are shared by every recipient of a zone);
+- ``send_time_thompson`` gets each recipient's open/click histogram (168 UTC hour-of-week bins
+  in the profile) rolled into local hours as the per-recipient prior, in one vectorised call;
+  ``vw_cb`` sees the history as features (peak hour, open count) and chooses among the
+  feasible hours with one ``choose_many`` per zone; ``fixed`` picks a feasible hour by hash;
+- holdout recipients, and recipients the experiment does not serve, get the campaign's default
+  send time (their reason stays ``holdout``, ``no_consent``, ...);
+- a learning choice is remembered for the reward join with the window's feasible hours as its
+  candidates (the choice indexes them) and a reward window that runs from ``send_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from bandits.base import Candidate, Choice
+from bandits.send_time.policy import SendTimePolicy
+from bandits.send_time.zones import BulkZoneHours, bulk_zone_hours, default_send_at_many
+from bandits.spec import candidate_features
+from bandits.vw import VWPolicy
+from decision_api.decisions.engine import Placed, UnitCall
+from decision_api.learning.runtime import LearningPolicies
+from decision_api.profiles.store import UnitProfile
+from experiments.cache import Compiled
+from tailor_contract.assignment import unit_hash
+from tailor_contract.definitions import SendTimeSpec
+from tailor_contract.send_window import (
+    NO_SEND_AT,
+    DefaultSendTime,
+    SendWindow,
+    hours_in,
+    resolve_zone,
+)
+from tailor_contract.wire import PlacementDecision
+
+HISTORY_TYPES = ("email_open", "email_click")
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class ChunkView(Protocol):
+    """What the send-time step reads of a chunk: per unit (same order) its call, zone,
+    profile (the empty one without consent) and placement decisions (filled in place)."""
+
+    units: list[UnitCall]
+    zones: list[str]
+    profiles: list[UnitProfile]
+    placed: list[list[Placed]]
+
+
+def fill_send_times(
+    learning: LearningPolicies,
+    chunk: ChunkView,
+    default: DefaultSendTime | None,
+    window: SendWindow,
+    rng: np.random.Generator,
+) -> None:
+    """Fill in send times: chosen hours for pending decisions, default time for the others.
+
+    ``default`` (the campaign's default send time) overrides each experiment's own.
+    """
+    groups: dict[str, tuple[Compiled, list[tuple[int, int]]]] = {}
+    for k, items in enumerate(chunk.placed):
+        for j, placed in enumerate(items):
+            compiled = placed.compiled
+            if compiled is not None and compiled.experiment.kind == "send_time":
+                group = groups.get(compiled.experiment.key)
+                if group is None:
+                    groups[compiled.experiment.key] = (compiled, [(k, j)])
+                else:
+                    group[1].append((k, j))
+    for compiled, members in groups.values():
+        SendTimeGroup(learning, compiled, chunk, members, default, window).decide(rng)
+
+
+class SendTimeGroup:
+    """The members of one send-time experiment in a chunk: (unit, placement) pairs."""
+
+    def __init__(
+        self,
+        learning: LearningPolicies,
+        compiled: Compiled,
+        chunk: ChunkView,
+        members: list[tuple[int, int]],
+        default: DefaultSendTime | None,
+        window: SendWindow,
+    ) -> None:
+        self.learning = learning
+        self.compiled = compiled
+        self.chunk = chunk
+        self.members = members
+        self.window = window
+        timing = compiled.experiment.send_time or SendTimeSpec()
+        self.n_hours = hours_in(timing.hours)
+        self.table: BulkZoneHours = bulk_zone_hours(
+            window, [chunk.zones[k] for k, _ in members], timing.hours
+        )
+        self.feasible: BoolArray = self.table.feasible_matrix()
+        self.defaults: IntArray = default_send_at_many(
+            window, default or timing.default, self.table
+        )
+        self._instants: dict[int, datetime] = {}
+
+    def when(self, instant: int) -> datetime:
+        """The aware UTC datetime of a Unix second (few distinct ones per chunk)."""
+        found = self._instants.get(instant)
+        if found is None:
+            found = self._instants[instant] = datetime.fromtimestamp(instant, UTC)
+        return found
+
+    def decide(self, rng: np.random.Generator) -> None:
+        """Choose hours for the pending members, give the others the default send time."""
+        chunk, exp = self.chunk, self.compiled.experiment
+        pending = [m for m, (k, j) in enumerate(self.members) if chunk.placed[k][j].pending]
+        chosen, propensity, policy_name, version = self._choose_hours(pending, rng)
+        send_at = self.table.send_at_of(chosen).tolist()
+        chosen_list, propensity_list = chosen.tolist(), propensity.tolist()
+        defaults = self.defaults.tolist()
+        codes = self.table.codes.tolist()
+        reason = "policy" if policy_name != "fixed" else "split"
+        learns = policy_name != "fixed"
+        window_ms = exp.reward_window_s * 1000
+        candidates: dict[int, tuple[list[str], list[int]]] = {}
+        for m, (k, j) in enumerate(self.members):
+            placed = chunk.placed[k][j]
+            answer = placed.answer
+            hour = chosen_list[m]
+            if placed.pending and hour >= 0:
+                variant = exp.variants[hour]
+                at = send_at[m]
+                placed.answer = PlacementDecision(
+                    placement=answer.placement,
+                    experiment=exp.key,
+                    variant=variant.key,
+                    payload=variant.payload,
+                    propensity=propensity_list[m],
+                    policy=policy_name,
+                    reason=reason,
+                    model_version=version or None,
+                    send_at=self.when(at),
+                )
+                placed.model_version = version
+                placed.pending = False
+                if learns:
+                    code = codes[m]
+                    keys, index_of = candidates.get(code) or self._candidates(code, candidates)
+                    unit = chunk.units[k]
+                    self.learning.remember(
+                        unit.decision_id,
+                        self.compiled,
+                        unit.unit_id,
+                        Choice(
+                            index=index_of[hour],
+                            key=variant.key,
+                            propensity=propensity_list[m],
+                            policy=policy_name,
+                            model_version=version,
+                        ),
+                        unit.attributes,
+                        unit.now_ms,
+                        candidates=keys,
+                        window_end_ms=at * 1000 + window_ms,
+                    )
+            else:
+                at = defaults[m] if defaults[m] != NO_SEND_AT else self.window.start_s
+                placed.answer = msgspec.structs.replace(
+                    answer,
+                    reason="default_send_time" if placed.pending else answer.reason,
+                    variant="default",
+                    payload={"send_at": "default"},
+                    send_at=self.when(at),
+                )
+                placed.pending = False
+
+    def _candidates(
+        self, code: int, cache: dict[int, tuple[list[str], list[int]]]
+    ) -> tuple[list[str], list[int]]:
+        """The feasible hour keys of a zone's row and each hour's index among them."""
+        row = self.table.feasible[code]
+        hours = np.flatnonzero(row).tolist()
+        keys = [self.compiled.experiment.variants[h].key for h in hours]
+        index_of = (np.cumsum(row) - 1).tolist()
+        cache[code] = (keys, index_of)
+        return keys, index_of
+
+    def _choose_hours(
+        self, pending: list[int], rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, str, str]:
+        """Hours (-1 = none) and propensities for the pending members, with the policy's name."""
+        exp = self.compiled.experiment
+        chosen = np.full(len(self.members), -1, dtype=np.int64)
+        propensity = np.ones(len(self.members))
+        if not pending:
+            return chosen, propensity, "fixed", ""
+        idx = np.array(pending)
+        policy = self.learning.policy(exp.key)
+        if isinstance(policy, SendTimePolicy):
+            histories = self._local_histories(pending)
+            hours, props = policy.choose_hours(histories, self.feasible[idx], rng)
+            chosen[idx], propensity[idx] = hours, props
+            return chosen, propensity, policy.name, policy.version
+        if isinstance(policy, VWPolicy):
+            # Members of one zone share their feasible hours: one choose_many per zone.
+            candidates = _hour_candidates(self.compiled)
+            by_code: dict[int, list[int]] = {}
+            codes = self.table.codes
+            for m in pending:
+                by_code.setdefault(int(codes[m]), []).append(m)
+            for code, members in by_code.items():
+                hours_ok = np.flatnonzero(self.table.feasible[code])
+                options = [candidates[h] for h in hours_ok.tolist()]
+                contexts = [
+                    {
+                        **self.chunk.units[self.members[m][0]].attributes,
+                        **_history_features(self._week(self.members[m][0])),
+                    }
+                    for m in members
+                ]
+                for m, choice in zip(
+                    members, policy.choose_many(contexts, options, rng), strict=True
+                ):
+                    chosen[m], propensity[m] = int(hours_ok[choice.index]), choice.propensity
+            return chosen, propensity, policy.name, policy.version
+        for m in pending:  # fixed: uniform over the feasible hours, sticky per unit
+            k, _ = self.members[m]
+            hours_ok = np.flatnonzero(self.feasible[m])
+            u = unit_hash(exp.hash_salt, self.chunk.units[k].unit_id)
+            chosen[m] = int(hours_ok[min(int(u * len(hours_ok)), len(hours_ok) - 1)])
+            propensity[m] = 1.0 / len(hours_ok)
+        return chosen, propensity, "fixed", ""
+
+    def _week(self, k: int) -> FloatArray:
+        """A unit's opens and clicks per UTC hour of week, shape (168,)."""
+        week = np.zeros(168)
+        for typ in HISTORY_TYPES:
+            counts = self.chunk.profiles[k].hours.get(typ)
+            if counts:
+                week += np.asarray(counts, dtype=np.float64)
+        return week
+
+    def _local_histories(self, pending: Sequence[int]) -> FloatArray:
+        """Opens and clicks per local hour (of day or week) of the pending members, (n, H).
+
+        UTC histograms are rolled by each zone's offset at the window start; members sharing
+        a zone (and so an offset) are rolled together. Each history type's counts go into the
+        week matrix in one conversion (rows summed in :meth:`_week`'s order, so the same
+        floats), not one small array per member.
+        """
+        out = np.zeros((len(pending), self.n_hours))
+        profiles, zones, members = self.chunk.profiles, self.chunk.zones, self.members
+        rows: list[int] = []
+        by_offset: dict[int, list[int]] = {}
+        by_type: dict[str, tuple[list[int], list[list[int]]]] = {t: ([], []) for t in HISTORY_TYPES}
+        for r, m in enumerate(pending):
+            k = members[m][0]
+            hours = profiles[k].hours
+            if not hours:
+                continue
+            i = len(rows)
+            rows.append(r)
+            for typ, (at, counts) in by_type.items():
+                found = hours.get(typ)
+                if found:
+                    at.append(i)
+                    counts.append(found)
+            offset = _utc_offset_hours(zones[k], self.window)
+            group = by_offset.get(offset)
+            if group is None:
+                by_offset[offset] = [i]
+            else:
+                group.append(i)
+        if not rows:
+            return out
+        weeks = np.zeros((len(rows), 168))
+        for at, counts in by_type.values():
+            if at:
+                weeks[at] += np.array(counts, dtype=np.float64)
+        row_index = np.array(rows)
+        for offset, group in by_offset.items():
+            local = np.roll(weeks[group], offset, axis=1)
+            out[row_index[group]] = (
+                local if self.n_hours == 168 else local.reshape(-1, 7, 24).sum(axis=1)
+            )
+        return out
+
+
+_OFFSETS: dict[tuple[str, int], int] = {}
+
+
+def _utc_offset_hours(zone: str, window: SendWindow) -> int:
+    """The zone's UTC offset at the window start, in whole hours (rounded)."""
+    key = (zone, window.start_s)
+    found = _OFFSETS.get(key)
+    if found is None:
+        if len(_OFFSETS) > 65_536:
+            _OFFSETS.clear()
+        delta = resolve_zone(zone).utcoffset(datetime.fromtimestamp(window.start_s, UTC))
+        found = _OFFSETS[key] = round(delta.total_seconds() / 3600) if delta else 0
+    return found
+
+
+_CANDIDATES: dict[int, tuple[Compiled, list[Candidate]]] = {}
+
+
+def _hour_candidates(compiled: Compiled) -> list[Candidate]:
+    """The experiment's hour actions with their features (built once per definition)."""
+    known = _CANDIDATES.get(id(compiled))
+    if known is None or known[0] is not compiled:
+        if len(_CANDIDATES) > 256:
+            _CANDIDATES.clear()
+        candidates = [
+            Candidate(key=v.key, features=candidate_features(v.payload, v.features))
+            for v in compiled.experiment.variants
+        ]
+        known = _CANDIDATES[id(compiled)] = (compiled, candidates)
+    return known[1]
+
+
+def _history_features(week: FloatArray) -> dict[str, Any]:
+    total = float(week.sum())
+    if total == 0:
+        return {"email_history": "none"}
+    day = week.reshape(7, 24).sum(axis=0)
+    return {"email_peak_hour_utc": str(int(day.argmax())), "email_opens_clicks": total}

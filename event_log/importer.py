@@ -1,0 +1,474 @@
+"""Import logged decisions from another system into the event log, all or nothing.
+
+A file (CSV, Parquet or JSON lines) holds one logged decision per row:
+
+==================  ========  ==================================================================
+column              required  meaning
+==================  ========  ==================================================================
+``unit_id``         yes       who saw it (non-empty)
+``ts``              yes       when: ISO 8601 (UTC unless zoned), or epoch seconds (ms above 1e11)
+``variant``         yes       the variant shown — one of the experiment's variant keys
+``propensity``      yes       the probability the logging policy gave it, in (0, 1]
+``decision_id``     no        the original id (default: derived from the import and the row)
+``context``         no        features at decision time: an object (or its JSON text)
+``context.<name>``  no        one feature per column (wins over ``context``)
+``outcomes``        no        a list (or its JSON text) of ``{"type", "value", "ts"}``;
+                              ``value`` defaults to 1, ``ts`` to the decision's
+``outcome.<type>``  no        shorthand: an outcome of ``<type>`` with this value, at ``ts``
+==================  ========  ==================================================================
+
+Every row is validated first; one bad row and nothing is written (`ImportRejected` lists the
+first 100 problems, with row numbers counted from 1). Rows become exposures with policy
+``imported`` (or the caller's name), reason ``policy`` and their propensity — so reports and
+off-policy evaluation treat them like native traffic — and outcomes tagged with the experiment.
+Event ids derive from the file's content: importing the same file again changes nothing (insert
+tokens drop the replayed batches). Should an insert fail midway, the rows already written are
+deleted again before the error is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.csv as pa_csv  # type: ignore[import-untyped]
+import pyarrow.json as pa_json  # type: ignore[import-untyped]
+import pyarrow.parquet as pa_parquet  # type: ignore[import-untyped]
+
+from event_log.rows import Exposure, Outcome, Table, stringify
+from event_log.store import EventLog
+from tailor_contract.definitions import KEY_PATTERN, Experiment, ExperimentSpec
+from tailor_contract.errors import EventLogUnavailable
+
+__all__ = [
+    "ImportFormat",
+    "ImportRejected",
+    "ImportSummary",
+    "LoggedDecision",
+    "detect_format",
+    "import_decisions",
+    "infer_spec",
+    "read_rows",
+    "validate_rows",
+]
+
+ImportFormat = Literal["csv", "parquet", "jsonl"]
+MAX_ERRORS = 100
+BATCH_ROWS = 50_000
+_NAMESPACE = uuid.UUID("6c1f8f5e-4c55-4a9b-9d3e-2a1b7d0c9e11")
+_json = msgspec.json.Decoder()
+_EXTENSIONS: dict[str, ImportFormat] = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+class ImportRejected(ValueError):
+    """The file has invalid rows; nothing was written."""
+
+    def __init__(self, errors: Sequence[str], total: int) -> None:
+        shown = "\n".join(errors)
+        more = f"\n... and {total - len(errors)} more" if total > len(errors) else ""
+        super().__init__(f"{total} invalid row(s), nothing imported:\n{shown}{more}")
+        self.errors = list(errors)
+        self.total = total
+
+
+class LoggedOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """Something the unit did after the decision."""
+
+    type: str
+    value: float
+    ts_ms: int
+
+
+class LoggedDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """One validated row."""
+
+    row: int
+    unit_id: str
+    ts_ms: int
+    variant: str
+    propensity: float
+    decision_id: str
+    context: dict[str, str]
+    outcomes: list[LoggedOutcome]
+
+
+class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """What an import wrote (or found already written)."""
+
+    experiment: str
+    import_id: str
+    decisions: int
+    outcomes: int
+    variants: dict[str, int]
+    already_imported: bool = False
+
+
+def detect_format(path: Path) -> ImportFormat:
+    """The format a file name implies (``.csv``, ``.parquet``/``.pq``, ``.jsonl``/``.ndjson``).
+
+    Raises:
+        ValueError: for any other extension.
+    """
+    found = _EXTENSIONS.get(path.suffix.lower())
+    if found is None:
+        raise ValueError(f"cannot tell the format of {path.name}: use csv, parquet or jsonl")
+    return found
+
+
+def read_rows(data: bytes, fmt: ImportFormat) -> list[dict[str, Any]]:
+    """The file's rows as dictionaries (CSV cells stay strings, so ids keep leading zeros).
+
+    Raises:
+        ValueError: when the bytes are not a readable file of that format.
+    """
+    source = pa.BufferReader(data)
+    try:
+        if fmt == "csv":
+            table = pa_csv.read_csv(
+                source,
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={}, strings_can_be_null=True, auto_dict_encode=False
+                ),
+                read_options=pa_csv.ReadOptions(autogenerate_column_names=False),
+            )
+            table = table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
+        elif fmt == "parquet":
+            table = pa_parquet.read_table(source)
+        else:
+            table = pa_json.read_json(source)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise ValueError(f"cannot read the file as {fmt}: {exc}") from exc
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def _ts_ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError("is not finite")
+        return int(value * 1000) if abs(value) < 1e11 else int(value)
+    if isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            return _ts_ms(float(text))
+        except ValueError:
+            pass
+        try:
+            return _ts_ms(datetime.fromisoformat(text))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an ISO 8601 time or epoch seconds") from None
+    raise ValueError("is missing")
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or value is None or value == "":
+        raise ValueError(f"{name} is missing")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} {value!r} is not finite")
+    return number
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = _json.decode(value)
+        except msgspec.DecodeError:
+            raise ValueError(f"{name} is not valid JSON") from None
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list")
+    return value
+
+
+def _context(raw: Mapping[str, Any]) -> dict[str, str]:
+    base = raw.get("context")
+    if isinstance(base, str) and base:
+        try:
+            base = _json.decode(base)
+        except msgspec.DecodeError:
+            raise ValueError("context is not valid JSON") from None
+    if base is not None and base != "" and not isinstance(base, dict):
+        raise ValueError("context must be an object")
+    merged: dict[str, Any] = dict(base or {})
+    for name, value in raw.items():
+        if name.startswith("context.") and value is not None and value != "":
+            merged[name[len("context.") :]] = value
+    for name in merged:
+        if not 1 <= len(name) <= 64:
+            raise ValueError(f"context attribute {name!r} must have 1 to 64 characters")
+    return stringify({k: v for k, v in merged.items() if v is not None})
+
+
+def _outcomes(raw: Mapping[str, Any], ts_ms: int) -> list[LoggedOutcome]:
+    out = []
+    for i, item in enumerate(_as_list(raw.get("outcomes"), "outcomes")):
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            raise ValueError(f"outcomes[{i}] must be an object with a string type")
+        value = 1.0 if item.get("value") is None else _number(item["value"], f"outcomes[{i}].value")
+        when = ts_ms if item.get("ts") is None else _ts_ms(item["ts"])
+        out.append(LoggedOutcome(type=item["type"], value=value, ts_ms=when))
+    for name, value in raw.items():
+        if name.startswith("outcome.") and value is not None and value != "":
+            out.append(
+                LoggedOutcome(type=name[len("outcome.") :], value=_number(value, name), ts_ms=ts_ms)
+            )
+    for o in out:
+        if not 1 <= len(o.type) <= 40 or not o.type.replace("_", "").isalnum():
+            raise ValueError(f"outcome type {o.type!r} must be 1-40 letters, digits or _")
+        if o.ts_ms < ts_ms:
+            raise ValueError(f"outcome {o.type!r} happens before its decision")
+    return out
+
+
+def _decision(
+    raw: Mapping[str, Any], row: int, experiment: Experiment, import_id: str
+) -> LoggedDecision:
+    unit = raw.get("unit_id")
+    unit_id = "" if unit is None else str(unit).strip()
+    if not unit_id or len(unit_id) > 256:
+        raise ValueError("unit_id must be 1 to 256 characters")
+    try:
+        ts_ms = _ts_ms(raw.get("ts"))
+    except ValueError as exc:
+        raise ValueError(f"ts {exc}") from None
+    variant = "" if raw.get("variant") is None else str(raw["variant"])
+    keys = [v.key for v in experiment.variants]
+    if variant not in keys:
+        raise ValueError(f"variant {variant!r} is not one of {keys}")
+    propensity = _number(raw.get("propensity"), "propensity")
+    if not 0.0 < propensity <= 1.0:
+        raise ValueError(f"propensity {propensity} must be in (0, 1]")
+    given = raw.get("decision_id")
+    decision_id = str(given) if given not in (None, "") else _uid(import_id, row, "d").hex
+    if len(decision_id) > 128:
+        raise ValueError("decision_id must be at most 128 characters")
+    return LoggedDecision(
+        row=row,
+        unit_id=unit_id,
+        ts_ms=ts_ms,
+        variant=variant,
+        propensity=propensity,
+        decision_id=decision_id,
+        context=_context(raw),
+        outcomes=_outcomes(raw, ts_ms),
+    )
+
+
+def _uid(import_id: str, row: int, what: str) -> uuid.UUID:
+    return uuid.uuid5(_NAMESPACE, f"{import_id}:{row}:{what}")
+
+
+def validate_rows(
+    rows: Sequence[Mapping[str, Any]], experiment: Experiment, import_id: str
+) -> list[LoggedDecision]:
+    """Every row checked; the decisions when all are valid.
+
+    Raises:
+        ImportRejected: listing the invalid rows (numbered from 1).
+    """
+    decisions: list[LoggedDecision] = []
+    errors: list[str] = []
+    bad = 0
+    for i, raw in enumerate(rows, start=1):
+        try:
+            decisions.append(_decision(raw, i, experiment, import_id))
+        except ValueError as exc:
+            bad += 1
+            if len(errors) < MAX_ERRORS:
+                errors.append(f"row {i}: {exc}")
+    if not rows:
+        raise ImportRejected(["the file has no rows"], 1)
+    if bad:
+        raise ImportRejected(errors, bad)
+    return decisions
+
+
+def _rows(
+    decisions: Sequence[LoggedDecision], experiment: Experiment, import_id: str, policy: str
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    exposures, outcomes = [], []
+    for d in decisions:
+        exposures.append(
+            Exposure(
+                event_id=_uid(import_id, d.row, "e"),
+                decision_id=d.decision_id,
+                ts_ms=d.ts_ms,
+                unit_id=d.unit_id,
+                experiment=experiment.key,
+                experiment_version=experiment.version,
+                placement=experiment.placement,
+                variant=d.variant,
+                propensity=d.propensity,
+                policy=policy,
+                policy_version=import_id,
+                reason="policy",
+                holdout=False,
+                context=d.context,
+            ).row()
+        )
+        for k, o in enumerate(d.outcomes):
+            outcomes.append(
+                Outcome(
+                    event_id=_uid(import_id, d.row, f"o{k}"),
+                    ts_ms=o.ts_ms,
+                    decision_id=d.decision_id,
+                    unit_id=d.unit_id,
+                    experiment=experiment.key,
+                    type=o.type,
+                    value=o.value,
+                    properties={"import": import_id},
+                ).row()
+            )
+    return exposures, outcomes
+
+
+_ALREADY = """
+SELECT count() FROM exposures
+WHERE experiment = {experiment:String} AND policy_version = {import_id:String}
+"""
+_UNDO_EXPOSURES = """
+ALTER TABLE exposures DELETE
+WHERE experiment = {experiment:String} AND policy_version = {import_id:String}
+SETTINGS mutations_sync = 2
+"""
+_UNDO_OUTCOMES = """
+ALTER TABLE outcomes DELETE WHERE properties['import'] = {import_id:String}
+SETTINGS mutations_sync = 2
+"""
+
+
+def import_decisions(
+    event_log: EventLog,
+    experiment: Experiment,
+    data: bytes,
+    fmt: ImportFormat,
+    *,
+    policy: str = "imported",
+) -> ImportSummary:
+    """Validate a file of logged decisions and write them to the event log, all or nothing.
+
+    Raises:
+        ValueError: when the file cannot be read or the policy name is not a key.
+        ImportRejected: when any row is invalid (nothing written).
+        EventLogUnavailable: when writing failed (what was written has been removed).
+    """
+    if re.fullmatch(KEY_PATTERN, policy) is None:
+        raise ValueError(f"policy {policy!r} must match {KEY_PATTERN}")
+    digest = hashlib.sha256(experiment.key.encode() + b"\0" + data).hexdigest()
+    import_id = "import:" + digest[:24]
+    decisions = validate_rows(read_rows(data, fmt), experiment, import_id)
+    variants: dict[str, int] = {}
+    for d in decisions:
+        variants[d.variant] = variants.get(d.variant, 0) + 1
+    params = {"experiment": experiment.key, "import_id": import_id}
+    n_outcomes = sum(len(d.outcomes) for d in decisions)
+    summary = ImportSummary(
+        experiment=experiment.key,
+        import_id=import_id,
+        decisions=len(decisions),
+        outcomes=n_outcomes,
+        variants=variants,
+    )
+    if int(event_log.query(_ALREADY, params)[0][0]) >= len(decisions):
+        return msgspec.structs.replace(summary, already_imported=True)
+    exposures, outcomes = _rows(decisions, experiment, import_id, policy)
+    batches: list[tuple[Table, list[tuple[object, ...]]]] = [
+        ("exposures", exposures),
+        ("outcomes", outcomes),
+    ]
+    try:
+        for table, rows in batches:
+            for start in range(0, len(rows), BATCH_ROWS):
+                token = f"{import_id}:{table}:{start}"
+                event_log.insert(table, rows[start : start + BATCH_ROWS], token)
+    except EventLogUnavailable as exc:
+        _undo(event_log, params, exc)
+        raise
+    return summary
+
+
+def _undo(event_log: EventLog, params: dict[str, str], cause: EventLogUnavailable) -> None:
+    """Remove a failed import's rows; if even that fails, say how to finish by hand."""
+    try:
+        event_log.command(_UNDO_EXPOSURES, params)
+        event_log.command(_UNDO_OUTCOMES, params)
+    except EventLogUnavailable as undo:
+        raise EventLogUnavailable(
+            f"import {params['import_id']} failed ({cause}) and its partial rows could not be "
+            f"removed ({undo}): run the same import again once the event log is back — it "
+            "completes idempotently"
+        ) from cause
+
+
+def infer_spec(
+    rows: Sequence[Mapping[str, Any]],
+    key: str,
+    *,
+    placement: str | None = None,
+    default_variant: str | None = None,
+    primary_metric: str | None = None,
+) -> ExperimentSpec:
+    """A draft experiment for ``tailor import --create``: variants are the file's ``variant``
+    values (first seen first, equal weights), the default variant the first of them unless
+    named, the primary metric the most frequent outcome type unless named.
+
+    Raises:
+        ValueError: when the file names no variant, or the result is not a valid definition.
+    """
+    variants: list[str] = []
+    types: dict[str, int] = {}
+    for raw in rows:
+        v = raw.get("variant")
+        if v not in (None, "") and str(v) not in variants:
+            variants.append(str(v))
+        for name, value in raw.items():
+            if name.startswith("outcome.") and value not in (None, ""):
+                t = name[len("outcome.") :]
+                types[t] = types.get(t, 0) + 1
+        try:
+            listed = _as_list(raw.get("outcomes"), "outcomes")
+        except ValueError:
+            listed = []
+        for item in listed:
+            if isinstance(item, dict) and isinstance(item.get("type"), str):
+                types[item["type"]] = types.get(item["type"], 0) + 1
+    if not variants:
+        raise ValueError("the file names no variant to create the experiment with")
+    metric = primary_metric or (max(types, key=lambda t: types[t]) if types else "conversion")
+    try:
+        return msgspec.convert(
+            {
+                "key": key,
+                "placement": placement or key,
+                "variants": [{"key": v} for v in variants],
+                "default_variant": default_variant or variants[0],
+                "primary_metric": metric,
+                "hypothesis": "imported history",
+            },
+            ExperimentSpec,
+        )
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"cannot create {key!r} from the file: {exc}") from exc

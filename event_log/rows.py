@@ -1,0 +1,168 @@
+"""Event records: what the decision path appends to the durable event log.
+
+Records are msgspec Structs (``array_like`` so the disk spool stays compact); ``row()`` gives the
+tuple in the column order of :mod:`event_log.sql`. Times are integer epoch milliseconds
+(ClickHouse ``DateTime64(3)`` ticks), so no conversion happens on the hot path.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+Table = Literal["exposures", "outcomes", "audit"]
+
+_V4_CLEAR = ~(0xF000 << 64 | 0xC000 << 48) & ((1 << 128) - 1)
+_V4_SET = 0x4000 << 64 | 0x8000 << 48
+
+
+def new_event_id() -> uuid.UUID:
+    """A random (version 4) UUID for an event row.
+
+    Drawn from ``random`` rather than ``os.urandom``: ids need uniqueness, not secrecy, and
+    urandom costs several microseconds per call on the bulk path. ``random`` is reseeded in
+    forked workers, so processes never share a sequence.
+    """
+    return uuid.UUID(int=(random.getrandbits(128) & _V4_CLEAR) | _V4_SET)
+
+
+def new_decision_id() -> str:
+    """A decision id: 32 hex characters."""
+    return f"{random.getrandbits(128):032x}"
+
+
+class Exposure(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    array_like=True,
+    tag_field="kind",
+    tag="exposure",
+    gc=False,
+):
+    """A variant served to a unit (every decision, including defaults and holdouts)."""
+
+    event_id: uuid.UUID
+    decision_id: str
+    ts_ms: int
+    unit_id: str
+    experiment: str
+    experiment_version: int
+    placement: str
+    variant: str
+    propensity: float
+    policy: str
+    policy_version: str
+    reason: str
+    holdout: bool
+    context: dict[str, str]
+    campaign: str = ""
+    send_at_ms: int | None = None
+
+    def row(self) -> tuple[object, ...]:
+        """Values in ``EXPOSURE_COLUMNS`` order."""
+        return (
+            self.event_id,
+            self.decision_id,
+            self.ts_ms,
+            self.unit_id,
+            self.experiment,
+            self.experiment_version,
+            self.placement,
+            self.variant,
+            self.propensity,
+            self.policy,
+            self.policy_version,
+            self.reason,
+            1 if self.holdout else 0,
+            self.context,
+            self.campaign,
+            self.send_at_ms,
+        )
+
+
+class Outcome(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="outcome"
+):
+    """Something a unit did after a decision: a click, open, purchase (with value)."""
+
+    event_id: uuid.UUID
+    ts_ms: int
+    decision_id: str
+    unit_id: str
+    experiment: str
+    type: str
+    value: float
+    properties: dict[str, str]
+
+    def row(self) -> tuple[object, ...]:
+        """Values in ``OUTCOME_COLUMNS`` order."""
+        return (
+            self.event_id,
+            self.ts_ms,
+            self.decision_id,
+            self.unit_id,
+            self.experiment,
+            self.type,
+            self.value,
+            self.properties,
+        )
+
+
+class AuditEntry(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="audit"
+):
+    """A configuration change or data-rights action, for the audit table."""
+
+    event_id: uuid.UUID
+    ts_ms: int
+    actor: str
+    action: str
+    entity: str
+    entity_key: str
+    version: int
+    detail: str
+
+    def row(self) -> tuple[object, ...]:
+        """Values in ``AUDIT_COLUMNS`` order."""
+        return (
+            self.event_id,
+            self.ts_ms,
+            self.actor,
+            self.action,
+            self.entity,
+            self.entity_key,
+            self.version,
+            self.detail,
+        )
+
+
+Event = Exposure | Outcome | AuditEntry
+
+TABLE_OF: dict[type[Event], Table] = {
+    Exposure: "exposures",
+    Outcome: "outcomes",
+    AuditEntry: "audit",
+}
+
+
+_json = msgspec.json.Encoder()
+
+
+def stringify(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """The context Map logged with an exposure (lists as JSON, booleans as 0/1)."""
+    out: dict[str, str] = {}
+    for name, value in attributes.items():
+        if isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, bool):
+            out[name] = "1" if value else "0"
+        elif isinstance(value, int | float):
+            out[name] = repr(value)
+        else:
+            out[name] = _json.encode(value).decode()
+    return out

@@ -1,0 +1,227 @@
+"""The event log's SQL: tables, migrations and the statements the adapters run.
+
+One dialect for both backends (chdb embedded and a ClickHouse server through clickhouse-connect).
+Tables are ``ReplacingMergeTree`` keyed on ``event_id``, and inserts carry a deduplication token
+within ``non_replicated_deduplication_window``: a replayed batch is dropped on insert, and a row
+replayed in a different batch collapses on merge (reports read with ``FINAL``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+
+from event_log.rows import Table
+
+EXPOSURE_COLUMNS: Final = (
+    "event_id",
+    "decision_id",
+    "ts",
+    "unit_id",
+    "experiment",
+    "experiment_version",
+    "placement",
+    "variant",
+    "propensity",
+    "policy",
+    "policy_version",
+    "reason",
+    "holdout",
+    "context",
+    "campaign",
+    "send_at",
+)
+OUTCOME_COLUMNS: Final = (
+    "event_id",
+    "ts",
+    "decision_id",
+    "unit_id",
+    "experiment",
+    "type",
+    "value",
+    "properties",
+)
+AUDIT_COLUMNS: Final = (
+    "event_id",
+    "ts",
+    "actor",
+    "action",
+    "entity",
+    "entity_key",
+    "version",
+    "detail",
+)
+COLUMNS: Final[dict[Table, tuple[str, ...]]] = {
+    "exposures": EXPOSURE_COLUMNS,
+    "outcomes": OUTCOME_COLUMNS,
+    "audit": AUDIT_COLUMNS,
+}
+
+# Inserts travel as JSONCompactEachRow (one JSON array per row, in ``COLUMNS`` order), encoded by
+# msgspec in C: clickhouse-connect's Native serialisation runs in Python, holding the GIL for
+# about 35 us per exposure row — time taken from the event loop that serves decisions.
+INSERT_FORMAT: Final = "JSONCompactEachRow"
+# DateTime64(3) columns by position: rows carry epoch milliseconds, the text format takes seconds
+# (a decimal fraction parses exactly to the millisecond; a bare integer would read as seconds).
+_TIME_COLUMNS: Final[dict[Table, tuple[int, ...]]] = {
+    table: tuple(i for i, name in enumerate(columns) if name in ("ts", "send_at"))
+    for table, columns in COLUMNS.items()
+}
+_json = msgspec.json.Encoder()
+
+
+def encode_rows(table: Table, rows: Sequence[Sequence[object]]) -> bytes:
+    """Rows (in ``COLUMNS[table]`` order, times as integer epoch ms) as an ``INSERT_FORMAT`` body.
+
+    UUIDs encode as their text, dicts as JSON objects (``Map``), None as null (``Nullable``).
+    """
+    times = _TIME_COLUMNS[table]
+    encode = _json.encode
+    lines = []
+    for row in rows:
+        values = list(row)
+        for i in times:
+            value = values[i]
+            if type(value) is int:
+                values[i] = value / 1000
+        lines.append(encode(values))
+    return b"\n".join(lines)
+
+
+_TABLE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"
+
+CREATE_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version UInt32,
+    applied_at DateTime DEFAULT now()
+) ENGINE = MergeTree ORDER BY version
+"""
+
+# Append-only list: (version, statement). Never edit an applied entry; add a new one.
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
+    (
+        1,
+        f"""
+CREATE TABLE IF NOT EXISTS exposures (
+    event_id UUID,
+    decision_id String,
+    ts DateTime64(3, 'UTC'),
+    unit_id String,
+    experiment LowCardinality(String),
+    experiment_version UInt32,
+    placement LowCardinality(String),
+    variant LowCardinality(String),
+    propensity Float64,
+    policy LowCardinality(String),
+    policy_version String,
+    reason LowCardinality(String),
+    holdout UInt8,
+    context Map(String, String),
+    campaign String DEFAULT '',
+    send_at Nullable(DateTime64(3, 'UTC'))
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (experiment, unit_id, event_id)
+{_TABLE_SETTINGS}
+""",
+    ),
+    (
+        2,
+        f"""
+CREATE TABLE IF NOT EXISTS outcomes (
+    event_id UUID,
+    ts DateTime64(3, 'UTC'),
+    decision_id String,
+    unit_id String,
+    experiment LowCardinality(String),
+    type LowCardinality(String),
+    value Float64,
+    properties Map(String, String)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (unit_id, type, event_id)
+{_TABLE_SETTINGS}
+""",
+    ),
+    (
+        3,
+        f"""
+CREATE TABLE IF NOT EXISTS audit (
+    event_id UUID,
+    ts DateTime64(3, 'UTC'),
+    actor String,
+    action LowCardinality(String),
+    entity LowCardinality(String),
+    entity_key String,
+    version UInt32,
+    detail String
+) ENGINE = ReplacingMergeTree
+ORDER BY (entity, entity_key, ts, event_id)
+{_TABLE_SETTINGS}
+""",
+    ),
+)
+
+APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version) VALUES ({version:UInt32})"
+
+COUNT_ROWS = "SELECT count() FROM {table:Identifier} FINAL"
+COUNT_DISTINCT_EVENTS = "SELECT count(), uniqExact(event_id) FROM {table:Identifier}"
+
+# Warm start: logged decisions of one experiment (newest first) and the outcomes after them.
+WARM_START_EXPOSURES = """
+SELECT decision_id, unit_id, variant, propensity, context, toUnixTimestamp64Milli(ts) AS ts_ms
+FROM exposures FINAL
+WHERE experiment = {experiment:String}
+  AND reason IN ('policy', 'split') AND holdout = 0 AND propensity > 0
+ORDER BY ts DESC
+LIMIT {limit:UInt32}
+"""
+WARM_START_OUTCOMES = """
+SELECT decision_id, unit_id, type, value, toUnixTimestamp64Milli(ts) AS ts_ms
+FROM outcomes FINAL
+WHERE type IN {types:Array(String)}
+  AND ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND (experiment = '' OR experiment = {experiment:String})
+"""
+
+# Data rights (decision_api.privacy.data_rights): a table holds personal data when it has a unit_id
+# column;
+# rows are the unit's by unit_id (raw or pseudonym) or, where the table has one, by the decision
+# ids of the unit's exposures (outcomes reported by decision id carry no unit id).
+UNIT_TABLES = """
+SELECT table, countIf(name = 'decision_id') > 0 AS by_decision FROM system.columns
+WHERE database = currentDatabase() AND name IN ('unit_id', 'decision_id')
+GROUP BY table HAVING countIf(name = 'unit_id') > 0
+ORDER BY table
+"""
+_UNIT_ROWS = "unit_id IN {units:Array(String)}"
+_UNIT_OR_DECISION_ROWS = (
+    "(unit_id IN {units:Array(String)} OR decision_id IN {decisions:Array(String)})"
+)
+COUNT_UNIT_ROWS = f"SELECT count() FROM {{table:Identifier}} WHERE {_UNIT_ROWS}"
+COUNT_UNIT_OR_DECISION_ROWS = (
+    f"SELECT count() FROM {{table:Identifier}} WHERE {_UNIT_OR_DECISION_ROWS}"
+)
+DELETE_UNIT_ROWS = (
+    f"ALTER TABLE {{table:Identifier}} DELETE WHERE {_UNIT_ROWS} SETTINGS mutations_sync = 2"
+)
+DELETE_UNIT_OR_DECISION_ROWS = (
+    f"ALTER TABLE {{table:Identifier}} DELETE WHERE {_UNIT_OR_DECISION_ROWS} "
+    "SETTINGS mutations_sync = 2"
+)
+UNIT_DECISION_IDS = (
+    "SELECT DISTINCT decision_id FROM exposures WHERE unit_id IN {units:Array(String)}"
+)
+UNIT_EXPOSURES = f"""
+SELECT {", ".join(EXPOSURE_COLUMNS[:14])} FROM exposures FINAL
+WHERE unit_id IN {{units:Array(String)}}
+ORDER BY ts, event_id LIMIT {{limit:UInt32}}
+"""
+UNIT_OUTCOMES = f"""
+SELECT {", ".join(OUTCOME_COLUMNS)} FROM outcomes FINAL
+WHERE {_UNIT_OR_DECISION_ROWS}
+ORDER BY ts, event_id LIMIT {{limit:UInt32}}
+"""

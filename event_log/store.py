@@ -1,0 +1,247 @@
+"""The durable event log: ClickHouse through clickhouse-connect, embedded (chdb) or a server.
+
+``chdb:///abs/dir`` (or ``chdb://./rel/dir``) opens the ClickHouse engine in-process on a data
+directory — which only one process may hold open; ``http(s)://user:pass@host:port/db`` talks to a
+ClickHouse server. Both run the same SQL from :mod:`event_log.sql`. Calls are
+synchronous (the batching writer runs them in a thread); errors from either backend surface as
+:class:`EventLogUnavailable`, translated once here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from event_log import sql as event_sql
+from event_log.rows import Table
+from tailor_contract.errors import EventLogUnavailable
+
+DEFAULT_DATABASE = "tailor"
+
+
+class EventLog(Protocol):
+    """Append-only store of exposures, outcomes and audit entries, queryable by SQL."""
+
+    def migrate(self) -> list[int]:
+        """Create and migrate tables; returns the migration versions applied now."""
+        ...
+
+    def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
+        """Insert rows (in ``event_sql.COLUMNS[table]`` order); a repeated token is a no-op."""
+        ...
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query and return its rows."""
+        ...
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing useful (DDL, mutations)."""
+        ...
+
+    def ping(self) -> bool:
+        """Whether the store answers."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (and, for chdb, the data directory)."""
+        ...
+
+
+class ClickHouseEventLog:
+    """An :class:`EventLog` over a clickhouse-connect client (chdb or HTTP)."""
+
+    def __init__(self, client: Any, *, embedded: bool) -> None:
+        self._client = client
+        self.embedded = embedded
+        # chdb is one engine per process and not safe for concurrent use: serialise calls.
+        self._lock = threading.Lock() if embedded else None
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            if self._lock is None:
+                return fn(*args, **kwargs)
+            with self._lock:
+                return fn(*args, **kwargs)
+        except ClickHouseError as exc:
+            raise EventLogUnavailable(str(exc).splitlines()[0][:500]) from exc
+        except OSError as exc:
+            raise EventLogUnavailable(f"event log unreachable: {exc}") from exc
+
+    def migrate(self) -> list[int]:
+        """Create and migrate tables; returns the migration versions applied now."""
+        self._run(self._client.command, event_sql.CREATE_MIGRATIONS)
+        applied = {row[0] for row in self.query(event_sql.APPLIED_MIGRATIONS)}
+        done = []
+        for version, statement in event_sql.MIGRATIONS:
+            if version in applied:
+                continue
+            self._run(self._client.command, statement)
+            self.command(event_sql.RECORD_MIGRATION, {"version": version})
+            done.append(version)
+        return done
+
+    def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
+        """Insert a batch with a deduplication token (a replay of the same batch is dropped)."""
+        if not rows:
+            return
+        self.insert_encoded(table, event_sql.encode_rows(table, rows), token)
+
+    def insert_encoded(self, table: Table, body: bytes, token: str) -> None:
+        """Insert rows already encoded by :func:`event_sql.encode_rows` (same token rules)."""
+        if not body:
+            return
+        self._run(
+            self._client.raw_insert,
+            table,
+            list(event_sql.COLUMNS[table]),
+            body,
+            settings={"insert_deduplication_token": token},
+            fmt=event_sql.INSERT_FORMAT,
+        )
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query with server-side parameters."""
+        result = self._run(self._client.query, sql, parameters=dict(parameters or {}))
+        return list(result.result_rows)
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Run a statement."""
+        self._run(self._client.command, sql, parameters=dict(parameters or {}))
+
+    def ping(self) -> bool:
+        """Whether a trivial query succeeds."""
+        try:
+            self.query("SELECT 1")
+        except EventLogUnavailable:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the client."""
+        self._run(self._client.close)
+
+
+def open_event_log(url: str) -> ClickHouseEventLog:
+    """Open the event log a URL names and make sure its database exists.
+
+    ``chdb://<path>[?database=name]`` or ``http(s)://user:pass@host:port/<database>``;
+    the database defaults to ``tailor``.
+    """
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.scheme == "chdb":
+        raw_path = (parts.netloc + parts.path) or "./data/chdb"
+        path = Path(unquote(raw_path)).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        database = query.get("database", [DEFAULT_DATABASE])[0]
+        try:
+            boot = clickhouse_connect.get_client(interface="chdb", path=str(path))
+            boot.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(database)}`")
+            client = clickhouse_connect.get_client(
+                interface="chdb", path=str(path), database=database
+            )
+            boot.close()
+        except (ClickHouseError, RuntimeError) as exc:
+            raise EventLogUnavailable(f"cannot open chdb at {path}: {exc}") from exc
+        return ClickHouseEventLog(client, embedded=True)
+    if parts.scheme in ("http", "https"):
+        database = parts.path.strip("/") or DEFAULT_DATABASE
+        common: dict[str, Any] = {
+            "host": parts.hostname or "localhost",
+            "port": parts.port or (8443 if parts.scheme == "https" else 8123),
+            "username": unquote(parts.username or "default"),
+            "password": unquote(parts.password or ""),
+            "secure": parts.scheme == "https",
+            "connect_timeout": 5,
+            "send_receive_timeout": 30,
+            # No HTTP session: a session admits one query at a time, and the writer's inserts
+            # run concurrently with readiness pings and report queries from other threads.
+            "autogenerate_session_id": False,
+        }
+        try:
+            boot = clickhouse_connect.get_client(**common)
+            boot.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(database)}`")
+            boot.close()
+            client = clickhouse_connect.get_client(database=database, **common)
+        except (ClickHouseError, OSError) as exc:
+            raise EventLogUnavailable(
+                f"cannot reach ClickHouse at {parts.hostname}: {exc}"
+            ) from exc
+        return ClickHouseEventLog(client, embedded=False)
+    raise ValueError(f"event log URL must start with chdb:// or http(s)://, got {parts.scheme!r}")
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"database name {name!r} must be letters, digits and underscores")
+    return name
+
+
+class DeferredEventLog:
+    """A ClickHouse server that was unreachable at start-up, connected to when it answers.
+
+    Until then every call raises :class:`EventLogUnavailable` — so the batching writer spools
+    exposures and outcomes to disk and replays them later — and a call at most every
+    ``retry_s`` seconds tries to connect and migrate. The API serves meanwhile.
+    """
+
+    def __init__(self, url: str, retry_s: float = 5.0) -> None:
+        self._url = url
+        self._retry_s = retry_s
+        self._log: ClickHouseEventLog | None = None
+        self._last_try = 0.0
+        self._lock = threading.Lock()
+
+    def _connected(self) -> ClickHouseEventLog:
+        if self._log is not None:
+            return self._log
+        with self._lock:
+            if self._log is not None:
+                return self._log
+            now = time.monotonic()
+            if now - self._last_try < self._retry_s:
+                raise EventLogUnavailable("ClickHouse was unreachable; retrying")
+            self._last_try = now
+            connected = open_event_log(self._url)
+            connected.migrate()
+            self._log = connected
+            return connected
+
+    def migrate(self) -> list[int]:
+        """Connect and migrate now if possible (a no-op answer while unreachable)."""
+        try:
+            self._connected()
+        except EventLogUnavailable:
+            return []
+        return []
+
+    def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
+        """Insert once connected."""
+        self._connected().insert(table, rows, token)
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Query once connected."""
+        return self._connected().query(sql, parameters)
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Run a statement once connected."""
+        self._connected().command(sql, parameters)
+
+    def ping(self) -> bool:
+        """Whether the server answers (connecting if it does)."""
+        try:
+            return self._connected().ping()
+        except EventLogUnavailable:
+            return False
+
+    def close(self) -> None:
+        """Close the connection if there is one."""
+        if self._log is not None:
+            self._log.close()

@@ -1,0 +1,279 @@
+"""The report's SQL: named, parameterised queries over the event log (chdb and server alike).
+
+Every query takes ``{name:Type}`` parameters, bound by the engine and never formatted into the
+text, and runs through ``EventLog.query``. Times are epoch milliseconds. Arms travel as codes:
+``1..K`` the configured variants in order, ``0`` a variant no longer configured, ``254`` the
+experiment's holdout, ``255`` the global holdout. Segments travel as ``cityHash64`` of the value
+(``OFF_POLICY``'s base rows name them).
+
+``UNIT_METRICS`` — one scan of the experiment's exposures, grouped by unit:
+
+* ``o``: outcomes of the requested ``types`` in ``[start - lookback, end)``, tagged with this
+  experiment or with none, deduplicated with ``GROUP BY event_id`` (as fast as ``FINAL`` here,
+  and correct across partitions too).
+* ``orphan_units``: outcomes that name only a decision (``unit_id = ''``) get the unit of that
+  decision's exposure. Skipped (``resolve_orphans = 0``) when ``ORPHAN_OUTCOMES`` finds none:
+  it reads every decision id (32 hex digits each), the costliest column of the table.
+* ``units``: only exposures with ``reason`` ``split``, ``policy``, ``holdout`` or
+  ``global_holdout`` put a unit in the experiment (``not_targeted``, ``no_consent``,
+  ``kill_switch``… served a default outside it). A unit's arm is that of its first exposure
+  (``min`` of time and arm code packed into one integer), its segment the ``segment`` context
+  attribute at that exposure.
+* ``unit_types``: units ⟕ outcomes, summed per (unit, outcome type) over the attribution window
+  ``[first exposure, first exposure + window)`` and over the pre-period ``[first - pre, first)``
+  (the CUPED covariate). Units without outcomes collapse into one group per (arm, segment, day);
+  a unit with outcomes is counted once, in the group of its lowest outcome type.
+
+Rows per (arm, segment, day of first exposure, cohort, type index) — index 0 holds units without
+outcomes — with additive sums: units, converting units, events, value, value², the pre-period
+equivalents and cross products, and the units' exposures. ``cohort`` is 1 for units first
+exposed in ``[start, end)``.
+
+``EXPOSURE_SUMMARY`` — exposures per (arm code, variant, segment) in ``[start, end)``: traffic
+per arm and the segment names, when the report skips off-policy evaluation.
+
+``OFF_POLICY`` — ``base`` rows (the summary's columns and more): per (arm code, variant,
+segment) of in-experiment exposures in ``[start, end)``, the exposures and, over logged
+decisions (non-holdout ``split``/``policy`` rows) of a deterministic unit sample
+(``sample_ppm`` per million units by hash), n, Σ1/p, Σ1/p², min p, Σp, Σp². ``rewarded`` rows:
+per (variant index, segment) of logged decisions that earned a reward under the experiment's
+rules — an outcome naming a decision rewards that decision, one naming only the unit rewards the
+unit's latest logged decision at or before it (the live reward join's rule), within
+``reward_window``; rewards combine by ``first`` or ``sum`` and are clipped to
+``[reward_min, reward_max]`` — the corrections Σ(r - r0)/p, Σ(r - r0)/p², Σ(r² - r0²)/p²,
+Σ(r - r0), Σ(r² - r0²), Σ(r - r0)p against the clipped default r0 every other decision gets.
+Together these are every moment :mod:`experiments.reports.cells` needs. Outcomes with a
+unit id are matched inside the unit's decisions (by decision id hash, else last touch);
+decision-only outcomes need a scan of decision ids (``by_decision``, skipped when there are none).
+
+Exposures are read without ``FINAL`` (2.8x the CPU on a merged table, measured): replayed
+batches are dropped on insert by their deduplication token, and a duplicate exposure would not
+change the unit-level aggregates (min, argMin) anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "EXPOSURE_COUNT",
+    "EXPOSURE_SUMMARY",
+    "OFF_POLICY",
+    "ORPHAN_OUTCOMES",
+    "UNIT_METRICS",
+    "UNIT_METRICS_BY_SEGMENT",
+]
+
+GLOBAL_HOLDOUT_CODE = 255
+HOLDOUT_CODE = 254
+EMPTY_SEGMENT_HASH = 11160318154034397263  # cityHash64(''): the segment of a report without one
+
+# The context attribute a report is broken down by; constant-folded to '' (and the Map column
+# left unread) when no segment is requested.
+_SEGMENT = "if({segment:String} = '', '', context[{segment:String}])"
+# 1-based position of the variant among the configured ones, 0 when not configured
+# (``transform`` works on the LowCardinality dictionary; ``indexOf`` costs 4x here, measured).
+_VARIANT_INDEX = (
+    "transform(variant, {variants:Array(String)}, arrayEnumerate({variants:Array(String)}), 0)"
+)
+_TYPE_INDEX = "transform(o_type, {types:Array(String)}, arrayEnumerate({types:Array(String)}), 0)"
+_ARM_CODE = f"multiIf(reason = 'global_holdout', 255, holdout = 1, 254, {_VARIANT_INDEX})"
+_IN_EXPERIMENT = "reason IN ('split', 'policy', 'holdout', 'global_holdout')"
+_LOGGED = "reason IN ('split', 'policy') AND holdout = 0 AND propensity > 0"
+# Constant-folded away (no unit id hashed) when nothing is sampled.
+_SAMPLED = "({sample_ppm:UInt32} >= 1000000 OR cityHash64(unit_id) % 1000000 < {sample_ppm:UInt32})"
+# An open period (from 0, to "now") folds to true: the ts column is then read only if needed.
+_BEFORE_END = "({open_end:UInt8} = 1 OR ts < fromUnixTimestamp64Milli({end_ms:Int64}))"
+_IN_RANGE = f"""({{start_ms:Int64}} <= 0 OR ts >= fromUnixTimestamp64Milli({{start_ms:Int64}}))
+    AND {_BEFORE_END}"""
+_OUTCOMES_IN_RANGE = """experiment IN ('', {experiment:String})
+    AND ts >= fromUnixTimestamp64Milli({start_ms:Int64} - {lookback_ms:Int64})
+    AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+    AND has({types:Array(String)}, type)"""
+
+ORPHAN_OUTCOMES: Final = """
+SELECT count() FROM outcomes
+WHERE unit_id = '' AND decision_id != '' AND experiment IN ('', {experiment:String})
+  AND ts >= fromUnixTimestamp64Milli({start_ms:Int64} - {lookback_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+"""
+
+EXPOSURE_COUNT: Final = f"""
+SELECT count() FROM exposures
+WHERE experiment = {{experiment:String}} AND {_IN_RANGE}
+"""
+
+_UNIT_METRICS = f"""
+WITH
+o AS (
+  SELECT event_id,
+    any(unit_id) AS o_unit, any(decision_id) AS o_dec, any(toUnixTimestamp64Milli(ts)) AS o_ms,
+    any(type) AS o_type, any(value) AS o_value
+  FROM outcomes
+  WHERE {_OUTCOMES_IN_RANGE}
+  GROUP BY event_id
+),
+orphan_units AS (
+  SELECT decision_id AS d_id, any(cityHash64(unit_id)) AS d_uh
+  FROM exposures
+  WHERE {{resolve_orphans:UInt8}} = 1 AND experiment = {{experiment:String}}
+    AND decision_id IN (SELECT o_dec FROM o WHERE o_unit = '' AND o_dec != '')
+  GROUP BY decision_id
+),
+o_flat AS (
+  SELECT f_uh, f_ms, f_k, f_v, min(f_k) OVER (PARTITION BY f_uh) AS f_min_k
+  FROM (
+    SELECT if(o_unit != '', cityHash64(o_unit), d_uh) AS f_uh, o_ms AS f_ms,
+      toUInt8({_TYPE_INDEX}) AS f_k,
+      o_value AS f_v
+    FROM o LEFT JOIN orphan_units ON orphan_units.d_id = o.o_dec
+    WHERE o_unit != '' OR d_uh != 0)
+),
+units AS (
+  SELECT cityHash64(unit_id) AS uh,
+    min(bitShiftLeft(toUInt64(toUnixTimestamp64Milli(ts)), 8) + {_ARM_CODE}) AS first,
+    {{segment_hash}} AS seg,
+    minIf({_VARIANT_INDEX}, holdout = 0) != maxIf({_VARIANT_INDEX}, holdout = 0) AS mixed,
+    count() AS n_exp
+  FROM exposures
+  WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT}
+    AND {_BEFORE_END}
+  GROUP BY uh
+),
+unit_types AS (
+  SELECT if(f_k = 0, toUInt64(0), uh) AS key_uh, f_k AS k,
+    toUInt8(bitAnd(first, 255)) AS arm, seg,
+    intDiv(t0, 86400000) AS day, toUInt8(t0 >= {{start_ms:Int64}}) AS cohort,
+    count() AS n_rows, countIf(mixed) AS n_mixed, any(mixed) AS u_mixed, any(f_min_k) AS min_k,
+    sum(n_exp) AS sum_exp, any(n_exp) AS u_exp,
+    countIf(f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS cnt,
+    sumIf(f_v, f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS val,
+    countIf(f_k != 0 AND f_ms < t0 AND f_ms >= t0 - {{pre_ms:Int64}}) AS pre_cnt,
+    sumIf(f_v, f_k != 0 AND f_ms < t0 AND f_ms >= t0 - {{pre_ms:Int64}}) AS pre_val
+  FROM (SELECT *, toInt64(bitShiftRight(first, 8)) AS t0 FROM units) AS u
+  LEFT JOIN o_flat ON o_flat.f_uh = u.uh
+  GROUP BY key_uh, k, arm, seg, day, cohort
+)
+SELECT arm, seg, day, cohort, k AS type_index,
+  sum(if(key_uh = 0, n_rows, k = min_k)) AS units,
+  sum(if(key_uh = 0, n_mixed, k = min_k AND u_mixed)) AS mixed_units,
+  countIf(cnt > 0) AS converters,
+  sum(cnt) AS events,
+  sum(val) AS value,
+  sum(val * val) AS value_sq,
+  countIf(pre_cnt > 0) AS pre_converters,
+  countIf(cnt > 0 AND pre_cnt > 0) AS both_converters,
+  sum(pre_val) AS pre_value,
+  sum(pre_val * pre_val) AS pre_value_sq,
+  sum(val * pre_val) AS cross_value,
+  sum(if(key_uh = 0, sum_exp, if(k = min_k, u_exp, 0))) AS exposures
+FROM unit_types
+GROUP BY arm, seg, day, cohort, type_index
+"""
+
+# Two variants of one query: the per-unit segment costs a column read and an aggregate, so the
+# report without a segment leaves both out.
+UNIT_METRICS: Final = _UNIT_METRICS.replace("{segment_hash}", "cityHash64('')")
+UNIT_METRICS_BY_SEGMENT: Final = _UNIT_METRICS.replace(
+    "{segment_hash}", "argMin(cityHash64(context[{segment:String}]), ts)"
+)
+
+_REWARD_OF = (
+    "{reward_of:Array(Float64)}[indexOf({reward_types:Array(String)}, type)]"
+    " * if({reward_per_value:Array(UInt8)}[indexOf({reward_types:Array(String)}, type)] = 1,"
+    " value, 1.0)"
+)
+_DECISIONS = f"""
+  FROM exposures
+  WHERE experiment = {{experiment:String}} AND {_LOGGED} AND {_SAMPLED} AND {_IN_RANGE}"""
+
+OFF_POLICY: Final = f"""
+WITH
+ro AS (
+  SELECT event_id, any(unit_id) AS r_unit, any(decision_id) AS r_dec,
+    any(toUnixTimestamp64Milli(ts)) AS r_t, any({_REWARD_OF}) AS r_value
+  FROM outcomes
+  WHERE experiment IN ('', {{experiment:String}}) AND has({{reward_types:Array(String)}}, type)
+    AND {_IN_RANGE}
+  GROUP BY event_id
+),
+by_decision AS (
+  SELECT cityHash64(cityHash64(e.unit_id), toUnixTimestamp64Milli(e.ts)) AS h_id,
+    e.propensity AS h_p, {_VARIANT_INDEX.replace("(variant", "(e.variant")} AS h_vi,
+    {_SEGMENT} AS h_sv, r.r_t AS h_t, r.r_value AS h_r
+  FROM exposures AS e
+  INNER JOIN (SELECT r_dec, r_t, r_value FROM ro WHERE r_unit = '' AND r_dec != '') AS r
+    ON r.r_dec = e.decision_id
+  WHERE {{by_decision:UInt8}} = 1 AND e.experiment = {{experiment:String}}
+    AND e.reason IN ('split', 'policy') AND e.holdout = 0 AND e.propensity > 0
+    AND ({{sample_ppm:UInt32}} >= 1000000
+         OR cityHash64(e.unit_id) % 1000000 < {{sample_ppm:UInt32}})
+    AND {_IN_RANGE.replace("ts ", "e.ts ")}
+    AND e.decision_id IN (SELECT r_dec FROM ro WHERE r_unit = '' AND r_dec != '')
+    AND r.r_t >= toUnixTimestamp64Milli(e.ts)
+    AND r.r_t <= toUnixTimestamp64Milli(e.ts) + {{reward_window_ms:Int64}}
+),
+unit_outcomes AS (
+  SELECT cityHash64(r_unit) AS uh, groupArray(r_t) AS u_t, groupArray(r_value) AS u_r,
+    groupArray(if(r_dec = '', toUInt64(0), cityHash64(r_dec))) AS u_d
+  FROM ro
+  WHERE r_unit != ''
+    AND ({{sample_ppm:UInt32}} >= 1000000 OR uh % 1000000 < {{sample_ppm:UInt32}})
+  GROUP BY uh
+),
+unit_decisions AS (
+  SELECT cityHash64(unit_id) AS uh,
+    groupArray(toUnixTimestamp64Milli(ts)) AS e_t, groupArray(propensity) AS e_p,
+    groupArray({_VARIANT_INDEX}) AS e_v,
+    groupArray({_SEGMENT}) AS e_s, groupArray(cityHash64(decision_id)) AS e_d
+  {_DECISIONS}
+    AND cityHash64(unit_id) IN (SELECT uh FROM unit_outcomes)
+  GROUP BY uh
+),
+by_unit AS (
+  SELECT cityHash64(uh, e_t[j]) AS h_id, e_p[j] AS h_p, e_v[j] AS h_vi, e_s[j] AS h_sv,
+    t AS h_t, r AS h_r
+  FROM (
+    SELECT d.uh AS uh, d.e_t AS e_t, d.e_p AS e_p, d.e_v AS e_v, d.e_s AS e_s,
+      arrayMap((x, dh) -> if(dh != 0, indexOf(d.e_d, dh),
+          indexOf(d.e_t, arrayMax(arrayFilter(z -> z <= x, d.e_t)))), o.u_t, o.u_d) AS js,
+      o.u_t AS ts_, o.u_r AS rs_
+    FROM unit_outcomes AS o INNER JOIN unit_decisions AS d ON d.uh = o.uh
+  )
+  ARRAY JOIN js AS j, ts_ AS t, rs_ AS r
+  WHERE j > 0 AND t >= e_t[j] AND t <= e_t[j] + {{reward_window_ms:Int64}}
+),
+rewarded AS (
+  SELECT any(h_p) AS p, any(h_vi) AS vi, any(h_sv) AS sv,
+    greatest({{reward_min:Float64}}, least({{reward_max:Float64}},
+      if({{reward_sum:UInt8}} = 1, sum(h_r), argMin(h_r, h_t)))) AS r,
+    {{reward_base:Float64}} AS r0
+  FROM (SELECT * FROM by_decision UNION ALL SELECT * FROM by_unit)
+  GROUP BY h_id
+)
+SELECT 'base' AS part, {_ARM_CODE} AS code, variant AS name,
+  {_SEGMENT} AS sv, cityHash64(sv) AS sv_hash, count() AS exposures,
+  countIf({_LOGGED} AND {_SAMPLED}) AS n,
+  sumIf(1 / propensity, {_LOGGED} AND {_SAMPLED}) AS a1,
+  sumIf(1 / (propensity * propensity), {_LOGGED} AND {_SAMPLED}) AS a2,
+  minIf(propensity, {_LOGGED} AND {_SAMPLED}) AS a3,
+  sumIf(propensity, {_LOGGED} AND {_SAMPLED}) AS a4,
+  sumIf(propensity * propensity, {_LOGGED} AND {_SAMPLED}) AS a5,
+  0.0 AS a6
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
+GROUP BY code, name, sv
+UNION ALL
+SELECT 'rewarded', vi, '', sv, cityHash64(sv), 0, count(),
+  sum((r - r0) / p), sum((r - r0) / (p * p)), sum((r * r - r0 * r0) / (p * p)),
+  sum(r - r0), sum(r * r - r0 * r0), sum((r - r0) * p)
+FROM rewarded GROUP BY vi, sv
+"""
+
+EXPOSURE_SUMMARY: Final = f"""
+SELECT {_ARM_CODE} AS code, variant AS name, {_SEGMENT} AS sv, cityHash64(sv) AS sv_hash,
+  count() AS exposures
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
+GROUP BY code, name, sv
+"""

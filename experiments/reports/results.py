@@ -1,0 +1,286 @@
+"""The experiment report as data: what ``GET /v1/experiments/{key}/report`` returns.
+
+Every section is a msgspec Struct built by a function in :mod:`experiments.reports.build`; the HTML
+page and ``tailor report`` render the same Structs. Undefined numbers (a relative lift over a zero
+control, a rate with no units) are NaN and encode as JSON ``null``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from experiments.off_policy.estimators import OffPolicyEstimate
+from experiments.statistics.bayesian import BayesianResult
+from experiments.statistics.cuped import CupedResult
+from experiments.statistics.frequentist import LiftResult
+from experiments.statistics.intervals import Interval
+from experiments.statistics.multiple_testing import AdjustedPValues
+from experiments.statistics.sequential import SequentialResult
+from experiments.statistics.srm import SrmResult
+from tailor_contract.definitions import MetricName
+
+__all__ = [
+    "ArmMetric",
+    "ArmSummary",
+    "Comparison",
+    "DailyPoint",
+    "DailySeries",
+    "ExperimentReport",
+    "MetricReport",
+    "OffPolicySection",
+    "PolicyValue",
+    "ReportOptions",
+    "ReportWindow",
+    "SegmentComparison",
+    "SegmentReport",
+    "SegmentRow",
+    "UpliftEstimate",
+    "UpliftSection",
+    "Verdict",
+    "VerdictStatus",
+]
+
+Measure = Literal["conversion_rate", "value_per_unit"]
+Role = Literal["primary", "guardrail", "secondary"]
+ArmKind = Literal["variant", "holdout", "global_holdout"]
+Direction = Literal["better", "worse", "unclear"]
+Correction = Literal["holm", "benjamini_hochberg"]
+VerdictStatus = Literal[
+    "winner", "loser", "no_difference", "guardrail_harm", "sample_ratio_mismatch", "no_data"
+]
+
+
+class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a caller may choose about a report.
+
+    Attributes:
+        start_ms: include units first exposed at or after this time (epoch ms; 0 = all).
+        end_ms: data as of this time (epoch ms; None = now).
+        segment: context attribute (captured at exposure) to break results down by.
+        metrics: outcome types to report besides the primary and guard-rail metrics.
+        window_s: attribution window after a unit's first exposure (default: the experiment's
+            reward window).
+        pre_period_s: CUPED pre-period before the first exposure.
+        level: confidence / credible level of every interval.
+        correction: multiple-testing correction across variants × metrics.
+        horizon_units: planned units (all arms) where the always-valid intervals are tightest;
+            set it before the experiment starts — the default comes from a power calculation
+            (5% baseline conversion, 10% relative lift, 80% power), never from the data.
+        ope_max_decisions: above this many logged decisions off-policy evaluation samples units.
+        off_policy: compute off-policy estimates; by default only for learning policies (a
+            fixed split's variants are compared directly, and the estimates cost a second pass
+            over the exposures).
+    """
+
+    start_ms: Annotated[int, Meta(ge=0)] = 0
+    end_ms: Annotated[int, Meta(ge=0)] | None = None
+    segment: Annotated[str, Meta(max_length=64)] = ""
+    metrics: Annotated[tuple[MetricName, ...], Meta(max_length=20)] = ()
+    window_s: Annotated[int, Meta(ge=1, le=366 * 86400)] | None = None
+    pre_period_s: Annotated[int, Meta(ge=0, le=366 * 86400)] = 14 * 86400
+    level: Annotated[float, Meta(ge=0.5, le=0.999)] = 0.95
+    correction: Correction = "holm"
+    horizon_units: Annotated[int, Meta(ge=2)] | None = None
+    ope_max_decisions: Annotated[int, Meta(ge=1000)] = 1_000_000
+    off_policy: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.end_ms is not None and self.end_ms <= self.start_ms:
+            raise ValueError("to: the end of the period must come after its start")
+
+
+class ReportWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """The period and windows a report covers (ISO 8601 UTC times)."""
+
+    start: str
+    end: str
+    attribution_window_s: int
+    pre_period_s: int
+
+
+class ArmSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """Units and exposures of one arm; shares are of non-holdout units."""
+
+    arm: str
+    kind: ArmKind
+    units: int
+    exposures: int
+    share: float
+    configured_share: float | None = None
+
+
+class ArmMetric(msgspec.Struct, frozen=True, kw_only=True):
+    """One arm's numbers for one outcome type over the attribution window."""
+
+    arm: str
+    units: int
+    converters: int
+    conversion_rate: float
+    events: int
+    value: float
+    value_per_unit: float
+    average_order_value: float
+
+
+class Comparison(msgspec.Struct, frozen=True, kw_only=True):
+    """A treatment variant against control on one measure of one metric.
+
+    ``lift`` is the fixed-horizon test (valid at one planned look), ``sequential`` the
+    always-valid one (valid however often the report is read) that decides ``significant`` after
+    the multiple-testing correction; ``cuped`` appears when a pre-period covariate exists.
+    """
+
+    variant: str
+    control: str
+    metric: str
+    measure: Measure
+    lift: LiftResult
+    bayesian: BayesianResult
+    sequential: SequentialResult
+    cuped: CupedResult | None
+    p_adjusted: float
+    fixed_p_adjusted: float
+    significant: bool
+    direction: Direction
+
+
+class MetricReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One outcome type: per-arm numbers and comparisons against control."""
+
+    metric: str
+    role: Role
+    valued: bool
+    arms: list[ArmMetric]
+    comparisons: list[Comparison]
+
+
+class DailyPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """Cumulative units first exposed up to ``day`` and how many of them converted."""
+
+    day: str
+    units: int
+    converters: int
+    rate: float
+
+
+class DailySeries(msgspec.Struct, frozen=True, kw_only=True):
+    """Cumulative conversion rate of one arm by day of first exposure."""
+
+    arm: str
+    metric: str
+    points: list[DailyPoint]
+
+
+class UpliftEstimate(msgspec.Struct, frozen=True, kw_only=True):
+    """Personalised traffic against a holdout on one metric (overall or in one segment).
+
+    ``rate_lift`` is per unit (personalised rate - holdout rate), ``incremental_conversions`` the
+    same times the personalised units; likewise for value when the metric carries one.
+    """
+
+    holdout: Literal["experiment", "global"]
+    metric: str
+    segment: str | None
+    holdout_units: int
+    personalised_units: int
+    holdout_rate: float
+    personalised_rate: float
+    rate_lift: Interval
+    relative_lift: Interval
+    incremental_conversions: Interval
+    value_lift: Interval | None = None
+    incremental_value: Interval | None = None
+
+
+class UpliftSection(msgspec.Struct, frozen=True, kw_only=True):
+    """The incremental effect of personalisation, overall and per segment."""
+
+    overall: list[UpliftEstimate]
+    by_segment: list[UpliftEstimate]
+
+
+class SegmentComparison(msgspec.Struct, frozen=True, kw_only=True):
+    """A treatment against control within one segment (primary metric)."""
+
+    variant: str
+    lift: Interval
+    relative: Interval
+    p_value: float
+    p_adjusted: float
+
+
+class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One segment value: its arms and lifts on the primary metric."""
+
+    segment: str
+    units: int
+    arms: list[ArmMetric]
+    comparisons: list[SegmentComparison]
+
+
+class SegmentReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Results by a context attribute; p-values adjusted by Benjamini–Hochberg across rows."""
+
+    attribute: str
+    metric: str
+    rows: list[SegmentRow]
+
+
+class PolicyValue(msgspec.Struct, frozen=True, kw_only=True):
+    """The estimated value (mean reward per decision) of one target policy."""
+
+    policy: str
+    description: str
+    estimate: OffPolicyEstimate
+
+
+class OffPolicySection(msgspec.Struct, frozen=True, kw_only=True):
+    """Off-policy estimates from logged propensities (non-holdout split/policy decisions)."""
+
+    logged_decisions: int
+    decisions_used: int
+    sampled_fraction: float
+    reward: str
+    segment: str
+    policies: list[PolicyValue]
+    warnings: list[str]
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """The plain-language reading of the report."""
+
+    status: VerdictStatus
+    headline: str
+    details: list[str]
+
+
+class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole experiment report."""
+
+    experiment: str
+    name: str
+    hypothesis: str
+    status: str
+    version: int
+    policy: str
+    control: str
+    primary_metric: str
+    guardrail_metrics: list[str]
+    window: ReportWindow
+    level: float
+    correction: Correction
+    horizon_units: int
+    generated_at: str
+    verdict: Verdict
+    arms: list[ArmSummary]
+    sample_ratio: SrmResult | None
+    metrics: list[MetricReport]
+    multiple_testing: AdjustedPValues | None
+    daily: list[DailySeries]
+    uplift: UpliftSection
+    segments: SegmentReport | None
+    off_policy: OffPolicySection | None
+    warnings: list[str]

@@ -1,0 +1,148 @@
+"""The report as plain text: what ``tailor report KEY`` prints (and ``?format=text`` returns).
+
+The same verdict and tables as the HTML page, in fixed-width columns for a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from experiments.reports.results import Comparison, ExperimentReport, MetricReport
+from experiments.reports.verdict import format_chance
+from experiments.statistics.intervals import Interval
+
+__all__ = ["render_report_text"]
+
+_ARM_LABELS = {"~holdout": "holdout", "~global_holdout": "global holdout"}
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), max((len(r[i]) for r in rows), default=0)) for i, h in enumerate(head)]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    return [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2%}"
+
+
+def _num(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:,.2f}"
+
+
+def _iv(iv: Interval, rate: bool) -> str:
+    if math.isnan(iv.estimate):
+        return "-"
+    k = 100.0 if rate else 1.0
+    unit = " pp" if rate else ""
+    lo, hi = (max(iv.lower, -1.0), min(iv.upper, 1.0)) if rate else (iv.lower, iv.upper)
+    return f"{iv.estimate * k:+.2f}{unit} [{lo * k:.2f}, {hi * k:.2f}]"
+
+
+def _comparison(c: Comparison) -> list[str]:
+    rate = c.measure == "conversion_rate"
+    return [
+        c.variant,
+        "rate" if rate else "value/unit",
+        _iv(c.lift.absolute, rate),
+        _iv(c.sequential.absolute, rate),
+        format_chance(c.bayesian.chance_to_beat_control),
+        "-" if c.cuped is None else _iv(c.cuped.adjusted.absolute, rate),
+        f"{c.p_adjusted:.4f}",
+        c.direction,
+    ]
+
+
+def _metric(m: MetricReport) -> list[str]:
+    out = ["", f"{m.metric} ({m.role})"]
+    rows = [
+        [
+            _ARM_LABELS.get(a.arm, a.arm),
+            f"{a.units:,}",
+            f"{a.converters:,}",
+            _pct(a.conversion_rate),
+            f"{a.events:,}",
+            _num(a.value_per_unit) if m.valued else "-",
+            _num(a.average_order_value) if m.valued else "-",
+        ]
+        for a in m.arms
+    ]
+    out += _table(["arm", "units", "converted", "rate", "events", "value/unit", "AOV"], rows)
+    if m.comparisons:
+        head = [
+            "variant",
+            "measure",
+            "lift (fixed CI)",
+            "lift (always-valid CI)",
+            "P(beat)",
+            "CUPED lift",
+            "p adj.",
+            "reading",
+        ]
+        out += ["", *_table(head, [_comparison(c) for c in m.comparisons])]
+    return out
+
+
+def render_report_text(report: ExperimentReport) -> str:
+    """The verdict, traffic, one table per metric, uplift and off-policy values, as text."""
+    lines = [
+        f"{report.name or report.experiment} [{report.experiment} v{report.version}, "
+        f"{report.status}, policy {report.policy}]",
+        f"{report.window.start} -> {report.window.end}, control {report.control}",
+        "",
+        report.verdict.headline,
+        *(f"  - {d}" for d in report.verdict.details),
+        "",
+        "traffic",
+    ]
+    lines += _table(
+        ["arm", "units", "exposures", "share"],
+        [
+            [_ARM_LABELS.get(a.arm, a.arm), f"{a.units:,}", f"{a.exposures:,}", _pct(a.share)]
+            for a in report.arms
+        ],
+    )
+    for m in report.metrics:
+        lines += _metric(m)
+    if report.uplift.overall:
+        lines += ["", "uplift over holdout"]
+        lines += _table(
+            ["holdout", "metric", "lift per unit", "incremental conversions"],
+            [
+                [
+                    u.holdout,
+                    u.metric,
+                    _iv(u.rate_lift, True),
+                    f"{u.incremental_conversions.estimate:+,.0f} "
+                    f"[{u.incremental_conversions.lower:,.0f}, "
+                    f"{u.incremental_conversions.upper:,.0f}]",
+                ]
+                for u in report.uplift.overall
+            ],
+        )
+    if report.off_policy is not None:
+        lines += ["", f"off-policy value (reward: {report.off_policy.reward})"]
+        lines += _table(
+            ["policy", "IPS", "SNIPS", "DR", "ESS"],
+            [
+                [
+                    p.policy,
+                    _iv(p.estimate.ips, False),
+                    _iv(p.estimate.snips, False),
+                    "-"
+                    if p.estimate.doubly_robust is None
+                    else _iv(p.estimate.doubly_robust, False),
+                    f"{p.estimate.effective_sample_size:,.0f}",
+                ]
+                for p in report.off_policy.policies
+            ],
+        )
+    if report.warnings:
+        lines += ["", "warnings", *(f"  ! {w}" for w in report.warnings)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,189 @@
+"""The verdict: a report's statistics read out in plain language.
+
+The headline compares the best treatment with control on the primary metric's conversion rate,
+e.g. "B beats A on purchase: +1.8 pp, 95% CI [0.6, 3.0], chance to beat 99%; no sample-ratio
+problem". "Beats" / "is worse than" needs the always-valid test to reject after the
+multiple-testing correction, so the verdict can be read every day; its interval is that test's
+confidence sequence. A sample-ratio mismatch overrides everything (the numbers cannot be
+trusted), and a guard-rail harm is called out before a win.
+"""
+
+from __future__ import annotations
+
+import math
+
+from experiments.reports.results import (
+    ArmSummary,
+    Comparison,
+    MetricReport,
+    UpliftSection,
+    Verdict,
+    VerdictStatus,
+)
+from experiments.statistics.srm import SrmResult
+from tailor_contract.definitions import Experiment
+
+__all__ = ["format_chance", "format_points", "verdict"]
+
+
+def _decimals(x: float) -> int:
+    return 1 if abs(x) >= 0.1 else 2
+
+
+def format_points(estimate: float, lower: float, upper: float, level: float) -> str:
+    """A rate difference in percentage points with its interval: "+1.8 pp, 95% CI [0.6, 3.0]".
+
+    Interval ends beyond ±100 pp (early confidence sequences) are clipped to the possible range.
+    """
+    if math.isnan(estimate):
+        return "n/a"
+    lower, upper = max(lower, -1.0), min(upper, 1.0)
+    d = _decimals(estimate * 100)
+    return f"{estimate * 100:+.{d}f} pp, {level:.0%} CI [{lower * 100:.{d}f}, {upper * 100:.{d}f}]"
+
+
+def _format_value(estimate: float, lower: float, upper: float, level: float) -> str:
+    return f"{estimate:+.2f}, {level:.0%} CI [{lower:.2f}, {upper:.2f}]"
+
+
+def format_chance(p: float) -> str:
+    """A probability as a percentage that never rounds to a false certainty."""
+    if p > 0.999:
+        return ">99.9%"
+    if p < 0.001:
+        return "<0.1%"
+    if p >= 0.99 or p <= 0.01:
+        return f"{p:.1%}"
+    return f"{p:.0%}"
+
+
+def _sentence(c: Comparison, metric: str, level: float, family: int) -> str:
+    a = c.sequential.absolute
+    numbers = format_points(a.estimate, a.lower, a.upper, level)
+    chance = format_chance(c.bayesian.chance_to_beat_control)
+    if c.significant and a.estimate > 0:
+        lead = f"{c.variant} beats {c.control} on {metric}"
+    elif c.significant:
+        lead = f"{c.variant} is worse than {c.control} on {metric}"
+    elif family > 1 and (a.lower > 0 or a.upper < 0):
+        lead = (
+            f"No clear difference between {c.variant} and {c.control} on {metric} yet "
+            f"(after correcting for {family} comparisons)"
+        )
+    else:
+        lead = f"No clear difference between {c.variant} and {c.control} on {metric} yet"
+    return f"{lead}: {numbers}, chance to beat {chance}"
+
+
+def _srm_phrase(srm: SrmResult | None) -> str:
+    if srm is None:
+        return "sample ratio not checked (learning policy or a single variant)"
+    if srm.mismatch:
+        observed = "/".join(f"{s:.1%}" for s in srm.observed_share)
+        expected = "/".join(f"{s:.1%}" for s in srm.expected_share)
+        return (
+            f"SAMPLE-RATIO MISMATCH: units split {observed} against a configured {expected} "
+            f"(p = {srm.p_value:.2g}) — assignment or logging is broken, do not trust these numbers"
+        )
+    return "no sample-ratio problem"
+
+
+def _best(comparisons: list[Comparison]) -> Comparison:
+    winners = [c for c in comparisons if c.significant and c.sequential.absolute.estimate > 0]
+    if winners:
+        return max(winners, key=lambda c: c.sequential.absolute.estimate)
+    return max(comparisons, key=lambda c: c.bayesian.chance_to_beat_control)
+
+
+def _guardrail_harms(metrics: list[MetricReport], level: float) -> list[str]:
+    out = []
+    for report in metrics:
+        if report.role != "guardrail":
+            continue
+        for c in report.comparisons:
+            if c.direction != "worse":
+                continue
+            a = c.sequential.absolute
+            numbers = (
+                format_points(a.estimate, a.lower, a.upper, level)
+                if c.measure == "conversion_rate"
+                else _format_value(a.estimate, a.lower, a.upper, level)
+            )
+            what = report.metric if c.measure == "conversion_rate" else f"{report.metric} value"
+            out.append(f"Guard-rail {what}: {c.variant} raises it ({numbers})")
+    return out
+
+
+def _uplift_sentences(uplift: UpliftSection, primary: str, level: float) -> list[str]:
+    out = []
+    for u in uplift.overall:
+        if u.metric != primary:
+            continue
+        who = "the experiment's holdout" if u.holdout == "experiment" else "the global holdout"
+        inc = u.incremental_conversions
+        out.append(
+            f"Personalisation against {who} on {primary}: "
+            f"{format_points(u.rate_lift.estimate, u.rate_lift.lower, u.rate_lift.upper, level)}"
+            f" per unit, about {inc.estimate:+.0f} conversions in total "
+            f"[{inc.lower:.0f}, {inc.upper:.0f}]"
+        )
+    return out
+
+
+def verdict(
+    experiment: Experiment,
+    arms: list[ArmSummary],
+    srm: SrmResult | None,
+    metrics: list[MetricReport],
+    uplift: UpliftSection,
+    level: float,
+) -> Verdict:
+    """The headline and supporting sentences of a report."""
+    primary = next(m for m in metrics if m.role == "primary")
+    rate_comparisons = [c for c in primary.comparisons if c.measure == "conversion_rate"]
+    if sum(a.units for a in arms if a.kind == "variant") == 0:
+        return Verdict(
+            status="no_data",
+            headline=f"No units have entered {experiment.key} in this period yet.",
+            details=[],
+        )
+    srm_text = _srm_phrase(srm)
+    if not rate_comparisons:
+        return Verdict(
+            status="no_data",
+            headline=f"Not enough units to compare variants on {primary.metric} yet; {srm_text}.",
+            details=[],
+        )
+    best = _best(rate_comparisons)
+    family = sum(len(m.comparisons) for m in metrics)
+    headline = f"{_sentence(best, primary.metric, level, family)}; {srm_text}."
+    details = [
+        _sentence(c, primary.metric, level, family) + "." for c in rate_comparisons if c is not best
+    ]
+    for c in primary.comparisons:
+        if c.measure == "value_per_unit":
+            a = c.sequential.absolute
+            details.append(
+                f"{c.variant} vs {c.control}, {primary.metric} value per unit: "
+                f"{_format_value(a.estimate, a.lower, a.upper, level)}"
+                f"{' (significant)' if c.significant else ''}."
+            )
+    harms = _guardrail_harms(metrics, level)
+    details += [h + "." for h in harms]
+    if not harms and any(m.role == "guardrail" for m in metrics):
+        details.append("Guard-rails: no significant harm.")
+    details += [s + "." for s in _uplift_sentences(uplift, primary.metric, level)]
+    details.append(
+        "Intervals in these sentences stay valid however often the report is read "
+        "(confidence sequences), after the multiple-testing correction."
+    )
+    status: VerdictStatus
+    if srm is not None and srm.mismatch:
+        status = "sample_ratio_mismatch"
+    elif harms:
+        status = "guardrail_harm"
+    elif best.significant:
+        status = "winner" if best.sequential.absolute.estimate > 0 else "loser"
+    else:
+        status = "no_difference"
+    return Verdict(status=status, headline=headline, details=details)
