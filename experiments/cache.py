@@ -15,6 +15,7 @@ import msgspec
 from experiments.store import ExperimentStore
 from tailor_contract.assignment import cumulative_shares
 from tailor_contract.definitions import Experiment, Status
+from tailor_contract.placement import Gate
 
 
 class Compiled(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,6 +24,30 @@ class Compiled(msgspec.Struct, frozen=True, kw_only=True):
     experiment: Experiment
     cumulative: list[float]
     default_index: int
+    gate: Gate
+
+
+def gate_of(exp: Experiment) -> Gate:
+    """What the placement walk reads of an experiment."""
+    return Gate(
+        paused=exp.status is Status.PAUSED,
+        salt=exp.hash_salt,
+        holdout=exp.holdout,
+        layer=exp.layer,
+        layer_slice=exp.layer_slice,
+        targeting=exp.targeting,
+        send_time=exp.kind == "send_time",
+    )
+
+
+def compile_experiment(exp: Experiment) -> Compiled:
+    """An experiment prepared for the hot path."""
+    return Compiled(
+        experiment=exp,
+        cumulative=cumulative_shares([v.weight for v in exp.variants]),
+        default_index=[v.key for v in exp.variants].index(exp.default_variant),
+        gate=gate_of(exp),
+    )
 
 
 class ExperimentCache:
@@ -61,12 +86,7 @@ class ExperimentCache:
         for exp in experiments:
             if exp.status not in (Status.RUNNING, Status.PAUSED):
                 continue
-            keys = [v.key for v in exp.variants]
-            compiled = Compiled(
-                experiment=exp,
-                cumulative=cumulative_shares([v.weight for v in exp.variants]),
-                default_index=keys.index(exp.default_variant),
-            )
+            compiled = compile_experiment(exp)
             by_key[exp.key] = compiled
             by_placement.setdefault(exp.placement, []).append(compiled)
         self._by_placement = {

@@ -3,12 +3,11 @@
 The client fetches ``GET /v1/definitions`` (live ``fixed`` experiments, reduced to what
 assignment reads) and re-fetches it periodically with ``If-None-Match``. For a placement the
 definitions cover, :class:`LocalEvaluator` walks the experiments exactly as the server's
-decision engine does (``decision_api.decisions.engine``): highest priority first; kill switch;
-paused,
-not targeted and outside-layer experiments remembered as the fallback; then global holdout,
-holdout, consent, and the versioned hash split — through ``tailor_contract.assignment`` and
-``tailor_contract.targeting``, imported, not copied, and pinned by the golden vectors in
-``tests/golden/assignment_cases.json``.
+decision engine does: both call the contract's one placement walk
+(:func:`tailor_contract.placement.walk`: kill switch, paused, targeting, layer, global holdout,
+holdout, consent), then the versioned hash split of ``tailor_contract.assignment``, pinned by
+the golden files ``tests/golden/assignment_cases.json`` (hashing) and
+``tests/golden/decision_cases.json`` (whole decisions), which server and SDK both pass.
 
 Differences from a server decision, by construction:
 
@@ -36,12 +35,10 @@ from tailor_contract.assignment import (
     HASH_VERSION,
     cumulative_shares,
     in_global_holdout,
-    in_holdout,
-    in_layer,
     pick_bucket,
     unit_hash,
 )
-from tailor_contract.targeting import matches
+from tailor_contract.placement import ASSIGN, NO_EXPERIMENT, Gate, walk
 from tailor_contract.wire import Definition, Definitions, ExposureReport, PlacementDecision
 
 __all__ = ["LocalEvaluator"]
@@ -51,6 +48,7 @@ class _Compiled(msgspec.Struct, frozen=True, kw_only=True):
     definition: Definition
     cumulative: list[float]
     default_index: int
+    gate: Gate
 
 
 class LocalEvaluator:
@@ -84,6 +82,14 @@ class LocalEvaluator:
                 definition=d,
                 cumulative=cumulative_shares([v.weight for v in d.variants]),
                 default_index=keys.index(d.default_variant),
+                gate=Gate(
+                    paused=d.status == "paused",
+                    salt=d.salt,
+                    holdout=d.holdout,
+                    layer=d.layer,
+                    layer_slice=d.layer_slice,
+                    targeting=d.targeting,
+                ),
             )
             by_key[d.key] = compiled
             by_placement.setdefault(d.placement, []).append(compiled)
@@ -106,43 +112,31 @@ class LocalEvaluator:
         """The decision the server would make for this unit, given only ``attributes``."""
         d = self._definitions
         assert d is not None, "no definitions installed"
-        fallback: tuple[_Compiled, str] | None = None
-        for compiled in self._by_placement.get(placement, ()):
-            exp = compiled.definition
-            if d.kill_switch:
-                return _default(placement, compiled, "kill_switch")
-            if exp.status == "paused":
-                fallback = fallback or (compiled, "experiment_paused")
-                continue
-            if not matches(exp.targeting, attributes):
-                fallback = fallback or (compiled, "not_targeted")
-                continue
-            if exp.layer is not None and (
-                exp.layer_slice is None or not in_layer(exp.layer, unit_id, exp.layer_slice)
-            ):
-                fallback = fallback or (compiled, "outside_layer")
-                continue
-            if in_global_holdout(unit_id, d.global_holdout):
-                return _default(placement, compiled, "global_holdout")
-            if in_holdout(exp.salt, unit_id, exp.holdout):
-                return _default(placement, compiled, "holdout")
-            if not consent:
-                return _default(placement, compiled, "no_consent")
-            index = pick_bucket(unit_hash(exp.salt, unit_id), compiled.cumulative)
-            lower = compiled.cumulative[index - 1] if index else 0.0
-            variant = exp.variants[index]
-            return PlacementDecision(
-                placement=placement,
-                experiment=exp.key,
-                variant=variant.key,
-                payload=variant.payload,
-                propensity=compiled.cumulative[index] - lower,
-                policy="fixed",
-                reason="split",
-            )
-        if fallback is not None:
-            return _default(placement, *fallback)
-        return PlacementDecision(placement=placement, reason="no_experiment")
+        compiled, verdict = walk(
+            self._by_placement.get(placement, ()),
+            unit_id=unit_id,
+            attributes=attributes,
+            consent=consent,
+            kill_switch=d.kill_switch,
+            global_holdout=in_global_holdout(unit_id, d.global_holdout),
+        )
+        if compiled is None:
+            return PlacementDecision(placement=placement, reason=NO_EXPERIMENT)
+        if verdict != ASSIGN:  # a default (send-time experiments are never local)
+            return _default(placement, compiled, verdict)
+        exp = compiled.definition
+        index = pick_bucket(unit_hash(exp.salt, unit_id), compiled.cumulative)
+        lower = compiled.cumulative[index - 1] if index else 0.0
+        variant = exp.variants[index]
+        return PlacementDecision(
+            placement=placement,
+            experiment=exp.key,
+            variant=variant.key,
+            payload=variant.payload,
+            propensity=compiled.cumulative[index] - lower,
+            policy="fixed",
+            reason="split",
+        )
 
     def experiment_version(self, key: str) -> int | None:
         """The installed version of experiment ``key``."""

@@ -1,6 +1,8 @@
 """The decision path: one unit, several placements, a variant for each — in well under a ms.
 
-For every placement the engine walks the live experiments serving it (highest priority first):
+For every placement the engine walks the live experiments serving it (highest priority first),
+with the contract's one walk (:func:`tailor_contract.placement.walk`, which the SDK's local
+evaluator calls too):
 
 1. targeting rules over the unit's profile merged with the request context;
 2. the layer slice (mutually exclusive experiments share a layer);
@@ -32,16 +34,9 @@ from decision_api.profiles.store import EMPTY_PROFILE, CapHit, FeatureStore, Uni
 from event_log.rows import Exposure, new_decision_id, new_event_id, stringify
 from event_log.writer import EventSink
 from experiments.cache import Compiled, ExperimentCache
-from tailor_contract.assignment import (
-    in_global_holdout,
-    in_holdout,
-    in_layer,
-    pick_bucket,
-    unit_hash,
-)
-from tailor_contract.definitions import Status
+from tailor_contract.assignment import in_global_holdout, pick_bucket, unit_hash
+from tailor_contract.placement import ASSIGN, HOLDOUT_REASONS, NO_EXPERIMENT, SEND_TIME, walk
 from tailor_contract.policies import FixedConfig
-from tailor_contract.targeting import matches
 from tailor_contract.wire import DecideResponse, PlacementDecision
 
 log = structlog.get_logger("tailor.decider")
@@ -314,45 +309,31 @@ class DecisionEngine:
 
     def _route(self, placement: str, unit: UnitCall, defer_send_time: bool) -> Placed | Compiled:
         """The placement's answer when it is a default (or a pending send time), else the
-        experiment whose policy assigns the unit."""
-        fallback: tuple[Compiled, str] | None = None
-        unit_id = unit.unit_id
-        for compiled in self._cache.for_placement(placement):
-            exp = compiled.experiment
-            if self.kill_switch:
-                return self._default(placement, compiled, "kill_switch")
-            if exp.status is Status.PAUSED:
-                fallback = fallback or (compiled, "experiment_paused")
-                continue
-            if not matches(exp.targeting, unit.attributes):
-                fallback = fallback or (compiled, "not_targeted")
-                continue
-            if exp.layer is not None and (
-                exp.layer_slice is None or not in_layer(exp.layer, unit_id, exp.layer_slice)
-            ):
-                fallback = fallback or (compiled, "outside_layer")
-                continue
-            if unit.global_holdout:
-                return self._default(placement, compiled, "global_holdout", holdout=True)
-            if in_holdout(exp.hash_salt, unit_id, exp.holdout):
-                return self._default(placement, compiled, "holdout", holdout=True)
-            if not unit.consent:
-                return self._default(placement, compiled, "no_consent")
-            if exp.kind == "send_time":
-                if not defer_send_time:
-                    return self._default(placement, compiled, "needs_send_window")
-                placed = self._default(placement, compiled, "pending")
-                placed.pending = True
-                return placed
-            return compiled
-        if fallback is not None:
-            return self._default(placement, *fallback)
-        return Placed(
-            answer=PlacementDecision(placement=placement, reason="no_experiment"),
-            compiled=None,
-            holdout=False,
-            model_version="",
+        experiment whose policy assigns the unit (the walk: :mod:`tailor_contract.placement`)."""
+        compiled, verdict = walk(
+            self._cache.for_placement(placement),
+            unit_id=unit.unit_id,
+            attributes=unit.attributes,
+            consent=unit.consent,
+            kill_switch=self.kill_switch,
+            global_holdout=unit.global_holdout,
         )
+        if compiled is None:
+            return Placed(
+                answer=PlacementDecision(placement=placement, reason=NO_EXPERIMENT),
+                compiled=None,
+                holdout=False,
+                model_version="",
+            )
+        if verdict == ASSIGN:
+            return compiled
+        if verdict == SEND_TIME:
+            if not defer_send_time:
+                return self._default(placement, compiled, "needs_send_window")
+            placed = self._default(placement, compiled, "pending")
+            placed.pending = True
+            return placed
+        return self._default(placement, compiled, verdict, holdout=verdict in HOLDOUT_REASONS)
 
     def _choose(self, compiled: Compiled, unit: UnitCall) -> Choice | None:
         if isinstance(compiled.experiment.policy, FixedConfig) or self._policies is None:

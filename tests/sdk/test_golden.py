@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from sdk import LocalEvaluator, local_eval
@@ -98,15 +99,16 @@ def test_bucket_edges(case: dict[str, Any]) -> None:
     assert local_eval.pick_bucket(case["hash"], shares) == case["variant"]
 
 
-def test_evaluator_uses_the_server_functions() -> None:
-    """The evaluator imports the server's assignment and targeting functions, not copies."""
-    from tailor_contract import assignment, targeting
+def test_evaluator_uses_the_contract_functions() -> None:
+    """The evaluator calls the contract's hashing and its one placement walk, not copies (the
+    server's engine calls the same walk)."""
+    from decision_api.decisions import engine
+    from tailor_contract import assignment, placement
 
     assert local_eval.unit_hash is assignment.unit_hash
     assert local_eval.pick_bucket is assignment.pick_bucket
-    assert local_eval.in_holdout is assignment.in_holdout
-    assert local_eval.in_layer is assignment.in_layer
-    assert local_eval.matches is targeting.matches
+    assert local_eval.walk is placement.walk
+    assert engine.walk is placement.walk
 
 
 def test_global_holdout_matches_the_server_rule() -> None:
@@ -133,3 +135,29 @@ def test_other_hash_version_disables_local_evaluation() -> None:
     )
     assert not ev.ready
     assert not ev.can_evaluate("p")
+
+
+DECISIONS: dict[str, Any] = json.loads((GOLDEN.parent / "decision_cases.json").read_text())
+
+
+@pytest.mark.parametrize("case", DECISIONS["cases"], ids=lambda c: c["name"])
+def test_local_evaluator_decides_as_the_golden_file_says(case: dict[str, Any]) -> None:
+    """Whole decisions (walk order, reasons, variants) match the file the server passes; the
+    caller passes the unit's profile attributes with the context, as local evaluation needs."""
+    spec = case["definitions"]
+    ev = LocalEvaluator()
+    ev.install(
+        Definitions(
+            version=1,
+            hash_version=DECISIONS["hash_version"],
+            global_holdout=spec["global_holdout"],
+            kill_switch=spec["kill_switch"],
+            experiments=[msgspec.convert(e, Definition) for e in spec["experiments"]],
+            remote_placements=[],
+        )
+    )
+    attributes = {**case["profile"], **case["context"]}
+    for placement, expected in case["expected"].items():
+        answer = ev.evaluate(case["unit_id"], placement, attributes, case["consent"])
+        got = {"experiment": answer.experiment, "variant": answer.variant, "reason": answer.reason}
+        assert got == expected, placement
