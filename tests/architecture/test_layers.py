@@ -82,9 +82,68 @@ def test_imports_point_down(package: str) -> None:
     assert _violations(package) == []
 
 
-def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
-    """The checker itself reports an upward import (so an empty result means something)."""
-    bad = tmp_path / "bad.py"
-    bad.write_text("from decision_api.app import create_app\nimport litestar._asgi.utils\n")
-    found = [module for _, module in _imports(bad)]
-    assert found == ["decision_api.app", "litestar._asgi.utils"]
+def test_the_check_sees_an_upward_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The checker reports upward, private and undeclared imports (so an empty result means
+    something)."""
+    (tmp_path / "sdk").mkdir()
+    (tmp_path / "sdk" / "bad.py").write_text(
+        "from decision_api.app import create_app\nimport litestar._asgi.utils\nimport numpy\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    found = _violations("sdk")
+    assert [v.split(" ", 1)[1] for v in found] == [
+        "imports decision_api.app (layer 3 from layer 1)",
+        "imports the private module litestar._asgi.utils",
+        "imports litestar._asgi.utils, not a dependency of sdk",
+        "imports numpy, not a dependency of sdk",
+    ]
+
+
+DISTRIBUTION_OF = {
+    "vowpal_wabbit_next": "vowpal-wabbit-next",
+    "clickhouse_connect": "clickhouse-connect",
+    "prometheus_client": "prometheus-client",
+}
+"""Import names whose distribution is spelled differently."""
+
+
+def _declared(pyproject: Path) -> set[str]:
+    import tomllib
+
+    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    names = set()
+    for dep in deps:
+        name = dep.split(";")[0]
+        for stop in "<>=![ ":
+            name = name.split(stop)[0]
+        names.add(name.strip().lower().replace("_", "-"))
+    return names
+
+
+@pytest.mark.parametrize(
+    ("pyproject", "packages"),
+    [
+        ("pyproject.toml", sorted(LAYER)),
+        ("sdk/pyproject.toml", ["sdk"]),
+        ("tailor_contract/pyproject.toml", ["tailor_contract"]),
+    ],
+)
+def test_every_third_party_import_is_declared(pyproject: str, packages: list[str]) -> None:
+    """Each distribution declares every third-party package its modules import."""
+    declared = _declared(ROOT / pyproject)
+    own = {"tailor-decision-contract": "tailor_contract"}
+    missing = set()
+    for package in packages:
+        for path in _modules(package):
+            for _, module in _imports(path):
+                top = module.split(".")[0]
+                if top in STDLIB or top in ("__future__", package):
+                    continue
+                if top in LAYER:
+                    if pyproject != "pyproject.toml" and top not in own.values():
+                        missing.add(top)
+                    continue
+                dist = DISTRIBUTION_OF.get(top, top).lower().replace("_", "-")
+                if dist not in declared:
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert sorted(missing) == []
