@@ -38,14 +38,14 @@ _encoder = msgspec.json.Encoder()
 
 @functools.cache
 def asset(name: str) -> bytes:
-    """The bytes of a static asset shipped in ``experiments/static`` (one of ``ASSETS``).
+    """The bytes of a static asset shipped in ``experiments/reports/static`` (one of ``ASSETS``).
 
     Raises:
         KeyError: for any other name.
     """
     if name not in ASSETS:
         raise KeyError(name)
-    return resources.files("experiments").joinpath("static", name).read_bytes()
+    return resources.files("experiments.reports").joinpath("static", name).read_bytes()
 
 
 def _e(value: object) -> str:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,6 +15,7 @@ from decision_api.app import create_app
 from decision_api.services import Services
 from decision_api.settings import AuthSettings, Settings
 from tailor_contract.definitions import Experiment
+from tests.support.polling import eventually
 
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
@@ -51,16 +50,6 @@ def hero() -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     return {**HERO_TEMPLATE, "key": f"hero-{tag}", "placement": f"home-{tag}", "layer": f"l-{tag}"}
 
-
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
-    """Poll ``probe`` until it returns something truthy (or fail after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result or time.monotonic() > deadline:
-            assert result, f"condition not met within {timeout} s (last: {result!r})"
-            return result
-        await asyncio.sleep(0.02)
 
 
 def services_of(client: Client) -> Services:

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from decision_api.settings import DecisionSettings, Settings
 from tailor_contract.definitions import ExperimentSpec
 from tailor_contract.send_window import SendWindow
 from tailor_contract.wire import Recipient
+from tests.support.polling import eventually
 from tests.support.processes import TailorServer, server_env
 
 T = TypeVar("T")
@@ -70,16 +71,6 @@ def services_of(client: Client) -> Services:
     services: Services = client.app.state.services
     return services
 
-
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
-    """Poll ``probe`` until it returns something truthy (fail after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result or time.monotonic() > deadline:
-            assert result, f"condition not met within {timeout} s (last: {result!r})"
-            return result
-        await asyncio.sleep(0.02)
 
 
 async def start(client: Client, spec: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -16,6 +15,7 @@ from decision_api.decisions.engine import Pseudonymiser
 from decision_api.services import Services
 from tailor_contract.assignment import in_holdout, in_layer, variant_index
 from tailor_contract.definitions import LayerSlice
+from tests.support.polling import eventually
 
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
@@ -50,16 +50,6 @@ def services_of(client: Client) -> Services:
     services: Services = client.app.state.services
     return services
 
-
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
-    """Poll ``probe`` until it returns something truthy (or fail after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result or time.monotonic() > deadline:
-            assert result, f"condition not met within {timeout} s (last: {result!r})"
-            return result
-        await asyncio.sleep(0.02)
 
 
 async def exposures(client: Client, decision_id: str, count: int = 1) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -13,6 +12,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from decision_api.services import Services
+from tests.support.polling import eventually
 
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
@@ -37,16 +37,6 @@ def tag() -> str:
     """A suffix making this test's keys and unit ids unique."""
     return uuid.uuid4().hex[:8]
 
-
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
-    """Poll ``probe`` until it returns something truthy (or fail after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result or time.monotonic() > deadline:
-            assert result, f"condition not met within {timeout} s (last: {result!r})"
-            return result
-        await asyncio.sleep(0.02)
 
 
 async def outcome_rows(client: Client, event_ids: list[str]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from bandits.join import RewardJoin
 from decision_api.app import create_app
 from decision_api.settings import LearnerSettings, Settings
+from tests.support.polling import eventually
 
 Client = AsyncTestClient[Litestar]
 ZONES = ("America/New_York", "America/Los_Angeles", "Europe/London", "Europe/Berlin",
@@ -62,14 +63,6 @@ def open_probability(local_hour: int, peak: int) -> float:
     distance = min(abs(local_hour - peak), 24 - abs(local_hour - peak))
     return 0.03 + 0.5 * float(np.exp(-(distance**2) / (2 * 1.2**2)))
 
-
-async def eventually(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
-    """Poll ``probe`` every 50 ms until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 class Round(msgspec.Struct):

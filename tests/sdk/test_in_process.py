@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import httpx
@@ -34,6 +34,7 @@ from sdk import (
     PermissionDenied,
     RequestTimeout,
 )
+from tests.support.polling import eventually
 
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
@@ -111,16 +112,6 @@ async def server_decide(api: Client, unit: str, placements: list[str], **extra: 
     assert response.status_code == 200, response.text
     return response.json()
 
-
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 5.0) -> T:
-    """Poll ``probe`` until it returns something truthy (or fail after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result or time.monotonic() > deadline:
-            assert result, f"condition not met within {timeout} s (last: {result!r})"
-            return result
-        await asyncio.sleep(0.02)
 
 
 async def query(api: Client, sql: str, **params: Any) -> list[tuple[Any, ...]]:

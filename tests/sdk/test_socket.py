@@ -28,6 +28,7 @@ from sdk import AsyncTailorClient, ClientOptions, RetryPolicy, TailorClient, Tra
 from sdk.errors import RequestTimeout
 from tests.sdk.servers import ApiServer, DemoSite, SlowProxy, chromium_dom
 from tests.support.clickhouse_front import running_clickhouse_front
+from tests.support.polling import eventually_sync
 
 pytestmark = pytest.mark.slow
 
@@ -104,16 +105,6 @@ def start_experiment(api: ApiServer, key: str, placement: str, variants: list[An
     time.sleep(0.15)  # the worker's config poll (50 ms)
 
 
-def eventually(probe: Any, timeout: float = 10.0) -> Any:
-    """Poll ``probe`` until it returns something truthy (or fail after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result or time.monotonic() > deadline:
-            assert result, f"condition not met within {timeout} s (last: {result!r})"
-            return result
-        time.sleep(0.05)
-
 
 def client_for(url: str, key: str = INGEST, **options: Any) -> TailorClient:
     """A sync SDK client."""
@@ -156,7 +147,7 @@ def test_fail_open_with_nothing_listening(tag: str) -> None:
         assert elapsed < 0.15  # a refused connection fails at once, well before any timeout
         for i in range(10):
             client.track_outcome("click", unit_id=f"u-{tag}", value=i)
-        eventually(lambda: client.stats.outcomes.failed_flushes >= 2, timeout=5)
+        eventually_sync(lambda: client.stats.outcomes.failed_flushes >= 2, timeout_s=5)
         stats = client.stats.outcomes
         assert (stats.pending, stats.sent, stats.dropped) == (10, 0, 0)
 
@@ -243,7 +234,7 @@ def test_no_outcome_lost_when_the_server_restarts(
         rows = events.query(sql, parameters={"u": unit}).result_rows
         return rows[0] if rows[0][1] >= len(sent) else None
 
-    assert eventually(stored, timeout=15) == (len(sent), len(sent))
+    assert eventually_sync(stored, timeout_s=15) == (len(sent), len(sent))
 
 
 class Elements(HTMLParser):
@@ -363,7 +354,7 @@ def test_snippet_applies_the_variant_and_reports_clicks(
         rows = events.query(sql, parameters={"u": unit}).result_rows
         return rows if len(rows) >= 2 else None
 
-    click, purchase = eventually(arrived)
+    click, purchase = eventually_sync(arrived)
     assert click[:4] == ("click", decision_id, f"hero-{tag}", 0.0)
     assert purchase[:4] == ("purchase", decision_id, "", 42.5)
     assert purchase[4] == {"sku": "A-1"}
