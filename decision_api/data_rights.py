@@ -5,8 +5,11 @@ What is "about a unit" (see the key layouts in :mod:`decision_api.feature_store`
 
 - Redis keys whose Cluster hash tag is the unit id or its pseudonym (``{p}:u:{<unit>}`` profile
   and any ``{p}:u:{<unit>}:...`` key beside it), and keys tagged with one of the unit's decision
-  ids (``{p}:dec:{<decision>}:...`` records awaiting their reward). Found with one ``SCAN`` over
-  the prefix, so an erasure costs a pass over the keyspace: an admin operation, not a hot path.
+  ids (``{p}:dec:{<decision>}:...`` records awaiting their reward): the decisions logged for it,
+  those in its join index, and every record whose ``rec`` names the unit (read during the scan:
+  a decision whose exposures never reached the event log has no other trace). Found with one
+  ``SCAN`` over the prefix (plus one ``HGET`` per decision record), so an erasure costs a pass
+  over the keyspace: an admin operation, not a hot path.
 - Event-log rows in every table with a ``unit_id`` column (exposures, outcomes, ...) under the
   unit id or its pseudonym (``anon:...``, what units without consent are logged as), removed with
   ``ALTER TABLE ... DELETE`` and ``mutations_sync = 2`` (the rows are rewritten away, not
@@ -54,6 +57,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bandits.join import DecisionRecord
 from decision_api import event_sql
 from decision_api.event_log import EventLog
 from decision_api.event_writer import EventWriter
@@ -77,6 +81,7 @@ SCREEN_BACKOFF_S = 1.0
 R = TypeVar("R", ExposureRecord, OutcomeRecord)
 T = TypeVar("T")
 _GLOB = re.compile(r"([*?\[\]\\])")
+_record_decoder = msgspec.json.Decoder(DecisionRecord)
 
 Auditor = Callable[[str, str, str, int, str], None]
 """``audit(action, entity, key, version, detail)`` (see ``Services.audit``)."""
@@ -198,16 +203,50 @@ class DataRights:
         self._flushers = tuple(flushers)
         self._tombstones = tombstones
         self._settle_s = settle_s
+        self._dec = f"{prefix}:dec:{{"
 
-    async def unit_keys(self, tags: frozenset[str]) -> list[str]:
-        """Every key under the prefix whose hash tag is one of ``tags`` (one SCAN pass)."""
+    async def unit_keys(self, tags: frozenset[str], units: frozenset[str]) -> list[str]:
+        """Every key under the prefix whose hash tag is one of ``tags``, and the records of
+        decisions made for one of ``units`` (found by their content), in one SCAN pass."""
         found = []
+        records: list[str] = []
         async for key in self._redis.scan_iter(
             match=_escape(self._prefix) + ":*", count=SCAN_COUNT
         ):
             name = _text(key)
             if hash_tag(name) in tags:
                 found.append(name)
+            elif name.startswith(self._dec) and not name.endswith("}:exps"):
+                records.append(name)
+                if len(records) >= SCAN_COUNT:
+                    found += await self._records_of(records, units)
+                    records = []
+        found += await self._records_of(records, units)
+        return found
+
+    async def _records_of(self, keys: Sequence[str], units: frozenset[str]) -> list[str]:
+        """The keys (with their ``exps`` sets) of the decision records among ``keys`` whose
+        unit is one of ``units``: a decision's exposures may never reach the event log (another
+        worker dropped them at an erasure), and the join index keeps only the latest one."""
+        if not keys:
+            return []
+        experiments = [key[: key.rindex("}:") + 2] + "exps" for key in keys]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, exps in zip(keys, experiments, strict=True):
+                pipe.hget(key, "rec")
+                pipe.exists(exps)
+            replies = await pipe.execute()
+        found = []
+        for i, key in enumerate(keys):
+            body, has_exps = replies[2 * i], replies[2 * i + 1]
+            if body is None:
+                continue
+            try:
+                record = _record_decoder.decode(body)
+            except msgspec.DecodeError:  # ValidationError too: not a decision record
+                continue
+            if record.unit_id in units:
+                found += [key, experiments[i]] if has_exps else [key]
         return found
 
     async def erase(self, unit_id: str) -> ErasureReport:
@@ -250,7 +289,7 @@ class DataRights:
         decisions = {e.decision_id for e in unwritten if isinstance(e, Exposure)}
         rows = await asyncio.to_thread(self._erase_rows, sorted(ids), decisions)
         decisions |= await self._joined_decisions(ids)
-        keys = await self.unit_keys(ids | frozenset(decisions))
+        keys = sorted(set(await self.unit_keys(ids | frozenset(decisions), ids)))
         for start in range(0, len(keys), 500):
             await self._redis.unlink(*keys[start : start + 500])
         return len(keys), rows, len(unwritten)
@@ -304,7 +343,7 @@ class DataRights:
         exposures, outcomes, decisions = await asyncio.to_thread(self._rows, sorted(ids))
         decisions |= await self._joined_decisions(ids)
         tags = ids | frozenset(decisions)
-        others = sorted(k for k in await self.unit_keys(tags) if k != profile_key)
+        others = sorted(set(await self.unit_keys(tags, ids)) - {profile_key})
         return UnitExport(
             unit_id=unit_id,
             pseudonym=pseudonym,

@@ -33,7 +33,7 @@ from decision_api.events import TABLE_OF, Event, Table
 from decision_api.spool import Spool, SpooledBatch, SpoolFull
 
 if TYPE_CHECKING:
-    from bandits.join import UnitScreen
+    from decision_api.data_rights import Tombstones
 
 log = structlog.get_logger("tailor.event_writer")
 
@@ -97,7 +97,7 @@ class EventWriter:
         self.dropped = 0
         self.quarantined = 0
         self.erased = 0
-        self.screen: UnitScreen | None = None
+        self.screen: Tombstones | None = None
         """Drops events of units erased a moment ago (set by the app; None: keep all)."""
 
     @property

@@ -372,7 +372,9 @@ async def test_outcomes_of_opted_out_unit_are_pseudonymised(client: Client) -> N
     )
 
 
-async def test_opted_out_profile_is_not_written(client: Client, redis: Redis, namespace: str) -> None:
+async def test_opted_out_profile_is_not_written(
+    client: Client, redis: Redis, namespace: str
+) -> None:
     """After a consent withdrawal, feature writes are refused (409) and events accepted but
     dropped (202): the stored profile does not change; consent given again writes again."""
     await client.put(f"/v1/units/{UNIT}/features", json={"features": {"segment": "vip"}})
@@ -415,8 +417,8 @@ async def test_export_includes_decision_records(client: Client, namespace: str) 
     await start_learning(client)
     ids = []
     for _ in range(3):
-        response = await client.post("/v1/decide", json={
-            "unit_id": UNIT, "placements": ["banner"], "context": {"device": "mobile"}})  # fmt: skip
+        body = {"unit_id": UNIT, "placements": ["banner"], "context": {"device": "mobile"}}
+        response = await client.post("/v1/decide", json=body)
         assert response.status_code == 200, response.text
         assert response.json()["decisions"][0]["reason"] == "policy"
         ids.append(response.json()["decision_id"])
@@ -470,3 +472,41 @@ async def test_erasure_racing_decisions_leaves_nothing(
         assert rows == [(0,)], table
     dump = await redis_dump(redis, namespace)
     assert not [k for k, v in dump.items() if UNIT in k or UNIT in v]
+
+
+async def test_erasure_racing_another_worker_leaves_nothing(
+    settings: Settings, redis: Redis, namespace: str
+) -> None:
+    """Decisions for the unit served by a second worker while the first erases it leave
+    nothing behind either (the tombstone in Redis and the second sweep reach other workers)."""
+    async with (
+        AsyncTestClient(app=create_app(settings)) as one,
+        AsyncTestClient(app=create_app(settings)) as two,
+    ):
+        await start_hero(one)
+        await start_learning(one)
+        await asyncio.sleep(0.2)  # the second worker picks the experiments up (50 ms poll)
+
+        async def decide_one(i: int) -> int:
+            await asyncio.sleep(0.003 * i)
+            body = {"unit_id": UNIT, "placements": ["home", "banner"], "context": {"i": i}}
+            return (await two.post("/v1/decide", json=body)).status_code
+
+        async def erase() -> int:
+            await asyncio.sleep(0.05)
+            return (await one.delete(f"/v1/units/{UNIT}")).status_code
+
+        *decided, erased = await asyncio.gather(*(decide_one(i) for i in range(60)), erase())
+        assert set(decided) == {200} and erased == 200
+        await asyncio.sleep(1.0)
+        for table in ("exposures", "outcomes"):
+            rows = await query(
+                two,
+                "SELECT count() FROM {t:Identifier} "
+                "WHERE position(formatRowNoNewline('TSV', *), {s:String}) > 0",
+                t=table,
+                s=UNIT,
+            )
+            assert rows == [(0,)], table
+        dump = await redis_dump(redis, namespace)
+        assert not [k for k, v in dump.items() if UNIT in k or UNIT in v]
