@@ -19,6 +19,10 @@ tags). Record and index keys live for the reward window plus one hour:
 - ``{p}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
 - ``{p}:train`` STREAM — finalised examples (``rec``, ``r``, ``joined``), trimmed to MAXLEN.
 
+Decisions of a unit erased a moment ago are dropped at :meth:`RewardJoin.flush` when a
+``screen`` is set (the server's erasure tombstones), so a decision racing an erasure does not
+write the unit's records back.
+
 (*) members leave the due set when finalised; the sweeper finalises every member whose window
 has closed, so its size is bounded by decisions in flight. The stream is trimmed to
 ``STREAM_MAXLEN`` entries (approximately), a bound on memory should the learner stay down.
@@ -27,8 +31,8 @@ has closed, so its size is bounded by decisions in flight. The stream is trimmed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -44,6 +48,15 @@ RECORD_GRACE_MS = 3_600_000
 JOIN_GROUP = "learners"
 
 Applied = Literal["joined", "duplicate", "late", "ignored"]
+T = TypeVar("T")
+
+
+class UnitScreen(Protocol):
+    """Filters out items about units that must not be written (e.g. just erased)."""
+
+    async def screen(self, items: list[T], unit_of: Callable[[T], str]) -> list[T]:
+        """``items`` without those whose unit is screened out; raises ``RedisError``."""
+        ...
 
 
 class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
@@ -196,6 +209,8 @@ class RewardJoin:
         self._remember = redis.register_script(_REMEMBER)
         self._pending: list[_Queued] = []
         self._flush_lock = asyncio.Lock()
+        self.screen: UnitScreen | None = None
+        """Drops queued decisions of units that must not be written (erasure tombstones)."""
 
     def record_key(self, decision_id: str, experiment: str) -> str:
         """The Redis key of one remembered decision."""
@@ -245,6 +260,8 @@ class RewardJoin:
         batch, self._pending = self._pending, []
         sent: set[str] = set()
         try:
+            if self.screen is not None:
+                batch = await self.screen.screen(batch, _unit_of)
             for payload, decisions in _remember_calls(batch):
                 await self._remember(
                     keys=[self.due_key], args=[self._prefix, self.due_key, payload]
@@ -346,6 +363,10 @@ class _Queued(msgspec.Struct, frozen=True, array_like=True, gc=False):
     record: DecisionRecord
     rules: JoinRules
     end: int
+
+
+def _unit_of(item: _Queued) -> str:
+    return item.record.unit_id
 
 
 def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:

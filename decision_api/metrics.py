@@ -65,6 +65,12 @@ class Metrics:
         )
         self.outcomes = Counter("tailor_outcomes", "Outcomes accepted", ["type"], registry=r)
         self.unit_events = Counter("tailor_unit_events", "Behavioural events accepted", registry=r)
+        self.unit_events_dropped = Counter(
+            "tailor_unit_events_dropped",
+            "Behavioural events accepted but not applied (unit opted out, or erased just now)",
+            ["reason"],
+            registry=r,
+        )
         self.written = Counter(
             "tailor_events_written", "Rows written to the event log", ["table"], registry=r
         )

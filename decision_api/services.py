@@ -29,7 +29,7 @@ from decision_api.decisions.controls import Controls
 from decision_api.decisions.engine import DecisionEngine, Pseudonymiser
 from decision_api.learning.runtime import LearnerRunner, LearningPolicies
 from decision_api.metrics import Metrics
-from decision_api.privacy.data_rights import DataRights
+from decision_api.privacy.data_rights import DataRights, Tombstones
 from decision_api.profiles.batcher import ProfileBatcher
 from decision_api.profiles.store import RedisFeatureStore
 from decision_api.settings import Settings
@@ -93,6 +93,12 @@ class Services:
             redis, prefix, rate_per_s=auth.rate_limit_per_s, burst=auth.rate_limit_burst
         )
         self.controls = Controls(redis, prefix, self.engine, forced=settings.decisions.kill_switch)
+        # Erasure tombstones: every background writer drops what it holds for a unit erased a
+        # moment ago (see decision_api.privacy.data_rights).
+        self.tombstones = Tombstones(redis, prefix, self.pseudonymise)
+        writer.screen = self.tombstones
+        self.features.tombstones = self.tombstones
+        self.learning.join.screen = self.tombstones
         self.data_rights = DataRights(
             redis=redis,
             prefix=prefix,
@@ -101,6 +107,9 @@ class Services:
             pseudonymise=self.pseudonymise,
             audit=self.audit,
             flushers=(self.features.flush_caps, self.learning.join.flush),
+            tombstones=self.tombstones,
+            # The second sweep: after one flush interval of the other workers' writers.
+            settle_s=max(0.25, settings.event_log.flush_interval_s),
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()

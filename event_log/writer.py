@@ -8,6 +8,10 @@ with their original deduplication tokens, once the log answers again. ``close()`
 between steps (never mid-insert) and flushes everything (to the log, or to the spool when the log
 is down). A batch the log keeps rejecting while it answers pings is set aside after
 ``MAX_STRIKES`` attempts (see :meth:`EventWriter._replay_batch`), so it cannot block the spool.
+
+Before a batch is inserted (or spooled) its events about a unit erased within the tombstone TTL
+are dropped (``screen``, a :class:`UnitScreen`: the server's erasure tombstones): a decision or
+an outcome racing an erasure, on this worker or another, does not bring the unit's rows back.
 """
 
 from __future__ import annotations
@@ -16,15 +20,25 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
+import msgspec
 import structlog
+from redis.exceptions import RedisError
 
 from event_log.rows import TABLE_OF, Event, Table
 from event_log.spool import Spool, SpooledBatch, SpoolFull
 from event_log.store import EventLog
 from tailor_contract.errors import EventLogUnavailable
+
+
+class UnitScreen(Protocol):
+    """Drops events about units erased moments ago (the server's erasure tombstones)."""
+
+    async def screen(self, items: list[Event], unit_of: Callable[[Event], str]) -> list[Event]:
+        """``items`` without those whose unit is screened out; raises ``RedisError``."""
+        ...
 
 log = structlog.get_logger("tailor.event_writer")
 
@@ -87,6 +101,9 @@ class EventWriter:
         self.accepted = 0
         self.dropped = 0
         self.quarantined = 0
+        self.erased = 0
+        self.screen: UnitScreen | None = None
+        """Drops events of units erased a moment ago (set by the app; None: keep all)."""
 
     @property
     def healthy(self) -> bool:
@@ -186,7 +203,7 @@ class EventWriter:
         """Write every buffered event now: to the event log, or to the spool if it fails."""
         async with self._flush_lock:
             spooled = False
-            for batch in self._take_batches():
+            for batch in await self._screened(self._take_batches()):
                 if not self._spooling:
                     try:
                         await asyncio.to_thread(self._insert, batch)
@@ -205,6 +222,29 @@ class EventWriter:
             if spooled:
                 await asyncio.to_thread(self._spool.sync)
             self._metrics.queue_depth(self._buffered, self._spool.size())
+
+    async def _screened(self, batches: list[SpooledBatch]) -> list[SpooledBatch]:
+        """The batches without events about just-erased units (all of them if the screen
+        cannot be asked: no event is lost to a Redis failure)."""
+        if self.screen is None:
+            return batches
+        kept_batches = []
+        for batch in batches:
+            if batch.table == "audit":  # entries name pseudonyms, never unit ids
+                kept_batches.append(batch)
+                continue
+            try:
+                kept = await self.screen.screen(batch.events, _unit_of)
+            except RedisError as exc:
+                log.warning("erasure_screen_failed", table=batch.table, error=str(exc)[:300])
+                kept = batch.events
+            if len(kept) < len(batch.events):
+                self.erased += len(batch.events) - len(kept)
+                log.info("erased_events_dropped", table=batch.table,
+                         count=len(batch.events) - len(kept))  # fmt: skip
+            if kept:
+                kept_batches.append(msgspec.structs.replace(batch, events=kept))
+        return kept_batches
 
     async def replay(self, max_segments: int | None = 4) -> bool:
         """Re-insert spooled segments in order; returns True when the spool is empty.
@@ -284,6 +324,11 @@ class EventWriter:
         log.error("event_batch_quarantined", table=batch.table, rows=len(batch.events),
                   path=str(path), error=error[:300])  # fmt: skip
         return True
+
+
+def _unit_of(event: Event) -> str:
+    unit: str = getattr(event, "unit_id", "")
+    return unit
 
 
 def now_ms() -> int:

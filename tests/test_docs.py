@@ -27,6 +27,7 @@ from decision_api.cli.main import build_parser
 from decision_api.metrics import Metrics
 from decision_api.settings import CLIENT_VARIABLES, PREFIX, Settings
 from event_log.sql import COLUMNS
+from tailor_contract import placement
 from tailor_contract.definitions import (
     Condition,
     ExperimentSpec,
@@ -155,16 +156,18 @@ def reason_codes(source: str) -> set[str]:
 
 def test_reason_code_extraction_finds_the_known_codes() -> None:
     """The extractor sees codes written in each of the forms the engine uses."""
-    codes = reason_codes((ROOT / "decision_api" / "decider.py").read_text(encoding="utf-8"))
-    assert {"split", "policy", "model_unavailable", "not_targeted", "holdout"} <= codes
+    engine = ROOT / "decision_api" / "decisions" / "engine.py"
+    codes = reason_codes(engine.read_text(encoding="utf-8"))
+    assert {"split", "policy", "model_unavailable", "frequency_capped", "pending"} <= codes
 
 
 def test_every_reason_code_is_documented() -> None:
     """Every reason code of the decision modules and the SDK exposure schema is in http-api.md,
     and every row of its reason-code table is a code the engine uses."""
-    codes = set(get_args(LocalReason))
-    for module in ("decider.py", "bulk.py", "send_times.py"):
-        codes |= reason_codes((ROOT / "decision_api" / module).read_text(encoding="utf-8"))
+    codes = set(get_args(LocalReason)) | set(placement.DEFAULT_REASONS) | {placement.NO_EXPERIMENT}
+    for module in ("engine.py", "bulk.py", "send_times.py"):
+        source = ROOT / "decision_api" / "decisions" / module
+        codes |= reason_codes(source.read_text(encoding="utf-8"))
     text = page("http-api.md")
     assert {c for c in codes if f"`{c}`" not in text} == set()
     table = text.split("#### Reason codes", 1)[1].split("\n\n", 3)[2]

@@ -1,8 +1,10 @@
 """API keys and scopes.
 
-Scopes: ``decide`` (safe to embed in a web page: decide, outcomes, events), ``ingest`` (features,
-events, outcomes), ``report`` (read reports), ``admin`` (everything: experiments, keys,
-deletion). Keys travel as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+Scopes: ``decide`` (safe to embed in a web page: decide, outcomes, browser events), ``ingest``
+(features, consent, events, outcomes), ``report`` (read reports), ``admin`` (everything:
+experiments, keys, deletion). A key without ``ingest`` or ``admin`` is *public* (see
+:attr:`ApiKey.public`): it is assumed to be readable by anyone who loads the page. Keys travel
+as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
 Keys are never stored in clear: the ring holds ``sha256(key)`` and compares digests with
 ``hmac.compare_digest``. Bootstrap keys come from ``TAILOR_AUTH_API_KEYS``
@@ -49,6 +51,14 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     def allows(self, scope: str) -> bool:
         """Whether this key may call an endpoint that needs ``scope``."""
         return not self.revoked and (scope in self.scopes or "admin" in self.scopes)
+
+    @property
+    def public(self) -> bool:
+        """Whether the key may be embedded in a web page: it holds neither ``ingest`` nor
+        ``admin``. A public key sends only browser events (see ``BROWSER_EVENT_TYPES`` in
+        :mod:`decision_api.routes.units`) and is never told why a unit got a default variant
+        (a stored opt-out, a frequency cap, profile targeting are stored data about the unit)."""
+        return not self.allows("ingest")
 
     def allows_any(self, scopes: Iterable[str]) -> bool:
         """Whether this key holds at least one of ``scopes`` (or ``admin``)."""

@@ -11,7 +11,13 @@ evaluator calls too):
 5. the policy: ``fixed`` is the deterministic hash split; learning policies come from the
    :class:`PolicyProvider` (bandits), which returns the choice and its exact propensity.
 
-Every placement decision is logged as an exposure with its reason code. A Redis failure while
+Every placement decision is logged as an exposure with its reason code. A caller holding a public
+key (one embedded in web pages, see :attr:`decision_api.access.keys.ApiKey.public`) is told reason
+``default`` for every default-variant answer: the true reason can be stored data about the unit
+(a withdrawn consent, a frequency cap, a profile feature behind targeting), which anyone who can
+read the page would otherwise probe for any unit id. The exposure keeps the true reason.
+
+A Redis failure while
 reading the profile does not fail the decision: the unit is decided on the request context alone
 and the answer says ``degraded: true``.
 """
@@ -41,6 +47,9 @@ from tailor_contract.wire import DecideResponse, PlacementDecision
 
 log = structlog.get_logger("tailor.decider")
 
+
+PUBLIC_DEFAULT_REASON = "default"
+"""The reason a public key sees for every default-variant answer."""
 
 
 class PolicyProvider(Protocol):
@@ -109,6 +118,18 @@ class Placed(msgspec.Struct, kw_only=True):
     pending: bool = False
 
 
+def public_answer(answer: PlacementDecision) -> PlacementDecision:
+    """The answer as a public key sees it: reason ``default`` for any default-variant answer.
+
+    Every reason behind a default variant collapses into one, so a stored opt-out
+    (``no_consent``) reads the same as a holdout, a cap or a targeting miss; which variant and
+    payload the page shows is unchanged.
+    """
+    if answer.policy != "default" or answer.reason == PUBLIC_DEFAULT_REASON:
+        return answer
+    return msgspec.structs.replace(answer, reason=PUBLIC_DEFAULT_REASON)
+
+
 class DecisionEngine:
     """Decide placements for units and log every exposure."""
 
@@ -152,8 +173,14 @@ class DecisionEngine:
         context: Mapping[str, Any],
         consent: bool,
         now_ms: int,
+        *,
+        public: bool = False,
     ) -> DecideResponse:
-        """Decide every placement for one unit; reads the profile in one Redis round trip."""
+        """Decide every placement for one unit; reads the profile in one Redis round trip.
+
+        With ``public`` (a public key asks) default-variant answers say reason ``default``
+        (see :func:`public_answer`); the exposures logged keep the true reason.
+        """
         degraded = False
         profile = EMPTY_PROFILE
         if consent and not self.kill_switch:
@@ -170,11 +197,10 @@ class DecisionEngine:
                 consent = False
                 profile = EMPTY_PROFILE
         unit = self.prepare(unit_id, context, consent, profile, degraded, now_ms)
-        return DecideResponse(
-            decision_id=unit.decision_id,
-            degraded=degraded,
-            decisions=self.decide_unit(unit, placements),
-        )
+        answers = self.decide_unit(unit, placements)
+        if public:
+            answers = [public_answer(answer) for answer in answers]
+        return DecideResponse(decision_id=unit.decision_id, degraded=degraded, decisions=answers)
 
     def prepare(
         self,

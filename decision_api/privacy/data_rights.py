@@ -5,8 +5,11 @@ What is "about a unit" (see the key layouts in :mod:`decision_api.profiles.store
 
 - Redis keys whose Cluster hash tag is the unit id or its pseudonym (``{p}:u:{<unit>}`` profile
   and any ``{p}:u:{<unit>}:...`` key beside it), and keys tagged with one of the unit's decision
-  ids (``{p}:dec:{<decision>}:...`` records awaiting their reward). Found with one ``SCAN`` over
-  the prefix, so an erasure costs a pass over the keyspace: an admin operation, not a hot path.
+  ids (``{p}:dec:{<decision>}:...`` records awaiting their reward): the decisions logged for it,
+  those in its join index, and every record whose ``rec`` names the unit (read during the scan:
+  a decision whose exposures never reached the event log has no other trace). Found with one
+  ``SCAN`` over the prefix (plus one ``HGET`` per decision record), so an erasure costs a pass
+  over the keyspace: an admin operation, not a hot path.
 - Event-log rows in every table with a ``unit_id`` column (exposures, outcomes, ...) under the
   unit id or its pseudonym (``anon:...``, what units without consent are logged as), removed with
   ``ALTER TABLE ... DELETE`` and ``mutations_sync = 2`` (the rows are rewritten away, not
@@ -15,17 +18,34 @@ What is "about a unit" (see the key layouts in :mod:`decision_api.profiles.store
   about the unit reaches the event log after the erasure; queued Redis writes (frequency-cap hits,
   decision records) are flushed before the keys are deleted.
 
+Racing writes. Decisions, outcomes and events for the unit may be in flight on any worker while
+it is erased. The erasure first sets a *tombstone* (:class:`Tombstones`): the ``{p}:erased`` ZSET
+holds, per erased unit, a token (a hash of its pseudonym, never the id) scored by the time it
+expires, ``TOMBSTONE_TTL_S`` later. Every writer checks it before writing: the event writer
+(exposures, outcomes), the reward-join and frequency-cap flushers (each one ``ZRANGEBYSCORE`` per
+flush, and no per-item work unless an erasure is recent) and the event and feature scripts
+(atomically, in the same script call). The decision hot path is unchanged. A flush that looked
+at the tombstones just before they were set is covered twice: this worker's flushers are waited
+for (they hold a lock while they write), and the whole sweep runs again ``settle_s`` later for
+the other workers'. Writes for the unit inside the tombstone TTL are dropped: a unit that comes
+back right after its erasure starts afresh two minutes later.
+
 The erasure is recorded in the audit table under the unit's pseudonym (a keyed hash), never the
 raw id. It is idempotent: when the event log is down it fails with 503 before touching Redis, and
-can simply be repeated. Known limits: a decision for the unit being served on another worker at
-the same moment can still be logged after the erasure (within one flush interval); training
-examples already finalised into the learner's stream (``{p}:train``, trimmed by length) are not
-searched.
+can simply be repeated. Known limits: a write slower than ``settle_s`` on another worker (an
+insert stalled that long), or events another worker spooled to its disk during an event-log
+outage and replays after the tombstone expired, can still land; training examples already
+finalised into the learner's stream (``{p}:train``, trimmed by length) are not searched.
+
+Export returns the same set of keys: the profile, keys tagged with the unit id or pseudonym, and
+the decision records (``{p}:dec:{<decision>}:...``: record JSON with the unit id, its context
+and the candidates) of every decision logged for the unit or listed in its join index.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,7 +55,9 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from bandits.join import DecisionRecord
 from decision_api.logging import unit_ref
 from decision_api.profiles.store import OPTOUT_FIELD, decode_feature, decode_profile, unit_key
 from event_log import sql as event_sql
@@ -54,8 +76,12 @@ log = structlog.get_logger("tailor.data_rights")
 
 EXPORT_LIMIT = 10_000
 SCAN_COUNT = 1000
+TOMBSTONE_TTL_S = 120
+SCREEN_BACKOFF_S = 1.0
 R = TypeVar("R", ExposureRecord, OutcomeRecord)
+T = TypeVar("T")
 _GLOB = re.compile(r"([*?\[\]\\])")
+_record_decoder = msgspec.json.Decoder(DecisionRecord)
 
 Auditor = Callable[[str, str, str, int, str], None]
 """``audit(action, entity, key, version, detail)`` (see ``Services.audit``)."""
@@ -78,6 +104,80 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class Tombstones:
+    """Units erased a moment ago, so that writers racing an erasure drop their writes.
+
+    ``{p}:erased`` ZSET: member ``token(unit)`` (32 hex chars of SHA-256 over the unit's
+    pseudonym: neither the id nor the pseudonym is stored), score the epoch ms at which it
+    expires. Expired members are trimmed by the next erasure, so the set holds the erasures of
+    the last ``ttl_s`` seconds. An event logged under the pseudonym (no consent) is matched too.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        pseudonymise: Callable[[str], str],
+        ttl_s: float = TOMBSTONE_TTL_S,
+    ) -> None:
+        self._redis = redis
+        self.key = f"{prefix}:erased"
+        self._pseudonymise = pseudonymise
+        self._ttl_ms = int(ttl_s * 1000)
+        self._skip_until = 0.0
+
+    @staticmethod
+    def _hash(pseudonym: str) -> str:
+        return hashlib.sha256(b"tailor-erased:" + pseudonym.encode()).hexdigest()[:32]
+
+    def token(self, unit_id: str) -> str:
+        """The tombstone token of a unit id."""
+        return self._hash(self._pseudonymise(unit_id))
+
+    async def add(self, unit_id: str) -> None:
+        """Mark the unit erased for the next ``ttl_s`` seconds (and trim expired marks)."""
+        now = int(time.time() * 1000)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self.key, "-inf", now)
+            pipe.zadd(self.key, {self.token(unit_id): now + self._ttl_ms})
+            await pipe.execute()
+
+    async def active(self) -> frozenset[str]:
+        """The tokens of units erased within the TTL (usually none: one cheap call)."""
+        now = int(time.time() * 1000)
+        members = await self._redis.zrangebyscore(self.key, now, "+inf")
+        return frozenset(_text(m) for m in members)
+
+    async def screen(self, items: list[T], unit_of: Callable[[T], str]) -> list[T]:
+        """``items`` without those whose unit (``unit_of(item)``: an id or a pseudonym) was
+        erased within the TTL; ``items`` itself when no erasure is recent.
+
+        Raises ``RedisError`` when Redis fails, then skips the check (returns ``items``) for
+        ``SCREEN_BACKOFF_S``, so writers do not wait a timeout per flush while Redis is down
+        (erasures need Redis too).
+        """
+        if not items or time.monotonic() < self._skip_until:
+            return items
+        try:
+            active = await self.active()
+        except RedisError:
+            self._skip_until = time.monotonic() + SCREEN_BACKOFF_S
+            raise
+        if not active:
+            return items
+        seen: dict[str, bool] = {}
+
+        def erased(unit: str) -> bool:
+            known = seen.get(unit)
+            if known is None:
+                known = seen[unit] = bool(unit) and (
+                    self._hash(unit) in active or self.token(unit) in active
+                )
+            return known
+
+        return [item for item in items if not erased(unit_of(item))]
+
+
 class DataRights:
     """Export and erase one unit's data across Redis, the writer and the event log."""
 
@@ -91,6 +191,8 @@ class DataRights:
         pseudonymise: Callable[[str], str],
         audit: Auditor,
         flushers: Sequence[Callable[[], Awaitable[object]]] = (),
+        tombstones: Tombstones | None = None,
+        settle_s: float = 0.0,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -99,42 +201,108 @@ class DataRights:
         self._pseudonymise = pseudonymise
         self._audit = audit
         self._flushers = tuple(flushers)
+        self._tombstones = tombstones
+        self._settle_s = settle_s
+        self._dec = f"{prefix}:dec:{{"
 
-    async def unit_keys(self, tags: frozenset[str]) -> list[str]:
-        """Every key under the prefix whose hash tag is one of ``tags`` (one SCAN pass)."""
+    async def unit_keys(self, tags: frozenset[str], units: frozenset[str]) -> list[str]:
+        """Every key under the prefix whose hash tag is one of ``tags``, and the records of
+        decisions made for one of ``units`` (found by their content), in one SCAN pass."""
         found = []
+        records: list[str] = []
         async for key in self._redis.scan_iter(
             match=_escape(self._prefix) + ":*", count=SCAN_COUNT
         ):
             name = _text(key)
             if hash_tag(name) in tags:
                 found.append(name)
+            elif name.startswith(self._dec) and not name.endswith("}:exps"):
+                records.append(name)
+                if len(records) >= SCAN_COUNT:
+                    found += await self._records_of(records, units)
+                    records = []
+        found += await self._records_of(records, units)
+        return found
+
+    async def _records_of(self, keys: Sequence[str], units: frozenset[str]) -> list[str]:
+        """The keys (with their ``exps`` sets) of the decision records among ``keys`` whose
+        unit is one of ``units``: a decision's exposures may never reach the event log (another
+        worker dropped them at an erasure), and the join index keeps only the latest one."""
+        if not keys:
+            return []
+        experiments = [key[: key.rindex("}:") + 2] + "exps" for key in keys]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, exps in zip(keys, experiments, strict=True):
+                pipe.hget(key, "rec")
+                pipe.exists(exps)
+            replies = await pipe.execute()
+        found = []
+        for i, key in enumerate(keys):
+            body, has_exps = replies[2 * i], replies[2 * i + 1]
+            if body is None:
+                continue
+            try:
+                record = _record_decoder.decode(body)
+            except msgspec.DecodeError:  # ValidationError too: not a decision record
+                continue
+            if record.unit_id in units:
+                found += [key, experiments[i]] if has_exps else [key]
         return found
 
     async def erase(self, unit_id: str) -> ErasureReport:
-        """Remove everything stored about ``unit_id``; raises EventLogUnavailable (503) if down."""
+        """Remove everything stored about ``unit_id``; raises EventLogUnavailable (503) if down.
+
+        Sets the unit's tombstone first, sweeps, and sweeps again ``settle_s`` later (see the
+        module docstring): on return nothing written before the tombstone is left, and nothing
+        written after it lands for the tombstone's TTL.
+        """
         pseudonym = self._pseudonymise(unit_id)
         ids = frozenset({unit_id, pseudonym})
+        if self._tombstones is not None:
+            await self._tombstones.add(unit_id)
+        keys, rows, unwritten = await self._sweep(ids)
+        if self._settle_s > 0:
+            await asyncio.sleep(self._settle_s)
+            more_keys, more_rows, more_unwritten = await self._sweep(ids)
+            keys += more_keys
+            unwritten += more_unwritten
+            rows = {t: rows.get(t, 0) + more_rows.get(t, 0) for t in rows | more_rows}
+        report = ErasureReport(
+            pseudonym=pseudonym,
+            redis_keys=keys,
+            event_log_rows=rows,
+            unwritten_events=unwritten,
+        )
+        detail = msgspec.json.encode(
+            {"redis_keys": keys, "rows": rows, "unwritten": unwritten}
+        ).decode()
+        self._audit("erase", "unit", pseudonym, 0, detail)
+        log.info("unit_erased", unit=unit_ref(unit_id), redis_keys=keys, rows=rows)
+        return report
+
+    async def _sweep(self, ids: frozenset[str]) -> tuple[int, dict[str, int], int]:
+        """One pass over every store: (Redis keys, event-log rows per table, unwritten events)
+        removed."""
         for flush in self._flushers:  # queued Redis writes (caps, join records) land first
             await flush()
         unwritten = await self._writer.forget(ids)
         decisions = {e.decision_id for e in unwritten if isinstance(e, Exposure)}
         rows = await asyncio.to_thread(self._erase_rows, sorted(ids), decisions)
-        keys = await self.unit_keys(ids | frozenset(decisions))
+        decisions |= await self._joined_decisions(ids)
+        keys = sorted(set(await self.unit_keys(ids | frozenset(decisions), ids)))
         for start in range(0, len(keys), 500):
             await self._redis.unlink(*keys[start : start + 500])
-        report = ErasureReport(
-            pseudonym=pseudonym,
-            redis_keys=len(keys),
-            event_log_rows=rows,
-            unwritten_events=len(unwritten),
-        )
-        detail = msgspec.json.encode(
-            {"redis_keys": len(keys), "rows": rows, "unwritten": len(unwritten)}
-        ).decode()
-        self._audit("erase", "unit", pseudonym, 0, detail)
-        log.info("unit_erased", unit=unit_ref(unit_id), redis_keys=len(keys), rows=rows)
-        return report
+        return len(keys), rows, len(unwritten)
+
+    async def _joined_decisions(self, ids: frozenset[str]) -> set[str]:
+        """Decision ids in the units' reward-join indexes (``{p}:u:{<unit>}:join``)."""
+        found: set[str] = set()
+        for unit in ids:
+            index: dict[str, str] = await self._redis.hgetall(  # type: ignore[assignment]
+                f"{self._prefix}:u:{{{unit}}}:join"
+            )
+            found.update(_text(d) for d in index.values())
+        return found
 
     def _erase_rows(self, ids: Sequence[str], decisions: set[str]) -> dict[str, int]:
         """Delete the units' rows in every unit table (by unit id, and by decision id where the
@@ -169,9 +337,13 @@ class DataRights:
         features = {k[2:]: decode_feature(v) for k, v in raw.items() if k.startswith("f:")}
         profile = decode_profile(raw, now)
         derived = {k: v for k, v in profile.attributes.items() if k not in features}
+        for flush in self._flushers:  # queued cap hits and decision records first
+            await flush()
         await self._writer.flush()
-        exposures, outcomes = await asyncio.to_thread(self._rows, sorted(ids))
-        others = [k for k in await self.unit_keys(ids) if k != profile_key]
+        exposures, outcomes, decisions = await asyncio.to_thread(self._rows, sorted(ids))
+        decisions |= await self._joined_decisions(ids)
+        tags = ids | frozenset(decisions)
+        others = sorted(set(await self.unit_keys(tags, ids)) - {profile_key})
         return UnitExport(
             unit_id=unit_id,
             pseudonym=pseudonym,
@@ -186,8 +358,15 @@ class DataRights:
             truncated=len(exposures) >= EXPORT_LIMIT or len(outcomes) >= EXPORT_LIMIT,
         )
 
-    def _rows(self, ids: Sequence[str]) -> tuple[list[ExposureRecord], list[OutcomeRecord]]:
+    def _rows(
+        self, ids: Sequence[str]
+    ) -> tuple[list[ExposureRecord], list[OutcomeRecord], set[str]]:
+        """The units' exposures and outcomes (at most ``EXPORT_LIMIT`` each) and every decision
+        id logged for them."""
         params: dict[str, object] = {"units": list(ids), "limit": EXPORT_LIMIT}
+        decisions = {
+            str(r[0]) for r in self._log.query(event_sql.UNIT_DECISION_IDS, {"units": list(ids)})
+        }
         exposures = [
             _record(ExposureRecord, event_sql.EXPOSURE_COLUMNS, row)
             for row in self._log.query(event_sql.UNIT_EXPOSURES, params)
@@ -197,7 +376,7 @@ class DataRights:
             _record(OutcomeRecord, event_sql.OUTCOME_COLUMNS, row)
             for row in self._log.query(event_sql.UNIT_OUTCOMES, params)
         ]
-        return exposures, outcomes
+        return exposures, outcomes, decisions
 
     async def _dump(self, key: str) -> RedisEntry:
         kind = _text(await self._redis.type(key))

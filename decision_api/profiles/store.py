@@ -22,16 +22,27 @@ field                 value
 
 Day buckets older than ``WINDOW_DAYS`` are pruned by the event script once the hash grows past
 ``PRUNE_AT`` fields, so a profile's size is bounded by event types x 90 days.
+
+Consent and erasure are checked inside the write scripts, atomically with the write: events and
+feature writes leave the profile of a unit that withdrew consent (``x:optout``) untouched, and
+so do they, and queued frequency-cap hits, for a unit erased within the tombstone TTL (see
+:class:`decision_api.privacy.data_rights.Tombstones`), so a write racing an erasure cannot bring the
+unit's key back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from decision_api.privacy.data_rights import Tombstones
 
 FeatureValue = str | int | float | bool | list[str]
 
@@ -42,6 +53,20 @@ MAX_CATEGORIES = 5
 HOURS_OF_WEEK = 168
 HISTOGRAM_TYPES = frozenset({"email_open", "email_click"})
 OPTOUT_FIELD = "x:optout"
+
+Written = Literal["stored", "opted_out", "erased"]
+"""What a profile write did: stored, or left out (consent withdrawn, unit just erased)."""
+_WRITTEN: dict[int, Written] = {1: "stored", -1: "opted_out", -2: "erased"}
+
+# Shared head of the write scripts: KEYS[1] the profile, KEYS[2] the tombstone set, ARGV[1] the
+# unit's tombstone token ('' = no check), ARGV[2] now (ms). -1: opted out, -2: just erased.
+_GUARD = """
+if redis.call('HGET', KEYS[1], 'x:optout') == '1' then return -1 end
+if ARGV[1] ~= '' then
+  local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if until_ms and tonumber(until_ms) > tonumber(ARGV[2]) then return -2 end
+end
+"""
 
 
 class Timestamp(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -86,12 +111,14 @@ class FeatureStore(Protocol):
 
     async def upsert_features(
         self, unit_id: str, features: Mapping[str, FeatureValue | Timestamp]
-    ) -> None:
-        """Set (overwrite) the named features of a unit."""
+    ) -> Written:
+        """Set (overwrite) the named features of a unit, unless it opted out or was erased."""
         ...
 
-    async def record_events(self, unit_id: str, events: Sequence[UnitEvent], now: float) -> None:
-        """Apply behavioural events to the unit's derived counters atomically."""
+    async def record_events(
+        self, unit_id: str, events: Sequence[UnitEvent], now: float
+    ) -> list[Written]:
+        """Apply behavioural events to the unit's derived counters atomically (what each did)."""
         ...
 
     def queue_cap_hit(self, hit: CapHit) -> None:
@@ -99,13 +126,15 @@ class FeatureStore(Protocol):
         ...
 
 
-_RECORD_EVENT = """
+_RECORD_EVENT = (
+    _GUARD
+    + """
 local key = KEYS[1]
-local typ, day, value, ts, cat, how = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local ttl, window, prune_at, max_cats = tonumber(ARGV[7]), tonumber(ARGV[8]),
-  tonumber(ARGV[9]), tonumber(ARGV[10])
-local today = tonumber(ARGV[11])
+local typ, day, value, ts, cat, how = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]),
+  tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local ttl, window, prune_at, max_cats = tonumber(ARGV[9]), tonumber(ARGV[10]),
+  tonumber(ARGV[11]), tonumber(ARGV[12])
+local today = tonumber(ARGV[13])
 if day > today - window then
   redis.call('HINCRBY', key, 'e:' .. typ .. ':' .. day, 1)
   if value ~= 0 then
@@ -113,7 +142,7 @@ if day > today - window then
   end
 end
 local last = tonumber(redis.call('HGET', key, 'l:' .. typ) or '0')
-if ts > last then redis.call('HSET', key, 'l:' .. typ, ARGV[4]) end
+if ts > last then redis.call('HSET', key, 'l:' .. typ, ARGV[6]) end
 if cat ~= '' then
   local cur = redis.call('HGET', key, 'cat')
   local cats = {}
@@ -137,6 +166,17 @@ end
 redis.call('EXPIRE', key, ttl)
 return 1
 """
+)
+
+
+_UPSERT = (
+    _GUARD
+    + """
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+)
 
 
 _RECORD_CAP = """
@@ -157,6 +197,12 @@ if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 return #out
 """
 
+
+_OPTED_OUT = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, 'x:optout') or '' end
+return out
+"""
 
 _MGETALL = """
 local out = {}
@@ -283,7 +329,12 @@ class RedisFeatureStore:
         self._record = redis.register_script(_RECORD_EVENT)
         self._record_cap = redis.register_script(_RECORD_CAP)
         self._mget = redis.register_script(_MGETALL)
+        self._upsert = redis.register_script(_UPSERT)
+        self._opted_out = redis.register_script(_OPTED_OUT)
         self._cap_hits: list[CapHit] = []
+        self._cap_lock = asyncio.Lock()
+        self.tombstones: Tombstones | None = None
+        """Recently erased units (set by the app): writes for them are dropped."""
 
     def key(self, unit_id: str) -> str:
         """The profile key of a unit."""
@@ -309,17 +360,33 @@ class RedisFeatureStore:
                 profiles.append(decode_profile(dict(zip(it, it, strict=True)), now))
         return profiles
 
+    def _guard(self, unit_id: str, now: float) -> tuple[list[str], list[str | int]]:
+        """KEYS and the first ARGV of a guarded write script (see ``_GUARD``)."""
+        tombstones = self.tombstones
+        if tombstones is None:
+            return [self.key(unit_id), self._prefix + ":erased"], ["", 0]
+        return [self.key(unit_id), tombstones.key], [tombstones.token(unit_id), int(now * 1000)]
+
     async def upsert_features(
         self, unit_id: str, features: Mapping[str, FeatureValue | Timestamp]
-    ) -> None:
-        """Overwrite the given features and refresh the profile's TTL, atomically."""
-        key = self.key(unit_id)
-        mapping = {"f:" + name: encode_feature(v) for name, v in features.items()}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if mapping:
-                pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-            pipe.expire(key, self._ttl_s)
-            await pipe.execute()
+    ) -> Written:
+        """Overwrite the given features and refresh the profile's TTL, atomically; nothing is
+        written for a unit that withdrew consent (``opted_out``) or was just erased."""
+        keys, args = self._guard(unit_id, time.time())
+        args.append(self._ttl_s)
+        for name, value in features.items():
+            args += ["f:" + name, encode_feature(value)]
+        return _WRITTEN[int(await self._upsert(keys=keys, args=args))]
+
+    async def opted_out(self, unit_ids: Iterable[str]) -> set[str]:
+        """Which of the units withdrew consent (one script call per ``MGET_BATCH`` units)."""
+        ids = list(dict.fromkeys(unit_ids))
+        found: set[str] = set()
+        for start in range(0, len(ids), MGET_BATCH):
+            part = ids[start : start + MGET_BATCH]
+            flags = await self._opted_out(keys=[self.key(u) for u in part])
+            found.update(u for u, flag in zip(part, flags, strict=True) if flag == "1")
+        return found
 
     async def delete_features(self, unit_id: str, names: Iterable[str]) -> None:
         """Remove named features from a unit's profile."""
@@ -327,17 +394,21 @@ class RedisFeatureStore:
         if fields:
             await self._redis.hdel(self.key(unit_id), *fields)
 
-    async def record_events(self, unit_id: str, events: Sequence[UnitEvent], now: float) -> None:
-        """Apply events through one Lua script call each, pipelined (atomic per event)."""
-        key = self.key(unit_id)
+    async def record_events(
+        self, unit_id: str, events: Sequence[UnitEvent], now: float
+    ) -> list[Written]:
+        """Apply events through one Lua script call each, pipelined (atomic per event); an
+        event for a unit that withdrew consent or was just erased is left out."""
+        keys, guard = self._guard(unit_id, now)
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in events:
                 how = ""
                 if event.type in HISTOGRAM_TYPES:
                     how = str(hour_of_week(event.ts))
                 await self._record(
-                    keys=[key],
+                    keys=keys,
                     args=[
+                        *guard,
                         event.type,
                         int(event.ts // 86400),
                         repr(float(event.value)),
@@ -352,18 +423,28 @@ class RedisFeatureStore:
                     ],
                     client=pipe,
                 )
-            await pipe.execute()
+            return [_WRITTEN[int(code)] for code in await pipe.execute()]
 
     def queue_cap_hit(self, hit: CapHit) -> None:
         """Queue an exposure that counts against a frequency cap (written by ``flush_caps``)."""
         self._cap_hits.append(hit)
 
     async def flush_caps(self) -> int:
-        """Record queued cap hits atomically per unit, in one pipelined round trip."""
+        """Record queued cap hits atomically per unit, in one pipelined round trip; hits of a
+        unit erased within the tombstone TTL are dropped. Waits for a flush in flight first, so
+        on return every hit queued before the call is in Redis (or dropped)."""
+        if not self._cap_hits and not self._cap_lock.locked():
+            return 0
+        async with self._cap_lock:
+            return await self._flush_caps()
+
+    async def _flush_caps(self) -> int:
         if not self._cap_hits:
             return 0
         hits, self._cap_hits = self._cap_hits, []
         try:
+            if self.tombstones is not None:
+                hits = await self.tombstones.screen(hits, _unit_of_hit)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for hit in hits:
                     await self._record_cap(
@@ -397,6 +478,10 @@ class RedisFeatureStore:
         """Erase the unit's profile; returns the number of keys removed."""
         removed: int = await self._redis.delete(self.key(unit_id))
         return removed
+
+
+def _unit_of_hit(hit: CapHit) -> str:
+    return hit.unit_id
 
 
 def hour_of_week(ts: float) -> int:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from litestar import Controller, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from decision_api.routes.fast_decide import fast_decide
-from decision_api.routes.guards import require
+from decision_api.routes.guards import is_public, require
 from decision_api.services import Services
 from event_log.writer import now_ms
 from tailor_contract.errors import InvalidInput
@@ -24,7 +25,10 @@ class DecideController(Controller):
 
     @post("", guards=[require("decide")], status_code=200, middleware=[fast_decide])
     async def decide(
-        self, data: JSONBody[DecideRequest], services: NamedDependency[Services]
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[DecideRequest],
+        services: NamedDependency[Services],
     ) -> DecideResponse:
         """Pick a variant for each placement (reason codes: docs/http-api.md#reason-codes).
 
@@ -39,7 +43,12 @@ class DecideController(Controller):
                 field="$.placements",
             )
         response = await services.engine.decide(
-            data.unit_id, data.placements, data.context, data.consent, now_ms()
+            data.unit_id,
+            data.placements,
+            data.context,
+            data.consent,
+            now_ms(),
+            public=is_public(request),
         )
         services.metrics.decision_latency.labels("decide").observe(time.perf_counter() - started)
         return response

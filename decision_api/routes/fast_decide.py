@@ -135,9 +135,14 @@ def _served(scope: Scope, cache: list[_Served]) -> _Served:
     return served
 
 
-async def _decide(served: _Served, request: DecideRequest) -> bytes:
+async def _decide(served: _Served, request: DecideRequest, public: bool) -> bytes:
     response = await served.engine.decide(
-        request.unit_id, request.placements, request.context, request.consent, now_ms()
+        request.unit_id,
+        request.placements,
+        request.context,
+        request.consent,
+        now_ms(),
+        public=public,
     )
     return _encoder.encode(response)
 
@@ -177,14 +182,14 @@ def fast_decide(app: ASGIApp) -> ASGIApp:
             return
         header_key, url_key = _keys(scope)
         try:
-            key_id = await authorize(served.services, _SCOPES, header_key, url_key)
+            key = await authorize(served.services, _SCOPES, header_key, url_key)
         except TailorError:
             await app(scope, slow, send)
             return
-        if key_id is not None:
-            scope["state"]["api_key_id"] = key_id
+        if key is not None:
+            scope["state"]["api_key_id"] = key.key_id
         started = time.perf_counter()
-        payload = await _decide(served, request)
+        payload = await _decide(served, request, key is not None and key.public)
         await _respond(served, send, payload, _headers(payload), started)
 
     return middleware
@@ -270,17 +275,17 @@ class DecideFront:
             await self.app(scope, slow, send)
             return
         try:
-            key_id = await authorize(
+            key = await authorize(
                 served.services, _SCOPES, presented_key(header_key, api_key), _url_key(scope)
             )
         except TailorError:
             await self.app(scope, slow, send)
             return
-        if key_id is not None:
-            state["api_key_id"] = key_id
+        if key is not None:
+            state["api_key_id"] = key.key_id
         started = time.perf_counter()
         try:
-            payload = await _decide(served, request)
+            payload = await _decide(served, request, key is not None and key.public)
         except Exception as exc:  # answered as the route's exception handlers answer it
             problem = internal_problem(rid, route="POST " + PATH, exc=exc)
             body_out = msgspec.json.encode(problem)

@@ -7,7 +7,7 @@ route                                     scopes (any of)
 ========================================  =========================
 ``POST /v1/decide``                       decide
 ``POST /v1/outcomes``, ``/batch``         decide, ingest
-``POST /v1/events``                       decide, ingest
+``POST /v1/events``                       decide (browser events only), ingest
 ``GET /v1/definitions``                   decide (SDK local evaluation)
 ``POST /v1/exposures/batch``              decide, ingest (SDK local evaluation)
 ``PUT /v1/units/{id}/features``           ingest
@@ -21,7 +21,11 @@ reports                                   report
 ========================================  =========================
 
 ``decide`` keys are safe to embed in a web page: they can ask for decisions and report what the
-visitor did, never read or change stored data.
+visitor did, never read or change stored data. A key holding neither ``ingest`` nor ``admin`` is
+*public* (:attr:`~decision_api.access.keys.ApiKey.public`, marked ``public_key`` in the request's
+scope state): its events are limited to browser events without value or time, and its decisions say
+``reason: default`` wherever the true reason (a stored opt-out, a cap, profile targeting) would tell
+it something stored about the unit.
 
 On routes that accept ``decide``, a key may also come as the ``?key=`` query parameter, for the
 browser snippet: ``navigator.sendBeacon`` cannot set headers, and a header-free ``text/plain``
@@ -37,7 +41,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from decision_api.access.keys import Scope, current_actor, presented_key
+from decision_api.access.keys import ApiKey, Scope, current_actor, presented_key
 from tailor_contract.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
@@ -58,8 +62,8 @@ async def authorize(
     scopes: tuple[Scope, ...],
     header_key: str | None,
     url_key: str | None,
-) -> str | None:
-    """Check a request's key against ``scopes`` and its rate limit; returns the key id.
+) -> ApiKey | None:
+    """Check a request's key against ``scopes`` and its rate limit; returns the key.
 
     Returns None when the API is open (no key configured). Raises 401 without a known key, 403
     without the scope (or for a non-``decide`` key passed in the URL), 429 over the rate limit,
@@ -97,8 +101,8 @@ async def authorize(
         raise RateLimited(
             f"API key {key.key_id} is over its rate limit; retry later", retry_after_s=wait
         )
-    key_id: str = key.key_id
-    return key_id
+    found: ApiKey = key
+    return found
 
 
 def require(*scopes: Scope) -> Guard:
@@ -112,13 +116,20 @@ def require(*scopes: Scope) -> Guard:
         raise ValueError("require() needs at least one scope")
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        key_id = await authorize(
+        key = await authorize(
             connection.app.state.services,
             scopes,
             connection_key(connection),
             connection.query_params.get("key"),
         )
-        if key_id is not None:
-            connection.scope["state"]["api_key_id"] = key_id
+        if key is not None:
+            connection.scope["state"]["api_key_id"] = key.key_id
+            connection.scope["state"]["public_key"] = key.public
 
     return guard
+
+
+def is_public(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether the request came with a public key (see :attr:`ApiKey.public`); False in open
+    (development) mode."""
+    return bool(connection.scope["state"].get("public_key", False))

@@ -1,4 +1,11 @@
-"""Outcomes: clicks, opens, purchases — logged and joined to their decisions."""
+"""Outcomes: clicks, opens, purchases — logged and joined to their decisions.
+
+An outcome sent with the ``unit_id`` of a unit that withdrew consent is logged as its decisions are:
+under the unit's pseudonym, without ``properties`` (the same
+:class:`~decision_api.decisions.engine.Pseudonymiser`), and so not joined by unit id either. The
+stored opt-outs are read in one script call per request; when Redis cannot answer, outcomes are
+logged as sent and the answer says ``degraded: true`` (as decisions fail open on the profile read).
+"""
 
 from __future__ import annotations
 
@@ -27,25 +34,46 @@ async def accept_outcomes(
     received = now_ms()
     ids = []
     outcomes = []
+    opted_out, consent_unknown = await opted_out_units(services, requests)
     for req in requests:
         event_id = uuid.UUID(req.event_id) if req.event_id else uuid.uuid4()
         ts_ms = int(req.ts.timestamp() * 1000) if req.ts is not None else received
+        unit_id, properties = req.unit_id or "", dict(req.properties)
+        if unit_id in opted_out:
+            unit_id, properties = services.pseudonymise(unit_id), {}
         outcome = Outcome(
             event_id=event_id,
             ts_ms=ts_ms,
             decision_id=req.decision_id or "",
-            unit_id=req.unit_id or "",
+            unit_id=unit_id,
             experiment=req.experiment or "",
             type=req.type,
             value=req.value,
-            properties=dict(req.properties),
+            properties=properties,
         )
         services.writer.submit(outcome)
         services.metrics.outcomes.labels(req.type).inc()
         ids.append(event_id.hex)
         outcomes.append(outcome)
     joined, degraded = await join_outcomes(services, outcomes, received)
-    return OutcomeAccepted(accepted=len(ids), event_ids=ids, joined=joined, degraded=degraded)
+    return OutcomeAccepted(
+        accepted=len(ids), event_ids=ids, joined=joined, degraded=degraded or consent_unknown
+    )
+
+
+async def opted_out_units(
+    services: Services, requests: Sequence[OutcomeRequest]
+) -> tuple[set[str], bool]:
+    """The outcomes' unit ids whose unit withdrew consent, and whether Redis failed to say."""
+    units = [req.unit_id for req in requests if req.unit_id]
+    if not units:
+        return set(), False
+    try:
+        return await services.features.opted_out(units), False
+    except RedisError as exc:
+        services.metrics.degraded.labels("redis").inc()
+        log.warning("consent_read_failed", error=str(exc))
+        return set(), True
 
 
 async def join_outcomes(

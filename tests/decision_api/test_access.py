@@ -49,6 +49,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
         {"decide", "ingest"},
     ),
     ("POST", "/v1/events", {"unit_id": "u1", "type": "page_view"}, {"decide", "ingest"}),
+    # A public (decide-only) key sends browser events only: no purchase, no value, no date.
+    ("POST", "/v1/events", {"unit_id": "u1", "type": "purchase", "value": 9.5}, {"ingest"}),
     ("POST", "/v1/decide/batch", {}, {"ingest"}),
     ("GET", "/v1/definitions", None, {"decide"}),
     ("POST", "/v1/exposures/batch", {}, {"decide", "ingest"}),
@@ -404,3 +406,85 @@ async def test_no_cors_headers_without_configuration(keyed: Client) -> None:
         headers={"Origin": "https://shop.example", **bearer(SECRETS["decide"])},
     )
     assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"type": "purchase", "value": 1e12, "properties": {"category": "weapons"}}, "$.type"),
+        ({"type": "email_open"}, "$.type"),
+        ({"type": "page_view", "value": 5}, "$.value"),
+        ({"type": "product_view", "ts": "2026-01-01T00:00:00Z"}, "$.ts"),
+    ],
+)
+async def test_public_key_cannot_plant_events(
+    keyed: Client, redis: Redis, namespace: str, event: dict[str, Any], field: str
+) -> None:
+    """A decide-only key (readable in any web page) is refused (403 naming the field) an event
+    other than a browsing event, a value or a date; nothing reaches the unit's profile."""
+    body = {"unit_id": "victim-1", **event}
+    for headers, query in ((bearer(SECRETS["decide"]), ""), ({}, f"?key={SECRETS['decide']}")):
+        response = await keyed.post("/v1/events" + query, json=body, headers=headers)
+        assert response.status_code == 403, response.text
+        assert response.json()["errors"][0]["field"] == field
+    assert await redis.hgetall(f"{namespace}:u:{{victim-1}}") == {}
+    served = await keyed.post("/v1/events", json=body, headers=bearer(SECRETS["ingest"]))
+    assert served.status_code == 202, served.text
+
+
+async def test_public_key_sends_browser_events(keyed: Client) -> None:
+    """A decide-only key still records browsing events (with a category) for a unit."""
+    body = {"unit_id": "shopper-1", "type": "product_view", "properties": {"category": "shoes"}}
+    response = await keyed.post("/v1/events", json=body, headers=bearer(SECRETS["decide"]))
+    assert response.status_code == 202, response.text
+    export = await keyed.get("/v1/units/shopper-1/export", headers=bearer(SECRETS["admin"]))
+    derived = export.json()["derived"]
+    assert derived["product_view_7d"] == 1 and derived["last_categories"] == ["shoes"]
+
+
+OFFER: dict[str, Any] = {
+    "key": "offer",
+    "placement": "home",
+    "variants": [{"key": "control"}, {"key": "spring"}],
+    "default_variant": "control",
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/decide", "/v1/decide/"])
+async def test_public_key_cannot_probe_consent(keyed: Client, path: str) -> None:
+    """Deciding with a public key for a unit that withdrew consent says reason ``default``, as
+    for any default answer (a consent: false request, the holdout), never ``no_consent``; server
+    keys and the exposure log keep the true reason."""
+    admin, public = bearer(SECRETS["admin"]), bearer(SECRETS["decide"])
+    spec = {**OFFER, "holdout": 0.5}
+    assert (await keyed.post("/v1/experiments", json=spec, headers=admin)).status_code == 201
+    assert (await keyed.post("/v1/experiments/offer/start", headers=admin)).status_code == 200
+    consent = await keyed.put(
+        "/v1/units/opted-out-1/consent",
+        json={"personalization": False},
+        headers=bearer(SECRETS["ingest"]),
+    )
+    assert consent.status_code == 200
+
+    async def answer(unit: str, headers: dict[str, str], **extra: Any) -> dict[str, Any]:
+        body = {"unit_id": unit, "placements": ["home"], **extra}
+        response = await keyed.post(path, json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        decision: dict[str, Any] = response.json()["decisions"][0]
+        return decision
+
+    probed = await answer("opted-out-1", public)
+    asked = await answer("someone-else", public, consent=False)
+    held_out = [await answer(f"unit-{i}", public) for i in range(40)]
+    assert probed == {"placement": "home", "reason": "default", "policy": "default",
+                      "propensity": 1.0, "experiment": "offer", "variant": "control",
+                      "payload": {}}  # fmt: skip
+    assert asked == probed
+    assert probed in held_out  # a holdout answer reads exactly the same
+    assert (await answer("opted-out-1", admin))["reason"] == "no_consent"
+    services = keyed.app.state.services
+    await asyncio.to_thread(keyed.blocking_portal.call, services.writer.flush)
+    logged = await asyncio.to_thread(
+        services.event_log.query, "SELECT count() FROM exposures WHERE reason = 'no_consent'"
+    )
+    assert logged == [(3,)]

@@ -355,3 +355,158 @@ async def test_unit_ids_never_logged_raw_when_redis_is_down(
     assert not [entry for entry in logs if UNIT in str(entry)]
     server_lines = [r.getMessage() for r in caplog.records if not r.name.startswith("httpx")]
     assert not [line for line in server_lines if UNIT in line]
+
+
+async def test_outcomes_of_opted_out_unit_are_pseudonymised(client: Client) -> None:
+    """An outcome sent by unit id for a unit that withdrew consent is logged under its
+    pseudonym without properties (single and batch); another unit's outcome is untouched."""
+    await client.put(f"/v1/units/{UNIT}/consent", json={"personalization": False})
+    pseudonym = Pseudonymiser(services_of(client).settings.pseudonym_secret)(UNIT)
+    sent = {"type": "purchase", "value": 5.0, "properties": {"sku": "pregnancy-test"}}
+    assert (await client.post("/v1/outcomes", json={"unit_id": UNIT, **sent})).status_code == 202
+    batch = {"outcomes": [{"unit_id": UNIT, **sent}, {"unit_id": OTHER, **sent}]}
+    assert (await client.post("/v1/outcomes/batch", json=batch)).status_code == 202
+    rows = await query(client, "SELECT unit_id, properties FROM outcomes ORDER BY unit_id")
+    assert sorted(rows) == sorted(
+        [(pseudonym, {}), (pseudonym, {}), (OTHER, {"sku": "pregnancy-test"})]
+    )
+
+
+async def test_opted_out_profile_is_not_written(
+    client: Client, redis: Redis, namespace: str
+) -> None:
+    """After a consent withdrawal, feature writes are refused (409) and events accepted but
+    dropped (202): the stored profile does not change; consent given again writes again."""
+    await client.put(f"/v1/units/{UNIT}/features", json={"features": {"segment": "vip"}})
+    await client.put(f"/v1/units/{UNIT}/consent", json={"personalization": False})
+    profile_key = f"{namespace}:u:{{{UNIT}}}"
+    before = await redis.hgetall(profile_key)
+    put = await client.put(f"/v1/units/{UNIT}/features", json={"features": {"segment": "new"}})
+    assert put.status_code == 409, put.text
+    assert put.json()["code"] == "conflict" and "consent" in put.json()["detail"]
+    event = {"unit_id": UNIT, "type": "purchase", "value": 1e12, "properties": {"category": "x"}}
+    assert (await client.post("/v1/events", json=event)).status_code == 202
+    assert await redis.hgetall(profile_key) == before
+
+    await client.put(f"/v1/units/{UNIT}/consent", json={"personalization": True})
+    put = await client.put(f"/v1/units/{UNIT}/features", json={"features": {"segment": "new"}})
+    assert put.status_code == 200, put.text
+    assert (await client.post("/v1/events", json=event)).status_code == 202
+    assert (await redis.hgetall(profile_key))["f:segment"] == "s:new"
+
+
+LEARNING: dict[str, Any] = {
+    **HERO,
+    "key": "learn",
+    "placement": "banner",
+    "policy": {"kind": "thompson"},
+    "reward": {"rules": [{"type": "purchase", "reward": 1.0}]},
+    "reward_window_s": 86400,
+}
+
+
+async def start_learning(client: Client) -> None:
+    """Create and start a Thompson-sampling experiment with a frequency cap."""
+    assert (await client.post("/v1/experiments", json=LEARNING)).status_code == 201
+    assert (await client.post("/v1/experiments/learn/start")).status_code == 200
+
+
+async def test_export_includes_decision_records(client: Client, namespace: str) -> None:
+    """The export lists the unit's reward-join decision records (raw id, context) with the
+    join index, for every learning decision made for it."""
+    await start_learning(client)
+    ids = []
+    for _ in range(3):
+        body = {"unit_id": UNIT, "placements": ["banner"], "context": {"device": "mobile"}}
+        response = await client.post("/v1/decide", json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["decisions"][0]["reason"] == "policy"
+        ids.append(response.json()["decision_id"])
+    body = (await client.get(f"/v1/units/{UNIT}/export")).json()
+    entries = {entry["key"]: entry for entry in body["redis"]}
+    for decision in ids:
+        record = entries[f"{namespace}:dec:{{{decision}}}:learn"]
+        assert UNIT in record["value"]["rec"] and "mobile" in record["value"]["rec"]
+        assert entries[f"{namespace}:dec:{{{decision}}}:exps"]["value"] == ["learn"]
+    assert f"{namespace}:u:{{{UNIT}}}:join" in entries
+
+
+async def test_erasure_racing_decisions_leaves_nothing(
+    client: Client, redis: Redis, namespace: str
+) -> None:
+    """A DELETE served while 60 decisions (learning and capped), outcomes and events for the
+    unit are in flight leaves, once every flush interval has passed, no event-log row and no
+    Redis key or value with the unit's id."""
+    await start_hero(client)
+    await start_learning(client)
+
+    async def decide_one(i: int) -> int:
+        await asyncio.sleep(0.002 * i)
+        body = {"unit_id": UNIT, "placements": ["home", "banner"], "context": {"i": i}}
+        return (await client.post("/v1/decide", json=body)).status_code
+
+    async def side_writes() -> None:
+        for _ in range(5):
+            await client.post("/v1/outcomes", json={"unit_id": UNIT, "type": "click"})
+            await client.post("/v1/events", json={"unit_id": UNIT, "type": "page_view"})
+
+    async def erase() -> int:
+        await asyncio.sleep(0.03)
+        return (await client.delete(f"/v1/units/{UNIT}")).status_code
+
+    *decided, erased, _ = await asyncio.gather(
+        *(decide_one(i) for i in range(60)), erase(), side_writes()
+    )
+    assert set(decided) == {200} and erased == 200
+    flush = services_of(client).settings.event_log.flush_interval_s
+    await asyncio.sleep(max(1.0, 10 * flush))  # join and cap flushers run every 20 ms
+
+    for table in ("exposures", "outcomes"):
+        rows = await query(
+            client,
+            "SELECT count() FROM {t:Identifier} "
+            "WHERE position(formatRowNoNewline('TSV', *), {s:String}) > 0",
+            t=table,
+            s=UNIT,
+        )
+        assert rows == [(0,)], table
+    dump = await redis_dump(redis, namespace)
+    assert not [k for k, v in dump.items() if UNIT in k or UNIT in v]
+
+
+async def test_erasure_racing_another_worker_leaves_nothing(
+    settings: Settings, redis: Redis, namespace: str
+) -> None:
+    """Decisions for the unit served by a second worker while the first erases it leave
+    nothing behind either (the tombstone in Redis and the second sweep reach other workers)."""
+    async with (
+        AsyncTestClient(app=create_app(settings)) as one,
+        AsyncTestClient(app=create_app(settings)) as two,
+    ):
+        await start_hero(one)
+        await start_learning(one)
+        await asyncio.sleep(0.2)  # the second worker picks the experiments up (50 ms poll)
+
+        async def decide_one(i: int) -> int:
+            await asyncio.sleep(0.003 * i)
+            body = {"unit_id": UNIT, "placements": ["home", "banner"], "context": {"i": i}}
+            return (await two.post("/v1/decide", json=body)).status_code
+
+        async def erase() -> int:
+            await asyncio.sleep(0.05)
+            return (await one.delete(f"/v1/units/{UNIT}")).status_code
+
+        *decided, erased = await asyncio.gather(*(decide_one(i) for i in range(60)), erase())
+        assert set(decided) == {200} and erased == 200
+        await asyncio.sleep(1.0)
+        for table in ("exposures", "outcomes"):
+            rows = await query(
+                two,
+                "SELECT count() FROM {t:Identifier} "
+                "WHERE position(formatRowNoNewline('TSV', *), {s:String}) > 0",
+                t=table,
+                s=UNIT,
+            )
+            assert rows == [(0,)], table
+        dump = await redis_dump(redis, namespace)
+        assert not [k for k, v in dump.items() if UNIT in k or UNIT in v]
