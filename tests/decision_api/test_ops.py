@@ -50,7 +50,7 @@ async def test_readyz_when_everything_answers(client: Client) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "checks": {"redis": "ok", "event_log": "ok", "spool": "empty"},
+        "checks": {"redis": "ok", "event_log": "ok", "spool": "empty", "events": "durable"},
     }
 
 
@@ -66,6 +66,41 @@ async def test_readyz_is_503_when_redis_is_unreachable(shared_settings: Settings
         assert body["status"] == "unavailable"
         assert body["checks"]["redis"].startswith("down")
         assert body["checks"]["event_log"] == "ok"
+
+
+async def test_readyz_is_503_while_events_are_held_in_memory_only(
+    shared_settings: Settings, tmp_path: Path
+) -> None:
+    """With the event log unreachable and the spool unwritable, accepted outcomes are held in
+    memory and /readyz says not ready (events: memory_only); once the spool is back it is
+    durable again."""
+    dead_log = f"http://127.0.0.1:{free_port()}/tailor"
+    spool_dir = tmp_path / "spool"
+    settings = msgspec.structs.replace(
+        shared_settings,
+        event_log=msgspec.structs.replace(
+            shared_settings.event_log, url=dead_log, spool_dir=str(spool_dir)
+        ),
+    )
+    app = create_app(settings)
+    async with AsyncTestClient(app=app) as client:
+        slot = spool_dir / "0"
+        slot.rename(tmp_path / "slot-away")
+        slot.write_bytes(b"")  # a file where the spool's directory should be
+        response = await client.post("/v1/outcomes", json={"type": "click", "unit_id": "u-1"})
+        assert response.status_code == 202
+        deadline = time.monotonic() + 5
+        while (body := (await client.get("/readyz")).json())["checks"]["events"] != "memory_only":
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.05)
+        assert body["status"] == "unavailable"
+        slot.unlink()
+        (tmp_path / "slot-away").rename(slot)
+        while (body := (await client.get("/readyz")).json())["checks"]["events"] != "durable":
+            assert time.monotonic() < deadline + 5, body
+            await asyncio.sleep(0.05)
+        writer = app.state.services.writer
+        assert writer.dropped == 0 and writer.buffered == 0
 
 
 async def test_metrics_count_decisions_latency_queue_and_flush_errors(client: Client) -> None:
