@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
 
 from decision_api.errors import EventLogUnavailable
 from decision_api.event_log import ClickHouseEventLog
-from decision_api.event_writer import EventWriter, now_ms
+from decision_api.event_writer import MAX_STRIKES, EventWriter, now_ms
 from decision_api.events import Exposure, Outcome, Table
 from decision_api.metrics import Metrics
 from decision_api.spool import Spool
@@ -300,4 +301,22 @@ async def test_events_beyond_the_memory_bound_are_dropped_and_counted(
     await writer.replay()
     await writer.flush()
     assert count(event_log, "outcomes", final=True) == 1000
+    await writer.close()
+
+
+async def test_a_batch_over_too_many_partitions_is_split_not_dead_lettered(parts: Parts) -> None:
+    """A batch the real event log rejects (rows over more than 100 monthly partitions) is
+    bisected after MAX_STRIKES tries: every row lands, nothing is dead-lettered."""
+    writer, flaky = parts.writer, parts.flaky
+    month_ms = 31 * 86400 * 1000
+    spread = [msgspec.structs.replace(exposure(i, "old"), ts_ms=now_ms() - i * month_ms)
+              for i in range(150)]  # fmt: skip
+    writer.submit_many([exposure(i, "other") for i in range(20)] + spread)
+    await writer.flush()
+    assert not writer.healthy  # the log refused the batch: spooled
+    for _ in range(MAX_STRIKES):
+        await writer.replay()
+    assert writer.healthy
+    assert count(flaky.real, "exposures", final=True) == 170
+    assert writer.quarantined == 0
     await writer.close()
