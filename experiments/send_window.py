@@ -33,12 +33,13 @@ import functools
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
+from msgspec import Meta
 
 HourKind = Literal["hour_of_day", "hour_of_week"]
 
@@ -313,9 +314,13 @@ class LocalHour(
     tag="local_hour",
     tag_field="kind",
 ):
-    """Default send time: this local hour in each recipient's zone (window start if absent)."""
+    """Default send time: this local hour in each recipient's zone (window start if absent).
 
-    hour: int
+    0–23 for ``hour_of_day`` experiments, 0–167 for ``hour_of_week`` (checked against the
+    experiment by :func:`check_default`).
+    """
+
+    hour: Annotated[int, Meta(ge=0, le=HOURS_PER_WEEK - 1)]
 
 
 DefaultSendTime = FixedInstant | LocalHour

@@ -11,6 +11,7 @@ from litestar.params import JSONBody
 from decision_api.errors import InvalidInput
 from decision_api.event_writer import now_ms
 from decision_api.fast_decide import fast_decide
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.schemas import DecideRequest, DecideResponse
 from decision_api.services import Services
@@ -22,7 +23,14 @@ class DecideController(Controller):
     path = "/v1/decide"
     tags = ["decisions"]
 
-    @post("", guards=[require("decide")], status_code=200, middleware=[fast_decide])
+    @post(
+        "",
+        guards=[require("decide")],
+        status_code=200,
+        middleware=[fast_decide],
+        dto=StructBody[DecideRequest],
+        return_dto=None,
+    )
     async def decide(
         self, data: JSONBody[DecideRequest], services: NamedDependency[Services]
     ) -> DecideResponse:

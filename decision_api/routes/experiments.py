@@ -8,6 +8,7 @@ from litestar import Controller, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.schemas import ExperimentList
 from decision_api.sensitive import check_experiment, denylist
@@ -27,7 +28,7 @@ class ExperimentController(Controller):
     tags = ["experiments"]
     guards = [require("admin")]
 
-    @post("", status_code=201)
+    @post("", status_code=201, dto=StructBody[ExperimentSpec], return_dto=None)
     async def create(
         self, data: JSONBody[ExperimentSpec], services: NamedDependency[Services]
     ) -> Experiment:
@@ -54,7 +55,7 @@ class ExperimentController(Controller):
         """Every version of one experiment, oldest first."""
         return ExperimentList(experiments=await services.store.history(key))
 
-    @put("/{key:str}")
+    @put("/{key:str}", dto=StructBody[ExperimentSpec], return_dto=None)
     async def update(
         self,
         key: FromPath[str],

@@ -12,6 +12,7 @@ from litestar.params import JSONBody, Parameter
 from decision_api.auth import ApiKey
 from decision_api.errors import Conflict, NotFound
 from decision_api.key_store import refresh_ring
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.schemas import KEY_ID_PATTERN, KeyCreate, KeyCreated, KeyInfo, KeyList
 from decision_api.services import Services
@@ -40,7 +41,7 @@ class KeyController(Controller):
     tags = ["keys"]
     guards = [require("admin")]
 
-    @post("", status_code=201)
+    @post("", status_code=201, dto=StructBody[KeyCreate], return_dto=None)
     async def create(
         self, data: JSONBody[KeyCreate], services: NamedDependency[Services]
     ) -> KeyCreated:
