@@ -18,7 +18,10 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from decision_api.decider import stringify
-from decision_api.events import Exposure
+from decision_api.errors import InvalidInput
+from decision_api.event_writer import now_ms
+from decision_api.events import Exposure, event_time_problem
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.schemas import (
     ExposureBatch,
@@ -72,10 +75,31 @@ def _propensity(report: ExposureReport, experiment: Experiment) -> float:
     return shares[index] - (shares[index - 1] if index else 0.0)
 
 
+def _check_times(services: Services, reports: Sequence[ExposureReport]) -> None:
+    cfg = services.settings.event_log
+    now = now_ms()
+    for index, report in enumerate(reports):
+        problem = event_time_problem(
+            int(report.ts.timestamp() * 1000),
+            now,
+            max_age_s=cfg.max_event_age_s,
+            max_lead_s=cfg.max_event_lead_s,
+        )
+        if problem is not None:
+            raise InvalidInput(
+                f"ts {report.ts.isoformat()} {problem}", field=f"$.exposures[{index}].ts"
+            )
+
+
 async def accept_exposures(
     services: Services, reports: Sequence[ExposureReport]
 ) -> ExposuresAccepted:
-    """Validate locally decided exposures and hand the good ones to the event writer."""
+    """Validate locally decided exposures and hand the good ones to the event writer.
+
+    Raises:
+        InvalidInput: naming the first ``ts`` outside the accepted window (nothing is logged).
+    """
+    _check_times(services, reports)
     experiments = await _experiments(services, {r.experiment for r in reports})
     rejected: list[ExposureRejection] = []
     accepted = 0
@@ -120,7 +144,7 @@ class ExposureController(Controller):
     tags = ["sdk"]
     guards = [require("decide", "ingest")]
 
-    @post("/batch", status_code=202)
+    @post("/batch", status_code=202, dto=StructBody[ExposureBatch], return_dto=None)
     async def record_batch(
         self, data: JSONBody[ExposureBatch], services: NamedDependency[Services]
     ) -> ExposuresAccepted:

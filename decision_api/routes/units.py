@@ -10,7 +10,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
 from decision_api.errors import InvalidInput
+from decision_api.events import event_time_problem
 from decision_api.feature_store import Timestamp, UnitEvent
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.schemas import (
     UNIT_ID_PATTERN,
@@ -37,7 +39,12 @@ class UnitController(Controller):
     path = "/v1/units"
     tags = ["units"]
 
-    @put("/{unit_id:str}/features", guards=[require("ingest")])
+    @put(
+        "/{unit_id:str}/features",
+        guards=[require("ingest")],
+        dto=StructBody[FeaturesRequest],
+        return_dto=None,
+    )
     async def upsert_features(
         self,
         unit_id: PathUnitId,
@@ -62,7 +69,12 @@ class UnitController(Controller):
         await services.features.upsert_features(unit_id, features)
         return FeaturesStored(unit_id=unit_id, stored=sorted(features))
 
-    @put("/{unit_id:str}/consent", guards=[require("ingest")])
+    @put(
+        "/{unit_id:str}/consent",
+        guards=[require("ingest")],
+        dto=StructBody[ConsentRequest],
+        return_dto=None,
+    )
     async def set_consent(
         self,
         unit_id: PathUnitId,
@@ -97,13 +109,30 @@ class EventController(Controller):
     path = "/v1/events"
     tags = ["units"]
 
-    @post("", guards=[require("decide", "ingest")], status_code=202)
+    @post(
+        "",
+        guards=[require("decide", "ingest")],
+        status_code=202,
+        dto=StructBody[EventRequest],
+        return_dto=None,
+    )
     async def record(
         self, data: JSONBody[EventRequest], services: NamedDependency[Services]
     ) -> EventAccepted:
         """Apply one event to the unit's derived features, atomically."""
         now = time.time()
         ts = data.ts.timestamp() if data.ts is not None else now
+        # Behavioural history feeds 90-day features: bounded by the profile's lifetime.
+        settings = services.settings
+        problem = event_time_problem(
+            int(ts * 1000),
+            int(now * 1000),
+            max_age_s=settings.redis.profile_ttl_s,
+            max_lead_s=settings.event_log.max_event_lead_s,
+            age_setting="redis.profile_ttl_s",
+        )
+        if data.ts is not None and problem is not None:
+            raise InvalidInput(f"ts {data.ts.isoformat()} {problem}", field="$.ts")
         event = UnitEvent(
             type=data.type, ts=ts, value=data.value, category=data.properties.get("category", "")
         )
