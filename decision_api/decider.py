@@ -31,6 +31,7 @@ from bandits.config import FixedConfig
 from decision_api.event_writer import EventSink
 from decision_api.events import Exposure, new_decision_id, new_event_id
 from decision_api.feature_store import EMPTY_PROFILE, CapHit, FeatureStore, UnitProfile
+from decision_api.logging import WARN_INTERVAL_S, Throttle
 from decision_api.metrics import Metrics
 from decision_api.schemas import DecideResponse, PlacementDecision
 from experiments.assignment import in_global_holdout, in_holdout, in_layer, pick_bucket, unit_hash
@@ -152,6 +153,8 @@ class DecisionEngine:
         self._sensitive = frozenset(name.lower() for name in sensitive_features)
         self.profile_reader: Callable[[str, float], Awaitable[UnitProfile]] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
+        # Met by every request while Redis is down: logged once per interval, with a count.
+        self._warn = Throttle(log, every_s=WARN_INTERVAL_S)
 
     def _count(self, policy: str, reason: str, n: int = 1) -> None:
         counter = self._counters.get((policy, reason))
@@ -180,7 +183,7 @@ class DecisionEngine:
             except RedisError as exc:
                 degraded = True
                 self._metrics.degraded.labels("redis").inc()
-                log.warning("profile_read_failed", error=str(exc))
+                self._warn.warning("profile_read_failed", error=str(exc))
             if profile.opted_out:
                 consent = False
                 profile = EMPTY_PROFILE

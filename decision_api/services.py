@@ -34,6 +34,7 @@ from decision_api.events import AuditEntry
 from decision_api.feature_store import RedisFeatureStore
 from decision_api.key_store import KeyStore, refresh_ring
 from decision_api.learning import LearnerRunner, LearningPolicies
+from decision_api.logging import WARN_INTERVAL_S, Throttle
 from decision_api.metrics import Metrics
 from decision_api.profile_batcher import ProfileBatcher
 from decision_api.rate_limit import RateLimiter
@@ -61,6 +62,8 @@ class Services:
     ) -> None:
         self.settings = settings
         self.redis = redis
+        # Warnings every request would repeat while a backend is down (one per interval).
+        self.warn = Throttle(log, every_s=WARN_INTERVAL_S)
         self.redis_bin = redis_bin
         self.event_log = event_log
         self.writer = writer
