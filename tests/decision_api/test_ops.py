@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from decision_api.app import create_app
+from decision_api.logging import Throttle
 from decision_api.redis_server import RedisServer, free_port
 from decision_api.settings import RedisSettings, Settings
 
@@ -218,3 +220,45 @@ async def test_json_logs_carry_request_ids_and_never_raw_unit_ids(
     assert by_event["profile_read_failed"]["level"] == "warning"
     assert by_event["redis_unavailable"]["request_id"] == "req-write-1"
     assert not [line for line in err.splitlines() if line.startswith("{") and unit in line]
+
+
+def test_throttle_logs_the_first_then_once_per_interval_with_a_count() -> None:
+    """A throttled event is logged at once, then not again within the interval; the next one
+    after it says how many were suppressed. Other event names are throttled separately."""
+    clock = [100.0]
+    throttle = Throttle(structlog.get_logger("test"), every_s=10.0, clock=lambda: clock[0])
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            throttle.warning("redis_down", error="refused")
+            clock[0] += 0.1
+        throttle.error("other_thing")
+        clock[0] += 10.0
+        throttle.warning("redis_down", error="refused")
+    assert [(e["event"], e["log_level"], e.get("suppressed")) for e in logs] == [
+        ("redis_down", "warning", None),
+        ("other_thing", "error", None),
+        ("redis_down", "warning", 49),
+    ]
+
+
+async def test_redis_down_does_not_log_a_warning_per_request(
+    settings: Settings, doomed_redis: RedisServer
+) -> None:
+    """With Redis gone, 60 requests that each meet the outage log each warning once, not once
+    per request (2,926 lines in 30 s before)."""
+    config = msgspec.structs.replace(
+        settings, redis=RedisSettings(url=doomed_redis.url, key_prefix="quiet")
+    )
+    app = create_app(config)
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.put("/v1/units/u/consent", json={"personalization": True})).is_success
+        doomed_redis.stop()
+        with structlog.testing.capture_logs() as logs:
+            for i in range(20):
+                await client.post("/v1/decide", json={"unit_id": f"u{i}", "placements": ["p"]})
+                await client.put(f"/v1/units/u{i}/consent", json={"personalization": True})
+                await client.post("/v1/outcomes", json={"unit_id": f"u{i}", "type": "click"})
+    per_request = Counter(
+        e["event"] for e in logs if e["event"] in ("profile_read_failed", "redis_unavailable")
+    )
+    assert per_request == {"profile_read_failed": 1, "redis_unavailable": 1}, per_request
