@@ -54,6 +54,9 @@ def unit_ref(unit_id: str) -> str:
     return hashlib.sha256(b"tailor-log|" + unit_id.encode()).hexdigest()[:12]
 
 
+WARN_INTERVAL_S = 10.0
+
+
 class Throttle:
     """Log each event name at most once per ``every_s`` seconds; count what was suppressed.
 
