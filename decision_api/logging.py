@@ -2,6 +2,9 @@
 
 The request-scoped ``request_id`` is bound through contextvars by the request
 middleware in :mod:`decision_api.app`. Unit ids are never logged raw: log ``unit_ref(unit_id)``.
+A warning that every request would repeat while a backend is down goes through a
+:class:`event_log.throttle.Throttle`: the first one is logged, then at most one per interval,
+saying how many were suppressed in between.
 """
 
 from __future__ import annotations
@@ -46,3 +49,6 @@ def configure_logging(fmt: str, level: str) -> None:
 def unit_ref(unit_id: str) -> str:
     """A short, one-way reference to a unit id that is safe to log."""
     return hashlib.sha256(b"tailor-log|" + unit_id.encode()).hexdigest()[:12]
+
+
+WARN_INTERVAL_S = 10.0

@@ -80,6 +80,12 @@ class Metrics:
         self.dropped = Counter(
             "tailor_events_dropped", "Events lost (buffer and spool full)", registry=r
         )
+        self.dead_lettered = Counter(
+            "tailor_events_dead_lettered",
+            "Rows the event log rejected for good, set aside in the spool's dead/",
+            ["table"],
+            registry=r,
+        )
         self.queue = Gauge("tailor_event_queue_depth", "Events buffered in memory", registry=r)
         self.spool = Gauge(
             "tailor_event_spool_bytes", "Bytes waiting in the disk spool", registry=r
@@ -119,6 +125,10 @@ class Metrics:
     def events_dropped(self, count: int) -> None:
         """Events lost because the buffer and the spool were both full."""
         self.dropped.inc(count)
+
+    def events_dead_lettered(self, table: str, count: int) -> None:
+        """Rows the event log rejected for good, set aside in the spool's ``dead/``."""
+        self.dead_lettered.labels(table).inc(count)
 
     def queue_depth(self, depth: int, spooled_bytes: int) -> None:
         """Events buffered in memory, bytes waiting in the spool."""

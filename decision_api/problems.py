@@ -31,7 +31,8 @@ from tailor_contract.errors import (
 
 log = structlog.get_logger("tailor.problems")
 
-_PATH = re.compile(r" - at `(\$[^`]*)`")
+# "... - at `$.a.b`", or for a dict key "... - at `key` in `$.context`" (the key's mapping).
+_PATH = re.compile(r" - at `(?:key` in `)?(\$[^`]*)`")
 # Validators name the field at the start of their message: "variants[1].key: duplicate ...".
 _LEADING_FIELD = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\[\]]*): (.+)$", re.DOTALL)
 _UNKNOWN_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]+)`")
@@ -205,7 +206,9 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 def redis_error_handler(request: Request[Any, Any, Any], exc: RedisError) -> Response[Problem]:
     """A write that needs Redis while Redis is down: 503, retry later."""
-    log.warning("redis_unavailable", error=str(exc), route=_route(request))
+    services = getattr(request.app.state, "services", None)
+    warn = services.warn if services is not None else log
+    warn.warning("redis_unavailable", error=str(exc), route=_route(request))
     return tailor_error_handler(request, RedisUnavailable("Redis is unavailable; retry later"))
 
 

@@ -28,6 +28,7 @@ from decision_api.access.rate_limit import RateLimiter
 from decision_api.decisions.controls import Controls
 from decision_api.decisions.engine import DecisionEngine, Pseudonymiser
 from decision_api.learning.runtime import LearnerRunner, LearningPolicies
+from decision_api.logging import WARN_INTERVAL_S
 from decision_api.metrics import Metrics
 from decision_api.privacy.data_rights import DataRights, Tombstones
 from decision_api.profiles.batcher import ProfileBatcher
@@ -37,6 +38,7 @@ from event_log.relay import RelayEventLog
 from event_log.rows import AuditEntry
 from event_log.spool import Spool
 from event_log.store import DeferredEventLog, EventLog, open_event_log
+from event_log.throttle import Throttle
 from event_log.writer import EventWriter, now_ms
 from experiments.cache import ExperimentCache
 from experiments.store import Action, ExperimentStore
@@ -61,6 +63,8 @@ class Services:
     ) -> None:
         self.settings = settings
         self.redis = redis
+        # Warnings every request would repeat while a backend is down (one per interval).
+        self.warn = Throttle(log, every_s=WARN_INTERVAL_S)
         self.redis_bin = redis_bin
         self.event_log = event_log
         self.writer = writer

@@ -28,13 +28,20 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """
 
     url: str = ""
-    key_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")] = "tailor"
+    key_prefix: Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.:-]{1,32}\Z")] = "tailor"
     socket_timeout_s: Annotated[float, Meta(gt=0, le=30)] = 0.5
     profile_ttl_s: Annotated[int, Meta(ge=60)] = 400 * 86400
 
 
 class EventLogSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The durable event log: ``chdb:///dir`` (embedded) or ``http(s)://user:pass@host:port/db``."""
+    """The durable event log: ``chdb:///dir`` (embedded) or ``http(s)://user:pass@host:port/db``.
+
+    ``max_event_age_s`` / ``max_event_lead_s`` bound the ``ts`` a client may give an outcome or
+    exposure: at most 30 days in the past and 1 hour in the future by default (clock skew, an
+    SDK buffering offline). Older or later times are a 422 naming the field: the tables are
+    partitioned by month, and a batch over too many months would fail. Behavioural events
+    (``/v1/events``, which feed 90-day features) may be as old as ``redis.profile_ttl_s``.
+    """
 
     url: str = "chdb://./data/chdb"
     batch_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 20_000
@@ -43,6 +50,8 @@ class EventLogSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     spool_dir: str = "./data/spool"
     spool_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 1 << 30
     spool_fsync: Literal["always", "batch", "never"] = "batch"
+    max_event_age_s: Annotated[int, Meta(ge=60, le=366 * 86400)] = 30 * 86400
+    max_event_lead_s: Annotated[int, Meta(ge=0, le=86400)] = 3600
 
 
 class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

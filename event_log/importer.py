@@ -5,8 +5,10 @@ A file (CSV, Parquet or JSON lines) holds one logged decision per row:
 ==================  ========  ==================================================================
 column              required  meaning
 ==================  ========  ==================================================================
-``unit_id``         yes       who saw it (non-empty)
-``ts``              yes       when: ISO 8601 (UTC unless zoned), or epoch seconds (ms above 1e11)
+``unit_id``         yes       who saw it: 1-256 characters, no control characters or braces
+                              (the rule of the HTTP API, so the unit can be exported and erased)
+``ts``              yes       when: ISO 8601 (UTC unless zoned), or epoch seconds (ms above 1e11),
+                              from 2000-01-01 to an hour from now (outcome times too)
 ``variant``         yes       the variant shown — one of the experiment's variant keys
 ``propensity``      yes       the probability the logging policy gave it, in (0, 1]
 ``decision_id``     no        the original id (default: derived from the import and the row)
@@ -18,12 +20,16 @@ column              required  meaning
 ==================  ========  ==================================================================
 
 Every row is validated first; one bad row and nothing is written (`ImportRejected` lists the
-first 100 problems, with row numbers counted from 1). Rows become exposures with policy
+first 100 problems, with row numbers counted from 1, each naming its field). Rows become
+exposures with policy
 ``imported`` (or the caller's name), reason ``policy`` and their propensity — so reports and
 off-policy evaluation treat them like native traffic — and outcomes tagged with the experiment.
 Event ids derive from the file's content: importing the same file again changes nothing (insert
-tokens drop the replayed batches). Should an insert fail midway, the rows already written are
-deleted again before the error is raised.
+tokens drop the replayed batches). Rows are inserted in time order, in blocks of at most
+``BATCH_ROWS`` rows over at most ``MAX_MONTHS_PER_INSERT`` months (the tables are partitioned by
+month, and ClickHouse refuses an insert over more than 100 partitions), so a history of any
+length loads. Should an insert fail midway, the rows already written are deleted again before
+the error is raised.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -44,9 +51,11 @@ import pyarrow.json as pa_json  # type: ignore[import-untyped]
 import pyarrow.parquet as pa_parquet  # type: ignore[import-untyped]
 
 from event_log.rows import Exposure, Outcome, Table, stringify
+from event_log.sql import EXPOSURE_COLUMNS, OUTCOME_COLUMNS
 from event_log.store import EventLog
 from tailor_contract.definitions import KEY_PATTERN, Experiment, ExperimentSpec
 from tailor_contract.errors import EventLogUnavailable
+from tailor_contract.wire import UNIT_ID_PATTERN
 
 __all__ = [
     "ImportFormat",
@@ -63,6 +72,11 @@ __all__ = [
 ImportFormat = Literal["csv", "parquet", "jsonl"]
 MAX_ERRORS = 100
 BATCH_ROWS = 50_000
+MAX_MONTHS_PER_INSERT = 90
+MAX_UNIT_ID = 256
+EARLIEST_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MAX_LEAD_MS = 3600 * 1000
+_UNIT_ID = re.compile(UNIT_ID_PATTERN)
 _NAMESPACE = uuid.UUID("6c1f8f5e-4c55-4a9b-9d3e-2a1b7d0c9e11")
 _json = msgspec.json.Decoder()
 _EXTENSIONS: dict[str, ImportFormat] = {
@@ -222,13 +236,25 @@ def _context(raw: Mapping[str, Any]) -> dict[str, str]:
     return stringify({k: v for k, v in merged.items() if v is not None})
 
 
-def _outcomes(raw: Mapping[str, Any], ts_ms: int) -> list[LoggedOutcome]:
+def _check_time(ts_ms: int, now_ms: int, name: str) -> None:
+    """Refuse a time outside [2000-01-01, now + 1 h] (``name`` is the field reported)."""
+    if EARLIEST_MS <= ts_ms <= now_ms + MAX_LEAD_MS:
+        return
+    try:
+        when = datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        when = f"{ts_ms} ms"
+    raise ValueError(f"{name} {when} must be from 2000-01-01 to an hour from now")
+
+
+def _outcomes(raw: Mapping[str, Any], ts_ms: int, now_ms: int) -> list[LoggedOutcome]:
     out = []
     for i, item in enumerate(_as_list(raw.get("outcomes"), "outcomes")):
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
             raise ValueError(f"outcomes[{i}] must be an object with a string type")
         value = 1.0 if item.get("value") is None else _number(item["value"], f"outcomes[{i}].value")
         when = ts_ms if item.get("ts") is None else _ts_ms(item["ts"])
+        _check_time(when, now_ms, f"outcomes[{i}].ts")
         out.append(LoggedOutcome(type=item["type"], value=value, ts_ms=when))
     for name, value in raw.items():
         if name.startswith("outcome.") and value is not None and value != "":
@@ -243,17 +269,28 @@ def _outcomes(raw: Mapping[str, Any], ts_ms: int) -> list[LoggedOutcome]:
     return out
 
 
-def _decision(
-    raw: Mapping[str, Any], row: int, experiment: Experiment, import_id: str
-) -> LoggedDecision:
+def _unit_id(raw: Mapping[str, Any]) -> str:
     unit = raw.get("unit_id")
     unit_id = "" if unit is None else str(unit).strip()
-    if not unit_id or len(unit_id) > 256:
-        raise ValueError("unit_id must be 1 to 256 characters")
+    if not unit_id or len(unit_id) > MAX_UNIT_ID:
+        raise ValueError(f"unit_id must be 1 to {MAX_UNIT_ID} characters")
+    if _UNIT_ID.search(unit_id) is None:
+        raise ValueError(
+            f"unit_id {unit_id!r} must not contain control characters or braces "
+            "(the API could not export or erase that unit)"
+        )
+    return unit_id
+
+
+def _decision(
+    raw: Mapping[str, Any], row: int, experiment: Experiment, import_id: str, now_ms: int
+) -> LoggedDecision:
+    unit_id = _unit_id(raw)
     try:
         ts_ms = _ts_ms(raw.get("ts"))
     except ValueError as exc:
         raise ValueError(f"ts {exc}") from None
+    _check_time(ts_ms, now_ms, "ts")
     variant = "" if raw.get("variant") is None else str(raw["variant"])
     keys = [v.key for v in experiment.variants]
     if variant not in keys:
@@ -273,7 +310,7 @@ def _decision(
         propensity=propensity,
         decision_id=decision_id,
         context=_context(raw),
-        outcomes=_outcomes(raw, ts_ms),
+        outcomes=_outcomes(raw, ts_ms, now_ms),
     )
 
 
@@ -282,19 +319,24 @@ def _uid(import_id: str, row: int, what: str) -> uuid.UUID:
 
 
 def validate_rows(
-    rows: Sequence[Mapping[str, Any]], experiment: Experiment, import_id: str
+    rows: Sequence[Mapping[str, Any]],
+    experiment: Experiment,
+    import_id: str,
+    now_ms: int | None = None,
 ) -> list[LoggedDecision]:
-    """Every row checked; the decisions when all are valid.
+    """Every row checked (times against ``now_ms``, the clock by default); the decisions when
+    all are valid.
 
     Raises:
         ImportRejected: listing the invalid rows (numbered from 1).
     """
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     decisions: list[LoggedDecision] = []
     errors: list[str] = []
     bad = 0
     for i, raw in enumerate(rows, start=1):
         try:
-            decisions.append(_decision(raw, i, experiment, import_id))
+            decisions.append(_decision(raw, i, experiment, import_id, now))
         except ValueError as exc:
             bad += 1
             if len(errors) < MAX_ERRORS:
@@ -401,13 +443,44 @@ def import_decisions(
     ]
     try:
         for table, rows in batches:
-            for start in range(0, len(rows), BATCH_ROWS):
-                token = f"{import_id}:{table}:{start}"
-                event_log.insert(table, rows[start : start + BATCH_ROWS], token)
+            for index, block in enumerate(_blocks(rows, TS_COLUMN[table])):
+                event_log.insert(table, block, f"{import_id}:{table}:b{index}")
     except EventLogUnavailable as exc:
         _undo(event_log, params, exc)
         raise
     return summary
+
+
+TS_COLUMN: dict[Table, int] = {
+    "exposures": EXPOSURE_COLUMNS.index("ts"),
+    "outcomes": OUTCOME_COLUMNS.index("ts"),
+}
+
+
+def _month(ts_ms: object) -> int:
+    moment = datetime.fromtimestamp(int(ts_ms) / 1000, UTC)  # type: ignore[call-overload]
+    return moment.year * 12 + moment.month
+
+
+def _blocks(rows: Sequence[tuple[object, ...]], ts_column: int) -> list[list[tuple[object, ...]]]:
+    """Rows in time order, cut into inserts of at most ``BATCH_ROWS`` rows over at most
+    ``MAX_MONTHS_PER_INSERT`` months (deterministic: the same file gives the same blocks)."""
+    blocks: list[list[tuple[object, ...]]] = []
+    block: list[tuple[object, ...]] = []
+    months: set[int] = set()
+    for row in sorted(rows, key=lambda r: r[ts_column]):  # type: ignore[arg-type,return-value]
+        month = _month(row[ts_column])
+        new_month = month not in months
+        if block and (
+            len(block) >= BATCH_ROWS or (new_month and len(months) >= MAX_MONTHS_PER_INSERT)
+        ):
+            blocks.append(block)
+            block, months = [], set()
+        block.append(row)
+        months.add(month)
+    if block:
+        blocks.append(block)
+    return blocks
 
 
 def _undo(event_log: EventLog, params: dict[str, str], cause: EventLogUnavailable) -> None:

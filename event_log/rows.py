@@ -30,6 +30,27 @@ def new_event_id() -> uuid.UUID:
     return uuid.UUID(int=(random.getrandbits(128) & _V4_CLEAR) | _V4_SET)
 
 
+def event_time_problem(
+    ts_ms: int,
+    now_ms: int,
+    *,
+    max_age_s: int,
+    max_lead_s: int,
+    age_setting: str = "event_log.max_event_age_s",
+) -> str | None:
+    """Why a client-given event time is refused, or None when it lies in the accepted window.
+
+    The window is ``[now - max_age_s, now + max_lead_s]`` (``event_log.max_event_age_s`` and
+    ``max_event_lead_s``): event tables are partitioned by month, so times far apart would
+    make one insert span too many partitions.
+    """
+    if ts_ms < now_ms - max_age_s * 1000:
+        return f"must be at most {max_age_s} s in the past ({age_setting})"
+    if ts_ms > now_ms + max_lead_s * 1000:
+        return f"must be at most {max_lead_s} s in the future (event_log.max_event_lead_s)"
+    return None
+
+
 def new_decision_id() -> str:
     """A decision id: 32 hex characters."""
     return f"{random.getrandbits(128):032x}"

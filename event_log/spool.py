@@ -26,6 +26,7 @@ crash, not a power cut).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
@@ -97,6 +98,7 @@ class Spool:
         self._bytes = sum(p.stat().st_size for p in self._segments)
         self._next = (_seq(self._segments[-1]) + 1) if self._segments else 1
         self._current: Path | None = None
+        self._current_bytes = 0
 
     def _claim_slot(self) -> tuple[Path, int]:
         n = 0
@@ -141,26 +143,55 @@ class Spool:
             return list(self._segments)
 
     def append(self, batch: SpooledBatch) -> None:
-        """Append one batch; raises :class:`SpoolFull` when it would pass the size bound."""
+        """Append one batch; raises :class:`SpoolFull` when it would pass the size bound.
+
+        Raises ``OSError`` when the disk refuses the write; a failed append leaves no trace a
+        later one could trip over: a segment is recorded only once it exists, and a partly
+        written record is cut off again (or, if even that fails, its segment gets no more
+        appends, so the torn record stays a tail that :meth:`read` ignores).
+        """
         body = self._encoder.encode(batch)
         record = _HEADER.pack(len(body)) + body
         with self._lock:
             if self._bytes + len(record) > self._max_bytes:
                 raise SpoolFull(f"spool at {self._root} is full ({self._max_bytes} bytes)")
+            if self._current is None or self._current_bytes >= SEGMENT_BYTES:
+                self._open_segment()
             current = self._current
-            if current is None or current.stat().st_size >= SEGMENT_BYTES:
-                current = self._current = self._dir / f"seg-{self._next:08d}.bin"
-                self._next += 1
-                self._segments.append(current)
-                current.touch()
-                if self._fsync != "never":
-                    _fsync_dir(self._dir)
-            with current.open("ab") as fh:
-                fh.write(record)
-                fh.flush()
-                if self._fsync == "always":
-                    os.fsync(fh.fileno())
+            assert current is not None
+            try:
+                with current.open("ab") as fh:
+                    fh.write(record)
+                    fh.flush()
+                    if self._fsync == "always":
+                        os.fsync(fh.fileno())
+            except OSError:
+                self._abandon_current()
+                raise
+            self._current_bytes += len(record)
             self._bytes += len(record)
+
+    def _open_segment(self) -> None:
+        """Create the next segment and make it current (recorded only once it exists)."""
+        path = self._dir / f"seg-{self._next:08d}.bin"
+        self._dir.mkdir(parents=True, exist_ok=True)  # the slot may have been removed
+        path.touch(exist_ok=False)
+        self._next += 1
+        self._segments.append(path)
+        self._current, self._current_bytes = path, 0
+        if self._fsync != "never":
+            _fsync_dir(self._dir)
+
+    def _abandon_current(self) -> None:
+        """After a failed write: cut the torn record off, and append to a new segment next."""
+        current = self._current
+        self._current = None
+        if current is None:
+            return
+        # Should the cut fail too, the torn record stays the last one of its segment (no more
+        # appends go there), and read() skips a torn tail.
+        with contextlib.suppress(OSError):
+            os.truncate(current, self._current_bytes)
 
     def sync(self) -> None:
         """fsync the segment being appended (the ``batch`` policy calls this after a flush)."""
@@ -176,7 +207,10 @@ class Spool:
 
     def read(self, segment: Path) -> list[SpooledBatch]:
         """The batches of one segment in order; a torn or corrupt tail is set aside in ``dead/``."""
-        data = segment.read_bytes()
+        try:
+            data = segment.read_bytes()
+        except FileNotFoundError:
+            return []  # removed behind our back: nothing to replay, and drop() forgets it
         batches = []
         offset = 0
         while offset + _HEADER.size <= len(data):

@@ -6,8 +6,16 @@ event loop keeps serving. When the event log fails, the batch goes to the disk s
 batches follow it there (order is kept); a replay loop re-inserts spooled batches, oldest first,
 with their original deduplication tokens, once the log answers again. ``close()`` stops the loop
 between steps (never mid-insert) and flushes everything (to the log, or to the spool when the log
-is down). A batch the log keeps rejecting while it answers pings is set aside after
-``MAX_STRIKES`` attempts (see :meth:`EventWriter._replay_batch`), so it cannot block the spool.
+is down). A batch the log keeps rejecting while it answers pings is split in halves after
+``MAX_STRIKES`` attempts, down to single rows, and only the rows still rejected are set aside in
+the spool's ``dead/`` (counted and logged; see :meth:`EventWriter._replay_batch`): one bad row
+cannot hold back, or take down, the rows batched with it.
+
+No event is dropped while there is room for it: a batch that neither the log nor the spool takes
+(disk full or unwritable) is held in memory, within ``max_buffered``, and offered to the spool and
+the log again at every flush; a failed spool write leaves nothing behind that could fail later
+ones. Only what passes ``max_buffered`` is dropped, and counted. :attr:`EventWriter.durable` is
+false while events are held in memory only (``/readyz`` reports it).
 
 Before a batch is inserted (or spooled) its events about a unit erased within the tombstone TTL
 are dropped (``screen``, a :class:`UnitScreen`: the server's erasure tombstones): a decision or
@@ -30,6 +38,7 @@ from redis.exceptions import RedisError
 from event_log.rows import TABLE_OF, Event, Table
 from event_log.spool import Spool, SpooledBatch, SpoolFull
 from event_log.store import EventLog
+from event_log.throttle import Throttle
 from tailor_contract.errors import EventLogUnavailable
 
 
@@ -43,6 +52,7 @@ class UnitScreen(Protocol):
 log = structlog.get_logger("tailor.event_writer")
 
 MAX_STRIKES = 5
+_DOWN = "event log down"  # _try_insert's answer when the log does not even answer pings
 
 
 class WriterMetrics(Protocol):
@@ -56,6 +66,9 @@ class WriterMetrics(Protocol):
 
     def events_dropped(self, count: int) -> None:
         """Events lost because the buffer and the spool were both full."""
+
+    def events_dead_lettered(self, table: str, count: int) -> None:
+        """Rows the event log rejected for good, set aside in the spool's ``dead/``."""
 
     def queue_depth(self, depth: int, spooled_bytes: int) -> None:
         """Events buffered in memory, bytes waiting in the spool."""
@@ -98,6 +111,10 @@ class EventWriter:
         self._spooling = spool.size() > 0
         self._closing = False
         self._strikes: dict[str, int] = {}
+        # Batches neither the log nor the spool took, oldest first; offered again every flush.
+        self._held: list[SpooledBatch] = []
+        self._held_events = 0
+        self._warn = Throttle(log, every_s=10.0)
         self.accepted = 0
         self.dropped = 0
         self.quarantined = 0
@@ -111,16 +128,22 @@ class EventWriter:
         return not self._spooling
 
     @property
+    def durable(self) -> bool:
+        """False while accepted events are held in memory because neither the event log nor
+        the spool could take them (a crash now would lose them)."""
+        return not self._held
+
+    @property
     def buffered(self) -> int:
-        """Events accepted but not yet written anywhere."""
-        return self._buffered
+        """Events accepted but not yet written anywhere (including those held for a retry)."""
+        return self._buffered + self._held_events
 
     def submit(self, event: Event) -> None:
         """Buffer one event; wakes the flusher when a batch is full."""
-        if self._buffered >= self._max_buffered:
+        if self.buffered >= self._max_buffered:
             self.dropped += 1
             self._metrics.events_dropped(1)
-            log.error("event_dropped", reason="buffer_full", buffered=self._buffered)
+            self._warn.error("event_dropped", reason="buffer_full", buffered=self.buffered)
             return
         self._buffers[TABLE_OF[type(event)]].append(event)
         self._buffered += 1
@@ -131,13 +154,14 @@ class EventWriter:
     def submit_many(self, events: Iterable[Event]) -> None:
         """Buffer several events (as many ``submit`` calls, in one step)."""
         batch = list(events)
-        room = self._max_buffered - self._buffered
+        room = self._max_buffered - self.buffered
         if len(batch) > room:
             lost = len(batch) - max(room, 0)
             batch = batch[: max(room, 0)]
             self.dropped += lost
             self._metrics.events_dropped(lost)
-            log.error("event_dropped", reason="buffer_full", buffered=self._buffered, count=lost)
+            self._warn.error("event_dropped", reason="buffer_full", buffered=self.buffered,
+                             count=lost)  # fmt: skip
         buffers = self._buffers
         for event in batch:
             buffers[TABLE_OF[type(event)]].append(event)
@@ -165,6 +189,12 @@ class EventWriter:
         await self.flush()
         if self._spooling:
             await self.replay(max_segments=None)
+            if self._held and not self._spooling:
+                await self.flush()  # the log came back during the replay: write what was held
+        if self._held:
+            self.dropped += self._held_events
+            self._metrics.events_dropped(self._held_events)
+            log.error("event_dropped", reason="shutdown_unwritable", count=self._held_events)
         self._spool.close()
 
     async def _run(self) -> None:
@@ -200,10 +230,16 @@ class EventWriter:
         return batches
 
     async def flush(self) -> None:
-        """Write every buffered event now: to the event log, or to the spool if it fails."""
+        """Write every buffered event now: to the event log, or to the spool if it fails.
+
+        Batches held back by an earlier flush go first (order is kept). When the spool refuses
+        a batch too, that batch and every later one are held in memory for the next flush.
+        """
         async with self._flush_lock:
+            batches = self._held + await self._screened(self._take_batches())
+            self._held, self._held_events = [], 0
             spooled = False
-            for batch in await self._screened(self._take_batches()):
+            for index, batch in enumerate(batches):
                 if not self._spooling:
                     try:
                         await asyncio.to_thread(self._insert, batch)
@@ -211,17 +247,20 @@ class EventWriter:
                     except Exception as exc:  # any failure: the batch must reach the spool
                         self._spooling = True
                         self._metrics.flush_failed(batch.table)
-                        log.warning(
+                        self._warn.warning(
                             "event_log_write_failed",
                             table=batch.table,
                             rows=len(batch.events),
                             error=str(exc)[:300],
                         )
-                await asyncio.to_thread(self._to_spool, batch)
+                if not await asyncio.to_thread(self._to_spool, batch):
+                    self._held = batches[index:]
+                    self._held_events = sum(len(b.events) for b in self._held)
+                    break
                 spooled = True
             if spooled:
-                await asyncio.to_thread(self._spool.sync)
-            self._metrics.queue_depth(self._buffered, self._spool.size())
+                await asyncio.to_thread(self._sync_spool)
+            self._metrics.queue_depth(self.buffered, self._spool.size())
 
     async def _screened(self, batches: list[SpooledBatch]) -> list[SpooledBatch]:
         """The batches without events about just-erased units (all of them if the screen
@@ -276,15 +315,25 @@ class EventWriter:
         self._log.insert(batch.table, [e.row() for e in batch.events], batch.token)
         self._metrics.events_written(batch.table, len(batch.events))
 
-    def _to_spool(self, batch: SpooledBatch) -> None:
+    def _to_spool(self, batch: SpooledBatch) -> bool:
+        """Append a batch to the spool; False (logged) when the spool is full or unwritable."""
         try:
             self._spool.append(batch)
         except (SpoolFull, OSError) as exc:
-            self.dropped += len(batch.events)
-            self._metrics.events_dropped(len(batch.events))
-            log.error(
-                "event_dropped", reason="spool_failed", rows=len(batch.events), error=str(exc)
+            self._warn.error(
+                "event_spool_write_failed",
+                rows=len(batch.events),
+                held=self.buffered + len(batch.events),
+                error=str(exc)[:300],
             )
+            return False
+        return True
+
+    def _sync_spool(self) -> None:
+        try:
+            self._spool.sync()
+        except OSError as exc:
+            self._warn.error("event_spool_sync_failed", error=str(exc)[:300])
 
     def _replay(self, max_segments: int | None) -> bool:
         segments = self._spool.segments()
@@ -302,28 +351,64 @@ class EventWriter:
         """Insert one spooled batch; False while the event log is down.
 
         A batch the event log rejects while it answers pings (or that cannot even be encoded)
-        is poison: after ``MAX_STRIKES`` attempts it goes to the spool's ``dead/`` directory,
-        so one bad row cannot hold every later event back.
+        is retried up to ``MAX_STRIKES`` times, then split (see :meth:`_insert_halves`): the
+        rows the log takes are written and only those it still rejects are dead-lettered, so
+        one bad row can neither hold every later event back nor take its batch with it.
         """
-        try:
-            self._insert(batch)
+        error = self._try_insert(batch)
+        if error is None:
             self._strikes.pop(batch.token, None)
             return True
-        except EventLogUnavailable as exc:
-            if not self._log.ping():
-                return False
-            error = str(exc)
-        except Exception as exc:  # encoding errors: the batch itself is bad
-            error = f"{type(exc).__name__}: {exc}"
+        if error is _DOWN:
+            return False
         strikes = self._strikes[batch.token] = self._strikes.get(batch.token, 0) + 1
         if strikes < MAX_STRIKES:
             return False
-        self._strikes.pop(batch.token, None)
-        path = self._spool.quarantine(batch)
-        self.quarantined += len(batch.events)
-        log.error("event_batch_quarantined", table=batch.table, rows=len(batch.events),
-                  path=str(path), error=error[:300])  # fmt: skip
+        done = self._insert_halves(batch, error)
+        if done:
+            self._strikes.pop(batch.token, None)
+        return done
+
+    def _try_insert(self, batch: SpooledBatch) -> str | None:
+        """Insert a batch: None when written, ``_DOWN`` when the log is down, else the error."""
+        try:
+            self._insert(batch)
+        except EventLogUnavailable as exc:
+            return _DOWN if not self._log.ping() else str(exc)
+        except Exception as exc:  # encoding errors: the batch itself is bad
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _insert_halves(self, batch: SpooledBatch, error: str) -> bool:
+        """Write a rejected batch as two halves, recursively; dead-letter single rejected rows.
+
+        Halves carry tokens derived from the batch's (``<token>.0``, ``<token>.1``), so a
+        split interrupted by an outage and done again later does not insert a half twice.
+        Returns False when the event log went down meanwhile (the batch stays spooled).
+        """
+        if len(batch.events) <= 1:
+            self._dead_letter(batch, error)
+            return True
+        middle = len(batch.events) // 2
+        for part, events in enumerate((batch.events[:middle], batch.events[middle:])):
+            half = SpooledBatch(table=batch.table, token=f"{batch.token}.{part}", events=events)
+            half_error = self._try_insert(half)
+            if half_error is _DOWN:
+                return False
+            if half_error is not None and not self._insert_halves(half, half_error):
+                return False
         return True
+
+    def _dead_letter(self, batch: SpooledBatch, error: str) -> None:
+        """Set rows the event log rejects for good aside in ``dead/``; count and log them."""
+        try:
+            where = str(self._spool.quarantine(batch))
+        except OSError as exc:
+            where = f"not kept: {exc}"
+        self.quarantined += len(batch.events)
+        self._metrics.events_dead_lettered(batch.table, len(batch.events))
+        log.error("event_batch_quarantined", table=batch.table, rows=len(batch.events),
+                  path=where, error=error[:300])  # fmt: skip
 
 
 def _unit_of(event: Event) -> str:

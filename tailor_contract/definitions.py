@@ -8,6 +8,7 @@ that a bad definition fails at decode time with a message naming the field.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -23,10 +24,10 @@ from tailor_contract.policies import (
 )
 from tailor_contract.send_window import DefaultSendTime, HourKind, LocalHour, hour_key, hours_in
 
-KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+KEY_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z"
 Key = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
 AttributeName = Annotated[str, Meta(min_length=1, max_length=64)]
-MetricName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+MetricName = Annotated[str, Meta(pattern=r"\A[a-z][a-z0-9_]{0,39}\Z")]
 RuleScalar = str | int | float | bool
 RuleValue = RuleScalar | list[RuleScalar] | None
 
@@ -116,6 +117,11 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     weight: Annotated[float, Meta(ge=0, le=1e6)] = 1.0
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     features: dict[str, str | float | bool | list[str]] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # -0.0 passes ``ge=0`` (it equals 0) but is no weight anyone means: refuse it by name.
+        if math.copysign(1.0, self.weight) < 0:
+            raise ValueError(f"weight: {self.weight} must be >= 0 (not negative zero)")
 
 
 class RewardRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

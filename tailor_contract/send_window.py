@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -135,9 +135,13 @@ class LocalHour(
     tag="local_hour",
     tag_field="kind",
 ):
-    """Default send time: this local hour in each recipient's zone (window start if absent)."""
+    """Default send time: this local hour in each recipient's zone (window start if absent).
 
-    hour: int
+    0–23 for ``hour_of_day`` experiments, 0–167 for ``hour_of_week`` (checked against the
+    experiment by :func:`check_default`).
+    """
+
+    hour: Annotated[int, msgspec.Meta(ge=0, le=HOURS_PER_WEEK - 1)]
 
 
 DefaultSendTime = FixedInstant | LocalHour

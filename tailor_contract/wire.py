@@ -63,16 +63,16 @@ __all__ = [
 
 # Braces are refused: Redis keys wrap the unit id in a Cluster hash tag (``{<unit>}``), and a
 # brace inside it would move the tag (and let erasure confuse one unit's keys with another's).
-UNIT_ID_PATTERN = r"^[^\x00-\x1f{}]+$"
+UNIT_ID_PATTERN = r"\A[^\x00-\x1f{}]+\Z"
 UnitId = Annotated[str, Meta(min_length=1, max_length=256, pattern=UNIT_ID_PATTERN)]
 Placement = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
-AttributeName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
+AttributeName = Annotated[str, Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z")]
 ShortText = Annotated[str, Meta(max_length=1024)]
-MetricName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
-DecisionId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+MetricName = Annotated[str, Meta(pattern=r"\A[a-z][a-z0-9_]{0,39}\Z")]
+DecisionId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9_-]+\Z")]
 # A client-generated event id (UUID as 32 lowercase hex digits): a retried submission carries
 # the same id, so the event log's ``event_id`` deduplication cannot count it twice.
-EventId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+EventId = Annotated[str, Meta(pattern=r"\A[0-9a-f]{32}\Z")]
 AwareTime = Annotated[datetime, Meta(tz=True)]
 ContextValue = (
     Annotated[str, Meta(max_length=1024)]
@@ -226,14 +226,14 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
 # --- Access control, consent and data rights (issue 7) ----------------------------------------
 
 ScopeName = Literal["decide", "ingest", "report", "admin"]
-KEY_ID_PATTERN = r"^key_[0-9a-f]{12}$"
+KEY_ID_PATTERN = r"\Akey_[0-9a-f]{12}\Z"
 
 
 class KeyCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/keys``: a new API key with scopes and, optionally, its own rate limit."""
 
     scopes: Annotated[list[ScopeName], Meta(min_length=1, max_length=4)]
-    name: Annotated[str, Meta(max_length=100, pattern=r"^[^\x00-\x1f]*$")] = ""
+    name: Annotated[str, Meta(max_length=100, pattern=r"\A[^\x00-\x1f]*\Z")] = ""
     rate_per_s: Annotated[float, Meta(gt=0, le=1e6)] | None = None
     burst: Annotated[int, Meta(ge=1, le=10_000_000)] | None = None
 

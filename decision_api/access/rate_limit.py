@@ -26,6 +26,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from decision_api.logging import WARN_INTERVAL_S
+from event_log.throttle import Throttle
+
 log = structlog.get_logger("tailor.rate_limit")
 
 OUTAGE_BACKOFF_S = 1.0
@@ -70,6 +73,8 @@ class RateLimiter:
 
     def __init__(self, redis: Redis, prefix: str, *, rate_per_s: float, burst: int) -> None:
         self._redis = redis
+        # Met by every request while Redis is down: logged once per interval, with a count.
+        self._warn = Throttle(log, every_s=WARN_INTERVAL_S)
         self._prefix = prefix
         self.rate_per_s = rate_per_s
         self.burst = burst
@@ -107,7 +112,7 @@ class RateLimiter:
             )
         except RedisError as exc:
             self._outage_until = now + OUTAGE_BACKOFF_S
-            log.warning("rate_limit_unavailable", error=str(exc), fail_open=True)
+            self._warn.warning("rate_limit_unavailable", error=str(exc), fail_open=True)
             return None
         granted = int(granted)
         if granted > 0:

@@ -35,9 +35,11 @@ import structlog
 from redis.exceptions import RedisError
 
 from bandits.base import Choice
+from decision_api.logging import WARN_INTERVAL_S
 from decision_api.metrics import Metrics
 from decision_api.profiles.store import EMPTY_PROFILE, CapHit, FeatureStore, UnitProfile
 from event_log.rows import Exposure, new_decision_id, new_event_id, stringify
+from event_log.throttle import Throttle
 from event_log.writer import EventSink
 from experiments.cache import Compiled, ExperimentCache
 from tailor_contract.assignment import in_global_holdout, pick_bucket, unit_hash
@@ -158,6 +160,8 @@ class DecisionEngine:
         self._sensitive = frozenset(name.lower() for name in sensitive_features)
         self.profile_reader: Callable[[str, float], Awaitable[UnitProfile]] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
+        # Met by every request while Redis is down: logged once per interval, with a count.
+        self._warn = Throttle(log, every_s=WARN_INTERVAL_S)
 
     def _count(self, policy: str, reason: str, n: int = 1) -> None:
         counter = self._counters.get((policy, reason))
@@ -192,7 +196,7 @@ class DecisionEngine:
             except RedisError as exc:
                 degraded = True
                 self._metrics.degraded.labels("redis").inc()
-                log.warning("profile_read_failed", error=str(exc))
+                self._warn.warning("profile_read_failed", error=str(exc))
             if profile.opted_out:
                 consent = False
                 profile = EMPTY_PROFILE

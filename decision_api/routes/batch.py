@@ -2,105 +2,36 @@
 
 The body (up to ``decisions.max_batch_recipients`` recipients, 50,000 by default) is decoded in
 one pass by msgspec straight into :class:`~tailor_contract.wire.BatchDecideRequest` (the
-:class:`StructBody` DTO): Litestar's default path decodes JSON into builtins and converts them,
-which costs about twice as much for a large campaign. The OpenAPI schema documents the body all
+:class:`~decision_api.routes.bodies.StructBody` DTO, strict as every body of the API):
+Litestar's default path decodes JSON into builtins and converts them, which costs about twice
+as much for a large campaign. The OpenAPI schema documents the body all
 the same. Answers are one JSON document, or with ``Accept: application/x-ndjson`` one line per
 recipient; either way the body is streamed chunk by chunk as recipients are decided.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Generator
-from functools import cache
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 from litestar import Controller, MediaType, Request, post
 from litestar.di import NamedDependency
-from litestar.dto import AbstractDTO, DTOConfig, DTOFieldDefinition
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
 from litestar.response import Stream
-from litestar.typing import FieldDefinition
 
 from decision_api.decisions.bulk import Campaign, check_campaign_default, decide_bulk
-from decision_api.problems import from_validation_error
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
 from event_log.writer import now_ms
-from tailor_contract.errors import BadRequest, InvalidInput
+from tailor_contract.errors import InvalidInput
 from tailor_contract.wire import BatchDecideRequest, BatchDecideResponse, RecipientDecision
 
 NDJSON = "application/x-ndjson"
-T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
-
-
-@cache
-def _decoder(model: Any) -> msgspec.json.Decoder[Any]:
-    # strict=False: the same coercions as Litestar's own body conversion.
-    return msgspec.json.Decoder(model, strict=False)
-
-
-class StructBody(AbstractDTO[T]):
-    """Decode a JSON body straight into its msgspec Struct (one pass, no builtins step).
-
-    Validation errors become 422 problems naming the field (``$.recipients[3].unit_id``),
-    unparseable JSON a 400; the OpenAPI schema is the Struct's own.
-    """
-
-    config = DTOConfig()
-
-    @classmethod
-    def generate_field_definitions(
-        cls, model_type: type[Any]
-    ) -> Generator[DTOFieldDefinition, None, None]:
-        """No transfer model: the Struct is decoded as it is."""
-        yield from ()
-
-    @classmethod
-    def detect_nested_field(cls, field_definition: FieldDefinition) -> bool:
-        """Nothing is nested from the DTO's point of view."""
-        return False
-
-    @classmethod
-    def create_for_field_definition(
-        cls, field_definition: FieldDefinition, handler_id: str, backend_cls: Any = None
-    ) -> None:
-        """No backend to build."""
-
-    @classmethod
-    def create_openapi_schema(
-        cls, field_definition: FieldDefinition, handler_id: str, schema_creator: Any
-    ) -> Any:
-        """The Struct's schema, as Litestar documents any msgspec body."""
-        return schema_creator.for_field_definition(
-            FieldDefinition.from_annotation(
-                cls.model_type, kwarg_definition=field_definition.kwarg_definition
-            )
-        )
-
-    def decode_bytes(self, value: bytes) -> Any:
-        """Decode and validate the raw body."""
-        model: object = self.model_type
-        try:
-            return _decoder(model).decode(value)
-        except msgspec.ValidationError as exc:
-            raise from_validation_error(exc) from exc
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"JSON is malformed: {exc}", field="$") from exc
-
-    def decode_builtins(self, value: Any) -> Any:
-        """Convert already decoded builtins (form data never reaches this route)."""
-        try:
-            return msgspec.convert(value, self.model_type, strict=False)
-        except msgspec.ValidationError as exc:
-            raise from_validation_error(exc) from exc
-
-    def data_to_encodable_type(self, data: T | Collection[T]) -> Any:
-        """Answers are not encoded through this DTO."""
-        return data
 
 
 class NDJSONStream(Stream):

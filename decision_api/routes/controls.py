@@ -6,6 +6,7 @@ from litestar import Controller, get, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
 from tailor_contract.wire import KillSwitchRequest, KillSwitchState
@@ -27,7 +28,7 @@ class ControlController(Controller):
         """Whether decisions currently serve defaults only."""
         return _state(services)
 
-    @put("")
+    @put("", dto=StructBody[KillSwitchRequest], return_dto=None)
     async def switch(
         self, data: JSONBody[KillSwitchRequest], services: NamedDependency[Services]
     ) -> KillSwitchState:

@@ -9,6 +9,7 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.fast_decide import fast_decide
 from decision_api.routes.guards import is_public, require
 from decision_api.services import Services
@@ -23,7 +24,14 @@ class DecideController(Controller):
     path = "/v1/decide"
     tags = ["decisions"]
 
-    @post("", guards=[require("decide")], status_code=200, middleware=[fast_decide])
+    @post(
+        "",
+        guards=[require("decide")],
+        status_code=200,
+        middleware=[fast_decide],
+        dto=StructBody[DecideRequest],
+        return_dto=None,
+    )
     async def decide(
         self,
         request: Request[Any, Any, Any],

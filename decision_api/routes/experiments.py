@@ -10,6 +10,7 @@ from litestar.params import FromPath, JSONBody
 
 from bandits.vw import check_vw_config
 from decision_api.privacy.sensitive import check_experiment, denylist
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
 from experiments.errors import InvalidDefinition
@@ -36,7 +37,7 @@ class ExperimentController(Controller):
     tags = ["experiments"]
     guards = [require("admin")]
 
-    @post("", status_code=201)
+    @post("", status_code=201, dto=StructBody[ExperimentSpec], return_dto=None)
     async def create(
         self, data: JSONBody[ExperimentSpec], services: NamedDependency[Services]
     ) -> Experiment:
@@ -63,7 +64,7 @@ class ExperimentController(Controller):
         """Every version of one experiment, oldest first."""
         return ExperimentList(experiments=await services.store.history(key))
 
-    @put("/{key:str}")
+    @put("/{key:str}", dto=StructBody[ExperimentSpec], return_dto=None)
     async def update(
         self,
         key: FromPath[str],

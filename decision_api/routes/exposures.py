@@ -17,12 +17,15 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
-from event_log.rows import Exposure, stringify
+from event_log.rows import Exposure, event_time_problem, stringify
+from event_log.writer import now_ms
 from experiments.errors import ExperimentNotFound
 from tailor_contract.assignment import cumulative_shares
 from tailor_contract.definitions import Experiment
+from tailor_contract.errors import InvalidInput
 from tailor_contract.wire import (
     ExposureBatch,
     ExposureRejection,
@@ -71,10 +74,31 @@ def _propensity(report: ExposureReport, experiment: Experiment) -> float:
     return shares[index] - (shares[index - 1] if index else 0.0)
 
 
+def _check_times(services: Services, reports: Sequence[ExposureReport]) -> None:
+    cfg = services.settings.event_log
+    now = now_ms()
+    for index, report in enumerate(reports):
+        problem = event_time_problem(
+            int(report.ts.timestamp() * 1000),
+            now,
+            max_age_s=cfg.max_event_age_s,
+            max_lead_s=cfg.max_event_lead_s,
+        )
+        if problem is not None:
+            raise InvalidInput(
+                f"ts {report.ts.isoformat()} {problem}", field=f"$.exposures[{index}].ts"
+            )
+
+
 async def accept_exposures(
     services: Services, reports: Sequence[ExposureReport]
 ) -> ExposuresAccepted:
-    """Validate locally decided exposures and hand the good ones to the event writer."""
+    """Validate locally decided exposures and hand the good ones to the event writer.
+
+    Raises:
+        InvalidInput: naming the first ``ts`` outside the accepted window (nothing is logged).
+    """
+    _check_times(services, reports)
     experiments = await _experiments(services, {r.experiment for r in reports})
     rejected: list[ExposureRejection] = []
     accepted = 0
@@ -119,7 +143,7 @@ class ExposureController(Controller):
     tags = ["sdk"]
     guards = [require("decide", "ingest")]
 
-    @post("/batch", status_code=202)
+    @post("/batch", status_code=202, dto=StructBody[ExposureBatch], return_dto=None)
     async def record_batch(
         self, data: JSONBody[ExposureBatch], services: NamedDependency[Services]
     ) -> ExposuresAccepted:

@@ -11,6 +11,7 @@ from litestar.params import JSONBody, Parameter
 
 from decision_api.access.key_store import refresh_ring
 from decision_api.access.keys import ApiKey
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
 from tailor_contract.errors import Conflict, NotFound
@@ -40,7 +41,7 @@ class KeyController(Controller):
     tags = ["keys"]
     guards = [require("admin")]
 
-    @post("", status_code=201)
+    @post("", status_code=201, dto=StructBody[KeyCreate], return_dto=None)
     async def create(
         self, data: JSONBody[KeyCreate], services: NamedDependency[Services]
     ) -> KeyCreated:

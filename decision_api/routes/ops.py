@@ -25,7 +25,11 @@ async def healthz() -> Health:
     responses={503: ResponseSpec(Health, description="A backend is unreachable")},
 )
 async def readyz(services: NamedDependency[Services]) -> Response[Health]:
-    """Redis and the event log answer; 503 otherwise (with which one failed)."""
+    """Redis and the event log answer and accepted events are durable; 503 otherwise.
+
+    ``checks.events`` is ``memory_only`` while the writer holds events that neither the event
+    log nor the disk spool would take: a crash would lose them, so the worker is not ready.
+    """
     checks: dict[str, str] = {}
     try:
         await services.redis.ping()
@@ -35,7 +39,9 @@ async def readyz(services: NamedDependency[Services]) -> Response[Health]:
     log_ok = await asyncio.to_thread(services.event_log.ping)
     checks["event_log"] = "ok" if log_ok else "down"
     checks["spool"] = "empty" if services.writer.healthy else "replaying"
-    ready = checks["redis"] == "ok" and log_ok
+    durable = services.writer.durable
+    checks["events"] = "durable" if durable else "memory_only"
+    ready = checks["redis"] == "ok" and log_ok and durable
     return Response(
         Health(status="ready" if ready else "unavailable", checks=checks),
         status_code=200 if ready else 503,

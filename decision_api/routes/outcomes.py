@@ -18,26 +18,57 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from redis.exceptions import RedisError
 
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
-from event_log.rows import Outcome
+from event_log.rows import Outcome, event_time_problem
 from event_log.writer import now_ms
+from tailor_contract.errors import InvalidInput
 from tailor_contract.wire import OutcomeAccepted, OutcomeBatch, OutcomeRequest
 
 log = structlog.get_logger("tailor.outcomes")
 
 
+def outcome_times(
+    services: Services, requests: Sequence[OutcomeRequest], now: int, prefix: str
+) -> list[int]:
+    """Each outcome's time in epoch ms (``now`` unless given).
+
+    Raises:
+        InvalidInput: naming the first ``ts`` outside the accepted window (``<prefix>.ts``).
+    """
+    cfg = services.settings.event_log
+    times = []
+    for index, req in enumerate(requests):
+        if req.ts is None:
+            times.append(now)
+            continue
+        ts_ms = int(req.ts.timestamp() * 1000)
+        problem = event_time_problem(
+            ts_ms, now, max_age_s=cfg.max_event_age_s, max_lead_s=cfg.max_event_lead_s
+        )
+        if problem is not None:
+            field = prefix.format(index=index) + ".ts"
+            raise InvalidInput(f"ts {req.ts.isoformat()} {problem}", field=field)
+        times.append(ts_ms)
+    return times
+
+
 async def accept_outcomes(
-    services: Services, requests: Sequence[OutcomeRequest]
+    services: Services, requests: Sequence[OutcomeRequest], prefix: str = "$"
 ) -> OutcomeAccepted:
-    """Log outcomes durably, then apply them to the reward join (degrades if Redis is down)."""
+    """Log outcomes durably, then apply them to the reward join (degrades if Redis is down).
+
+    Every outcome is checked before any is logged: a refused batch logs nothing. ``prefix``
+    is the JSON path of an outcome in the body (``$.outcomes[{index}]`` for a batch).
+    """
     received = now_ms()
+    times = outcome_times(services, requests, received, prefix)
     ids = []
     outcomes = []
     opted_out, consent_unknown = await opted_out_units(services, requests)
-    for req in requests:
+    for req, ts_ms in zip(requests, times, strict=True):
         event_id = uuid.UUID(req.event_id) if req.event_id else uuid.uuid4()
-        ts_ms = int(req.ts.timestamp() * 1000) if req.ts is not None else received
         unit_id, properties = req.unit_id or "", dict(req.properties)
         if unit_id in opted_out:
             unit_id, properties = services.pseudonymise(unit_id), {}
@@ -107,7 +138,7 @@ async def join_outcomes(
                     log.info("outcome_late", experiment=experiment, type=outcome.type)
     except RedisError as exc:
         services.metrics.degraded.labels("redis").inc()
-        log.warning("reward_join_failed", error=str(exc))
+        services.warn.warning("reward_join_failed", error=str(exc))
         return joined, True
     return joined, False
 
@@ -119,16 +150,16 @@ class OutcomeController(Controller):
     tags = ["outcomes"]
     guards = [require("decide", "ingest")]
 
-    @post("", status_code=202)
+    @post("", status_code=202, dto=StructBody[OutcomeRequest], return_dto=None)
     async def record(
         self, data: JSONBody[OutcomeRequest], services: NamedDependency[Services]
     ) -> OutcomeAccepted:
         """Accept one outcome."""
         return await accept_outcomes(services, [data])
 
-    @post("/batch", status_code=202)
+    @post("/batch", status_code=202, dto=StructBody[OutcomeBatch], return_dto=None)
     async def record_batch(
         self, data: JSONBody[OutcomeBatch], services: NamedDependency[Services]
     ) -> OutcomeAccepted:
         """Accept up to 10,000 outcomes at once."""
-        return await accept_outcomes(services, data.outcomes)
+        return await accept_outcomes(services, data.outcomes, "$.outcomes[{index}]")

@@ -25,8 +25,10 @@ from litestar.params import JSONBody, Parameter
 
 from decision_api.privacy.sensitive import denylist, sensitive_names
 from decision_api.profiles.store import Timestamp, UnitEvent
+from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import is_public, require
 from decision_api.services import Services
+from event_log.rows import event_time_problem
 from tailor_contract.errors import Conflict, Forbidden, InvalidInput
 from tailor_contract.wire import (
     UNIT_ID_PATTERN,
@@ -54,7 +56,12 @@ class UnitController(Controller):
     path = "/v1/units"
     tags = ["units"]
 
-    @put("/{unit_id:str}/features", guards=[require("ingest")])
+    @put(
+        "/{unit_id:str}/features",
+        guards=[require("ingest")],
+        dto=StructBody[FeaturesRequest],
+        return_dto=None,
+    )
     async def upsert_features(
         self,
         unit_id: PathUnitId,
@@ -89,7 +96,12 @@ class UnitController(Controller):
             )
         return FeaturesStored(unit_id=unit_id, stored=sorted(features))
 
-    @put("/{unit_id:str}/consent", guards=[require("ingest")])
+    @put(
+        "/{unit_id:str}/consent",
+        guards=[require("ingest")],
+        dto=StructBody[ConsentRequest],
+        return_dto=None,
+    )
     async def set_consent(
         self,
         unit_id: PathUnitId,
@@ -124,7 +136,13 @@ class EventController(Controller):
     path = "/v1/events"
     tags = ["units"]
 
-    @post("", guards=[require("decide", "ingest")], status_code=202)
+    @post(
+        "",
+        guards=[require("decide", "ingest")],
+        status_code=202,
+        dto=StructBody[EventRequest],
+        return_dto=None,
+    )
     async def record(
         self,
         request: Request[Any, Any, Any],
@@ -140,6 +158,17 @@ class EventController(Controller):
             check_browser_event(data)
         now = time.time()
         ts = data.ts.timestamp() if data.ts is not None else now
+        # Behavioural history feeds 90-day features: bounded by the profile's lifetime.
+        settings = services.settings
+        problem = event_time_problem(
+            int(ts * 1000),
+            int(now * 1000),
+            max_age_s=settings.redis.profile_ttl_s,
+            max_lead_s=settings.event_log.max_event_lead_s,
+            age_setting="redis.profile_ttl_s",
+        )
+        if data.ts is not None and problem is not None:
+            raise InvalidInput(f"ts {data.ts.isoformat()} {problem}", field="$.ts")
         event = UnitEvent(
             type=data.type, ts=ts, value=data.value, category=data.properties.get("category", "")
         )

@@ -54,6 +54,8 @@ def parse_time_ms(text: str, *, end: bool = False) -> int:
                 moment = moment.replace(tzinfo=UTC)
     except ValueError as exc:
         raise ValueError(f"{text!r} is not an ISO 8601 date or date-time") from exc
+    except OverflowError as exc:  # the day after 9999-12-31
+        raise ValueError(f"{text!r} is past the last representable date") from exc
     return int(moment.timestamp() * 1000)
 
 

@@ -260,9 +260,12 @@ HISTORY_ZONES = ("America/New_York", "Europe/Berlin", "Asia/Tokyo", "Australia/S
 
 
 async def open_at_local_hour(client: Client, unit_id: str, zone: str, hour: int, n: int) -> None:
-    """Post ``n`` email_open events at ``hour``:10 local time on n days of April 2026."""
+    """Post ``n`` email_open events at ``hour``:10 local time on the n days before today (event
+    times more than 30 days old are refused)."""
+    today = datetime.now(ZoneInfo(zone)).date()
     for day in range(n):
-        local = datetime(2026, 4, 10 + day, hour, 10, tzinfo=ZoneInfo(zone))
+        date = today - timedelta(days=day + 1)
+        local = datetime(date.year, date.month, date.day, hour, 10, tzinfo=ZoneInfo(zone))
         response = await client.post("/v1/events", json={
             "unit_id": unit_id, "type": "email_open", "ts": local.isoformat()})  # fmt: skip
         assert response.status_code == 202, response.text
@@ -282,7 +285,8 @@ async def test_recipients_who_open_at_19h_get_19h_most_of_the_time(
     everyone = with_history + without
     answer = await batch(client, {
         "campaign": f"c-{tag}", "placements": [placement],
-        "send_window": window("2026-04-20T00:00:00+00:00", 48),
+        "send_window": window(f"{datetime.now(UTC).date() + timedelta(days=3)}T00:00:00+00:00",
+                              48),
         "recipients": [{"unit_id": u, "timezone": z} for u, z in everyone],
     })  # fmt: skip
     at_19 = []

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from decision_api.app import create_app
 from decision_api.redis_server import RedisServer, free_port
 from decision_api.settings import RedisSettings, Settings
+from event_log.throttle import Throttle
 
 Client = AsyncTestClient[Litestar]
 
@@ -50,7 +52,7 @@ async def test_readyz_when_everything_answers(client: Client) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "checks": {"redis": "ok", "event_log": "ok", "spool": "empty"},
+        "checks": {"redis": "ok", "event_log": "ok", "spool": "empty", "events": "durable"},
     }
 
 
@@ -66,6 +68,41 @@ async def test_readyz_is_503_when_redis_is_unreachable(shared_settings: Settings
         assert body["status"] == "unavailable"
         assert body["checks"]["redis"].startswith("down")
         assert body["checks"]["event_log"] == "ok"
+
+
+async def test_readyz_is_503_while_events_are_held_in_memory_only(
+    shared_settings: Settings, tmp_path: Path
+) -> None:
+    """With the event log unreachable and the spool unwritable, accepted outcomes are held in
+    memory and /readyz says not ready (events: memory_only); once the spool is back it is
+    durable again."""
+    dead_log = f"http://127.0.0.1:{free_port()}/tailor"
+    spool_dir = tmp_path / "spool"
+    settings = msgspec.structs.replace(
+        shared_settings,
+        event_log=msgspec.structs.replace(
+            shared_settings.event_log, url=dead_log, spool_dir=str(spool_dir)
+        ),
+    )
+    app = create_app(settings)
+    async with AsyncTestClient(app=app) as client:
+        slot = spool_dir / "0"
+        slot.rename(tmp_path / "slot-away")
+        slot.write_bytes(b"")  # a file where the spool's directory should be
+        response = await client.post("/v1/outcomes", json={"type": "click", "unit_id": "u-1"})
+        assert response.status_code == 202
+        deadline = time.monotonic() + 5
+        while (body := (await client.get("/readyz")).json())["checks"]["events"] != "memory_only":
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.05)
+        assert body["status"] == "unavailable"
+        slot.unlink()
+        (tmp_path / "slot-away").rename(slot)
+        while (body := (await client.get("/readyz")).json())["checks"]["events"] != "durable":
+            assert time.monotonic() < deadline + 5, body
+            await asyncio.sleep(0.05)
+        writer = app.state.services.writer
+        assert writer.dropped == 0 and writer.buffered == 0
 
 
 async def test_metrics_count_decisions_latency_queue_and_flush_errors(client: Client) -> None:
@@ -183,3 +220,45 @@ async def test_json_logs_carry_request_ids_and_never_raw_unit_ids(
     assert by_event["profile_read_failed"]["level"] == "warning"
     assert by_event["redis_unavailable"]["request_id"] == "req-write-1"
     assert not [line for line in err.splitlines() if line.startswith("{") and unit in line]
+
+
+def test_throttle_logs_the_first_then_once_per_interval_with_a_count() -> None:
+    """A throttled event is logged at once, then not again within the interval; the next one
+    after it says how many were suppressed. Other event names are throttled separately."""
+    clock = [100.0]
+    throttle = Throttle(structlog.get_logger("test"), every_s=10.0, clock=lambda: clock[0])
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(50):
+            throttle.warning("redis_down", error="refused")
+            clock[0] += 0.1
+        throttle.error("other_thing")
+        clock[0] += 10.0
+        throttle.warning("redis_down", error="refused")
+    assert [(e["event"], e["log_level"], e.get("suppressed")) for e in logs] == [
+        ("redis_down", "warning", None),
+        ("other_thing", "error", None),
+        ("redis_down", "warning", 49),
+    ]
+
+
+async def test_redis_down_does_not_log_a_warning_per_request(
+    settings: Settings, doomed_redis: RedisServer
+) -> None:
+    """With Redis gone, 60 requests that each meet the outage log each warning once, not once
+    per request (2,926 lines in 30 s before)."""
+    config = msgspec.structs.replace(
+        settings, redis=RedisSettings(url=doomed_redis.url, key_prefix="quiet")
+    )
+    app = create_app(config)
+    async with AsyncTestClient(app=app) as client:
+        assert (await client.put("/v1/units/u/consent", json={"personalization": True})).is_success
+        doomed_redis.stop()
+        with structlog.testing.capture_logs() as logs:
+            for i in range(20):
+                await client.post("/v1/decide", json={"unit_id": f"u{i}", "placements": ["p"]})
+                await client.put(f"/v1/units/u{i}/consent", json={"personalization": True})
+                await client.post("/v1/outcomes", json={"unit_id": f"u{i}", "type": "click"})
+    per_request = Counter(
+        e["event"] for e in logs if e["event"] in ("profile_read_failed", "redis_unavailable")
+    )
+    assert per_request == {"profile_read_failed": 1, "redis_unavailable": 1}, per_request

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -63,8 +64,9 @@ async def test_outcome_by_decision_id(client: Client, tag: str) -> None:
     unit = f"u-{tag}"
     decision = await client.post("/v1/decide", json={"unit_id": unit, "placements": [placement]})
     decision_id = decision.json()["decision_id"]
+    when = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=250_000)
     body = {"decision_id": decision_id, "unit_id": unit, "type": "purchase", "value": 42.5,
-            "ts": "2026-03-04T05:06:07.250Z", "properties": {"sku": "A-1"}}  # fmt: skip
+            "ts": when.isoformat(), "properties": {"sku": "A-1"}}  # fmt: skip
     response = await client.post("/v1/outcomes", json=body)
     assert response.status_code == 202, response.text
     accepted = response.json()
@@ -72,7 +74,7 @@ async def test_outcome_by_decision_id(client: Client, tag: str) -> None:
     (row,) = await outcome_rows(client, accepted["event_ids"])
     assert uuid.UUID(row.pop("event_id")) == uuid.UUID(accepted["event_ids"][0])
     assert row == {
-        "ts_ms": 1772600767250,
+        "ts_ms": int(when.timestamp()) * 1000 + 250,
         "decision_id": decision_id,
         "unit_id": unit,
         "experiment": "",
@@ -101,9 +103,10 @@ async def test_outcome_by_unit_and_experiment(client: Client, tag: str) -> None:
 
 async def test_outcome_batch(client: Client, tag: str) -> None:
     """The batch endpoint stores every outcome of the batch, each with its own event id."""
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     outcomes = [
         {"unit_id": f"u-{tag}-{i}", "experiment": f"hero-{tag}", "type": "purchase",
-         "value": float(i), "ts": f"2026-03-04T05:06:{i:02d}Z"}
+         "value": float(i), "ts": f"{yesterday}T05:06:{i:02d}Z"}
         for i in range(25)
     ]  # fmt: skip
     response = await client.post("/v1/outcomes/batch", json={"outcomes": outcomes})

@@ -109,6 +109,16 @@ def test_rows_become_exposures_and_outcomes(event_log: ClickHouseEventLog, fmt: 
             {"outcomes": json.dumps([{"type": "click", "ts": "2024-02-01"}])},
             r"row 2: outcome 'click' happens before its decision",
         ),
+        # The API's unit-id rule: such units could never be exported or erased.
+        ({"unit_id": "u{1}"}, r"row 2: unit_id 'u\{1\}' must not contain control characters"),
+        ({"unit_id": "u\n1"}, r"row 2: unit_id 'u\\n1' must not contain control characters"),
+        ({"ts": "1999-12-31T23:59:59Z"}, r"row 2: ts 1999-12-31T23:59:59\+00:00 must be from"),
+        ({"ts": "9999-01-01T00:00:00Z"}, r"row 2: ts 9999-01-01T00:00:00\+00:00 must be from"),
+        ({"ts": 1e300}, r"row 2: ts .* must be from 2000-01-01 to an hour from now"),
+        (
+            {"outcomes": json.dumps([{"type": "click", "ts": "9000-01-01"}])},
+            r"row 2: outcomes\[0\].ts 9000-01-01T00:00:00\+00:00 must be from",
+        ),
     ],
 )
 def test_a_bad_row_loads_nothing(
@@ -215,3 +225,18 @@ def test_off_policy_on_an_import_matches_the_rows(event_log: ClickHouseEventLog)
     primary = report.metrics[0]
     assert primary.metric == "click"
     assert sum(a.converters for a in primary.arms) == int(click.sum())
+
+
+def test_an_import_over_many_years_loads_every_row(event_log: ClickHouseEventLog) -> None:
+    """A history over 150 months loads whole (inserts are cut by month, under ClickHouse's 100
+    partitions per insert) instead of failing with 'too many partitions'."""
+    rows = [
+        {**ROWS[0], "unit_id": f"u{i}", "ts": f"{2010 + i // 12}-{1 + i % 12:02d}-15T10:00:00Z"}
+        for i in range(150)
+    ]
+    summary = import_decisions(event_log, EXPERIMENT, _encode(rows, "jsonl"), "jsonl")
+    assert (summary.decisions, summary.outcomes) == (150, 150)
+    assert event_log.query("SELECT count(), uniq(toYYYYMM(ts)) FROM exposures FINAL") == [
+        (150, 150)
+    ]
+    assert event_log.query("SELECT count() FROM outcomes FINAL") == [(150,)]

@@ -76,7 +76,8 @@ def writer_for(log: FakeLog, directory: Path, **kwargs: Any) -> EventWriter:
     spool = Spool(directory, kwargs.pop("max_bytes", 1 << 24), "batch")
     return EventWriter(
         log, spool, batch_size=kwargs.pop("batch_size", 50),
-        flush_interval_s=kwargs.pop("interval", 0.01), max_buffered=10_000, metrics=Metrics(),
+        flush_interval_s=kwargs.pop("interval", 0.01), max_buffered=10_000,
+        metrics=kwargs.pop("metrics", None) or Metrics(),
     )  # fmt: skip
 
 
@@ -271,3 +272,24 @@ def test_processes_get_their_own_slot_and_adopt_orphans(tmp_path: Path) -> None:
     assert three.size() > 0
     one.close()
     three.close()
+
+
+async def test_one_poison_row_is_dead_lettered_alone(tmp_path: Path) -> None:
+    """A rejected batch is bisected: the other rows of its batch are written, only the poison
+    row goes to dead/, and the tailor_events_dead_lettered metric counts it."""
+    log = FakeLog()
+    metrics = Metrics()
+    writer = writer_for(log, tmp_path, batch_size=100, metrics=metrics)
+    events = [outcome(n) for n in range(10)]
+    log.poison.add(str(events[6].event_id))
+    writer.submit_many(events)
+    await writer.flush()
+    for _ in range(MAX_STRIKES):
+        await writer.replay()
+    assert writer.healthy
+    assert sorted(values(log)) == [float(n) for n in range(10) if n != 6]
+    assert writer.quarantined == 1
+    assert len(list((tmp_path / "dead").iterdir())) == 1
+    sample = metrics.registry.get_sample_value
+    assert sample("tailor_events_dead_lettered_total", {"table": "outcomes"}) == 1
+    await writer.close()

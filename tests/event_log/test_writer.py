@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
 import pytest
 
 from decision_api.metrics import Metrics
 from event_log.rows import Exposure, Outcome, Table
 from event_log.spool import Spool
 from event_log.store import ClickHouseEventLog
-from event_log.writer import EventWriter, now_ms
+from event_log.writer import MAX_STRIKES, EventWriter, now_ms
 from tailor_contract.errors import EventLogUnavailable
 
 
@@ -204,4 +205,118 @@ async def test_replay_after_a_crash_mid_replay_does_not_double_count(
     flaky.real.insert(again.table, [e.row() for e in again.events], again.token)
     assert count(flaky.real, "exposures") == 4
     spool.close()
+    await writer.close()
+
+
+class BrokenSlot:
+    """Make a spool's slot unwritable by putting a file where its directory is (root ignores
+    chmod), and put the directory back on ``restore()``."""
+
+    def __init__(self, spool: Spool, aside: Path) -> None:
+        self.slot, self.aside = spool.directory, aside
+
+    def __enter__(self) -> BrokenSlot:
+        self.slot.rename(self.aside)
+        self.slot.write_bytes(b"")
+        return self
+
+    def restore(self) -> None:
+        """Put the slot directory back."""
+        self.slot.unlink()
+        self.aside.rename(self.slot)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.slot.is_file():
+            self.restore()
+
+
+async def test_a_failed_spool_write_loses_nothing_once_the_spool_is_back(
+    parts: Parts, tmp_path: Path
+) -> None:
+    """With the log down and the spool unwritable, events are held in memory (not durable, not
+    dropped); once the spool is back they are spooled, and once the log is back every one of
+    them lands in the event log and the writer leaves spooling mode."""
+    writer, flaky = parts.writer, parts.flaky
+    flaky.down = True
+    with BrokenSlot(parts.spool, tmp_path / "aside") as broken:
+        writer.submit_many([exposure(i, "a") for i in range(100)])
+        await writer.flush()
+        assert writer.dropped == 0 and writer.buffered == 100
+        assert not writer.durable
+        writer.submit_many([exposure(i, "b") for i in range(50)])
+        await writer.flush()
+        await writer.replay()
+        assert writer.dropped == 0 and writer.buffered == 150 and not writer.durable
+        broken.restore()
+    writer.submit_many([exposure(i, "c") for i in range(25)])
+    await writer.flush()  # the spool takes everything again
+    assert writer.durable and writer.buffered == 0
+    flaky.down = False
+    assert await writer.replay() is True
+    assert writer.healthy
+    writer.submit(exposure(0, "after"))
+    await writer.flush()
+    assert count(flaky.real, "exposures", final=True) == 176
+    assert writer.dropped == 0
+    assert parts.metrics.registry.get_sample_value("tailor_events_dropped_total") == 0
+    await writer.close()
+
+
+async def test_held_events_go_to_the_log_when_it_is_back_before_the_spool(
+    parts: Parts, tmp_path: Path
+) -> None:
+    """Events held in memory while both stores failed reach the event log as soon as it is back,
+    even if the spool is still unwritable: the writer retries the log and leaves spooling."""
+    writer, flaky = parts.writer, parts.flaky
+    flaky.down = True
+    with BrokenSlot(parts.spool, tmp_path / "aside"):
+        writer.submit_many([outcome(i) for i in range(40)])
+        await writer.flush()
+        assert not writer.durable
+        flaky.down = False
+        await writer.replay()  # nothing spooled: the writer stops spooling
+        await writer.flush()
+        assert writer.durable and writer.healthy and writer.buffered == 0
+        assert count(flaky.real, "outcomes", final=True) == 40
+
+
+async def test_events_beyond_the_memory_bound_are_dropped_and_counted(
+    event_log: ClickHouseEventLog, tmp_path: Path
+) -> None:
+    """Held events count against max_buffered: what does not fit is dropped and counted, the
+    rest is kept and written later."""
+    flaky = FlakyLog(event_log)
+    spool = Spool(tmp_path / "spool", max_bytes=64 << 20, fsync="batch")
+    metrics = Metrics()
+    writer = EventWriter(flaky, spool, batch_size=500, flush_interval_s=60.0, max_buffered=1000,
+                         metrics=metrics)  # fmt: skip
+    flaky.down = True
+    with BrokenSlot(spool, tmp_path / "aside"):
+        writer.submit_many([outcome(i) for i in range(800)])
+        await writer.flush()
+        writer.submit_many([outcome(i) for i in range(800, 1100)])
+        assert writer.dropped == 100 and writer.buffered == 1000
+        assert metrics.registry.get_sample_value("tailor_events_dropped_total") == 100
+    flaky.down = False
+    await writer.replay()
+    await writer.flush()
+    assert count(event_log, "outcomes", final=True) == 1000
+    await writer.close()
+
+
+async def test_a_batch_over_too_many_partitions_is_split_not_dead_lettered(parts: Parts) -> None:
+    """A batch the real event log rejects (rows over more than 100 monthly partitions) is
+    bisected after MAX_STRIKES tries: every row lands, nothing is dead-lettered."""
+    writer, flaky = parts.writer, parts.flaky
+    month_ms = 31 * 86400 * 1000
+    spread = [msgspec.structs.replace(exposure(i, "old"), ts_ms=now_ms() - i * month_ms)
+              for i in range(150)]  # fmt: skip
+    writer.submit_many([exposure(i, "other") for i in range(20)] + spread)
+    await writer.flush()
+    assert not writer.healthy  # the log refused the batch: spooled
+    for _ in range(MAX_STRIKES):
+        await writer.replay()
+    assert writer.healthy
+    assert count(flaky.real, "exposures", final=True) == 170
+    assert writer.quarantined == 0
     await writer.close()

@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -352,7 +353,7 @@ async def test_exposure_reports_are_checked_and_logged_like_server_ones(
         "variant": "b",
         "reason": "split",
         "propensity": 0.9,
-        "ts": "2026-05-01T10:00:00Z",
+        "ts": datetime.now(UTC).isoformat(),
         "context": {"page": "/", "visits": 3},
     }
     reports = [
