@@ -32,6 +32,9 @@ MAX_RULES = 50
 Operator = Literal["eq", "ne", "in", "lt", "lte", "gt", "gte", "exists", "contains"]
 ORDERED_OPERATORS = frozenset({"lt", "lte", "gt", "gte"})
 
+DEFAULT_REWARD_WINDOW_S = 3600
+"""Default ``reward_window_s``: how long outcomes count, and so how late a decision is learned."""
+
 
 class Status(StrEnum):
     """Lifecycle of an experiment."""
@@ -219,7 +222,11 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     )
     hypothesis: Annotated[str, Meta(max_length=4000)] = ""
     name: Annotated[str, Meta(max_length=200)] = ""
-    reward_window_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = 86400
+    # One hour by default: a learning policy learns each decision when its window closes, so
+    # the window is also the learning delay; an hour holds the clicks and in-session
+    # conversions of a page view. Email and send-time experiments set a longer one (a day or
+    # two) so that later opens count. Stored definitions keep the window they were made with.
+    reward_window_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = DEFAULT_REWARD_WINDOW_S
     reward: RewardSpec = RewardSpec()
     frequency_cap: FrequencyCap | None = None
 
