@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from bandits.config import FixedConfig, PolicyConfig, ThompsonConfig, VWCBConfig
+from bandits.config import (
+    EpsilonGreedyConfig,
+    FixedConfig,
+    PolicyConfig,
+    ThompsonConfig,
+    VWCBConfig,
+)
 from bandits.send_time import SendTimeThompsonConfig
 from bandits.send_time_policy import hour_key
 from experiments.send_window import DefaultSendTime, HourKind, LocalHour, hours_in
@@ -251,13 +257,14 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"default_variant: {self.default_variant!r} is not one of the variants"
             )
-        if isinstance(self.policy, ThompsonConfig):
-            # The floor must fit the arms here: a policy that cannot be built would otherwise
+        if isinstance(self.policy, ThompsonConfig | EpsilonGreedyConfig | VWCBConfig):
+            # The floors must fit the arms here: a policy that cannot be built would otherwise
             # fail in every worker's config refresh once the experiment starts.
             try:
                 self.policy.check_arms(len(self.variants))
             except ValueError as exc:
-                raise ValueError(f"policy.min_share: {exc}") from exc
+                field = str(exc).partition(" ")[0]  # "min_share == ..." / "min_propensity == ..."
+                raise ValueError(f"policy.{field}: {exc}") from exc
 
     def _check_send_time(self) -> None:
         hours = self.send_time.hours if self.send_time is not None else "hour_of_day"

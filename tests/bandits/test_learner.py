@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from bandits import learner as learner_module
 from bandits.base import Arm
-from bandits.config import ThompsonConfig
+from bandits.config import ThompsonConfig, VWCBConfig
 from bandits.join import JOIN_GROUP, RewardJoin
 from bandits.learner import Learner
 from bandits.registry import build_policy
@@ -262,10 +262,12 @@ async def test_new_definition_keeps_the_model(redis_bin: Redis, namespace: str) 
     await learner.publish()
     snap = await SnapshotStore(redis_bin, namespace).get(EXP)
     assert snap is not None and snap.examples == 400
-    # The model learned "c" is best; with epsilon 0.01 it exploits it almost always.
+    # The model learned "c" is best; with epsilon 0.01 it exploits it but for the floor.
     served = build_policy(v2.config, v2.arms, snapshot=snap.data)
     pmf = served.pmf({}, v2.candidates)
-    assert pmf.argmax() == 2 and pmf.max() == pytest.approx(1 - 0.01 + 0.01 / 3)
+    assert isinstance(v2.config, VWCBConfig)
+    floor = max(0.01 / 3, v2.config.floor(3))  # epsilon's share or the floor, the larger
+    assert pmf.argmax() == 2 and pmf.max() == pytest.approx(1 - 2 * floor)
 
 
 @pytest.mark.parametrize(

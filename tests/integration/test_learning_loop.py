@@ -422,6 +422,10 @@ async def test_logged_propensities_equal_the_policy_pmf_and_match_frequencies(
     [
         ({"kind": "thompson", "prior_alpha": 0}, "$.policy.prior_alpha", "> 0"),
         ({"kind": "thompson", "min_share": 0.3}, "$.policy.min_share", "min_share == 0.3"),
+        ({"kind": "vw_cb", "min_propensity": 0.3}, "$.policy.min_propensity",
+         "min_propensity == 0.3 with 4 arms"),
+        ({"kind": "epsilon_greedy", "min_propensity": 1.5}, "$.policy.min_propensity", "<= 1.0"),
+        ({"kind": "thompson", "min_propensity": 0.26}, "$.policy.min_propensity", "<= 0.25"),
         ({"kind": "thompson", "mc_samples": 10}, "$.policy.mc_samples", ">= 1000"),
         ({"kind": "epsilon_greedy", "epsilon": 1.2}, "$.policy.epsilon", "<= 1.0"),
         ({"kind": "vw_cb", "epsilon": -0.1}, "$.policy.epsilon", ">= 0.0"),
