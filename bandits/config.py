@@ -271,7 +271,8 @@ class VWCBConfig(_Learning, frozen=True, tag="vw_cb"):
 
     The defaults (SquareCB, gamma_scale 10, learning rate 0.01, ``-q UA``) are what reached 79%
     of the oracle's gain over uniform in the simulation benchmark; epsilon-greedy at 0.1 reached
-    46%.
+    46%. The default floor costs about one point of that share (an offline replay of the
+    benchmark's world, 50,000 decisions, 3 seeds: 84.7% without it, 83.7% with it).
     """
 
     exploration: Literal["epsilon", "squarecb"] = "squarecb"
