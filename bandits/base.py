@@ -288,3 +288,38 @@ def draw_weighted(weights: Sequence[float], u: float) -> tuple[int, float]:
             if target < acc:
                 return i, w / total
     return last, weights[last] / total
+
+
+def floor_pmf(weights: Sequence[float], floor: float) -> list[float]:
+    """Normalise ``weights`` and mix them with uniform just enough that every entry is >= floor.
+
+    With ``p = weights / sum(weights)``, ``n`` entries and ``m = min(p)``: when ``m >= floor``
+    the pmf is ``p`` unchanged; otherwise it is ``(1 - lam) p + lam / n`` with
+    ``lam = (floor - m) / (1/n - m)``, the smallest mixing weight that lifts the smallest entry
+    to ``floor``. The result sums to one, keeps the order of the entries and gives every one at
+    least ``floor`` (up to rounding). Costs one pass over the entries: no sampling.
+
+    Args:
+        weights: Non-negative weights, shape ``(n,)``, at least one positive.
+        floor: The minimum probability, in ``[0, 1/n]`` (see :func:`floor_for`).
+
+    Raises:
+        CandidateError: if no weight is positive.
+    """
+    total = math.fsum(weights)
+    if not total > 0:
+        raise CandidateError("no candidate has positive probability")
+    p = [w / total for w in weights]
+    low = min(p)
+    if low >= floor:
+        return p
+    uniform = 1.0 / len(p)
+    lam = min(1.0, (floor - low) / (uniform - low))
+    keep = 1.0 - lam
+    share = lam * uniform
+    return [keep * x + share for x in p]
+
+
+def floor_for(min_propensity: float, n: int) -> float:
+    """The floor used with ``n`` candidates: ``min_propensity``, at most a uniform ``1/n``."""
+    return min(min_propensity, 1.0 / n)

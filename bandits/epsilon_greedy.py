@@ -5,7 +5,9 @@ With ``n`` candidates and ``G`` the set of greedy ones (highest mean reward), th
 share the greedy mass instead of being broken at random, so the propensity stays exact. Arms
 without data join ``G`` only while no candidate has data: a new variant is explored through
 ``epsilon`` rather than flooded with traffic until the learner's next snapshot arrives.
-Rewards may be any finite number (revenue as well as conversions).
+Rewards may be any finite number (revenue as well as conversions). The pmf is then mixed with
+uniform up to the config's ``min_propensity`` floor (``bandits.base.floor_pmf``); with the
+default floor and ``epsilon >= 0.1`` it already is above it and stays unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bandits.base import (
     SamplerCache,
     check_candidates,
     decode_snapshot,
+    floor_pmf,
 )
 from tailor_contract.policies import EpsilonGreedyConfig
 
@@ -53,11 +56,17 @@ class EpsilonGreedyPolicy:
         version: str = "0",
         state: _EpsilonGreedyState | None = None,
     ) -> None:
-        """Build the policy for the experiment's arms (keys must be unique and non-empty)."""
+        """Build the policy for the experiment's arms (keys must be unique and non-empty).
+
+        Raises:
+            ValueError: if ``min_propensity * len(arms) > 1``.
+        """
         self._keys = check_candidates([Candidate(key=a.key) for a in arms])
+        config.check_arms(len(self._keys))
         self.name: str = NAME
         self.version: str = version
         self._epsilon = config.epsilon
+        self._config = config
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         if state is not None:
@@ -75,8 +84,9 @@ class EpsilonGreedyPolicy:
         )
         seen = ~np.isnan(means)
         greedy = (means == np.nanmax(means)) if seen.any() else np.ones(n, dtype=bool)
-        probs: FloatArray = self._epsilon / n + (1.0 - self._epsilon) * greedy / greedy.sum()
-        return probs
+        probs = self._epsilon / n + (1.0 - self._epsilon) * greedy / greedy.sum()
+        floored: FloatArray = np.asarray(floor_pmf(probs.tolist(), self._config.floor(n)))
+        return floored
 
     def _sampler(self, keys: tuple[str, ...]) -> Sampler:
         sampler = self._cache.get(keys)

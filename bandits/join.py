@@ -1,19 +1,32 @@
 """The reward join: each learning decision becomes exactly one training example.
 
 A decision made by a learning policy is remembered in Redis for its experiment's reward window.
-Outcomes that arrive within the window (by decision id, or by unit id + experiment) are mapped to
-reward through the experiment's rules; when the window closes — or at the first rewarding outcome
-under ``first`` aggregation — the record is *finalised*: one Lua script removes it from the due
-set (only one caller can win that), appends the training example to the stream and deletes it.
-A duplicate outcome (same event id) counts once; an outcome after finalisation is *late*: logged
-in the event log, never learned.
+Outcomes dated within the window (by decision id, or by unit id + experiment) are mapped to
+reward through the experiment's rules and accumulated on the record; when the window closes the
+sweeper *finalises* it: one Lua script removes it from the due set (only one caller can win that),
+appends the training example to the stream and deletes it.
+
+Every decision is finalised at its window's end and never earlier, whether it earned a reward or
+not. Finalising a rewarded decision at its first outcome would teach the learner every success
+one window ahead of the matching failures (with a 60 s window, 30 s in, a model had seen only
+clicks: both visitor types went to the same variant); here *when* a decision is learned never
+depends on *whether* it succeeded, and the stream carries decisions in window-end order (for
+content experiments, decision order).
+
+Outcomes are judged by their own timestamp (``ts_ms``, the receive time when the client sent
+none): one dated before the window opens — before the decision, or before ``send_at`` for a
+send-time decision — cannot be its consequence and is rejected as ``early`` (counted by the
+caller, never learned). An outcome received after the window closed is ``late``: logged in the
+event log, never learned. A duplicate outcome (same event id) counts once. Under ``first``
+aggregation the earliest-dated counting outcome gives the reward, whatever order they arrive in.
 
 Key layout (``{p}`` = key prefix; ``{d}`` a decision id, ``{u}`` a unit id, both as hash
 tags). Record and index keys live for the reward window plus one hour:
 
-- ``{p}:dec:{d}:<experiment>`` HASH — ``rec`` (record JSON), ``wend`` (window end, ms),
-  ``dflt``/``lo``/``hi`` (default reward and clip range), ``agg``, ``r`` (reward so far),
-  ``o:<event id>`` (outcomes seen);
+- ``{p}:dec:{d}:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
+  end, ms), ``dflt``/``lo``/``hi`` (default reward and clip range), ``agg``, ``r`` (reward so
+  far), ``rts`` (under ``first``: the timestamp of the outcome that gave ``r``), ``o:<event id>``
+  (outcomes seen);
 - ``{p}:dec:{d}:exps`` SET — the experiments the decision took part in;
 - ``{p}:u:{u}:join`` HASH — experiment -> the unit's latest open decision id;
 - ``{p}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
@@ -47,7 +60,7 @@ STREAM_MAXLEN = 1_000_000
 RECORD_GRACE_MS = 3_600_000
 JOIN_GROUP = "learners"
 
-Applied = Literal["joined", "duplicate", "late", "ignored"]
+Applied = Literal["joined", "duplicate", "late", "early", "ignored"]
 T = TypeVar("T")
 
 
@@ -127,25 +140,25 @@ local function finalize(due, rec, stream, member, maxlen)
 end
 """
 
-_APPLY_OUTCOME = (
-    _FINALIZE
-    + """
-local rec, due, stream = KEYS[1], KEYS[2], KEYS[3]
-local eid, reward, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local member, maxlen = ARGV[4], ARGV[5]
-local wend = redis.call('HGET', rec, 'wend')
-if not wend then return -1 end
-if now > tonumber(wend) then return -1 end
+# -1 late (window closed or record gone), -2 early (dated before the window opened),
+# 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's end.
+_APPLY_OUTCOME = """
+local rec = KEYS[1]
+local eid, reward, now, ts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts')
+if not f[1] then return -1 end
+if now > tonumber(f[1]) then return -1 end
+if f[2] and ts < tonumber(f[2]) then return -2 end
 if redis.call('HSETNX', rec, 'o:' .. eid, '1') == 0 then return 0 end
-if redis.call('HGET', rec, 'agg') == 'first' then
-  redis.call('HSET', rec, 'r', tostring(reward))
-  finalize(due, rec, stream, member, maxlen)
+if f[3] == 'first' then
+  if not f[4] or ts < tonumber(f[4]) then
+    redis.call('HSET', rec, 'r', ARGV[2], 'rts', ARGV[4])
+  end
 else
   redis.call('HINCRBYFLOAT', rec, 'r', reward)
 end
 return 1
 """
-)
 
 _FINALIZE_DUE = (
     _FINALIZE
@@ -169,8 +182,8 @@ for c = 3, #call do
     local r = g[i]
     local exp, ru = r[1], rules[r[5]]
     local rec = tag .. exp
-    redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'dflt', ru[1], 'lo', ru[2], 'hi', ru[3],
-               'agg', ru[4])
+    redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'wst', r[7], 'dflt', ru[1], 'lo', ru[2],
+               'hi', ru[3], 'agg', ru[4])
     redis.call('PEXPIRE', rec, r[4])
     exps[#exps + 1] = exp
     index[#index + 1] = exp
@@ -225,15 +238,22 @@ class RewardJoin:
         return f"{self._prefix}:u:{{{unit_id}}}:join"
 
     def remember(
-        self, record: DecisionRecord, rules: JoinRules, window_end_ms: int | None = None
+        self,
+        record: DecisionRecord,
+        rules: JoinRules,
+        window_end_ms: int | None = None,
+        *,
+        window_start_ms: int | None = None,
     ) -> None:
         """Queue a decision to be written by the next :meth:`flush` (no I/O on the hot path).
 
-        The reward window ends ``rules.window_ms`` after the decision unless ``window_end_ms``
-        says otherwise (a send-time decision's window runs from its send time).
+        The reward window opens at the decision and ends ``rules.window_ms`` later unless
+        ``window_start_ms``/``window_end_ms`` say otherwise (a send-time decision's window runs
+        from its send time). Outcomes dated before the window opens are rejected as ``early``.
         """
-        end = window_end_ms if window_end_ms is not None else record.decided_ms + rules.window_ms
-        self._pending.append(_Queued(record, rules, end))
+        start = window_start_ms if window_start_ms is not None else record.decided_ms
+        end = window_end_ms if window_end_ms is not None else start + rules.window_ms
+        self._pending.append(_Queued(record, rules, end, start))
 
     @property
     def pending(self) -> int:
@@ -286,8 +306,15 @@ class RewardJoin:
         decision_id: str | None,
         unit_id: str | None,
         experiment: str | None,
+        ts_ms: int | None = None,
     ) -> list[tuple[str, Applied]]:
-        """Apply an outcome to the open decisions it refers to; returns (experiment, result)."""
+        """Apply an outcome to the open decisions it refers to; returns (experiment, result).
+
+        ``now_ms`` is when the outcome arrived (after the window's end it is ``late``);
+        ``ts_ms`` when it happened (``now_ms`` if not given): before the window opens it is
+        ``early`` and not applied. Nothing is finalised here, whatever the aggregation.
+        """
+        ts = now_ms if ts_ms is None else ts_ms
         targets: list[tuple[str, str]] = []
         if decision_id:
             if experiment:
@@ -314,15 +341,9 @@ class RewardJoin:
                 results.append((name, "ignored"))
                 continue
             code = await self._apply(
-                keys=[self.record_key(did, name), self.due_key, self.stream_key],
-                args=[event_id, repr(reward), now_ms, f"{did}|{name}", STREAM_MAXLEN],
+                keys=[self.record_key(did, name)], args=[event_id, repr(reward), now_ms, ts]
             )
-            if code == 1:
-                results.append((name, "joined"))
-            elif code == 0:
-                results.append((name, "duplicate"))
-            else:
-                results.append((name, "late"))
+            results.append((name, _APPLIED[int(code)]))
         return results
 
     async def finalize_due(self, now_ms: int, limit: int = 1000) -> int:
@@ -356,6 +377,9 @@ class RewardJoin:
                 return done
 
 
+_APPLIED: dict[int, Applied] = {1: "joined", 0: "duplicate", -1: "late", -2: "early"}
+
+
 class _Queued(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A decision waiting for the flusher (not tracked by the cyclic GC: bulk decisions queue
     tens of thousands, and nothing here can form a reference cycle)."""
@@ -363,6 +387,7 @@ class _Queued(msgspec.Struct, frozen=True, array_like=True, gc=False):
     record: DecisionRecord
     rules: JoinRules
     end: int
+    start: int
 
 
 def _unit_of(item: _Queued) -> str:
@@ -378,22 +403,23 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
     inserts neighbours one after another (random inserts into the large due set, one ``ZADD``
     per decision, took Redis more time than the record ``HSET``s: about half of that goes); each
     decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment,
-    record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua counts) and
-    the window end as a number (for sorting; the script ignores it). ``batch`` is grouped by
-    decision in first-seen order and the groups cut into calls of about ``REMEMBER_BATCH``
-    records; a decision never spans two calls.
+    record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua counts), the
+    window end as a number (for sorting; the script ignores it) and the window start.
+    ``batch`` is grouped by decision in first-seen order and the groups cut into calls of about
+    ``REMEMBER_BATCH`` records; a decision never spans two calls.
     """
     # One C call encodes every record (JSON never contains a raw newline).
     bodies = _encoder.encode_lines([item.record for item in batch]).decode().split("\n")
     rule_index: dict[int, int] = {}
     rule_rows: list[tuple[str, str, str, str]] = []
-    # (rules, window end, decision time) -> (rules index, end text, TTL text): few distinct
-    # per batch (a chunk's decisions share their time; send times take a few dozen ends).
-    shared: dict[tuple[int, int, int], tuple[int, str, str]] = {}
+    # (rules, window end, decision time, window start) -> (rules index, end text, TTL text,
+    # start text): few distinct per batch (a chunk's decisions share their time; send times
+    # take a few dozen ends).
+    shared: dict[tuple[int, int, int, int], tuple[int, str, str, str]] = {}
     groups: dict[str, list[Any]] = {}
     for item, body in zip(batch, bodies, strict=False):
         record, end = item.record, item.end
-        key = (id(item.rules), end, record.decided_ms)
+        key = (id(item.rules), end, record.decided_ms, item.start)
         known = shared.get(key)
         if known is None:
             rules = item.rules
@@ -404,8 +430,8 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
                 )
                 index = rule_index[id(rules)] = len(rule_rows)
             ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
-            known = shared[key] = (index, str(end), str(ttl))
-        row = (record.experiment, body, known[1], known[2], known[0], end)
+            known = shared[key] = (index, str(end), str(ttl), str(item.start))
+        row = (record.experiment, body, known[1], known[2], known[0], end, known[3])
         decision_id = record.decision_id
         group = groups.get(decision_id)
         if group is None:

@@ -6,8 +6,9 @@ non-binary rewards). Classic Thompson sampling draws once from each posterior an
 argmax; its propensity, the arm's probability of being the argmax, has no closed form. So we
 compute that win probability once per model state (and segment and candidate set) from
 ``mc_samples`` joint posterior draws, mix it with the floor
-``pmf_k = m + (1 - n * m) * P(k wins)``, and draw the arm from that pmf with the caller's
-generator. The logged propensity is therefore exactly the probability used, and a decision
+``pmf_k = m + (1 - n * m) * P(k wins)``, mix that with uniform up to ``min_propensity`` where
+an arm is still below it (``bandits.base.floor_pmf``), and draw the arm from that pmf with the
+caller's generator. The logged propensity is therefore exactly the probability used, and a decision
 costs a cache lookup and a binary search.
 
 The Monte Carlo generator is seeded from a hash of the posterior parameters, so every worker
@@ -38,6 +39,7 @@ from bandits.base import (
     SamplerCache,
     check_candidates,
     decode_snapshot,
+    floor_pmf,
 )
 from tailor_contract.policies import ThompsonConfig
 
@@ -149,7 +151,8 @@ class ThompsonPolicy:
         wins = np.bincount(draws.argmax(axis=1), minlength=n) / cfg.mc_samples
         # The floor cannot exceed a uniform split when more candidates than arms are offered.
         floor = min(cfg.min_share, 1.0 / n)
-        return floor + (1.0 - n * floor) * wins
+        shared = floor + (1.0 - n * floor) * wins
+        return np.asarray(floor_pmf(shared.tolist(), cfg.floor(n)))
 
     def pmf(self, context: Context, candidates: Sequence[Candidate]) -> FloatArray:
         """Return the floored win probabilities of ``candidates``, shape ``(n,)``."""

@@ -2,9 +2,10 @@
 
 One decision is one VW multi-line example: a ``shared`` line with the context (namespace
 ``U``) followed by one line per candidate (namespace ``A``, see :mod:`bandits.features`).
-VW returns a pmf over the candidates (epsilon-greedy or SquareCB); we draw the action from
-that pmf with the caller's generator (not ``--cb_sample``'s internal seed), so the logged
-propensity is the pmf's value and runs are reproducible from the caller's seed.
+VW returns a pmf over the candidates (epsilon-greedy or SquareCB); we mix it with uniform just
+enough that every candidate has at least the config's ``min_propensity`` (``floor_pmf``) and draw
+the action from that pmf with the caller's generator (not ``--cb_sample``'s internal seed), so the
+logged propensity is the final pmf's value and runs are reproducible from the caller's seed.
 
 Learning uses the chosen action's label ``0:cost:propensity`` with ``cost = -reward``, set on
 the parsed example directly (``CBLabel``), which is also more precise than VW's text float
@@ -42,6 +43,7 @@ from bandits.base import (
     check_candidates,
     decode_snapshot,
     draw_weighted,
+    floor_pmf,
 )
 from bandits.features import action_line, shared_line
 from tailor_contract.policies import VWCBConfig
@@ -115,14 +117,14 @@ class VWPolicy:
         return out
 
     def _weights(self, context: Context, actions: list[VWExample]) -> list[float]:
-        """VW's pmf, indexed like ``actions`` (VW returns it sorted by probability)."""
+        """The floored pmf, indexed like ``actions`` (VW returns it sorted by probability)."""
         shared = self._parser.parse_line(shared_line(context))
         # --cb_explore_adf predicts ActionProbs: a list of (action index, probability).
         prediction = cast(list[tuple[int, float]], self._ws.predict_one([shared, *actions]))
         weights = [0.0] * len(actions)
         for action, prob in prediction:
             weights[action] = prob
-        return weights
+        return floor_pmf(weights, self._config.floor(len(actions)))
 
     def _predictor(
         self, actions: list[VWExample]
@@ -155,12 +157,9 @@ class VWPolicy:
     # -- decisions -------------------------------------------------------------------------
 
     def pmf(self, context: Context, candidates: Sequence[Candidate]) -> FloatArray:
-        """Return VW's exploration pmf over ``candidates``, shape ``(n,)``, summing to one."""
-        weights = np.asarray(self._weights(context, self._action_examples(candidates)))
-        total = float(weights.sum())
-        if not total > 0:
-            raise CandidateError("VW returned no positive probability")
-        pmf: FloatArray = weights / total
+        """Return VW's exploration pmf over ``candidates`` mixed up to the floor, shape ``(n,)``,
+        summing to one: the probabilities ``choose`` draws from and logs."""
+        pmf: FloatArray = np.asarray(self._weights(context, self._action_examples(candidates)))
         return pmf
 
     def choose(
@@ -188,12 +187,13 @@ class VWPolicy:
         predict = self._predictor(actions)
         parse = self._parser.parse_line
         n_actions = len(actions)
+        floor = self._config.floor(n_actions)
         out: list[Choice] = []
         for context, u in zip(contexts, rng.random(len(contexts)).tolist(), strict=True):
             weights = [0.0] * n_actions
             for action, prob in predict(parse(shared_line(context))):
                 weights[action] = prob
-            index, propensity = draw_weighted(weights, u)
+            index, propensity = draw_weighted(floor_pmf(weights, floor), u)
             out.append(
                 Choice(
                     index=index,

@@ -109,6 +109,11 @@ class Metrics:
             "tailor_late_outcomes", "Outcomes after their decision's reward window (not learned)",
             ["experiment"], registry=r,
         )
+        self.early_outcomes = Counter(
+            "tailor_early_outcomes",
+            "Outcomes dated before their decision (or its send_at): rejected, not learned",
+            ["experiment"], registry=r,
+        )
         self.rate_limited = Counter(
             "tailor_rate_limited", "Requests refused by rate limits", registry=r
         )

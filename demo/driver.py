@@ -340,10 +340,11 @@ async def newsletter_day(
         p_open = open_probability(local_hour, peak, subject_key)
         opened = bool(open_draw[answer.index] < p_open)
         if opened:
-            client.track_outcome(
-                "email_open", decision_id=answer.decision_id, unit_id=answer.unit_id
-            )
             at = send.send_at + timedelta(minutes=float(delay[answer.index]))
+            # Dated when the email is opened: an open dated before send_at is not learned.
+            client.track_outcome(
+                "email_open", decision_id=answer.decision_id, unit_id=answer.unit_id, ts=at
+            )
             history.append((answer.unit_id, at))
         obs.emails.append(
             EmailRecord(

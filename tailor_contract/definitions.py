@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 from tailor_contract.policies import (
+    EpsilonGreedyConfig,
     FixedConfig,
     PolicyConfig,
     SendTimeThompsonConfig,
@@ -36,6 +37,9 @@ MAX_RULES = 50
 
 Operator = Literal["eq", "ne", "in", "lt", "lte", "gt", "gte", "exists", "contains"]
 ORDERED_OPERATORS = frozenset({"lt", "lte", "gt", "gte"})
+
+DEFAULT_REWARD_WINDOW_S = 3600
+"""Default ``reward_window_s``: how long outcomes count, and so how late a decision is learned."""
 
 
 class Status(StrEnum):
@@ -229,7 +233,11 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     )
     hypothesis: Annotated[str, Meta(max_length=4000)] = ""
     name: Annotated[str, Meta(max_length=200)] = ""
-    reward_window_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = 86400
+    # One hour by default: a learning policy learns each decision when its window closes, so
+    # the window is also the learning delay; an hour holds the clicks and in-session
+    # conversions of a page view. Email and send-time experiments set a longer one (a day or
+    # two) so that later opens count. Stored definitions keep the window they were made with.
+    reward_window_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = DEFAULT_REWARD_WINDOW_S
     reward: RewardSpec = RewardSpec()
     frequency_cap: FrequencyCap | None = None
 
@@ -254,13 +262,14 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"default_variant: {self.default_variant!r} is not one of the variants"
             )
-        if isinstance(self.policy, ThompsonConfig):
-            # The floor must fit the arms here: a policy that cannot be built would otherwise
+        if isinstance(self.policy, ThompsonConfig | EpsilonGreedyConfig | VWCBConfig):
+            # The floors must fit the arms here: a policy that cannot be built would otherwise
             # fail in every worker's config refresh once the experiment starts.
             try:
                 self.policy.check_arms(len(self.variants))
             except ValueError as exc:
-                raise ValueError(f"policy.min_share: {exc}") from exc
+                field = str(exc).partition(" ")[0]  # "min_share == ..." / "min_propensity == ..."
+                raise ValueError(f"policy.{field}: {exc}") from exc
 
     def _check_send_time(self) -> None:
         hours = self.send_time.hours if self.send_time is not None else "hour_of_day"

@@ -21,6 +21,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 __all__ = [
+    "DEFAULT_MIN_PROPENSITY_SHARE",
     "EpsilonGreedyConfig",
     "FixedConfig",
     "PolicyConfig",
@@ -54,20 +55,63 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Common options of every policy config."""
 
 
+DEFAULT_MIN_PROPENSITY_SHARE: Final = 0.1
+"""Default floor of a learning policy as a share of uniform: every candidate gets at least
+``0.1 / n``. Measured in ``tests/experiments/test_off_policy_floor.py``: with it, the 95% IPS and
+SNIPS intervals of "uniform" and "always X" from vw_cb's own logs cover the truth in a simulated
+contextual world; without a floor, SquareCB starves the arms it has ruled out and they do not."""
+
+
+class _Learning(_Base, frozen=True):
+    """Options every learning policy shares: the exploration floor.
+
+    Attributes:
+        min_propensity: Every candidate's minimum probability, in ``[0, 1/n_variants]``. The
+            policy's pmf is mixed with uniform just enough to reach it (``bandits.base.
+            floor_pmf``) and the logged propensity is the mixed pmf's. ``None`` (the default)
+            means ``DEFAULT_MIN_PROPENSITY_SHARE / n``; ``0`` turns the floor off. With more
+            candidates than ``1 / min_propensity`` the floor is a uniform ``1/n``.
+    """
+
+    min_propensity: Probability | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_propensity is not None:
+            _check("min_propensity", self.min_propensity, ge=0.0, le=1.0)
+
+    def floor(self, n: int) -> float:
+        """The minimum probability of each of ``n`` candidates."""
+        share = (
+            DEFAULT_MIN_PROPENSITY_SHARE / n
+            if self.min_propensity is None
+            else self.min_propensity
+        )
+        return min(share, 1.0 / n)
+
+    def check_arms(self, n_arms: int) -> None:
+        """Raise ValueError unless ``min_propensity`` fits ``n_arms`` arms."""
+        if self.min_propensity is not None and self.min_propensity * n_arms > 1.0 + 1e-12:
+            raise ValueError(
+                f"min_propensity == {self.min_propensity} with {n_arms} arms, "
+                f"must be <= {1.0 / n_arms:.6g} (min_propensity * n_arms <= 1)"
+            )
+
+
 class FixedConfig(_Base, frozen=True, tag="fixed"):
     """A/B/n split over the experiment's variant weights; propensity = weight share."""
 
 
-class EpsilonGreedyConfig(_Base, frozen=True, tag="epsilon_greedy"):
-    """Non-contextual epsilon-greedy over the mean reward of each arm."""
+class EpsilonGreedyConfig(_Learning, frozen=True, tag="epsilon_greedy"):
+    """Non-contextual epsilon-greedy over the mean reward of each arm (floored, see _Learning)."""
 
     epsilon: Probability = 0.1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check("epsilon", self.epsilon, ge=0.0, le=1.0)
 
 
-class ThompsonConfig(_Base, frozen=True, tag="thompson"):
+class ThompsonConfig(_Learning, frozen=True, tag="thompson"):
     """Beta-Bernoulli Thompson sampling by probability matching, optionally per segment.
 
     Attributes:
@@ -77,7 +121,9 @@ class ThompsonConfig(_Base, frozen=True, tag="thompson"):
         min_segment_trials: Trials a segment needs before its own posterior is used; below
             that, the global posterior decides.
         max_segments: Segments tracked at most; further segments use the global posterior.
-        min_share: Exploration floor, the minimum probability of every arm.
+        min_share: Exploration floor mixed in always: ``m + (1 - n m) P(k wins)``.
+        min_propensity: The floor every learning policy has (see ``_Learning``), applied after
+            ``min_share``; it changes the pmf only where ``min_share`` left an arm below it.
         mc_samples: Posterior draws used to estimate each arm's win probability.
     """
 
@@ -90,6 +136,7 @@ class ThompsonConfig(_Base, frozen=True, tag="thompson"):
     mc_samples: Annotated[int, msgspec.Meta(ge=1_000, le=1_000_000)] = 20_000
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check("prior_alpha", self.prior_alpha, gt=0.0)
         _check("prior_beta", self.prior_beta, gt=0.0)
         _check("min_segment_trials", self.min_segment_trials, ge=1)
@@ -98,7 +145,8 @@ class ThompsonConfig(_Base, frozen=True, tag="thompson"):
         _check("mc_samples", self.mc_samples, ge=1_000, le=1_000_000)
 
     def check_arms(self, n_arms: int) -> None:
-        """Raise ValueError unless the floor ``min_share`` fits ``n_arms`` arms."""
+        """Raise ValueError unless the floors ``min_share`` and ``min_propensity`` fit."""
+        super().check_arms(n_arms)
         if self.min_share * n_arms > 1.0 + 1e-12:
             raise ValueError(
                 f"min_share == {self.min_share} with {n_arms} arms, "
@@ -199,7 +247,7 @@ def check_vw_args(args: tuple[str, ...]) -> list[str]:
     return out
 
 
-class VWCBConfig(_Base, frozen=True, tag="vw_cb"):
+class VWCBConfig(_Learning, frozen=True, tag="vw_cb"):
     """Vowpal Wabbit ``--cb_explore_adf`` with shared (U) and per-action (A) features.
 
     Attributes:
@@ -215,10 +263,15 @@ class VWCBConfig(_Base, frozen=True, tag="vw_cb"):
             0.01 learns the segment-dependent best arm in the simulation benchmark
             (``loadtests/sim_learning.py``). An ``-l`` in ``extra_args`` takes precedence.
         extra_args: Further VW options from the allow-list, e.g. ``("--l2", "1e-6")``.
+        min_propensity: The exploration floor (see ``_Learning``): SquareCB's probability of an
+            arm it has ruled out falls like ``1 / sqrt(t)``, which leaves logs that no off-policy
+            estimate can use; the floor keeps every arm evaluable. It may change between
+            snapshots.
 
     The defaults (SquareCB, gamma_scale 10, learning rate 0.01, ``-q UA``) are what reached 79%
     of the oracle's gain over uniform in the simulation benchmark; epsilon-greedy at 0.1 reached
-    46%.
+    46%. The default floor costs about one point of that share (an offline replay of the
+    benchmark's world, 50,000 decisions, 3 seeds: 84.7% without it, 83.7% with it).
     """
 
     exploration: Literal["epsilon", "squarecb"] = "squarecb"
@@ -230,6 +283,7 @@ class VWCBConfig(_Base, frozen=True, tag="vw_cb"):
     extra_args: Annotated[tuple[str, ...], msgspec.Meta(max_length=64)] = ()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check("epsilon", self.epsilon, ge=0.0, le=1.0)
         _check("gamma_scale", self.gamma_scale, gt=0.0)
         _check("gamma_exponent", self.gamma_exponent, ge=0.0)

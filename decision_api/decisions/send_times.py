@@ -174,6 +174,7 @@ class SendTimeGroup:
                         unit.now_ms,
                         candidates=keys,
                         window_end_ms=at * 1000 + window_ms,
+                        window_start_ms=at * 1000,
                     )
             else:
                 at = defaults[m] if defaults[m] != NO_SEND_AT else self.window.start_s

@@ -124,10 +124,13 @@ class LearningPolicies:
         *,
         candidates: list[str] | None = None,
         window_end_ms: int | None = None,
+        window_start_ms: int | None = None,
     ) -> None:
         """Queue the decision for the reward join (written by the join flusher).
 
         ``candidates`` are the variant keys the policy chose among (all variants by default).
+        The reward window runs from ``window_start_ms`` (the decision by default; ``send_at``
+        for a send-time decision) to ``window_end_ms`` (start + the experiment's window).
         """
         exp = compiled.experiment
         rules = self.rules.get(exp.key)
@@ -153,6 +156,7 @@ class LearningPolicies:
             ),
             rules,
             window_end_ms,
+            window_start_ms=window_start_ms,
         )
 
 

@@ -110,7 +110,11 @@ async def opted_out_units(
 async def join_outcomes(
     services: Services, outcomes: Sequence[Outcome], now: int
 ) -> tuple[int, bool]:
-    """Feed outcomes to the reward join; returns (decisions rewarded, whether Redis failed)."""
+    """Feed outcomes to the reward join; returns (decisions rewarded, whether Redis failed).
+
+    Outcomes received after their window closed are counted as late, those dated before
+    their decision's window opened as early; neither is learned. Unit ids are never logged.
+    """
     rules = services.learning.rules
     if not rules:
         return 0, False
@@ -125,6 +129,7 @@ async def join_outcomes(
                 outcome_type=outcome.type,
                 value=outcome.value,
                 now_ms=now,
+                ts_ms=outcome.ts_ms,
                 rules_of=rules,
                 decision_id=outcome.decision_id or None,
                 unit_id=outcome.unit_id or None,
@@ -136,6 +141,10 @@ async def join_outcomes(
                 elif result == "late":
                     services.metrics.late_outcomes.labels(experiment).inc()
                     log.info("outcome_late", experiment=experiment, type=outcome.type)
+                elif result == "early":
+                    # Dated before its decision (or send_at): it cannot be the decision's effect.
+                    services.metrics.early_outcomes.labels(experiment).inc()
+                    log.warning("outcome_rejected_early", experiment=experiment, type=outcome.type)
     except RedisError as exc:
         services.metrics.degraded.labels("redis").inc()
         services.warn.warning("reward_join_failed", error=str(exc))

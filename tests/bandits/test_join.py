@@ -73,10 +73,13 @@ async def _outcome(
     type: str = "click",
     value: float = 0.0,
     at_s: float = 1.0,
+    ts_s: float | None = None,
     decision_id: str | None = None,
     unit_id: str | None = None,
     experiment: str | None = None,
 ) -> list[tuple[str, str]]:
+    """Apply an outcome received ``at_s`` after T0 and dated ``ts_s`` after T0 (default at_s)."""
+    dated = {} if ts_s is None else {"ts_ms": T0 + int(ts_s * 1000)}
     return [
         (e, str(r))
         for e, r in await join.apply_outcome(
@@ -84,6 +87,7 @@ async def _outcome(
             outcome_type=type,
             value=value,
             now_ms=T0 + int(at_s * 1000),
+            **dated,
             rules_of=rules,
             decision_id=decision_id,
             unit_id=unit_id,
@@ -92,14 +96,18 @@ async def _outcome(
     ]
 
 
-async def test_outcome_by_decision_id_joins_and_finalises_under_first(
+async def test_outcome_by_decision_id_joins_and_finalises_at_the_window_end(
     join: RewardJoin, redis: Redis
 ) -> None:
-    """A click by decision id within the window is one joined example with the record intact."""
+    """A click by decision id within the window is one joined example with the record intact,
+    written when the window closes (not at the click, even under ``first``)."""
     rules = {"hero": _rules()}
     join.remember(_record("d1"), rules["hero"])
     assert await join.flush() == 1
     assert await _outcome(join, rules, event_id="e1", decision_id="d1") == [("hero", "joined")]
+    assert await _stream(redis, join) == []
+    assert await join.finalize_due(T0 + WINDOW_S * 1000 - 1) == 0
+    assert await join.finalize_due(T0 + WINDOW_S * 1000) == 1
     [example] = await _stream(redis, join)
     assert (example.reward, example.joined) == (1.0, True)
     assert example.record == _record("d1")
@@ -154,21 +162,31 @@ async def test_decision_id_without_experiment_reaches_all_its_placements(
     await join.flush()
     got = await _outcome(join, rules, event_id="e1", decision_id="d1")
     assert got == [("banner", "joined"), ("hero", "joined")]
-    assert sorted(e.record.experiment for e in await _stream(redis, join)) == ["banner", "hero"]
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    assert sorted((e.record.experiment, e.reward) for e in await _stream(redis, join)) == [
+        ("banner", 1.0),
+        ("hero", 1.0),
+    ]
 
 
-async def test_first_keeps_the_first_reward_and_later_outcomes_are_late(
-    join: RewardJoin, redis: Redis
+@pytest.mark.parametrize("purchase_first", [True, False], ids=["in-order", "out-of-order"])
+async def test_first_keeps_the_earliest_dated_reward(
+    join: RewardJoin, redis: Redis, purchase_first: bool
 ) -> None:
-    """Under ``first`` the first rewarding outcome decides; the next one finds it finalised."""
+    """Under ``first`` the earliest-dated rewarding outcome decides, in whatever order the
+    outcomes arrive; the record stays open until its window closes."""
     rules = {"hero": _rules("first")}
     join.remember(_record("d1"), rules["hero"])
     await join.flush()
-    first = await _outcome(
-        join, rules, event_id="e1", type="purchase", value=30.0, decision_id="d1"
-    )
-    second = await _outcome(join, rules, event_id="e2", type="click", decision_id="d1")
-    assert (first, second) == ([("hero", "joined")], [("hero", "late")])
+    purchase = _outcome(
+        join, rules, event_id="e1", type="purchase", value=30.0, ts_s=1.0, at_s=3.0,
+        decision_id="d1",
+    )  # fmt: skip
+    click = _outcome(join, rules, event_id="e2", ts_s=2.0, at_s=3.0, decision_id="d1")
+    first, second = (purchase, click) if purchase_first else (click, purchase)
+    assert (await first, await second) == ([("hero", "joined")], [("hero", "joined")])
+    assert await _stream(redis, join) == []
+    await join.finalize_due(T0 + WINDOW_S * 1000)
     [example] = await _stream(redis, join)
     assert example.reward == pytest.approx(0.3)
 
@@ -444,3 +462,73 @@ async def test_large_flush_writes_every_record_with_its_rules_and_window(
         }
         ttl = await redis.pttl(join.experiments_key(f"d{i}"))
         assert end - T0 + 3_600_000 - 5_000 < ttl <= end - T0 + 3_600_000
+
+
+async def test_clicked_and_unclicked_decisions_reach_the_stream_together_in_decision_order(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """With a 2 s window, a decision clicked 1 s after it is served and an earlier one never
+    clicked both reach the training stream only when their windows close, in decision order:
+    the learner never sees a success before the failures of its time."""
+    rules = {"hero": rules_for(2, "first", 0.0, 0.0, 1.0, [("click", 1.0, False)])}
+    join.remember(_record("quiet", unit_id="u1"), rules["hero"])
+    clicked = msgspec.structs.replace(_record("clicked", unit_id="u2"), decided_ms=T0 + 100)
+    join.remember(clicked, rules["hero"])
+    await join.flush()
+    got = await _outcome(join, rules, event_id="e1", at_s=1.1, decision_id="clicked")
+    assert got == [("hero", "joined")]
+    assert await join.finalize_due(T0 + 1_500) == 0
+    assert await _stream(redis, join) == []  # 1.5 s in: nothing learned yet, click or not
+    assert await join.finalize_due(T0 + 2_100) == 2
+    assert [(e.record.decision_id, e.reward, e.joined) for e in await _stream(redis, join)] == [
+        ("quiet", 0.0, False),
+        ("clicked", 1.0, True),
+    ]
+
+
+@pytest.mark.parametrize("aggregation", ["first", "sum"])
+async def test_outcome_dated_before_its_decision_is_rejected_as_early(
+    join: RewardJoin, redis: Redis, aggregation: Literal["first", "sum"]
+) -> None:
+    """An outcome whose timestamp precedes the decision cannot be its effect: it is 'early',
+    not applied (its event id stays unused) and the decision keeps its default reward."""
+    rules = {"hero": _rules(aggregation, default=0.0)}
+    join.remember(_record("d1"), rules["hero"])
+    await join.flush()
+    got = await _outcome(join, rules, event_id="e1", ts_s=-0.001, at_s=1.0, decision_id="d1")
+    assert got == [("hero", "early")]
+    by_unit = await _outcome(
+        join, rules, event_id="e2", ts_s=-30.0, at_s=1.0, unit_id="u1", experiment="hero"
+    )
+    assert by_unit == [("hero", "early")]
+    fields = await redis.hgetall(join.record_key("d1", "hero"))
+    assert "r" not in fields and not any(k.startswith("o:") for k in fields)
+    # At the decision's own millisecond the outcome counts.
+    assert await _outcome(join, rules, event_id="e3", ts_s=0.0, at_s=1.0, decision_id="d1") == [
+        ("hero", "joined")
+    ]
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert (example.reward, example.joined) == (1.0, True)
+
+
+async def test_send_time_open_before_send_at_is_not_a_success(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A send-time decision's window opens at send_at: an open dated between the decision and
+    send_at is 'early' and the decision is learned as a failure; one after send_at counts."""
+    rules = {"send": _rules("first", default=0.0)}
+    send_at = T0 + 3_600_000
+    join.remember(_record("d1", "send"), rules["send"], send_at + WINDOW_S * 1000,
+                  window_start_ms=send_at)  # fmt: skip
+    join.remember(_record("d2", "send", "u2"), rules["send"], send_at + WINDOW_S * 1000,
+                  window_start_ms=send_at)  # fmt: skip
+    await join.flush()
+    assert await redis.hget(join.record_key("d1", "send"), "wst") == str(send_at)
+    before = await _outcome(join, rules, event_id="e1", at_s=10.0, decision_id="d1")
+    assert before == [("send", "early")]
+    after = await _outcome(join, rules, event_id="e2", at_s=3_660.0, decision_id="d2")
+    assert after == [("send", "joined")]
+    await join.finalize_due(send_at + WINDOW_S * 1000)
+    got = {e.record.decision_id: (e.reward, e.joined) for e in await _stream(redis, join)}
+    assert got == {"d1": (0.0, False), "d2": (1.0, True)}

@@ -21,7 +21,7 @@ from bandits.thompson import ThompsonPolicy
 from decision_api.learning.runtime import LearnerRunner
 from experiments.store import ExperimentStore
 from tailor_contract.definitions import ExperimentSpec
-from tailor_contract.policies import ThompsonConfig
+from tailor_contract.policies import ThompsonConfig, VWCBConfig
 from tests.support.training import (
     ARMS,
     arm_totals,
@@ -262,10 +262,12 @@ async def test_new_definition_keeps_the_model(redis_bin: Redis, namespace: str) 
     await learner.publish()
     snap = await SnapshotStore(redis_bin, namespace).get(EXP)
     assert snap is not None and snap.examples == 400
-    # The model learned "c" is best; with epsilon 0.01 it exploits it almost always.
+    # The model learned "c" is best; with epsilon 0.01 it exploits it but for the floor.
     served = build_policy(v2.config, v2.arms, snapshot=snap.data)
     pmf = served.pmf({}, v2.candidates)
-    assert pmf.argmax() == 2 and pmf.max() == pytest.approx(1 - 0.01 + 0.01 / 3)
+    assert isinstance(v2.config, VWCBConfig)
+    floor = max(0.01 / 3, v2.config.floor(3))  # epsilon's share or the floor, the larger
+    assert pmf.argmax() == 2 and pmf.max() == pytest.approx(1 - 2 * floor)
 
 
 @pytest.mark.parametrize(

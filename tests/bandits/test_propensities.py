@@ -11,6 +11,7 @@ from scipy import stats
 from bandits.base import Arm, Candidate, CandidateError, Context, Example, Policy
 from bandits.registry import build_policy
 from tailor_contract.policies import (
+    DEFAULT_MIN_PROPENSITY_SHARE,
     EpsilonGreedyConfig,
     FixedConfig,
     ThompsonConfig,
@@ -126,3 +127,69 @@ def test_bad_candidate_sets_are_refused(
     """Every policy refuses an empty candidate set and duplicate keys."""
     with pytest.raises(CandidateError, match=match):
         policy.choose(CONTEXT, candidates, np.random.default_rng(0))
+
+
+def _lopsided(config: ThompsonConfig | EpsilonGreedyConfig | VWCBConfig) -> Policy:
+    """A policy taught 2,000 examples in which only "b" ever pays: without a floor its pmf
+    gives the other arms (almost) nothing."""
+    policy = build_policy(config, ARMS, version="v7")
+    rng = np.random.default_rng(17)
+    examples = []
+    for _ in range(2_000):
+        chosen = int(rng.integers(len(CANDIDATES)))
+        examples.append(Example(context=CONTEXT, candidates=CANDIDATES, chosen=chosen,
+                                propensity=0.25, reward=float(chosen == 1)))
+    policy.learn(examples)
+    return policy
+
+
+FLOORED: dict[str, Callable[[float | None], ThompsonConfig | EpsilonGreedyConfig | VWCBConfig]] = {
+    "thompson": lambda m: ThompsonConfig(min_propensity=m),
+    "epsilon_greedy": lambda m: EpsilonGreedyConfig(epsilon=0.02, min_propensity=m),
+    "vw_epsilon": lambda m: VWCBConfig(exploration="epsilon", epsilon=0.02, min_propensity=m),
+    "vw_squarecb": lambda m: VWCBConfig(min_propensity=m),
+}
+
+
+@pytest.mark.parametrize("kind", list(FLOORED))
+@pytest.mark.parametrize("min_propensity", [None, 0.04], ids=["default", "0.04"])
+def test_floor_mixes_the_pmf_with_uniform_and_the_log_carries_the_mixed_probability(
+    kind: str, min_propensity: float | None
+) -> None:
+    """Every candidate gets at least the floor (the default is a share of uniform), the pmf is
+    the unfloored one mixed with uniform just enough, and each logged propensity (choose and
+    choose_many) is the mixed pmf's probability of the chosen variant."""
+    config = FLOORED[kind](min_propensity)
+    floor = config.floor(len(CANDIDATES))
+    assert floor == (DEFAULT_MIN_PROPENSITY_SHARE / 4 if min_propensity is None else 0.04)
+    policy = _lopsided(config)
+    raw = _lopsided(FLOORED[kind](0.0)).pmf(CONTEXT, CANDIDATES)
+    assert raw.min() < floor  # the floor has work to do here
+    pmf = policy.pmf(CONTEXT, CANDIDATES)
+    assert pmf.min() >= floor - 1e-12
+    assert pmf.min() == pytest.approx(floor, rel=1e-9)  # lifted just to the floor
+    assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    lam = (floor - raw.min()) / (1 / 4 - raw.min())
+    assert pmf == pytest.approx((1 - lam) * raw + lam / 4, rel=1e-9)
+    assert int(pmf.argmax()) == 1
+    rng = np.random.default_rng(8)
+    choices = [policy.choose(CONTEXT, CANDIDATES, rng) for _ in range(200)]
+    choices += policy.choose_many([CONTEXT] * 2_000, CANDIDATES, rng)
+    for choice in choices:
+        assert choice.propensity == pytest.approx(float(pmf[choice.index]), rel=1e-12)
+    assert {c.index for c in choices} == {0, 1, 2, 3}  # the floor is really drawn
+
+
+@pytest.mark.parametrize("kind", list(FLOORED))
+def test_floor_on_a_candidate_subset_is_capped_at_uniform(kind: str) -> None:
+    """Offered two of the variants, a floor of 0.25 is within 1/2 and lifts both to >= 0.25."""
+    policy = _lopsided(FLOORED[kind](0.25))
+    pmf = policy.pmf(CONTEXT, (CANDIDATES[0], CANDIDATES[1]))
+    assert pmf.min() >= 0.25 - 1e-12 and pmf.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_floor_leaves_a_pmf_already_above_it_unchanged() -> None:
+    """epsilon_greedy with epsilon 0.4 (every arm >= 0.1) is not changed by a 0.05 floor."""
+    floored = _lopsided(EpsilonGreedyConfig(epsilon=0.4, min_propensity=0.05))
+    bare = _lopsided(EpsilonGreedyConfig(epsilon=0.4, min_propensity=0.0))
+    assert floored.pmf(CONTEXT, CANDIDATES).tolist() == bare.pmf(CONTEXT, CANDIDATES).tolist()

@@ -10,6 +10,7 @@ import pytest
 from bandits.base import Arm
 from bandits.registry import build_policy
 from tailor_contract.policies import (
+    DEFAULT_MIN_PROPENSITY_SHARE,
     EpsilonGreedyConfig,
     FixedConfig,
     PolicyConfig,
@@ -50,6 +51,9 @@ def test_decode_dispatches_on_kind(raw: bytes, expected: PolicyConfig) -> None:
         (b'{"kind":"thompson","min_share":1.0}', r"< 1.0 - at `\$.min_share`"),
         (b'{"kind":"thompson","prior_alpha":0}', r"> 0.0 - at `\$.prior_alpha`"),
         (b'{"kind":"thompson","mc_samples":10}', r">= 1000 - at `\$.mc_samples`"),
+        (b'{"kind":"vw_cb","min_propensity":1.5}', r"<= 1.0 - at `\$.min_propensity`"),
+        (b'{"kind":"thompson","min_propensity":-0.1}', r">= 0.0 - at `\$.min_propensity`"),
+        (b'{"kind":"epsilon_greedy","min_propensity":"x"}', r"at `\$.min_propensity`"),
         (b'{"kind":"bandit"}', r"Invalid value 'bandit' - at `\$.kind`"),
         (b'{"epsilon":0.1}', "missing required field `kind`"),
         (b'{"kind":"fixed","weights":[1,2]}', "unknown field `weights`"),
@@ -85,6 +89,9 @@ def test_decode_rejects_bad_configs(raw: bytes, match: str) -> None:
         (lambda: ThompsonConfig(min_share=1.5), r"min_share == 1.5, must be < 1.0"),
         (lambda: ThompsonConfig(prior_beta=0.0), r"prior_beta == 0.0, must be > 0.0"),
         (lambda: VWCBConfig(gamma_scale=0.0), r"gamma_scale == 0.0, must be > 0.0"),
+        (lambda: VWCBConfig(min_propensity=1.5), r"min_propensity == 1.5, must be <= 1.0"),
+        (lambda: EpsilonGreedyConfig(min_propensity=-0.1), r"min_propensity == -0.1, must be >= 0"),
+        (lambda: ThompsonConfig(min_propensity=float("nan")), "min_propensity == nan, must be"),
         (lambda: VWCBConfig(extra_args=("--daemon",)), "'--daemon' is not allowed"),
     ],
 )
@@ -120,6 +127,33 @@ def test_min_share_must_fit_the_arms(n_arms: int, ok: bool) -> None:
     else:
         with pytest.raises(ValueError, match=r"min_share == 0.25 with 5 arms, must be <= 0.2"):
             build_policy(config, arms)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [ThompsonConfig(min_propensity=0.25), EpsilonGreedyConfig(min_propensity=0.25),
+     VWCBConfig(min_propensity=0.25)],
+    ids=["thompson", "epsilon_greedy", "vw_cb"],
+)
+def test_min_propensity_must_fit_the_arms(
+    config: ThompsonConfig | EpsilonGreedyConfig | VWCBConfig,
+) -> None:
+    """A floor above 1/n_arms is refused for n arms; exactly 1/n is allowed (uniform)."""
+    config.check_arms(4)
+    with pytest.raises(ValueError, match=r"min_propensity == 0.25 with 5 arms, must be <= 0.2"):
+        config.check_arms(5)
+
+
+@pytest.mark.parametrize(
+    ("min_propensity", "n", "floor"),
+    [(None, 4, DEFAULT_MIN_PROPENSITY_SHARE / 4), (None, 10, DEFAULT_MIN_PROPENSITY_SHARE / 10),
+     (0.02, 4, 0.02), (0.0, 4, 0.0), (0.2, 8, 0.125)],
+)
+def test_floor_defaults_to_a_share_of_uniform_and_never_exceeds_it(
+    min_propensity: float | None, n: int, floor: float
+) -> None:
+    """No min_propensity means DEFAULT_MIN_PROPENSITY_SHARE / n; a set one is capped at 1/n."""
+    assert VWCBConfig(min_propensity=min_propensity).floor(n) == pytest.approx(floor)
 
 
 def test_vw_args_are_normalised_and_complete() -> None:

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 from scipy import stats
+from structlog.testing import capture_logs
 
 from bandits.base import Example
-from bandits.join import JOIN_GROUP
+from bandits.join import JOIN_GROUP, RewardJoin, decode_entry
 from bandits.registry import build_policy
 from bandits.snapshots import SnapshotStore
 from bandits.thompson import ThompsonPolicy
@@ -32,6 +34,7 @@ from decision_api.services import Services
 from decision_api.settings import LearnerSettings, Settings
 from experiments.store import ExperimentStore
 from tailor_contract.definitions import ExperimentSpec
+from tailor_contract.policies import ThompsonConfig
 from tests.support.polling import eventually, sample
 from tests.support.processes import TailorProcess
 from tests.support.training import arm_totals, bernoulli_examples, feed
@@ -143,7 +146,7 @@ async def test_outcomes_through_the_api_train_the_model_and_reset_starts_over(
     await start(client, definition("hero", {"kind": "thompson"}, window_s=1))
     answers = await decide_and_click(client, 150, clicked={"c"})
     assert {a["decisions"][0]["reason"] for a in answers} == {"policy"}
-    # Clicks finalise at once (first), the rest when their 1 s window closes.
+    # Every decision, clicked or not, is learned when its 1 s window closes.
     await eventually(lambda: _examples_are(client, "hero", 150), what="150 examples learned")
     info = await model(client, "hero")
     assert (info["generation"], info["kind"]) == (0, "thompson")
@@ -179,6 +182,77 @@ async def test_outcomes_through_the_api_train_the_model_and_reset_starts_over(
     info = await model(client, "hero")
     assert (info["generation"], info["examples"]) == (1, 41)
     assert await metric(client, 'tailor_examples_learned_total{experiment="hero"}') >= 190
+
+
+async def test_a_click_is_learned_with_the_unclicked_decisions_of_its_time_not_before(
+    quiet_client: AsyncTestClient[Litestar], redis: Redis, namespace: str
+) -> None:
+    """2 s window: a decision never clicked, then one clicked 1 s later; 1.5 s after the first
+    decision the sweeper has written nothing; once both windows close both examples are on the
+    training stream, in decision order (a click is never learned ahead of its failures)."""
+    client = quiet_client
+    await start(client, definition("hero", {"kind": "thompson"}, window_s=2))
+    join = RewardJoin(redis, namespace)
+    began = time.monotonic()
+    ids = []
+    for unit in ("quiet", "clicked"):
+        got = await client.post("/v1/decide", json={"unit_id": unit, "placements": ["home"]})
+        ids.append(got.json()["decision_id"])
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
+    clicked = await client.post("/v1/outcomes", json={"decision_id": ids[1], "type": "click"})
+    assert clicked.json()["joined"] == 1
+    await asyncio.sleep(max(0.0, 1.5 - (time.monotonic() - began)))
+    assert time.monotonic() - began < 1.9, "too slow to observe the open window"
+    await join.finalize_due(time.time_ns() // 1_000_000)
+    assert await redis.xlen(join.stream_key) == 0
+    await asyncio.sleep(max(0.0, 2.3 - (time.monotonic() - began)))
+
+    async def both_written() -> bool:
+        await join.finalize_due(time.time_ns() // 1_000_000)
+        return bool(await redis.xlen(join.stream_key) == 2)
+
+    await eventually(both_written, what="both windows finalised")
+    stream = [decode_entry(i, f) for i, f in await redis.xrange(join.stream_key)]
+    assert [(e.record.decision_id, e.reward, e.joined) for e in stream] == [
+        (ids[0], 0.0, False),
+        (ids[1], 1.0, True),
+    ]
+
+
+async def test_outcome_dated_before_its_decision_is_rejected_and_counted(
+    quiet_client: AsyncTestClient[Litestar], redis: Redis, namespace: str
+) -> None:
+    """An outcome whose ts precedes its decision is logged but not joined: counted in
+    tailor_early_outcomes_total, logged without the unit id, and the decision is learned with
+    the default reward."""
+    client = quiet_client
+    await start(client, definition("hero", {"kind": "thompson"}, window_s=1))
+    got = await client.post("/v1/decide", json={"unit_id": "secret-unit", "placements": ["home"]})
+    decision_id = got.json()["decision_id"]
+    before = datetime.now(UTC) - timedelta(minutes=5)
+    outcome = {"decision_id": decision_id, "type": "click", "ts": before.isoformat()}
+    by_unit = {"unit_id": "secret-unit", "experiment": "hero", "type": "click",
+               "ts": before.isoformat()}  # fmt: skip
+    with capture_logs() as logs:
+        answers = [await client.post("/v1/outcomes", json=o) for o in (outcome, by_unit)]
+    assert [(a.status_code, a.json()["joined"]) for a in answers] == [(202, 0), (202, 0)]
+    assert await metric(client, 'tailor_early_outcomes_total{experiment="hero"}') == 2.0
+    early = [e for e in logs if e["event"] == "outcome_rejected_early"]
+    assert [(e["experiment"], e["type"]) for e in early] == [("hero", "click")] * 2
+    assert "secret-unit" not in repr(early)
+    join = RewardJoin(redis, namespace)
+
+    async def finalised() -> bool:
+        await join.finalize_due(time.time_ns() // 1_000_000)
+        return bool(await redis.xlen(join.stream_key) == 1)
+
+    await eventually(finalised, what="the decision's window finalised")
+    [(stream_id, fields)] = await redis.xrange(join.stream_key)
+    example = decode_entry(stream_id, fields)
+    assert (example.record.decision_id, example.reward, example.joined) == (
+        decision_id, 0.0, False
+    )
 
 
 async def _examples_are(client: AsyncTestClient[Litestar], key: str, n: int) -> bool:
@@ -234,7 +308,9 @@ async def test_warm_start_learns_the_logged_history(
     assert policy.posterior("c") == (1.0 + chose["c"], 1.0)
     assert policy.posterior("b") == (1.0, 1.0 + chose["b"])
     pmf = policy.pmf({}, spec.candidates)
-    assert int(pmf.argmax()) == 2 and pmf[2] > 0.99
+    assert isinstance(spec.config, ThompsonConfig)
+    floor = spec.config.floor(3)  # the exploration floor every other variant keeps
+    assert int(pmf.argmax()) == 2 and pmf[2] > 1 - 2 * floor - 0.01
 
     async def serving(version: int) -> bool:
         got = await client.post("/v1/decide", json={"unit_id": "p", "placements": ["home"]})
@@ -349,6 +425,10 @@ async def test_logged_propensities_equal_the_policy_pmf_and_match_frequencies(
     [
         ({"kind": "thompson", "prior_alpha": 0}, "$.policy.prior_alpha", "> 0"),
         ({"kind": "thompson", "min_share": 0.3}, "$.policy.min_share", "min_share == 0.3"),
+        ({"kind": "vw_cb", "min_propensity": 0.3}, "$.policy.min_propensity",
+         "min_propensity == 0.3 with 4 arms"),
+        ({"kind": "epsilon_greedy", "min_propensity": 1.5}, "$.policy.min_propensity", "<= 1.0"),
+        ({"kind": "thompson", "min_propensity": 0.26}, "$.policy.min_propensity", "<= 0.25"),
         ({"kind": "thompson", "mc_samples": 10}, "$.policy.mc_samples", ">= 1000"),
         ({"kind": "epsilon_greedy", "epsilon": 1.2}, "$.policy.epsilon", "<= 1.0"),
         ({"kind": "vw_cb", "epsilon": -0.1}, "$.policy.epsilon", ">= 0.0"),

@@ -124,7 +124,12 @@ async def campaign_round(
 async def report_opens(client: Client, result: Round) -> None:
     """Opens as outcomes (the reward) and as behavioural events (the open-hour history)."""
     opens = result.opens
-    outcomes = [{"decision_id": d, "type": "email_open"} for d, _, _ in opens]
+    # Dated 15 min after sending: the reward window opens at send_at, not at the decision.
+    outcomes = [
+        {"decision_id": d, "type": "email_open",
+         "ts": datetime.fromtimestamp(sent + 900, UTC).isoformat()}
+        for d, _, sent in opens
+    ]  # fmt: skip
     response = await client.post("/v1/outcomes/batch", json={"outcomes": outcomes})
     assert response.status_code == 202, response.text
     assert response.json()["joined"] == result.served_opens  # holdout decisions do not learn
@@ -209,3 +214,49 @@ async def test_optimised_send_times_beat_the_default_time(
     assert final.optimised_expected >= final.default_expected + 0.10
     assert final.optimised_expected > rounds[0].optimised_expected + 0.05
     assert final.optimised_realised > final.holdout_realised
+
+
+async def test_an_open_dated_before_send_at_is_not_learned_as_a_success(
+    client: Client, settings: Settings, redis: Redis
+) -> None:
+    """A send-time decision's reward window opens at send_at: an open reported now (hours
+    before the scheduled send) is rejected and counted as early, and the decision is learned
+    with the default reward; an open dated after send_at is joined."""
+    spec = {
+        "key": EXPERIMENT, "placement": "send_time", "kind": "send_time",
+        "policy": {"kind": "send_time_thompson"}, "primary_metric": "email_open",
+        "reward_window_s": 2 * 86400,
+    }  # fmt: skip
+    assert (await client.post("/v1/experiments", json=spec)).status_code == 201
+    assert (await client.post(f"/v1/experiments/{EXPERIMENT}/start")).status_code == 200
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    response = await client.post("/v1/decide/batch", json={
+        "campaign": "early", "placements": ["send_time"],
+        "send_window": {"start": start.isoformat(),
+                        "end": (start + timedelta(hours=24)).isoformat()},
+        "recipients": [{"unit_id": "r0", "timezone": "Europe/Berlin"},
+                       {"unit_id": "r1", "timezone": "Asia/Tokyo"}],
+    })  # fmt: skip
+    assert response.status_code == 200, response.text
+    answers = response.json()["recipients"]
+    assert [a["decisions"][0]["reason"] for a in answers] == ["policy", "policy"]
+    sent = [datetime.fromisoformat(a["decisions"][0]["send_at"]) for a in answers]
+    outcomes = [
+        {"decision_id": answers[0]["decision_id"], "type": "email_open"},  # now: before send_at
+        {"decision_id": answers[1]["decision_id"], "type": "email_open",
+         "ts": (sent[1] + timedelta(minutes=5)).isoformat()},
+    ]  # fmt: skip
+    got = await client.post("/v1/outcomes/batch", json={"outcomes": outcomes})
+    assert got.status_code == 202, got.text
+    assert got.json()["joined"] == 1
+    metrics = (await client.get("/metrics")).text
+    assert f'tailor_early_outcomes_total{{experiment="{EXPERIMENT}"}} 1.0' in metrics
+    join = RewardJoin(redis, settings.redis.key_prefix)
+    rewards = {}
+    for answer in answers:
+        record = await redis.hgetall(join.record_key(answer["decision_id"], EXPERIMENT))
+        rewards[answer["unit_id"]] = record.get("r")
+        assert int(record["wst"]) == int(
+            datetime.fromisoformat(answer["decisions"][0]["send_at"]).timestamp() * 1000
+        )
+    assert rewards == {"r0": None, "r1": "1.0"}
