@@ -82,6 +82,11 @@ class RedisServer:
         self._tie_to_parent = False
 
     @property
+    def pid(self) -> int | None:
+        """The redis-server's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def url(self) -> str:
         """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
@@ -161,11 +166,6 @@ class PrivateRedisServer(RedisServer):
         super().__init__(directory, port, persist=True)
         self._tie_to_parent = True
         self._lock_fd: int | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """The redis-server's process id while it runs."""
-        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout_s: float = 10.0) -> PrivateRedisServer:
         """Take the directory, stop what an earlier run left running on it, start, record.
