@@ -6,11 +6,14 @@ import ctypes
 import ctypes.util
 import gc
 import os
+import signal
 import sys
+from typing import TYPE_CHECKING
 
-from decision_api.app import create_asgi_app
-from decision_api.routes.fast_decide import DecideFront
-from decision_api.settings import Settings
+from decision_api.redis_server import die_with_parent
+
+if TYPE_CHECKING:
+    from decision_api.routes.fast_decide import DecideFront
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -34,7 +37,21 @@ def tune_process() -> None:
 
 
 def build() -> DecideFront:
-    """Build the app from the process environment (called once per server worker)."""
+    """Build the app from the process environment (called once per server worker).
+
+    The worker asks for SIGTERM when the server process dies (Linux), so a ``kill -9`` of
+    ``tailor serve`` does not leave it serving, holding the port and the embedded event log.
+    Until granian installs the worker's own handler, SIGTERM takes its default action: a forked
+    worker inherits the server's handler, which would only set a flag in the worker's copy, so
+    a server stopped while a worker booted waited for that worker forever. The app's modules
+    are imported here, after that, not when granian imports this module: the import is most of
+    a worker's boot time.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(signal.SIGTERM)
+    from decision_api.app import create_asgi_app
+    from decision_api.settings import Settings
+
     app = create_asgi_app(Settings.from_env(os.environ))
     tune_process()
     return app

@@ -44,6 +44,20 @@ def configure_logging(fmt: str, level: str) -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    quiet_library_loggers()
+
+
+def quiet_library_loggers() -> None:
+    """Let only errors through from urllib3 and clickhouse-connect's standard-library loggers.
+
+    When ClickHouse is unreachable, urllib3's connection pool warns with the full request URL —
+    server address, SQL and bound parameter values such as unit ids — in a plain, non-JSON
+    line, and clickhouse-connect warns about the same failure (with a traceback quoting that
+    URL when its errors are hidden). Both say nothing Tailor does not: the failure reaches it
+    as ``EventLogUnavailable``, translated without those details and logged in JSON.
+    """
+    for name in ("urllib3", "clickhouse_connect"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def unit_ref(unit_id: str) -> str:

@@ -26,6 +26,7 @@ from tailor_contract.errors import (
     NotFound,
     RateLimited,
     RedisUnavailable,
+    ServiceUnavailable,
     TailorError,
 )
 
@@ -104,7 +105,9 @@ def from_validation_error(exc: msgspec.ValidationError | ValueError) -> InvalidI
 
 
 def tailor_error_handler(request: Request[Any, Any, Any], exc: TailorError) -> Response[Problem]:
-    """Render a Tailor error."""
+    """Render a Tailor error (a backend outage is also logged, with the same safe detail)."""
+    if isinstance(exc, ServiceUnavailable) and not isinstance(exc, RedisUnavailable):
+        log.warning("backend_unavailable", code=exc.code, error=exc.detail, route=_route(request))
     errors = [FieldError(field=exc.field, message=exc.detail)] if exc.field else []
     headers = None
     if isinstance(exc, RateLimited):

@@ -108,7 +108,8 @@ class RelayEventLog:
                 approximate=True,
             )
         except RedisError as exc:
-            raise EventLogUnavailable(f"event relay unreachable: {exc}") from exc
+            # The exception's text names Redis's address: it stays out of API answers.
+            raise EventLogUnavailable(f"event relay unreachable ({type(exc).__name__})") from exc
 
     def _call(self, kind: str, sql: str, parameters: Mapping[str, Any] | None) -> _Response:
         request = _Request(
@@ -120,7 +121,8 @@ class RelayEventLog:
                 [self._keys.response_prefix + request.id], self._timeout_s
             )
         except RedisError as exc:
-            raise EventLogUnavailable(f"event relay unreachable: {exc}") from exc
+            # The exception's text names Redis's address: it stays out of API answers.
+            raise EventLogUnavailable(f"event relay unreachable ({type(exc).__name__})") from exc
         if reply is None:
             raise EventLogUnavailable(
                 f"the event-log owner did not answer within {self._timeout_s:.0f} s"

@@ -4,11 +4,17 @@
 directory — which only one process may hold open; ``http(s)://user:pass@host:port/db`` talks to a
 ClickHouse server. Both run the same SQL from :mod:`event_log.sql`. Calls are
 synchronous (the batching writer runs them in a thread); errors from either backend surface as
-:class:`EventLogUnavailable`, translated once here.
+:class:`EventLogUnavailable`, translated once here (:func:`unavailable`).
+
+The translated message is what API clients see in a 503 and what the writer logs, so it says
+only what kind of failure it was — ClickHouse's error code and name, or the socket error — and
+never the driver's text: that quotes the server's URL, the query and its bound values (unit ids).
 """
 
 from __future__ import annotations
 
+import errno
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +30,45 @@ from event_log.rows import Table
 from tailor_contract.errors import EventLogUnavailable
 
 DEFAULT_DATABASE = "tailor"
+
+_CODE = re.compile(r"\bCode: (\d+)\.")
+# The error name ClickHouse puts last: "... (UNKNOWN_TABLE)" or "... (UNKNOWN_TABLE) (version ..)".
+_NAME = re.compile(r"\(([A-Z][A-Z0-9_]{2,})\)(?: \(version [^\n]*)?\s*\Z")
+
+
+def unavailable(exc: BaseException) -> EventLogUnavailable:
+    """The one translation of a backend failure into :class:`EventLogUnavailable`.
+
+    The message names the ClickHouse error (``event log error: code 60 (UNKNOWN_TABLE)``) or,
+    when the server was not reached, the socket error (``event log unreachable
+    (ECONNREFUSED)``); it never carries the server's address, the SQL or parameter values.
+    """
+    text = str(exc).strip()
+    code = _CODE.search(text)
+    if code is not None:
+        name = _NAME.search(text)
+        suffix = f" ({name.group(1)})" if name else ""
+        return EventLogUnavailable(f"event log error: code {code.group(1)}{suffix}")
+    reason = _socket_error(exc)
+    return EventLogUnavailable(f"event log unreachable ({reason or type(exc).__name__})")
+
+
+def _socket_error(exc: BaseException) -> str | None:
+    """The errno name (``ECONNREFUSED``) or timeout behind ``exc``, from its cause chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
+            return "timeout"
+        if isinstance(current, OSError) and current.errno is not None:
+            return errno.errorcode.get(current.errno, f"errno {current.errno}")
+        reason = getattr(current, "reason", None)  # urllib3's MaxRetryError keeps its cause here
+        current = (
+            reason if isinstance(reason, BaseException)
+            else current.__cause__ or current.__context__
+        )  # fmt: skip
+    return None
 
 
 class EventLog(Protocol):
@@ -69,10 +114,9 @@ class ClickHouseEventLog:
                 return fn(*args, **kwargs)
             with self._lock:
                 return fn(*args, **kwargs)
-        except ClickHouseError as exc:
-            raise EventLogUnavailable(str(exc).splitlines()[0][:500]) from exc
-        except OSError as exc:
-            raise EventLogUnavailable(f"event log unreachable: {exc}") from exc
+        except (ClickHouseError, OSError) as exc:
+            # Not chained: a traceback of the cause would print the URL with the query.
+            raise unavailable(exc) from None
 
     def migrate(self) -> list[int]:
         """Create and migrate tables; returns the migration versions applied now."""
@@ -149,7 +193,7 @@ def open_event_log(url: str) -> ClickHouseEventLog:
             )
             boot.close()
         except (ClickHouseError, RuntimeError) as exc:
-            raise EventLogUnavailable(f"cannot open chdb at {path}: {exc}") from exc
+            raise EventLogUnavailable(f"cannot open chdb at {path}: {unavailable(exc)}") from None
         return ClickHouseEventLog(client, embedded=True)
     if parts.scheme in ("http", "https"):
         database = parts.path.strip("/") or DEFAULT_DATABASE
@@ -171,9 +215,7 @@ def open_event_log(url: str) -> ClickHouseEventLog:
             boot.close()
             client = clickhouse_connect.get_client(database=database, **common)
         except (ClickHouseError, OSError) as exc:
-            raise EventLogUnavailable(
-                f"cannot reach ClickHouse at {parts.hostname}: {exc}"
-            ) from exc
+            raise EventLogUnavailable(f"cannot reach ClickHouse: {unavailable(exc)}") from None
         return ClickHouseEventLog(client, embedded=False)
     raise ValueError(f"event log URL must start with chdb:// or http(s)://, got {parts.scheme!r}")
 

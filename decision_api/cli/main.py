@@ -28,15 +28,21 @@ def _settings_or_exit() -> Settings:
 
 
 def ensure_redis(settings: Settings) -> tuple[Settings, object | None]:
-    """With no ``TAILOR_REDIS_URL``, start a private redis-server under ``<data_dir>/redis``.
+    """With no ``TAILOR_REDIS_URL``, start the private redis-server of ``<data_dir>/redis``.
 
-    Returns the settings pointing at it and the server handle (to stop on exit).
+    One per data directory: a server an earlier (killed) run left behind is shut down first,
+    and a directory another live ``tailor serve`` owns is refused (see
+    :class:`decision_api.redis_server.PrivateRedisServer`). Returns the settings pointing at it
+    and the server handle (to stop on exit).
+
+    Raises:
+        RedisDirectoryInUse: another live process owns the data directory's Redis.
     """
     if settings.redis.url:
         return settings, None
-    from decision_api.redis_server import RedisServer
+    from decision_api.redis_server import PrivateRedisServer
 
-    server = RedisServer(Path(settings.data_dir) / "redis", persist=True).start()
+    server = PrivateRedisServer(Path(settings.data_dir) / "redis").start()
     os.environ["TAILOR_REDIS_URL"] = server.url
     print(f"tailor: started a private redis-server at {server.url}", file=sys.stderr)
     redis = msgspec.structs.replace(settings.redis, url=server.url)
@@ -51,7 +57,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
-    settings, redis_server = ensure_redis(settings)
+    from decision_api.redis_server import RedisDirectoryInUse
+
+    try:
+        settings, redis_server = ensure_redis(settings)
+    except RedisDirectoryInUse as exc:
+        print(f"tailor: {exc}", file=sys.stderr)
+        return 2
     owner = None
     if workers > 1 and settings.event_log.url.startswith("chdb:"):
         # One process may hold chdb: an owner process does, and the workers reach it through
@@ -70,6 +82,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loop="uvloop",  # type: ignore[arg-type]
             log_access=False,
             backlog=2048,
+            # A worker that dies (OOM kill, a crash in native code) is replaced; the event-log
+            # owner and the private Redis belong to this process and live on. A worker dying
+            # again within ~5 s of its respawn stops the server (granian's crash-loop guard).
+            respawn_failed_workers=True,
+            # A worker that ignores SIGTERM (one signalled before it could handle it) is killed
+            # rather than waited for forever; a normal drain and flush takes far less.
+            workers_kill_timeout=30,
         ).serve()
     finally:
         if owner is not None:
@@ -85,9 +104,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def start_event_log_owner(event_log_url: str) -> subprocess.Popen[bytes]:
     """Start ``tailor event-log-owner`` for this chdb directory (workers see it via /readyz)."""
+    from decision_api.redis_server import die_with_parent
+
     env = {**os.environ, "TAILOR_EVENT_LOG_URL": event_log_url}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "decision_api.cli.main", "event-log-owner"], env=env
+        [sys.executable, "-m", "decision_api.cli.main", "event-log-owner"],
+        env=env,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet): SIGTERM if serve dies
     )
     return proc
 

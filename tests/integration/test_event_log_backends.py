@@ -188,17 +188,28 @@ def test_concurrent_inserts_and_queries(log: ClickHouseEventLog) -> None:
 @pytest.mark.parametrize(
     ("sql", "match"),
     [
-        ("SELECT * FROM no_such_table", "no_such_table"),
-        ("SELEC 1", "Syntax error"),
+        ("SELECT * FROM no_such_table", r"\Aevent log error: code 60 \(UNKNOWN_TABLE\)\Z"),
+        ("SELEC 1", r"\Aevent log error: code 62 \(SYNTAX_ERROR\)\Z"),
     ],
 )
 def test_errors_surface_as_event_log_unavailable(
     log: ClickHouseEventLog, sql: str, match: str
 ) -> None:
-    """Engine errors reach callers as EventLogUnavailable with ClickHouse's message."""
+    """Engine errors reach callers as EventLogUnavailable with ClickHouse's error code and name
+    only: its message quotes the query (and can quote bound values), which 503 bodies must not."""
     with pytest.raises(EventLogUnavailable, match=match):
         log.query(sql)
     assert log.ping() is True
+
+
+def test_errors_do_not_quote_bound_values(log: ClickHouseEventLog) -> None:
+    """A value ClickHouse quotes in its error message (a unit id it could not parse) is not in
+    the EventLogUnavailable that reaches the API's 503 answers."""
+    with pytest.raises(EventLogUnavailable) as raised:
+        log.query("SELECT toUInt64({unit:String})", {"unit": "leaky-unit-17"})
+    assert "leaky-unit-17" not in str(raised.value)
+    assert "SELECT" not in str(raised.value)
+    assert str(raised.value) == "event log error: code 6 (CANNOT_PARSE_TEXT)"
 
 
 def test_unreachable_server_is_event_log_unavailable() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import select
 import signal
 import subprocess
@@ -361,3 +362,44 @@ async def test_sigterm_during_a_burst(redis_url: str, tmp_path: Path) -> None:
     assert code == 0
     assert figures["exposures_accepted"] > 100
     assert "services_started" in server.output()
+
+
+async def test_event_log_down_leaks_nothing(redis_url: str, tmp_path: Path) -> None:
+    """With ClickHouse over HTTP down, a report, an export and an erasure answer a 503 problem
+    that names neither the ClickHouse host and port, nor the query, nor the unit id; and the
+    server writes no plain (non-JSON) log line, nor any line with that address or unit id."""
+    unit = "leaky-unit-4711"
+    with front_at(tmp_path / "chdb") as front:
+        server = start_server(tmp_path, redis_url, front.url)
+        try:
+            decided = httpx.post(server.url + "/v1/decide", headers=DECIDER, timeout=10,
+                                 json={"unit_id": unit, "placements": ["home"]})  # fmt: skip
+            assert decided.status_code == 200
+            await asyncio.sleep(0.5)  # flushed
+            front.kill()
+            answers = {
+                "report": httpx.get(f"{server.url}/v1/experiments/hero/report",
+                                    headers=ADMIN, timeout=60),
+                "export": httpx.get(f"{server.url}/v1/units/{unit}/export",
+                                    headers=ADMIN, timeout=60),
+                "erase": httpx.delete(f"{server.url}/v1/units/{unit}",
+                                      headers=ADMIN, timeout=60),
+            }  # fmt: skip
+        finally:
+            assert server.stop() == 0
+    address = f"127.0.0.1:{front.port}"
+    for name, answer in answers.items():
+        assert answer.status_code == 503, (name, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == "event_log_unavailable", (name, answer.text)
+        assert answer.json()["detail"].startswith("event log unreachable"), answer.text
+        for secret in (address, str(front.port), "SELECT", "ALTER", unit):
+            assert secret not in answer.text, (name, secret, answer.text)
+    lines = server.output().splitlines()
+    plain = [line for line in lines if line.strip() and not line.startswith(("{", "["))]
+    assert not [line for line in plain if "urllib3" in line or address in line], plain
+    assert not [line for line in lines if address in line or unit in line], "leaked in logs"
+    logged = [json.loads(line) for line in lines if '"backend_unavailable"' in line]
+    assert {entry["route"] for entry in logged} >= {
+        "GET /v1/units/{unit_id}/export", "DELETE /v1/units/{unit_id}"
+    }, logged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -69,10 +70,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """``tailor serve --host 127.0.0.1 --port <free>`` in a temp dir, without TAILOR_REDIS_URL."""
-    data = tmp_path / "data"
+def start_serve(
+    tmp_path: Path, data: Path, name: str = "serve", workers: int = 1
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``tailor serve --host 127.0.0.1 --port <free>`` on ``data``, without TAILOR_REDIS_URL,
+    healthy; its output goes to ``tmp_path/<name>.log``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
     env.update(
         TAILOR_DATA_DIR=str(data),
@@ -83,42 +85,66 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]
     )
     port = free_port()
     command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli.main"]
-    log_path = tmp_path / "serve.log"
+    log_path = tmp_path / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [*command, "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", str(workers)],
             cwd=tmp_path,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-        )
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "not healthy: " + log_path.read_text()[-3000:]
-            time.sleep(0.05)
+        wait_healthy(url, process, log_path)
+    except BaseException:
+        stop_tree(process)
+        raise
+    return process, url
+
+
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 30
+) -> None:
+    """Block until ``url``/healthz answers 200 (fails with the server's output otherwise)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "not healthy: " + log_path.read_text()[-3000:]
+        time.sleep(0.05)
+
+
+def stop_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM ``process``, then SIGKILL whatever of its tree is left: killing only the main
+    process would orphan granian's worker and the redis-server, so remember them first."""
+    tree = descendants(process.pid)
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for pid in tree:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """``tailor serve --host 127.0.0.1 --port <free>`` in a temp dir, without TAILOR_REDIS_URL."""
+    data = tmp_path / "data"
+    process, url = start_serve(tmp_path, data)
+    try:
         yield process, url, data
     finally:
-        # On failure, stop the whole tree: killing only the main process would orphan granian's
-        # worker and the redis-server (they are not told), so remember them first.
-        tree = descendants(process.pid)
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for pid in tree:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_tree(process)
 
 
 @pytest.mark.slow
@@ -169,3 +195,189 @@ def test_serve_decides_logs_and_stops_cleanly(
     assert rows == [[answer["decision_id"], "u-123", "hero-banner", placed["variant"], "split"]]
     log_text = (data.parent / "serve.log").read_text(errors="replace")
     assert re.search(r"started a private redis-server at redis://127\.0\.0\.1:\d+", log_text)
+
+
+def redis_servers_on(directory: Path) -> list[int]:
+    """Live redis-server processes working in ``directory`` (redis chdirs to its ``--dir``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        pid = int(entry.name)
+        if comm.startswith("redis-server") and cwd == directory.resolve() and alive(pid):
+            found.append(pid)
+    return found
+
+
+def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
+    """Granian's worker processes of a ``tailor serve`` (its python children but the owner)."""
+    return [
+        pid
+        for pid, cmd in children_of(process.pid)
+        if "redis-server" not in cmd and "event-log-owner" not in cmd
+    ]
+
+
+def create_experiment(url: str, key: str) -> None:
+    """Define and start a two-variant experiment ``key`` on its own placement."""
+    spec = {"key": key, "placement": f"{key}-slot",
+            "variants": [{"key": "control"}, {"key": "treatment"}],
+            "default_variant": "control"}  # fmt: skip
+    with httpx.Client(base_url=url, timeout=10) as http:
+        assert http.post("/v1/experiments", json=spec).status_code == 201
+        assert http.post(f"/v1/experiments/{key}/start").status_code == 200
+
+
+def experiment_keys(url: str) -> set[str]:
+    """The keys of the experiments the server knows."""
+    listed = httpx.get(url + "/v1/experiments", timeout=10)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    items = body["experiments"] if isinstance(body, dict) else body
+    return {item["key"] for item in items}
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms until true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"after {timeout_s} s: {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill_9_of_serve_leaves_no_redis_and_the_restart_keeps_every_write(
+    tmp_path: Path,
+) -> None:
+    """After ``kill -9`` of ``tailor serve`` its redis-server and worker do not live on; the
+    restart runs exactly one redis-server on the data directory, keeps what was written before
+    and after, and publishes its URL in ``redis/state.json``."""
+    data = tmp_path / "data"
+    first, url = start_serve(tmp_path, data, "first")
+    tree = descendants(first.pid)
+    try:
+        create_experiment(url, "before-crash")
+        assert len(redis_servers_on(data / "redis")) == 1
+        first.kill()  # SIGKILL to serve alone: no cleanup runs
+        first.wait(timeout=10)
+        wait_until(lambda: not any(alive(pid) for pid in tree), 10,
+                   f"orphans of the killed server live on: {tree}")  # fmt: skip
+    finally:
+        stop_tree(first)
+        for pid in tree:  # its orphans, on failure
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    second, url = start_serve(tmp_path, data, "second")
+    try:
+        assert len(redis_servers_on(data / "redis")) == 1
+        state = json.loads((data / "redis" / "state.json").read_text())
+        assert state["owner_pid"] == second.pid
+        assert state["pid"] in redis_servers_on(data / "redis")
+        assert state["url"] == f"redis://127.0.0.1:{state['port']}/0"
+        create_experiment(url, "after-crash")
+        assert experiment_keys(url) >= {"before-crash", "after-crash"}
+    finally:
+        stop_tree(second)
+    assert second.returncode == 0
+    assert not (data / "redis" / "state.json").exists(), "a clean stop removes the state file"
+    assert redis_servers_on(data / "redis") == []
+
+    third, url = start_serve(tmp_path, data, "third")
+    try:
+        assert experiment_keys(url) >= {"before-crash", "after-crash"}
+    finally:
+        stop_tree(third)
+
+
+@pytest.mark.slow
+def test_serve_shuts_down_a_redis_left_running_on_its_data_directory(tmp_path: Path) -> None:
+    """A redis-server an earlier run left on the data directory (one that could not be told to
+    die with its parent) is shut down cleanly before serve starts its own: one server, and what
+    the leftover had acknowledged is kept."""
+    import redis as redis_client
+
+    from decision_api.redis_server import RedisServer
+
+    data = tmp_path / "data"
+    leftover = RedisServer(data / "redis", persist=True).start()
+    with redis_client.Redis.from_url(leftover.url) as client:
+        client.set("written-before-restart", "kept")
+    process, _ = start_serve(tmp_path, data)
+    try:
+        assert not leftover.running, "the leftover redis-server was not stopped"
+        assert len(redis_servers_on(data / "redis")) == 1
+        state = json.loads((data / "redis" / "state.json").read_text())
+        with redis_client.Redis.from_url(state["url"]) as client:
+            assert client.get("written-before-restart") == b"kept"
+    finally:
+        stop_tree(process)
+        leftover.stop()
+
+
+@pytest.mark.slow
+def test_a_second_serve_on_the_same_data_directory_is_refused(
+    server: tuple[subprocess.Popen[bytes], str, Path], tmp_path: Path
+) -> None:
+    """While one ``tailor serve`` owns a data directory, a second exits 2 naming the directory
+    and the owner's pid, and starts no redis-server."""
+    process, _, data = server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(TAILOR_DATA_DIR=str(data), TAILOR_EVENT_LOG_URL=f"chdb://{tmp_path / 'other'}")
+    second = subprocess.Popen(
+        [sys.executable, "-m", "decision_api.cli.main", "serve", "--port", str(free_port())],
+        env=env, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = second.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a second server that did start
+            os.killpg(second.pid, signal.SIGKILL)
+    assert second.returncode == 2, stderr[-3000:]
+    assert f"pid {process.pid}" in stderr
+    assert str((data / "redis").resolve()) in stderr
+    assert len(redis_servers_on(data / "redis")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_worker_is_replaced(tmp_path: Path, workers: int) -> None:
+    """``kill -9`` of a granian worker: serve respawns it, keeps its redis-server (and event-log
+    owner), answers /healthz again within 20 s, and decisions made afterwards reach chdb."""
+    data = tmp_path / "data"
+    process, url = start_serve(tmp_path, data, workers=workers)
+    try:
+        create_experiment(url, "hero")
+        log = tmp_path / "serve.log"
+        started = lambda: log.read_text(errors="replace").count("Started worker-")  # noqa: E731
+        wait_until(lambda: started() == workers, 30, "the workers did not start")
+        others = [pid for pid, _ in children_of(process.pid) if pid not in worker_pids(process)]
+        victim = worker_pids(process)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: started() == workers + 1, 30, f"worker {victim} was not replaced")
+        assert victim not in worker_pids(process)
+        assert len(worker_pids(process)) == workers
+        wait_healthy(url, process, log, timeout_s=20)
+        assert all(alive(pid) for pid in others), "redis-server or event-log owner died"
+        decided = []
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for i in range(20):  # with 2 workers, both the survivor and the new one answer
+                answer = http.post("/v1/decide", json={"unit_id": f"u-{i}",
+                                                       "placements": ["hero-slot"]})  # fmt: skip
+                assert answer.status_code == 200, answer.text
+                decided.append(answer.json()["decision_id"])
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        stop_tree(process)
+    counted = subprocess.run(
+        [sys.executable, "-c", COUNT_EXPOSURES, f"chdb://{data / 'chdb'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+    )  # fmt: skip
+    stored = {row[0] for row in json.loads(counted.stdout)}
+    assert set(decided) <= stored
