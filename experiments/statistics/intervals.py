@@ -3,6 +3,11 @@
 An `Interval` is an estimate with a two-sided interval at a stated level: a confidence interval,
 a Bayesian credible interval, or a time-uniform confidence sequence, depending on the producer
 (the producing Struct's field names say which).
+
+Relative lifts use Fieller's construction (`fieller_relative_interval`): the ratios ρ = m_t/m_c
+whose difference m_t - ρ m_c the absolute test would *not* reject. At ρ = 1 that is exactly the
+absolute test, so a relative interval excludes 0 if and only if the absolute one does and the
+p-value is below α — one method behind the interval and the p-value.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from scipy import special
 __all__ = [
     "Interval",
     "check_level",
+    "fieller_relative_interval",
     "normal_interval",
     "relative_lift_variance",
     "two_sided_normal_p",
@@ -84,3 +90,48 @@ def relative_lift_variance(
         treatment_var_mean / control_mean**2
         + treatment_mean**2 * control_var_mean / control_mean**4
     )
+
+
+def fieller_relative_interval(
+    *,
+    estimate: float,
+    control_mean: float,
+    control_var_mean: float,
+    treatment_mean: float,
+    treatment_var_mean: float,
+    critical: float,
+    level: float,
+) -> Interval:
+    """Fieller's interval for ``m_t / m_c - 1``: every ρ - 1 with
+    ``(m_t - ρ m_c)² <= critical² (V_t + ρ² V_c)``.
+
+    ``critical`` is the absolute test's critical value (z, Welch t, or a confidence sequence's
+    radius over its standard error), so 0 lies inside the result exactly when the absolute
+    interval ``m_t - m_c ± critical·sqrt(V_t + V_c)`` contains 0. When the control mean is
+    itself not distinguishable from 0 (``m_c² <= critical² V_c``) the set is unbounded: either
+    every ratio (bounds ``-inf`` / ``+inf``, JSON ``null``) or two rays, of which the one holding
+    ``m_t / m_c`` is returned (for a nonnegative metric the other holds only negative ratios).
+    ``estimate`` is reported as given (NaN when ``control_mean == 0``).
+    """
+    if control_mean == 0.0 or math.isnan(estimate):
+        return Interval(estimate=math.nan, lower=math.nan, upper=math.nan, level=level)
+    c2 = critical**2
+    a = control_mean**2 - c2 * control_var_mean
+    half_b = control_mean * treatment_mean
+    c = treatment_mean**2 - c2 * treatment_var_mean
+    disc = half_b**2 - a * c
+    if a == 0.0 or (a < 0.0 and disc <= 0.0):
+        return Interval(estimate=estimate, lower=-math.inf, upper=math.inf, level=level)
+    low, high = sorted(
+        ((half_b - math.sqrt(max(disc, 0.0))) / a, (half_b + math.sqrt(max(disc, 0.0))) / a)
+    )
+    if a > 0.0:
+        return Interval(estimate=estimate, lower=low - 1.0, upper=high - 1.0, level=level)
+    # Two rays (-inf, low] ∪ [high, inf): report the one holding m_t/m_c (for a nonnegative
+    # metric the other holds only negative ratios), unless ρ = 1 lies on the other one.
+    ratio = treatment_mean / control_mean
+    if ratio >= high and not low >= 1.0:
+        return Interval(estimate=estimate, lower=high - 1.0, upper=math.inf, level=level)
+    if ratio <= low and not high <= 1.0:
+        return Interval(estimate=estimate, lower=-math.inf, upper=low - 1.0, level=level)
+    return Interval(estimate=estimate, lower=-math.inf, upper=math.inf, level=level)
