@@ -20,6 +20,7 @@ from scipy import special
 __all__ = [
     "Interval",
     "check_level",
+    "fieller_ratio_interval",
     "fieller_relative_interval",
     "normal_interval",
     "relative_lift_variance",
@@ -107,31 +108,62 @@ def fieller_relative_interval(
 
     ``critical`` is the absolute test's critical value (z, Welch t, or a confidence sequence's
     radius over its standard error), so 0 lies inside the result exactly when the absolute
-    interval ``m_t - m_c ± critical·sqrt(V_t + V_c)`` contains 0. When the control mean is
-    itself not distinguishable from 0 (``m_c² <= critical² V_c``) the set is unbounded: either
-    every ratio (bounds ``-inf`` / ``+inf``, JSON ``null``) or two rays, of which the one holding
-    ``m_t / m_c`` is returned (for a nonnegative metric the other holds only negative ratios).
-    ``estimate`` is reported as given (NaN when ``control_mean == 0``).
+    interval ``m_t - m_c ± critical·sqrt(V_t + V_c)`` contains 0. See `fieller_ratio_interval`
+    for the unbounded cases. ``estimate`` is reported as given (NaN when ``control_mean == 0``).
     """
-    if control_mean == 0.0 or math.isnan(estimate):
+    ratio = fieller_ratio_interval(
+        estimate=estimate + 1.0,
+        numerator=treatment_mean,
+        numerator_var=treatment_var_mean,
+        denominator=control_mean,
+        denominator_var=control_var_mean,
+        critical=critical,
+        null=1.0,
+        level=level,
+    )
+    return Interval(
+        estimate=estimate, lower=ratio.lower - 1.0, upper=ratio.upper - 1.0, level=level
+    )
+
+
+def fieller_ratio_interval(
+    *,
+    estimate: float,
+    numerator: float,
+    numerator_var: float,
+    denominator: float,
+    denominator_var: float,
+    critical: float,
+    null: float,
+    level: float,
+) -> Interval:
+    """Fieller's set of ratios ρ with ``(a - ρ b)² <= critical² (V_a + ρ² V_b)`` for independent
+    estimates a (``numerator``) and b (``denominator``) with variances V_a, V_b.
+
+    At ρ = ``null`` the inequality is the test the caller's p-value comes from, so ``null`` lies
+    in the set exactly when that test does not reject. When b is itself not distinguishable from
+    0 (``b² <= critical² V_b``) the set is unbounded: either every ratio (bounds ``-inf`` /
+    ``+inf``, JSON ``null``) or two rays, of which the one holding ``a / b`` is returned (for
+    nonnegative metrics the other holds only negative ratios) unless ``null`` lies on the other.
+    NaN throughout when ``denominator == 0`` or the estimate is NaN.
+    """
+    if denominator == 0.0 or math.isnan(estimate):
         return Interval(estimate=math.nan, lower=math.nan, upper=math.nan, level=level)
     c2 = critical**2
-    a = control_mean**2 - c2 * control_var_mean
-    half_b = control_mean * treatment_mean
-    c = treatment_mean**2 - c2 * treatment_var_mean
+    a = denominator**2 - c2 * denominator_var
+    half_b = denominator * numerator
+    c = numerator**2 - c2 * numerator_var
     disc = half_b**2 - a * c
+    whole = Interval(estimate=estimate, lower=-math.inf, upper=math.inf, level=level)
     if a == 0.0 or (a < 0.0 and disc <= 0.0):
-        return Interval(estimate=estimate, lower=-math.inf, upper=math.inf, level=level)
-    low, high = sorted(
-        ((half_b - math.sqrt(max(disc, 0.0))) / a, (half_b + math.sqrt(max(disc, 0.0))) / a)
-    )
+        return whole
+    root = math.sqrt(max(disc, 0.0))
+    low, high = sorted(((half_b - root) / a, (half_b + root) / a))
     if a > 0.0:
-        return Interval(estimate=estimate, lower=low - 1.0, upper=high - 1.0, level=level)
-    # Two rays (-inf, low] ∪ [high, inf): report the one holding m_t/m_c (for a nonnegative
-    # metric the other holds only negative ratios), unless ρ = 1 lies on the other one.
-    ratio = treatment_mean / control_mean
-    if ratio >= high and not low >= 1.0:
-        return Interval(estimate=estimate, lower=high - 1.0, upper=math.inf, level=level)
-    if ratio <= low and not high <= 1.0:
-        return Interval(estimate=estimate, lower=-math.inf, upper=low - 1.0, level=level)
-    return Interval(estimate=estimate, lower=-math.inf, upper=math.inf, level=level)
+        return Interval(estimate=estimate, lower=low, upper=high, level=level)
+    ratio = numerator / denominator
+    if ratio >= high and not low >= null:
+        return Interval(estimate=estimate, lower=high, upper=math.inf, level=level)
+    if ratio <= low and not high <= null:
+        return Interval(estimate=estimate, lower=-math.inf, upper=low, level=level)
+    return whole
