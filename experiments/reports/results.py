@@ -73,8 +73,6 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             lift, 80% power, α split over the planned comparisons), never from the data.
         mde: relative effect the report's ``plan`` section plans for (0.1 = +10%).
         power: power the ``plan`` section plans for.
-        cap_percentile: winsorise value metrics at this percentile of the per-unit values of
-            all arms together (e.g. 99); None reports them uncapped.
         ope_max_decisions: above this many logged decisions off-policy evaluation samples units.
         off_policy: compute off-policy estimates; by default only for learning policies (a
             fixed split's variants are compared directly, and the estimates cost a second pass
@@ -94,7 +92,6 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     off_policy: bool | None = None
     mde: Annotated[float, Meta(gt=0.0, le=10.0)] = 0.10
     power: Annotated[float, Meta(ge=0.5, le=0.999)] = 0.8
-    cap_percentile: Annotated[float, Meta(ge=50.0, lt=100.0)] | None = None
 
     def __post_init__(self) -> None:
         if self.end_ms is not None and self.end_ms <= self.start_ms:
