@@ -509,10 +509,10 @@ def import_decisions(
         ("outcomes", outcomes),
     ]
     try:
-        for table, rows in batches:
-            for start in range(0, len(rows), BATCH_ROWS):
+        for table, batch in batches:
+            for start in range(0, len(batch), BATCH_ROWS):
                 token = f"{import_id}:{table}:{start}"
-                event_log.insert(table, rows[start : start + BATCH_ROWS], token)
+                event_log.insert(table, batch[start : start + BATCH_ROWS], token)
     except EventLogUnavailable as exc:
         _undo(event_log, params, exc)
         raise

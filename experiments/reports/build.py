@@ -357,6 +357,7 @@ def report_from_data(
         plan=power_plan(
             next(m for m in metrics if m.role == "primary"),
             experiment.default_variant,
+            [v.key for v in experiment.variants if v.key != experiment.default_variant],
             horizon_units=horizon,
             comparisons=max(sum(len(m.comparisons) for m in metrics), 1),
             level=options.level,

@@ -106,6 +106,7 @@ def more_units_phrase(
 def power_plan(
     primary: MetricReport,
     control_arm: str,
+    variants: list[str],
     *,
     horizon_units: int,
     comparisons: int,
@@ -114,19 +115,21 @@ def power_plan(
     power: float,
 ) -> PowerPlan | None:
     """The report's plan: units the verdict's test needs to detect ``mde`` (relative) on the
-    primary metric's rate at ``power``; None without a control or a variant to compare."""
+    primary metric's rate at ``power``, with ``variants`` the non-control variants; the planning
+    default 5% baseline while control has no units. None without a variant to compare."""
     arms = {a.arm: a for a in primary.arms}
     control = arms.get(control_arm)
-    variants = [c.variant for c in primary.comparisons if c.measure == "conversion_rate"]
-    if control is None or not variants:
+    if not variants:
         return None
-    baseline = _smoothed(control) if control.units > 0 else DEFAULT_BASELINE_RATE
+    baseline = (
+        _smoothed(control) if control is not None and control.units > 0 else DEFAULT_BASELINE_RATE
+    )
     target = baseline * (1.0 + mde)
     if target >= 1.0:
         target = baseline * (1.0 - mde) if mde < 1.0 else baseline / 2.0
     alpha = (1.0 - level) / max(comparisons, 1)
     needed, target = _needed(baseline, target, horizon=horizon_units, alpha=alpha, power=power)
-    have = min([control.units] + [arms[v].units for v in variants if v in arms])
+    have = min(arms[a].units if a in arms else 0 for a in [control_arm, *variants])
     more = max(needed - have, 0) * (len(variants) + 1)
     power_now = (
         sequential_proportion_power(
