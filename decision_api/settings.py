@@ -51,7 +51,7 @@ class EventLogSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     spool_max_bytes: Annotated[int, Meta(ge=1 << 20)] = 1 << 30
     spool_fsync: Literal["always", "batch", "never"] = "batch"
     max_event_age_s: Annotated[int, Meta(ge=60, le=366 * 86400)] = 30 * 86400
-    max_event_lead_s: Annotated[int, Meta(ge=0, le=86400)] = 3600
+    max_event_lead_s: Annotated[int, Meta(ge=0, le=31 * 86400)] = 3600
 
 
 class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -130,6 +130,9 @@ class DemoServer:
             TAILOR_PSEUDONYM_SECRET=secrets.token_hex(16),
             TAILOR_LOG_FORMAT="json",
             TAILOR_LOG_LEVEL="warning",
+            # The demo compresses days into minutes: its newsletter opens are dated in the
+            # simulated days ahead, which a real server refuses beyond an hour from now.
+            TAILOR_EVENT_LOG_MAX_EVENT_LEAD_S=str(31 * 86400),
         )
         return env
 

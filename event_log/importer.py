@@ -19,7 +19,15 @@ column              required  meaning
 ``outcome.<type>``  no        shorthand: an outcome of ``<type>`` with this value, at ``ts``
 ==================  ========  ==================================================================
 
-Every row is validated first; one bad row and nothing is written (`ImportRejected` lists the
+An ``outcome.<type>`` column whose values are all 0 or 1 is a flag: 1 is an outcome, 0 is *no*
+outcome (a 0/1 ``outcome.click`` column used to make every row a click). A type named in
+``zero_outcomes`` keeps its zeros as outcomes of value 0; columns with other values (revenue)
+keep them too. A flag column that is 1 on every row is imported but warned about in the
+summary's ``warnings``: every decision then counts as that outcome.
+
+Every row is validated first (`validate_file`, which a caller creating the experiment from the
+file runs *before* creating it, so a rejected file creates nothing); one bad row and nothing is
+written (`ImportRejected` lists the
 first 100 problems, with row numbers counted from 1, each naming its field). Rows become
 exposures with policy
 ``imported`` (or the caller's name), reason ``policy`` and their propensity — so reports and
@@ -63,9 +71,12 @@ __all__ = [
     "ImportSummary",
     "LoggedDecision",
     "detect_format",
+    "draft_experiment",
+    "flag_columns",
     "import_decisions",
     "infer_spec",
     "read_rows",
+    "validate_file",
     "validate_rows",
 ]
 
@@ -130,6 +141,7 @@ class ImportSummary(msgspec.Struct, frozen=True, kw_only=True):
     outcomes: int
     variants: dict[str, int]
     already_imported: bool = False
+    warnings: tuple[str, ...] = ()
 
 
 def detect_format(path: Path) -> ImportFormat:
@@ -247,7 +259,40 @@ def _check_time(ts_ms: int, now_ms: int, name: str) -> None:
     raise ValueError(f"{name} {when} must be from 2000-01-01 to an hour from now")
 
 
-def _outcomes(raw: Mapping[str, Any], ts_ms: int, now_ms: int) -> list[LoggedOutcome]:
+def _flag_value(value: Any) -> float | None:
+    """0.0 or 1.0 when the cell is a 0/1 number (or its text), else None."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number in (0.0, 1.0) else None
+
+
+def flag_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """``outcome.<type>`` columns whose non-empty cells are all 0 or 1, with their count of 1s.
+
+    Types only (the ``outcome.`` prefix removed); a column with no non-empty cell is left out.
+    """
+    ones: dict[str, int] = {}
+    other: set[str] = set()
+    for raw in rows:
+        for name, value in raw.items():
+            if not name.startswith("outcome.") or value is None or value == "":
+                continue
+            kind = name[len("outcome.") :]
+            flag = _flag_value(value)
+            if flag is None:
+                other.add(kind)
+            else:
+                ones[kind] = ones.get(kind, 0) + int(flag)
+    return {k: v for k, v in ones.items() if k not in other}
+
+
+def _outcomes(
+    raw: Mapping[str, Any], ts_ms: int, now_ms: int, skip_zero: frozenset[str] = frozenset()
+) -> list[LoggedOutcome]:
     out = []
     for i, item in enumerate(_as_list(raw.get("outcomes"), "outcomes")):
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
@@ -258,9 +303,11 @@ def _outcomes(raw: Mapping[str, Any], ts_ms: int, now_ms: int) -> list[LoggedOut
         out.append(LoggedOutcome(type=item["type"], value=value, ts_ms=when))
     for name, value in raw.items():
         if name.startswith("outcome.") and value is not None and value != "":
-            out.append(
-                LoggedOutcome(type=name[len("outcome.") :], value=_number(value, name), ts_ms=ts_ms)
-            )
+            kind = name[len("outcome.") :]
+            number = _number(value, name)
+            if number == 0.0 and kind in skip_zero:
+                continue
+            out.append(LoggedOutcome(type=kind, value=number, ts_ms=ts_ms))
     for o in out:
         if not 1 <= len(o.type) <= 40 or not o.type.replace("_", "").isalnum():
             raise ValueError(f"outcome type {o.type!r} must be 1-40 letters, digits or _")
@@ -283,7 +330,12 @@ def _unit_id(raw: Mapping[str, Any]) -> str:
 
 
 def _decision(
-    raw: Mapping[str, Any], row: int, experiment: Experiment, import_id: str, now_ms: int
+    raw: Mapping[str, Any],
+    row: int,
+    experiment: Experiment,
+    import_id: str,
+    now_ms: int,
+    skip_zero: frozenset[str] = frozenset(),
 ) -> LoggedDecision:
     unit_id = _unit_id(raw)
     try:
@@ -310,7 +362,7 @@ def _decision(
         propensity=propensity,
         decision_id=decision_id,
         context=_context(raw),
-        outcomes=_outcomes(raw, ts_ms, now_ms),
+        outcomes=_outcomes(raw, ts_ms, now_ms, skip_zero),
     )
 
 
@@ -323,20 +375,26 @@ def validate_rows(
     experiment: Experiment,
     import_id: str,
     now_ms: int | None = None,
+    *,
+    zero_outcomes: Sequence[str] = (),
 ) -> list[LoggedDecision]:
     """Every row checked (times against ``now_ms``, the clock by default); the decisions when
     all are valid.
+
+    A 0 in a 0/1 ``outcome.<type>`` column is no outcome unless the type is in
+    ``zero_outcomes``.
 
     Raises:
         ImportRejected: listing the invalid rows (numbered from 1).
     """
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    skip_zero = frozenset(flag_columns(rows)) - frozenset(zero_outcomes)
     decisions: list[LoggedDecision] = []
     errors: list[str] = []
     bad = 0
     for i, raw in enumerate(rows, start=1):
         try:
-            decisions.append(_decision(raw, i, experiment, import_id, now))
+            decisions.append(_decision(raw, i, experiment, import_id, now, skip_zero))
         except ValueError as exc:
             bad += 1
             if len(errors) < MAX_ERRORS:
@@ -402,6 +460,51 @@ SETTINGS mutations_sync = 2
 """
 
 
+def _import_id(experiment: Experiment, data: bytes) -> str:
+    digest = hashlib.sha256(experiment.key.encode() + b"\0" + data).hexdigest()
+    return "import:" + digest[:24]
+
+
+def _flag_warnings(rows: Sequence[Mapping[str, Any]], zero_outcomes: Sequence[str]) -> list[str]:
+    out = []
+    for kind, ones in flag_columns(rows).items():
+        if kind in zero_outcomes:
+            continue
+        filled = sum(1 for raw in rows if raw.get(f"outcome.{kind}") not in (None, ""))
+        if ones == filled == len(rows) and len(rows) > 1:
+            out.append(
+                f"outcome.{kind} is 1 on every one of the {len(rows)} rows: every decision "
+                f"counts as a {kind} — check that this is the column you meant"
+            )
+    return out
+
+
+def draft_experiment(spec: ExperimentSpec) -> Experiment:
+    """The draft an experiment store would create from ``spec`` (version 1), without storing it:
+    to validate a file against the experiment it would create."""
+    spec = spec.normalised()
+    return Experiment(**{f: getattr(spec, f) for f in ExperimentSpec.__struct_fields__})
+
+
+def validate_file(
+    experiment: Experiment,
+    data: bytes,
+    fmt: ImportFormat,
+    *,
+    zero_outcomes: Sequence[str] = (),
+) -> list[LoggedDecision]:
+    """Read and validate a whole file against ``experiment`` without writing anything.
+
+    Raises:
+        ValueError: when the file cannot be read.
+        ImportRejected: when any row is invalid.
+    """
+    rows = read_rows(data, fmt)
+    return validate_rows(
+        rows, experiment, _import_id(experiment, data), zero_outcomes=zero_outcomes
+    )
+
+
 def import_decisions(
     event_log: EventLog,
     experiment: Experiment,
@@ -409,8 +512,12 @@ def import_decisions(
     fmt: ImportFormat,
     *,
     policy: str = "imported",
+    zero_outcomes: Sequence[str] = (),
 ) -> ImportSummary:
     """Validate a file of logged decisions and write them to the event log, all or nothing.
+
+    A 0 in a 0/1 ``outcome.<type>`` column is no outcome unless the type is in
+    ``zero_outcomes``; a 0/1 column that is 1 on every row is warned about.
 
     Raises:
         ValueError: when the file cannot be read or the policy name is not a key.
@@ -419,9 +526,9 @@ def import_decisions(
     """
     if re.fullmatch(KEY_PATTERN, policy) is None:
         raise ValueError(f"policy {policy!r} must match {KEY_PATTERN}")
-    digest = hashlib.sha256(experiment.key.encode() + b"\0" + data).hexdigest()
-    import_id = "import:" + digest[:24]
-    decisions = validate_rows(read_rows(data, fmt), experiment, import_id)
+    import_id = _import_id(experiment, data)
+    rows = read_rows(data, fmt)
+    decisions = validate_rows(rows, experiment, import_id, zero_outcomes=zero_outcomes)
     variants: dict[str, int] = {}
     for d in decisions:
         variants[d.variant] = variants.get(d.variant, 0) + 1
@@ -433,6 +540,7 @@ def import_decisions(
         decisions=len(decisions),
         outcomes=n_outcomes,
         variants=variants,
+        warnings=tuple(_flag_warnings(rows, zero_outcomes)),
     )
     if int(event_log.query(_ALREADY, params)[0][0]) >= len(decisions):
         return msgspec.structs.replace(summary, already_imported=True)
@@ -442,8 +550,8 @@ def import_decisions(
         ("outcomes", outcomes),
     ]
     try:
-        for table, rows in batches:
-            for index, block in enumerate(_blocks(rows, TS_COLUMN[table])):
+        for table, table_rows in batches:
+            for index, block in enumerate(_blocks(table_rows, TS_COLUMN[table])):
                 event_log.insert(table, block, f"{import_id}:{table}:b{index}")
     except EventLogUnavailable as exc:
         _undo(event_log, params, exc)

@@ -28,7 +28,7 @@ import msgspec
 
 from decision_api.settings import Settings
 from experiments.errors import ExperimentError, ExperimentNotFound
-from tailor_contract.definitions import Experiment
+from tailor_contract.definitions import Experiment, ExperimentSpec
 from tailor_contract.errors import EventLogUnavailable
 
 if TYPE_CHECKING:  # the commands import their heavy modules (scipy, pyarrow) when they run
@@ -258,7 +258,15 @@ def _import_via_api(args: argparse.Namespace, fmt: ImportFormat, data: bytes) ->
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Validate a file of logged decisions and load it into an experiment's event log."""
-    from event_log.importer import ImportRejected, detect_format, import_decisions, read_rows
+    from event_log.importer import (
+        ImportRejected,
+        detect_format,
+        draft_experiment,
+        import_decisions,
+        infer_spec,
+        read_rows,
+        validate_file,
+    )
 
     try:
         fmt: ImportFormat = args.format or detect_format(args.file)
@@ -280,7 +288,16 @@ def cmd_import(args: argparse.Namespace) -> int:
                     raise
                 if not settings.redis.url:
                     return _fail("--create needs TAILOR_REDIS_URL (or TAILOR_API_URL)", 2)
-                experiment = asyncio.run(_create(settings, args, read_rows(data, fmt)))
+                rows = read_rows(data, fmt)
+                spec = infer_spec(
+                    rows,
+                    args.experiment,
+                    placement=args.placement,
+                    default_variant=args.default_variant,
+                    primary_metric=args.primary_metric,
+                )
+                validate_file(draft_experiment(spec), data, fmt)  # a bad file creates nothing
+                experiment = asyncio.run(_create(settings, spec))
             summary = import_decisions(log, experiment, data, fmt, policy=args.policy)
         finally:
             log.close()
@@ -292,21 +309,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _create(
-    settings: Settings, args: argparse.Namespace, rows: list[dict[str, Any]]
-) -> Experiment:
+async def _create(settings: Settings, spec: ExperimentSpec) -> Experiment:
     from redis.asyncio import Redis
 
-    from event_log.importer import infer_spec
     from experiments.store import ExperimentStore
 
-    spec = infer_spec(
-        rows,
-        args.experiment,
-        placement=args.placement,
-        default_variant=args.default_variant,
-        primary_metric=args.primary_metric,
-    )
     redis = Redis.from_url(settings.redis.url, decode_responses=True)
     try:
         return await ExperimentStore(redis, settings.redis.key_prefix).create(spec, time.time())

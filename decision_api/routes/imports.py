@@ -6,7 +6,10 @@ that of :mod:`event_log.importer`. This is what ``tailor import`` calls when
 server process may open. Scope ``admin``. ``?create=true`` creates a missing experiment from
 the file (variants inferred; ``default_variant``, ``primary_metric`` and ``placement`` may be
 given). A file with invalid rows is refused whole: 422 with one ``errors`` entry per row
-(``$.rows[<n>]``, n counted from 1). The body limit is the server's
+(``$.rows[<n>]``, n counted from 1) — and with ``create=true`` the experiment is not created
+either (the file is validated against the draft first), so a corrected retry starts afresh.
+``?zero_outcome=<type>`` (repeatable) keeps the zeros of a 0/1 ``outcome.<type>`` column as
+outcomes of value 0; by default a 0 there means no outcome. The body limit is the server's
 (``TAILOR_DECISIONS_MAX_BODY_BYTES``); bigger files load faster directly (``tailor import``
 without ``TAILOR_API_URL``, the server stopped or on a ClickHouse server).
 """
@@ -28,9 +31,11 @@ from decision_api.services import Services
 from event_log.importer import (
     ImportRejected,
     ImportSummary,
+    draft_experiment,
     import_decisions,
     infer_spec,
     read_rows,
+    validate_file,
 )
 from experiments.errors import ExperimentNotFound
 from tailor_contract.definitions import Experiment
@@ -82,9 +87,12 @@ class ImportController(Controller):
         default_variant: FromQuery[str | None] = None,
         primary_metric: FromQuery[str | None] = None,
         placement: FromQuery[str | None] = None,
+        zero_outcome: FromQuery[list[str] | None] = None,
     ) -> Response[Any]:
-        """Validate every row, then write them all (or none)."""
+        """Validate every row, then write them all (or none); create the experiment only for a
+        file that validates."""
         data = await request.body()
+        zeros = tuple(zero_outcome or ())
         experiment: Experiment
         try:
             experiment = await services.store.get(key)
@@ -100,13 +108,24 @@ class ImportController(Controller):
                     default_variant=default_variant,
                     primary_metric=primary_metric,
                 )
+                await asyncio.to_thread(
+                    validate_file, draft_experiment(spec), data, format, zero_outcomes=zeros
+                )
+            except ImportRejected as exc:
+                return _rejected(exc, request)
             except ValueError as exc:
                 raise InvalidInput(str(exc), field="$") from exc
             experiment = await services.store.create(spec, time.time())
             await services.cache.refresh()
         try:
             summary: ImportSummary = await asyncio.to_thread(
-                import_decisions, services.event_log, experiment, data, format, policy=policy
+                import_decisions,
+                services.event_log,
+                experiment,
+                data,
+                format,
+                policy=policy,
+                zero_outcomes=zeros,
             )
         except ImportRejected as exc:
             return _rejected(exc, request)

@@ -6,7 +6,12 @@
 date-time, UTC; ``to`` exclusive, a bare date includes that day), ``segment`` (a context
 attribute captured at exposure), ``metric`` (extra outcome types, repeatable), ``level``,
 ``correction`` (``holm`` | ``bh``), ``horizon_units``, ``window_s``, ``pre_period_s``,
-``off_policy`` (``true``/``false``; default: only for learning policies).
+``off_policy`` (``true``/``false``; default: only for learning policies), ``mde`` and ``power``
+(what the report's ``plan`` section plans for: +10% relative at 80% by default).
+
+``GET /v1/experiments/{key}/plan?mde=0.05&power=0.9`` (scope ``report``) returns just that
+section (:class:`experiments.reports.results.PowerPlan`): about how many more units the
+verdict's always-valid test needs to detect the effect, from the control's observed rate.
 
 ``GET /reports/{key}`` is the HTML page, with the same parameters. A browser cannot attach an
 ``Authorization`` header to a link, so the page also accepts its key once in the URL:
@@ -73,9 +78,13 @@ def _options(
     window_s: int | None,
     pre_period_s: int | None,
     off_policy: bool | None,
+    mde: float | None = None,
+    power: float | None = None,
 ) -> ReportOptions:
     try:
         return report_options(
+            mde=mde,
+            power=power,
             start=start,
             end=end,
             segment=segment,
@@ -137,6 +146,30 @@ class ReportController(Controller):
         if format == "text":
             return Response(render_report_text(report), media_type=MediaType.TEXT)
         return Response(report, media_type=MediaType.JSON)
+
+    @get("/{key:str}/plan")
+    async def plan(
+        self,
+        key: FromPath[str],
+        services: NamedDependency[Services],
+        mde: FromQuery[float | None] = None,
+        power: FromQuery[float | None] = None,
+        level: FromQuery[float | None] = None,
+        horizon_units: FromQuery[int | None] = None,
+        start: Annotated[str | None, QueryParameter(name="from")] = None,
+        end: Annotated[str | None, QueryParameter(name="to")] = None,
+    ) -> Response[Any]:
+        """How many more units the verdict's (always-valid) test needs to detect a relative
+        effect ``mde`` on the primary metric at ``power``: the report's ``plan`` section."""
+        options = _options(
+            start, end, None, None, level, None, horizon_units, None, None, False, mde, power
+        )
+        report = await _build(services, key, options)
+        if report.plan is None:
+            raise InvalidInput(
+                "the experiment has no variant to compare with control", field="$.key"
+            )
+        return Response(report.plan, media_type=MediaType.JSON)
 
 
 _LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8">

@@ -24,8 +24,14 @@ estimate only: its uncertainty is the reward model's, which this function does n
 CLT interval on its per-row terms covers the truth far less often than stated (about 10% of the
 time for a 95% interval in our simulations). All intervals need a fair number of rows with
 non-negligible weight: when the effective sample size (Kish) ESS = (Σ w)² / Σ w² is small or
-some propensity is tiny, a few rows dominate, the CLT fails and the result says so in
-``warnings``.
+some importance weight is large (above 1 / ``min_propensity``, i.e. the target relies on a row
+the logging policy chose with a tiny propensity), a few rows dominate, the CLT fails and the
+result says so in ``warnings``. A tiny propensity alone is no problem: evaluating the logging
+policy itself gives every row weight 1.
+
+The value of a policy is a mean reward, so it lies in the reward's range: given
+``reward_range`` (e.g. (0, 1) for a click rate), every interval is clipped to it — a CLT
+interval of a rare click rate would otherwise reach below 0.
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ __all__ = [
     "DEFAULT_MIN_ESS_FRACTION",
     "DEFAULT_MIN_PROPENSITY",
     "OffPolicyEstimate",
+    "clip_to_range",
     "effective_sample_size",
     "evaluate_policy",
     "importance_weights",
+    "large_weight_warning",
 ]
 
 DEFAULT_MIN_PROPENSITY = 0.01
@@ -67,7 +75,8 @@ class OffPolicyEstimate(msgspec.Struct, frozen=True, kw_only=True):
             (π(a_i | x_i) > 0); the overall minimum when there are none.
         max_weight: largest importance weight.
         mean_weight: mean importance weight; near 1 when the propensities are right.
-        low_support: True when the propensities or the ESS are too small to trust IPS/DR.
+        low_support: True when some weight is large (> 1/min_propensity) or the ESS is too
+            small to trust IPS/DR.
             A mean weight far from 1 only adds a warning: it points at wrong propensities.
         warnings: human-readable reasons, empty when none.
     """
@@ -139,6 +148,30 @@ def effective_sample_size(weights: ArrayLike) -> float:
     return float(w.sum()) ** 2 / sum_sq if sum_sq > 0.0 else 0.0
 
 
+def clip_to_range(interval: Interval, reward_range: tuple[float, float] | None) -> Interval:
+    """The interval's bounds clipped to ``reward_range`` = (lowest, highest reward); as is when
+    None or when the bounds are NaN."""
+    if reward_range is None:
+        return interval
+    lo, hi = reward_range
+    return Interval(
+        estimate=interval.estimate,
+        lower=min(max(interval.lower, lo), hi),
+        upper=max(min(interval.upper, hi), lo),
+        level=interval.level,
+    )
+
+
+def large_weight_warning(max_weight: float, min_p: float, min_propensity: float) -> str | None:
+    """The low-support warning when some importance weight exceeds 1 / ``min_propensity``."""
+    if max_weight <= 1.0 / min_propensity:
+        return None
+    return (
+        f"importance weights up to {max_weight:.3g} (logged propensities down to {min_p:.3g}, "
+        f"weights above {1.0 / min_propensity:.3g}) make IPS/DR intervals unreliable"
+    )
+
+
 def _clt_interval(
     estimate: float, terms: NDArray[np.float64], crit: float, level: float
 ) -> Interval:
@@ -158,6 +191,7 @@ def evaluate_policy(
     level: float = 0.95,
     min_propensity: float = DEFAULT_MIN_PROPENSITY,
     min_ess_fraction: float = DEFAULT_MIN_ESS_FRACTION,
+    reward_range: tuple[float, float] | None = None,
 ) -> OffPolicyEstimate:
     """IPS, SNIPS and (with a reward model) DM and DR estimates of a target policy's value.
 
@@ -168,8 +202,9 @@ def evaluate_policy(
         target: target policy probabilities, shape (n, n_actions), rows summing to 1.
         reward_model: predicted reward per row and action, shape (n, n_actions), or None.
         level: interval level.
-        min_propensity: warn when any logged propensity is below it.
+        min_propensity: warn when an importance weight exceeds 1 / min_propensity.
         min_ess_fraction: warn when ESS < min_ess_fraction · n.
+        reward_range: (lowest, highest) possible reward; intervals are clipped to it.
 
     Raises:
         ValueError: on inconsistent shapes or values outside their ranges.
@@ -216,12 +251,10 @@ def evaluate_policy(
             f"mean importance weight {mean_w:.3g} is far from 1 (se {weight_se:.2g}): the logged "
             "propensities may be wrong or the target puts mass on actions never logged"
         )
-    if min_p < min_propensity:
+    large = large_weight_warning(float(w.max()), min_p, min_propensity)
+    if large is not None:
         low_support = True
-        warnings.append(
-            f"min logged propensity {min_p:.3g} < {min_propensity:.3g}: importance weights up to "
-            f"{float(w.max()):.3g} make IPS/DR intervals unreliable"
-        )
+        warnings.append(large)
     if ess < min_ess_fraction * n:
         low_support = True
         warnings.append(
@@ -230,10 +263,12 @@ def evaluate_policy(
         )
     return OffPolicyEstimate(
         n=n,
-        ips=ips,
-        snips=snips,
+        ips=clip_to_range(ips, reward_range),
+        snips=clip_to_range(snips, reward_range),
         direct=direct,
-        doubly_robust=doubly_robust,
+        doubly_robust=(
+            clip_to_range(doubly_robust, reward_range) if doubly_robust is not None else None
+        ),
         effective_sample_size=ess,
         min_propensity=min_p,
         max_weight=float(w.max()),

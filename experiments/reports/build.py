@@ -41,6 +41,7 @@ from experiments.reports.data import (
     fetch_report_data,
 )
 from experiments.reports.off_policy import off_policy
+from experiments.reports.plan import default_horizon_units, planned_comparisons, power_plan
 from experiments.reports.results import (
     ArmSummary,
     Comparison,
@@ -54,9 +55,8 @@ from experiments.reports.results import (
 from experiments.reports.verdict import verdict
 from experiments.statistics.bayesian import beta_binomial_comparison, normal_comparison
 from experiments.statistics.cuped import cuped_lift
-from experiments.statistics.frequentist import mean_lift, proportion_lift
+from experiments.statistics.frequentist import enough_outcomes, mean_lift, proportion_lift
 from experiments.statistics.multiple_testing import AdjustedPValues, benjamini_hochberg, holm
-from experiments.statistics.power import proportion_sample_size
 from experiments.statistics.sequential import sequential_mean_test, sequential_proportion_test
 from experiments.statistics.srm import SrmResult, sample_ratio_mismatch
 from tailor_contract.definitions import Experiment
@@ -72,21 +72,6 @@ __all__ = [
     "report_query",
     "sample_ratio",
 ]
-
-DEFAULT_BASELINE_RATE = 0.05
-DEFAULT_RELATIVE_MDE = 0.10
-
-
-def default_horizon_units(n_arms: int) -> int:
-    """Planned units for the always-valid tests, from a power calculation fixed in advance.
-
-    Units per arm to detect a 10% relative lift on a 5% conversion rate with 80% power at
-    α = 0.05, times the number of arms (at least 2) — never tuned on the data.
-    """
-    per_arm = proportion_sample_size(
-        DEFAULT_BASELINE_RATE, DEFAULT_BASELINE_RATE * (1 + DEFAULT_RELATIVE_MDE)
-    )
-    return per_arm * max(n_arms, 2)
 
 
 def metric_roles(experiment: Experiment, options: ReportOptions) -> list[tuple[str, Role]]:
@@ -184,6 +169,8 @@ def _compare(
 ) -> Comparison:
     c, c_cov = summaries(control, metric, measure)
     t, t_cov = summaries(treatment, metric, measure)
+    c_rate, _ = summaries(control, metric, "conversion_rate")
+    t_rate, _ = summaries(treatment, metric, "conversion_rate")
     if measure == "conversion_rate":
         lift = proportion_lift(c, t, level=level)
         bayes = beta_binomial_comparison(c, t, rng, level=level)
@@ -206,6 +193,7 @@ def _compare(
         fixed_p_adjusted=lift.p_value,
         significant=False,
         direction="unclear",
+        enough_outcomes=enough_outcomes(c_rate, t_rate),
     )
 
 
@@ -268,7 +256,8 @@ def correct_for_multiplicity(
     """Adjust every comparison's p-values (Holm or BH across variants × metrics × measures).
 
     A comparison is ``significant`` when its adjusted always-valid p-value is at most
-    α = 1 - level; its direction is read for the metric's role (guard-rail increases are worse).
+    α = 1 - level and it has enough outcomes (`enough_outcomes`); its direction is the side of 0
+    its confidence sequence lies on, read for the metric's role (guard-rail increases are worse).
     Returns the reports and the adjustment of the always-valid p-values, in report order.
     """
     flat = [c for r in reports for c in r.comparisons]
@@ -282,8 +271,8 @@ def correct_for_multiplicity(
     for report in reports:
         comparisons = []
         for c in report.comparisons:
-            significant = seq.rejected[i]
-            up = c.sequential.absolute.estimate > 0
+            significant = seq.rejected[i] and c.enough_outcomes
+            up = c.sequential.absolute.lower > 0
             good = up if report.role != "guardrail" else not up
             comparisons.append(
                 msgspec.structs.replace(
@@ -331,7 +320,9 @@ def report_from_data(
 ) -> ExperimentReport:
     """Every section of the report from already fetched aggregates (pure computation)."""
     query = data.query
-    horizon = options.horizon_units or default_horizon_units(len(experiment.variants))
+    horizon = options.horizon_units or default_horizon_units(
+        len(experiment.variants), planned_comparisons(experiment), options.level
+    )
     srm = sample_ratio(data, experiment)
     raw_metrics = metric_reports(
         data, experiment, options, horizon_units=horizon, rng=_rng_for(experiment)
@@ -363,6 +354,16 @@ def report_from_data(
         horizon_units=horizon,
         generated_at=_iso(now_ms),
         verdict=verdict(experiment, arms, srm, metrics, uplift_section, options.level),
+        plan=power_plan(
+            next(m for m in metrics if m.role == "primary"),
+            experiment.default_variant,
+            [v.key for v in experiment.variants if v.key != experiment.default_variant],
+            horizon_units=horizon,
+            comparisons=max(sum(len(m.comparisons) for m in metrics), 1),
+            level=options.level,
+            mde=options.mde,
+            power=options.power,
+        ),
         arms=arms,
         sample_ratio=srm,
         metrics=metrics,

@@ -35,6 +35,8 @@ from experiments.off_policy.estimators import (
     DEFAULT_MIN_ESS_FRACTION,
     DEFAULT_MIN_PROPENSITY,
     OffPolicyEstimate,
+    clip_to_range,
+    large_weight_warning,
 )
 from experiments.off_policy.reward_models import DEFAULT_PRIOR_STRENGTH
 from experiments.statistics.intervals import Interval, check_level, z_critical
@@ -170,6 +172,7 @@ def evaluate_constant_target(
     level: float = 0.95,
     min_propensity: float = DEFAULT_MIN_PROPENSITY,
     min_ess_fraction: float = DEFAULT_MIN_ESS_FRACTION,
+    reward_range: tuple[float, float] | None = None,
 ) -> OffPolicyEstimate:
     """IPS, SNIPS, DM and DR of a context-free target π (shape (n_actions,)) from cell sums.
 
@@ -231,6 +234,7 @@ def evaluate_constant_target(
         warnings=warnings,
         min_propensity=min_propensity,
         min_ess_fraction=min_ess_fraction,
+        reward_range=reward_range,
     )
 
 
@@ -242,6 +246,7 @@ def evaluate_logging_policy(
     level: float = 0.95,
     min_propensity: float = DEFAULT_MIN_PROPENSITY,
     min_ess_fraction: float = DEFAULT_MIN_ESS_FRACTION,
+    reward_range: tuple[float, float] | None = None,
 ) -> OffPolicyEstimate:
     """The deployed (logging) policy's value: ``evaluate_policy`` with `logged_policy` rows.
 
@@ -294,6 +299,7 @@ def evaluate_logging_policy(
         warnings=[],
         min_propensity=min_propensity,
         min_ess_fraction=min_ess_fraction,
+        reward_range=reward_range,
     )
 
 
@@ -311,8 +317,9 @@ def _finish(
     warnings: list[str],
     min_propensity: float,
     min_ess_fraction: float,
+    reward_range: tuple[float, float] | None,
 ) -> OffPolicyEstimate:
-    """Support diagnostics and warnings exactly as ``evaluate_policy`` words them."""
+    """Support diagnostics, warnings and clipping exactly as ``evaluate_policy`` does them."""
     ess = sum_w**2 / sum_w_sq if sum_w_sq > 0.0 else 0.0
     mean_w = sum_w / n
     weight_var = max(sum_w_sq - sum_w * sum_w / n, 0.0) / (n - 1)
@@ -323,12 +330,10 @@ def _finish(
             f"mean importance weight {mean_w:.3g} is far from 1 (se {weight_se:.2g}): the logged "
             "propensities may be wrong or the target puts mass on actions never logged"
         )
-    if min_p < min_propensity:
+    large = large_weight_warning(max_w, min_p, min_propensity)
+    if large is not None:
         low_support = True
-        warnings.append(
-            f"min logged propensity {min_p:.3g} < {min_propensity:.3g}: importance weights up to "
-            f"{max_w:.3g} make IPS/DR intervals unreliable"
-        )
+        warnings.append(large)
     if ess < min_ess_fraction * n:
         low_support = True
         warnings.append(
@@ -337,10 +342,12 @@ def _finish(
         )
     return OffPolicyEstimate(
         n=n,
-        ips=ips,
-        snips=snips,
+        ips=clip_to_range(ips, reward_range),
+        snips=clip_to_range(snips, reward_range),
         direct=direct,
-        doubly_robust=doubly_robust,
+        doubly_robust=(
+            clip_to_range(doubly_robust, reward_range) if doubly_robust is not None else None
+        ),
         effective_sample_size=ess,
         min_propensity=min_p,
         max_weight=max_w,

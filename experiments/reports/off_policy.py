@@ -5,7 +5,8 @@ and the rewards the experiment's rules give them, it estimates the value — mea
 decision — of the deployed policy, the uniform policy and every "always variant X" policy, with
 IPS, SNIPS and doubly robust estimates (the reward model: shrunk cell means over the report's
 segment and the variant), their intervals, the effective sample size and the estimators' support
-warnings. See :mod:`experiments.reports.cells` for the arithmetic.
+warnings. Intervals are clipped to the reward's range ``[min_reward, max_reward]``. See
+:mod:`experiments.reports.cells` for the arithmetic.
 """
 
 from __future__ import annotations
@@ -60,17 +61,24 @@ def off_policy(
         return None
     n_actions = len(experiment.variants)
     model = reward_table(cells, n_actions)
+    bounds = (experiment.reward.min_reward, experiment.reward.max_reward)
     policies = [
         PolicyValue(
             policy="deployed",
             description=f"the logged decisions' own policy ({policy_kind(experiment)})",
-            estimate=evaluate_logging_policy(cells, n_actions, reward_model=model, level=level),
+            estimate=evaluate_logging_policy(
+                cells, n_actions, reward_model=model, level=level, reward_range=bounds
+            ),
         ),
         PolicyValue(
             policy="uniform",
             description="every variant with equal probability",
             estimate=evaluate_constant_target(
-                cells, np.full(n_actions, 1.0 / n_actions), reward_model=model, level=level
+                cells,
+                np.full(n_actions, 1.0 / n_actions),
+                reward_model=model,
+                level=level,
+                reward_range=bounds,
             ),
         ),
     ]
@@ -80,7 +88,11 @@ def off_policy(
                 policy=f"always:{variant.key}",
                 description=f"always {variant.key}",
                 estimate=evaluate_constant_target(
-                    cells, np.eye(n_actions)[i], reward_model=model, level=level
+                    cells,
+                    np.eye(n_actions)[i],
+                    reward_model=model,
+                    level=level,
+                    reward_range=bounds,
                 ),
             )
         )

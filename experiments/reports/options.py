@@ -4,6 +4,7 @@
 (``2024-05-01T12:00:00Z``; no zone means UTC); ``to`` is exclusive, and a bare date as ``to``
 includes that whole day. ``metric`` may repeat. ``correction`` is ``holm`` or ``bh``.
 ``off_policy`` forces off-policy estimates on or off (default: on for learning policies).
+``mde`` (relative, 0.1 = +10%) and ``power`` set what the report's ``plan`` section plans for.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def report_options(
     window_s: int | None = None,
     pre_period_s: int | None = None,
     off_policy: bool | None = None,
+    mde: float | None = None,
+    power: float | None = None,
 ) -> ReportOptions:
     """Validated options; unset parameters keep their defaults.
 
@@ -98,6 +101,8 @@ def report_options(
         ("window_s", window_s),
         ("pre_period_s", pre_period_s),
         ("off_policy", off_policy),
+        ("mde", mde),
+        ("power", power),
     ):
         if value is not None:
             raw[name] = value
@@ -115,6 +120,8 @@ def report_options(
             ("horizon_units", "horizon_units"),
             ("window_s", "window_s"),
             ("pre_period_s", "pre_period_s"),
+            ("mde", "mde"),
+            ("power", "power"),
         ):
             if f"$.{name}" in message or message.startswith(wire):
                 field = f"$.{wire}"

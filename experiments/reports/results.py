@@ -32,6 +32,7 @@ __all__ = [
     "MetricReport",
     "OffPolicySection",
     "PolicyValue",
+    "PowerPlan",
     "ReportOptions",
     "ReportWindow",
     "SegmentComparison",
@@ -68,7 +69,10 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         correction: multiple-testing correction across variants × metrics.
         horizon_units: planned units (all arms) where the always-valid intervals are tightest;
             set it before the experiment starts — the default comes from a power calculation
-            (5% baseline conversion, 10% relative lift, 80% power), never from the data.
+            for the always-valid test the verdict uses (5% baseline conversion, 10% relative
+            lift, 80% power, α split over the planned comparisons), never from the data.
+        mde: relative effect the report's ``plan`` section plans for (0.1 = +10%).
+        power: power the ``plan`` section plans for.
         ope_max_decisions: above this many logged decisions off-policy evaluation samples units.
         off_policy: compute off-policy estimates; by default only for learning policies (a
             fixed split's variants are compared directly, and the estimates cost a second pass
@@ -86,6 +90,8 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     horizon_units: Annotated[int, Meta(ge=2)] | None = None
     ope_max_decisions: Annotated[int, Meta(ge=1000)] = 1_000_000
     off_policy: bool | None = None
+    mde: Annotated[float, Meta(gt=0.0, le=10.0)] = 0.10
+    power: Annotated[float, Meta(ge=0.5, le=0.999)] = 0.8
 
     def __post_init__(self) -> None:
         if self.end_ms is not None and self.end_ms <= self.start_ms:
@@ -131,6 +137,9 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     ``lift`` is the fixed-horizon test (valid at one planned look), ``sequential`` the
     always-valid one (valid however often the report is read) that decides ``significant`` after
     the multiple-testing correction; ``cuped`` appears when a pre-period covariate exists.
+    ``significant`` also needs ``enough_outcomes``: at least 10 converting and 10
+    non-converting units in the two arms together
+    (`experiments.statistics.frequentist.enough_outcomes`).
     """
 
     variant: str
@@ -145,6 +154,7 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     fixed_p_adjusted: float
     significant: bool
     direction: Direction
+    enough_outcomes: bool = True
 
 
 class MetricReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -249,6 +259,46 @@ class OffPolicySection(msgspec.Struct, frozen=True, kw_only=True):
     warnings: list[str]
 
 
+class PowerPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """How many more units the verdict's test needs to detect an effect on the primary metric.
+
+    Planned for the always-valid test with the report's horizon, at α / ``comparisons`` (Holm's
+    first step over the report's family). ``units_per_arm_needed`` is per compared arm;
+    ``more_units`` is what all variant arms still need together (0 when there already).
+
+    Attributes:
+        metric: the primary metric.
+        test: the test planned for: the verdict's always-valid test.
+        baseline_rate: control's observed rate, or the planning default (5%) before it has one.
+        effect: absolute rate increase to detect.
+        relative_effect: the same relative to the baseline.
+        power: target power.
+        alpha: level per comparison (1 - level, divided by ``comparisons``).
+        comparisons: size of the multiple-testing family.
+        horizon_units: the always-valid test's horizon.
+        units_per_arm_needed: units per arm at which the power is reached.
+        units_per_arm: units in the smallest compared arm so far.
+        more_units: about this many more units (all variant arms) to reach the power.
+        power_now: the test's power for this effect at the current size.
+        sentence: the plan in words.
+    """
+
+    metric: str
+    test: Literal["always_valid"] = "always_valid"
+    baseline_rate: float
+    effect: float
+    relative_effect: float
+    power: float
+    alpha: float
+    comparisons: int
+    horizon_units: int
+    units_per_arm_needed: int
+    units_per_arm: int
+    more_units: int
+    power_now: float
+    sentence: str
+
+
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     """The plain-language reading of the report."""
 
@@ -275,6 +325,7 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     horizon_units: int
     generated_at: str
     verdict: Verdict
+    plan: PowerPlan | None
     arms: list[ArmSummary]
     sample_ratio: SrmResult | None
     metrics: list[MetricReport]

@@ -6,13 +6,21 @@ problem". "Beats" / "is worse than" needs the always-valid test to reject after 
 multiple-testing correction, so the verdict can be read every day; its interval is that test's
 confidence sequence. A sample-ratio mismatch overrides everything (the numbers cannot be
 trusted), and a guard-rail harm is called out before a win.
+
+A comparison that is not significant yet but leans one way (chance to beat ≥ 95% or ≤ 5%) is not
+read as "no clear difference" or "no significant harm": the sentence says which way it leans and
+about how many more units the always-valid test needs to confirm a difference that size at 80%
+power (`experiments.reports.plan.more_units_phrase`). Too few outcomes to call anything
+(`experiments.statistics.frequentist.enough_outcomes`) is said as such.
 """
 
 from __future__ import annotations
 
 import math
 
+from experiments.reports.plan import more_units_phrase
 from experiments.reports.results import (
+    ArmMetric,
     ArmSummary,
     Comparison,
     MetricReport,
@@ -23,7 +31,11 @@ from experiments.reports.results import (
 from experiments.statistics.srm import SrmResult
 from tailor_contract.definitions import Experiment
 
-__all__ = ["format_chance", "format_points", "verdict"]
+__all__ = ["LEAN", "format_chance", "format_points", "verdict"]
+
+LEAN = 0.95
+"""Posterior chance to beat (or its complement) from which a non-significant comparison is read
+as leaning one way rather than as "no clear difference"."""
 
 
 def _decimals(x: float) -> int:
@@ -57,14 +69,45 @@ def format_chance(p: float) -> str:
     return f"{p:.0%}"
 
 
-def _sentence(c: Comparison, metric: str, level: float, family: int) -> str:
+def _arm(report: MetricReport, arm: str) -> ArmMetric | None:
+    return next((a for a in report.arms if a.arm == arm), None)
+
+
+def _not_yet(c: Comparison, report: MetricReport, level: float, family: int) -> str:
+    """Why a leaning comparison is not called, and what would settle it."""
+    if not c.enough_outcomes:
+        return (
+            "too few outcomes to call (needs 10 converting and 10 non-converting units over "
+            "both arms)"
+        )
+    control, treatment = _arm(report, c.control), _arm(report, c.variant)
+    if control is None or treatment is None:
+        return "not significant yet"
+    phrase = more_units_phrase(
+        control,
+        treatment,
+        horizon_units=c.sequential.horizon_units,
+        alpha=(1.0 - level) / max(family, 1),
+    )
+    return f"not significant yet; {phrase}"
+
+
+def _sentence(c: Comparison, report: MetricReport, level: float, family: int) -> str:
+    metric = report.metric
     a = c.sequential.absolute
     numbers = format_points(a.estimate, a.lower, a.upper, level)
-    chance = format_chance(c.bayesian.chance_to_beat_control)
-    if c.significant and a.estimate > 0:
+    p_beat = c.bayesian.chance_to_beat_control
+    chance = format_chance(p_beat)
+    if c.significant and c.direction != "unclear" and a.lower > 0:
         lead = f"{c.variant} beats {c.control} on {metric}"
     elif c.significant:
         lead = f"{c.variant} is worse than {c.control} on {metric}"
+    elif p_beat >= LEAN or p_beat <= 1.0 - LEAN:
+        word = "leads" if p_beat >= LEAN else "trails"
+        return (
+            f"{c.variant} {word} {c.control} on {metric}: {numbers}, chance to beat {chance}; "
+            f"{_not_yet(c, report, level, family)}"
+        )
     elif family > 1 and (a.lower > 0 or a.upper < 0):
         lead = (
             f"No clear difference between {c.variant} and {c.control} on {metric} yet "
@@ -89,10 +132,17 @@ def _srm_phrase(srm: SrmResult | None) -> str:
 
 
 def _best(comparisons: list[Comparison]) -> Comparison:
-    winners = [c for c in comparisons if c.significant and c.sequential.absolute.estimate > 0]
+    winners = [c for c in comparisons if c.significant and c.sequential.absolute.lower > 0]
     if winners:
         return max(winners, key=lambda c: c.sequential.absolute.estimate)
     return max(comparisons, key=lambda c: c.bayesian.chance_to_beat_control)
+
+
+def _guardrail_numbers(c: Comparison, level: float) -> str:
+    a = c.sequential.absolute
+    if c.measure == "conversion_rate":
+        return format_points(a.estimate, a.lower, a.upper, level)
+    return _format_value(a.estimate, a.lower, a.upper, level)
 
 
 def _guardrail_harms(metrics: list[MetricReport], level: float) -> list[str]:
@@ -103,14 +153,28 @@ def _guardrail_harms(metrics: list[MetricReport], level: float) -> list[str]:
         for c in report.comparisons:
             if c.direction != "worse":
                 continue
-            a = c.sequential.absolute
-            numbers = (
-                format_points(a.estimate, a.lower, a.upper, level)
-                if c.measure == "conversion_rate"
-                else _format_value(a.estimate, a.lower, a.upper, level)
-            )
             what = report.metric if c.measure == "conversion_rate" else f"{report.metric} value"
-            out.append(f"Guard-rail {what}: {c.variant} raises it ({numbers})")
+            out.append(f"Guard-rail {what}: {c.variant} raises it ({_guardrail_numbers(c, level)})")
+    return out
+
+
+def _guardrail_leans(metrics: list[MetricReport], level: float, family: int) -> list[str]:
+    """Guard-rail rates that probably rose (chance ≥ LEAN) without being significant yet."""
+    out = []
+    for report in metrics:
+        if report.role != "guardrail":
+            continue
+        for c in report.comparisons:
+            if c.significant or c.measure != "conversion_rate":
+                continue
+            if c.bayesian.chance_to_beat_control < LEAN:
+                continue
+            out.append(
+                f"Guard-rail {report.metric}: {c.variant} probably raises it "
+                f"({_guardrail_numbers(c, level)}, chance of an increase "
+                f"{format_chance(c.bayesian.chance_to_beat_control)}); "
+                f"{_not_yet(c, report, level, family)}"
+            )
     return out
 
 
@@ -156,9 +220,9 @@ def verdict(
         )
     best = _best(rate_comparisons)
     family = sum(len(m.comparisons) for m in metrics)
-    headline = f"{_sentence(best, primary.metric, level, family)}; {srm_text}."
+    headline = f"{_sentence(best, primary, level, family)}; {srm_text}."
     details = [
-        _sentence(c, primary.metric, level, family) + "." for c in rate_comparisons if c is not best
+        _sentence(c, primary, level, family) + "." for c in rate_comparisons if c is not best
     ]
     for c in primary.comparisons:
         if c.measure == "value_per_unit":
@@ -169,8 +233,9 @@ def verdict(
                 f"{' (significant)' if c.significant else ''}."
             )
     harms = _guardrail_harms(metrics, level)
-    details += [h + "." for h in harms]
-    if not harms and any(m.role == "guardrail" for m in metrics):
+    leans = _guardrail_leans(metrics, level, family)
+    details += [h + "." for h in harms + leans]
+    if not harms and not leans and any(m.role == "guardrail" for m in metrics):
         details.append("Guard-rails: no significant harm.")
     details += [s + "." for s in _uplift_sentences(uplift, primary.metric, level)]
     details.append(
@@ -183,7 +248,7 @@ def verdict(
     elif harms:
         status = "guardrail_harm"
     elif best.significant:
-        status = "winner" if best.sequential.absolute.estimate > 0 else "loser"
+        status = "winner" if best.sequential.absolute.lower > 0 else "loser"
     else:
         status = "no_difference"
     return Verdict(status=status, headline=headline, details=details)

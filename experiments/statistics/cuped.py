@@ -18,13 +18,23 @@ From the sums of `experiments.statistics.summaries.CupedSummary`:
 `experiments.statistics.frequentist.lift_from_moments`.
 
 Estimating θ on the same data adds an O(1/n) bias, negligible at report sizes (Deng et al. 2013).
+
+The relative lift is the adjusted difference over the *unadjusted* control mean, Δ_cv / ȳ_c
+(Deng et al. 2013), not the ratio of the adjusted means: one unit with a large pre-period value
+and a huge order can push θ into the hundreds and the adjusted control mean below 0, and the
+ratio of adjusted means then had the opposite sign of the lift. Its interval is Fieller's set
+{r : (Δ_cv - r ȳ_c)² <= t² (V_Δ + r² V_c)}, which at r = 0 is the adjusted Welch test, so it
+excludes 0 exactly when the p-value is below α.
 """
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from experiments.statistics.frequentist import LiftResult, lift_from_moments, mean_lift
+from experiments.statistics.intervals import Interval, fieller_ratio_interval
 from experiments.statistics.summaries import CupedSummary
 
 __all__ = ["CupedResult", "cuped_lift", "cuped_theta"]
@@ -35,7 +45,8 @@ class CupedResult(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         theta: the pooled regression coefficient of y on x.
-        adjusted: lift, intervals and p-value on the adjusted metric.
+        adjusted: lift, intervals and p-value on the adjusted metric; its relative lift is
+            Δ_cv over the unadjusted control mean.
         unadjusted: the plain Welch comparison of the same data.
         variance_reduction: 1 - Var(adjusted lift) / Var(unadjusted lift); ≈ ρ² for large n.
     """
@@ -67,6 +78,25 @@ def _adjusted_variance(summary: CupedSummary, theta: float) -> float:
     return max(variance, 0.0)
 
 
+def _relative(adjusted: LiftResult, control: CupedSummary, level: float) -> Interval:
+    """Δ_cv / ȳ_c with Fieller's interval at the adjusted test's critical value."""
+    a, se = adjusted.absolute, adjusted.standard_error
+    y_bar = control.metric.mean
+    if y_bar == 0.0 or se == 0.0:
+        estimate = a.estimate / y_bar if y_bar != 0.0 else math.nan
+        return Interval(estimate=estimate, lower=estimate, upper=estimate, level=level)
+    return fieller_ratio_interval(
+        estimate=a.estimate / y_bar,
+        numerator=a.estimate,
+        numerator_var=se**2,
+        denominator=y_bar,
+        denominator_var=control.metric.variance / control.n,
+        critical=(a.upper - a.estimate) / se,
+        null=0.0,
+        level=level,
+    )
+
+
 def cuped_lift(
     control: CupedSummary, treatment: CupedSummary, *, level: float = 0.95
 ) -> CupedResult:
@@ -93,6 +123,7 @@ def cuped_lift(
         method="cuped_welch_t",
     )
     unadjusted = mean_lift(control.metric, treatment.metric, level=level)
+    adjusted = msgspec.structs.replace(adjusted, relative=_relative(adjusted, control, level))
     if unadjusted.standard_error > 0.0:
         reduction = 1.0 - (adjusted.standard_error / unadjusted.standard_error) ** 2
     else:

@@ -3,6 +3,11 @@
 An `Interval` is an estimate with a two-sided interval at a stated level: a confidence interval,
 a Bayesian credible interval, or a time-uniform confidence sequence, depending on the producer
 (the producing Struct's field names say which).
+
+Relative lifts use Fieller's construction (`fieller_relative_interval`): the ratios ρ = m_t/m_c
+whose difference m_t - ρ m_c the absolute test would *not* reject. At ρ = 1 that is exactly the
+absolute test, so a relative interval excludes 0 if and only if the absolute one does and the
+p-value is below α — one method behind the interval and the p-value.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from scipy import special
 __all__ = [
     "Interval",
     "check_level",
+    "fieller_ratio_interval",
+    "fieller_relative_interval",
     "normal_interval",
     "relative_lift_variance",
     "two_sided_normal_p",
@@ -84,3 +91,79 @@ def relative_lift_variance(
         treatment_var_mean / control_mean**2
         + treatment_mean**2 * control_var_mean / control_mean**4
     )
+
+
+def fieller_relative_interval(
+    *,
+    estimate: float,
+    control_mean: float,
+    control_var_mean: float,
+    treatment_mean: float,
+    treatment_var_mean: float,
+    critical: float,
+    level: float,
+) -> Interval:
+    """Fieller's interval for ``m_t / m_c - 1``: every ρ - 1 with
+    ``(m_t - ρ m_c)² <= critical² (V_t + ρ² V_c)``.
+
+    ``critical`` is the absolute test's critical value (z, Welch t, or a confidence sequence's
+    radius over its standard error), so 0 lies inside the result exactly when the absolute
+    interval ``m_t - m_c ± critical·sqrt(V_t + V_c)`` contains 0. See `fieller_ratio_interval`
+    for the unbounded cases. ``estimate`` is reported as given (NaN when ``control_mean == 0``).
+    """
+    ratio = fieller_ratio_interval(
+        estimate=estimate + 1.0,
+        numerator=treatment_mean,
+        numerator_var=treatment_var_mean,
+        denominator=control_mean,
+        denominator_var=control_var_mean,
+        critical=critical,
+        null=1.0,
+        level=level,
+    )
+    return Interval(
+        estimate=estimate, lower=ratio.lower - 1.0, upper=ratio.upper - 1.0, level=level
+    )
+
+
+def fieller_ratio_interval(
+    *,
+    estimate: float,
+    numerator: float,
+    numerator_var: float,
+    denominator: float,
+    denominator_var: float,
+    critical: float,
+    null: float,
+    level: float,
+) -> Interval:
+    """Fieller's set of ratios ρ with ``(a - ρ b)² <= critical² (V_a + ρ² V_b)`` for independent
+    estimates a (``numerator``) and b (``denominator``) with variances V_a, V_b.
+
+    At ρ = ``null`` the inequality is the test the caller's p-value comes from, so ``null`` lies
+    in the set exactly when that test does not reject. When b is itself not distinguishable from
+    0 (``b² <= critical² V_b``) the set is unbounded: either every ratio (bounds ``-inf`` /
+    ``+inf``, JSON ``null``) or two rays, of which the one holding ``a / b`` is returned (for
+    nonnegative metrics the other holds only negative ratios) unless ``null`` lies on the other.
+    NaN throughout when ``denominator == 0`` or the estimate is NaN.
+    """
+    if denominator == 0.0 or math.isnan(estimate):
+        return Interval(estimate=math.nan, lower=math.nan, upper=math.nan, level=level)
+    c2 = critical**2
+    a = denominator**2 - c2 * denominator_var
+    half_b = denominator * numerator
+    c = numerator**2 - c2 * numerator_var
+    disc = half_b**2 - a * c
+    whole = Interval(estimate=estimate, lower=-math.inf, upper=math.inf, level=level)
+    if a == 0.0 or (a < 0.0 and disc <= 0.0):
+        return whole
+    root = math.sqrt(max(disc, 0.0))
+    low, high = sorted(((half_b - root) / a, (half_b + root) / a))
+    if a > 0.0:
+        return Interval(estimate=estimate, lower=low, upper=high, level=level)
+    ratio = numerator / denominator
+    if ratio >= high and not low >= null:
+        return Interval(estimate=estimate, lower=high, upper=math.inf, level=level)
+    if ratio <= low and not high <= null:
+        return Interval(estimate=estimate, lower=-math.inf, upper=low, level=level)
+    return whole

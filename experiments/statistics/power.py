@@ -1,4 +1,4 @@
-"""Power, minimum detectable effect and sample size for the fixed-horizon tests.
+"""Power, minimum detectable effect and sample size: fixed-horizon and always-valid tests.
 
 All under the normal approximation used by `experiments.statistics.frequentist` (unpooled standard
 error,
@@ -12,6 +12,20 @@ detectable effect (MDE) at power 1-β is (z_{1-α/2} + z_{1-β}) · se, which ig
 (< 1e-6 at usual settings); for rates σ_t² = p_t(1-p_t) depends on the effect, so the MDE is the
 root of power(d) = 1-β found by Brent's method. Welch's t has slightly less power than the normal
 below a few dozen units per group; at report sizes the difference is nil.
+
+The verdict decides with the always-valid test (`experiments.statistics.sequential`), so plans
+are made for *that* test (``sequential_*``). With n units per compared arm and a planned horizon
+N*, τ²/V = r = 2n·k/N* and the test rejects when |d|/se exceeds
+c(r) = sqrt((1 + r)/r · (2 log(1/α) + log(1 + r))), so its power at n is
+
+    Φ(|d|/se - c) + Φ(-|d|/se - c),
+
+the fixed formula with c in place of z_{1-α/2}. This counts a rejection at the look at n only;
+reading the report more often only adds chances to reject (the false-positive rate stays ≤ α),
+so it is a lower bound on the power of a report read every day. At the horizon of an A/B test
+(r = k) c² = 1 + k, about 3.03 at α = 0.05 against 1.96, so for the same power the always-valid
+test needs about 1.9 times the units of the fixed test. ``alpha`` is the level each comparison
+is tested at: with m comparisons in the report's family, Holm's first step tests at α/m.
 """
 
 from __future__ import annotations
@@ -27,6 +41,9 @@ __all__ = [
     "proportion_mde",
     "proportion_power",
     "proportion_sample_size",
+    "sequential_horizon_units",
+    "sequential_proportion_power",
+    "sequential_units_needed",
 ]
 
 
@@ -199,3 +216,118 @@ def mean_sample_size(
         raise ValueError(f"sd == {sd}, must be > 0")
     z = float(special.ndtri(1.0 - alpha / 2.0) + special.ndtri(power))
     return math.ceil(2.0 * z**2 * sd**2 / effect**2)
+
+
+def _sequential_critical(units_per_arm: float, horizon_units: float, alpha: float) -> float:
+    k = _mixture_ratio(alpha)
+    r = 2.0 * units_per_arm * k / horizon_units
+    return math.sqrt((1.0 + r) / r * (2.0 * math.log(1.0 / alpha) + math.log1p(r)))
+
+
+def _mixture_ratio(alpha: float) -> float:
+    """k = τ²/V at the horizon: the root of k = 2 log(1/α) + log(1 + k)."""
+    two_log = 2.0 * math.log(1.0 / alpha)
+    k = two_log
+    for _ in range(60):
+        k = two_log + math.log1p(k)
+    return k
+
+
+def sequential_proportion_power(
+    p_control: float,
+    p_treatment: float,
+    units_per_arm: float,
+    *,
+    horizon_units: float,
+    alpha: float = 0.05,
+) -> float:
+    """Power of the always-valid rate test read at ``units_per_arm`` units in each compared arm.
+
+    Φ(|d|/se - c) + Φ(-|d|/se - c) with se = sqrt((p_c(1-p_c) + p_t(1-p_t)) / n) and
+    c = c(2n·k/N*) (module docstring): a lower bound for a report read more often.
+
+    Raises:
+        ValueError: on rates outside (0, 1), a group with < 1 unit, a horizon < 2 or a bad alpha.
+    """
+    _check_alpha_power(alpha)
+    _check_rate("p_control", p_control)
+    _check_rate("p_treatment", p_treatment)
+    _check_n(units_per_arm, units_per_arm)
+    if horizon_units < 2:
+        raise ValueError(f"horizon_units == {horizon_units}, must be >= 2")
+    se = math.sqrt((p_control * (1 - p_control) + p_treatment * (1 - p_treatment)) / units_per_arm)
+    c = _sequential_critical(units_per_arm, horizon_units, alpha)
+    shift = abs(p_treatment - p_control) / se
+    return float(special.ndtr(shift - c) + special.ndtr(-shift - c))
+
+
+def sequential_horizon_units(
+    p_control: float,
+    p_treatment: float,
+    *,
+    arms: int = 2,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> int:
+    """Planned total units N* (all ``arms``, equal split) at which the always-valid rate test
+    reaches ``power`` for p_control vs p_treatment, with N* also setting its mixture.
+
+    At N* each compared pair holds 2N*/arms units, so r = 2k/arms and c is fixed; then
+    n = (c + z_{1-β})² (p_c(1-p_c) + p_t(1-p_t)) / (p_t - p_c)² per arm and N* = arms · n.
+
+    Raises:
+        ValueError: on rates outside (0, 1), equal rates, fewer than 2 arms or bad alpha/power.
+    """
+    _check_alpha_power(alpha, power)
+    _check_rate("p_control", p_control)
+    _check_rate("p_treatment", p_treatment)
+    if p_control == p_treatment:
+        raise ValueError("p_treatment == p_control: no effect to detect")
+    if arms < 2:
+        raise ValueError(f"arms == {arms}, must be >= 2")
+    c = _sequential_critical(1.0, arms, alpha)  # r = 2·1·k/arms
+    var = p_control * (1 - p_control) + p_treatment * (1 - p_treatment)
+    per_arm = math.ceil(
+        (c + float(special.ndtri(power))) ** 2 * var / (p_treatment - p_control) ** 2
+    )
+    return per_arm * arms
+
+
+def sequential_units_needed(
+    p_control: float,
+    p_treatment: float,
+    *,
+    horizon_units: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> int:
+    """Units per compared arm at which the always-valid rate test, with its horizon already
+    fixed at ``horizon_units``, reaches ``power`` for p_control vs p_treatment.
+
+    The power grows with n (c(r) grows only like sqrt(log n) past the horizon), so the root is
+    found by bisection on whole units.
+
+    Raises:
+        ValueError: on invalid inputs.
+    """
+    _check_alpha_power(alpha, power)
+
+    def enough(n: int) -> bool:
+        return (
+            sequential_proportion_power(
+                p_control, p_treatment, n, horizon_units=horizon_units, alpha=alpha
+            )
+            >= power
+        )
+
+    low, high = 1, 2
+    while not enough(high):
+        low, high = high, high * 2
+        if high > 10**13:
+            raise ValueError(
+                f"no sample size reaches power {power} for {p_control} vs {p_treatment}"
+            )
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return low if enough(low) else high

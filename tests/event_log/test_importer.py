@@ -240,3 +240,54 @@ def test_an_import_over_many_years_loads_every_row(event_log: ClickHouseEventLog
         (150, 150)
     ]
     assert event_log.query("SELECT count() FROM outcomes FINAL") == [(150,)]
+
+
+def _flag_rows(values: Sequence[int]) -> list[dict[str, Any]]:
+    return [
+        {
+            "unit_id": f"f{i}",
+            "ts": f"2024-03-01T10:00:{i:02d}Z",
+            "variant": "red" if i % 2 else "green",
+            "propensity": 0.5,
+            "outcome.click": v,
+        }
+        for i, v in enumerate(values)
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_zero_in_a_flag_column_is_no_outcome(event_log: ClickHouseEventLog, fmt: str) -> None:
+    """Regression: a 0/1 outcome.click column made every row a click (conversion 1.0). A 0 there
+    is no outcome: 4 clicks of 10 rows give a click rate of 0.4 in the report."""
+    values = [1, 0, 0, 1, 0, 0, 1, 0, 1, 0]
+    summary = import_decisions(event_log, EXPERIMENT, _encode(_flag_rows(values), fmt), fmt)  # type: ignore[arg-type]
+    assert (summary.decisions, summary.outcomes, summary.warnings) == (10, 4, ())
+    assert event_log.query("SELECT count(), min(value) FROM outcomes") == [(4, 1.0)]
+    report = build_report(event_log, EXPERIMENT, ReportOptions(), now_ms=1_800_000_000_000)
+    click = report.metrics[0]
+    assert sum(a.converters for a in click.arms) == 4
+    assert sum(a.units for a in click.arms) == 10
+
+
+def test_zero_outcomes_keeps_declared_zeros(event_log: ClickHouseEventLog) -> None:
+    """Declared with zero_outcomes, the zeros of a flag column are outcomes of value 0; a column
+    with other values (revenue) always keeps its zeros."""
+    rows = _flag_rows([1, 0, 0])
+    for r, revenue in zip(rows, (0.0, 12.5, 0.0), strict=True):
+        r["outcome.purchase"] = revenue
+    summary = import_decisions(
+        event_log, EXPERIMENT, _encode(rows, "jsonl"), "jsonl", zero_outcomes=("click",)
+    )
+    assert summary.outcomes == 6
+    assert event_log.query(
+        "SELECT type, count(), sum(value) FROM outcomes GROUP BY type ORDER BY type"
+    ) == [("click", 3, 1.0), ("purchase", 3, 12.5)]
+
+
+def test_a_flag_column_that_is_always_one_is_warned_about(event_log: ClickHouseEventLog) -> None:
+    """Every row 1 in a 0/1 column is imported, with a warning that every decision counts as a
+    click (no warning when some row is 0 or empty)."""
+    summary = import_decisions(event_log, EXPERIMENT, _encode(_flag_rows([1] * 6), "csv"), "csv")
+    assert summary.outcomes == 6
+    assert len(summary.warnings) == 1
+    assert summary.warnings[0].startswith("outcome.click is 1 on every one of the 6 rows")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -138,3 +140,30 @@ def test_cuped_needs_two_units_per_group() -> None:
     two = summarize_with_covariate(np.array([1.0, 2.0]), np.array([2.0, 3.0]))
     with pytest.raises(ValueError, match="control n == 1"):
         cuped_lift(one, two)
+
+
+def _outlier_experiment(seed: int) -> tuple[CupedSummary, CupedSummary]:
+    """2,000 units per arm, revenue correlated with the pre-period, treatment +30% on order
+    size, and one treatment unit with a 500 pre-period value and a 300,000 order."""
+    rng = np.random.default_rng(seed)
+    arms = []
+    for shift in (0.0, 0.3):
+        x = rng.binomial(1, 0.3, 2_000) * rng.lognormal(3, 1, 2_000)
+        y = rng.binomial(1, 0.1, 2_000) * rng.lognormal(3 + shift, 1, 2_000) + 0.3 * x
+        arms.append((x, y))
+    (xc, yc), (xt, yt) = arms
+    xt[0], yt[0] = 500.0, 3e5
+    return summarize_with_covariate(yc, xc), summarize_with_covariate(yt, xt)
+
+
+def test_one_outlier_cannot_flip_the_sign_of_the_relative_lift() -> None:
+    """Regression: one revenue outlier drove θ to 51 and the adjusted control mean to -17, and
+    the CUPED relative lift (a ratio of adjusted means) read -1,154% for a +197 lift. Now it is
+    Δ_cv / ȳ_c: same sign as the absolute lift, interval consistent with the p-value."""
+    for seed in range(12):
+        control, treatment = _outlier_experiment(seed)
+        result = cuped_lift(control, treatment)
+        a, r = result.adjusted.absolute, result.adjusted.relative
+        assert math.copysign(1.0, r.estimate) == math.copysign(1.0, a.estimate), seed
+        assert r.estimate == pytest.approx(a.estimate / control.metric.mean, rel=1e-12)
+        assert (result.adjusted.p_value < 0.05) == (not r.contains(0.0)), seed

@@ -233,7 +233,7 @@ def test_rarely_logged_action_triggers_low_support_warnings() -> None:
     assert result.low_support
     assert result.min_propensity == pytest.approx(0.005)
     assert result.effective_sample_size < 0.05 * n
-    assert any("min logged propensity" in w for w in result.warnings)
+    assert any("importance weights up to 200" in w for w in result.warnings)
     assert any("effective sample size" in w for w in result.warnings)
 
 

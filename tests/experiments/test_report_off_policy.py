@@ -128,3 +128,50 @@ def test_bad_inputs_are_refused(
     """Too few decisions, a target that is not a distribution, or actions out of range raise."""
     with pytest.raises(ValueError, match=match):
         evaluate_constant_target(cells, target)
+
+
+def test_deployed_policy_with_tiny_propensities_has_no_support_warning() -> None:
+    """Regression: the low-support warning fired for the deployed policy, whose weights are all
+    1, because some logged propensity was below 0.01. Now it fires only for large weights:
+    not for the deployed policy, yes for "always the rarely logged action" (weights 250)."""
+    rng = np.random.default_rng(10)
+    n = 4_000
+    p = np.where(rng.random(n) < 0.5, 0.004, 0.6)
+    a = np.where(p == 0.004, 1, rng.integers(0, K, n))
+    r = rng.binomial(1, 0.1, n).astype(float)
+    cells = cell_moments(r, p, a, ["s"] * n)
+    deployed = evaluate_logging_policy(cells, K)
+    assert deployed.max_weight == 1.0
+    assert not deployed.low_support and deployed.warnings == ()
+    row_level = evaluate_policy(r, p, a, logged_policy(a, p, K))
+    assert not row_level.low_support and row_level.warnings == ()
+    always_rare = evaluate_constant_target(cells, np.eye(K)[1])
+    assert always_rare.low_support
+    assert any("importance weights up to 250" in w for w in always_rare.warnings)
+
+
+def test_click_rate_intervals_stay_within_the_reward_range() -> None:
+    """Regression: a rare click rate's IPS/SNIPS/DR intervals reached below 0. With the reward
+    range (0, 1) every interval lies within it, from cell sums and from rows alike; without it
+    the CLT interval does go below 0 on these data."""
+    rng = np.random.default_rng(11)
+    n = 300
+    a = rng.integers(0, K, n)
+    p = np.full(n, 1 / K)
+    r = (rng.random(n) < 0.01).astype(float)
+    r[:2] = 1.0
+    cells = cell_moments(r, p, a, ["s"] * n)
+    model = reward_table(cells, K)
+    unclipped = evaluate_constant_target(cells, np.eye(K)[0], reward_model=model)
+    assert unclipped.ips.lower < 0.0
+    for estimate in (
+        evaluate_constant_target(cells, np.eye(K)[0], reward_model=model, reward_range=(0, 1)),
+        evaluate_constant_target(cells, np.full(K, 1 / K), reward_model=model, reward_range=(0, 1)),
+        evaluate_logging_policy(cells, K, reward_model=model, reward_range=(0, 1)),
+        evaluate_policy(r, p, a, constant_policy(n, K, 0), reward_range=(0.0, 1.0)),
+    ):
+        intervals = [estimate.ips, estimate.snips]
+        if estimate.doubly_robust is not None:
+            intervals.append(estimate.doubly_robust)
+        for interval in intervals:
+            assert 0.0 <= interval.lower <= interval.upper <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,16 +13,20 @@ from scipy import stats
 from experiments.reports.breakdowns import MAX_SEGMENTS, daily_series, segment_report, uplift
 from experiments.reports.build import (
     correct_for_multiplicity,
-    default_horizon_units,
     metric_reports,
     report_from_data,
     report_query,
     sample_ratio,
 )
 from experiments.reports.data import ArmGroup, ReportData, ReportQuery, RewardQuery, TypeSums
+from experiments.reports.plan import default_horizon_units, planned_comparisons
 from experiments.reports.results import ReportOptions
 from experiments.statistics.multiple_testing import holm
-from experiments.statistics.power import proportion_sample_size
+from experiments.statistics.power import (
+    proportion_sample_size,
+    sequential_proportion_power,
+    sequential_units_needed,
+)
 from tailor_contract.definitions import Experiment, RewardRule, RewardSpec, Variant
 
 EXPERIMENT = Experiment(
@@ -122,15 +127,16 @@ def _reports(arms: dict[str, Units], options: ReportOptions | None = None) -> li
 
 
 def test_lifts_match_scipy_on_the_units(arms: dict[str, Units]) -> None:
-    """Rate lift is the unpooled two-proportion z, value lift Welch's t (scipy), CUPED the
+    """Rate lift is the Agresti–Caffo two-proportion z, value lift Welch's t (scipy), CUPED the
     regression-adjusted difference with the pooled within-group slope."""
     purchase = _reports(arms)[0]
     rate = next(c for c in purchase.comparisons if c.measure == "conversion_rate")
     a, b = arms["a"], arms["b"]
     pa, pb = (a.y > 0).mean(), (b.y > 0).mean()
-    se = math.sqrt(pa * (1 - pa) / a.y.size + pb * (1 - pb) / b.y.size)
+    qa, qb = ((a.y > 0).sum() + 1) / (a.y.size + 2), ((b.y > 0).sum() + 1) / (b.y.size + 2)
+    se = math.sqrt(qa * (1 - qa) / (a.y.size + 2) + qb * (1 - qb) / (b.y.size + 2))
     assert rate.lift.absolute.estimate == pytest.approx(pb - pa, rel=1e-12)
-    assert rate.lift.p_value == pytest.approx(2 * stats.norm.sf(abs(pb - pa) / se), rel=1e-9)
+    assert rate.lift.p_value == pytest.approx(2 * stats.norm.sf(abs(qb - qa) / se), rel=1e-9)
     value = next(c for c in purchase.comparisons if c.measure == "value_per_unit")
     welch = stats.ttest_ind(b.y, a.y, equal_var=False)
     assert value.lift.p_value == pytest.approx(welch.pvalue, rel=1e-6)
@@ -276,4 +282,101 @@ def test_query_and_horizon_come_from_the_experiment() -> None:
         (True,),
     )
     assert q.end_ms == 123 and q.window_ms == EXPERIMENT.reward_window_s * 1000
-    assert default_horizon_units(3) == 3 * proportion_sample_size(0.05, 0.055)
+
+
+def test_default_horizon_gives_the_verdicts_test_its_power() -> None:
+    """Regression: the default horizon was the fixed test's sample size (31,231 per arm), where
+    the always-valid test the verdict uses had 41% power read once. Now at the default horizon
+    the always-valid test has 80% power (±0.5 pt) for +10% on 5%, at α split over the planned
+    comparisons (2 here: purchase and the unsubscribe guard-rail)."""
+    horizon = default_horizon_units(2, planned_comparisons(EXPERIMENT))
+    assert planned_comparisons(EXPERIMENT) == 2
+    per_arm = horizon / 2
+    assert sequential_proportion_power(
+        0.05, 0.055, per_arm, horizon_units=horizon, alpha=0.025
+    ) == pytest.approx(0.8, abs=0.005)
+    old = 2 * proportion_sample_size(0.05, 0.055)
+    assert sequential_proportion_power(0.05, 0.055, old / 2, horizon_units=old) < 0.45
+    assert default_horizon_units(3) > default_horizon_units(2) > old
+    report = report_from_data(_data([]), EXPERIMENT, ReportOptions(), now_ms=0)
+    assert report.horizon_units == horizon
+
+
+def _rates(arm: str, n: int, purchases: int, unsubscribes: int) -> ArmGroup:
+    return ArmGroup(
+        arm=arm,
+        units=n,
+        by_type={
+            "purchase": TypeSums(converters=purchases, events=purchases),
+            "unsubscribe": TypeSums(converters=unsubscribes, events=unsubscribes),
+        },
+    )
+
+
+def test_probable_guardrail_harm_is_not_read_as_no_harm() -> None:
+    """Regression: unsubscribes 0.92% -> 3.17% (chance of an increase > 99.9%) read "Guard-rails:
+    no significant harm." with the defaults. Now the detail says b probably raises it and how
+    many more units would confirm it."""
+    data = _data([_rates("a", 1_200, 60, 11), _rates("b", 1_200, 61, 38)])
+    report = report_from_data(data, EXPERIMENT, ReportOptions(), now_ms=0)
+    unsub = report.metrics[1].comparisons[0]
+    assert unsub.bayesian.chance_to_beat_control > 0.999 and not unsub.significant
+    assert "Guard-rails: no significant harm." not in report.verdict.details
+    lean = [d for d in report.verdict.details if d.startswith("Guard-rail unsubscribe")]
+    assert len(lean) == 1
+    assert "b probably raises it" in lean[0] and "chance of an increase >99.9%" in lean[0]
+    assert re.search(r"about [\d,]+ more units to confirm", lean[0])
+
+
+def test_probable_winner_is_not_read_as_no_clear_difference() -> None:
+    """Regression: a variant with chance to beat 99.4% read "No clear difference". Now the
+    headline says it leads, is not significant yet, and how many more units would settle it."""
+    data = _data([_rates("a", 3_000, 150, 30), _rates("b", 3_000, 197, 30)])
+    report = report_from_data(data, EXPERIMENT, ReportOptions(), now_ms=0)
+    rate = report.metrics[0].comparisons[0]
+    assert rate.bayesian.chance_to_beat_control > 0.99 and not rate.significant
+    assert report.verdict.status == "no_difference"
+    head = report.verdict.headline
+    assert head.startswith("b leads a on purchase: +1.6 pp")
+    assert "not significant yet" in head and "No clear difference" not in head
+    assert re.search(r"about [\d,]+ more units to confirm a difference this size", head)
+
+
+def test_four_units_make_no_winner() -> None:
+    """Regression: 0/2 vs 2/2 purchases read "b beats a: +100.0 pp, 95% CI [100.0, 100.0]"."""
+    data = _data([_rates("a", 2, 0, 0), _rates("b", 2, 2, 0)])
+    report = report_from_data(data, EXPERIMENT, ReportOptions(horizon_units=4), now_ms=0)
+    rate = report.metrics[0].comparisons[0]
+    assert not rate.significant and not rate.enough_outcomes
+    assert report.verdict.status == "no_difference"
+    assert "beats" not in report.verdict.headline
+    assert "[100.0, 100.0]" not in report.verdict.headline
+
+
+def test_plan_section_says_how_many_more_units() -> None:
+    """The plan is for the always-valid test at the report's horizon and α / family: units per
+    arm from sequential_units_needed on the control's (smoothed) rate, more units for all arms;
+    with enough units it says so."""
+    data = _data([_rates("a", 3_000, 150, 30), _rates("b", 3_000, 160, 30)])
+    report = report_from_data(data, EXPERIMENT, ReportOptions(mde=0.2, power=0.9), now_ms=0)
+    plan = report.plan
+    assert plan is not None and plan.test == "always_valid"
+    assert plan.comparisons == 2 and plan.alpha == pytest.approx(0.025)
+    baseline = 151 / 3_002
+    assert plan.baseline_rate == pytest.approx(baseline)
+    assert plan.relative_effect == pytest.approx(0.2)
+    needed = sequential_units_needed(
+        baseline, baseline * 1.2, horizon_units=report.horizon_units, alpha=0.025, power=0.9
+    )
+    assert plan.units_per_arm_needed == needed
+    assert plan.more_units == 2 * (needed - 3_000)
+    assert plan.power_now < 0.9
+    assert plan.sentence.startswith(f"About {plan.more_units:,} more units to detect +1.01 pp")
+    done = report_from_data(
+        _data([_rates("a", 90_000, 4_500, 900), _rates("b", 90_000, 4_600, 900)]),
+        EXPERIMENT,
+        ReportOptions(mde=0.2),
+        now_ms=0,
+    ).plan
+    assert done is not None and done.more_units == 0 and done.power_now > 0.8
+    assert done.sentence.startswith("Enough units to detect")

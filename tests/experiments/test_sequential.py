@@ -12,6 +12,7 @@ from experiments.statistics.sequential import (
     confidence_sequence_radius,
     mixture_log_likelihood_ratio,
     optimal_mixture_ratio,
+    proportion_p_values,
     sequential_mean_test,
     sequential_proportion_test,
 )
@@ -91,12 +92,63 @@ def test_sequential_p_value_exceeds_fixed_p_value() -> None:
 
 
 def test_no_conversions_yet_gives_p_value_one() -> None:
-    """An early look with zero variance and no difference gives p = 1 and a point interval."""
+    """An early look with no conversions anywhere gives p = 1 and an interval around 0 that is
+    not a point (a zero plug-in variance is not certainty)."""
     empty = MetricSummary(n=30, total=0, total_sq=0)
     result = sequential_proportion_test(empty, empty, horizon_units=1_000)
     assert result.p_value == 1.0
-    assert result.absolute.width == 0.0
+    assert result.absolute.lower < 0.0 < result.absolute.upper
     assert math.isnan(result.relative.estimate)
+
+
+def test_four_units_never_make_a_winner() -> None:
+    """Regression: 0/2 against 2/2 had a plug-in variance of 0, so Λ = ∞ and p = 0 ("b beats a:
+    +100.0 pp, 95% CI [100.0, 100.0]", significant after Holm). With Agresti–Caffo moments p is
+    far above α at any horizon, and the sequence is wide."""
+    control = MetricSummary(n=2, total=0, total_sq=0)
+    treatment = MetricSummary(n=2, total=2, total_sq=2)
+    for horizon in (4, 100, 62_462):
+        result = sequential_proportion_test(control, treatment, horizon_units=horizon)
+        assert result.absolute.estimate == 1.0
+        assert result.p_value > 0.5, horizon
+        assert result.absolute.lower < 0.0
+        assert result.absolute.upper == 1.0
+
+
+def test_relative_sequence_excludes_zero_exactly_when_p_is_below_alpha() -> None:
+    """The relative sequence is Fieller's set with the absolute sequence's critical value, so it
+    agrees with the always-valid p-value (rates and means, many effect sizes and horizons)."""
+    rng = np.random.default_rng(8)
+    checked = 0
+    for conversions in range(20, 200, 3):
+        for horizon in (500, 5_000, 50_000):
+            control = MetricSummary(n=1_000, total=50, total_sq=50)
+            treatment = MetricSummary(n=1_000, total=conversions, total_sq=conversions)
+            result = sequential_proportion_test(control, treatment, horizon_units=horizon)
+            assert (result.p_value <= 0.05) == (not result.relative.contains(0.0))
+            checked += result.p_value <= 0.05
+    for shift in np.linspace(0.0, 2.0, 40):
+        c = rng.binomial(1, 0.2, 300) * rng.lognormal(2.0, 1.0, 300)
+        t = rng.binomial(1, 0.2, 300) * rng.lognormal(2.0 + shift, 1.0, 300)
+        result = sequential_mean_test(summarize(c), summarize(t), horizon_units=2_000)
+        assert (result.p_value <= 0.05) == (not result.relative.contains(0.0))
+        assert (result.p_value <= 0.05) == (not result.absolute.contains(0.0))
+    assert checked > 20
+
+
+def test_vectorised_p_values_equal_the_scalar_test() -> None:
+    """proportion_p_values, used by the simulations, equals sequential_proportion_test."""
+    rng = np.random.default_rng(9)
+    n_c, n_t = rng.integers(1, 3_000, 200), rng.integers(1, 3_000, 200)
+    c_c, c_t = rng.binomial(n_c, 0.3), rng.binomial(n_t, 0.33)
+    vector = proportion_p_values(c_c, n_c, c_t, n_t, horizon_units=4_000)
+    for i in range(200):
+        scalar = sequential_proportion_test(
+            MetricSummary(n=int(n_c[i]), total=float(c_c[i]), total_sq=float(c_c[i])),
+            MetricSummary(n=int(n_t[i]), total=float(c_t[i]), total_sq=float(c_t[i])),
+            horizon_units=4_000,
+        )
+        assert vector[i] == pytest.approx(scalar.p_value, rel=1e-9, abs=1e-300)
 
 
 @pytest.mark.parametrize(

@@ -132,3 +132,19 @@ async def test_report_recovers_a_planted_effect(client: Client) -> None:
     text = await client.get(f"/v1/experiments/{key}/report", params={**params, "format": "text"})
     assert text.status_code == 200
     assert text.text.splitlines()[3] == report["verdict"]["headline"]
+
+    plan = await client.get(
+        f"/v1/experiments/{key}/plan",
+        params={"mde": "0.05", "power": "0.9", "horizon_units": "2400"},
+    )
+    assert plan.status_code == 200, plan.text
+    body = plan.json()
+    assert body == report["plan"] | body  # same fields as the report's section
+    assert body["test"] == "always_valid" and body["power"] == 0.9
+    assert body["relative_effect"] == pytest.approx(0.05)
+    assert body["units_per_arm"] == min(arms["control"], arms["bold"])
+    assert body["more_units"] == 2 * (body["units_per_arm_needed"] - body["units_per_arm"])
+    assert body["sentence"].startswith(f"About {body['more_units']:,} more units to detect")
+    assert report["plan"]["relative_effect"] == pytest.approx(0.1)
+    bad = await client.get(f"/v1/experiments/{key}/plan", params={"power": "1.5"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "$.power"

@@ -178,3 +178,25 @@ def test_import_and_report_through_the_api(
     monkeypatch.setenv("TAILOR_API_KEY", "wrong")
     assert main(["report", "legacy"]) == 1
     assert "HTTP 401" in capsys.readouterr().err
+
+
+def test_a_rejected_import_creates_no_experiment(
+    through_api: tuple[TestClient[Any], list[str]],
+) -> None:
+    """Regression: with create=true a rejected file still created the experiment, and the
+    corrected retry kept the first placement. Now the file is validated against the draft
+    first: 422 and no experiment; the retry creates it with its own placement."""
+    client, _ = through_api
+    headers = {"X-API-Key": ADMIN, "Content-Type": "application/octet-stream"}
+    bad = CSV + "u1,2024-01-02T00:00:00Z,a,0.5,mobile,1\nu2,2024-01-02T00:00:01Z,b,2.0,mobile,0\n"
+    url = "/v1/experiments/fresh/imports?format=csv&create=true"
+    refused = client.post(url + "&placement=first", content=bad.encode(), headers=headers)
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "$.rows[2]"
+    assert client.get("/v1/experiments/fresh", headers=headers).status_code == 404
+    good = bad.replace(",2.0,", ",0.5,")
+    created = client.post(url + "&placement=second", content=good.encode(), headers=headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["outcomes"] == 1  # the 0 of the 0/1 purchase column is no outcome
+    definition = client.get("/v1/experiments/fresh", headers=headers).json()
+    assert definition["placement"] == "second"
