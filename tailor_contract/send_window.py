@@ -2,24 +2,9 @@
 
 A `send_time` placement chooses an *hour* in the recipient's own time zone: hour of day (0–23)
 or hour of week (0–167, Monday 00h = 0). A campaign may only send inside its `SendWindow`
-(UTC, start inclusive, end exclusive). For one zone this module answers, for every hour, the
-earliest UTC instant inside the window at which the recipient's wall clock shows that hour:
-
-* the start of the local hour, or the window start itself when the window opens mid-hour
-  (sending a little late in the hour beats skipping a day);
-* a local hour skipped by a spring-forward transition does not exist that day: its next
-  occurrence inside the window is used, or none;
-* a local hour repeated at fall-back maps to its first occurrence;
-* an hour that never occurs inside the window is infeasible (`NO_SEND_AT`, -1).
-
-Instants are integer Unix seconds (`int64`); the window start is rounded *up* to a whole second
-so that every returned instant lies inside the window. Zones with sub-hour offsets (Asia/Kolkata
-+05:30, Asia/Kathmandu +05:45) and sub-hour transitions (Australia/Lord_Howe) are exact: the
-walk follows local hour boundaries and the zone's own transitions, found to the second.
-
-Bulk use: recipients share few zones, so tables are computed once per (zone, window) and cached
-(`functools.lru_cache`); `bulk_zone_hours` maps n recipients to those tables by an index, which
-costs a dictionary look-up per recipient.
+(UTC, start inclusive, end exclusive). Hour actions are variants named by :func:`hour_key`
+(``h00``..``h23`` or ``h000``..``h167``). When, in UTC, each local hour can be sent is computed
+from these types by ``bandits.send_time.zones`` (numpy; the server's bulk path).
 
 The campaign's default send time (for holdout recipients) is either a `FixedInstant` — the same
 UTC instant for everyone, which must lie inside the window — or a `LocalHour` applied in each
