@@ -38,7 +38,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect
 
 from decision_api.access.keys import current_actor
-from decision_api.routes.guards import connection_key, require
+from decision_api.routes.guards import ScopeGuard, connection_key, require
 from decision_api.services import Services
 from experiments.reports.build import build_report
 from experiments.reports.html import ASSETS, asset, render_report_page
@@ -156,7 +156,7 @@ def _page_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     )
 
 
-async def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def _admit_page(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Admit keys with the ``report`` scope from a header, ``?key=`` or the page's cookie.
 
     401 without a (known, unrevoked) key, 403 for a key without the scope, 429 over its rate
@@ -182,6 +182,10 @@ async def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
     if wait is not None:
         services.metrics.rate_limited.inc()
         raise RateLimited(f"API key {key.key_id} is over its rate limit", retry_after_s=wait)
+
+
+page_guard = ScopeGuard(("report",), _admit_page, url_key=True, cookie=COOKIE)
+"""The report page's guard: a ``report`` key from a header, ``?key=`` or the page's cookie."""
 
 
 def _login(_: Request[Any, Any, Any], exc: TailorError) -> Response[str]:
