@@ -58,6 +58,8 @@ from tailor_contract.errors import (
 __all__ = ["COOKIE", "ReportController", "page_guard", "report_asset", "report_page"]
 
 COOKIE = "tailor_report_key"
+URL_KEY_ADMITTED = "report_url_key_admitted"
+"""Scope state set by the page's guard: the key it admitted came from ``?key=``."""
 COOKIE_MAX_AGE_S = 8 * 3600
 STATIC_PATH = "/reports/static"
 
@@ -177,6 +179,9 @@ async def _admit_page(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
     if not key.allows_any(("report",)):
         raise Forbidden("This API key lacks the report scope.")
     connection.scope["state"]["api_key_id"] = key.key_id
+    connection.scope["state"][URL_KEY_ADMITTED] = (
+        connection_key(connection) is None and presented == connection.query_params.get("key")
+    )
     current_actor.set(key.key_id)
     wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
     if wait is not None:
@@ -227,7 +232,9 @@ async def report_page(
 ) -> Response[Any]:
     """The report page (key: header, cookie, or once as ``?key=``; see the module docstring)."""
     url_key = request.query_params.get("key")
-    if url_key:  # admitted by the guard: keep it in a cookie, out of the address bar
+    if url_key and request.scope["state"].get(URL_KEY_ADMITTED):
+        # The key the guard checked came from the URL: keep it in a cookie, out of the address
+        # bar. Never an unchecked one (a header key was checked, or no key is configured).
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
         target = request.url.path + ("?" + urlencode(rest) if rest else "")
         cookie = Cookie(
