@@ -179,9 +179,9 @@ async def _admit_page(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRou
     if not key.allows_any(("report",)):
         raise Forbidden("This API key lacks the report scope.")
     connection.scope["state"]["api_key_id"] = key.key_id
-    connection.scope["state"][URL_KEY_ADMITTED] = (
-        connection_key(connection) is None and presented == connection.query_params.get("key")
-    )
+    url_key = connection.query_params.get("key")
+    from_url = connection_key(connection) is None and presented == url_key
+    connection.scope["state"][URL_KEY_ADMITTED] = from_url
     current_actor.set(key.key_id)
     wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
     if wait is not None:
