@@ -13,10 +13,11 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.enums import ScopeType
-from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from decision_api.logging import configure_logging
+from decision_api.openapi import document_security, openapi_config
 from decision_api.problems import EXCEPTION_HANDLERS, document_problems
 from decision_api.routes.batch import BatchController
 from decision_api.routes.controls import ControlController
@@ -87,6 +88,40 @@ def _with_request_id(app: ASGIApp, new_id: Callable[[], str]) -> ASGIApp:
     return middleware
 
 
+class AllowHeaders:
+    """A ``before_send`` hook that makes an ``OPTIONS`` answer's ``Allow`` list every method
+    of its path.
+
+    Litestar 2 builds the automatic ``OPTIONS`` handler of a path with its first handler and
+    keeps it when more handlers join the path (litestar-org/litestar#4169, fixed only in 3.x):
+    ``OPTIONS /v1/experiments`` said ``Allow: OPTIONS, POST`` without ``GET``. The hook
+    rewrites an existing ``Allow`` header from the app's final routes (:meth:`learn`); it adds
+    none where there was none (a CORS preflight answer), and 405 answers already list every
+    method.
+    """
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, bytes] = {}
+
+    def learn(self, app: Litestar) -> None:
+        """Record each path's methods, once every route is registered."""
+        for route in app.routes:
+            if isinstance(route, HTTPRoute):
+                self._by_path[route.path_format] = ", ".join(sorted(route.methods)).encode()
+
+    async def __call__(self, message: Message, scope: Scope) -> None:
+        """Rewrite the ``Allow`` header of an ``OPTIONS`` answer."""
+        if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+            return
+        allow = self._by_path.get(str(scope.get("path_template", "")))
+        headers = list(message.get("headers", []))
+        if allow is None or not any(name.lower() == b"allow" for name, _ in headers):
+            return
+        message["headers"] = [(n, v) for n, v in headers if n.lower() != b"allow"] + [
+            (b"allow", allow)
+        ]
+
+
 def cors_config(origins_spec: str) -> CORSConfig | None:
     """CORS for the browser snippet's origins (``TAILOR_AUTH_CORS_ORIGINS``, comma-separated;
     ``*`` for any); None (no CORS headers) when unset. Browsers may send the API key headers and
@@ -115,6 +150,7 @@ def create_app(settings: Settings) -> Litestar:
 
     cors = cors_config(settings.auth.cors_origins)
     request_ids = RequestIdMiddleware()
+    allow_headers = AllowHeaders()
     handlers: list[Any] = [
         DecideController,
         BatchController,
@@ -142,7 +178,8 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_ids],
-        openapi_config=OpenAPIConfig(
+        before_send=[allow_headers],
+        openapi_config=openapi_config(
             title="Tailor",
             version=VERSION,
             path="/schema",
@@ -153,6 +190,8 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     document_problems(app)
+    document_security(app)
+    allow_headers.learn(app)
     app.state.new_request_id = request_ids.new_id
     return app
 

@@ -105,12 +105,46 @@ async def authorize(
     return found
 
 
-def require(*scopes: Scope) -> Guard:
+class ScopeGuard:
+    """A route guard that says what it admits, so the OpenAPI document can tell clients.
+
+    Attributes:
+        scopes: The scopes admitted (any of them; ``admin`` passes every guard).
+        url_key: Whether the key may also come as the ``?key=`` query parameter.
+        cookie: The cookie the key may also come in (the report page's), or None.
+    """
+
+    __slots__ = ("_check", "cookie", "scopes", "url_key")
+
+    def __init__(
+        self,
+        scopes: tuple[Scope, ...],
+        check: Guard,
+        *,
+        url_key: bool,
+        cookie: str | None = None,
+    ) -> None:
+        if not scopes:
+            raise ValueError("a scope guard needs at least one scope")
+        self.scopes = scopes
+        self.url_key = url_key
+        self.cookie = cookie
+        self._check = check
+
+    async def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        """Admit the request or raise 401/403/429/503 (see :func:`authorize`)."""
+        await self._check(connection, handler)
+
+
+def require(*scopes: Scope) -> ScopeGuard:
     """A guard admitting keys holding any of ``scopes`` (or ``admin``), within their rate limit.
 
     401 without a (known, unrevoked) key, 403 with a key that lacks the scopes, 429 with
     ``Retry-After`` when the key is over its rate limit. With no key configured anywhere the
-    API is open (development mode) and the guard admits everything.
+    API is open (development mode) and the guard admits everything. Routes accepting
+    ``decide`` also take the key as ``?key=`` (see the module docstring).
     """
     if not scopes:
         raise ValueError("require() needs at least one scope")
@@ -126,7 +160,7 @@ def require(*scopes: Scope) -> Guard:
             connection.scope["state"]["api_key_id"] = key.key_id
             connection.scope["state"]["public_key"] = key.public
 
-    return guard
+    return ScopeGuard(scopes, guard, url_key="decide" in scopes)
 
 
 def is_public(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:

@@ -43,7 +43,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect
 
 from decision_api.access.keys import current_actor
-from decision_api.routes.guards import connection_key, require
+from decision_api.routes.guards import ScopeGuard, connection_key, require
 from decision_api.services import Services
 from experiments.reports.build import build_report
 from experiments.reports.html import ASSETS, asset, render_report_page
@@ -63,6 +63,8 @@ from tailor_contract.errors import (
 __all__ = ["COOKIE", "ReportController", "page_guard", "report_asset", "report_page"]
 
 COOKIE = "tailor_report_key"
+URL_KEY_ADMITTED = "report_url_key_admitted"
+"""Scope state set by the page's guard: the key it admitted came from ``?key=``."""
 COOKIE_MAX_AGE_S = 8 * 3600
 STATIC_PATH = "/reports/static"
 
@@ -189,7 +191,7 @@ def _page_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     )
 
 
-async def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def _admit_page(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Admit keys with the ``report`` scope from a header, ``?key=`` or the page's cookie.
 
     401 without a (known, unrevoked) key, 403 for a key without the scope, 429 over its rate
@@ -210,11 +212,18 @@ async def page_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
     if not key.allows_any(("report",)):
         raise Forbidden("This API key lacks the report scope.")
     connection.scope["state"]["api_key_id"] = key.key_id
+    url_key = connection.query_params.get("key")
+    from_url = connection_key(connection) is None and presented == url_key
+    connection.scope["state"][URL_KEY_ADMITTED] = from_url
     current_actor.set(key.key_id)
     wait = await services.rate_limiter.acquire(key.key_id, key.rate_per_s, key.burst)
     if wait is not None:
         services.metrics.rate_limited.inc()
         raise RateLimited(f"API key {key.key_id} is over its rate limit", retry_after_s=wait)
+
+
+page_guard = ScopeGuard(("report",), _admit_page, url_key=True, cookie=COOKIE)
+"""The report page's guard: a ``report`` key from a header, ``?key=`` or the page's cookie."""
 
 
 def _login(_: Request[Any, Any, Any], exc: TailorError) -> Response[str]:
@@ -256,7 +265,9 @@ async def report_page(
 ) -> Response[Any]:
     """The report page (key: header, cookie, or once as ``?key=``; see the module docstring)."""
     url_key = request.query_params.get("key")
-    if url_key:  # admitted by the guard: keep it in a cookie, out of the address bar
+    if url_key and request.scope["state"].get(URL_KEY_ADMITTED):
+        # The key the guard checked came from the URL: keep it in a cookie, out of the address
+        # bar. Never an unchecked one (a header key was checked, or no key is configured).
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
         target = request.url.path + ("?" + urlencode(rest) if rest else "")
         cookie = Cookie(

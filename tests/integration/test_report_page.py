@@ -116,6 +116,20 @@ async def test_page_takes_its_key_once_from_the_url(client: Client) -> None:
     assert REPORT not in page.text
 
 
+async def test_page_keeps_only_the_key_it_checked(client: Client) -> None:
+    """A ``?key=`` beside a header key is not the key the guard checked: the page is served
+    without storing it in a cookie (a non-Latin-1 one was a 500 on ``Set-Cookie``)."""
+    for junk in ("\U000f765d\u00b5", "not-a-key"):
+        page = await client.get(
+            "/reports/exp",
+            params={"key": junk},
+            headers={"Authorization": f"Bearer {REPORT}"},
+            follow_redirects=False,
+        )
+        assert page.status_code == 200, page.text
+        assert "set-cookie" not in page.headers
+
+
 async def test_assets_come_from_the_api(client: Client) -> None:
     """The page's script and style sheet are served by the API itself, to the page's cookie (or
     a report key); other names are 404."""
