@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     owner.set_defaults(func=cmd_event_log_owner)
     add_key_commands(sub)
     add_report_commands(sub)
-    for entry in entry_points(group=COMMANDS_GROUP):
+    # By name: an environment that still holds an older install lists an entry point twice.
+    for entry in {e.name: e for e in entry_points(group=COMMANDS_GROUP)}.values():
         add_command: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]
         add_command = entry.load()
         add_command(sub)
