@@ -36,7 +36,7 @@ from decision_api.redis_server import free_port
 __all__ = ["DemoServer", "DemoSetupError", "prepare_data_dir"]
 
 MARKER: Final = ".tailor-demo"
-_REDIS_LINE: Final = re.compile(r"started a private redis-server at (redis://\S+)")
+_REDIS_LINE: Final = re.compile(r"started a private redis-server at (redis://[^\s\"]+)")
 _PR_SET_PDEATHSIG: Final = 1
 
 

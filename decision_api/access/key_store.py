@@ -113,9 +113,9 @@ class KeyStore:
                 try:
                     if guarded:
                         await pipe.watch(self._hash)
-                        if not await pipe.hlen(self._hash):  # type: ignore[misc]
+                        if not await pipe.hlen(self._hash):
                             raise FirstKeyNeedsAdmin
-                        pipe.multi()
+                        pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(self._hash, key.key_id, _encoder.encode(key))
                     pipe.incr(self._version)
                     await pipe.execute()
@@ -139,7 +139,7 @@ class KeyStore:
 
     async def count(self) -> int:
         """How many keys are stored."""
-        return int(await self._redis.hlen(self._hash))  # type: ignore[misc]
+        return int(await self._redis.hlen(self._hash))
 
     async def version(self) -> int:
         """The key-set version (0 before any change)."""

@@ -45,7 +45,14 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ),
     )
     actions = keys.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="create a key and print its secret once")
+    create = actions.add_parser(
+        "create",
+        help="create a key and print its secret once",
+        description=(
+            "Create an API key and print its secret once (only its hash is stored). The "
+            "first key must include the admin scope."
+        ),
+    )
     create.add_argument(
         "--scope", action="append", required=True, choices=sorted(SCOPES), dest="scopes",
         help="a scope the key holds (repeat for several)",
@@ -53,9 +60,11 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     create.add_argument("--name", default="", help="a label, e.g. the site or system using it")
     create.add_argument("--rate", type=float, help="own rate limit, requests per second")
     create.add_argument("--burst", type=int, help="own burst size")
-    actions.add_parser("list", help="list key ids, scopes and names (never secrets)")
-    revoke = actions.add_parser("revoke", help="revoke a key by id")
-    revoke.add_argument("key_id")
+    text = "list key ids, scopes and names (never secrets)"
+    actions.add_parser("list", help=text, description=text[0].upper() + text[1:] + ".")
+    text = "revoke a key by id; every server stops accepting it within a second"
+    revoke = actions.add_parser("revoke", help=text, description=text[0].upper() + text[1:] + ".")
+    revoke.add_argument("key_id", help="the key's id (key_...), as `tailor keys list` shows")
     keys.set_defaults(func=cmd_keys)
 
 
