@@ -486,9 +486,7 @@ def test_readme_commands_run_as_written(live_server: TailorServer, tmp_path: Pat
 
 
 @pytest.mark.parametrize("name", ["http-api.md", "operations.md"])
-def test_doc_commands_run_as_written(
-    name: str, live_server: TailorServer, tmp_path: Path
-) -> None:
+def test_doc_commands_run_as_written(name: str, live_server: TailorServer, tmp_path: Path) -> None:
     """Every command of http-api.md (then operations.md's) runs in order against a real server
     and gets the answer the page shows: success, or the documented error."""
     pages = ["http-api.md"] if name == "http-api.md" else ["http-api.md", name]
