@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from decision_api.cli.progress import upload_chunks
 from decision_api.settings import Settings
 from experiments.errors import ExperimentError, ExperimentNotFound
 from tailor_contract.definitions import Experiment
@@ -299,8 +300,12 @@ def _import_via_api(
         response = httpx.post(
             f"{url}/v1/experiments/{args.experiment}/imports",
             params=params,
-            content=data,
-            headers={**headers, "Content-Type": "application/octet-stream"},
+            content=upload_chunks(data, f"uploading {args.file.name}"),
+            headers={
+                **headers,
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(data)),
+            },
             timeout=TIMEOUT_S,
         )
     except httpx.HTTPError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -242,3 +244,38 @@ def test_import_and_report_through_the_api(
     assert main(["report", "legacy"]) == 1
     err = capsys.readouterr().err
     assert "HTTP 401" in err and "TAILOR_API_KEY" in err
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        """Always."""
+        return True
+
+
+def test_import_shows_upload_progress_on_a_terminal_only(
+    through_api: tuple[TestClient[Any], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bar of the upload is drawn on stderr when it is a terminal; piped, stderr stays clean
+    and the file arrives whole either way."""
+    rows = [
+        f"u{i},2024-01-02T00:00:{i % 60:02d}Z,{'ab'[i % 2]},0.5,mobile,{i % 3}" for i in range(9000)
+    ]
+    history = tmp_path / "history.csv"
+    history.write_text(CSV + "\n".join(rows) + "\n")
+    monkeypatch.setenv("TAILOR_API_KEY", ADMIN)
+    argv = ["import", str(history), "--experiment", "bars", "--create"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert msgspec.json.decode(captured.out)["decisions"] == 9000
+    assert "uploading" not in captured.err
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(argv) == 0
+    assert msgspec.json.decode(capsys.readouterr().out)["already_imported"] is True
+    drawn = terminal.getvalue()
+    assert "uploading history.csv" in drawn and "100%" in drawn
