@@ -16,7 +16,7 @@ PREFIX = "TAILOR_"
 # Read by clients (SDK, CLI, load tests), not by the server.
 CLIENT_VARIABLES = frozenset({"TAILOR_API_URL", "TAILOR_API_KEY"})
 
-LogFormat = Literal["json", "console"]
+LogFormat = Literal["auto", "json", "console"]
 DEFAULT_DATA_DIR = "./data"
 
 
@@ -98,7 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
-    log_format: LogFormat = "json"
+    log_format: LogFormat = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: str = DEFAULT_DATA_DIR
     pseudonym_secret: str = "change-me"

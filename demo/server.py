@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -31,12 +30,11 @@ from typing import IO, Final
 import httpx
 import redis
 
-from decision_api.redis_server import free_port
+from decision_api.redis_server import free_port, read_state
 
 __all__ = ["DemoServer", "DemoSetupError", "prepare_data_dir"]
 
 MARKER: Final = ".tailor-demo"
-_REDIS_LINE: Final = re.compile(r"started a private redis-server at (redis://\S+)")
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -205,11 +203,11 @@ class DemoServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def _find_redis_url(self) -> str | None:
-        try:
-            found = _REDIS_LINE.search(self.log_path.read_text(errors="replace"))
-        except OSError:
-            return None
-        return found.group(1) if found else None
+        """The private Redis's URL, from its state file in the data directory (the server
+        writes it before it serves)."""
+        state = read_state(self.data_dir / "redis")
+        url = state.get("url") if state else None
+        return url if isinstance(url, str) else None
 
     def stop(self, timeout_s: float | None = None) -> None:
         """SIGTERM the server and wait (SIGKILL after ``timeout_s``: 20 s once it served, to

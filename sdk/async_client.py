@@ -32,6 +32,7 @@ from sdk import deciding, wire
 from sdk.client import ClientStats, batch_request, http_headers
 from sdk.errors import APIError, RateLimitedError, RequestTimeout, TailorError, TransportError
 from sdk.event_buffer import EventBuffer
+from sdk.fallback_log import FallbackLog
 from sdk.flushing import Channel, exposure_channel, outcome_channel
 from sdk.local_eval import LocalEvaluator
 from sdk.options import ClientOptions
@@ -99,6 +100,7 @@ class AsyncTailorClient:
             exposure_channel(self._exposures, opts.flush_size, opts.flush_retry, self._rng),
         ]
         self._local = LocalEvaluator() if opts.local_evaluation else None
+        self._fallbacks = FallbackLog(opts.fallback_warning_interval_s)
         self._started = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -149,7 +151,7 @@ class AsyncTailorClient:
         try:
             p = deciding.plan(unit_id, placements, context, consent, self._local)
         except TailorError as exc:
-            log.warning("tailor: decide called with invalid arguments: %s", exc)
+            self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)
         answer: DecideResponse | None = None
         error: TailorError | None = None
@@ -163,6 +165,8 @@ class AsyncTailorClient:
             except TailorError as exc:
                 error = exc
         result, exposures = deciding.conclude(p, answer, error, defaults, self._local)
+        if error is not None:
+            self._fallbacks.note(error)
         for report in exposures:
             self._exposures.add(report)
         if exposures and len(self._exposures) >= self.options.flush_size:
@@ -372,7 +376,8 @@ class AsyncTailorClient:
                 wire.check(response)
                 return response
             except TimeoutError:
-                error = RequestTimeout(f"no answer within {timeout_s} s")
+                url = str(client.base_url).rstrip("/") + path
+                error = RequestTimeout(f"no answer from {url} within {timeout_s} s")
             except httpx.HTTPError as exc:
                 error = wire.transport_error(exc)
             except APIError as exc:

@@ -33,6 +33,7 @@ import msgspec
 from sdk import deciding, wire
 from sdk.errors import APIError, RateLimitedError, TailorError, TransportError
 from sdk.event_buffer import BufferStats, EventBuffer
+from sdk.fallback_log import FallbackLog
 from sdk.flushing import Channel, exposure_channel, outcome_channel
 from sdk.local_eval import LocalEvaluator
 from sdk.options import ClientOptions
@@ -148,6 +149,7 @@ class TailorClient:
             exposure_channel(self._exposures, opts.flush_size, opts.flush_retry, self._rng),
         ]
         self._local = LocalEvaluator() if opts.local_evaluation else None
+        self._fallbacks = FallbackLog(opts.fallback_warning_interval_s)
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._urgent = 0
@@ -185,7 +187,7 @@ class TailorClient:
         try:
             p = deciding.plan(unit_id, placements, context, consent, self._local)
         except TailorError as exc:
-            log.warning("tailor: decide called with invalid arguments: %s", exc)
+            self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)
         answer: DecideResponse | None = None
         error: TailorError | None = None
@@ -199,6 +201,8 @@ class TailorClient:
             except TailorError as exc:
                 error = exc
         result, exposures = deciding.conclude(p, answer, error, defaults, self._local)
+        if error is not None:
+            self._fallbacks.note(error)
         for report in exposures:
             self._exposures.add(report)
         if exposures and len(self._exposures) >= self.options.flush_size:

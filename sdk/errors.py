@@ -15,6 +15,11 @@
 
 ``decide`` never raises these: it fails open and returns them in ``DecideResult.error``. Every
 other call raises them. ``retryable`` says whether retrying the same request may succeed.
+
+Messages say what failed in plain words: "could not connect to http://127.0.0.1:8000:
+connection refused", "the API refused the key (401 unauthorized): ...", "invalid unit_id
+'x\\n': must be 1 to 256 characters without control characters or braces". The status,
+code and ``$.field`` path stay available as attributes for programs.
 """
 
 from __future__ import annotations
@@ -70,29 +75,56 @@ class APIError(TailorError):
         field: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        where = f" at {field}" if field else ""
-        super().__init__(f"{status} {code or 'error'}: {detail}{where}")
+        super().__init__(self._message(status, detail, code, field))
         self.status = status
         self.code = code
         self.detail = detail
         self.field = field
         self.request_id = request_id
 
+    what = "the API answered"
+    hint = ""
+
+    @classmethod
+    def _message(cls, status: int, detail: str, code: str, field: str | None) -> str:
+        """``<what> (<status> <code>): <detail> (at <field>)<hint>``."""
+        where = f" (at {field})" if field and field not in detail else ""
+        answer = f"{status} {code}" if code else str(status)
+        return f"{cls.what} ({answer}): {detail}{where}{cls.hint}"
+
 
 class InvalidRequest(APIError):
-    """The request breaks the wire schema: refused locally (status 0) or by the API (400/422)."""
+    """The request breaks the wire schema: refused locally (status 0) or by the API (400/422).
+
+    Refused locally, ``detail`` is the whole message ("invalid unit_id 'x': must be ...").
+    """
+
+    what = "the API refused the request"
+
+    @classmethod
+    def _message(cls, status: int, detail: str, code: str, field: str | None) -> str:
+        """The plain local message as is, or the API's answer."""
+        return detail if status == 0 else super()._message(status, detail, code, field)
 
 
 class AuthError(APIError):
     """401: the API key is missing, unknown or revoked."""
 
+    what = "the API refused the key"
+    hint = "; check the api_key given to the client"
+
 
 class PermissionDenied(AuthError):
     """403: the API key lacks the scope this call needs."""
 
+    what = "the API key lacks the scope this call needs"
+    hint = "; see the scopes in docs/http-api.md"
+
 
 class NotFoundError(APIError):
     """404: no such resource (or route: an older server)."""
+
+    what = "not found"
 
 
 class RateLimitedError(APIError):
@@ -110,6 +142,9 @@ class RateLimitedError(APIError):
     ) -> None:
         super().__init__(status, detail, code=code, field=field, request_id=request_id)
         self.retry_after_s = retry_after_s
+        self.args = (f"{self.args[0]}; retry after {retry_after_s:g} s",)
+
+    what = "rate limited"
 
     @property
     def retryable(self) -> bool:
@@ -119,6 +154,8 @@ class RateLimitedError(APIError):
 
 class ServerError(APIError):
     """5xx: the API failed or a backend it needs is down."""
+
+    what = "the API failed"
 
     @property
     def retryable(self) -> bool:

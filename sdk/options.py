@@ -74,6 +74,8 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
     """Assign ``fixed`` experiments in-process from fetched definitions (no network hop)."""
     definitions_refresh_s: float = 30.0
     """How often local definitions are re-fetched (a ``304`` when nothing changed)."""
+    fallback_warning_interval_s: float = 60.0
+    """Decisions on defaults (bad key, API down) log a warning at most this often per cause."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -83,6 +85,7 @@ class ClientOptions(msgspec.Struct, frozen=True, kw_only=True):
             "flush_interval_s": self.flush_interval_s,
             "close_timeout_s": self.close_timeout_s,
             "definitions_refresh_s": self.definitions_refresh_s,
+            "fallback_warning_interval_s": self.fallback_warning_interval_s,
         }
         for name, value in positive.items():
             if not (value > 0 and math.isfinite(value)):

@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from sdk.errors import InvalidRequest, RequestTimeout, TransportError, error_from_response
+from sdk.messages import invalid_argument, unreachable
 from tailor_contract.wire import (
     BatchDecideRequest,
     DecideRequest,
@@ -94,7 +95,8 @@ def validated(value: Mapping[str, Any], type_: type[S]) -> S:
         field = match.group(1) if match else None
         if match is not None:
             message = message[: match.start()] + message[match.end() :]
-        raise InvalidRequest(0, message, code="invalid_input", field=field) from exc
+        detail = invalid_argument(message, field, value)
+        raise InvalidRequest(0, detail, code="invalid_input", field=field) from exc
 
 
 def new_event_id() -> str:
@@ -185,7 +187,13 @@ def check(response: httpx.Response) -> None:
 
 
 def transport_error(exc: httpx.HTTPError) -> TransportError:
-    """An httpx failure as the SDK's transport error (timeouts as :class:`RequestTimeout`)."""
+    """An httpx failure as the SDK's transport error (timeouts as :class:`RequestTimeout`),
+    saying which URL failed and why in words ("could not connect to ...: connection refused")."""
+    try:
+        request = exc.request
+        url = f"{request.url.scheme}://{request.url.netloc.decode()}{request.url.path}"
+    except RuntimeError:  # an error raised outside a request
+        url = "the API"
     if isinstance(exc, httpx.TimeoutException):
-        return RequestTimeout(f"no answer in time: {type(exc).__name__}")
-    return TransportError(f"{type(exc).__name__}: {exc}")
+        return RequestTimeout(f"no answer from {url} in time ({type(exc).__name__})")
+    return TransportError(unreachable(url, str(exc), type(exc).__name__))

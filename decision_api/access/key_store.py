@@ -14,6 +14,11 @@ The secret itself is never stored: it is shown once, in the create response. Rev
 the hash entry. Neither key grows with traffic (one entry per live key). Workers poll
 ``{p}:keys:version`` (one GET) and reload the hash when it moves (:func:`refresh_ring`), so a
 revoked key stops working everywhere within one poll interval.
+
+The first key guards the admin API: once any key exists the API stops being open, so a first
+key without ``admin`` would leave nobody able to create keys or manage experiments.
+:meth:`KeyStore.create` with ``first_needs_admin=True`` refuses such a key (atomically: it
+watches the hash, so two concurrent first creates cannot both slip through).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Iterable
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from decision_api.access.keys import SCOPES, ApiKey, KeyRing, digest, key_id_of
 
@@ -47,6 +53,20 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
     return wanted
 
 
+FIRST_KEY_NEEDS_ADMIN = (
+    "the first key must include the admin scope: once a key exists the API requires one, and "
+    "without an admin key nobody could create keys or manage experiments any more "
+    "(add --scope admin, or create an admin key first)"
+)
+
+
+class FirstKeyNeedsAdmin(ValueError):
+    """A first key (no other key exists) was asked for without the ``admin`` scope."""
+
+    def __init__(self) -> None:
+        super().__init__(FIRST_KEY_NEEDS_ADMIN)
+
+
 class KeyStore:
     """Create, list and revoke API keys in Redis."""
 
@@ -62,8 +82,18 @@ class KeyStore:
         *,
         rate_per_s: float | None = None,
         burst: int | None = None,
+        first_needs_admin: bool = False,
     ) -> tuple[ApiKey, str]:
-        """Store a new key; returns it and its secret (which is not kept anywhere)."""
+        """Store a new key; returns it and its secret (which is not kept anywhere).
+
+        Args:
+            first_needs_admin: refuse a key without ``admin`` while no key is stored (pass it
+                when no key is configured elsewhere either, e.g. ``TAILOR_AUTH_API_KEYS``).
+
+        Raises:
+            ValueError: unknown or missing scopes.
+            FirstKeyNeedsAdmin: ``first_needs_admin`` and this would be a first, non-admin key.
+        """
         wanted = check_scopes(scopes)
         secret = new_secret()
         key_digest = digest(secret)
@@ -77,11 +107,21 @@ class KeyStore:
             burst=burst,
             source="redis",
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._hash, key.key_id, _encoder.encode(key))
-            pipe.incr(self._version)
-            await pipe.execute()
-        return key, secret
+        guarded = first_needs_admin and "admin" not in wanted
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    if guarded:
+                        await pipe.watch(self._hash)
+                        if not await pipe.hlen(self._hash):
+                            raise FirstKeyNeedsAdmin
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(self._hash, key.key_id, _encoder.encode(key))
+                    pipe.incr(self._version)
+                    await pipe.execute()
+                    return key, secret
+                except WatchError:
+                    continue  # the key set changed meanwhile: look again
 
     async def list(self) -> list[ApiKey]:
         """Every stored key, oldest first."""
@@ -96,6 +136,10 @@ class KeyStore:
             pipe.incr(self._version)
             removed, _ = await pipe.execute()
         return bool(removed)
+
+    async def count(self) -> int:
+        """How many keys are stored."""
+        return int(await self._redis.hlen(self._hash))
 
     async def version(self) -> int:
         """The key-set version (0 before any change)."""

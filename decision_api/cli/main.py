@@ -1,4 +1,9 @@
-"""The ``tailor`` command: ``serve`` now, more subcommands (learn, report, demo, ...) beside it."""
+"""The ``tailor`` command: ``serve``, ``learn``, ``keys``, ``report``, ``import`` (and ``demo``,
+registered by the demo package through the ``tailor.commands`` entry point).
+
+Each subcommand has a user-facing ``description`` (``tailor <command> --help``); docstrings here
+are for developers. ``tailor --version`` prints the installed ``tailor-decision-api`` version.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
 import msgspec
@@ -40,20 +45,26 @@ def ensure_redis(settings: Settings) -> tuple[Settings, object | None]:
     """
     if settings.redis.url:
         return settings, None
+    import structlog
+
     from decision_api.redis_server import PrivateRedisServer
 
     server = PrivateRedisServer(Path(settings.data_dir) / "redis").start()
     os.environ["TAILOR_REDIS_URL"] = server.url
-    print(f"tailor: started a private redis-server at {server.url}", file=sys.stderr)
+    structlog.get_logger().info(f"started a private redis-server at {server.url}", url=server.url)
     redis = msgspec.structs.replace(settings.redis, url=server.url)
     return msgspec.structs.replace(settings, redis=redis), server
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API with granian (uvloop); embedded Redis and chdb unless configured."""
+    import structlog
     from granian import Granian
 
+    from decision_api.logging import configure_logging, granian_log_config
+
     settings = _settings_or_exit()
+    configure_logging(settings.log_format, settings.log_level)
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     workers = args.workers or settings.workers
@@ -70,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Redis (event_log.relay).
         owner = start_event_log_owner(settings.event_log.url)
         os.environ["TAILOR_EVENT_LOG_URL"] = "relay://"
-    print(f"tailor: serving on http://{host}:{port} ({workers} worker(s))", file=sys.stderr)
+    url = f"http://{host}:{port}"
+    structlog.get_logger().info(f"serving on {url}", url=url, workers=workers)
     try:
         Granian(
             "decision_api.asgi:build",
@@ -81,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=workers,
             loop="uvloop",  # type: ignore[arg-type]
             log_access=False,
+            log_dictconfig=granian_log_config(settings.log_format),
             backlog=2048,
             # A worker that dies (OOM kill, a crash in native code) is replaced; the event-log
             # owner and the private Redis belong to this process and live on. A worker dying
@@ -172,26 +185,64 @@ COMMANDS_GROUP = "tailor.commands"
 function that adds its sub-parser, so the server never imports them."""
 
 
+DESCRIPTION = """\
+Tailor: an experimentation and personalization decision API.
+
+Run `tailor serve` to start the API (a private Redis and the embedded chdb event log under
+./data unless configured), then `tailor keys create --scope admin` for the first key, and
+`tailor report <experiment>` to read a report. Every setting is a TAILOR_* environment
+variable (docs/configuration.md)."""
+
+
+def installed_version() -> str:
+    """The version of the installed ``tailor-decision-api`` distribution."""
+    try:
+        return version("tailor-decision-api")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="tailor", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the decision API")
+    parser = argparse.ArgumentParser(
+        prog="tailor",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tailor-decision-api {installed_version()}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    serve = sub.add_parser(
+        "serve",
+        help="run the decision API",
+        description=(
+            "Run the decision API with granian. Without TAILOR_REDIS_URL it starts a private "
+            "redis-server under TAILOR_DATA_DIR (default ./data); without TAILOR_EVENT_LOG_URL "
+            "the event log is the embedded chdb there. Stop it with Ctrl-C (or SIGTERM)."
+        ),
+    )
     serve.add_argument("--host", help="bind address (default TAILOR_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default TAILOR_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default TAILOR_WORKERS or 1)")
     serve.set_defaults(func=cmd_serve)
     learn = sub.add_parser(
         "learn",
-        help="run the online learner (set TAILOR_LEARNER_IN_PROCESS=false on the API servers)",
+        help="run the online learner on its own",
+        description=(
+            "Run the online learner and reward sweeper as their own process, against the Redis "
+            "in TAILOR_REDIS_URL. Set TAILOR_LEARNER_IN_PROCESS=false on the API servers."
+        ),
     )
     learn.add_argument("--name", help="lease holder name (default learn-<pid>)")
     learn.set_defaults(func=cmd_learn)
     owner = sub.add_parser(
         "event-log-owner",
-        help="hold the embedded chdb event log for several API workers (tailor serve does this)",
+        help="hold the embedded event log for several workers (started by tailor serve)",
+        description=(
+            "Hold the embedded chdb event log for several API workers, which reach it through "
+            "Redis. `tailor serve --workers N` starts it; you do not need to run it yourself."
+        ),
     )
     owner.set_defaults(func=cmd_event_log_owner)
     add_key_commands(sub)

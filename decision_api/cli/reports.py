@@ -1,12 +1,15 @@
 """``tailor report KEY`` and ``tailor import FILE --experiment KEY``.
 
-Two ways to reach the data, chosen by the environment:
+Two ways to reach the data:
 
-* **Through the API** (``TAILOR_API_URL`` set, with ``TAILOR_API_KEY``): the commands call
+* **Through the running server** (the default): the commands call
   ``GET /v1/experiments/{key}/report?format=text`` (a key with the ``report`` scope) and
-  ``POST /v1/experiments/{key}/imports`` (``admin``). This is the robust path with the embedded
-  chdb event log, which only one process — the running server — may open.
-* **Directly** (no ``TAILOR_API_URL``): the event log named by ``TAILOR_EVENT_LOG_URL`` (default
+  ``POST /v1/experiments/{key}/imports`` (``admin``) on the server ``tailor serve`` runs — at
+  ``http://TAILOR_HOST:TAILOR_PORT`` (the same defaults, 127.0.0.1:8000), or at
+  ``TAILOR_API_URL`` — with the key in ``TAILOR_API_KEY`` (none needed while the server has no
+  keys). This is the only way with the embedded chdb event log, which only one process — the
+  running server — may open. When nothing answers there the command says so and exits 1.
+* **Directly** (``--local``): the event log named by ``TAILOR_EVENT_LOG_URL`` (default
   ``chdb://./data/chdb``; the server must be stopped, or the URL must name a ClickHouse server).
   The experiment's definition comes from Redis when ``TAILOR_REDIS_URL`` is set, else from its
   latest entry in the event log's audit table; ``--create`` needs Redis.
@@ -21,11 +24,13 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from decision_api.cli.progress import upload_chunks
 from decision_api.settings import Settings
 from experiments.errors import ExperimentError, ExperimentNotFound
 from tailor_contract.definitions import Experiment, ExperimentSpec
@@ -37,7 +42,13 @@ if TYPE_CHECKING:  # the commands import their heavy modules (scipy, pyarrow) wh
     from event_log.importer import ImportFormat
     from event_log.store import ClickHouseEventLog
 
-__all__ = ["add_report_commands", "cmd_import", "cmd_report", "experiment_from_audit"]
+__all__ = [
+    "add_report_commands",
+    "cmd_import",
+    "cmd_report",
+    "experiment_from_audit",
+    "server_url",
+]
 
 LATEST_DEFINITION = """
 SELECT detail FROM audit
@@ -45,11 +56,23 @@ WHERE entity = 'experiment' AND entity_key = {key:String}
 ORDER BY ts DESC, version DESC LIMIT 1
 """
 TIMEOUT_S = 120.0
+LOCAL_HELP = (
+    "read and write the event log (TAILOR_EVENT_LOG_URL) directly instead of asking the "
+    "server; with the embedded chdb, only while the server is stopped"
+)
 
 
 def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``tailor report`` and ``tailor import`` on the top-level subcommand parser."""
-    report = sub.add_parser("report", help="print an experiment's report")
+    report = sub.add_parser(
+        "report",
+        help="print an experiment's report",
+        description=(
+            "Print an experiment's report as a table (or JSON), asked from the running server "
+            "(TAILOR_API_URL, else http://TAILOR_HOST:TAILOR_PORT, default 127.0.0.1:8000; key "
+            "in TAILOR_API_KEY). With --local, read the event log directly instead."
+        ),
+    )
     report.add_argument("key", help="experiment key")
     report.add_argument("--from", dest="start", help="ISO date/time: units first exposed from")
     report.add_argument("--to", dest="end", help="ISO date/time: data up to (exclusive)")
@@ -64,9 +87,18 @@ def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="off-policy estimates (default: only for learning policies)",
     )
     report.add_argument("--json", action="store_true", help="print the JSON report")
+    report.add_argument("--local", action="store_true", help=LOCAL_HELP)
     report.set_defaults(func=cmd_report)
-    imp = sub.add_parser("import", help="load logged decisions (CSV, Parquet, JSON lines)")
-    imp.add_argument("file", type=Path)
+    imp = sub.add_parser(
+        "import",
+        help="load logged decisions (CSV, Parquet, JSON lines)",
+        description=(
+            "Validate a file of logged decisions and outcomes and load it into an experiment, "
+            "through the running server (as `tailor report`) or, with --local, directly."
+        ),
+    )
+    imp.add_argument("file", type=Path, help="the file: .csv, .parquet or .jsonl")
+    imp.add_argument("--local", action="store_true", help=LOCAL_HELP)
     imp.add_argument("--experiment", required=True, help="experiment key to import into")
     imp.add_argument("--format", choices=["csv", "parquet", "jsonl"], help="default: extension")
     imp.add_argument("--policy", default="imported", help="policy name on the rows")
@@ -82,12 +114,33 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _api() -> tuple[str, dict[str, str]] | None:
-    url = os.environ.get("TAILOR_API_URL", "").rstrip("/")
-    if not url:
-        return None
+def server_url(environ: Mapping[str, str], settings: Settings) -> str:
+    """The server the commands ask: ``TAILOR_API_URL``, else where ``tailor serve`` listens
+    with the same settings (``TAILOR_HOST``/``TAILOR_PORT``; a wildcard bind means this host)."""
+    url = environ.get("TAILOR_API_URL", "").rstrip("/")
+    if url:
+        return url
+    host = settings.host
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{settings.port}"
+
+
+def _api(settings: Settings) -> tuple[str, dict[str, str]]:
+    url = server_url(os.environ, settings)
     key = os.environ.get("TAILOR_API_KEY", "")
     return url, ({"Authorization": f"Bearer {key}"} if key else {})
+
+
+def _unreachable(url: str, exc: Exception) -> str:
+    return (
+        f"no Tailor server answers at {url} ({type(exc).__name__}: {exc}).\n"
+        "  Start it with `tailor serve`, set TAILOR_API_URL (or TAILOR_HOST/TAILOR_PORT) to "
+        "the server you run, or add --local to read the event log directly while the server "
+        "is stopped."
+    )
 
 
 def _problem(response: httpx.Response) -> str:
@@ -97,6 +150,11 @@ def _problem(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}: {response.text[:500]}"
     lines = [f"HTTP {response.status_code}: {body.get('detail', body)}"]
     lines += [f"  {e['field']}: {e['message']}" for e in body.get("errors", [])]
+    if response.status_code in (401, 403):
+        lines.append(
+            "  set TAILOR_API_KEY to a key with the "
+            f"{'admin' if response.request.method == 'POST' else 'report'} scope"
+        )
     return "\n".join(lines)
 
 
@@ -146,8 +204,7 @@ def _open_log(settings: Settings) -> ClickHouseEventLog:
         log.migrate()
     except EventLogUnavailable as exc:
         raise EventLogUnavailable(
-            f"{exc} — if the server is running on an embedded chdb, set TAILOR_API_URL and "
-            "TAILOR_API_KEY to go through it"
+            f"{exc} — if the server is running on an embedded chdb, drop --local to go through it"
         ) from exc
     return log
 
@@ -174,9 +231,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    api = _api()
-    if api is not None:
-        url, headers = api
+    settings = _settings()
+    if settings is None:
+        return 2
+    if not args.local:
+        url, headers = _api(settings)
         params["format"] = "json" if args.json else "text"
         try:
             response = httpx.get(
@@ -186,14 +245,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                 timeout=TIMEOUT_S,
             )
         except httpx.HTTPError as exc:
-            return _fail(f"cannot reach {url}: {exc}")
+            return _fail(_unreachable(url, exc))
         if response.status_code != 200:
             return _fail(_problem(response))
         sys.stdout.write(response.text if not args.json else response.text + "\n")
         return 0
-    settings = _settings()
-    if settings is None:
-        return 2
     try:
         options = report_options(
             start=args.start,
@@ -222,12 +278,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_via_api(args: argparse.Namespace, fmt: ImportFormat, data: bytes) -> int:
+def _import_via_api(
+    args: argparse.Namespace, settings: Settings, fmt: ImportFormat, data: bytes
+) -> int:
     import httpx
 
-    api = _api()
-    assert api is not None
-    url, headers = api
+    url, headers = _api(settings)
     params = {
         k: v
         for k, v in {
@@ -244,12 +300,16 @@ def _import_via_api(args: argparse.Namespace, fmt: ImportFormat, data: bytes) ->
         response = httpx.post(
             f"{url}/v1/experiments/{args.experiment}/imports",
             params=params,
-            content=data,
-            headers={**headers, "Content-Type": "application/octet-stream"},
+            content=upload_chunks(data, f"uploading {args.file.name}"),
+            headers={
+                **headers,
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(data)),
+            },
             timeout=TIMEOUT_S,
         )
     except httpx.HTTPError as exc:
-        return _fail(f"cannot reach {url}: {exc}")
+        return _fail(_unreachable(url, exc))
     if response.status_code not in (200, 201):
         return _fail(_problem(response))
     print(response.text)
@@ -273,11 +333,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         data = args.file.read_bytes()
     except (ValueError, OSError) as exc:
         return _fail(str(exc), 2)
-    if _api() is not None:
-        return _import_via_api(args, fmt, data)
     settings = _settings()
     if settings is None:
         return 2
+    if not args.local:
+        return _import_via_api(args, settings, fmt, data)
     try:
         log = _open_log(settings)
         try:
@@ -287,7 +347,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 if not args.create:
                     raise
                 if not settings.redis.url:
-                    return _fail("--create needs TAILOR_REDIS_URL (or TAILOR_API_URL)", 2)
+                    return _fail("--local --create needs TAILOR_REDIS_URL (or drop --local)", 2)
                 rows = read_rows(data, fmt)
                 spec = infer_spec(
                     rows,

@@ -12,6 +12,7 @@ recipient; either way the body is streamed chunk by chunk as recipients are deci
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -28,6 +29,7 @@ from decision_api.routes.guards import require
 from decision_api.services import Services
 from event_log.writer import now_ms
 from tailor_contract.errors import InvalidInput
+from tailor_contract.send_window import SendWindow
 from tailor_contract.wire import BatchDecideRequest, BatchDecideResponse, RecipientDecision
 
 NDJSON = "application/x-ndjson"
@@ -43,6 +45,25 @@ class NDJSONStream(Stream):
         return super().to_asgi_response(*args, **kwargs)
 
 
+def check_window_open(window: SendWindow | None, at_ms: int) -> None:
+    """Refuse a send window that has already closed at ``at_ms`` (epoch milliseconds).
+
+    A window whose end is past could only give ``send_at`` instants in the past: the email
+    system would send at once (or never), and the send-time policy would learn from hours it
+    never chose. The start may be past: the campaign is then sent from now to the end.
+
+    Raises:
+        InvalidInput: naming ``$.send_window.end``.
+    """
+    if window is None or window.end.timestamp() * 1000 > at_ms:
+        return
+    now = datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(timespec="seconds")
+    raise InvalidInput(
+        f"send window end == {window.end.isoformat()}, must be in the future (now {now})",
+        field="$.send_window.end",
+    )
+
+
 def campaign_of(data: BatchDecideRequest, services: Services) -> Campaign:
     """The campaign a request describes, after the checks that fail the whole request."""
     limit = services.settings.decisions.max_batch_recipients
@@ -52,6 +73,7 @@ def campaign_of(data: BatchDecideRequest, services: Services) -> Campaign:
             "campaign into several requests",
             field="$.recipients",
         )
+    check_window_open(data.send_window, now_ms())
     for placement in data.placements:
         for compiled in services.cache.for_placement(placement):
             exp = compiled.experiment

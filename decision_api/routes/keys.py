@@ -9,12 +9,12 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
-from decision_api.access.key_store import refresh_ring
+from decision_api.access.key_store import FirstKeyNeedsAdmin, refresh_ring
 from decision_api.access.keys import ApiKey
 from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
-from tailor_contract.errors import Conflict, NotFound
+from tailor_contract.errors import Conflict, InvalidInput, NotFound
 from tailor_contract.wire import KEY_ID_PATTERN, KeyCreate, KeyCreated, KeyInfo, KeyList
 
 # Path parameters are validated by Litestar's Parameter (msgspec Meta applies to bodies).
@@ -45,10 +45,21 @@ class KeyController(Controller):
     async def create(
         self, data: JSONBody[KeyCreate], services: NamedDependency[Services]
     ) -> KeyCreated:
-        """Create a key; the response carries its secret, which is not stored anywhere."""
-        key, secret = await services.key_store.create(
-            data.scopes, data.name, rate_per_s=data.rate_per_s, burst=data.burst
-        )
+        """Create a key; the response carries its secret, which is not stored anywhere.
+
+        The first key (none stored, none configured) must include ``admin``: a 422 naming
+        ``$.scopes`` otherwise, since the API would stop being open and nobody could manage it.
+        """
+        try:
+            key, secret = await services.key_store.create(
+                data.scopes,
+                data.name,
+                rate_per_s=data.rate_per_s,
+                burst=data.burst,
+                first_needs_admin=not services.keys.bootstrap_keys(),
+            )
+        except FirstKeyNeedsAdmin as exc:
+            raise InvalidInput(str(exc), field="$.scopes") from exc
         await refresh_ring(services.key_store, services.keys)
         info = key_info(key)
         services.audit("create", "api_key", key.key_id, 0, msgspec.json.encode(info).decode())

@@ -263,23 +263,30 @@ async def test_refuses_until_keys_are_loaded(settings: Settings, tmp_path: Any) 
         assert response.status_code == 503, response.text
 
 
+def tailor_keys(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``tailor keys <args>`` in a fresh interpreter with exactly ``env``'s TAILOR_ variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    return subprocess.run(
+        [sys.executable, "-m", "decision_api.cli.main", "keys", *args],
+        cwd=REPO_ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_cli_creates_lists_and_revokes(redis_url: str, namespace: str) -> None:
     """``tailor keys create/list/revoke`` work on Redis directly; the secret is printed once."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
-    env.update(TAILOR_REDIS_URL=redis_url, TAILOR_REDIS_KEY_PREFIX=namespace)
+    env = {"TAILOR_REDIS_URL": redis_url, "TAILOR_REDIS_KEY_PREFIX": namespace}
 
     def tailor(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "decision_api.cli.main", "keys", *args],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        done = tailor_keys(env, *args)
+        assert done.returncode == 0, done.stderr
         return done.stdout
 
+    tailor("create", "--scope", "admin", "--name", "ops")
     created = tailor("create", "--scope", "decide", "--scope", "ingest", "--name", "web")
     fields = dict(line.split(": ", 1) for line in created.strip().splitlines())
     assert fields["scopes"] == "decide,ingest" and fields["secret"].startswith("tlr_")
@@ -287,6 +294,68 @@ def test_cli_creates_lists_and_revokes(redis_url: str, namespace: str) -> None:
     assert fields["key_id"] in listing and "web" in listing and fields["secret"] not in listing
     tailor("revoke", fields["key_id"])
     assert fields["key_id"] not in tailor("list")
+
+
+async def test_cli_refuses_a_first_key_without_admin(
+    redis_url: str, namespace: str, redis: Redis
+) -> None:
+    """The first key created with the CLI must include admin: the command refuses, says why and
+    stores nothing; a first admin key is accepted, and then any key."""
+    env = {"TAILOR_REDIS_URL": redis_url, "TAILOR_REDIS_KEY_PREFIX": namespace}
+    refused = tailor_keys(env, "create", "--scope", "report")
+    assert refused.returncode == 2
+    assert "first key must include the admin scope" in refused.stderr
+    assert "secret" not in refused.stdout
+    assert await redis.hlen(f"{namespace}:keys") == 0  # type: ignore[misc]
+    assert tailor_keys(env, "create", "--scope", "admin").returncode == 0
+    assert tailor_keys(env, "create", "--scope", "report").returncode == 0
+    assert await redis.hlen(f"{namespace}:keys") == 2  # type: ignore[misc]
+
+
+def test_cli_takes_a_non_admin_first_key_when_keys_are_configured(
+    redis_url: str, namespace: str
+) -> None:
+    """With keys configured in TAILOR_AUTH_API_KEYS the created key is not the first one."""
+    env = {"TAILOR_REDIS_URL": redis_url, "TAILOR_REDIS_KEY_PREFIX": namespace,
+           "TAILOR_AUTH_API_KEYS": "s3cret:admin"}  # fmt: skip
+    done = tailor_keys(env, "create", "--scope", "report")
+    assert done.returncode == 0, done.stderr
+
+
+async def test_api_refuses_a_first_key_without_admin(client: Client) -> None:
+    """POST /v1/keys with no key anywhere and no admin scope is a 422 naming $.scopes, and the
+    API stays open; a first admin key closes it as usual."""
+    refused = await client.post("/v1/keys", json={"scopes": ["report"], "name": "first"})
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()
+    assert problem["errors"][0]["field"] == "$.scopes"
+    assert "first key must include the admin scope" in problem["detail"]
+    assert (await client.get("/v1/experiments")).status_code == 200
+    admin = await client.post("/v1/keys", json={"scopes": ["admin", "report"]})
+    assert admin.status_code == 201
+    second = await client.post(
+        "/v1/keys", json={"scopes": ["report"]}, headers=bearer(admin.json()["secret"])
+    )
+    assert second.status_code == 201
+
+
+def test_cli_finds_the_servers_private_redis(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """Without TAILOR_REDIS_URL, ``tailor keys`` uses the Redis named by the state file
+    ``tailor serve`` writes under the data directory, and says what to do when there is none."""
+    data = tmp_path / "data"
+    env = {"TAILOR_DATA_DIR": str(data), "TAILOR_REDIS_KEY_PREFIX": namespace}
+    missing = tailor_keys(env, "list")
+    assert missing.returncode == 2
+    assert "TAILOR_REDIS_URL" in missing.stderr and "state.json" in missing.stderr
+    (data / "redis").mkdir(parents=True)
+    state = {"url": redis_url, "port": 0, "pid": 0, "owner_pid": 0}
+    (data / "redis" / "state.json").write_text(msgspec.json.encode(state).decode())
+    created = tailor_keys(env, "create", "--scope", "admin", "--name", "found")
+    assert created.returncode == 0, created.stderr
+    listed = tailor_keys(env, "list")
+    assert listed.returncode == 0 and "found" in listed.stdout
 
 
 def test_cli_rejects_unknown_scope(capsys: pytest.CaptureFixture[str]) -> None:

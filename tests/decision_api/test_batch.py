@@ -153,13 +153,14 @@ def placed(answer: dict[str, Any], placement: str) -> dict[str, Any]:
 # --- windows and time zones ------------------------------------------------------------------
 
 DST_WINDOWS = [
-    # (label, start, hours, hour kind): 2026 spring-forward and fall-back, US and EU.
-    ("us-spring", "2026-03-07T20:20:00+00:00", 24, "hour_of_day"),
-    ("eu-spring", "2026-03-28T12:00:00+00:00", 24, "hour_of_day"),
-    ("eu-autumn", "2026-10-24T18:30:00+00:00", 30, "hour_of_day"),
-    ("us-autumn", "2026-10-31T12:00:00+00:00", 36, "hour_of_day"),
-    ("us-spring-week", "2026-03-07T12:00:00+00:00", 48, "hour_of_week"),
-    ("lord-howe", "2026-04-04T12:00:00+00:00", 24, "hour_of_day"),
+    # (label, start, hours, hour kind): spring-forward and fall-back, US and EU, in 2037 (the
+    # calendar of 2026): the API refuses a send window that has already closed.
+    ("us-spring", "2037-03-07T20:20:00+00:00", 24, "hour_of_day"),
+    ("eu-spring", "2037-03-28T12:00:00+00:00", 24, "hour_of_day"),
+    ("eu-autumn", "2037-10-24T18:30:00+00:00", 30, "hour_of_day"),
+    ("us-autumn", "2037-10-31T12:00:00+00:00", 36, "hour_of_day"),
+    ("us-spring-week", "2037-03-07T12:00:00+00:00", 48, "hour_of_week"),
+    ("lord-howe", "2037-04-04T12:00:00+00:00", 24, "hour_of_day"),
 ]
 
 
@@ -208,19 +209,19 @@ async def test_skipped_and_repeated_hours_in_berlin(client: Client, tag: str) ->
     recipients = [{"unit_id": f"berlin-{i}", "timezone": "Europe/Berlin"} for i in range(400)]
     spring = await batch(client, {
         "campaign": f"c-{tag}", "placements": [placement], "recipients": recipients,
-        "send_window": {"start": "2026-03-28T22:00:00Z", "end": "2026-03-29T04:00:00Z"},
+        "send_window": {"start": "2037-03-28T22:00:00Z", "end": "2037-03-29T04:00:00Z"},
     })  # fmt: skip
     hours = Counter(placed(r, placement)["variant"] for r in spring["recipients"])
     assert set(hours) == {"h23", "h00", "h01", "h03", "h04", "h05"}  # 23:00 CET to 06:00 CEST
     autumn = await batch(client, {
         "campaign": f"c-{tag}", "placements": [placement], "recipients": recipients,
-        "send_window": {"start": "2026-10-24T22:00:00Z", "end": "2026-10-25T04:00:00Z"},
+        "send_window": {"start": "2037-10-24T22:00:00Z", "end": "2037-10-25T04:00:00Z"},
     })  # fmt: skip
     send_at = {placed(r, placement)["variant"]: placed(r, placement)["send_at"]
                for r in autumn["recipients"]}  # fmt: skip
     assert set(send_at) == {"h00", "h01", "h02", "h03", "h04"}
-    assert send_at["h02"] == "2026-10-25T00:00:00Z"  # 02:00 CEST, not 02:00 CET (01:00Z)
-    assert send_at["h03"] == "2026-10-25T02:00:00Z"
+    assert send_at["h02"] == "2037-10-25T00:00:00Z"  # 02:00 CEST, not 02:00 CET (01:00Z)
+    assert send_at["h03"] == "2037-10-25T02:00:00Z"
 
 
 async def test_time_zone_comes_from_field_then_context_then_profile_then_utc(
@@ -245,7 +246,7 @@ async def test_time_zone_comes_from_field_then_context_then_profile_then_utc(
     zones = ["America/New_York", "Asia/Kolkata", "Asia/Tokyo", "UTC"]
     answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
                                   "recipients": recipients,
-                                  "send_window": window("2026-06-01T00:00:00+00:00", 48)})
+                                  "send_window": window("2037-06-01T00:00:00+00:00", 48)})
     for zone, result in zip(zones, answer["recipients"], strict=True):
         decision = placed(result, placement)
         local = instant(decision["send_at"]).astimezone(ZoneInfo(zone))
@@ -325,14 +326,14 @@ async def test_no_consent_gets_the_default_time_without_reading_the_profile(
     campaign = f"c-{tag}"
     answer = await batch(client, {
         "campaign": campaign, "placements": [placement],
-        "send_window": window("2026-04-20T00:00:00+00:00", 48),
+        "send_window": window("2037-04-20T00:00:00+00:00", 48),
         "recipients": [{"unit_id": unit, "timezone": "Asia/Tokyo", "consent": False},
                        {"unit_id": f"open-{tag}", "timezone": "Asia/Tokyo"}],
     })  # fmt: skip
     decision = placed(answer["recipients"][0], placement)
     assert decision["reason"] == "no_consent"
     assert decision["policy"] == "default"
-    assert decision["send_at"] == "2026-04-20T01:00:00Z"  # 10h in Tokyo
+    assert decision["send_at"] == "2037-04-20T01:00:00Z"  # 10h in Tokyo
     assert read == [f"open-{tag}"]
     rows = await campaign_exposures(client, campaign, 2)
     pseudonym = services.pseudonymise(unit)
@@ -368,7 +369,7 @@ async def test_bad_recipient_is_reported_in_its_own_answer(
     recipients = [{"unit_id": f"a-{tag}"}, bad, {"unit_id": f"b-{tag}"}]
     answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
                                   "recipients": recipients,
-                                  "send_window": window("2026-06-01T00:00:00+00:00", 24)})
+                                  "send_window": window("2037-06-01T00:00:00+00:00", 24)})
     assert answer["count"] == 3 and answer["errors"] == 1
     good_a, broken, good_b = answer["recipients"]
     assert broken["index"] == 1 and "decision_id" not in broken and "decisions" not in broken
@@ -382,17 +383,19 @@ async def test_bad_recipient_is_reported_in_its_own_answer(
 REQUEST_ERRORS = [
     # (changes to a valid body, status, field, message)
     ({"send_window": None}, 422, "$.send_window", "send_window is required"),
-    ({"send_window": {"start": "2026-06-01T00:00:00Z", "end": "2026-05-01T00:00:00Z"}}, 422,
+    ({"send_window": {"start": "2037-06-01T00:00:00Z", "end": "2037-05-01T00:00:00Z"}}, 422,
      "$.send_window", "must be before end"),
-    ({"send_window": {"start": "2026-06-01T00:00:00Z", "end": "2026-06-30T00:00:00Z"}}, 422,
+    ({"send_window": {"start": "2037-06-01T00:00:00Z", "end": "2037-06-30T00:00:00Z"}}, 422,
      "$.send_window", "must be in"),
-    ({"default_send_time": {"kind": "fixed_instant", "at": "2026-07-01T00:00:00Z"}}, 422,
+    ({"default_send_time": {"kind": "fixed_instant", "at": "2037-07-01T00:00:00Z"}}, 422,
      "$.default_send_time", "must lie in the send window"),
     ({"default_send_time": {"kind": "local_hour", "hour": 30}}, 422, "$.default_send_time",
      "must be in [0, 24)"),
     ({"recipients": []}, 422, "$.recipients", "length >= 1"),
     ({"recipients": [{"unit_id": "x" * 4097}]}, 422, "$.recipients[0].unit_id", "length <= 4096"),
     ({"step": "no spaces"}, 422, "$.step", "regex"),
+    ({"send_window": {"start": "2026-06-01T00:00:00Z", "end": "2026-06-02T00:00:00Z"}}, 422,
+     "$.send_window.end", "must be in the future"),
 ]  # fmt: skip
 
 
@@ -406,7 +409,7 @@ async def test_bad_request_fails_whole_with_the_field_named(
     await start(client, send_time_spec(key, placement))
     body: dict[str, Any] = {"campaign": f"c-{tag}", "placements": [placement],
                             "recipients": [{"unit_id": f"u-{tag}"}],
-                            "send_window": window("2026-06-01T00:00:00+00:00", 24)}  # fmt: skip
+                            "send_window": window("2037-06-01T00:00:00+00:00", 24)}  # fmt: skip
     body.update(changes)
     body = {k: v for k, v in body.items() if v is not None}
     response = await client.post("/v1/decide/batch", json=body)
@@ -446,7 +449,7 @@ async def test_ndjson_answers_one_line_per_recipient_in_order(client: Client, ta
     recipients: list[dict[str, Any]] = [{"unit_id": f"u-{tag}-{i}"} for i in range(1234)]
     recipients[700] = {"unit_id": ""}
     body = {"campaign": f"c-{tag}", "placements": [placement], "recipients": recipients,
-            "send_window": window("2026-06-01T00:00:00+00:00", 24)}  # fmt: skip
+            "send_window": window("2037-06-01T00:00:00+00:00", 24)}  # fmt: skip
     response = await client.post("/v1/decide/batch", json=body, headers={"accept": NDJSON})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith(NDJSON)
@@ -475,7 +478,7 @@ def test_stream_starts_before_a_large_batch_is_decided(
             n = 20_000
             body = msgspec.json.encode({
                 "campaign": "big", "placements": ["send_time"],
-                "send_window": window("2026-06-01T00:00:00+00:00", 48),
+                "send_window": window("2037-06-01T00:00:00+00:00", 48),
                 "recipients": [{"unit_id": f"u{i}", "timezone": ZONES[i % len(ZONES)]}
                                for i in range(n)],
             })  # fmt: skip
@@ -529,7 +532,7 @@ async def test_holdout_share_gets_the_default_time_and_is_logged_as_holdout(
                                        policy={"kind": "send_time_thompson"}))  # fmt: skip
     n, campaign = 4000, f"c-{tag}"
     recipients = [{"unit_id": f"hold-{i}", "timezone": ZONES[i % len(ZONES)]} for i in range(n)]
-    start_text = "2026-06-01T00:00:00+00:00"
+    start_text = "2037-06-01T00:00:00+00:00"
     answer = await batch(client, {"campaign": campaign, "placements": [placement],
                                   "recipients": recipients,
                                   "send_window": window(start_text, 48)})
@@ -575,7 +578,7 @@ async def test_every_recipient_is_logged_with_campaign_and_send_at(
     answer = await batch(client, {"campaign": campaign, "context": {"list": "weekly"},
                                   "placements": [content_placement, send_placement],
                                   "recipients": recipients,
-                                  "send_window": window("2026-06-01T00:00:00+00:00", 30)})
+                                  "send_window": window("2037-06-01T00:00:00+00:00", 30)})
     assert answer["errors"] == 1
     rows = await campaign_exposures(client, campaign, 600)
     by_decision: dict[str, dict[str, dict[str, Any]]] = {}
@@ -785,7 +788,7 @@ async def test_profile_read_failure_degrades_the_chunk_not_the_batch(
 
     monkeypatch.setattr(services.features, "get_profiles", flaky)
     answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
-                                  "send_window": window("2026-06-01T00:00:00+00:00", 24),
+                                  "send_window": window("2037-06-01T00:00:00+00:00", 24),
                                   "recipients": [{"unit_id": f"d-{tag}-{i}"} for i in range(5)]})
     assert answer["degraded"] is degraded and answer["errors"] == 0
     for result in answer["recipients"]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from litestar.testing import TestClient
 
 from decision_api.app import create_app
 from decision_api.cli.main import main
+from decision_api.redis_server import free_port
 from decision_api.settings import AuthSettings, Settings
 from event_log.rows import AuditEntry
 from event_log.store import ClickHouseEventLog
@@ -65,11 +68,11 @@ def direct(
 def test_report_reads_the_event_log_directly(
     direct: ClickHouseEventLog, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without TAILOR_API_URL the command finds the definition in the audit table and prints
-    the same table the API's text format gives."""
+    """With --local the command finds the definition in the audit table and prints the same
+    table the API's text format gives."""
     _audit(direct, EXPERIMENT)
     insert_log(direct, random_log(np.random.default_rng(3)))
-    assert main(["report", "exp", "--to", "2023-11-25", "--segment", "device"]) == 0
+    assert main(["report", "exp", "--local", "--to", "2023-11-25", "--segment", "device"]) == 0
     printed = capsys.readouterr().out
     options = report_options(end="2023-11-25", segment="device")
     assert printed == render_report_text(build_report(direct, EXPERIMENT, options))
@@ -79,8 +82,8 @@ def test_report_reads_the_event_log_directly(
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["report", "nope"], 1, "no experiment 'nope'"),
-        (["report", "exp", "--from", "soon"], 2, "$.from"),
+        (["report", "nope", "--local"], 1, "no experiment 'nope'"),
+        (["report", "exp", "--local", "--from", "soon"], 2, "$.from"),
     ],
 )
 def test_report_errors(
@@ -104,15 +107,77 @@ def test_import_loads_a_file_directly(
     _audit(direct, EXPERIMENT)
     good = tmp_path / "history.csv"
     good.write_text(CSV + "u1,2024-01-02T03:04:05Z,b,0.5,mobile,12.5\nu2,1704164645,c,0.25,,\n")
-    assert main(["import", str(good), "--experiment", "exp"]) == 0
+    assert main(["import", str(good), "--experiment", "exp", "--local"]) == 0
     summary = msgspec.json.decode(capsys.readouterr().out)
     assert (summary["decisions"], summary["outcomes"]) == (2, 1)
     bad = tmp_path / "bad.csv"
     bad.write_text(CSV + "u3,2024-01-02,x,0.5,,\nu4,2024-01-02,b,2,,\n")
-    assert main(["import", str(bad), "--experiment", "exp"]) == 1
+    assert main(["import", str(bad), "--experiment", "exp", "--local"]) == 1
     err = capsys.readouterr().err
     assert "row 1: variant 'x'" in err and "row 2: propensity 2.0 must be in (0, 1]" in err
     assert direct.query("SELECT count() FROM exposures") == [(2,)]
+
+
+@pytest.fixture
+def no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """No TAILOR_API_URL, TAILOR_PORT on a port nothing listens on, cwd an empty directory."""
+    for name in ("TAILOR_API_URL", "TAILOR_API_KEY", "TAILOR_HOST", "TAILOR_EVENT_LOG_URL"):
+        monkeypatch.delenv(name, raising=False)
+    port = free_port()
+    monkeypatch.setenv("TAILOR_PORT", str(port))
+    monkeypatch.chdir(tmp_path)
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    "argv", [["report", "hero-banner"], ["import", "history.csv", "--experiment", "hero-banner"]]
+)
+def test_commands_ask_the_server_and_say_when_it_is_not_running(
+    no_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """By default report and import go to the server where `tailor serve` listens (the same
+    TAILOR_HOST/TAILOR_PORT defaults); with none running they say so and name --local, and no
+    event log is created behind the server's back."""
+    (tmp_path / "history.csv").write_text(CSV)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"no Tailor server answers at {no_server}" in err
+    assert "tailor serve" in err and "--local" in err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "http://127.0.0.1:8000"),
+        ({"TAILOR_HOST": "0.0.0.0", "TAILOR_PORT": "9100"}, "http://127.0.0.1:9100"),
+        ({"TAILOR_HOST": "10.1.2.3"}, "http://10.1.2.3:8000"),
+        ({"TAILOR_HOST": "::1", "TAILOR_PORT": "81"}, "http://[::1]:81"),
+        ({"TAILOR_PORT": "9100", "TAILOR_API_URL": "https://tailor.example/"},
+         "https://tailor.example"),
+    ],
+)  # fmt: skip
+def test_report_goes_where_serve_listens(
+    env: dict[str, str],
+    expected: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The URL the report is asked from: TAILOR_API_URL, else serve's host and port."""
+    for name in ("TAILOR_API_URL", "TAILOR_API_KEY", "TAILOR_HOST", "TAILOR_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    asked: list[str] = []
+
+    def get(url: str, **_: Any) -> httpx.Response:
+        asked.append(url)
+        return httpx.Response(200, text="the table\n")
+
+    monkeypatch.setattr(httpx, "get", get)
+    assert main(["report", "exp"]) == 0
+    assert asked == [f"{expected}/v1/experiments/exp/report"]
+    assert capsys.readouterr().out == "the table\n"
 
 
 ADMIN, REPORT = "cli-admin", "cli-report"
@@ -177,7 +242,43 @@ def test_import_and_report_through_the_api(
     assert msgspec.json.decode(capsys.readouterr().out)["off_policy"] is None  # a fixed split
     monkeypatch.setenv("TAILOR_API_KEY", "wrong")
     assert main(["report", "legacy"]) == 1
-    assert "HTTP 401" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "TAILOR_API_KEY" in err
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        """Always."""
+        return True
+
+
+def test_import_shows_upload_progress_on_a_terminal_only(
+    through_api: tuple[TestClient[Any], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bar of the upload is drawn on stderr when it is a terminal; piped, stderr stays clean
+    and the file arrives whole either way."""
+    rows = [
+        f"u{i},2024-01-02T00:00:{i % 60:02d}Z,{'ab'[i % 2]},0.5,mobile,{i % 3}" for i in range(9000)
+    ]
+    history = tmp_path / "history.csv"
+    history.write_text(CSV + "\n".join(rows) + "\n")
+    monkeypatch.setenv("TAILOR_API_KEY", ADMIN)
+    argv = ["import", str(history), "--experiment", "bars", "--create"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert msgspec.json.decode(captured.out)["decisions"] == 9000
+    assert "uploading" not in captured.err
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(argv) == 0
+    assert msgspec.json.decode(capsys.readouterr().out)["already_imported"] is True
+    drawn = terminal.getvalue()
+    assert "uploading history.csv" in drawn and "100%" in drawn
 
 
 def test_a_rejected_import_creates_no_experiment(

@@ -387,7 +387,8 @@ def test_decide_with_bad_arguments_falls_back_without_a_request(
     [
         ({}, "decision_id"),
         ({"unit_id": "u1", "value": float("nan")}, "value"),
-        ({"unit_id": "u1", "properties": {"k": "x" * 2000}}, "length <= 1024"),
+        ({"unit_id": "u1", "properties": {"k": "x" * 2000}},
+         "invalid value in properties: must be at most 1024 characters"),
     ],
 )
 def test_track_outcome_refuses_bad_values_at_the_call(kwargs: dict[str, Any], match: str) -> None:
@@ -456,6 +457,8 @@ def test_decide_batch_refused_raises() -> None:
 def test_decide_batch_bad_request_raises_before_sending() -> None:
     """A campaign key the API would refuse raises InvalidRequest at the call."""
     stub = Stub(httpx.Response(200))
-    with stub_client(stub) as client, pytest.raises(InvalidRequest, match=r"\$\.campaign"):
+    with stub_client(stub) as client, pytest.raises(InvalidRequest) as refused:
         client.decide_batch("bad campaign!", [{"unit_id": "a"}], ["subject"])
+    assert refused.value.field == "$.campaign"
+    assert str(refused.value).startswith("invalid campaign 'bad campaign!': must be a key: ")
     assert not stub.requests

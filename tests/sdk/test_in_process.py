@@ -450,8 +450,9 @@ async def test_non_decide_calls_raise_the_hierarchy(api: Client, tag: str) -> No
         result = await client.decide(f"u-{tag}", ["x"], defaults={"x": "plain"})
         assert result.fallback and isinstance(result.error, AuthError)
         assert result["x"].variant == "plain"
-        with pytest.raises(InvalidRequest, match=r"\$\.features"):
+        with pytest.raises(InvalidRequest, match="invalid features: must have at least 1") as bad:
             await client.upsert_features(f"u-{tag}", {})
+        assert bad.value.field == "$.features"
 
 
 async def test_features_and_events_reach_the_profile(api: Client, tag: str) -> None:
