@@ -14,6 +14,7 @@ import msgspec
 
 from decision_api.cli.keys import add_key_commands
 from decision_api.cli.reports import add_report_commands
+from decision_api.cli.supervise import SupervisedProcess, learner_command
 from decision_api.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -58,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Redis (event_log.relay).
         owner = start_event_log_owner(settings.event_log.url)
         os.environ["TAILOR_EVENT_LOG_URL"] = "relay://"
+    learner = start_learner(settings)
     print(f"tailor: serving on http://{host}:{port} ({workers} worker(s))", file=sys.stderr)
     try:
         Granian(
@@ -72,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             backlog=2048,
         ).serve()
     finally:
+        if learner is not None:
+            learner.stop()  # publishes its last snapshots (the workers have flushed their joins)
         if owner is not None:
             owner.terminate()  # the owner drains what the workers flushed on their way out
             try:
@@ -90,6 +94,19 @@ def start_event_log_owner(event_log_url: str) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "decision_api.cli.main", "event-log-owner"], env=env
     )
     return proc
+
+
+def start_learner(settings: Settings) -> SupervisedProcess | None:
+    """Run the learner as its own process, restarted if it dies, unless configured otherwise.
+
+    With ``TAILOR_LEARNER_IN_PROCESS`` unset, the API workers started next do not learn (it is set
+    to ``false`` for them) and a supervised ``tailor learn`` child does; ``true`` keeps the
+    learner inside the workers, ``false`` means a ``tailor learn`` runs elsewhere.
+    """
+    if settings.learner.in_process is not None:
+        return None
+    os.environ["TAILOR_LEARNER_IN_PROCESS"] = "false"
+    return SupervisedProcess("learner", learner_command(f"serve-{os.getpid()}"), os.environ)
 
 
 def cmd_event_log_owner(args: argparse.Namespace) -> int:
