@@ -50,8 +50,11 @@ from tailor_contract.policies import VWCBConfig
 
 __all__ = ["VWPolicy"]
 
+_Predict = Callable[[VWExample], list[tuple[int, float]]]
+
 NAME: Final = "vw_cb"
 _ACTION_CACHE_SIZE: Final = 10_000
+_SHARED_CACHE_SIZE: Final = 4_096
 _NO_LABEL: Final = CBLabel()
 _ENCODER: Final = msgspec.msgpack.Encoder()
 
@@ -97,6 +100,10 @@ class VWPolicy:
             raise SnapshotError(f"VW could not load the model: {exc}") from exc
         self._parser = TextFormatParser(self._ws)
         self._actions: dict[bytes, VWExample] = {}
+        self._shared: dict[bytes, VWExample] = {}
+        # The candidates tuple last decided over (held, so its id cannot be reused), its parsed
+        # action examples and their predictor: serving passes the same tuple every time.
+        self._last: tuple[Sequence[Candidate], list[VWExample], _Predict] | None = None
 
     # -- examples --------------------------------------------------------------------------
 
@@ -116,19 +123,47 @@ class VWPolicy:
             out.append(example)
         return out
 
-    def _weights(self, context: Context, actions: list[VWExample]) -> list[float]:
-        """The floored pmf, indexed like ``actions`` (VW returns it sorted by probability)."""
-        shared = self._parser.parse_line(shared_line(context))
+    def _shared_example(self, context: Context) -> VWExample:
+        """The parsed ``shared`` example of ``context``, reused for a context seen recently.
+
+        Contexts repeat (a visitor's profile and page across a session, a campaign's
+        segments), and formatting plus parsing the line is about half of a decision's CPU. VW
+        leaves a shared example as it found it after predict (pinned by the tests, as for action
+        examples). Keyed by the context's msgpack encoding; bounded like the action cache.
+        """
+        try:
+            content = _ENCODER.encode(context)
+        except TypeError:  # a value msgpack cannot encode: format it (shared_line says why)
+            return self._parser.parse_line(shared_line(context))
+        cache = self._shared
+        example = cache.get(content)
+        if example is None:
+            if len(cache) >= _SHARED_CACHE_SIZE:
+                cache.clear()
+            example = cache[content] = self._parser.parse_line(shared_line(context))
+        return example
+
+    def _prepared(self, candidates: Sequence[Candidate]) -> tuple[list[VWExample], _Predict]:
+        """Action examples and predictor for ``candidates`` (cached for the same sequence)."""
+        last = self._last
+        if last is not None and last[0] is candidates:
+            return last[1], last[2]
+        actions = self._action_examples(candidates)
+        predict = self._predictor(actions)
+        if isinstance(candidates, tuple):  # immutable: safe to recognise by identity
+            self._last = (candidates, actions, predict)
+        return actions, predict
+
+    def _weights(self, context: Context, candidates: Sequence[Candidate]) -> list[float]:
+        """The floored pmf, indexed like ``candidates`` (VW returns it sorted by probability)."""
+        actions, predict = self._prepared(candidates)
         # --cb_explore_adf predicts ActionProbs: a list of (action index, probability).
-        prediction = cast(list[tuple[int, float]], self._ws.predict_one([shared, *actions]))
         weights = [0.0] * len(actions)
-        for action, prob in prediction:
+        for action, prob in predict(self._shared_example(context)):
             weights[action] = prob
         return floor_pmf(weights, self._config.floor(len(actions)))
 
-    def _predictor(
-        self, actions: list[VWExample]
-    ) -> Callable[[VWExample], list[tuple[int, float]]]:
+    def _predictor(self, actions: list[VWExample]) -> _Predict:
         """Predict ActionProbs for a shared example followed by ``actions``, many times.
 
         ``Workspace.predict_one`` checks the label type of every example on every call, in
@@ -159,15 +194,14 @@ class VWPolicy:
     def pmf(self, context: Context, candidates: Sequence[Candidate]) -> FloatArray:
         """Return VW's exploration pmf over ``candidates`` mixed up to the floor, shape ``(n,)``,
         summing to one: the probabilities ``choose`` draws from and logs."""
-        pmf: FloatArray = np.asarray(self._weights(context, self._action_examples(candidates)))
+        pmf: FloatArray = np.asarray(self._weights(context, candidates))
         return pmf
 
     def choose(
         self, context: Context, candidates: Sequence[Candidate], rng: np.random.Generator
     ) -> Choice:
         """Draw a candidate from VW's pmf for this context."""
-        actions = self._action_examples(candidates)
-        index, propensity = draw_weighted(self._weights(context, actions), rng.random())
+        index, propensity = draw_weighted(self._weights(context, candidates), rng.random())
         return Choice(
             index=index,
             key=candidates[index].key,
@@ -183,15 +217,14 @@ class VWPolicy:
         rng: np.random.Generator,
     ) -> list[Choice]:
         """Decide for each context over the same candidates; equals repeated ``choose``."""
-        actions = self._action_examples(candidates)
-        predict = self._predictor(actions)
-        parse = self._parser.parse_line
+        actions, predict = self._prepared(candidates)
+        shared = self._shared_example
         n_actions = len(actions)
         floor = self._config.floor(n_actions)
         out: list[Choice] = []
         for context, u in zip(contexts, rng.random(len(contexts)).tolist(), strict=True):
             weights = [0.0] * n_actions
-            for action, prob in predict(parse(shared_line(context))):
+            for action, prob in predict(shared(context)):
                 weights[action] = prob
             index, propensity = draw_weighted(floor_pmf(weights, floor), u)
             out.append(

@@ -157,3 +157,30 @@ def test_vw_rejects_what_passes_the_allow_list() -> None:
     with pytest.raises(ValueError, match="VW rejected"):
         check_vw_config(config)
     check_vw_config(VWCBConfig())
+
+
+def _fresh_pmf(policy: VWPolicy, context: Context) -> list[float]:
+    """The pmf from freshly parsed shared and action lines (no cache), floored as served."""
+    from bandits.base import floor_pmf
+
+    parser = TextFormatParser(policy._ws)
+    examples = [parser.parse_line(shared_line(context))]
+    examples += [parser.parse_line(action_line(c.key, c.features)) for c in CANDIDATES]
+    weights = [0.0] * len(CANDIDATES)
+    for action, prob in policy._ws.predict_one(examples):
+        weights[action] = prob
+    return floor_pmf(weights, policy._config.floor(len(CANDIDATES)))
+
+
+def test_cached_shared_examples_predict_like_fresh_ones() -> None:
+    """Contexts seen again reuse their parsed shared example; the pmf equals one from freshly
+    parsed lines, before and after more learning (a reused example keeps no trace of use)."""
+    rng = np.random.default_rng(11)
+    policy = VWPolicy(VWCBConfig(exploration="epsilon", epsilon=0.1))
+    contexts = [_context(s, rng) for s in (0, 1, 2)]
+    for _ in range(3):
+        for context in contexts:
+            assert np.array_equal(policy.pmf(context, CANDIDATES), _fresh_pmf(policy, context))
+            policy.choose(context, CANDIDATES, rng)
+        policy.learn(_simulate(VWPolicy(VWCBConfig()), 200, rng))
+    assert len(policy._shared) == len(contexts)
