@@ -29,6 +29,7 @@ from typing import Final, Literal, cast
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 from vowpal_wabbit_next import CBLabel, TextFormatParser, Workspace
 from vowpal_wabbit_next import Example as VWExample
 
@@ -73,11 +74,33 @@ def check_vw_config(config: VWCBConfig) -> None:
 
 
 class _VWState(msgspec.Struct, frozen=True, tag_field="kind", tag=NAME):
-    """A VW model and the arguments that shape it (all but epsilon)."""
+    """A VW model and the arguments that shape it (all but epsilon).
+
+    ``rows``/``values``: for configs whose decisions depend on the weights alone
+    (:func:`weights_decide`), the weight table's non-zero rows (uint32 indices) and their
+    values (float32, ``stride`` per row), so a serving worker can overwrite its weights in
+    place (:meth:`VWPolicy.patch`) instead of loading the model.
+    """
 
     args: list[str]
     model: bytes
     format: Literal[1] = 1
+    rows: bytes = b""
+    values: bytes = b""
+    stride: int = 0
+
+
+_COUNTED: Final = frozenset({"--squarecb", "--first", "--cover", "--bag", "--regcb", "--regcbopt",
+                             "--rnd", "--softmax", "--synthcover"})  # fmt: skip
+
+
+def weights_decide(config: VWCBConfig) -> bool:
+    """Whether decisions depend on the weight table alone (epsilon-greedy exploration).
+
+    SquareCB's gamma grows with the number of examples learned, explore-first and cover count
+    examples too: that state lives outside the weights, so those models are loaded whole.
+    """
+    return not _COUNTED.intersection(config.vw_args())
 
 
 class VWPolicy:
@@ -99,6 +122,8 @@ class VWPolicy:
         except RuntimeError as exc:  # VW's way of saying the model bytes are unusable
             raise SnapshotError(f"VW could not load the model: {exc}") from exc
         self._parser = TextFormatParser(self._ws)
+        self._patchable = weights_decide(config)
+        self._rows: npt.NDArray[np.uint32] | None = None  # non-zero rows, known after a patch
         self._actions: dict[bytes, VWExample] = {}
         self._shared: dict[bytes, VWExample] = {}
         # The candidates tuple last decided over (held, so its id cannot be reused), its parsed
@@ -256,9 +281,62 @@ class VWPolicy:
     # -- snapshots -------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Serialize the VW model (with its online learning state) and its shaping args."""
-        state = _VWState(args=self._config.structural_args(), model=self._ws.serialize())
+        """Serialize the VW model (with its online learning state) and its shaping args, and
+        for weights-only configs the non-zero weight rows (see :class:`_VWState`)."""
+        model = self._ws.serialize()
+        if not self._patchable:
+            state = _VWState(args=self._config.structural_args(), model=model)
+            return msgspec.msgpack.encode(state)
+        table = self._table()
+        rows = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
+        state = _VWState(
+            args=self._config.structural_args(),
+            model=model,
+            rows=rows.tobytes(),
+            values=np.ascontiguousarray(table[rows]).tobytes(),
+            stride=table.shape[1],
+        )
         return msgspec.msgpack.encode(state)
+
+    def _table(self) -> npt.NDArray[np.float32]:
+        """The workspace's weight table as a writable ``(rows, stride)`` view."""
+        weights = self._ws.weights()
+        table: npt.NDArray[np.float32] = weights.reshape(weights.shape[0], -1)
+        return table
+
+    def patch(self, snapshot: bytes, *, version: str) -> bool:
+        """Overwrite the weights with a newer snapshot's, in place: a memory copy of its
+        non-zero rows (about 1 ms for 10,000 rows) instead of loading a workspace (10-20 ms
+        holding the GIL). Decisions afterwards equal those of the restored snapshot.
+
+        Returns False, changing nothing, when the config is not weights-only, the snapshot
+        carries no rows, or it was trained with other arguments or another table shape.
+        """
+        if not self._patchable:
+            return False
+        try:
+            state = decode_snapshot(snapshot, _VWState, NAME)
+        except SnapshotError:
+            return False
+        table = self._table()
+        if (
+            state.args != self._config.structural_args()
+            or not state.rows
+            or state.stride != table.shape[1]
+        ):
+            return False
+        rows = np.frombuffer(state.rows, dtype=np.uint32)
+        values = np.frombuffer(state.values, dtype=np.float32).reshape(-1, state.stride)
+        if len(rows) != len(values) or (len(rows) and int(rows.max()) >= table.shape[0]):
+            return False
+        previous = self._rows
+        if previous is None:  # loaded whole: find what it holds once
+            previous = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
+        table[previous] = 0.0
+        table[rows] = values
+        self._rows = rows
+        self.version = version
+        return True
 
     @classmethod
     def restore(cls, config: VWCBConfig, snapshot: bytes, *, version: str) -> VWPolicy:

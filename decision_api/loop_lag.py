@@ -43,8 +43,7 @@ class LoopLagMonitor:
     def record(self, lag_s: float) -> None:
         """Count one measured lag (seconds, >= 0)."""
         self.samples += 1
-        if lag_s > self.max_s:
-            self.max_s = lag_s
+        self.max_s = max(self.max_s, lag_s)
         if self._observe is not None:
             self._observe(lag_s)
 

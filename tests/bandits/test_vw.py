@@ -184,3 +184,36 @@ def test_cached_shared_examples_predict_like_fresh_ones() -> None:
             policy.choose(context, CANDIDATES, rng)
         policy.learn(_simulate(VWPolicy(VWCBConfig()), 200, rng))
     assert len(policy._shared) == len(contexts)
+
+
+def test_patch_takes_a_newer_snapshot_like_a_restore() -> None:
+    """A weights-only (epsilon) model patched in place with newer snapshots decides exactly as
+    the snapshots restored whole, including weights that went back to zero; squarecb, whose
+    exploration counts examples outside the weights, refuses and is rebuilt instead."""
+    rng = np.random.default_rng(5)
+    config = VWCBConfig(exploration="epsilon", epsilon=0.1)
+    learner = VWPolicy(config)
+    serving = VWPolicy(config)
+    contexts = [_context(s, rng) for s in (0, 1, 2, 0, 1)]
+    for step in range(3):
+        learner.learn(_simulate(VWPolicy(VWCBConfig()), 150, rng))
+        data = learner.snapshot()
+        assert serving.patch(data, version=str(step + 1))
+        restored = VWPolicy.restore(config, data, version=str(step + 1))
+        for context in contexts:
+            assert np.array_equal(serving.pmf(context, CANDIDATES),
+                                  restored.pmf(context, CANDIDATES))  # fmt: skip
+        assert serving.version == str(step + 1)
+    other = VWPolicy(config)  # another model (a reset, then a little learning): fewer rows
+    other.learn(_simulate(VWPolicy(VWCBConfig()), 20, rng))
+    assert serving.patch(other.snapshot(), version="4")
+    restored = VWPolicy.restore(config, other.snapshot(), version="4")
+    # The weights themselves (column 0; VW does not serialize its scratch column 3).
+    assert np.array_equal(serving._ws.weights()[..., 0], restored._ws.weights()[..., 0])
+    for context in contexts:
+        assert np.array_equal(serving.pmf(context, CANDIDATES), restored.pmf(context, CANDIDATES))
+    fresh = VWPolicy(config).snapshot()  # a reset: every weight back to zero
+    assert not serving.patch(fresh, version="9")  # no rows to copy: rebuilt by the caller
+    square = VWPolicy(VWCBConfig())
+    assert not square.patch(VWPolicy(VWCBConfig()).snapshot(), version="2")
+    assert not serving.patch(b"\x92garbage", version="3")
