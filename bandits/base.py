@@ -152,6 +152,22 @@ class Policy(Protocol):
         ...
 
 
+@runtime_checkable
+class Incremental(Protocol):
+    """A serving policy that can take a newer snapshot in place, cheaply (no model rebuild).
+
+    Serving workers swap models while they decide; rebuilding a model can hold the GIL for
+    milliseconds (a VW workspace), stalling every request of the worker. A policy whose
+    predictions depend on state it can overwrite in a memory copy implements this.
+    """
+
+    def patch(self, snapshot: bytes, *, version: str) -> bool:
+        """Make this policy equal to ``build_policy(..., snapshot=snapshot)`` for decisions,
+        with ``version``; returns False (nothing changed) when it cannot, and the caller
+        rebuilds."""
+        ...
+
+
 def check_candidates(candidates: Sequence[Candidate]) -> tuple[str, ...]:
     """Return the candidate keys, raising CandidateError if empty or not unique."""
     keys = tuple(c.key for c in candidates)

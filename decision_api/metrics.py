@@ -35,6 +35,8 @@ LATENCY_BUCKETS = (
     1.0,
 )
 
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
 
 class Metrics:
     """Every metric the service exports."""
@@ -113,6 +115,18 @@ class Metrics:
             "tailor_early_outcomes",
             "Outcomes dated before their decision (or its send_at): rejected, not learned",
             ["experiment"], registry=r,
+        )
+        self.loop_lag = Histogram(
+            "tailor_event_loop_lag_seconds",
+            "How late the event loop woke a 10 ms timer: time it spent on something else "
+            "(a long callback, a model load holding the GIL)",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "tailor_event_loop_lag_max_seconds",
+            "The largest event-loop lag measured since the worker started",
+            registry=r,
         )
         self.rate_limited = Counter(
             "tailor_rate_limited", "Requests refused by rate limits", registry=r

@@ -29,6 +29,7 @@ from decision_api.decisions.controls import Controls
 from decision_api.decisions.engine import DecisionEngine, Pseudonymiser
 from decision_api.learning.runtime import LearnerRunner, LearningPolicies
 from decision_api.logging import WARN_INTERVAL_S
+from decision_api.loop_lag import LoopLagMonitor
 from decision_api.metrics import Metrics
 from decision_api.privacy.data_rights import DataRights, Tombstones
 from decision_api.profiles.batcher import ProfileBatcher
@@ -118,6 +119,12 @@ class Services:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.learner: LearnerRunner | None = None
+        self.loop_lag = LoopLagMonitor(self._observe_lag)
+
+    def _observe_lag(self, lag_s: float) -> None:
+        self.metrics.loop_lag.observe(lag_s)
+        if lag_s >= self.loop_lag.max_s:
+            self.metrics.loop_lag_max.set(lag_s)
 
     async def refresh_config(self, force: bool = False) -> bool:
         """Reload experiment definitions if they changed, and follow them in the learners."""
@@ -294,7 +301,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     services.start_background(
         "model-poll", settings.learner.model_poll_interval_s, services.learning.serving.poll
     )
-    if settings.learner.in_process:
+    services._tasks.append(asyncio.create_task(services.loop_lag.run(), name="loop-lag"))
+    if settings.learner.in_process is not False:  # unset: in-process (``tailor serve`` sets it)
         services.start_learner()
     await start_trust_pollers(services)
     if settings.pseudonym_secret == "change-me" and not services.keys.open:

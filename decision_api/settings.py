@@ -79,9 +79,16 @@ class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
 
 class LearnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Online learning: in-server learner task and snapshot cadence."""
+    """Online learning: where the learner runs, and the snapshot cadence.
 
-    in_process: bool = True
+    ``in_process``: ``None`` (unset, the default) lets the launcher choose — ``tailor serve``
+    runs the learner as its own supervised process (``tailor learn``) and its API workers spend
+    no CPU on training, while an app built directly with ``create_app`` (tests, embedding in one
+    process) runs it in-process; ``True`` runs it inside the API worker(s) under a lease;
+    ``False`` runs none here (a ``tailor learn`` process elsewhere learns).
+    """
+
+    in_process: bool | None = None
     snapshot_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
     model_poll_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     reward_sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0

@@ -100,6 +100,14 @@ def bench_decisions(runs: int, n: int) -> dict[str, float]:
                 policy.choose(context, CANDIDATES, gen)
 
         out[label] = median_cpu(runs, decide) / n * 1e6
+        if isinstance(policy, VWPolicy):
+            # The runs above repeat the same contexts (parsed shared examples are reused):
+            # here every decision's context is new to the policy.
+            def decide_new(policy: VWPolicy = policy) -> None:
+                policy._shared.clear()
+                decide(policy)
+
+            out[label + " (new contexts)"] = median_cpu(runs, decide_new) / n * 1e6
 
     # What the parsed-action cache saves: formatting and parsing 10 action lines per decision.
     vw = VWPolicy(VWCBConfig())

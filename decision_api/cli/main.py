@@ -19,6 +19,7 @@ import msgspec
 
 from decision_api.cli.keys import add_key_commands
 from decision_api.cli.reports import add_report_commands
+from decision_api.cli.supervise import SupervisedProcess, learner_command
 from decision_api.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -81,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Redis (event_log.relay).
         owner = start_event_log_owner(settings.event_log.url)
         os.environ["TAILOR_EVENT_LOG_URL"] = "relay://"
+    learner = start_learner(settings)
     url = f"http://{host}:{port}"
     structlog.get_logger().info(f"serving on {url}", url=url, workers=workers)
     try:
@@ -104,6 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers_kill_timeout=30,
         ).serve()
     finally:
+        if learner is not None:
+            learner.stop()  # publishes its last snapshots (the workers have flushed their joins)
         if owner is not None:
             owner.terminate()  # the owner drains what the workers flushed on their way out
             try:
@@ -126,6 +130,19 @@ def start_event_log_owner(event_log_url: str) -> subprocess.Popen[bytes]:
         preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads yet): SIGTERM if serve dies
     )
     return proc
+
+
+def start_learner(settings: Settings) -> SupervisedProcess | None:
+    """Run the learner as its own process, restarted if it dies, unless configured otherwise.
+
+    With ``TAILOR_LEARNER_IN_PROCESS`` unset, the API workers started next do not learn (it is set
+    to ``false`` for them) and a supervised ``tailor learn`` child does; ``true`` keeps the
+    learner inside the workers, ``false`` means a ``tailor learn`` runs elsewhere.
+    """
+    if settings.learner.in_process is not None:
+        return None
+    os.environ["TAILOR_LEARNER_IN_PROCESS"] = "false"
+    return SupervisedProcess("learner", learner_command(f"serve-{os.getpid()}"), os.environ)
 
 
 def cmd_event_log_owner(args: argparse.Namespace) -> int:

@@ -157,3 +157,63 @@ def test_vw_rejects_what_passes_the_allow_list() -> None:
     with pytest.raises(ValueError, match="VW rejected"):
         check_vw_config(config)
     check_vw_config(VWCBConfig())
+
+
+def _fresh_pmf(policy: VWPolicy, context: Context) -> list[float]:
+    """The pmf from freshly parsed shared and action lines (no cache), floored as served."""
+    from bandits.base import floor_pmf
+
+    parser = TextFormatParser(policy._ws)
+    examples = [parser.parse_line(shared_line(context))]
+    examples += [parser.parse_line(action_line(c.key, c.features)) for c in CANDIDATES]
+    weights = [0.0] * len(CANDIDATES)
+    for action, prob in policy._ws.predict_one(examples):
+        weights[action] = prob
+    return floor_pmf(weights, policy._config.floor(len(CANDIDATES)))
+
+
+def test_cached_shared_examples_predict_like_fresh_ones() -> None:
+    """Contexts seen again reuse their parsed shared example; the pmf equals one from freshly
+    parsed lines, before and after more learning (a reused example keeps no trace of use)."""
+    rng = np.random.default_rng(11)
+    policy = VWPolicy(VWCBConfig(exploration="epsilon", epsilon=0.1))
+    contexts = [_context(s, rng) for s in (0, 1, 2)]
+    for _ in range(3):
+        for context in contexts:
+            assert np.array_equal(policy.pmf(context, CANDIDATES), _fresh_pmf(policy, context))
+            policy.choose(context, CANDIDATES, rng)
+        policy.learn(_simulate(VWPolicy(VWCBConfig()), 200, rng))
+    assert len(policy._shared) == len(contexts)
+
+
+def test_patch_takes_a_newer_snapshot_like_a_restore() -> None:
+    """A weights-only (epsilon) model patched in place with newer snapshots decides exactly as
+    the snapshots restored whole, including weights that went back to zero; squarecb, whose
+    exploration counts examples outside the weights, refuses and is rebuilt instead."""
+    rng = np.random.default_rng(5)
+    config = VWCBConfig(exploration="epsilon", epsilon=0.1)
+    learner = VWPolicy(config)
+    serving = VWPolicy(config)
+    contexts = [_context(s, rng) for s in (0, 1, 2, 0, 1)]
+    for step in range(3):
+        learner.learn(_simulate(VWPolicy(VWCBConfig()), 150, rng))
+        data = learner.snapshot()
+        assert serving.patch(data, version=str(step + 1))
+        restored = VWPolicy.restore(config, data, version=str(step + 1))
+        for context in contexts:
+            assert np.array_equal(serving.pmf(context, CANDIDATES),
+                                  restored.pmf(context, CANDIDATES))  # fmt: skip
+        assert serving.version == str(step + 1)
+    other = VWPolicy(config)  # another model (a reset, then a little learning): fewer rows
+    other.learn(_simulate(VWPolicy(VWCBConfig()), 20, rng))
+    assert serving.patch(other.snapshot(), version="4")
+    restored = VWPolicy.restore(config, other.snapshot(), version="4")
+    # The weights themselves (column 0; VW does not serialize its scratch column 3).
+    assert np.array_equal(serving._ws.weights()[..., 0], restored._ws.weights()[..., 0])
+    for context in contexts:
+        assert np.array_equal(serving.pmf(context, CANDIDATES), restored.pmf(context, CANDIDATES))
+    fresh = VWPolicy(config).snapshot()  # a reset: every weight back to zero
+    assert not serving.patch(fresh, version="9")  # no rows to copy: rebuilt by the caller
+    square = VWPolicy(VWCBConfig())
+    assert not square.patch(VWPolicy(VWCBConfig()).snapshot(), version="2")
+    assert not serving.patch(b"\x92garbage", version="3")

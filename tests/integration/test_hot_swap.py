@@ -35,7 +35,8 @@ HERO = {
     "placement": "home",
     "default_variant": "a",
     "variants": [{"key": k, "payload": {"colour": k}} for k in ("a", "b", "c")],
-    "policy": {"kind": "thompson"},
+    # No exploration floor: the tests read which model serves from a model sure of one variant.
+    "policy": {"kind": "thompson", "min_propensity": 0},
     "reward_window_s": 1,
     "reward": {"rules": [{"type": "click"}]},
 }

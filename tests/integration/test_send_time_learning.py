@@ -42,12 +42,14 @@ EXPERIMENT = "send-time-sim"
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Fast learning cadence: snapshots every 0.2 s, model polls every 0.1 s."""
+    """Fast learning cadence: snapshots every 0.2 s, model polls every 0.1 s; opens may be dated
+    in the simulated days ahead (sends are scheduled tomorrow and later)."""
     return msgspec.structs.replace(
         settings,
         learner=LearnerSettings(
             snapshot_interval_s=0.2, model_poll_interval_s=0.1, reward_sweep_interval_s=0.1
         ),
+        event_log=msgspec.structs.replace(settings.event_log, max_event_lead_s=31 * 86400),
     )
 
 

@@ -219,7 +219,7 @@ def worker_pids(process: subprocess.Popen[bytes]) -> list[int]:
     return [
         pid
         for pid, cmd in children_of(process.pid)
-        if "redis-server" not in cmd and "event-log-owner" not in cmd
+        if "redis-server" not in cmd and "event-log-owner" not in cmd and " learn " not in f"{cmd} "
     ]
 
 
@@ -381,3 +381,60 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, workers: int) -> None:
     )  # fmt: skip
     stored = {row[0] for row in json.loads(counted.stdout)}
     assert set(decided) <= stored
+
+
+def _learners(pid: int) -> list[int]:
+    return [p for p, cmd in children_of(pid) if cmd.endswith(f"learn --name serve-{pid}")]
+
+
+@pytest.mark.slow
+def test_serve_learns_in_its_own_process_and_restarts_it(
+    server: tuple[subprocess.Popen[bytes], str, Path],
+) -> None:
+    """``tailor serve`` runs the learner as a child process, not in the API worker: decisions
+    and clicks become a new model version that the worker loads while its own learned-examples
+    counter stays absent; a killed learner is started again; SIGTERM stops it with the rest."""
+    process, url, _ = server
+    (learner,) = _learners(process.pid)
+    spec = {"key": "hero", "placement": "home", "default_variant": "a",
+            "variants": [{"key": k, "payload": {"c": k}} for k in ("a", "b", "c")],
+            "policy": {"kind": "thompson"}, "reward_window_s": 1,
+            "reward": {"rules": [{"type": "click"}]}}  # fmt: skip
+    loaded = 'tailor_model_version_loaded{experiment="hero"}'
+    with httpx.Client(base_url=url, timeout=10) as http:
+        assert http.post("/v1/experiments", json=spec).status_code == 201
+        assert http.post("/v1/experiments/hero/start").status_code == 200
+        deadline = time.monotonic() + 30
+        version = 0.0
+        i = 0
+        while version < 1 and time.monotonic() < deadline:
+            i += 1
+            answer = http.post("/v1/decide", json={"unit_id": f"u{i}", "placements": ["home"]})
+            (placed,) = answer.json()["decisions"]
+            if placed["variant"] == "c":
+                outcome = {"decision_id": answer.json()["decision_id"], "type": "click"}
+                assert http.post("/v1/outcomes", json=outcome).status_code in (200, 202)
+            metrics = http.get("/metrics").text
+            version = next((float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                            if line.startswith(loaded)), 0.0)  # fmt: skip
+            time.sleep(0.05)
+        assert version >= 1, "no model version reached the worker"
+        assert "tailor_examples_learned_total{" not in metrics  # the worker learned nothing
+        assert 'tailor_event_loop_lag_seconds_count' in metrics
+
+    os.kill(learner, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while not [p for p in _learners(process.pid) if p != learner and alive(p)]:
+        assert time.monotonic() < deadline, "the learner was not started again"
+        time.sleep(0.1)
+    (restarted,) = [p for p in _learners(process.pid) if alive(p)]
+    log_path = server[2].parent / "serve.log"
+    while log_path.read_text(errors="replace").count('"learner_started"') < 2:
+        assert time.monotonic() < deadline, "the restarted learner did not start"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert not alive(restarted), "the learner outlived the server"
+    log_text = log_path.read_text(errors="replace")
+    assert "child_exited" in log_text
+    assert '"learner_stopped"' in log_text, log_text[-3000:]  # stopped, not killed
