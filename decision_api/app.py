@@ -13,11 +13,11 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.enums import ScopeType
-from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from decision_api.logging import configure_logging
 from decision_api.problems import EXCEPTION_HANDLERS, document_problems
+from decision_api.routes.api_docs import openapi_config
 from decision_api.routes.batch import BatchController
 from decision_api.routes.controls import ControlController
 from decision_api.routes.decide import DecideController
@@ -33,6 +33,7 @@ from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
 from decision_api.routes.reports import ReportController, report_asset, report_page
 from decision_api.routes.sdk import tailor_js
+from decision_api.routes.ui import end_session, root, start_session, ui_asset, ui_page
 from decision_api.routes.units import EventController, UnitController
 from decision_api.services import open_services
 from decision_api.settings import Settings
@@ -132,6 +133,11 @@ def create_app(settings: Settings) -> Litestar:
         report_page,
         report_asset,
         ControlController,
+        root,
+        ui_page,
+        ui_asset,
+        start_session,
+        end_session,
         healthz,
         readyz,
         metrics,
@@ -142,12 +148,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[request_ids],
-        openapi_config=OpenAPIConfig(
-            title="Tailor",
-            version=VERSION,
-            path="/schema",
-            description="Experimentation and real-time personalization decision API.",
-        ),
+        openapi_config=openapi_config(VERSION),
         cors_config=cors,
         request_max_body_size=settings.decisions.max_body_bytes,
         debug=False,
