@@ -308,3 +308,49 @@ def test_schema_renders_offline(api: ApiServer, page: tuple[Page, Watch]) -> Non
     shot(tab, "schema")
     assert watch.hosts == {urlsplit(api.url).netloc}
     assert watch.errors == []
+
+
+def test_edit_keeps_what_the_form_does_not_show(api: ApiServer, page: tuple[Page, Watch]) -> None:
+    """Editing in the form changes what was edited (a policy error is shown at its setting
+    first) and keeps the rest: payloads, variant features, the frequency cap, reward rules."""
+    tab, watch = page
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    key = "ui-edit-" + uuid.uuid4().hex[:6]
+    spec = {
+        "key": key,
+        "placement": "edit-" + key,
+        "variants": [
+            {"key": "a", "payload": {"color": "red"}, "features": {"tone": "warm"}},
+            {"key": "b", "weight": 3, "payload": {"color": "blue"}},
+        ],
+        "default_variant": "a",
+        "targeting": {"attribute": "country", "op": "in", "value": ["DE", "AT"]},
+        "frequency_cap": {"max_exposures": 3, "window_s": 86400},
+        "reward": {"rules": [{"type": "purchase", "reward": 2.0}]},
+        "primary_metric": "purchase",
+    }
+    assert httpx.post(f"{api.url}/v1/experiments", json=spec, headers=admin).status_code == 201
+    log_in(tab, api, ADMIN)
+    tab.locator(f"#experiments tr[data-key='{key}'] a", has_text="Edit").click()
+    form = tab.locator("#experiment-form")
+    expect(form.locator("[data-path='$.key']")).to_have_value(key)
+    form.locator("[data-path='$.name']").fill("Button colour")
+    form.locator("[data-path='$.policy']").select_option("thompson")
+    form.locator("[data-path='$.policy.min_share']").fill("0.9")  # 2 arms: at most 0.5
+    form.locator("#save").click()
+    expect(form.locator("[data-error-for='$.policy.min_share']")).to_contain_text("min_share")
+    form.locator("[data-path='$.policy.min_share']").fill("0.1")
+    form.locator("#save").click()
+    expect(tab.locator("#notice")).to_contain_text(f"Saved {key} (version 2")
+
+    stored = httpx.get(f"{api.url}/v1/experiments/{key}", headers=admin).json()
+    assert stored["name"] == "Button colour"
+    assert stored["policy"]["kind"] == "thompson" and stored["policy"]["min_share"] == 0.1
+    assert [v["payload"] for v in stored["variants"]] == [{"color": "red"}, {"color": "blue"}]
+    assert stored["variants"][0]["features"] == {"tone": "warm"}
+    assert stored["variants"][1]["weight"] == 3
+    assert stored["targeting"] == spec["targeting"]
+    assert stored["frequency_cap"]["max_exposures"] == 3
+    assert stored["reward"]["rules"] == [{"type": "purchase", "reward": 2.0, "per_value": False}]
+    assert stored["primary_metric"] == "purchase"
+    assert watch.errors == []
