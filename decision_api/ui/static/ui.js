@@ -269,7 +269,8 @@ function killSwitch(result) {
       if (!engaged && !confirm("Engage the kill switch? Every placement will serve its default variant until it is released.")) return;
       const r = await api("PUT", "/v1/kill-switch", { engaged: !engaged });
       if (!r.ok) { notice("problem", problemText(r)); return; }
-      viewExperiments();
+      // Draw the state the PUT answered: a GET could reach a worker that has not polled yet.
+      document.getElementById("kill-banner").replaceWith(killSwitch(r));
     },
   });
   return h("div", { class: "banner" + (engaged ? " engaged" : ""), id: "kill-banner" },
