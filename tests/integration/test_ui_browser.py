@@ -310,6 +310,20 @@ def test_a_wrong_key_stays_at_the_login(api: ApiServer, page: tuple[Page, Watch]
         expect(tab.locator("#nav")).to_be_hidden()
 
 
+def test_log_out_forgets_the_key(api: ApiServer, page: tuple[Page, Watch]) -> None:
+    """The key survives a reload of the tab (sessionStorage) and is gone after logging out."""
+    tab, watch = page
+    log_in(tab, api, ADMIN)
+    tab.reload()
+    expect(tab.locator("#nav")).to_be_visible()
+    tab.locator("#logout").click()
+    expect(tab.locator("#login")).to_be_visible()
+    tab.reload()
+    expect(tab.locator("#login")).to_be_visible()
+    assert tab.evaluate("sessionStorage.length") == 0
+    assert watch.errors == []
+
+
 def test_schema_renders_offline(api: ApiServer, page: tuple[Page, Watch]) -> None:
     """``/schema`` draws the API's operations with the vendored viewer, loading nothing from
     another host (it was blank offline with Litestar's CDN viewers)."""
