@@ -34,6 +34,7 @@ from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
 from decision_api.routes.reports import ReportController, report_asset, report_page
 from decision_api.routes.sdk import tailor_js
+from decision_api.routes.ui import end_session, root, start_session, ui_asset, ui_page
 from decision_api.routes.units import EventController, UnitController
 from decision_api.services import open_services
 from decision_api.settings import Settings
@@ -168,6 +169,11 @@ def create_app(settings: Settings) -> Litestar:
         report_page,
         report_asset,
         ControlController,
+        root,
+        ui_page,
+        ui_asset,
+        start_session,
+        end_session,
         healthz,
         readyz,
         metrics,

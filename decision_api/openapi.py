@@ -35,14 +35,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import (
     JsonRenderPlugin,
     OpenAPIRenderPlugin,
-    RapidocRenderPlugin,
-    RedocRenderPlugin,
-    StoplightRenderPlugin,
-    SwaggerRenderPlugin,
     YamlRenderPlugin,
 )
 from litestar.openapi.spec import Components, Operation, SecurityRequirement, SecurityScheme
 
+from decision_api.routes.api_docs import OfflineRapidoc
 from decision_api.routes.guards import ScopeGuard
 from decision_api.routes.reports import COOKIE
 
@@ -86,16 +83,13 @@ SCOPES_EXTENSION = "x-tailor-scopes"
 
 
 def openapi_config(*, title: str, version: str, description: str, path: str) -> OpenAPIConfig:
-    """The app's OpenAPI configuration: the key schemes declared, every schema page and file
-    rendering the :func:`portable_document` (the pages Litestar serves by default, redoc at
-    the root)."""
+    """The app's OpenAPI configuration: the key schemes declared, the document and its offline
+    viewer (:class:`~decision_api.routes.api_docs.OfflineRapidoc`, at ``/schema``) rendering the
+    :func:`portable_document`."""
     pages: list[OpenAPIRenderPlugin] = [
-        RedocRenderPlugin(),
+        OfflineRapidoc(),
         JsonRenderPlugin(),
         YamlRenderPlugin(path=["/openapi.yaml", "/openapi.yml"]),
-        SwaggerRenderPlugin(),
-        StoplightRenderPlugin(),
-        RapidocRenderPlugin(),
     ]
     return OpenAPIConfig(
         title=title,

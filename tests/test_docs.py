@@ -48,7 +48,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 # Routes that exist for people and browsers but are left out of the OpenAPI document.
-UNDOCUMENTED_IN_SCHEMA = {"GET /sdk/tailor.js", "GET /reports/static/{name}"}
+UNDOCUMENTED_IN_SCHEMA = {
+    "GET /sdk/tailor.js",
+    "GET /reports/static/{name}",
+    "GET /",
+    "GET /ui",
+    "GET /ui/static/{name}",
+    "POST /ui/session",
+    "DELETE /ui/session",
+}
 
 
 def page(name: str) -> str:

@@ -9,7 +9,8 @@ The admin API sets it (:meth:`Controls.set_kill_switch`); every worker polls it 
 ``engine.kill_switch``. Engaged means every placement gets its experiment's default variant with
 reason ``kill_switch`` and no profile is read. ``decisions.kill_switch`` in the settings engages
 it for the process regardless of Redis. While Redis is unreachable the last value read stays in
-force.
+force. A poll whose GET was in flight while this worker switched discards what it read: the
+switch applied here is newer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Controls:
         self._engine = engine
         self._forced = forced
         self.shared = False
+        self._switches = 0  # switches made here; a poll spanning one discards its read
         engine.kill_switch = forced
 
     @property
@@ -51,8 +53,11 @@ class Controls:
         self._engine.kill_switch = self._forced or shared
 
     async def poll(self) -> None:
-        """Read the shared switch (one GET) and apply it."""
-        self._apply(await self._redis.get(self._key) == "1")
+        """Read the shared switch (one GET) and apply it, unless this worker switched meanwhile."""
+        switches = self._switches
+        shared = await self._redis.get(self._key) == "1"
+        if switches == self._switches:
+            self._apply(shared)
 
     async def set_kill_switch(self, engaged: bool) -> None:
         """Engage or release the switch for every worker (applied here at once)."""
@@ -60,4 +65,5 @@ class Controls:
             await self._redis.set(self._key, "1")
         else:
             await self._redis.delete(self._key)
+        self._switches += 1
         self._apply(engaged)

@@ -66,7 +66,17 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("GET", "/v1/kill-switch", None, set()),
     ("PUT", "/v1/kill-switch", {"engaged": False}, set()),
 ]
-OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/sdk/tailor.js"}  # the snippet is public
+# The snippet is public; so are the UI's page and files, which hold no data (every call the UI
+# makes goes through the API's guards with the user's key) and ``/``, a redirect to ``/ui``.
+OPEN_PATHS = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/sdk/tailor.js",
+    "/",
+    "/ui",
+    "/ui/static/{name:str}",
+}
 
 
 def with_auth(settings: Settings, **changes: Any) -> Settings:

@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from decision_api.app import create_app
+from decision_api.decisions.controls import Controls
 from decision_api.settings import DecisionSettings, Settings
 
 Client = AsyncTestClient[Litestar]
@@ -149,3 +150,45 @@ async def test_sensitive_context_never_reaches_targeting(client: Client) -> None
     await asyncio.to_thread(client.blocking_portal.call, services.writer.flush)
     rows = await asyncio.to_thread(services.event_log.query, "SELECT context FROM exposures")
     assert rows == [({"device": "m"},)]
+
+
+class _Engine:
+    """The decision engine as the kill switch sees it."""
+
+    kill_switch = False
+
+
+class _HeldRedis:
+    """Real Redis whose GET answers only when ``release`` is set (the reply is read first)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.release = asyncio.Event()
+
+    async def get(self, key: str) -> Any:
+        value = await self._redis.get(key)
+        await self.release.wait()
+        return value
+
+    async def set(self, key: str, value: str) -> Any:
+        return await self._redis.set(key, value)
+
+    async def delete(self, key: str) -> Any:
+        return await self._redis.delete(key)
+
+
+async def test_a_poll_in_flight_does_not_undo_a_switch(redis: Redis, namespace: str) -> None:
+    """A poll whose GET was answered before the admin released the switch does not re-engage
+    it when it lands afterwards (it did, until the next poll: the UI then read a stale state)."""
+    held = _HeldRedis(redis)
+    engine = _Engine()
+    controls = Controls(held, namespace, engine, forced=False)  # type: ignore[arg-type]
+    await controls.set_kill_switch(True)
+    poll = asyncio.create_task(controls.poll())
+    await asyncio.sleep(0.05)  # the poll has read "1" and waits
+    await controls.set_kill_switch(False)
+    held.release.set()
+    await poll
+    assert controls.engaged is False and engine.kill_switch is False
+    await controls.poll()  # a later poll reads the released switch
+    assert controls.engaged is False
