@@ -222,6 +222,10 @@ class VWPolicy:
 
     # -- snapshots -------------------------------------------------------------------------
 
+    def model_bytes(self) -> bytes:
+        """The VW model alone (weights and learning state), as ``model=`` takes it back."""
+        return bytes(self._ws.serialize())
+
     def snapshot(self) -> bytes:
         """Serialize the VW model (with its online learning state) and its shaping args."""
         state = _VWState(args=self._config.structural_args(), model=self._ws.serialize())
