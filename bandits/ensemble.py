@@ -212,11 +212,12 @@ class EnsemblePolicy:
                     self._mix * self._cell_pmf(part, cell, keys) + (1.0 - self._mix) * base)
                 sampler = self._samplers.put(cache_key, Sampler(floor_pmf(pmf.tolist(), floor)))
             return sampler, None
-        base = self._samplers.get(((), (), keys))
-        if base is None:
-            base = self._samplers.put(((), (), keys), Sampler(self._cell_pmf((), (), keys)))
+        base_sampler = self._samplers.get(("base", keys))
+        if base_sampler is None:
+            base_sampler = self._samplers.put(("base", keys),
+                                              Sampler(self._cell_pmf((), (), keys)))
         vw = self._vw.pmf(context, candidates)
-        mixed = self._mix * vw + (1.0 - self._mix) * base.pmf
+        mixed = self._mix * vw + (1.0 - self._mix) * base_sampler.pmf
         return None, floor_pmf(mixed.tolist(), floor)
 
     def pmf(self, context: Context, candidates: Sequence[Candidate]) -> FloatArray:
@@ -338,7 +339,7 @@ class EnsemblePolicy:
         expected = config.structural_args()
         if state.vw_args != expected:
             raise SnapshotError(
-                f"snapshot's VW member was trained with {' '.join(state.vw_args)!r} but the "
+                f"snapshot's VW member was trained with VW arguments {' '.join(state.vw_args)!r} but the "
                 f"config gives {' '.join(expected)!r}; only epsilon may change"
             )
         return cls(config, version=version, state=state)

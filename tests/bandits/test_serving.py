@@ -120,7 +120,7 @@ async def test_changed_definition_rebuilds_with_the_published_model(
     """A new experiment version keeps serving the old policy until the poll rebuilds it with
     the new config on the same snapshot."""
     v1 = spec_of(EXP, epsilon_vw(0.3))
-    greedy = VWCBConfig(exploration="epsilon", epsilon=0.0, min_propensity=0.0)  # no floor
+    greedy = msgspec.structs.replace(epsilon_vw(0.0), min_propensity=0.0)  # no floor
     v2 = msgspec.structs.replace(v1, experiment_version=2, config=greedy)
     await _publish(store, v1, 1, _trained(v1, n=800))
     serving = ServingPolicies(store)
