@@ -339,7 +339,8 @@ class EnsemblePolicy:
         expected = config.structural_args()
         if state.vw_args != expected:
             raise SnapshotError(
-                f"snapshot's VW member was trained with VW arguments {' '.join(state.vw_args)!r} but the "
-                f"config gives {' '.join(expected)!r}; only epsilon may change"
+                "snapshot's VW member was trained with VW arguments "
+                f"{' '.join(state.vw_args)!r} but the config gives {' '.join(expected)!r}; "
+                "only epsilon may change"
             )
         return cls(config, version=version, state=state)
