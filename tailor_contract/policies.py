@@ -280,14 +280,16 @@ class VWCBConfig(_Learning, frozen=True, tag="vw_cb"):
         forget_half_life: Examples after which the ensemble's cell statistics and value
             estimates weigh half; what lets it follow a world that changes.
 
-    Measured with ``loadtests/bench_learning.py`` (8 variants, 50,000 decisions, 3 seeds; shares
-    of the oracle's gain over uniform in the last fifth; see ``docs/experiments.md``): VW alone
-    stays far below the oracle when the best variant depends on a combination of attributes
-    (2-way 0.38, 3-way 0.27 with ``-q UA -l 0.01``; cubic terms add little), while Thompson per
-    cell of the right attributes gets most of it; the ensemble finds the cell attributes itself
-    and serves a contextual member only when its estimated gain over the baseline has a lower
-    95% bound above zero. VW's defaults in the ensemble (``-q UA --cubic UUA -l 0.03``) were the
-    best VW settings of that study.
+    Measured with ``loadtests/bench_learning.py`` (8 variants, 50,000 decisions, medians of 3
+    seeds; shares of the oracle's gain over uniform in the last fifth; ``docs/experiments.md``):
+    VW alone (``-q UA -l 0.01``) stays far below the oracle when the best variant depends on a
+    combination of attributes (2-way 0.37, 3-way 0.26, additive 0.60; cubic terms add little).
+    The ensemble finds the cell attributes itself (2-way 0.56, 3-way 0.31, additive 0.70) and
+    serves a contextual member alone only when its estimated gain over the baseline has a lower
+    95% bound above zero (half and half while undecided). It does not yet reach the 0.8 target.
+    VW's defaults in the ensemble (``-q UA --cubic UUA -l 0.03``) were the best VW settings of
+    that study. Snapshots of a plain-VW model do not restore into the ensemble (the learner
+    starts a fresh model, as after any change of VW arguments).
     """
 
     exploration: Literal["epsilon", "squarecb"] = "squarecb"
