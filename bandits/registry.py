@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bandits.base import Arm, Policy
+from bandits.ensemble import EnsemblePolicy
 from bandits.epsilon_greedy import EpsilonGreedyPolicy
 from bandits.fixed import FixedPolicy
 from bandits.send_time.policy import SendTimePolicy
@@ -62,6 +63,10 @@ def build_policy(
             if snapshot is None:
                 return EpsilonGreedyPolicy(config, arms, version=version)
             return EpsilonGreedyPolicy.restore(config, arms, snapshot, version=version)
+        case VWCBConfig() if config.members == "ensemble":
+            if snapshot is None:
+                return EnsemblePolicy(config, version=version)
+            return EnsemblePolicy.restore(config, snapshot, version=version)
         case VWCBConfig():
             if snapshot is None:
                 return VWPolicy(config, version=version)

@@ -280,6 +280,10 @@ class VWPolicy:
 
     # -- snapshots -------------------------------------------------------------------------
 
+    def model_bytes(self) -> bytes:
+        """The VW model alone (weights and learning state), as ``model=`` takes it back."""
+        return bytes(self._ws.serialize())
+
     def snapshot(self) -> bytes:
         """Serialize the VW model (with its online learning state) and its shaping args, and
         for weights-only configs the non-zero weight rows (see :class:`_VWState`)."""

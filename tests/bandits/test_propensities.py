@@ -87,7 +87,8 @@ def test_logged_propensity_is_the_pmf_value(policy: Policy) -> None:
         assert choice.propensity == pytest.approx(pmf[choice.index], rel=1e-9)
         assert choice.key == CANDIDATES[choice.index].key
         assert choice.policy == policy.name
-        assert choice.model_version == "v7"
+        # vw_cb's ensemble appends the serving member: "v7/cells:segment", "v7/baseline".
+        assert choice.model_version.partition("/")[0] == "v7"
 
 
 def test_choose_many_equals_repeated_choose(policy: Policy) -> None:
@@ -147,7 +148,7 @@ FLOORED: dict[str, Callable[[float | None], ThompsonConfig | EpsilonGreedyConfig
     "thompson": lambda m: ThompsonConfig(min_propensity=m),
     "epsilon_greedy": lambda m: EpsilonGreedyConfig(epsilon=0.02, min_propensity=m),
     "vw_epsilon": lambda m: VWCBConfig(exploration="epsilon", epsilon=0.02, min_propensity=m),
-    "vw_squarecb": lambda m: VWCBConfig(min_propensity=m),
+    "vw_squarecb": lambda m: VWCBConfig(min_propensity=m, members="vw"),
 }
 
 

@@ -120,7 +120,7 @@ async def test_changed_definition_rebuilds_with_the_published_model(
     """A new experiment version keeps serving the old policy until the poll rebuilds it with
     the new config on the same snapshot."""
     v1 = spec_of(EXP, epsilon_vw(0.3))
-    greedy = VWCBConfig(exploration="epsilon", epsilon=0.0, min_propensity=0.0)  # no floor
+    greedy = msgspec.structs.replace(epsilon_vw(0.0), min_propensity=0.0)  # no floor
     v2 = msgspec.structs.replace(v1, experiment_version=2, config=greedy)
     await _publish(store, v1, 1, _trained(v1, n=800))
     serving = ServingPolicies(store)
@@ -170,31 +170,46 @@ async def test_vw_swaps_cost_the_loop_a_memory_copy_not_a_model_load(
     store: SnapshotStore,
 ) -> None:
     """Newer weights-only VW snapshots are taken into the serving model in place: the same
-    object keeps serving, decides exactly as the snapshot restored whole, and a swap costs the
-    process under 2 ms of CPU (median of 8; about 0.5 ms). Loading the workspace instead costs
-    3-6 ms for this model and 10-20 ms for bigger ones, holding the GIL, so it blocks the event
-    loop even from another thread. CPU time, not wall time: other processes share the cores."""
-    import time
+    object keeps serving, decides exactly as the snapshot restored whole, and no VW workspace is
+    built for a swap. Building one costs 3-6 ms for this model and 10-20 ms for bigger ones,
+    holding the GIL, so it blocks the event loop even from another thread (the copy measured
+    about 0.5 ms; loadtests/bench_serving.py measures the loop's lag)."""
+    import bandits.vw as vw_module
 
     spec = spec_of(EXP, epsilon_vw(0.1))
     serving = ServingPolicies(store)
     serving.set_specs({EXP: spec})
     learner = build_policy(spec.config, spec.arms)
     rng = np.random.default_rng(4)
-    costs = []
+    built = []
+    real_workspace = vw_module.Workspace
+
+    def counting_workspace(*args: object, **kwargs: object) -> object:
+        built.append(args)
+        return real_workspace(*args, **kwargs)
+
+    vw_module.Workspace = counting_workspace  # type: ignore[assignment,misc]
+    try:
+        build_policy(spec.config, spec.arms)
+    finally:
+        vw_module.Workspace = real_workspace  # type: ignore[misc]
+    assert len(built) == 1, "the count sees a workspace being built"
     first = None
     for version in range(1, 10):
         examples = bernoulli_examples(EXP, 300, rng)
         learner.learn([e for r, w in examples if (e := spec.example(r, w)) is not None])
         data = learner.snapshot()
         await _publish(store, spec, version, data)
-        started = time.process_time()
-        assert await serving.poll() == 1
-        cost = time.process_time() - started
+        built.clear()
+        vw_module.Workspace = counting_workspace  # type: ignore[assignment,misc]
+        try:
+            assert await serving.poll() == 1
+        finally:
+            vw_module.Workspace = real_workspace  # type: ignore[misc]
         if version == 1:
-            first = serving.policy(EXP)  # the first load builds the model
+            first = serving.policy(EXP)  # the first load may build the model
         else:
-            costs.append(cost)
+            assert built == [], "a swap built a VW workspace"
         assert serving.policy(EXP) is first
         restored = build_policy(spec.config, spec.arms, snapshot=data, version=str(version))
         for context in ({}, {"segment": "a"}, {"visits": 3}):
@@ -202,5 +217,3 @@ async def test_vw_swaps_cost_the_loop_a_memory_copy_not_a_model_load(
             assert policy is not None and policy.version == str(version)
             assert np.array_equal(policy.pmf(context, spec.candidates),
                                   restored.pmf(context, spec.candidates))  # fmt: skip
-    costs.sort()
-    assert costs[len(costs) // 2] < 0.002, [round(c * 1e3, 2) for c in costs]

@@ -157,7 +157,8 @@ def test_floor_defaults_to_a_share_of_uniform_and_never_exceeds_it(
 
 
 def test_vw_args_are_normalised_and_complete() -> None:
-    """Aliases and --opt=value forms normalise; the command line carries exploration and -q UA."""
+    """Aliases and --opt=value forms normalise; the command line carries exploration, the
+    interactions (by default UA and the cubic UUA) and the learning rate (by default 0.03)."""
     assert check_vw_args(("-l", "0.5", "--l2=1e-6", "-q", "UU", "--noconstant")) == [
         "--learning_rate", "0.5", "--l2", "1e-6", "--quadratic", "UU", "--noconstant",
     ]
@@ -168,8 +169,8 @@ def test_vw_args_are_normalised_and_complete() -> None:
     squarecb = VWCBConfig(exploration="squarecb", gamma_scale=20.0, extra_args=("--lambda", "-1"))
     assert squarecb.vw_args() == [
         "--cb_explore_adf", "--quiet", "--squarecb", "--gamma_scale", "20.0",
-        "--gamma_exponent", "0.5", "--interactions", "UA", "--learning_rate", "0.01",
-        "--lambda", "-1",
+        "--gamma_exponent", "0.5", "--interactions", "UA", "--interactions", "UUA",
+        "--learning_rate", "0.03", "--lambda", "-1",
     ]
     # An explicit learning rate in the extra arguments replaces the default one.
     assert VWCBConfig(extra_args=("-l", "0.5")).vw_args().count("--learning_rate") == 1

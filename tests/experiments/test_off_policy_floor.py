@@ -19,6 +19,7 @@ Fixed seeds; the tolerance is stated on each assertion.
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -52,6 +53,10 @@ class Logs:
         self.actions: npt.NDArray[np.intp] = np.empty(n, dtype=np.intp)
         self.propensities = np.empty(n)
         self.rewards = np.empty(n)
+SQUARECB_VW = VWCBConfig(
+    members="vw", interactions=("UA",), learning_rate=0.01, gamma_scale=GAMMA_SCALE
+)
+"""VW alone with SquareCB (the ensemble's own coverage is in loadtests/bench_learning.py)."""
 
 
 def simulate(seed: int, config: VWCBConfig) -> Logs:
@@ -106,10 +111,10 @@ def test_default_floor_keeps_vw_cb_logs_evaluable() -> None:
     below the floor; without a floor the never-best variant's intervals cover it in < 80%
     (measured: 53%) and SquareCB logs propensities below 0.001."""
     floor = DEFAULT_MIN_PROPENSITY_SHARE / N_VARIANTS
-    covered, smallest = coverage(VWCBConfig(gamma_scale=GAMMA_SCALE))
+    covered, smallest = coverage(SQUARECB_VW)
     assert smallest >= floor - 1e-12
     for name, (ips, snips) in covered.items():
         assert ips >= 0.9 and snips >= 0.9, (name, ips, snips)
-    bare, smallest = coverage(VWCBConfig(gamma_scale=GAMMA_SCALE, min_propensity=0.0))
+    bare, smallest = coverage(msgspec.structs.replace(SQUARECB_VW, min_propensity=0.0))
     assert smallest < 0.001
     assert max(bare["always v3"]) < 0.8, bare

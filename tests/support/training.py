@@ -102,5 +102,7 @@ def arm_totals(examples: Sequence[tuple[DecisionRecord, float]]) -> dict[str, tu
 
 
 def epsilon_vw(epsilon: float) -> VWCBConfig:
-    """A vw_cb config exploring epsilon-greedily (the default is SquareCB)."""
-    return VWCBConfig(exploration="epsilon", epsilon=epsilon)
+    """A plain-VW vw_cb config (no ensemble) exploring epsilon-greedily with ``-q UA -l 0.01``
+    (the defaults are an ensemble, SquareCB, cubic interactions and ``-l 0.03``)."""
+    return VWCBConfig(exploration="epsilon", epsilon=epsilon, members="vw",
+                      interactions=("UA",), learning_rate=0.01)
