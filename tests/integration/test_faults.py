@@ -13,6 +13,9 @@ a time). Promises checked:
   kill may be missing;
 - SIGTERM loses nothing.
 
+A second test kills ClickHouse (over HTTP) and then makes the spool unwritable under load and a
+stream of poison batches: nothing answered 2xx may be lost or doubled, and no poison row stored.
+
 The whole test takes about a minute; the figures are printed (``FIGURES {...}``).
 """
 
@@ -33,7 +36,18 @@ import msgspec
 import pytest
 
 from decision_api.redis_server import RedisServer, free_port
-from tests.integration.test_failures import ADMIN, DECIDER, HERO, KEYS, Load
+from tests.integration.test_failures import (
+    ADMIN,
+    DECIDER,
+    HERO,
+    KEYS,
+    Load,
+    eventually_stored,
+    front_at,
+    metric,
+    start_server,
+    stored_exactly_once,
+)
 from tests.integration.test_serve_cli import children_of
 from tests.support.processes import TailorServer, server_env
 
@@ -122,13 +136,16 @@ def stored(data: Path) -> tuple[list[str], list[str]]:
     return rows["exposures"], [uuid.UUID(e).hex for e in rows["outcomes"]]
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("workers", "ending"), [(1, "sigterm"), (2, "sigterm"), (1, "kill -9")]
+)
 async def test_no_event_lost_or_doubled_through_kills_and_sigterm(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, ending: str
 ) -> None:
-    """kill -9 of a worker, kill -9 and restart of Redis, SIGTERM of the server, all under
-    load: nothing stored twice, nothing lost but what the killed worker held for at most one
-    flush interval. With two workers the events reach chdb through the Redis relay."""
+    """kill -9 of a worker, kill -9 and restart of Redis, then SIGTERM (or kill -9) of the
+    server, all under load: nothing stored twice, nothing lost but what a killed process held
+    for at most one flush interval. With two workers the events reach chdb through the Redis
+    relay."""
     redis = RedisServer(tmp_path / "redis", port=free_port(), persist=True).start()
     prefix = "x" + uuid.uuid4().hex[:10]
     server = start(tmp_path, redis.url, prefix, "serve", workers)
@@ -155,12 +172,18 @@ async def test_no_event_lost_or_doubled_through_kills_and_sigterm(
         redis_back_s = await until_ready(server, 30, "the Redis restart")
         await asyncio.sleep(2.0)
 
-        server.proc.send_signal(signal.SIGTERM)
+        killed_server_at = time.monotonic()
+        if ending == "sigterm":
+            server.proc.send_signal(signal.SIGTERM)
+        else:
+            server.proc.kill()  # the workers and the learner die with it (parent-death signal)
         code = await asyncio.to_thread(server.proc.wait, 60)
         await load.finish()
+        if ending != "sigterm":
+            await asyncio.sleep(2.0)  # its children get SIGTERM and flush what they can
     finally:
         server.stop()
-    assert code == 0, server.output()[-3000:]
+    assert code == (0 if ending == "sigterm" else -signal.SIGKILL), server.output()[-3000:]
 
     again = start(tmp_path, redis.url, prefix, "restart", workers)  # replays what was spooled
     assert again.stop() == 0
@@ -171,11 +194,14 @@ async def test_no_event_lost_or_doubled_through_kills_and_sigterm(
     accepted |= {uuid.UUID(e).hex: load.answered_at[uuid.UUID(e).hex] for e in load.outcomes}
     kept = set(exposures) | set(outcomes)
     missing = {event: at for event, at in accepted.items() if event not in kept}
-    window = (killed_worker_at - FLUSH_INTERVAL_S - SLACK_S, killed_worker_at + SLACK_S)
+    windows = [(killed_worker_at - FLUSH_INTERVAL_S - SLACK_S, killed_worker_at + SLACK_S)]
+    if ending != "sigterm":
+        windows.append((killed_server_at - FLUSH_INTERVAL_S - SLACK_S, killed_server_at + SLACK_S))
     outside = {e: round(at - killed_worker_at, 3) for e, at in missing.items()
-               if not window[0] <= at <= window[1]}  # fmt: skip
+               if not any(low <= at <= high for low, high in windows)}  # fmt: skip
     figures = {
         "workers": workers,
+        "ending": ending,
         "requests_sent": load.sent,
         "exposures_accepted": len(load.exposed),
         "exposures_stored": len(exposures),
@@ -197,3 +223,69 @@ async def test_no_event_lost_or_doubled_through_kills_and_sigterm(
     assert figures["exposure_duplicates"] == 0 and figures["outcome_duplicates"] == 0, figures
     assert not outside, (outside, figures)
     assert len(load.exposed) > 100, figures
+
+
+async def _poison(url: str, stop: asyncio.Event, statuses: dict[int, int]) -> None:
+    """Batches a public key could send to hurt other clients: outcomes dated decades ago or far
+    ahead beside a valid one (partition bombs). Each must be refused whole, with a 4xx."""
+    bad_ts = ["1990-01-01T00:00:00Z", "2999-01-01T00:00:00Z", "0001-01-01T00:00:00Z"]
+    async with httpx.AsyncClient(base_url=url, timeout=10, headers=DECIDER) as client:
+        i = 0
+        while not stop.is_set():
+            batch = {"outcomes": [
+                {"unit_id": f"poison-{i}", "experiment": "hero", "type": "click"},
+                {"unit_id": f"poison-{i}", "experiment": "hero", "type": "click",
+                 "ts": bad_ts[i % len(bad_ts)]},
+            ]}  # fmt: skip
+            answer = await client.post("/v1/outcomes/batch", json=batch)
+            statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+            i += 1
+            await asyncio.sleep(0.05)
+
+
+async def test_no_event_lost_when_clickhouse_and_the_spool_fail_under_poison(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Under load and a stream of poison batches, ClickHouse (over HTTP) is killed, then the
+    spool becomes unwritable (its directory replaced by a file): events are held in memory and
+    ``/readyz`` says so; when both come back, every event answered 2xx is stored exactly once,
+    and every poison batch was refused with a 4xx and stored nothing."""
+    spool = tmp_path / "spool"
+    with front_at(tmp_path / "chdb") as front:
+        server = start_server(
+            tmp_path, redis_url, front.url, TAILOR_EVENT_LOG_SPOOL_DIR=str(spool)
+        )
+        poison_statuses: dict[int, int] = {}
+        stop_poison = asyncio.Event()
+        try:
+            load = Load(server.url).start()
+            poison = asyncio.create_task(_poison(server.url, stop_poison, poison_statuses))
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(front.kill)  # ClickHouse down: batches go to the spool
+            await asyncio.sleep(1.5)
+            spool.rename(tmp_path / "spool-away")  # the spool becomes unwritable
+            spool.write_text("not a directory")
+            await asyncio.sleep(1.5)
+            async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+                readyz = await http.get("/readyz")
+            spool.unlink()
+            (tmp_path / "spool-away").rename(spool)
+            await asyncio.to_thread(front.start)
+            await asyncio.sleep(1.0)
+            await load.finish()
+            stop_poison.set()
+            await poison
+            await eventually_stored(front, load, timeout=40)
+            dropped = metric(server, "tailor_events_dropped_total")
+        finally:
+            stop_poison.set()
+            assert server.stop() == 0
+        figures = stored_exactly_once(front, load, "ClickHouse and spool down, poison batches")
+        _, _, poisoned = front.rows("outcomes", "unit_id")
+    assert readyz.status_code == 503, readyz.text  # events held in memory only
+    assert figures["exposures_stored"] == figures["exposures_accepted"] > 50, figures
+    assert figures["outcomes_stored"] == figures["outcomes_accepted"], figures
+    assert dropped == 0
+    assert poison_statuses and all(400 <= s < 500 for s in poison_statuses), poison_statuses
+    assert not any(u.startswith("poison-") for u in poisoned)
+
