@@ -239,19 +239,56 @@ def evaluate_policy(
         direct = float(dm_terms.mean())
         doubly_robust = _clt_interval(float(dr_terms.mean()), dr_terms, crit, level)
 
-    ess = effective_sample_size(w)
     # Only rows the target policy could have produced carry weight; a tiny propensity of an
     # action the target never takes does not hurt its estimate.
     relevant = pi[rows, a] > 0.0
     min_p = float(p[relevant].min()) if relevant.any() else float(p.min())
+    return finish_estimate(
+        n=n,
+        ips=ips,
+        snips=snips,
+        direct=direct,
+        doubly_robust=doubly_robust,
+        sum_w=float(w.sum()),
+        sum_w_sq=float((w * w).sum()),
+        min_p=min_p,
+        max_w=float(w.max()),
+        warnings=warnings,
+        min_propensity=min_propensity,
+        min_ess_fraction=min_ess_fraction,
+        reward_range=reward_range,
+    )
+
+
+def finish_estimate(
+    *,
+    n: int,
+    ips: Interval,
+    snips: Interval,
+    direct: float | None,
+    doubly_robust: Interval | None,
+    sum_w: float,
+    sum_w_sq: float,
+    min_p: float,
+    max_w: float,
+    warnings: list[str],
+    min_propensity: float,
+    min_ess_fraction: float,
+    reward_range: tuple[float, float] | None,
+) -> OffPolicyEstimate:
+    """The estimate with its support diagnostics and warnings, intervals clipped to the reward
+    range: one definition for row-level (:func:`evaluate_policy`) and per-cell estimates."""
+    ess = sum_w**2 / sum_w_sq if sum_w_sq > 0.0 else 0.0
+    mean_w = sum_w / n
+    weight_var = max(sum_w_sq - sum_w * sum_w / n, 0.0) / (n - 1)
+    weight_se = math.sqrt(weight_var) / math.sqrt(n)
     low_support = False
-    weight_se = float(np.std(w, ddof=1)) / math.sqrt(n)
     if abs(mean_w - 1.0) > max(4.0 * weight_se, 0.05):
         warnings.append(
             f"mean importance weight {mean_w:.3g} is far from 1 (se {weight_se:.2g}): the logged "
             "propensities may be wrong or the target puts mass on actions never logged"
         )
-    large = large_weight_warning(float(w.max()), min_p, min_propensity)
+    large = large_weight_warning(max_w, min_p, min_propensity)
     if large is not None:
         low_support = True
         warnings.append(large)
@@ -271,7 +308,7 @@ def evaluate_policy(
         ),
         effective_sample_size=ess,
         min_propensity=min_p,
-        max_weight=float(w.max()),
+        max_weight=max_w,
         mean_weight=mean_w,
         low_support=low_support,
         warnings=tuple(warnings),

@@ -35,8 +35,7 @@ from experiments.off_policy.estimators import (
     DEFAULT_MIN_ESS_FRACTION,
     DEFAULT_MIN_PROPENSITY,
     OffPolicyEstimate,
-    clip_to_range,
-    large_weight_warning,
+    finish_estimate,
 )
 from experiments.off_policy.reward_models import DEFAULT_PRIOR_STRENGTH
 from experiments.statistics.intervals import Interval, check_level, z_critical
@@ -221,7 +220,7 @@ def evaluate_constant_target(
     relevant = [c.min_p for w, c in zip(weight, cells, strict=True) if w > 0.0]
     min_p = min(relevant) if relevant else min(c.min_p for c in cells)
     max_w = max(w / c.min_p for w, c in zip(weight, cells, strict=True))
-    return _finish(
+    return finish_estimate(
         n=n,
         ips=ips,
         snips=snips,
@@ -286,7 +285,7 @@ def evaluate_logging_policy(
             )
         direct = dm_total / n
         doubly_robust = _interval(dr_total, dr_sq, n, dr_total / n, level)
-    return _finish(
+    return finish_estimate(
         n=n,
         ips=ips,
         snips=snips,
@@ -303,55 +302,3 @@ def evaluate_logging_policy(
     )
 
 
-def _finish(
-    *,
-    n: int,
-    ips: Interval,
-    snips: Interval,
-    direct: float | None,
-    doubly_robust: Interval | None,
-    sum_w: float,
-    sum_w_sq: float,
-    min_p: float,
-    max_w: float,
-    warnings: list[str],
-    min_propensity: float,
-    min_ess_fraction: float,
-    reward_range: tuple[float, float] | None,
-) -> OffPolicyEstimate:
-    """Support diagnostics, warnings and clipping exactly as ``evaluate_policy`` does them."""
-    ess = sum_w**2 / sum_w_sq if sum_w_sq > 0.0 else 0.0
-    mean_w = sum_w / n
-    weight_var = max(sum_w_sq - sum_w * sum_w / n, 0.0) / (n - 1)
-    weight_se = math.sqrt(weight_var) / math.sqrt(n)
-    low_support = False
-    if abs(mean_w - 1.0) > max(4.0 * weight_se, 0.05):
-        warnings.append(
-            f"mean importance weight {mean_w:.3g} is far from 1 (se {weight_se:.2g}): the logged "
-            "propensities may be wrong or the target puts mass on actions never logged"
-        )
-    large = large_weight_warning(max_w, min_p, min_propensity)
-    if large is not None:
-        low_support = True
-        warnings.append(large)
-    if ess < min_ess_fraction * n:
-        low_support = True
-        warnings.append(
-            f"effective sample size {ess:.1f} is {ess / n:.1%} of {n} rows "
-            f"(< {min_ess_fraction:.1%}): the logged data barely support the target policy"
-        )
-    return OffPolicyEstimate(
-        n=n,
-        ips=clip_to_range(ips, reward_range),
-        snips=clip_to_range(snips, reward_range),
-        direct=direct,
-        doubly_robust=(
-            clip_to_range(doubly_robust, reward_range) if doubly_robust is not None else None
-        ),
-        effective_sample_size=ess,
-        min_propensity=min_p,
-        max_weight=max_w,
-        mean_weight=mean_w,
-        low_support=low_support,
-        warnings=tuple(warnings),
-    )
