@@ -24,10 +24,15 @@ experiment's holdout, ``255`` the global holdout. Segments travel as ``cityHash6
   (the CUPED covariate). Units without outcomes collapse into one group per (arm, segment, day);
   a unit with outcomes is counted once, in the group of its lowest outcome type.
 
-Rows per (arm, segment, day of first exposure, cohort, type index) — index 0 holds units without
+Rows per (arm, segment, time bucket of first exposure — ``bucket_ms`` wide, a day unless the
+exposures span less than two days —, cohort, type index) — index 0 holds units without
 outcomes — with additive sums: units, converting units, events, value, value², the pre-period
 equivalents and cross products, and the units' exposures. ``cohort`` is 1 for units first
 exposed in ``[start, end)``.
+
+``ALLOCATION_SPAN`` and ``ALLOCATION`` — the allocation over time of an adaptive policy: the first
+and last logged decision (non-holdout ``split``/``policy`` exposures) in ``[start, end)``, then
+decisions per (time bucket of ``bucket_ms``, variant index), buckets counted from the epoch.
 
 ``EXPOSURE_SUMMARY`` — exposures per (arm code, variant, segment) in ``[start, end)``: traffic
 per arm and the segment names, when the report skips off-policy evaluation.
@@ -56,7 +61,10 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ALLOCATION",
+    "ALLOCATION_SPAN",
     "EXPOSURE_COUNT",
+    "EXPOSURE_SPAN",
     "EXPOSURE_SUMMARY",
     "OFF_POLICY",
     "ORPHAN_OUTCOMES",
@@ -103,6 +111,12 @@ SELECT count() FROM exposures
 WHERE experiment = {{experiment:String}} AND {_IN_RANGE}
 """
 
+EXPOSURE_SPAN: Final = f"""
+SELECT count(), min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
+"""
+
 _UNIT_METRICS = f"""
 WITH
 o AS (
@@ -143,7 +157,7 @@ units AS (
 unit_types AS (
   SELECT if(f_k = 0, toUInt64(0), uh) AS key_uh, f_k AS k,
     toUInt8(bitAnd(first, 255)) AS arm, seg,
-    intDiv(t0, 86400000) AS day, toUInt8(t0 >= {{start_ms:Int64}}) AS cohort,
+    intDiv(t0, {{bucket_ms:Int64}}) AS day, toUInt8(t0 >= {{start_ms:Int64}}) AS cohort,
     count() AS n_rows, countIf(mixed) AS n_mixed, any(mixed) AS u_mixed, any(f_min_k) AS min_k,
     sum(n_exp) AS sum_exp, any(n_exp) AS u_exp,
     countIf(f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS cnt,
@@ -276,4 +290,21 @@ SELECT {_ARM_CODE} AS code, variant AS name, {_SEGMENT} AS sv, cityHash64(sv) AS
 FROM exposures
 WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
 GROUP BY code, name, sv
+"""
+
+_DECIDED = "reason IN ('split', 'policy') AND holdout = 0"
+
+ALLOCATION_SPAN: Final = f"""
+SELECT count(), min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_DECIDED} AND {_IN_RANGE}
+"""
+
+ALLOCATION: Final = f"""
+SELECT intDiv(toUnixTimestamp64Milli(ts), {{bucket_ms:Int64}}) AS bucket,
+  {_VARIANT_INDEX} AS vi, count() AS decisions
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_DECIDED} AND {_IN_RANGE}
+GROUP BY bucket, vi
+ORDER BY bucket, vi
 """

@@ -8,7 +8,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from experiments.reports.results import Comparison, ExperimentReport, MetricReport
+from experiments.reports.results import (
+    AdaptiveSection,
+    Comparison,
+    ExperimentReport,
+    MetricReport,
+)
 from experiments.reports.verdict import format_chance
 from experiments.statistics.intervals import Interval
 
@@ -89,6 +94,46 @@ def _metric(m: MetricReport) -> list[str]:
     return out
 
 
+def _adaptive(a: AdaptiveSection) -> list[str]:
+    gain = "-" if a.gain is None else _iv(a.gain, a.source != "off_policy")
+    out = [
+        "",
+        f"adaptive policy: {a.measure} against {a.baseline}: {gain}"
+        f"{' (significant)' if a.significant else ''}",
+    ]
+    out += _table(
+        [
+            "arm",
+            "decisions",
+            "share",
+            f"last {a.bucket}",
+            "units",
+            "rate (descr.)",
+            "always (SNIPS)",
+        ],
+        [
+            [
+                x.arm,
+                f"{x.decisions:,}",
+                _pct(x.share),
+                _pct(x.last_share),
+                f"{x.units:,}",
+                _pct(x.conversion_rate),
+                "-" if x.value is None else _iv(x.value, False),
+            ]
+            for x in a.arms
+        ],
+    )
+    out += [f"  * {n}" for n in a.notes]
+    if a.allocation:
+        out += ["", f"allocation per {a.bucket} (share of decisions)"]
+        out += _table(
+            ["from", *(x.arm for x in a.arms)],
+            [[b.start, *(_pct(s) for s in b.shares)] for b in a.allocation],
+        )
+    return out
+
+
 def render_report_text(report: ExperimentReport) -> str:
     """The verdict, traffic, one table per metric, uplift and off-policy values, as text."""
     lines = [
@@ -108,6 +153,8 @@ def render_report_text(report: ExperimentReport) -> str:
             for a in report.arms
         ],
     )
+    if report.adaptive is not None:
+        lines += _adaptive(report.adaptive)
     for m in report.metrics:
         lines += _metric(m)
     if report.uplift.overall:
