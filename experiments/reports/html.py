@@ -330,8 +330,9 @@ attribution window {report.window.attribution_window_s // 3600} h</p>
 {_adaptive(report.adaptive)}
 <section><h2>Traffic</h2>{_arms(report)}</section>
 <section class="charts"><h2>Charts</h2>
-<figure><figcaption>Cumulative {_e(report.primary_metric)} conversion rate by day of first
-exposure</figcaption><div class="chart" id="chart-daily"></div></figure>
+<figure><figcaption>Cumulative {_e(report.primary_metric)} conversion rate by time of first
+exposure (by day; by hour or minutes when the data spans less than two days)</figcaption>
+<div class="chart" id="chart-daily"></div></figure>
 <figure><figcaption>Lift over {_e(report.control)} (thick: fixed-horizon CI, thin: always-valid
 CI)</figcaption><div class="chart" id="chart-lift"></div></figure>
 <figure><figcaption>Uplift by segment</figcaption><div class="chart" id="chart-segments"></div>

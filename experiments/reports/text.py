@@ -1,6 +1,7 @@
 """The report as plain text: what ``tailor report KEY`` prints (and ``?format=text`` returns).
 
-The same verdict and tables as the HTML page, in fixed-width columns for a terminal.
+The same verdict and tables as the HTML page — the adaptive policy's section, metrics, uplift,
+segments and off-policy values — in fixed-width columns for a terminal.
 """
 
 from __future__ import annotations
@@ -134,6 +135,40 @@ def _adaptive(a: AdaptiveSection) -> list[str]:
     return out
 
 
+def _segments(report: ExperimentReport) -> list[str]:
+    """The primary metric per segment value, and the uplift over holdout per segment."""
+    out: list[str] = []
+    s = report.segments
+    if s is not None and s.rows:
+        out += ["", f"by segment: {s.attribute} ({s.metric}, lifts BH-adjusted)"]
+        rows = []
+        for row in s.rows:
+            rates = ", ".join(
+                f"{_ARM_LABELS.get(a.arm, a.arm)} {_pct(a.conversion_rate)}" for a in row.arms
+            )
+            lifts = "; ".join(
+                f"{c.variant} {_iv(c.lift, True)} (p adj. {c.p_adjusted:.4f})"
+                for c in row.comparisons
+            )
+            rows.append([row.segment, f"{row.units:,}", rates, lifts or "-"])
+        out += _table([s.attribute, "units", "rates", "lift vs control"], rows)
+    if report.uplift.by_segment:
+        out += ["", "uplift over holdout by segment"]
+        out += _table(
+            ["segment", "holdout", "units (holdout/personalised)", "lift per unit"],
+            [
+                [
+                    u.segment or "",
+                    u.holdout,
+                    f"{u.holdout_units:,}/{u.personalised_units:,}",
+                    _iv(u.rate_lift, True),
+                ]
+                for u in report.uplift.by_segment
+            ],
+        )
+    return out
+
+
 def render_report_text(report: ExperimentReport) -> str:
     """The verdict, traffic, one table per metric, uplift and off-policy values, as text."""
     lines = [
@@ -173,6 +208,7 @@ def render_report_text(report: ExperimentReport) -> str:
                 for u in report.uplift.overall
             ],
         )
+    lines += _segments(report)
     if report.off_policy is not None:
         lines += ["", f"off-policy value (reward: {report.off_policy.reward})"]
         lines += _table(

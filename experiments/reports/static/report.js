@@ -78,9 +78,11 @@
     var n = series[0].points.length;
     var all = [];
     series.forEach(function (s) { s.points.forEach(function (p) { all.push(p.rate); }); });
-    var y = scale(extent(all), [H - B, T]);
+    var dom = extent(all);
+    dom = [Math.max(dom[0], 0), Math.min(dom[1], 1)];  // rates: never below 0% or above 100%
+    var y = scale(dom, [H - B, T]);
     var x = scale([0, Math.max(n - 1, 1)], [L, W - R]);
-    ticks(extent(all), 4).forEach(function (v) {
+    ticks(dom, 4).forEach(function (v) {
       el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }, root);
       text(root, L - 6, y(v) + 4, (v * 100).toFixed(2) + "%", { "text-anchor": "end", class: "tick" });
     });
@@ -217,6 +219,12 @@
       try { c[1](container, report); drawn++; } catch (err) { recordError(c[0] + ": " + err.message); }
     });
     document.documentElement.setAttribute("data-charts", drawn === charts.length && !errors.length ? "ok" : "failed");
+    // What a reader at this window width sees: the page's width against the window's (a wider
+    // page means something is cut off or needs sideways scrolling of the whole page).
+    document.documentElement.setAttribute("data-page-width", String(document.documentElement.scrollWidth));
+    document.documentElement.setAttribute("data-window-width", String(window.innerWidth));
+    var cut = Array.prototype.filter.call(document.querySelectorAll("div.scroll"), function (d) { return d.scrollWidth > d.clientWidth + 1; });
+    document.documentElement.setAttribute("data-wide-tables", String(cut.length));
   }
 
   if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", draw); } else { draw(); }
