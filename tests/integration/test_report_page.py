@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 from decision_api.app import create_app
 from decision_api.settings import AuthSettings, Settings
 from tests.experiments.report_rows import T0, Log, insert_log, random_log
+from tests.experiments.test_report_adaptive import thompson_log
 
 Client = AsyncTestClient[Litestar]
 ADMIN, REPORT, DECIDE = "admin-secret", "report-secret", "decide-secret"
@@ -54,6 +55,16 @@ async def client(shared_settings: Settings) -> AsyncIterator[Client]:
         insert_log(
             c.app.state.services.event_log, _within_hours(random_log(np.random.default_rng(6)))
         )
+        bandit = {
+            **SPEC,
+            "key": "bandit",
+            "variants": [{"key": "a"}, {"key": "b"}, {"key": "c"}],
+            "default_variant": "a",
+            "policy": {"kind": "thompson"},
+        }
+        assert (await c.post("/v1/experiments", json=bandit, headers=admin)).status_code == 201
+        log, _ = thompson_log(np.random.default_rng(7), "bandit", 3000, 0.15, repeat=True)
+        insert_log(c.app.state.services.event_log, log)
         yield c
 
 
@@ -295,3 +306,21 @@ async def test_one_day_at_1280_px(
     assert "by segment: device" in text.text
     for device in ("mobile", "desktop", "tablet"):
         assert re.search(rf"^{device}\s", text.text, re.M), text.text
+
+
+async def test_bandit_page_draws_the_allocation(
+    client: Client, site: tuple[str, type[_Site]], tmp_path: Path
+) -> None:
+    """A Thompson experiment's page leads with the policy's value against the holdout and draws
+    the allocation over time (stacked shares per bucket); screenshot in
+    artifacts/report_page_bandit.png."""
+    dom = await _render(
+        client, site, tmp_path, "bandit", width=1280, shot=ARTIFACTS / "report_page_bandit.png"
+    )
+    assert re.search(r'<html[^>]*data-charts="ok"', dom), dom[:500]
+    assert re.search(r'data-wide-tables="0"', dom)
+    headline = re.search(r'<p class="headline">([^<]+)</p>', dom)
+    assert headline and "over the holdout" in headline[1], headline
+    block = _chart(dom, "chart-allocation")
+    assert block.count('class="share"') >= 12, block[:500]
+    assert "Adaptive policy" in dom and "descriptive" in dom
