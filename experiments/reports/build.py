@@ -111,6 +111,7 @@ def report_query(experiment: Experiment, options: ReportOptions, now_ms: int) ->
         ope_max_decisions=options.ope_max_decisions,
         open_end=options.end_ms is None,
         allocation=is_adaptive(experiment),
+        cap_percentile=options.cap_percentile or 0.0,
         off_policy=(
             options.off_policy
             if options.off_policy is not None

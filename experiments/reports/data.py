@@ -87,6 +87,8 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
         open_end: no upper bound was asked for (``end_ms`` is "now"): the exposures' time
             filter folds away.
         allocation: whether to count decisions per arm over time (adaptive policies).
+        cap_percentile: winsorise each outcome type's per-unit value at this percentile of its
+            positive values (0: no capping; see ``queries._CAPPED_ROWS``).
     """
 
     experiment: str
@@ -102,6 +104,7 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
     off_policy: bool = True
     open_end: bool = False
     allocation: bool = False
+    cap_percentile: float = 0.0
 
 
 class TypeSums(msgspec.Struct, frozen=True, kw_only=True):
@@ -280,7 +283,14 @@ def _unit_parameters(
         "types": list(query.types),
         "resolve_orphans": 1 if resolve_orphans else 0,
         "open_end": 1 if query.open_end else 0,
+        "cap_percentile": query.cap_percentile,
     }
+
+
+def _unit_sql(query: ReportQuery) -> str:
+    if query.cap_percentile > 0:
+        return sql.UNIT_METRICS_CAPPED_BY_SEGMENT if query.segment else sql.UNIT_METRICS_CAPPED
+    return sql.UNIT_METRICS_BY_SEGMENT if query.segment else sql.UNIT_METRICS
 
 
 def _ope_parameters(
@@ -430,7 +440,7 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
         summary = event_log.query(sql.EXPOSURE_SUMMARY, _ope_parameters(query, 0))
         ope_rows = [("base", *row, 0, *([0.0] * 6)) for row in summary]
     ope = _off_policy_rows(ope_rows, query, query.reward.base)
-    unit_sql = sql.UNIT_METRICS_BY_SEGMENT if query.segment else sql.UNIT_METRICS
+    unit_sql = _unit_sql(query)
     day_ms = series_bucket(event_log, query)
     rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0, day_ms))
     segments = {sql.EMPTY_SEGMENT_HASH: "", **ope.segments}

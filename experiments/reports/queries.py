@@ -70,6 +70,8 @@ __all__ = [
     "ORPHAN_OUTCOMES",
     "UNIT_METRICS",
     "UNIT_METRICS_BY_SEGMENT",
+    "UNIT_METRICS_CAPPED",
+    "UNIT_METRICS_CAPPED_BY_SEGMENT",
 ]
 
 GLOBAL_HOLDOUT_CODE = 255
@@ -181,16 +183,33 @@ SELECT arm, seg, day, cohort, k AS type_index,
   sum(pre_val * pre_val) AS pre_value_sq,
   sum(val * pre_val) AS cross_value,
   sum(if(key_uh = 0, sum_exp, if(k = min_k, u_exp, 0))) AS exposures
-FROM unit_types
+FROM {{unit_rows}}
 GROUP BY arm, seg, day, cohort, type_index
 """
 
+# Revenue capping (``cap_percentile`` > 0): each outcome type's per-unit value — in the window
+# and in the pre-period — is winsorised at that percentile (R7, linear interpolation, as
+# numpy's default) of the cohort's positive per-unit values of the type (a type without any is
+# left as it is). A window function over
+# the unit rows, in its own variant of the query so an uncapped report does not pay for it.
+_CAPPED_ROWS = """(
+  SELECT * REPLACE (if(isFinite(cap), least(val, cap), val) AS val,
+    if(isFinite(cap), least(pre_val, cap), pre_val) AS pre_val)
+  FROM (
+    SELECT *, quantileExactInclusiveIf({cap_percentile:Float64})(val, val > 0 AND cohort = 1)
+      OVER (PARTITION BY k) AS cap
+    FROM unit_types))"""
+
 # Two variants of one query: the per-unit segment costs a column read and an aggregate, so the
 # report without a segment leaves both out.
-UNIT_METRICS: Final = _UNIT_METRICS.replace("{segment_hash}", "cityHash64('')")
-UNIT_METRICS_BY_SEGMENT: Final = _UNIT_METRICS.replace(
-    "{segment_hash}", "argMin(cityHash64(context[{segment:String}]), ts)"
-)
+_UNCAPPED = _UNIT_METRICS.replace("{unit_rows}", "unit_types")
+_CAPPED = _UNIT_METRICS.replace("{unit_rows}", _CAPPED_ROWS)
+_NO_SEGMENT = "cityHash64('')"
+_BY_SEGMENT = "argMin(cityHash64(context[{segment:String}]), ts)"
+UNIT_METRICS: Final = _UNCAPPED.replace("{segment_hash}", _NO_SEGMENT)
+UNIT_METRICS_BY_SEGMENT: Final = _UNCAPPED.replace("{segment_hash}", _BY_SEGMENT)
+UNIT_METRICS_CAPPED: Final = _CAPPED.replace("{segment_hash}", _NO_SEGMENT)
+UNIT_METRICS_CAPPED_BY_SEGMENT: Final = _CAPPED.replace("{segment_hash}", _BY_SEGMENT)
 
 _REWARD_OF = (
     "{reward_of:Array(Float64)}[indexOf({reward_types:Array(String)}, type)]"

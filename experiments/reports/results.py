@@ -78,6 +78,9 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         mde: relative effect the report's ``plan`` section plans for (0.1 = +10%).
         power: power the ``plan`` section plans for.
         ope_max_decisions: above this many logged decisions off-policy evaluation samples units.
+        cap_percentile: winsorise every metric's per-unit value (revenue) at this percentile
+            of the metric's own positive per-unit values (e.g. 0.99), in the window and the
+            pre-period, so one outlier cannot flip a lift; None: no capping.
         off_policy: compute off-policy estimates; by default only for learning policies (a
             fixed split's variants are compared directly, and the estimates cost a second pass
             over the exposures).
@@ -96,6 +99,7 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     off_policy: bool | None = None
     mde: Annotated[float, Meta(gt=0.0, le=10.0)] = 0.10
     power: Annotated[float, Meta(ge=0.5, le=0.999)] = 0.8
+    cap_percentile: Annotated[float, Meta(ge=0.5, lt=1.0)] | None = None
 
     def __post_init__(self) -> None:
         if self.end_ms is not None and self.end_ms <= self.start_ms:

@@ -105,6 +105,7 @@ async def test_json_report_needs_the_report_scope(
         ({"from": "2024-02-01", "to": "2024-01-01"}, "$.to"),
         ({"metric": "Bad Metric"}, "$.metric"),
         ({"correction": "bonferroni"}, "$.correction"),
+        ({"cap_percentile": "1.5"}, "$.cap_percentile"),
     ],
 )
 async def test_bad_parameters_name_the_field(
