@@ -206,6 +206,7 @@ def carousel_section(
             "SquareCB explores less as it grows sure, so these logs say little about other "
             "policies: the report flags it rather than guess"
         )
+    notes.append(f'report verdict: "{report.verdict.headline}"')
     return Section(title=title, rows=rows, notes=notes)
 
 
@@ -282,7 +283,7 @@ def subject_section(population: Population, obs: Observations, report: ReportVie
                 f"open rate had every email said '{subject}' (DR)", truth, estimate
             )
         )
-    return Section(title=title, rows=rows)
+    return Section(title=title, rows=rows, notes=[f'report verdict: "{report.verdict.headline}"'])
 
 
 def send_time_section(obs: Observations, report: ReportView, expect_found: bool) -> Section:
@@ -348,7 +349,7 @@ def send_time_section(obs: Observations, report: ReportView, expect_found: bool)
                 covered=lift.contains(truth),
             )
         )
-    return Section(title=title, rows=rows)
+    return Section(title=title, rows=rows, notes=[f'report verdict: "{report.verdict.headline}"'])
 
 
 def findings(

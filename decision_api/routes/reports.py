@@ -7,7 +7,9 @@ date-time, UTC; ``to`` exclusive, a bare date includes that day), ``segment`` (a
 attribute captured at exposure), ``metric`` (extra outcome types, repeatable), ``level``,
 ``correction`` (``holm`` | ``bh``), ``horizon_units``, ``window_s``, ``pre_period_s``,
 ``off_policy`` (``true``/``false``; default: only for learning policies), ``mde`` and ``power``
-(what the report's ``plan`` section plans for: +10% relative at 80% by default).
+(what the report's ``plan`` section plans for: +10% relative at 80% by default),
+``cap_percentile`` (in [0.5, 1): winsorise each metric's per-unit value at that percentile of
+its positive values).
 
 ``GET /v1/experiments/{key}/plan?mde=0.05&power=0.9`` (scope ``report``) returns just that
 section (:class:`experiments.reports.results.PowerPlan`): about how many more units the
@@ -82,11 +84,13 @@ def _options(
     off_policy: bool | None,
     mde: float | None = None,
     power: float | None = None,
+    cap_percentile: float | None = None,
 ) -> ReportOptions:
     try:
         return report_options(
             mde=mde,
             power=power,
+            cap_percentile=cap_percentile,
             start=start,
             end=end,
             segment=segment,
@@ -129,6 +133,7 @@ class ReportController(Controller):
         window_s: FromQuery[int | None] = None,
         pre_period_s: FromQuery[int | None] = None,
         off_policy: FromQuery[bool | None] = None,
+        cap_percentile: FromQuery[float | None] = None,
         format: FromQuery[Literal["json", "text"]] = "json",
     ) -> Response[Any]:
         """Statistics, uplift and off-policy estimates of one experiment."""
@@ -143,6 +148,7 @@ class ReportController(Controller):
             window_s,
             pre_period_s,
             off_policy,
+            cap_percentile=cap_percentile,
         )
         report = await _build(services, key, options)
         if format == "text":

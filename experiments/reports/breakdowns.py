@@ -12,7 +12,7 @@ exposure; the largest ``MAX_SEGMENTS`` are shown and the rest pooled as ``(other
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import msgspec
 
@@ -25,6 +25,7 @@ from experiments.reports.arms import (
     summaries,
 )
 from experiments.reports.data import (
+    DAY_MS,
     GLOBAL_HOLDOUT_ARM,
     HOLDOUT_ARM,
     ArmGroup,
@@ -52,14 +53,21 @@ OTHER_SEGMENT = "(other)"
 NO_SEGMENT = "(none)"
 
 
-def _iso_day(day: int) -> str:
-    return (date(1970, 1, 1) + timedelta(days=day)).isoformat()
+def _iso_day(day: int, bucket_ms: int = DAY_MS) -> str:
+    """A bucket's start: the date for day buckets, else the UTC time to the minute."""
+    if bucket_ms == DAY_MS:
+        return (date(1970, 1, 1) + timedelta(days=day)).isoformat()
+    moment = datetime(1970, 1, 1) + timedelta(milliseconds=day * bucket_ms)
+    return moment.strftime("%Y-%m-%dT%H:%MZ")
 
 
 def daily_series(data: ReportData, experiment: Experiment, metric: str) -> list[DailySeries]:
     """Per arm and day: units first exposed up to that day and how many of them converted.
 
-    Every arm gets a point for every day between the first and the last day with units.
+    Every arm gets a point for every day between the first and the last day with units. When
+    the period's exposures span less than two days the "days" are finer buckets
+    (``data.day_ms``: hours, or minutes for a very short experiment), labelled with their UTC
+    start time ("2026-12-07T04:00Z"), so a one-day experiment still has a curve.
     """
     by_day = sum_groups(data.groups, lambda g: (g.arm, g.day))
     if not by_day:
@@ -76,7 +84,7 @@ def daily_series(data: ReportData, experiment: Experiment, metric: str) -> list[
                 converters += group.sums(metric).converters
             points.append(
                 DailyPoint(
-                    day=_iso_day(day),
+                    day=_iso_day(day, data.day_ms),
                     units=units,
                     converters=converters,
                     rate=rate(converters, units),

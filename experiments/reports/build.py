@@ -23,6 +23,7 @@ import msgspec
 import numpy as np
 
 from event_log.store import EventLog
+from experiments.reports.adaptive import adaptive_section, is_adaptive
 from experiments.reports.arms import (
     arm_kind,
     arm_metric,
@@ -33,7 +34,6 @@ from experiments.reports.arms import (
 )
 from experiments.reports.breakdowns import daily_series, segment_report, uplift
 from experiments.reports.data import (
-    DAY_MS,
     ArmGroup,
     ReportData,
     ReportQuery,
@@ -110,6 +110,8 @@ def report_query(experiment: Experiment, options: ReportOptions, now_ms: int) ->
         ),
         ope_max_decisions=options.ope_max_decisions,
         open_end=options.end_ms is None,
+        allocation=is_adaptive(experiment),
+        cap_percentile=options.cap_percentile or 0.0,
         off_policy=(
             options.off_policy
             if options.off_policy is not None
@@ -308,7 +310,7 @@ def _first_ms(data: ReportData) -> int:
     """The period's start: the requested one, or the first day with units when open-ended."""
     if data.query.start_ms > 0 or not data.groups:
         return data.query.start_ms
-    return min(g.day for g in data.groups) * DAY_MS
+    return min(g.day for g in data.groups) * data.day_ms
 
 
 def _iso(ms: int) -> str:
@@ -333,6 +335,10 @@ def report_from_data(
     uplift_section = uplift(
         data, experiment, headline_metrics, options.level, by_segment=bool(options.segment)
     )
+    off_policy_section = off_policy(data, experiment, segment=options.segment, level=options.level)
+    adaptive = adaptive_section(
+        data, experiment, off_policy_section, horizon_units=horizon, level=options.level
+    )
     return ExperimentReport(
         experiment=experiment.key,
         name=experiment.name,
@@ -353,7 +359,9 @@ def report_from_data(
         correction=options.correction,
         horizon_units=horizon,
         generated_at=_iso(now_ms),
-        verdict=verdict(experiment, arms, srm, metrics, uplift_section, options.level),
+        verdict=verdict(
+            experiment, arms, srm, metrics, uplift_section, options.level, adaptive=adaptive
+        ),
         plan=power_plan(
             next(m for m in metrics if m.role == "primary"),
             experiment.default_variant,
@@ -371,8 +379,9 @@ def report_from_data(
         daily=daily_series(data, experiment, experiment.primary_metric),
         uplift=uplift_section,
         segments=segment_report(data, experiment, options.segment, options.level),
-        off_policy=off_policy(data, experiment, segment=options.segment, level=options.level),
+        off_policy=off_policy_section,
         warnings=_warnings(data, experiment),
+        adaptive=adaptive,
     )
 
 

@@ -20,16 +20,21 @@ from experiments.reports.cells import CellMoments
 from experiments.reports.queries import GLOBAL_HOLDOUT_CODE, HOLDOUT_CODE
 
 __all__ = [
+    "BUCKETS_MS",
     "DAY_MS",
     "GLOBAL_HOLDOUT_ARM",
     "HOLDOUT_ARM",
     "UNCONFIGURED",
+    "AllocationCount",
     "ArmGroup",
     "ReportData",
     "ReportQuery",
     "RewardQuery",
     "TypeSums",
+    "bucket_for_span",
+    "fetch_allocation",
     "fetch_report_data",
+    "series_bucket",
     "sum_groups",
 ]
 
@@ -39,6 +44,9 @@ GLOBAL_HOLDOUT_ARM = "~global_holdout"
 UNCONFIGURED = "~unconfigured"
 UNKNOWN_SEGMENT = "(unknown)"
 PPM = 1_000_000
+BUCKETS_MS = (60_000, 300_000, 900_000, 3_600_000, 6 * 3_600_000, DAY_MS, 7 * DAY_MS)
+"""Time buckets for series over time: a minute up to a week."""
+MAX_BUCKETS = 60
 
 K = TypeVar("K", bound=Hashable)
 
@@ -78,6 +86,9 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
         off_policy: whether to compute the off-policy sums at all.
         open_end: no upper bound was asked for (``end_ms`` is "now"): the exposures' time
             filter folds away.
+        allocation: whether to count decisions per arm over time (adaptive policies).
+        cap_percentile: winsorise each outcome type's per-unit value at this percentile of its
+            positive values (0: no capping; see ``queries._CAPPED_ROWS``).
     """
 
     experiment: str
@@ -92,6 +103,8 @@ class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
     ope_max_decisions: int = 1_000_000
     off_policy: bool = True
     open_end: bool = False
+    allocation: bool = False
+    cap_percentile: float = 0.0
 
 
 class TypeSums(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +160,19 @@ class ArmGroup(msgspec.Struct, frozen=True, kw_only=True):
         return self.by_type.get(outcome_type, TypeSums())
 
 
+class AllocationCount(msgspec.Struct, frozen=True, kw_only=True):
+    """Logged decisions of one arm in one time bucket (``bucket`` counts buckets from the epoch)."""
+
+    bucket: int
+    arm: str
+    decisions: int
+
+
+def bucket_for_span(span_ms: int) -> int:
+    """The smallest of `BUCKETS_MS` that splits ``span_ms`` into at most `MAX_BUCKETS` buckets."""
+    return next((b for b in BUCKETS_MS if span_ms // b < MAX_BUCKETS), BUCKETS_MS[-1])
+
+
 class ReportData(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the report sections compute from.
 
@@ -161,6 +187,10 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
         ope_fraction: share of units the off-policy sums cover (1 unless sampled).
         ope_cells: off-policy sums per (segment, action).
         ope_unknown_variants: logged decisions of variants no longer configured (ignored).
+        allocation_bucket_ms: the width of the allocation's time buckets (0: not counted).
+        allocation: logged decisions per (time bucket, arm), when the query asked for them.
+        day_ms: the width of the groups' ``day`` buckets of first exposure: a day, finer when
+            the period's exposures span less than two days (`series_bucket`).
     """
 
     query: ReportQuery
@@ -173,6 +203,9 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
     ope_fraction: float
     ope_cells: list[CellMoments]
     ope_unknown_variants: int
+    allocation_bucket_ms: int = 0
+    day_ms: int = DAY_MS
+    allocation: list[AllocationCount] = msgspec.field(default_factory=list)
 
 
 def sum_groups(groups: Iterable[ArmGroup], key: Callable[[ArmGroup], K]) -> dict[K, ArmGroup]:
@@ -234,8 +267,11 @@ def _groups(
     return list(merged.values()), earlier
 
 
-def _unit_parameters(query: ReportQuery, resolve_orphans: bool) -> dict[str, object]:
+def _unit_parameters(
+    query: ReportQuery, resolve_orphans: bool, bucket_ms: int = DAY_MS
+) -> dict[str, object]:
     return {
+        "bucket_ms": bucket_ms,
         "experiment": query.experiment,
         "variants": list(query.variants),
         "start_ms": query.start_ms,
@@ -247,7 +283,14 @@ def _unit_parameters(query: ReportQuery, resolve_orphans: bool) -> dict[str, obj
         "types": list(query.types),
         "resolve_orphans": 1 if resolve_orphans else 0,
         "open_end": 1 if query.open_end else 0,
+        "cap_percentile": query.cap_percentile,
     }
+
+
+def _unit_sql(query: ReportQuery) -> str:
+    if query.cap_percentile > 0:
+        return sql.UNIT_METRICS_CAPPED_BY_SEGMENT if query.segment else sql.UNIT_METRICS_CAPPED
+    return sql.UNIT_METRICS_BY_SEGMENT if query.segment else sql.UNIT_METRICS
 
 
 def _ope_parameters(
@@ -344,6 +387,36 @@ def _off_policy_rows(
     )
 
 
+def series_bucket(event_log: EventLog, query: ReportQuery) -> int:
+    """The width of the cohort series' buckets: a day, or finer when the exposures in the
+    period span less than two days (an hour, minutes for a very short experiment)."""
+    params = _ope_parameters(query, PPM)
+    count, first, last = event_log.query(sql.EXPOSURE_SPAN, params)[0]
+    span = int(last) - int(first) if int(count) else 0
+    return DAY_MS if span >= 2 * DAY_MS else min(bucket_for_span(span), DAY_MS)
+
+
+def fetch_allocation(event_log: EventLog, query: ReportQuery) -> tuple[int, list[AllocationCount]]:
+    """Logged decisions per (time bucket, arm), buckets sized to the decisions' span."""
+    params: dict[str, object] = {
+        "experiment": query.experiment,
+        "start_ms": query.start_ms,
+        "end_ms": query.end_ms,
+        "open_end": 1 if query.open_end else 0,
+        "variants": list(query.variants),
+    }
+    count, first, last = event_log.query(sql.ALLOCATION_SPAN, params)[0]
+    if int(count) == 0:
+        return 0, []
+    bucket_ms = bucket_for_span(int(last) - int(first))
+    rows = event_log.query(sql.ALLOCATION, {**params, "bucket_ms": bucket_ms})
+    names = _arm_names(query.variants)
+    return bucket_ms, [
+        AllocationCount(bucket=int(b), arm=names.get(int(vi), UNCONFIGURED), decisions=int(n))
+        for b, vi, n in rows
+    ]
+
+
 def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
     """Aggregate an experiment's exposures and outcomes (four queries, one unit-level scan).
 
@@ -367,13 +440,15 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
         summary = event_log.query(sql.EXPOSURE_SUMMARY, _ope_parameters(query, 0))
         ope_rows = [("base", *row, 0, *([0.0] * 6)) for row in summary]
     ope = _off_policy_rows(ope_rows, query, query.reward.base)
-    unit_sql = sql.UNIT_METRICS_BY_SEGMENT if query.segment else sql.UNIT_METRICS
-    rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0))
+    unit_sql = _unit_sql(query)
+    day_ms = series_bucket(event_log, query)
+    rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0, day_ms))
     segments = {sql.EMPTY_SEGMENT_HASH: "", **ope.segments}
     groups, earlier = _groups(rows, query, segments)
     exposures: dict[str, int] = {}
     for g in groups:
         exposures[g.arm] = exposures.get(g.arm, 0) + g.exposures
+    bucket_ms, allocation = fetch_allocation(event_log, query) if query.allocation else (0, [])
     return ReportData(
         query=query,
         groups=groups,
@@ -385,4 +460,7 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
         ope_fraction=ppm / PPM,
         ope_cells=ope.cells,
         ope_unknown_variants=ope.unknown_decisions,
+        allocation_bucket_ms=bucket_ms,
+        day_ms=day_ms,
+        allocation=allocation,
     )

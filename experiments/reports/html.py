@@ -18,6 +18,7 @@ from importlib import resources
 import msgspec
 
 from experiments.reports.results import (
+    AdaptiveSection,
     Comparison,
     ExperimentReport,
     MetricReport,
@@ -250,6 +251,47 @@ def _off_policy(o: OffPolicySection | None) -> str:
     )
 
 
+def _adaptive(a: AdaptiveSection | None) -> str:
+    """The adaptive policy's value, its arms (descriptive) and the allocation chart."""
+    if a is None:
+        return ""
+    gain = "–" if a.gain is None else (_pp(a.gain) if a.source != "off_policy" else _plain(a.gain))
+    value = (
+        f"<p>Policy value ({_e(a.measure)}) against {_e(a.baseline)}: <strong>{gain}</strong>"
+        f"{' (significant)' if a.significant else ''}.</p>"
+    )
+    rows = [
+        [
+            _e(x.arm),
+            f"{x.decisions:,}",
+            _pct(x.share, 1),
+            _pct(x.last_share, 1),
+            f"{x.units:,}",
+            _pct(x.conversion_rate),
+            "–" if x.value is None else _plain(x.value),
+        ]
+        for x in a.arms
+    ]
+    head = [
+        "Arm",
+        "Decisions",
+        "Share",
+        f"Share, last {a.bucket}",
+        "Units (first arm)",
+        "Rate (descriptive)",
+        "Always this arm (SNIPS)",
+    ]
+    notes = "".join(f'<p class="note">{_e(n)}.</p>' for n in a.notes)
+    return (
+        '<section class="adaptive"><h2>Adaptive policy</h2>'
+        + value
+        + _table(head, rows)
+        + notes
+        + f"<figure><figcaption>Allocation: share of decisions per arm per {_e(a.bucket)}"
+        '</figcaption><div class="chart" id="chart-allocation"></div></figure></section>'
+    )
+
+
 def _filters(report: ExperimentReport, segment: str) -> str:
     return (
         '<form class="filters" method="get">'
@@ -285,10 +327,12 @@ attribution window {report.window.attribution_window_s // 3600} h</p>
 <main>
 <section class="verdict status-{_e(v.status)}"><p class="headline">{_e(v.headline)}</p>
 <ul>{details}</ul></section>
+{_adaptive(report.adaptive)}
 <section><h2>Traffic</h2>{_arms(report)}</section>
 <section class="charts"><h2>Charts</h2>
-<figure><figcaption>Cumulative {_e(report.primary_metric)} conversion rate by day of first
-exposure</figcaption><div class="chart" id="chart-daily"></div></figure>
+<figure><figcaption>Cumulative {_e(report.primary_metric)} conversion rate by time of first
+exposure (by day; by hour or minutes when the data spans less than two days)</figcaption>
+<div class="chart" id="chart-daily"></div></figure>
 <figure><figcaption>Lift over {_e(report.control)} (thick: fixed-horizon CI, thin: always-valid
 CI)</figcaption><div class="chart" id="chart-lift"></div></figure>
 <figure><figcaption>Uplift by segment</figcaption><div class="chart" id="chart-segments"></div>

@@ -74,6 +74,7 @@ def report_options(
     off_policy: bool | None = None,
     mde: float | None = None,
     power: float | None = None,
+    cap_percentile: float | None = None,
 ) -> ReportOptions:
     """Validated options; unset parameters keep their defaults.
 
@@ -103,6 +104,7 @@ def report_options(
         ("off_policy", off_policy),
         ("mde", mde),
         ("power", power),
+        ("cap_percentile", cap_percentile),
     ):
         if value is not None:
             raw[name] = value
@@ -122,6 +124,7 @@ def report_options(
             ("pre_period_s", "pre_period_s"),
             ("mde", "mde"),
             ("power", "power"),
+            ("cap_percentile", "cap_percentile"),
         ):
             if f"$.{name}" in message or message.startswith(wire):
                 field = f"$.{wire}"

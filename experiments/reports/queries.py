@@ -24,10 +24,15 @@ experiment's holdout, ``255`` the global holdout. Segments travel as ``cityHash6
   (the CUPED covariate). Units without outcomes collapse into one group per (arm, segment, day);
   a unit with outcomes is counted once, in the group of its lowest outcome type.
 
-Rows per (arm, segment, day of first exposure, cohort, type index) — index 0 holds units without
+Rows per (arm, segment, time bucket of first exposure — ``bucket_ms`` wide, a day unless the
+exposures span less than two days —, cohort, type index) — index 0 holds units without
 outcomes — with additive sums: units, converting units, events, value, value², the pre-period
 equivalents and cross products, and the units' exposures. ``cohort`` is 1 for units first
 exposed in ``[start, end)``.
+
+``ALLOCATION_SPAN`` and ``ALLOCATION`` — the allocation over time of an adaptive policy: the first
+and last logged decision (non-holdout ``split``/``policy`` exposures) in ``[start, end)``, then
+decisions per (time bucket of ``bucket_ms``, variant index), buckets counted from the epoch.
 
 ``EXPOSURE_SUMMARY`` — exposures per (arm code, variant, segment) in ``[start, end)``: traffic
 per arm and the segment names, when the report skips off-policy evaluation.
@@ -56,12 +61,17 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ALLOCATION",
+    "ALLOCATION_SPAN",
     "EXPOSURE_COUNT",
+    "EXPOSURE_SPAN",
     "EXPOSURE_SUMMARY",
     "OFF_POLICY",
     "ORPHAN_OUTCOMES",
     "UNIT_METRICS",
     "UNIT_METRICS_BY_SEGMENT",
+    "UNIT_METRICS_CAPPED",
+    "UNIT_METRICS_CAPPED_BY_SEGMENT",
 ]
 
 GLOBAL_HOLDOUT_CODE = 255
@@ -101,6 +111,12 @@ WHERE unit_id = '' AND decision_id != '' AND experiment IN ('', {experiment:Stri
 EXPOSURE_COUNT: Final = f"""
 SELECT count() FROM exposures
 WHERE experiment = {{experiment:String}} AND {_IN_RANGE}
+"""
+
+EXPOSURE_SPAN: Final = f"""
+SELECT count(), min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
 """
 
 _UNIT_METRICS = f"""
@@ -143,7 +159,7 @@ units AS (
 unit_types AS (
   SELECT if(f_k = 0, toUInt64(0), uh) AS key_uh, f_k AS k,
     toUInt8(bitAnd(first, 255)) AS arm, seg,
-    intDiv(t0, 86400000) AS day, toUInt8(t0 >= {{start_ms:Int64}}) AS cohort,
+    intDiv(t0, {{bucket_ms:Int64}}) AS day, toUInt8(t0 >= {{start_ms:Int64}}) AS cohort,
     count() AS n_rows, countIf(mixed) AS n_mixed, any(mixed) AS u_mixed, any(f_min_k) AS min_k,
     sum(n_exp) AS sum_exp, any(n_exp) AS u_exp,
     countIf(f_k != 0 AND f_ms >= t0 AND f_ms < t0 + {{window_ms:Int64}}) AS cnt,
@@ -167,16 +183,33 @@ SELECT arm, seg, day, cohort, k AS type_index,
   sum(pre_val * pre_val) AS pre_value_sq,
   sum(val * pre_val) AS cross_value,
   sum(if(key_uh = 0, sum_exp, if(k = min_k, u_exp, 0))) AS exposures
-FROM unit_types
+FROM {{unit_rows}}
 GROUP BY arm, seg, day, cohort, type_index
 """
 
+# Revenue capping (``cap_percentile`` > 0): each outcome type's per-unit value — in the window
+# and in the pre-period — is winsorised at that percentile (R7, linear interpolation, as
+# numpy's default) of the cohort's positive per-unit values of the type (a type without any is
+# left as it is). A window function over
+# the unit rows, in its own variant of the query so an uncapped report does not pay for it.
+_CAPPED_ROWS = """(
+  SELECT * REPLACE (if(isFinite(cap), least(val, cap), val) AS val,
+    if(isFinite(cap), least(pre_val, cap), pre_val) AS pre_val)
+  FROM (
+    SELECT *, quantileExactInclusiveIf({cap_percentile:Float64})(val, val > 0 AND cohort = 1)
+      OVER (PARTITION BY k) AS cap
+    FROM unit_types))"""
+
 # Two variants of one query: the per-unit segment costs a column read and an aggregate, so the
 # report without a segment leaves both out.
-UNIT_METRICS: Final = _UNIT_METRICS.replace("{segment_hash}", "cityHash64('')")
-UNIT_METRICS_BY_SEGMENT: Final = _UNIT_METRICS.replace(
-    "{segment_hash}", "argMin(cityHash64(context[{segment:String}]), ts)"
-)
+_UNCAPPED = _UNIT_METRICS.replace("{unit_rows}", "unit_types")
+_CAPPED = _UNIT_METRICS.replace("{unit_rows}", _CAPPED_ROWS)
+_NO_SEGMENT = "cityHash64('')"
+_BY_SEGMENT = "argMin(cityHash64(context[{segment:String}]), ts)"
+UNIT_METRICS: Final = _UNCAPPED.replace("{segment_hash}", _NO_SEGMENT)
+UNIT_METRICS_BY_SEGMENT: Final = _UNCAPPED.replace("{segment_hash}", _BY_SEGMENT)
+UNIT_METRICS_CAPPED: Final = _CAPPED.replace("{segment_hash}", _NO_SEGMENT)
+UNIT_METRICS_CAPPED_BY_SEGMENT: Final = _CAPPED.replace("{segment_hash}", _BY_SEGMENT)
 
 _REWARD_OF = (
     "{reward_of:Array(Float64)}[indexOf({reward_types:Array(String)}, type)]"
@@ -276,4 +309,21 @@ SELECT {_ARM_CODE} AS code, variant AS name, {_SEGMENT} AS sv, cityHash64(sv) AS
 FROM exposures
 WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
 GROUP BY code, name, sv
+"""
+
+_DECIDED = "reason IN ('split', 'policy') AND holdout = 0"
+
+ALLOCATION_SPAN: Final = f"""
+SELECT count(), min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_DECIDED} AND {_IN_RANGE}
+"""
+
+ALLOCATION: Final = f"""
+SELECT intDiv(toUnixTimestamp64Milli(ts), {{bucket_ms:Int64}}) AS bucket,
+  {_VARIANT_INDEX} AS vi, count() AS decisions
+FROM exposures
+WHERE experiment = {{experiment:String}} AND {_DECIDED} AND {_IN_RANGE}
+GROUP BY bucket, vi
+ORDER BY bucket, vi
 """

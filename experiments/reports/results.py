@@ -23,6 +23,9 @@ from experiments.statistics.srm import SrmResult
 from tailor_contract.definitions import MetricName
 
 __all__ = [
+    "AdaptiveArm",
+    "AdaptiveSection",
+    "AllocationBucket",
     "ArmMetric",
     "ArmSummary",
     "Comparison",
@@ -49,6 +52,7 @@ Role = Literal["primary", "guardrail", "secondary"]
 ArmKind = Literal["variant", "holdout", "global_holdout"]
 Direction = Literal["better", "worse", "unclear"]
 Correction = Literal["holm", "benjamini_hochberg"]
+AdaptiveSource = Literal["holdout", "global_holdout", "off_policy", "none"]
 VerdictStatus = Literal[
     "winner", "loser", "no_difference", "guardrail_harm", "sample_ratio_mismatch", "no_data"
 ]
@@ -74,6 +78,9 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         mde: relative effect the report's ``plan`` section plans for (0.1 = +10%).
         power: power the ``plan`` section plans for.
         ope_max_decisions: above this many logged decisions off-policy evaluation samples units.
+        cap_percentile: winsorise every metric's per-unit value (revenue) at this percentile
+            of the metric's own positive per-unit values (e.g. 0.99), in the window and the
+            pre-period, so one outlier cannot flip a lift; None: no capping.
         off_policy: compute off-policy estimates; by default only for learning policies (a
             fixed split's variants are compared directly, and the estimates cost a second pass
             over the exposures).
@@ -92,6 +99,7 @@ class ReportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     off_policy: bool | None = None
     mde: Annotated[float, Meta(gt=0.0, le=10.0)] = 0.10
     power: Annotated[float, Meta(ge=0.5, le=0.999)] = 0.8
+    cap_percentile: Annotated[float, Meta(ge=0.5, lt=1.0)] | None = None
 
     def __post_init__(self) -> None:
         if self.end_ms is not None and self.end_ms <= self.start_ms:
@@ -299,6 +307,82 @@ class PowerPlan(msgspec.Struct, frozen=True, kw_only=True):
     sentence: str
 
 
+class AllocationBucket(msgspec.Struct, frozen=True, kw_only=True):
+    """One time bucket of an adaptive policy's allocation (arms in `AdaptiveSection.arms` order).
+
+    Attributes:
+        start: the bucket's start (ISO 8601, UTC).
+        decisions: logged decisions in the bucket, per arm.
+        shares: each arm's share of the bucket's decisions.
+    """
+
+    start: str
+    decisions: list[int]
+    shares: list[float]
+
+
+class AdaptiveArm(msgspec.Struct, frozen=True, kw_only=True):
+    """One arm of an adaptive experiment, described rather than compared.
+
+    Attributes:
+        arm: variant key.
+        decisions: logged decisions that chose it.
+        share: its share of all logged decisions; ``last_share`` in the latest bucket.
+        units: units whose first exposure was this arm, and ``conversion_rate`` theirs on the
+            primary metric — descriptive only: the policy sent it traffic when (and to whom) it
+            looked good.
+        value: the off-policy (SNIPS, logged propensities) value per decision of always
+            choosing this arm, the valid per-arm estimate; None without logged decisions.
+    """
+
+    arm: str
+    decisions: int
+    share: float
+    last_share: float
+    units: int
+    conversion_rate: float
+    value: Interval | None = None
+
+
+class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
+    """What an adaptive policy (thompson, vw_cb, epsilon_greedy, send time) earns, and how.
+
+    Attributes:
+        source: where the policy's value comes from: ``holdout`` (the experiment's randomised
+            holdout), ``global_holdout``, ``off_policy`` (SNIPS with the logged propensities
+            against always serving the control) or ``none`` (neither is available).
+        metric: the primary metric.
+        measure: what ``gain`` measures, in words.
+        baseline: what the policy is compared with.
+        policy_value, baseline_value: the two sides' means.
+        gain: the policy's value minus the baseline's, with its interval (always-valid for a
+            holdout; for ``off_policy`` the two estimates' variances are added, which
+            overstates the variance of their positively correlated difference).
+        significant: the interval excludes 0.
+        bucket: the allocation's bucket width in words; ``allocation`` the buckets.
+        arms: the arms, descriptive (see `AdaptiveArm`).
+        units_in_several_arms: units exposed to more than one arm (each counts in the arm of
+            its first exposure in the per-arm numbers).
+        decisions_per_unit: logged exposures per unit of the policy's traffic.
+        notes: disclosures that go with the numbers.
+    """
+
+    source: AdaptiveSource
+    metric: str
+    measure: str
+    baseline: str
+    policy_value: float
+    baseline_value: float
+    gain: Interval | None
+    significant: bool
+    bucket: str
+    allocation: list[AllocationBucket]
+    arms: list[AdaptiveArm]
+    units_in_several_arms: int
+    decisions_per_unit: float
+    notes: list[str]
+
+
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     """The plain-language reading of the report."""
 
@@ -335,3 +419,4 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     segments: SegmentReport | None
     off_policy: OffPolicySection | None
     warnings: list[str]
+    adaptive: AdaptiveSection | None = None

@@ -1,6 +1,7 @@
 """The report as plain text: what ``tailor report KEY`` prints (and ``?format=text`` returns).
 
-The same verdict and tables as the HTML page, in fixed-width columns for a terminal.
+The same verdict and tables as the HTML page — the adaptive policy's section, metrics, uplift,
+segments and off-policy values — in fixed-width columns for a terminal.
 """
 
 from __future__ import annotations
@@ -8,7 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from experiments.reports.results import Comparison, ExperimentReport, MetricReport
+from experiments.reports.results import (
+    AdaptiveSection,
+    Comparison,
+    ExperimentReport,
+    MetricReport,
+)
 from experiments.reports.verdict import format_chance
 from experiments.statistics.intervals import Interval
 
@@ -89,6 +95,80 @@ def _metric(m: MetricReport) -> list[str]:
     return out
 
 
+def _adaptive(a: AdaptiveSection) -> list[str]:
+    gain = "-" if a.gain is None else _iv(a.gain, a.source != "off_policy")
+    out = [
+        "",
+        f"adaptive policy: {a.measure} against {a.baseline}: {gain}"
+        f"{' (significant)' if a.significant else ''}",
+    ]
+    out += _table(
+        [
+            "arm",
+            "decisions",
+            "share",
+            f"last {a.bucket}",
+            "units",
+            "rate (descr.)",
+            "always (SNIPS)",
+        ],
+        [
+            [
+                x.arm,
+                f"{x.decisions:,}",
+                _pct(x.share),
+                _pct(x.last_share),
+                f"{x.units:,}",
+                _pct(x.conversion_rate),
+                "-" if x.value is None else _iv(x.value, False),
+            ]
+            for x in a.arms
+        ],
+    )
+    out += [f"  * {n}" for n in a.notes]
+    if a.allocation:
+        out += ["", f"allocation per {a.bucket} (share of decisions)"]
+        out += _table(
+            ["from", *(x.arm for x in a.arms)],
+            [[b.start, *(_pct(s) for s in b.shares)] for b in a.allocation],
+        )
+    return out
+
+
+def _segments(report: ExperimentReport) -> list[str]:
+    """The primary metric per segment value, and the uplift over holdout per segment."""
+    out: list[str] = []
+    s = report.segments
+    if s is not None and s.rows:
+        out += ["", f"by segment: {s.attribute} ({s.metric}, lifts BH-adjusted)"]
+        rows = []
+        for row in s.rows:
+            rates = ", ".join(
+                f"{_ARM_LABELS.get(a.arm, a.arm)} {_pct(a.conversion_rate)}" for a in row.arms
+            )
+            lifts = "; ".join(
+                f"{c.variant} {_iv(c.lift, True)} (p adj. {c.p_adjusted:.4f})"
+                for c in row.comparisons
+            )
+            rows.append([row.segment, f"{row.units:,}", rates, lifts or "-"])
+        out += _table([s.attribute, "units", "rates", "lift vs control"], rows)
+    if report.uplift.by_segment:
+        out += ["", "uplift over holdout by segment"]
+        out += _table(
+            ["segment", "holdout", "units (holdout/personalised)", "lift per unit"],
+            [
+                [
+                    u.segment or "",
+                    u.holdout,
+                    f"{u.holdout_units:,}/{u.personalised_units:,}",
+                    _iv(u.rate_lift, True),
+                ]
+                for u in report.uplift.by_segment
+            ],
+        )
+    return out
+
+
 def render_report_text(report: ExperimentReport) -> str:
     """The verdict, traffic, one table per metric, uplift and off-policy values, as text."""
     lines = [
@@ -108,6 +188,8 @@ def render_report_text(report: ExperimentReport) -> str:
             for a in report.arms
         ],
     )
+    if report.adaptive is not None:
+        lines += _adaptive(report.adaptive)
     for m in report.metrics:
         lines += _metric(m)
     if report.uplift.overall:
@@ -126,6 +208,7 @@ def render_report_text(report: ExperimentReport) -> str:
                 for u in report.uplift.overall
             ],
         )
+    lines += _segments(report)
     if report.off_policy is not None:
         lines += ["", f"off-policy value (reward: {report.off_policy.reward})"]
         lines += _table(

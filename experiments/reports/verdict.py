@@ -12,6 +12,12 @@ read as "no clear difference" or "no significant harm": the sentence says which 
 about how many more units the always-valid test needs to confirm a difference that size at 80%
 power (`experiments.reports.plan.more_units_phrase`). Too few outcomes to call anything
 (`experiments.statistics.frequentist.enough_outcomes`) is said as such.
+
+An adaptive experiment (a learning policy, :mod:`experiments.reports.adaptive`) is not read as an
+A/B test: its headline is the policy's value against the holdout (or, without one, off-policy
+against always serving the control) — "The bandit earns +x pp over the holdout, 95% CI [a, b]"
+or "no detectable gain over the holdout yet" — and its per-arm comparisons are listed as
+descriptive only, never as the verdict.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import math
 
 from experiments.reports.plan import more_units_phrase
 from experiments.reports.results import (
+    AdaptiveSection,
     ArmMetric,
     ArmSummary,
     Comparison,
@@ -31,7 +38,7 @@ from experiments.reports.results import (
 from experiments.statistics.srm import SrmResult
 from tailor_contract.definitions import Experiment
 
-__all__ = ["LEAN", "format_chance", "format_points", "verdict"]
+__all__ = ["LEAN", "adaptive_headline", "format_chance", "format_points", "verdict"]
 
 LEAN = 0.95
 """Posterior chance to beat (or its complement) from which a non-significant comparison is read
@@ -194,6 +201,78 @@ def _uplift_sentences(uplift: UpliftSection, primary: str, level: float) -> list
     return out
 
 
+def _gain_text(
+    section: AdaptiveSection, gain: float, lower: float, upper: float, level: float
+) -> str:
+    if section.source != "off_policy":
+        return format_points(gain, lower, upper, level)
+    return _format_value(gain, lower, upper, level)
+
+
+def _preferred(section: AdaptiveSection) -> str:
+    """Where the policy sends traffic now: "it now sends 92% of decisions to b"."""
+    shares = [(a.last_share, a.arm) for a in section.arms if not math.isnan(a.last_share)]
+    if not shares:
+        return ""
+    share, arm = max(shares)
+    return f"; in the last {section.bucket} it sent {share:.0%} of decisions to {arm}"
+
+
+def adaptive_headline(section: AdaptiveSection, level: float) -> tuple[VerdictStatus, str]:
+    """The verdict of an adaptive experiment: the policy's value against its baseline."""
+    gain = section.gain
+    if gain is None:
+        return "no_data", (
+            "No holdout and no logged decisions to evaluate off-policy: the policy's value "
+            f"cannot be estimated yet{_preferred(section)}."
+        )
+    numbers = _gain_text(section, gain.estimate, gain.lower, gain.upper, level)
+    what = section.metric if section.source != "off_policy" else "reward per decision"
+    where = section.baseline
+    amount, _, interval = numbers.partition(", ")
+    if section.significant and gain.lower > 0:
+        status: VerdictStatus = "winner"
+        text = f"The bandit earns {amount} over {where} on {what}, {interval}"
+    elif section.significant:
+        status = "loser"
+        text = f"The bandit does worse than {where} on {what}: {numbers}"
+    else:
+        status = "no_difference"
+        text = f"No detectable gain over {where} yet on {what}: {numbers}"
+    return status, f"{text}{_preferred(section)}."
+
+
+def _adaptive_verdict(
+    section: AdaptiveSection, primary: MetricReport, metrics: list[MetricReport], level: float
+) -> Verdict:
+    status, headline = adaptive_headline(section, level)
+    family = sum(len(m.comparisons) for m in metrics)
+    details = [n + "." for n in section.notes]
+    for a in section.arms:
+        value = (
+            ""
+            if a.value is None or math.isnan(a.value.estimate)
+            else f"; off-policy value of always {a.arm}: {a.value.estimate:.4g} per decision "
+            f"[{a.value.lower:.4g}, {a.value.upper:.4g}]"
+        )
+        details.append(
+            f"Arm {a.arm} (descriptive): {a.share:.0%} of decisions, {a.units:,} units first "
+            f"served it, {a.conversion_rate:.2%} of them converted{value}."
+        )
+    for c in primary.comparisons:
+        if c.measure == "conversion_rate":
+            details.append(
+                "Descriptive per-arm comparison, not a test (adaptive allocation): "
+                + _sentence(c, primary, level, family)
+                + "."
+            )
+    details += [
+        "Descriptive, per arm: " + h + "."
+        for h in _guardrail_harms(metrics, level) + _guardrail_leans(metrics, level, family)
+    ]
+    return Verdict(status=status, headline=headline, details=details)
+
+
 def verdict(
     experiment: Experiment,
     arms: list[ArmSummary],
@@ -201,8 +280,9 @@ def verdict(
     metrics: list[MetricReport],
     uplift: UpliftSection,
     level: float,
+    adaptive: AdaptiveSection | None = None,
 ) -> Verdict:
-    """The headline and supporting sentences of a report."""
+    """The headline and supporting sentences of a report (of `adaptive` when given)."""
     primary = next(m for m in metrics if m.role == "primary")
     rate_comparisons = [c for c in primary.comparisons if c.measure == "conversion_rate"]
     if sum(a.units for a in arms if a.kind == "variant") == 0:
@@ -211,6 +291,8 @@ def verdict(
             headline=f"No units have entered {experiment.key} in this period yet.",
             details=[],
         )
+    if adaptive is not None:
+        return _adaptive_verdict(adaptive, primary, metrics, level)
     srm_text = _srm_phrase(srm)
     if not rate_comparisons:
         return Verdict(

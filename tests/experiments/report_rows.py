@@ -159,9 +159,12 @@ def _in_experiment(log: Log, end: int) -> pd.DataFrame:
 
 
 def expected_groups(
-    log: Log, *, start: int, end: int, window: int, pre: int, segment: bool
+    log: Log, *, start: int, end: int, window: int, pre: int, segment: bool, cap: float = 0.0
 ) -> pd.DataFrame:
-    """Per (arm, segment, first day, cohort): units and per-type sums, the pandas way."""
+    """Per (arm, segment, first day, cohort): units and per-type sums, the pandas way.
+
+    With ``cap`` > 0 each type's per-unit values (window and pre-period) are clipped at the
+    ``cap`` quantile (numpy's linear) of the cohort's positive per-unit values of that type."""
     ex = _in_experiment(log, end)
     first = ex.groupby("unit_id").first().reset_index()
     first["arm"] = np.where(
@@ -196,6 +199,11 @@ def expected_groups(
         ).fillna(0.0)
         m = first.merge(per_unit, left_on="unit_id", right_index=True, how="left").fillna(0.0)
         m["type"] = t
+        positive = m.val[(m.val > 0) & m.cohort]
+        if cap > 0 and len(positive):
+            limit = float(np.quantile(positive, cap))
+            m["val"] = m.val.clip(upper=limit)
+            m["pre_val"] = m.pre_val.clip(upper=limit)
         rows.append(m)
     full = pd.concat(rows)
     full["conv"] = full.cnt > 0

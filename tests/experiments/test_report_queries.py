@@ -35,7 +35,11 @@ RULES = {"purchase": (1.0, True), "click": (0.25, False)}
 
 
 def _query(
-    segment: str, aggregation: str = "sum", ope_max: int = 1_000_000, off_policy: bool = True
+    segment: str,
+    aggregation: str = "sum",
+    ope_max: int = 1_000_000,
+    off_policy: bool = True,
+    cap: float = 0.0,
 ) -> ReportQuery:
     return ReportQuery(
         experiment=EXPERIMENT,
@@ -58,6 +62,7 @@ def _query(
         ),
         ope_max_decisions=ope_max,
         off_policy=off_policy,
+        cap_percentile=cap,
     )
 
 
@@ -100,6 +105,29 @@ def _observed(data: ReportData) -> pd.DataFrame:
                 )
             )  # fmt: skip
     return pd.DataFrame(rows).set_index(["arm", "seg", "day", "cohort", "type"]).sort_index()
+
+
+@pytest.mark.parametrize("segment", ["", "device"])
+def test_capped_values_match_pandas(
+    event_log: ClickHouseEventLog, logged: Log, segment: str
+) -> None:
+    """``cap_percentile``: per outcome type, every unit's value (window and pre-period) is
+    winsorised at that percentile of the cohort's positive per-unit values, as pandas computes
+    it; units and conversions do not change, the value sums shrink."""
+    capped = fetch_report_data(event_log, _query(segment, off_policy=False, cap=0.8))
+    expected = expected_groups(
+        logged, start=START, end=END, window=WINDOW, pre=PRE, segment=bool(segment), cap=0.8
+    )
+    cohort = expected.xs(True, level="cohort", drop_level=False).sort_index()
+    observed = _observed(capped)
+    assert list(observed.index) == list(cohort.index)
+    pd.testing.assert_frame_equal(
+        observed[cohort.columns].astype(float), cohort.astype(float), rtol=1e-9
+    )
+    plain = _observed(fetch_report_data(event_log, _query(segment, off_policy=False)))
+    assert (plain.units == observed.units).all()
+    assert observed.value.sum() < plain.value.sum()
+    assert observed.value_sq.sum() < 0.9 * plain.value_sq.sum()
 
 
 @pytest.mark.parametrize("segment", ["", "device"])

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+import pandas as pd
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from decision_api.app import create_app
 from decision_api.settings import AuthSettings, Settings
-from tests.experiments.report_rows import insert_log, random_log
+from tests.experiments.report_rows import T0, Log, insert_log, random_log
+from tests.experiments.test_report_adaptive import thompson_log
 
 Client = AsyncTestClient[Litestar]
 ADMIN, REPORT, DECIDE = "admin-secret", "report-secret", "decide-secret"
@@ -48,7 +50,34 @@ async def client(shared_settings: Settings) -> AsyncIterator[Client]:
         admin = {"Authorization": f"Bearer {ADMIN}"}
         assert (await c.post("/v1/experiments", json=SPEC, headers=admin)).status_code == 201
         insert_log(c.app.state.services.event_log, random_log(np.random.default_rng(5)))
+        one_day = {**SPEC, "key": "oneday", "name": "One afternoon"}
+        assert (await c.post("/v1/experiments", json=one_day, headers=admin)).status_code == 201
+        insert_log(
+            c.app.state.services.event_log, _within_hours(random_log(np.random.default_rng(6)))
+        )
+        bandit = {
+            **SPEC,
+            "key": "bandit",
+            "variants": [{"key": "a"}, {"key": "b"}, {"key": "c"}],
+            "default_variant": "a",
+            "policy": {"kind": "thompson"},
+        }
+        assert (await c.post("/v1/experiments", json=bandit, headers=admin)).status_code == 201
+        log, _ = thompson_log(np.random.default_rng(7), "bandit", 3000, 0.15, repeat=True)
+        insert_log(c.app.state.services.event_log, log)
         yield c
+
+
+def _within_hours(log: Log) -> Log:
+    """The log squeezed from six days into three hours, as experiment ``oneday``."""
+
+    def squeeze(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.copy()
+        out["ts"] = T0 + (out.ts - T0) // 48
+        out.loc[out.experiment == "exp", "experiment"] = "oneday"
+        return out
+
+    return Log(exposures=squeeze(log.exposures), outcomes=squeeze(log.outcomes))
 
 
 @pytest.mark.parametrize(
@@ -76,6 +105,7 @@ async def test_json_report_needs_the_report_scope(
         ({"from": "2024-02-01", "to": "2024-01-01"}, "$.to"),
         ({"metric": "Bad Metric"}, "$.metric"),
         ({"correction": "bonferroni"}, "$.correction"),
+        ({"cap_percentile": "1.5"}, "$.cap_percentile"),
     ],
 )
 async def test_bad_parameters_name_the_field(
@@ -177,24 +207,28 @@ def site() -> Iterator[tuple[str, type[_Site]]]:
         server.server_close()
 
 
-async def test_chromium_draws_the_charts_without_errors(
-    client: Client, site: tuple[str, type[_Site]], tmp_path: Path
-) -> None:
-    """Headless Chromium renders the page's three SVG charts from the embedded JSON with no
-    script error, offline (no request leaves the page's own server); a screenshot is saved to
-    artifacts/report_page.png."""
+async def _render(
+    client: Client,
+    site: tuple[str, type[_Site]],
+    tmp_path: Path,
+    experiment: str,
+    *,
+    width: int,
+    shot: Path,
+) -> str:
+    """The page of ``experiment`` (by device) as headless Chromium leaves its DOM after the
+    scripts ran, at a window ``width`` px wide; a screenshot is saved to ``shot``."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "install Chromium (apt-get install -y chromium; scripts/bootstrap does it)"
     base, handler = site
     key = {"X-API-Key": REPORT}
-    page = await client.get("/reports/exp", params={"segment": "device"}, headers=key)
+    page = await client.get(f"/reports/{experiment}", params={"segment": "device"}, headers=key)
     assert page.status_code == 200
-    handler.pages["/reports/exp"] = (page.content, "text/html; charset=utf-8")
+    handler.pages[f"/reports/{experiment}"] = (page.content, "text/html; charset=utf-8")
     for name in ("report.js", "report.css"):
         asset = await client.get(f"/reports/static/{name}", headers=key)
         handler.pages[f"/reports/static/{name}"] = (asset.content, asset.headers["content-type"])
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report_page.png"
     shot.unlink(missing_ok=True)
     run = subprocess.run(
         [
@@ -207,21 +241,87 @@ async def test_chromium_draws_the_charts_without_errors(
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            "--hide-scrollbars",
             f"--user-data-dir={tmp_path / 'chromium'}",
-            "--window-size=1200,2400",
+            f"--window-size={width},2400",
             f"--screenshot={shot}",
             "--dump-dom",
-            f"{base}/reports/exp",
+            f"{base}/reports/{experiment}",
         ],
         capture_output=True,
         timeout=60,
         check=False,
     )
-    dom = run.stdout.decode()
     assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert shot.stat().st_size > 10_000
+    return run.stdout.decode()
+
+
+def _chart(dom: str, chart: str) -> str:
+    return dom.split(f'id="{chart}"', 1)[1].split("</figure>", 1)[0]
+
+
+async def test_chromium_draws_the_charts_without_errors(
+    client: Client, site: tuple[str, type[_Site]], tmp_path: Path
+) -> None:
+    """Headless Chromium renders the page's three SVG charts from the embedded JSON with no
+    script error, offline (no request leaves the page's own server); a screenshot is saved to
+    artifacts/report_page.png."""
+    dom = await _render(
+        client, site, tmp_path, "exp", width=1200, shot=ARTIFACTS / "report_page.png"
+    )
     assert re.search(r'<html[^>]*data-charts="ok"', dom), dom[:500]
     assert "data-chart-errors" not in dom
     for chart in ("chart-daily", "chart-lift", "chart-segments"):
-        block = dom.split(f'id="{chart}"', 1)[1].split("</figure>", 1)[0]
+        block = _chart(dom, chart)
         assert "<svg" in block and ("<path" in block or "<line" in block)
-    assert shot.stat().st_size > 10_000
+
+
+async def test_one_day_at_1280_px(
+    client: Client, site: tuple[str, type[_Site]], tmp_path: Path
+) -> None:
+    """An experiment whose data falls within three hours: the cumulative chart draws a curve
+    over sub-day buckets (labelled with times), the text report carries the segments, and at a
+    1280 px window nothing is wider than the window (tables wrap or scroll inside the page);
+    screenshot in artifacts/report_page_one_day.png."""
+    dom = await _render(
+        client, site, tmp_path, "oneday", width=1280, shot=ARTIFACTS / "report_page_one_day.png"
+    )
+    assert re.search(r'<html[^>]*data-charts="ok"', dom), dom[:500]
+    daily = _chart(dom, "chart-daily")
+    path = re.search(r'<path d="([^"]+)"', daily)
+    assert path and path[1].count(" L ") >= 5, daily[:500]  # a curve, not one point
+    assert re.search(r">\d{4}-\d\d-\d\dT\d\d:\d\dZ<", daily), daily[:500]
+    page = re.search(r'data-page-width="(\d+)"', dom)
+    window = re.search(r'data-window-width="(\d+)"', dom)
+    assert page and window and int(window[1]) == 1280
+    assert int(page[1]) <= int(window[1]), (page[1], window[1])
+    wide = re.search(r'data-wide-tables="(\d+)"', dom)
+    assert wide and wide[1] == "0", "tables wider than the page at 1280 px"
+    text = await client.get(
+        "/v1/experiments/oneday/report",
+        params={"segment": "device", "format": "text"},
+        headers={"X-API-Key": REPORT},
+    )
+    assert text.status_code == 200
+    assert "by segment: device" in text.text
+    for device in ("mobile", "desktop", "tablet"):
+        assert re.search(rf"^{device}\s", text.text, re.M), text.text
+
+
+async def test_bandit_page_draws_the_allocation(
+    client: Client, site: tuple[str, type[_Site]], tmp_path: Path
+) -> None:
+    """A Thompson experiment's page leads with the policy's value against the holdout and draws
+    the allocation over time (stacked shares per bucket); screenshot in
+    artifacts/report_page_bandit.png."""
+    dom = await _render(
+        client, site, tmp_path, "bandit", width=1280, shot=ARTIFACTS / "report_page_bandit.png"
+    )
+    assert re.search(r'<html[^>]*data-charts="ok"', dom), dom[:500]
+    assert re.search(r'data-wide-tables="0"', dom)
+    headline = re.search(r'<p class="headline">([^<]+)</p>', dom)
+    assert headline and "over the holdout" in headline[1], headline
+    block = _chart(dom, "chart-allocation")
+    assert block.count('class="share"') >= 12, block[:500]
+    assert "Adaptive policy" in dom and "descriptive" in dom

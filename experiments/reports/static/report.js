@@ -78,9 +78,11 @@
     var n = series[0].points.length;
     var all = [];
     series.forEach(function (s) { s.points.forEach(function (p) { all.push(p.rate); }); });
-    var y = scale(extent(all), [H - B, T]);
+    var dom = extent(all);
+    dom = [Math.max(dom[0], 0), Math.min(dom[1], 1)];  // rates: never below 0% or above 100%
+    var y = scale(dom, [H - B, T]);
     var x = scale([0, Math.max(n - 1, 1)], [L, W - R]);
-    ticks(extent(all), 4).forEach(function (v) {
+    ticks(dom, 4).forEach(function (v) {
       el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }, root);
       text(root, L - 6, y(v) + 4, (v * 100).toFixed(2) + "%", { "text-anchor": "end", class: "tick" });
     });
@@ -95,6 +97,7 @@
         d += (d ? " L " : "M ") + x(i).toFixed(1) + " " + y(p.rate).toFixed(1);
       });
       if (d) { el("path", { d: d, fill: "none", stroke: colour, "stroke-width": 2, class: "series" }, root); }
+      if (n === 1 && finite(s.points[0].rate)) { el("circle", { cx: x(0), cy: y(s.points[0].rate), r: 4, fill: colour, class: "series" }, root); }
       text(root, W - R + 8, T + 14 + k * 16, armLabel(s.arm), { fill: colour, class: "legend" });
     });
   }
@@ -173,11 +176,42 @@
     });
   }
 
+  // An adaptive policy's allocation: each arm's share of the decisions per time bucket, stacked.
+  function allocationChart(container, report) {
+    var a = report.adaptive;
+    if (!a || !a.allocation.length) { empty(container, "No logged decisions yet."); return; }
+    var arms = a.arms.map(function (x) { return x.arm; });
+    var W = 640, H = 240, L = 56, R = 110, T = 12, B = 32;
+    var root = svg(container, W, H);
+    var n = a.allocation.length;
+    var bw = (W - L - R) / n;
+    var y = scale([0, 1], [H - B, T]);
+    [0, 0.25, 0.5, 0.75, 1].forEach(function (v) {
+      el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }, root);
+      text(root, L - 6, y(v) + 4, (v * 100).toFixed(0) + "%", { "text-anchor": "end", class: "tick" });
+    });
+    a.allocation.forEach(function (b, i) {
+      var acc = 0;
+      b.shares.forEach(function (share, k) {
+        if (!finite(share) || share <= 0) { return; }
+        el("rect", { x: L + i * bw, y: y(acc + share), width: Math.max(bw - 1, 1), height: y(acc) - y(acc + share), fill: COLOURS[k % COLOURS.length], class: "share" }, root);
+        acc += share;
+      });
+    });
+    [0, n - 1].forEach(function (i) {
+      text(root, L + (i + (i ? 1 : 0)) * bw, H - 10, a.allocation[i].start.replace("T", " ").replace(":00Z", ""), { "text-anchor": i ? "end" : "start", class: "tick" });
+    });
+    arms.forEach(function (arm, k) {
+      text(root, W - R + 8, T + 14 + k * 16, arm, { fill: COLOURS[k % COLOURS.length], class: "legend" });
+    });
+  }
+
   function draw() {
     var node = document.getElementById("report-data");
     if (!node) { recordError("report data missing"); return; }
     var report = JSON.parse(node.textContent);
     var charts = [["chart-daily", dailyChart], ["chart-lift", liftChart], ["chart-segments", segmentChart]];
+    if (report.adaptive) { charts.push(["chart-allocation", allocationChart]); }
     var drawn = 0;
     charts.forEach(function (c) {
       var container = document.getElementById(c[0]);
@@ -185,6 +219,12 @@
       try { c[1](container, report); drawn++; } catch (err) { recordError(c[0] + ": " + err.message); }
     });
     document.documentElement.setAttribute("data-charts", drawn === charts.length && !errors.length ? "ok" : "failed");
+    // What a reader at this window width sees: the page's width against the window's (a wider
+    // page means something is cut off or needs sideways scrolling of the whole page).
+    document.documentElement.setAttribute("data-page-width", String(document.documentElement.scrollWidth));
+    document.documentElement.setAttribute("data-window-width", String(window.innerWidth));
+    var cut = Array.prototype.filter.call(document.querySelectorAll("div.scroll"), function (d) { return d.scrollWidth > d.clientWidth + 1; });
+    document.documentElement.setAttribute("data-wide-tables", String(cut.length));
   }
 
   if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", draw); } else { draw(); }
