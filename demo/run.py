@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO, TypeVar
@@ -171,12 +172,16 @@ def report_params(population: Population) -> dict[str, dict[str, str | int]]:
     tightest there (``horizon_units``; the default plans for a far larger test). The carousel's
     report is broken down by segment, which its off-policy reward model also uses.
     """
+    # The newsletters go out on the simulated days ahead and their opens are dated then: the
+    # email reports read up to the end of that simulated time, not up to the real now.
+    ahead = (datetime.now(UTC) + timedelta(days=40)).date()  # the demo's dates stay within 31
+    emails: dict[str, str | int] = {"to": ahead.isoformat()}
     return {
         HERO: {"horizon_units": population.size},
         CAROUSEL: {"segment": "segment"},
         OFFER: {"horizon_units": population.size},
-        SUBJECT: {},
-        SEND_TIME: {},
+        SUBJECT: dict(emails),
+        SEND_TIME: dict(emails),
     }
 
 
