@@ -36,6 +36,7 @@ from decision_api.routes.reports import ReportController, report_asset, report_p
 from decision_api.routes.sdk import tailor_js
 from decision_api.routes.ui import end_session, root, start_session, ui_asset, ui_page
 from decision_api.routes.units import EventController, UnitController
+from decision_api.routes.what_if import WhatIfController
 from decision_api.services import open_services
 from decision_api.settings import Settings
 
@@ -165,6 +166,7 @@ def create_app(settings: Settings) -> Litestar:
         tailor_js,
         KeyController,
         ReportController,
+        WhatIfController,
         ImportController,
         report_page,
         report_asset,
