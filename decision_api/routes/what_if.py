@@ -9,7 +9,8 @@ changed: the scope is ``report``, as for the report, whose data it reads; the wo
 ``limit`` and runs in a worker thread.
 
 Errors: a config that does not decode or does not fit the experiment's variants is a 422 naming
-the field (``$.policy.min_propensity``); fewer than two logged decisions is a 409.
+the field (``$.policy.min_propensity``), as is a send-time policy (``$.policy.kind``: a what-if
+replays variant choices); fewer than two logged decisions is a 409.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from decision_api.services import Services
 from experiments.off_policy.what_if import DEFAULT_BATCH_SIZE, WhatIfResult, what_if
 from tailor_contract.definitions import Experiment
 from tailor_contract.errors import Conflict, InvalidInput
-from tailor_contract.policies import FixedConfig, PolicyConfig, VWCBConfig
+from tailor_contract.policies import (
+    FixedConfig,
+    PolicyConfig,
+    SendTimeThompsonConfig,
+    VWCBConfig,
+)
 
 __all__ = ["WhatIfController", "WhatIfRequest"]
 
@@ -58,6 +64,11 @@ class WhatIfRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 def _check_policy(config: PolicyConfig, n_variants: int) -> None:
     """Raise InvalidInput naming the field unless ``config`` fits ``n_variants`` variants."""
+    if isinstance(config, SendTimeThompsonConfig):
+        raise InvalidInput(
+            "a what-if replays variant choices; send-time policies are not supported",
+            field="$.policy.kind",
+        )
     if isinstance(config, VWCBConfig):
         try:
             check_vw_config(config)
@@ -84,14 +95,19 @@ def _run(services: Services, experiment: Experiment, request: WhatIfRequest) -> 
             "propensity; a what-if needs at least 2",
             field="$.key",
         )
-    return what_if(
-        request.policy,
-        spec_of(experiment).arms,
-        examples,
-        reward_range=(experiment.reward.min_reward, experiment.reward.max_reward),
-        level=request.level,
-        batch_size=request.batch_size,
-    )
+    try:
+        return what_if(
+            request.policy,
+            spec_of(experiment).arms,
+            examples,
+            reward_range=(experiment.reward.min_reward, experiment.reward.max_reward),
+            level=request.level,
+            batch_size=request.batch_size,
+        )
+    except ValueError as exc:  # the candidate cannot decide on these logs
+        raise InvalidInput(
+            f"the candidate cannot replay these logs: {exc}", field="$.policy"
+        ) from exc
 
 
 class WhatIfController(Controller):

@@ -76,6 +76,7 @@ async def test_a_segmented_candidate_beats_the_uniform_split_on_its_logs(
         ({"kind": "vw_cb", "extra_args": ["--data", "x"]}, "$.policy"),
         ({"kind": "vw_cb", "extra_args": ["--cover", "3", "--bag", "2"]}, "$.policy.extra_args"),
         ({"kind": "nope"}, "$.policy"),
+        ({"kind": "send_time_thompson"}, "$.policy.kind"),
     ],
 )
 async def test_a_bad_candidate_config_is_a_422_naming_the_field(
