@@ -29,7 +29,7 @@ from decision_api.routes.exposures import ExposureController
 from decision_api.routes.fast_decide import TRIED, DecideFront
 from decision_api.routes.imports import ImportController
 from decision_api.routes.keys import KeyController
-from decision_api.routes.models import ModelController
+from decision_api.routes.models import ModelController, TakeoverController
 from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
 from decision_api.routes.reports import ReportController, report_asset, report_page
@@ -158,6 +158,7 @@ def create_app(settings: Settings) -> Litestar:
         BatchController,
         ExperimentController,
         ModelController,
+        TakeoverController,
         UnitController,
         EventController,
         OutcomeController,

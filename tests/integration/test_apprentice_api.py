@@ -1,0 +1,71 @@
+"""Apprentice mode through the API: decisions say who serves; an admin takes over."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from decision_api.app import create_app
+from decision_api.settings import Settings
+from tests.integration.test_learning_loop import definition, start
+from tests.support.polling import eventually
+
+
+@pytest.fixture
+async def quiet_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """A client whose worker runs no learner (only the admin API changes models)."""
+    quiet = msgspec.structs.replace(
+        settings, learner=msgspec.structs.replace(settings.learner, in_process=False)
+    )
+    async with AsyncTestClient(app=create_app(quiet)) as c:
+        yield c
+
+
+async def decide(client: AsyncTestClient[Litestar], unit: str) -> dict[str, object]:
+    got = await client.post("/v1/decide", json={"unit_id": unit, "placements": ["home"]})
+    assert got.status_code == 200, got.text
+    decision: dict[str, object] = got.json()["decisions"][0]
+    return decision
+
+
+async def test_an_admin_takes_over_a_manual_apprentice(
+    quiet_client: AsyncTestClient[Litestar],
+) -> None:
+    client = quiet_client
+    policy = {"kind": "thompson", "apprentice": {"takeover": "manual", "explore": 0.3}}
+    await start(client, definition("app", policy))
+    for i in range(60):
+        answer = await decide(client, f"u{i}")
+        assert answer["reason"] == "policy"
+    warm = await client.post("/v1/experiments/app/model/warm-start")
+    assert warm.status_code == 200, warm.text
+    assert warm.json()["kind"] == "apprentice:thompson"
+
+    taken = await client.post("/v1/experiments/app/takeover")
+    assert taken.status_code == 200, taken.text
+    body = taken.json()
+    assert body["model"]["kind"] == "thompson"
+    assert body["apprentice"]["serving"] == "policy"
+    assert body["apprentice"]["taken_over_by"] == "admin"
+    assert body["apprentice"]["n"] == 60
+    version = str(body["model"]["version"])
+
+    async def served_by_the_model() -> bool:
+        return (await decide(client, "later")).get("model_version") == version
+
+    await eventually(served_by_the_model, what="the taken-over model served")
+
+
+async def test_takeover_needs_an_apprentice_and_a_model(
+    quiet_client: AsyncTestClient[Litestar],
+) -> None:
+    await start(quiet_client, definition("plain", {"kind": "thompson"}))
+    got = await quiet_client.post("/v1/experiments/plain/takeover")
+    assert got.status_code == 409 and "$.policy.apprentice" in got.text
+    await start(quiet_client, definition("fresh", {"kind": "thompson", "apprentice": {}}))
+    got = await quiet_client.post("/v1/experiments/fresh/takeover")
+    assert got.status_code == 409, got.text
