@@ -42,7 +42,7 @@ from bandits.base import (
 from bandits.fixed import FixedPolicy
 from tailor_contract.policies import Apprentice
 
-__all__ = ["ApprenticeEstimate", "ApprenticePolicy", "take_over"]
+__all__ = ["ApprenticeEstimate", "ApprenticePolicy", "estimate_of", "take_over"]
 
 NAME: Final = "apprentice"
 _Z95: Final = 1.959963984540054
@@ -169,28 +169,40 @@ class ApprenticePolicy:
 
     def estimate(self) -> ApprenticeEstimate:
         """The running off-policy estimate of the inner policy against the split."""
-        s = self._state
-        nan = math.nan
-        gain = s.sum_d / s.n if s.n else nan
-        half = nan
-        if s.n >= 2:
-            var = max(0.0, (s.sum_d2 - s.n * gain * gain) / (s.n - 1))
-            half = _Z95 * math.sqrt(var / s.n)
-        return ApprenticeEstimate(
-            n=s.n,
-            own=s.sum_own / s.n if s.n else nan,
-            split=s.sum_split / s.n if s.n else nan,
-            gain=gain,
-            gain_lower=gain - half,
-            gain_upper=gain + half,
-            serving="policy" if self.taken_over else "split",
-            taken_over_by=s.taken_over_by,
-        )
+        return _estimate(self._state)
 
     def snapshot(self) -> bytes:
         """The inner model's snapshot inside the apprentice's state."""
         state = msgspec.structs.replace(self._state, inner=self._inner.snapshot())
         return msgspec.msgpack.encode(state)
+
+
+def _estimate(s: _State) -> ApprenticeEstimate:
+    nan = math.nan
+    gain = s.sum_d / s.n if s.n else nan
+    half = nan
+    if s.n >= 2:
+        var = max(0.0, (s.sum_d2 - s.n * gain * gain) / (s.n - 1))
+        half = _Z95 * math.sqrt(var / s.n)
+    return ApprenticeEstimate(
+        n=s.n,
+        own=s.sum_own / s.n if s.n else nan,
+        split=s.sum_split / s.n if s.n else nan,
+        gain=gain,
+        gain_lower=gain - half,
+        gain_upper=gain + half,
+        serving="policy" if s.taken_over_by else "split",
+        taken_over_by=s.taken_over_by,
+    )
+
+
+def estimate_of(snapshot: bytes) -> ApprenticeEstimate:
+    """The estimate recorded in an apprentice snapshot, without rebuilding its model.
+
+    Raises:
+        SnapshotError: if it is not an apprentice snapshot.
+    """
+    return _estimate(decode_state(snapshot))
 
 
 def decode_state(snapshot: bytes) -> _State:

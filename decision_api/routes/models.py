@@ -10,7 +10,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from bandits.apprentice import ApprenticeEstimate, ApprenticePolicy, take_over
+from bandits.apprentice import ApprenticeEstimate, ApprenticePolicy, estimate_of, take_over
 from bandits.base import SnapshotError
 from bandits.registry import build_policy
 from bandits.spec import is_learning
@@ -33,6 +33,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     examples: int
     bytes: int
     updated_ms: int
+    apprentice: ApprenticeEstimate | None = None
+    """An apprentice's off-policy estimate against the split and who serves (``serving``)."""
 
 
 async def _learning(key: str, services: Services) -> Experiment:
@@ -52,11 +54,18 @@ class ModelController(Controller):
     @get("")
     async def read(self, key: FromPath[str], services: NamedDependency[Services]) -> ModelInfo:
         """The published model (404 before the first snapshot)."""
-        await _learning(key, services)
+        experiment = await _learning(key, services)
         snap = await services.learning.snapshots.get(key)
         if snap is None:
             raise NotFound(f"experiment {key!r} has no published model yet")
+        apprentice = None
+        if getattr(experiment.policy, "apprentice", None) is not None and snap.data:
+            try:
+                apprentice = estimate_of(snap.data)
+            except SnapshotError:
+                apprentice = None  # a model of the policy before apprentice mode was set
         return ModelInfo(
+            apprentice=apprentice,
             experiment=key,
             version=snap.version,
             generation=snap.gen,

@@ -40,10 +40,12 @@ async def test_an_admin_takes_over_a_manual_apprentice(
     await start(client, definition("app", policy))
     for i in range(60):
         answer = await decide(client, f"u{i}")
-        assert answer["reason"] == "policy"
+        assert (answer["reason"], answer["policy"]) == ("policy", "apprentice:thompson")
     warm = await client.post("/v1/experiments/app/model/warm-start")
     assert warm.status_code == 200, warm.text
     assert warm.json()["kind"] == "apprentice:thompson"
+    model = (await client.get("/v1/experiments/app/model")).json()
+    assert model["apprentice"]["serving"] == "split" and model["apprentice"]["n"] == 60
 
     taken = await client.post("/v1/experiments/app/takeover")
     assert taken.status_code == 200, taken.text
@@ -55,9 +57,12 @@ async def test_an_admin_takes_over_a_manual_apprentice(
     version = str(body["model"]["version"])
 
     async def served_by_the_model() -> bool:
-        return (await decide(client, "later")).get("model_version") == version
+        answer = await decide(client, "later")
+        return answer.get("model_version") == version and answer["policy"] == "thompson"
 
     await eventually(served_by_the_model, what="the taken-over model served")
+    model = (await client.get("/v1/experiments/app/model")).json()
+    assert model["apprentice"]["taken_over_by"] == "admin"
 
 
 async def test_takeover_needs_an_apprentice_and_a_model(
