@@ -10,9 +10,20 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from decision_api.app import create_app
-from decision_api.settings import Settings
-from tests.integration.test_learning_loop import definition, start
+from decision_api.settings import LearnerSettings, Settings
+from tests.integration.test_learning_loop import decide_and_click, definition, model, start
 from tests.support.polling import eventually
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Fast learning cadence: snapshots every 0.2 s, model polls and sweeps every 0.1 s."""
+    return msgspec.structs.replace(
+        settings,
+        learner=LearnerSettings(
+            snapshot_interval_s=0.2, model_poll_interval_s=0.1, reward_sweep_interval_s=0.1
+        ),
+    )
 
 
 @pytest.fixture
@@ -74,3 +85,34 @@ async def test_takeover_needs_an_apprentice_and_a_model(
     await start(quiet_client, definition("fresh", {"kind": "thompson", "apprentice": {}}))
     got = await quiet_client.post("/v1/experiments/fresh/takeover")
     assert got.status_code == 409, got.text
+
+
+async def test_an_auto_apprentice_takes_over_through_the_learner(
+    client: AsyncTestClient[Litestar],
+) -> None:
+    """The uniform split serves while the learner teaches the apprentice (only c is clicked);
+    once its gain's lower bound is above zero the learner publishes the takeover and the
+    workers serve the policy's own choices."""
+    policy = {
+        "kind": "thompson",
+        "apprentice": {"takeover": "auto", "explore": 0.3, "min_decisions": 100},
+    }
+    await start(client, definition("auto", policy, placement="home", window_s=1))
+    answers = await decide_and_click(client, 200, clicked={"c"})
+    assert {a["decisions"][0]["policy"] for a in answers} == {"apprentice:thompson"}
+
+    async def taken_over() -> bool:
+        info = await model(client, "auto")
+        return bool(info) and info["kind"] == "thompson"
+
+    await eventually(taken_over, what="the learner's takeover published")
+    info = await model(client, "auto")
+    estimate = info["apprentice"]
+    assert estimate["taken_over_by"] == "auto" and estimate["gain_lower"] > 0.0
+    assert estimate["own"] > estimate["split"]
+
+    async def serves_its_own() -> bool:
+        got = await client.post("/v1/decide", json={"unit_id": "late", "placements": ["home"]})
+        return bool(got.json()["decisions"][0]["policy"] == "thompson")
+
+    await eventually(serves_its_own, what="workers serving the apprentice's own choices")
