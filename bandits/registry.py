@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+
+from bandits.apprentice import ApprenticePolicy, inner_snapshot
 from bandits.base import Arm, Policy
 from bandits.ensemble import EnsemblePolicy
 from bandits.epsilon_greedy import EpsilonGreedyPolicy
@@ -50,6 +53,16 @@ def build_policy(
         ValueError: if the config does not fit the arms (e.g. ``min_share`` too large).
         SnapshotError: if the snapshot is of another kind, corrupt, or incompatible.
     """
+    mode = getattr(config, "apprentice", None)
+    if mode is not None:
+        # Apprentice mode wraps the policy the config names without it (bandits.apprentice).
+        plain = msgspec.structs.replace(config, apprentice=None)
+        if snapshot is None:
+            inner = build_policy(plain, arms, version=version)
+            return ApprenticePolicy(inner, arms, mode, version=version)
+        state, inner_data = inner_snapshot(snapshot)
+        inner = build_policy(plain, arms, snapshot=inner_data, version=version)
+        return ApprenticePolicy(inner, arms, mode, state=state, version=version)
     match config:
         case FixedConfig():
             if snapshot is None:

@@ -29,13 +29,14 @@ from decision_api.routes.exposures import ExposureController
 from decision_api.routes.fast_decide import TRIED, DecideFront
 from decision_api.routes.imports import ImportController
 from decision_api.routes.keys import KeyController
-from decision_api.routes.models import ModelController
+from decision_api.routes.models import ModelController, TakeoverController
 from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
 from decision_api.routes.reports import ReportController, report_asset, report_page
 from decision_api.routes.sdk import tailor_js
 from decision_api.routes.ui import end_session, root, start_session, ui_asset, ui_page
 from decision_api.routes.units import EventController, UnitController
+from decision_api.routes.what_if import WhatIfController
 from decision_api.services import open_services
 from decision_api.settings import Settings
 
@@ -157,6 +158,7 @@ def create_app(settings: Settings) -> Litestar:
         BatchController,
         ExperimentController,
         ModelController,
+        TakeoverController,
         UnitController,
         EventController,
         OutcomeController,
@@ -165,6 +167,7 @@ def create_app(settings: Settings) -> Litestar:
         tailor_js,
         KeyController,
         ReportController,
+        WhatIfController,
         ImportController,
         report_page,
         report_asset,

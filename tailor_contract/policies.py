@@ -22,6 +22,7 @@ import msgspec
 
 __all__ = [
     "DEFAULT_MIN_PROPENSITY_SHARE",
+    "Apprentice",
     "EpsilonGreedyConfig",
     "FixedConfig",
     "PolicyConfig",
@@ -62,6 +63,31 @@ SNIPS intervals of "uniform" and "always X" from vw_cb's own logs cover the trut
 contextual world; without a floor, SquareCB starves the arms it has ruled out and they do not."""
 
 
+class Apprentice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Apprentice mode of a learning policy (``bandits.apprentice``).
+
+    Until it takes over, the policy serves the experiment's fixed split (its variant weights;
+    put all weight on the default variant to serve it alone), mixed with ``explore`` spread
+    evenly over the variants so its logs stay evaluable, while it learns from every decision
+    and keeps an off-policy estimate of its own value against that split's.
+
+    Attributes:
+        takeover: ``auto``: it serves its own choices once the lower 95% bound of its
+            estimated gain over the split is above zero, after ``min_decisions``; ``manual``:
+            only after ``POST /v1/experiments/{key}/takeover``.
+        explore: The share of decisions spread evenly over the variants while apprenticing.
+        min_decisions: Decisions learned before an automatic takeover is considered.
+    """
+
+    takeover: Literal["auto", "manual"] = "auto"
+    explore: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.1
+    min_decisions: Annotated[int, msgspec.Meta(ge=1)] = 1_000
+
+    def __post_init__(self) -> None:
+        _check("explore", self.explore, ge=0.0, le=1.0)
+        _check("min_decisions", self.min_decisions, ge=1)
+
+
 class _Learning(_Base, frozen=True):
     """Options every learning policy shares: the exploration floor.
 
@@ -71,9 +97,12 @@ class _Learning(_Base, frozen=True):
             floor_pmf``) and the logged propensity is the mixed pmf's. ``None`` (the default)
             means ``DEFAULT_MIN_PROPENSITY_SHARE / n``; ``0`` turns the floor off. With more
             candidates than ``1 / min_propensity`` the floor is a uniform ``1/n``.
+        apprentice: Apprentice mode (see ``Apprentice``); None (the default) serves the
+            policy's own choices from the start.
     """
 
     min_propensity: Probability | None = None
+    apprentice: Apprentice | None = None
 
     def __post_init__(self) -> None:
         if self.min_propensity is not None:

@@ -151,9 +151,10 @@ def _problem(response: httpx.Response) -> str:
     lines = [f"HTTP {response.status_code}: {body.get('detail', body)}"]
     lines += [f"  {e['field']}: {e['message']}" for e in body.get("errors", [])]
     if response.status_code in (401, 403):
+        request = response.request
+        admin = request.method == "POST" and not request.url.path.endswith("/what-if")
         lines.append(
-            "  set TAILOR_API_KEY to a key with the "
-            f"{'admin' if response.request.method == 'POST' else 'report'} scope"
+            f"  set TAILOR_API_KEY to a key with the {'admin' if admin else 'report'} scope"
         )
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Admin API for the models behind learning experiments: inspect, reset, warm-start."""
+"""Admin API for the models behind learning experiments: inspect, reset, warm-start, and the
+takeover of an apprentice (``POST /v1/experiments/{key}/takeover``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from bandits.apprentice import ApprenticeEstimate, ApprenticePolicy, estimate_of, take_over
+from bandits.base import SnapshotError
+from bandits.registry import build_policy
 from bandits.spec import is_learning
+from decision_api.learning.runtime import spec_of
 from decision_api.learning.warm_start import history_examples, warm_policy
 from decision_api.routes.guards import require
 from decision_api.services import Services
@@ -28,6 +33,8 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     examples: int
     bytes: int
     updated_ms: int
+    apprentice: ApprenticeEstimate | None = None
+    """An apprentice's off-policy estimate against the split and who serves (``serving``)."""
 
 
 async def _learning(key: str, services: Services) -> Experiment:
@@ -47,11 +54,18 @@ class ModelController(Controller):
     @get("")
     async def read(self, key: FromPath[str], services: NamedDependency[Services]) -> ModelInfo:
         """The published model (404 before the first snapshot)."""
-        await _learning(key, services)
+        experiment = await _learning(key, services)
         snap = await services.learning.snapshots.get(key)
         if snap is None:
             raise NotFound(f"experiment {key!r} has no published model yet")
+        apprentice = None
+        if getattr(experiment.policy, "apprentice", None) is not None and snap.data:
+            try:
+                apprentice = estimate_of(snap.data)
+            except SnapshotError:
+                apprentice = None  # a model of the policy before apprentice mode was set
         return ModelInfo(
+            apprentice=apprentice,
             experiment=key,
             version=snap.version,
             generation=snap.gen,
@@ -99,4 +113,54 @@ class ModelController(Controller):
             examples=len(examples),
             bytes=len(data),
             updated_ms=snap.updated_ms,
+        )
+
+
+class Takeover(msgspec.Struct, kw_only=True):
+    """An apprentice after the admin's takeover: the new model and its estimate."""
+
+    model: ModelInfo
+    apprentice: ApprenticeEstimate
+
+
+class TakeoverController(Controller):
+    """Let an apprentice policy serve its own choices (``apprentice.takeover: manual``)."""
+
+    path = "/v1/experiments/{key:str}/takeover"
+    tags = ["models"]
+    guards = [require("admin")]
+
+    @post("", status_code=200)
+    async def take_over(self, key: FromPath[str], services: NamedDependency[Services]) -> Takeover:
+        """The apprentice serves its own choices from now on (a new model generation)."""
+        experiment = await _learning(key, services)
+        if getattr(experiment.policy, "apprentice", None) is None:
+            raise Conflict(
+                f"experiment {key!r} has no apprentice policy", field="$.policy.apprentice"
+            )
+        snap = await services.learning.snapshots.get(key)
+        if snap is None or not snap.data:
+            raise Conflict(f"experiment {key!r} has no apprentice model yet (nothing learned)")
+        try:
+            data = take_over(snap.data)
+        except SnapshotError as exc:
+            raise Conflict(f"the published model is not an apprentice's: {exc}") from exc
+        spec = spec_of(experiment)
+        policy = build_policy(spec.config, spec.arms, snapshot=data)
+        assert isinstance(policy, ApprenticePolicy)
+        new = await services.learning.snapshots.replace(
+            key, now_ms(), kind=policy.name, data=data, examples=snap.examples
+        )
+        services.audit("model_takeover", "model", key, new.version, "by=admin")
+        return Takeover(
+            model=ModelInfo(
+                experiment=key,
+                version=new.version,
+                generation=new.gen,
+                kind=new.kind,
+                examples=snap.examples,
+                bytes=len(data),
+                updated_ms=new.updated_ms,
+            ),
+            apprentice=policy.estimate(),
         )

@@ -246,6 +246,45 @@ def test_import_and_report_through_the_api(
     assert "HTTP 401" in err and "TAILOR_API_KEY" in err
 
 
+def test_what_if_asks_the_server_and_prints_the_estimates(
+    through_api: tuple[TestClient[Any], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`tailor what-if` posts the candidate config with a report key and prints its estimate
+    next to the deployed policy's; a config that does not fit is exit 1 naming the field, a
+    --policy that is not JSON exit 2, a key without the scope names the report scope."""
+    _, sent = through_api
+    rows = [
+        f"u{i},2024-01-02T00:00:{i:02d}Z,{'ab'[i % 2]},0.5,{'mobile' if i % 4 < 2 else 'desktop'},"
+        f"{int((i % 2 == 0) == (i % 4 < 2))}"
+        for i in range(40)
+    ]
+    history = tmp_path / "history.csv"
+    history.write_text(CSV + "\n".join(rows) + "\n")
+    monkeypatch.setenv("TAILOR_API_KEY", ADMIN)
+    assert main(["import", str(history), "--experiment", "wif", "--create"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("TAILOR_API_KEY", REPORT)
+    policy = '{"kind": "thompson", "segment_by": "device"}'
+    assert main(["what-if", "wif", "--policy", policy, "--batch-size", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("what-if thompson over 40 logged decisions (batches of 5")
+    assert "candidate SNIPS" in out and "deployed (mean reward)" in out
+    assert main(["what-if", "wif", "--policy", policy, "--json"]) == 0
+    answer = msgspec.json.decode(capsys.readouterr().out)
+    assert answer["n"] == 40 and answer["deployed"]["ips"]["estimate"] == pytest.approx(0.5)
+    assert sent[-2:] == [f"Bearer {REPORT}", f"Bearer {REPORT}"]
+    assert main(["what-if", "wif", "--policy", '{"kind": "thompson", "min_share": 0.9}']) == 1
+    assert "$.policy.min_share" in capsys.readouterr().err
+    assert main(["what-if", "wif", "--policy", "{kind"]) == 2
+    assert "--policy is not JSON" in capsys.readouterr().err
+    monkeypatch.setenv("TAILOR_API_KEY", "wrong")
+    assert main(["what-if", "wif", "--policy", policy]) == 1
+    assert "key with the report scope" in capsys.readouterr().err
+
+
 class Terminal(io.StringIO):
     """A stream that says it is a terminal."""
 
