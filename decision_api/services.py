@@ -214,6 +214,7 @@ class Services:
         await asyncio.to_thread(self.event_log.close)
         await self.redis.aclose()
         await self.redis_bin.aclose()
+        self.metrics.close()  # after the writer's last queue-depth update
 
 
 def sensitive_features(settings: Settings) -> frozenset[str]:
