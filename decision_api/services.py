@@ -214,6 +214,7 @@ class Services:
         await asyncio.to_thread(self.event_log.close)
         await self.redis.aclose()
         await self.redis_bin.aclose()
+        self.metrics.close()  # after the writer's last queue-depth update
 
 
 def sensitive_features(settings: Settings) -> frozenset[str]:
@@ -260,13 +261,17 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         event_log = RelayEventLog(url, settings.redis.key_prefix)
     else:
         try:
-            event_log = await asyncio.to_thread(open_event_log, settings.event_log.url)
+            event_log = await asyncio.to_thread(
+                open_event_log, settings.event_log.url, settings.event_log.cluster
+            )
         except EventLogUnavailable as exc:
             if settings.event_log.url.startswith("chdb:"):
                 raise  # a local directory that cannot be opened is a configuration error
             # A ClickHouse server down at start-up: serve anyway, spool events until it answers.
             log.warning("event_log_unreachable_at_start", error=str(exc))
-            event_log = DeferredEventLog(settings.event_log.url)
+            event_log = DeferredEventLog(
+                settings.event_log.url, cluster=settings.event_log.cluster
+            )
     applied = await asyncio.to_thread(event_log.migrate)
     if applied:
         log.info("event_log_migrated", versions=applied)

@@ -52,6 +52,14 @@ class EventLogSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     spool_fsync: Literal["always", "batch", "never"] = "batch"
     max_event_age_s: Annotated[int, Meta(ge=60, le=366 * 86400)] = 30 * 86400
     max_event_lead_s: Annotated[int, Meta(ge=0, le=31 * 86400)] = 3600
+    cluster: Annotated[str, Meta(pattern=r"\A([A-Za-z_][A-Za-z0-9_]{0,127})?\Z")] = ""
+    """``TAILOR_EVENT_LOG_CLUSTER``: the ClickHouse cluster (``remote_servers``) the tables are
+    replicated and sharded over (``ON CLUSTER``, ``Distributed``); empty, a single node."""
+
+    def __post_init__(self) -> None:
+        """A cluster is a set of ClickHouse servers: it needs a server URL, not chdb or a relay."""
+        if self.cluster and not self.url.startswith(("http://", "https://")):
+            raise ValueError("event_log.cluster needs an http(s):// event_log.url (a server)")
 
 
 class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

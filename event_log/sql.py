@@ -4,10 +4,19 @@ One dialect for both backends (chdb embedded and a ClickHouse server through cli
 Tables are ``ReplacingMergeTree`` keyed on ``event_id``, and inserts carry a deduplication token
 within ``non_replicated_deduplication_window``: a replayed batch is dropped on insert, and a row
 replayed in a different batch collapses on merge (reports read with ``FINAL``).
+
+A cluster (``TAILOR_EVENT_LOG_CLUSTER``, the name of a ``remote_servers`` cluster) runs the same
+migrations rewritten by :func:`cluster_migration`: each table becomes ``<table>_local``, a
+``ReplicatedReplacingMergeTree`` on every shard's replicas, and ``<table>`` a ``Distributed``
+table over them that every statement above reads and writes unchanged. All DDL runs ``ON
+CLUSTER``. Rows are sharded so that one event always lands on one shard (its ``event_id``
+collapses there under ``FINAL``): exposures and outcomes by unit (a unit's rows together),
+audit by event id.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -163,6 +172,82 @@ ORDER BY (entity, entity_key, ts, event_id)
 """,
     ),
 )
+
+CLUSTER_NAME: Final = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+"""A cluster name (as a bare identifier in DDL and in ``Distributed``'s first argument)."""
+
+SHARDING_KEYS: Final[dict[str, str]] = {
+    "exposures": "cityHash64(unit_id)",
+    "outcomes": "cityHash64(unit_id)",
+    "audit": "cityHash64(event_id)",
+}
+"""How a cluster's ``Distributed`` table spreads a table's rows over shards.
+
+A replayed event carries the same ``event_id`` and ``unit_id``, so it reaches the shard of its
+first copy and collapses there. Outcomes reported by decision id alone (``unit_id = ''``) all go
+to one shard."""
+
+_CREATE_TABLE = re.compile(r"\A\s*CREATE TABLE IF NOT EXISTS (\w+) \(")
+_ALTER_TABLE = re.compile(r"\A\s*ALTER TABLE (\w+) (ADD|DROP|MODIFY|RENAME|COMMENT) COLUMN ")
+_ENGINE = "ENGINE = ReplacingMergeTree\n"
+
+
+def cluster_migration(
+    version: int, statement: str, cluster: str, database: str
+) -> tuple[str, ...]:
+    """A single-node migration rewritten for a replicated, sharded cluster (run in order).
+
+    ``CREATE TABLE t`` becomes ``t_local`` (``ReplicatedReplacingMergeTree`` under
+    ``/clickhouse/tables/{shard}/<database>/t_local``, replica ``{replica}``: the two macros
+    each server's config defines) and ``t``, a ``Distributed`` table over it sharded by
+    :data:`SHARDING_KEYS`. Replicated tables deduplicate inserts by token through Keeper,
+    within ``replicated_deduplication_window`` blocks. ``ALTER TABLE t ... COLUMN`` alters both.
+
+    Raises:
+        ValueError: a bad cluster or database name, or a statement with no cluster form (a new
+            kind of migration must say how it runs on a cluster).
+    """
+    for name, value in (("cluster", cluster), ("database", database)):
+        if not CLUSTER_NAME.match(value):
+            raise ValueError(f"{name} name {value!r} must be letters, digits and underscores")
+    on = f"ON CLUSTER {cluster}"
+    created = _CREATE_TABLE.match(statement)
+    if created is not None and _ENGINE in statement:
+        table = created.group(1)
+        local = f"{table}_local"
+        path = f"/clickhouse/tables/{{shard}}/{database}/{local}"
+        body = statement[created.end() :]
+        body = body.replace(
+            _ENGINE, f"ENGINE = ReplicatedReplacingMergeTree('{path}', '{{replica}}')\n"
+        ).replace("non_replicated_deduplication_window", "replicated_deduplication_window")
+        key = SHARDING_KEYS.get(table, "cityHash64(event_id)")
+        return (
+            f"CREATE TABLE IF NOT EXISTS {database}.{local} {on} ({body}",
+            f"CREATE TABLE IF NOT EXISTS {database}.{table} {on} AS {database}.{local}\n"
+            f"ENGINE = Distributed({cluster}, {database}, {local}, {key})",
+        )
+    altered = _ALTER_TABLE.match(statement)
+    if altered is not None:
+        table = altered.group(1)
+        rest = statement[altered.end(1) :]
+        return (
+            f"ALTER TABLE {database}.{table}_local {on}{rest}",
+            f"ALTER TABLE {database}.{table} {on}{rest}",
+        )
+    raise ValueError(f"migration {version} has no cluster form: {statement.strip()[:60]!r}")
+
+
+def cluster_migrations(cluster: str, database: str) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """Every migration's statements for ``cluster`` (see :func:`cluster_migration`)."""
+    return tuple(
+        (version, cluster_migration(version, statement, cluster, database))
+        for version, statement in MIGRATIONS
+    )
+
+
+CLUSTER_INSERT_SETTINGS: Final = {"insert_distributed_sync": 1}
+"""An insert into a ``Distributed`` table returns once every shard stored its part (with the
+batch's token), not when it is queued on the receiving node: a failure is seen and retried."""
 
 APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
 RECORD_MIGRATION = "INSERT INTO schema_migrations (version) VALUES ({version:UInt32})"

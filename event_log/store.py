@@ -102,9 +102,16 @@ class EventLog(Protocol):
 class ClickHouseEventLog:
     """An :class:`EventLog` over a clickhouse-connect client (chdb or HTTP)."""
 
-    def __init__(self, client: Any, *, embedded: bool) -> None:
+    def __init__(
+        self, client: Any, *, embedded: bool, cluster: str = "", database: str = DEFAULT_DATABASE
+    ) -> None:
         self._client = client
         self.embedded = embedded
+        self.cluster = cluster
+        self._database = database
+        self._insert_settings: dict[str, Any] = dict(
+            event_sql.CLUSTER_INSERT_SETTINGS if cluster else {}
+        )
         # chdb is one engine per process and not safe for concurrent use: serialise calls.
         self._lock = threading.Lock() if embedded else None
 
@@ -119,17 +126,28 @@ class ClickHouseEventLog:
             raise unavailable(exc) from None
 
     def migrate(self) -> list[int]:
-        """Create and migrate tables; returns the migration versions applied now."""
+        """Create and migrate tables; returns the migration versions applied now.
+
+        On a cluster the statements run ``ON CLUSTER`` (:func:`event_sql.cluster_migration`);
+        ``schema_migrations`` stays local to the node connected to, and every statement is
+        ``IF NOT EXISTS``, so migrating through another node repeats nothing harmful.
+        """
         self._run(self._client.command, event_sql.CREATE_MIGRATIONS)
         applied = {row[0] for row in self.query(event_sql.APPLIED_MIGRATIONS)}
         done = []
-        for version, statement in event_sql.MIGRATIONS:
+        for version, statements in self._migrations():
             if version in applied:
                 continue
-            self._run(self._client.command, statement)
+            for statement in statements:
+                self._run(self._client.command, statement)
             self.command(event_sql.RECORD_MIGRATION, {"version": version})
             done.append(version)
         return done
+
+    def _migrations(self) -> tuple[tuple[int, tuple[str, ...]], ...]:
+        if self.cluster:
+            return event_sql.cluster_migrations(self.cluster, self._database)
+        return tuple((version, (statement,)) for version, statement in event_sql.MIGRATIONS)
 
     def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
         """Insert a batch with a deduplication token (a replay of the same batch is dropped)."""
@@ -146,7 +164,7 @@ class ClickHouseEventLog:
             table,
             list(event_sql.COLUMNS[table]),
             body,
-            settings={"insert_deduplication_token": token},
+            settings={**self._insert_settings, "insert_deduplication_token": token},
             fmt=event_sql.INSERT_FORMAT,
         )
 
@@ -172,13 +190,21 @@ class ClickHouseEventLog:
         self._run(self._client.close)
 
 
-def open_event_log(url: str) -> ClickHouseEventLog:
+def open_event_log(url: str, cluster: str = "") -> ClickHouseEventLog:
     """Open the event log a URL names and make sure its database exists.
 
     ``chdb://<path>[?database=name]`` or ``http(s)://user:pass@host:port/<database>``;
-    the database defaults to ``tailor``.
+    the database defaults to ``tailor``. ``cluster`` names the ClickHouse cluster of a server
+    (the database is then created ``ON CLUSTER``); empty, a single node.
+
+    Raises:
+        ValueError: a bad URL or name, or a cluster with the embedded chdb.
     """
     parts = urlsplit(url)
+    if cluster and parts.scheme == "chdb":
+        raise ValueError("an event log cluster needs a ClickHouse server, not chdb://")
+    if cluster and not event_sql.CLUSTER_NAME.match(cluster):
+        raise ValueError(f"cluster name {cluster!r} must be letters, digits and underscores")
     query = parse_qs(parts.query)
     if parts.scheme == "chdb":
         raw_path = (parts.netloc + parts.path) or "./data/chdb"
@@ -210,13 +236,14 @@ def open_event_log(url: str) -> ClickHouseEventLog:
             "autogenerate_session_id": False,
         }
         try:
+            on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
             boot = clickhouse_connect.get_client(**common)
-            boot.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(database)}`")
+            boot.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(database)}`{on_cluster}")
             boot.close()
             client = clickhouse_connect.get_client(database=database, **common)
         except (ClickHouseError, OSError) as exc:
             raise EventLogUnavailable(f"cannot reach ClickHouse: {unavailable(exc)}") from None
-        return ClickHouseEventLog(client, embedded=False)
+        return ClickHouseEventLog(client, embedded=False, cluster=cluster, database=database)
     raise ValueError(f"event log URL must start with chdb:// or http(s)://, got {parts.scheme!r}")
 
 
@@ -234,8 +261,9 @@ class DeferredEventLog:
     ``retry_s`` seconds tries to connect and migrate. The API serves meanwhile.
     """
 
-    def __init__(self, url: str, retry_s: float = 5.0) -> None:
+    def __init__(self, url: str, retry_s: float = 5.0, cluster: str = "") -> None:
         self._url = url
+        self._cluster = cluster
         self._retry_s = retry_s
         self._log: ClickHouseEventLog | None = None
         self._last_try = 0.0
@@ -251,7 +279,7 @@ class DeferredEventLog:
             if now - self._last_try < self._retry_s:
                 raise EventLogUnavailable("ClickHouse was unreachable; retrying")
             self._last_try = now
-            connected = open_event_log(self._url)
+            connected = open_event_log(self._url, self._cluster)
             connected.migrate()
             self._log = connected
             return connected

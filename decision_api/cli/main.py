@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -78,6 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except RedisDirectoryInUse as exc:
         print(f"tailor: {exc}", file=sys.stderr)
         return 2
+    metrics_dir = None
+    if workers > 1:
+        metrics_dir = share_metrics(settings.data_dir)
     owner = None
     if workers > 1 and settings.event_log.url.startswith("chdb:"):
         # One process may hold chdb: an owner process does, and the workers reach it through
@@ -118,7 +122,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 owner.kill()
         if redis_server is not None:
             redis_server.stop()  # type: ignore[attr-defined]
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def share_metrics(data_dir: str) -> Path:
+    """Point every process started next at one fresh Prometheus multiprocess directory.
+
+    Set before the workers (and the learner) start and before they import prometheus_client,
+    which reads ``PROMETHEUS_MULTIPROC_DIR`` once, at import: each process then records into
+    its own files there, and any worker's ``/metrics`` merges them all
+    (:mod:`decision_api.metrics`).
+    """
+    path = fresh_multiprocess_dir(data_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def fresh_multiprocess_dir(data_dir: str) -> Path:
+    """A new, empty ``<data_dir>/metrics/<pid>`` for one ``tailor serve``'s processes.
+
+    Directories earlier runs left behind (their pid gone) are removed: their counts belong to
+    processes that no longer serve, and would otherwise be added to this run's.
+    """
+    root = Path(data_dir) / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        if old.is_dir() and not (old.name.isdigit() and _pid_alive(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    path = root / str(os.getpid())
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def start_event_log_owner(event_log_url: str) -> subprocess.Popen[bytes]:

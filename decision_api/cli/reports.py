@@ -201,7 +201,7 @@ def _open_log(settings: Settings) -> ClickHouseEventLog:
     from event_log.store import open_event_log
 
     try:
-        log = open_event_log(settings.event_log.url)
+        log = open_event_log(settings.event_log.url, settings.event_log.cluster)
         log.migrate()
     except EventLogUnavailable as exc:
         raise EventLogUnavailable(

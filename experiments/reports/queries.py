@@ -54,6 +54,13 @@ decision-only outcomes need a scan of decision ids (``by_decision``, skipped whe
 Exposures are read without ``FINAL`` (2.8x the CPU on a merged table, measured): replayed
 batches are dropped on insert by their deduplication token, and a duplicate exposure would not
 change the unit-level aggregates (min, argMin) anyway.
+
+A per-unit pre-aggregate does not pay (measured on ``loadtests/bench_report.py``'s 10M exposures
+of 2M units, the ``units`` step alone, CPU seconds): the raw scan takes 0.86–1.0 s; an
+``AggregatingMergeTree`` keyed on (experiment, unit hash) holding ``argMinState`` of (variant,
+reason, holdout) takes 6.9–7.6 s (5M unmerged rows); one holding ``SimpleAggregateFunction(min,
+Tuple(ts, code, variant))`` 1.9–3.8 s, 1.1–1.2 s even after ``OPTIMIZE FINAL``. Ten exposures
+per unit is too little reduction to beat the LowCardinality dictionary tricks above.
 """
 
 from __future__ import annotations

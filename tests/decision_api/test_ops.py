@@ -262,3 +262,39 @@ async def test_redis_down_does_not_log_a_warning_per_request(
         e["event"] for e in logs if e["event"] in ("profile_read_failed", "redis_unavailable")
     )
     assert per_request == {"profile_read_failed": 1, "redis_unavailable": 1}, per_request
+
+
+_RECORD = """
+import sys
+from decision_api.metrics import Metrics
+m = Metrics()
+m.decisions.labels("fixed", "split").inc(int(sys.argv[1]))
+m.queue_depth(int(sys.argv[1]), 0)
+m.loop_lag_max.set(float(sys.argv[1]) / 1000)
+m.model_version.labels("hero").set(int(sys.argv[1]))
+if sys.argv[2] == "stop":
+    m.close()
+"""
+
+
+def test_multiprocess_metrics_merge_every_process(tmp_path: Path) -> None:
+    """With ``PROMETHEUS_MULTIPROC_DIR`` set, one process renders every process's counters
+    summed, and gauges of live processes only: a stopped process's are deleted, a dead one's
+    are pruned at the scrape."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for count, ending in ((7, "stop"), (5, "die")):
+        subprocess.run([sys.executable, "-c", _RECORD, str(count), ending], env=env, check=True)
+    render = "from decision_api.metrics import Metrics; print(Metrics().render().decode())"
+    out = subprocess.run(
+        [sys.executable, "-c", render], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    values = samples(out)
+    assert values[("tailor_decisions_total", frozenset({("policy", "fixed"),
+                                                         ("reason", "split")}))] == 12  # fmt: skip
+    # Both recorders have exited: the one that stopped deleted its gauges, the other is pruned.
+    assert values[("tailor_event_queue_depth", frozenset())] == 0
+    assert ("tailor_model_version_loaded", frozenset({("experiment", "hero")})) not in values

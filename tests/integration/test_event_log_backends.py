@@ -9,21 +9,26 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import clickhouse_connect
 import pytest
 from litestar.testing import AsyncTestClient
 
 from decision_api.app import create_app
+from decision_api.metrics import Metrics
 from decision_api.services import Services
 from decision_api.settings import Settings
-from event_log.rows import AuditEntry, Exposure, Outcome
+from event_log.rows import AuditEntry, Exposure, Outcome, Table
+from event_log.spool import Spool
 from event_log.sql import COLUMNS, MIGRATIONS
 from event_log.store import ClickHouseEventLog, open_event_log
+from event_log.writer import EventWriter
 from tailor_contract.errors import EventLogUnavailable
 from tests.support.clickhouse_front import running_clickhouse_front
 
@@ -142,6 +147,79 @@ def test_dedup_token_drops_a_replayed_batch(log: ClickHouseEventLog) -> None:
     log.insert("exposures", rows, "batch-2")
     assert log.query("SELECT count() FROM exposures") == [(40,)]
     assert log.query("SELECT count() FROM exposures FINAL") == [(20,)]
+
+
+class LostAnswerLog:
+    """An event log whose first insert is stored but answers with an error (a lost response)."""
+
+    def __init__(self, real: ClickHouseEventLog) -> None:
+        self.real = real
+        self.tokens: list[str] = []
+
+    def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
+        """Insert through; the first call then fails as a timed-out answer would."""
+        self.real.insert(table, rows, token)
+        self.tokens.append(token)
+        if len(self.tokens) == 1:
+            raise EventLogUnavailable("injected: answer lost after the insert")
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Straight to the real log."""
+        return self.real.query(sql, parameters)
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Straight to the real log."""
+        self.real.command(sql, parameters)
+
+    def ping(self) -> bool:
+        """The real log's answer."""
+        return self.real.ping()
+
+    def close(self) -> None:
+        """The fixture closes the real log."""
+
+
+async def test_a_batch_retried_after_a_lost_answer_is_stored_once(
+    log: ClickHouseEventLog, tmp_path: Path
+) -> None:
+    """The writer spools a batch whose insert answered with an error although it was stored,
+    replays it with the same token, and the table holds it once (no FINAL needed)."""
+    log.migrate()
+    lossy = LostAnswerLog(log)
+    spool = Spool(tmp_path / "spool", max_bytes=16 << 20, fsync="never")
+    writer = EventWriter(lossy, spool, batch_size=10_000, flush_interval_s=60.0,
+                         max_buffered=100_000, metrics=Metrics())  # fmt: skip
+    writer.submit_many(exposure(i) for i in range(50))
+    await writer.flush()
+    assert log.query("SELECT count() FROM exposures") == [(50,)]  # stored, though it "failed"
+    assert await writer.replay(max_segments=None)
+    assert len(lossy.tokens) == 2 and lossy.tokens[0] == lossy.tokens[1]
+    assert log.query("SELECT count() FROM exposures") == [(50,)]
+
+
+def test_cluster_inserts_carry_their_token_and_wait_for_the_shards(
+    front_dsn: str, namespace: str
+) -> None:
+    """Through the HTTP front, an event log configured for a cluster inserts with the batch's
+    token and ``insert_distributed_sync`` (accepted as a real setting): a retry is stored once."""
+    single = open_event_log(with_database(front_dsn, namespace))
+    try:
+        single.migrate()  # chdb has no cluster to run ON CLUSTER DDL: single-node tables
+    finally:
+        single.close()
+    client = clickhouse_connect.get_client(dsn=with_database(front_dsn, namespace))
+    log = ClickHouseEventLog(client, embedded=False, cluster="tailor_test", database=namespace)
+    try:
+        rows = [exposure(i).row() for i in range(30)]
+        log.insert("exposures", rows, "cluster-batch-1")
+        log.insert("exposures", rows, "cluster-batch-1")  # the retry
+        assert log.query("SELECT count() FROM exposures") == [(30,)]
+        (setting,) = log.query(
+            "SELECT value FROM system.settings WHERE name = 'insert_distributed_sync'"
+        )
+        assert setting == ("0",)  # per request only: the front restored the default after it
+    finally:
+        log.close()
 
 
 def test_query_with_parameters(log: ClickHouseEventLog) -> None:

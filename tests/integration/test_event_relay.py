@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +148,80 @@ def test_relay_without_redis_is_unavailable() -> None:
         assert not relay.ping()
     finally:
         relay.close()
+
+
+@contextlib.contextmanager
+def _serve_workers(tmp_path: Path, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``tailor serve --workers N`` on a fresh data directory until ready; killed on exit."""
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAILOR_", "PROMETHEUS_"))}
+    env.update(
+        TAILOR_DATA_DIR=str(data),
+        TAILOR_EVENT_LOG_URL=f"chdb://{data / 'chdb'}",
+        TAILOR_EVENT_LOG_SPOOL_DIR=str(data / "spool"),
+        TAILOR_EVENT_LOG_FLUSH_INTERVAL_S="0.1",
+        TAILOR_LOG_LEVEL="warning",
+    )
+    port = free_port()
+    command = [str(TAILOR)] if TAILOR.exists() else [sys.executable, "-m", "decision_api.cli.main"]
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "serve", "--port", str(port), "--workers", str(workers)],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.1)
+        tree = descendants(process.pid)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in tree:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+_DECISIONS_SERVED = re.compile(
+    r'^tailor_decisions_total\{policy="fixed",reason="split"\} (\S+)$', re.M
+)
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
+    """With two workers every scrape of ``/metrics`` reports the decisions both served, whichever
+    worker answers it, and the multiprocess directory goes with the server."""
+    n = 60
+    with _serve_workers(tmp_path, 2) as (url, process):
+        spec = {"key": "hero", "placement": "home",
+                "variants": [{"key": "a"}, {"key": "b"}], "default_variant": "a"}  # fmt: skip
+        assert httpx.post(url + "/v1/experiments", json=spec).status_code == 201
+        assert httpx.post(url + "/v1/experiments/hero/start").status_code == 200
+        time.sleep(1.0)  # both workers poll the config version
+        for i in range(n):  # a connection each: the kernel spreads them over both workers
+            r = httpx.post(url + "/v1/decide", json={"unit_id": f"u{i}", "placements": ["home"]})
+            assert r.json()["decisions"][0]["reason"] == "split"
+        totals = []
+        for _ in range(12):
+            text = httpx.get(url + "/metrics", timeout=10).text
+            found = _DECISIONS_SERVED.search(text)
+            totals.append(float(found.group(1)) if found else 0.0)
+        assert totals == [n] * 12
+        assert "tailor_event_queue_depth" in text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    assert not list((tmp_path / "data" / "metrics").iterdir())
 
 
 @pytest.mark.slow
