@@ -20,6 +20,7 @@ import msgspec
 
 from decision_api.cli.campaign import add_campaign_commands
 from decision_api.cli.keys import add_key_commands
+from decision_api.cli.models import add_model_commands
 from decision_api.cli.reports import add_report_commands
 from decision_api.cli.supervise import SupervisedProcess, learner_command
 from decision_api.cli.what_if import add_what_if_command
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_key_commands(sub)
     add_report_commands(sub)
     add_campaign_commands(sub)
+    add_model_commands(sub)
     add_what_if_command(sub)
     # By name: an environment that still holds an older install lists an entry point twice.
     for entry in {e.name: e for e in entry_points(group=COMMANDS_GROUP)}.values():

@@ -93,3 +93,24 @@ def test_campaign_prints_a_line_per_recipient_with_a_bar_on_a_terminal(
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(argv) == 0
     assert "recipients" in terminal.getvalue() and "300/300" in terminal.getvalue()
+
+
+def test_warm_start_prints_the_model_and_shows_progress_on_a_terminal(
+    live: ApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tailor warm-start`` publishes a model of the subject test through the server (its
+    summary on stdout) and draws a running indicator on a terminal; an unknown experiment is
+    an error naming the server's answer."""
+    monkeypatch.setenv("TAILOR_API_URL", live.url)
+    for i in range(20):
+        answer = httpx.post(live.url + "/v1/decide",
+                            json={"unit_id": f"w{i}", "placements": ["subject"]})  # fmt: skip
+        assert answer.status_code == 200
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["warm-start", "subj"]) == 0
+    model = json.loads(capsys.readouterr().out)
+    assert model["experiment"] == "subj" and model["kind"] == "thompson"
+    assert "warm start of subj" in terminal.getvalue()
+    assert main(["warm-start", "nope"]) == 1
+    assert "HTTP 404" in terminal.getvalue()
