@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from experiments.store import ExperimentStore
+from experiments.store import ExperimentStore, ScheduledAction, due_action
 from tailor_contract.assignment import cumulative_shares
 from tailor_contract.definitions import Experiment, Status
 from tailor_contract.placement import Gate
@@ -58,6 +58,16 @@ class ExperimentCache:
         self.version = -1
         self._by_placement: dict[str, tuple[Compiled, ...]] = {}
         self._by_key: dict[str, Compiled] = {}
+        self._scheduled: tuple[Experiment, ...] = ()
+
+    def due(self, now: float) -> list[tuple[str, ScheduledAction]]:
+        """Experiments the schedule moves at ``now``: ``(key, "start" | "stop")`` (in memory)."""
+        found = []
+        for exp in self._scheduled:
+            action = due_action(exp, now)
+            if action is not None:
+                found.append((exp.key, action))
+        return found
 
     def for_placement(self, placement: str) -> tuple[Compiled, ...]:
         """Live experiments serving ``placement``, in the order they are considered."""
@@ -83,6 +93,12 @@ class ExperimentCache:
         """Replace the view atomically (one reference swap per dict)."""
         by_placement: dict[str, list[Compiled]] = {}
         by_key: dict[str, Compiled] = {}
+        self._scheduled = tuple(
+            e
+            for e in experiments
+            if (e.status is Status.DRAFT and e.start_at is not None)
+            or (e.status in (Status.RUNNING, Status.PAUSED) and e.end_at is not None)
+        )
         for exp in experiments:
             if exp.status not in (Status.RUNNING, Status.PAUSED):
                 continue

@@ -43,6 +43,30 @@ _TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
 _FROZEN_WHILE_LIVE = ("placement", "layer", "traffic")
 
 
+ScheduledAction = Literal["start", "stop"]
+
+
+def due_action(exp: Experiment, now: float) -> ScheduledAction | None:
+    """What the schedule asks of ``exp`` at ``now`` (epoch seconds), if anything.
+
+    A draft whose ``start_at`` has come (and whose ``end_at`` has not) starts; a running or paused
+    experiment whose ``end_at`` has come stops. A draft whose whole window has passed stays a
+    draft (nothing to run), and an experiment paused by hand after its start is not resumed.
+    """
+    ended = exp.end_at is not None and exp.end_at.timestamp() <= now
+    if exp.status is Status.DRAFT:
+        if exp.start_at is not None and exp.start_at.timestamp() <= now and not ended:
+            return "start"
+        return None
+    if exp.status in (Status.RUNNING, Status.PAUSED) and ended:
+        return "stop"
+    return None
+
+
+class _NotDue(Exception):
+    """A scheduled transition found the experiment changed since it was seen due."""
+
+
 def decode_experiment(raw: bytes | str) -> Experiment:
     """Decode a stored definition."""
     return _decoder.decode(raw)
@@ -128,12 +152,23 @@ class ExperimentStore:
         return experiment
 
     async def transition(
-        self, key: str, action: Literal["start", "pause", "stop"], now: float
+        self,
+        key: str,
+        action: Literal["start", "pause", "stop"],
+        now: float,
+        *,
+        expect: int | None = None,
     ) -> Experiment:
-        """Move ``key`` through its lifecycle; starting in a layer claims a free slice of it."""
+        """Move ``key`` through its lifecycle; starting in a layer claims a free slice of it.
+
+        With ``expect`` the move applies only if the stored version is still ``expect``
+        (raises the private ``_NotDue`` otherwise; see :meth:`follow_schedule`).
+        """
         allowed, target = _TRANSITIONS[action]
         async with self._redis.lock(self._lock, timeout=5, blocking_timeout=5):
             current = await self.get(key)
+            if expect is not None and current.version != expect:
+                raise _NotDue(key)
             if current.status not in allowed:
                 raise ExperimentConflict(
                     f"cannot {action} experiment {key!r}: it is {current.status.value}"
@@ -163,6 +198,25 @@ class ExperimentStore:
             await self._save(experiment)
         self._emit(action, experiment)
         return experiment
+
+    async def follow_schedule(
+        self, key: str, action: Literal["start", "stop"], now: float
+    ) -> Experiment | None:
+        """Apply a scheduled start or stop, idempotently: ``None`` when the experiment is no
+        longer due (another worker moved it first, or it was edited meanwhile).
+
+        Several workers see the same due experiment in the same poll; the admin lock serialises
+        them and the first one's transition makes the others' a no-op, so exactly one
+        ``start``/``stop`` is stored and audited. A layer with no free slice still raises
+        :class:`ExperimentConflict` (the experiment stays a draft and the caller logs it).
+        """
+        current = await self.get(key)
+        if due_action(current, now) != action:
+            return None
+        try:
+            return await self.transition(key, action, now, expect=current.version)
+        except _NotDue:
+            return None
 
     async def _save(self, experiment: Experiment) -> None:
         raw = _encoder.encode(experiment)

@@ -9,6 +9,7 @@ that a bad definition fails at decode time with a message naming the field.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,8 @@ KEY_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z"
 Key = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
 AttributeName = Annotated[str, Meta(min_length=1, max_length=64)]
 MetricName = Annotated[str, Meta(pattern=r"\A[a-z][a-z0-9_]{0,39}\Z")]
+AwareTime = Annotated[datetime, Meta(tz=True)]
+"""A timestamp with its offset (``2026-12-24T00:00:00Z``); a naive one is refused."""
 RuleScalar = str | int | float | bool
 RuleValue = RuleScalar | list[RuleScalar] | None
 
@@ -240,8 +243,21 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     reward_window_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = DEFAULT_REWARD_WINDOW_S
     reward: RewardSpec = RewardSpec()
     frequency_cap: FrequencyCap | None = None
+    # The schedule: a draft starts by itself at ``start_at``, a live experiment stops by itself
+    # at ``end_at`` (checked by every worker's config poll; audited with actor ``schedule``).
+    start_at: AwareTime | None = None
+    end_at: AwareTime | None = None
 
     def __post_init__(self) -> None:
+        if (
+            self.start_at is not None
+            and self.end_at is not None
+            and self.end_at <= self.start_at
+        ):
+            raise ValueError(
+                f"end_at: {self.end_at.isoformat()} must be after start_at "
+                f"{self.start_at.isoformat()}"
+            )
         if self.kind == "send_time":
             self._check_send_time()
             return
