@@ -25,6 +25,8 @@ class Compiled(msgspec.Struct, frozen=True, kw_only=True):
     cumulative: list[float]
     default_index: int
     gate: Gate
+    conditional: bool = False
+    """Whether a variant has an ``eligible`` condition (decisions then check eligibility)."""
 
 
 def gate_of(exp: Experiment) -> Gate:
@@ -47,6 +49,7 @@ def compile_experiment(exp: Experiment) -> Compiled:
         cumulative=cumulative_shares([v.weight for v in exp.variants]),
         default_index=[v.key for v in exp.variants].index(exp.default_variant),
         gate=gate_of(exp),
+        conditional=any(v.eligible is not None for v in exp.variants),
     )
 
 

@@ -118,12 +118,18 @@ def _check_rule_value(op: str, value: RuleValue) -> None:
 
 
 class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One arm: what is shown (``payload``), its split weight, and features describing it."""
+    """One arm: what is shown (``payload``), its split weight, and features describing it.
+
+    ``eligible`` (a targeting condition over the unit's profile merged with the request context,
+    e.g. ``{"attribute": "stock_b", "op": "gt", "value": 0}``) leaves the variant out of a
+    decision when it does not match: the split or the policy chooses among the eligible variants.
+    """
 
     key: Key
     weight: Annotated[float, Meta(ge=0, le=1e6)] = 1.0
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     features: dict[str, str | float | bool | list[str]] = msgspec.field(default_factory=dict)
+    eligible: Condition | None = None
 
     def __post_init__(self) -> None:
         # -0.0 passes ``ge=0`` (it equals 0) but is no weight anyone means: refuse it by name.
@@ -359,8 +365,13 @@ class Experiment(ExperimentSpec, frozen=True, kw_only=True):
 
 def check_sensitive(spec: ExperimentSpec, denylist: frozenset[str]) -> None:
     """Raise ValueError when targeting reads a feature on the sensitive-feature denylist."""
-    if spec.targeting is None:
-        return
-    used = spec.targeting.attributes() & denylist
-    if used:
-        raise ValueError(f"targeting: sensitive features may not be used: {sorted(used)}")
+    if spec.targeting is not None:
+        used = spec.targeting.attributes() & denylist
+        if used:
+            raise ValueError(f"targeting: sensitive features may not be used: {sorted(used)}")
+    for i, variant in enumerate(spec.variants):
+        named = variant.eligible.attributes() & denylist if variant.eligible is not None else set()
+        if named:
+            raise ValueError(
+                f"variants[{i}].eligible: sensitive features may not be used: {sorted(named)}"
+            )

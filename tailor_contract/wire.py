@@ -92,8 +92,20 @@ class TimestampValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 FeatureInput = ContextValue | TimestampValue
 
 
+VariantKey = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
+Exclusions = Annotated[
+    dict[Placement, Annotated[list[VariantKey], Meta(max_length=200)]], Meta(max_length=100)
+]
+"""Per requested placement, variant keys this request must not get (``{"offer": ["b"]}``)."""
+
+
 class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``POST /v1/decide``: one unit, one or more placements."""
+    """``POST /v1/decide``: one unit, one or more placements.
+
+    ``exclude`` leaves variants out of this decision, per placement (out of stock, already
+    shown on the page): the split or the policy chooses among the others, and a placement with
+    no variant left gets its default with reason ``no_eligible_variant``.
+    """
 
     unit_id: UnitId
     placements: Annotated[list[Placement], Meta(min_length=1, max_length=100)]
@@ -101,6 +113,14 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         default_factory=dict
     )
     consent: bool = True
+    exclude: Exclusions = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for placement in self.exclude:
+            if placement not in self.placements:
+                raise ValueError(
+                    f"exclude: {placement!r} is not one of the requested placements"
+                )
 
 
 class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):

@@ -35,6 +35,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bandits.base import Choice
+from decision_api.decisions.eligibility import eligible_indexes, split_among
 from decision_api.logging import WARN_INTERVAL_S
 from decision_api.metrics import Metrics
 from decision_api.profiles.store import EMPTY_PROFILE, CapHit, FeatureStore, UnitProfile
@@ -50,6 +51,8 @@ from tailor_contract.wire import DecideResponse, PlacementDecision
 log = structlog.get_logger("tailor.decider")
 
 
+_NOTHING: frozenset[str] = frozenset()
+
 PUBLIC_DEFAULT_REASON = "default"
 """The reason a public key sees for every default-variant answer."""
 
@@ -61,6 +64,16 @@ class PolicyProvider(Protocol):
         self, compiled: Compiled, context: Mapping[str, Any], rng: np.random.Generator
     ) -> Choice | None:
         """The policy's choice for this context, or None when no model is loaded."""
+        ...
+
+    def choose_among(
+        self,
+        compiled: Compiled,
+        context: Mapping[str, Any],
+        eligible: Sequence[int],
+        rng: np.random.Generator,
+    ) -> Choice | None:
+        """The policy's choice among some variants (its index is into ``eligible``)."""
         ...
 
     def choose_many(
@@ -80,6 +93,8 @@ class PolicyProvider(Protocol):
         choice: Choice,
         context: Mapping[str, Any],
         now_ms: int,
+        *,
+        candidates: list[str] | None = None,
     ) -> None:
         """Keep the decision for the reward join (learning policies only)."""
         ...
@@ -108,6 +123,7 @@ class UnitCall(msgspec.Struct, kw_only=True):
     now_ms: int
     caps: dict[str, list[int]]
     degraded: bool
+    exclude: Mapping[str, frozenset[str]] = msgspec.field(default_factory=dict)
 
 
 class Placed(msgspec.Struct, kw_only=True):
@@ -179,11 +195,14 @@ class DecisionEngine:
         now_ms: int,
         *,
         public: bool = False,
+        exclude: Mapping[str, Sequence[str]] | None = None,
     ) -> DecideResponse:
         """Decide every placement for one unit; reads the profile in one Redis round trip.
 
         With ``public`` (a public key asks) default-variant answers say reason ``default``
-        (see :func:`public_answer`); the exposures logged keep the true reason.
+        (see :func:`public_answer`); the exposures logged keep the true reason. ``exclude``
+        names, per placement, variants this decision must not choose (see
+        :mod:`decision_api.decisions.eligibility`).
         """
         degraded = False
         profile = EMPTY_PROFILE
@@ -201,6 +220,8 @@ class DecisionEngine:
                 consent = False
                 profile = EMPTY_PROFILE
         unit = self.prepare(unit_id, context, consent, profile, degraded, now_ms)
+        if exclude:
+            unit.exclude = {p: frozenset(keys) for p, keys in exclude.items()}
         answers = self.decide_unit(unit, placements)
         if public:
             answers = [public_answer(answer) for answer in answers]
@@ -319,6 +340,10 @@ class DecisionEngine:
             if isinstance(routed, Placed):
                 out.append(routed)
                 continue
+            eligible = self._eligible(placement, routed, unit)
+            if eligible is not None:
+                out.append(self._assign_among(placement, routed, unit, eligible))
+                continue
             out.append(None)
             group = assigned.get(routed.experiment.key)
             if group is None:
@@ -335,7 +360,39 @@ class DecisionEngine:
         routed = self._route(placement, unit, defer_send_time)
         if isinstance(routed, Placed):
             return routed
+        eligible = self._eligible(placement, routed, unit)
+        if eligible is not None:
+            return self._assign_among(placement, routed, unit, eligible)
         return self._assign(placement, routed, unit, self._choose(routed, unit))
+
+    @staticmethod
+    def _eligible(placement: str, compiled: Compiled, unit: UnitCall) -> list[int] | None:
+        excluded = unit.exclude.get(placement, _NOTHING) if unit.exclude else _NOTHING
+        return eligible_indexes(compiled, unit.attributes, excluded)
+
+    def _assign_among(
+        self, placement: str, compiled: Compiled, unit: UnitCall, eligible: list[int]
+    ) -> Placed:
+        """Assign among the eligible variants only; propensities are over that set."""
+        if not eligible:
+            return self._default(placement, compiled, "no_eligible_variant")
+        exp = compiled.experiment
+        learning = not isinstance(exp.policy, FixedConfig)
+        choice = None
+        if learning and self._policies is not None:
+            choice = self._policies.choose_among(compiled, unit.attributes, eligible, self._rng)
+        if choice is None:
+            split = split_among(compiled, unit.unit_id, eligible)
+            if split is None:
+                return self._default(placement, compiled, "no_eligible_variant")
+            index, propensity = split
+            policy, reason = "fixed", "model_unavailable" if learning else "split"
+            return self._serve(placement, compiled, unit, index, propensity, policy, reason)
+        keys = [exp.variants[i].key for i in eligible]
+        return self._serve(
+            placement, compiled, unit, eligible[choice.index], choice.propensity, choice.policy,
+            "policy", choice=choice, candidates=keys,
+        )
 
     def _route(self, placement: str, unit: UnitCall, defer_send_time: bool) -> Placed | Compiled:
         """The placement's answer when it is a default (or a pending send time), else the
@@ -387,12 +444,30 @@ class DecisionEngine:
             index = pick_bucket(unit_hash(exp.hash_salt, unit.unit_id), compiled.cumulative)
             lower = compiled.cumulative[index - 1] if index else 0.0
             propensity = compiled.cumulative[index] - lower
-            policy, reason, version = "fixed", "split", ""
+            policy, reason = "fixed", "split"
             if learning:
                 reason = "model_unavailable"
         else:
             index, propensity = choice.index, choice.propensity
-            policy, reason, version = choice.policy, "policy", choice.model_version
+            policy, reason = choice.policy, "policy"
+        return self._serve(placement, compiled, unit, index, propensity, policy, reason, choice)
+
+    def _serve(
+        self,
+        placement: str,
+        compiled: Compiled,
+        unit: UnitCall,
+        index: int,
+        propensity: float,
+        policy: str,
+        reason: str,
+        choice: Choice | None = None,
+        candidates: list[str] | None = None,
+    ) -> Placed:
+        """The answer for variant ``index`` (after the frequency cap); remembers a learning
+        choice (made among ``candidates``, all variants by default) for the reward join."""
+        exp = compiled.experiment
+        version = choice.model_version if choice is not None else ""
         variant = exp.variants[index]
         cap = exp.frequency_cap
         if cap is not None and index != compiled.default_index:
@@ -409,7 +484,13 @@ class DecisionEngine:
             )
         if choice is not None and self._policies is not None:
             self._policies.remember(
-                unit.decision_id, compiled, unit.unit_id, choice, unit.attributes, unit.now_ms
+                unit.decision_id,
+                compiled,
+                unit.unit_id,
+                choice,
+                unit.attributes,
+                unit.now_ms,
+                candidates=candidates,
             )
         return Placed(
             answer=PlacementDecision(
