@@ -9,6 +9,7 @@ key                        type      holds                                      
 ``{p}:exp:hist:{key}``     HASH      version -> definition as it was (JSON)                 none
 ``{p}:exp:version``        STRING    config version, incremented by every change            none
 ``{p}:exp:lock``           STRING    admin lock serialising changes (layer allocation)      5 s
+``{p}:exp:contact_caps``   HASH      contact-cap name -> ``ContactCap`` (JSON)              none
 =========================  ========  ====================================================  =====
 
 None of these grows with traffic: one entry per experiment and per change to it. Workers poll
@@ -27,13 +28,14 @@ from redis.asyncio import Redis
 
 from experiments.errors import ExperimentConflict, ExperimentNotFound
 from tailor_contract.assignment import allocate_slice
-from tailor_contract.definitions import Experiment, ExperimentSpec, Status
+from tailor_contract.definitions import ContactCap, Experiment, ExperimentSpec, Status
 
 Action = Literal["create", "update", "start", "pause", "stop"]
 AuditHook = Callable[[Action, Experiment], None]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Experiment)
+_cap_decoder = msgspec.json.Decoder(ContactCap)
 
 _TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "start": (frozenset({Status.DRAFT, Status.PAUSED}), Status.RUNNING),
@@ -81,6 +83,7 @@ class ExperimentStore:
         self._version = f"{prefix}:exp:version"
         self._lock = f"{prefix}:exp:lock"
         self._hist = f"{prefix}:exp:hist:"
+        self._caps = f"{prefix}:exp:contact_caps"
         self._audit = audit
 
     async def config_version(self) -> int:
@@ -217,6 +220,44 @@ class ExperimentStore:
             return await self.transition(key, action, now, expect=current.version)
         except _NotDue:
             return None
+
+    async def contact_caps(self) -> dict[str, ContactCap]:
+        """Every contact cap, by name."""
+        raw = await self._redis.hgetall(self._caps)
+        return {str(name): _cap_decoder.decode(value) for name, value in sorted(raw.items())}
+
+    async def contact_cap(self, name: str) -> ContactCap:
+        """The contact cap called ``name``; raises ExperimentNotFound when there is none."""
+        raw = await self._redis.hget(self._caps, name)
+        if raw is None:
+            raise ExperimentNotFound(f"no contact cap {name!r}")
+        return _cap_decoder.decode(raw)
+
+    async def put_contact_cap(self, name: str, cap: ContactCap) -> None:
+        """Create or replace a contact cap; every worker follows within a config poll."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._caps, name, _encoder.encode(cap))
+            pipe.incr(self._version)
+            await pipe.execute()
+
+    async def delete_contact_cap(self, name: str) -> None:
+        """Delete a contact cap no draft or live experiment names (409 otherwise)."""
+        async with self._redis.lock(self._lock, timeout=5, blocking_timeout=5):
+            await self.contact_cap(name)
+            users = [
+                e.key
+                for e in await self.list()
+                if e.contact_cap == name and e.status is not Status.STOPPED
+            ]
+            if users:
+                raise ExperimentConflict(
+                    f"contact cap {name!r} is used by experiments {users}; stop them or "
+                    "change their contact_cap first"
+                )
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._caps, name)
+                pipe.incr(self._version)
+                await pipe.execute()
 
     async def _save(self, experiment: Experiment) -> None:
         raw = _encoder.encode(experiment)

@@ -176,6 +176,17 @@ class FrequencyCap(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     scope: Literal["experiment", "variant"] = "experiment"
 
 
+class ContactCap(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A contact-pressure cap shared by experiments: at most ``max_exposures`` non-default
+    exposures per unit over ``window_s``, counted across every experiment that names the cap
+    (``contact_cap``), whatever their placements or campaigns. Past it the unit gets each
+    experiment's default with reason ``contact_capped``; experiments with a higher ``priority``
+    are decided first when one request or one batch fills several of them."""
+
+    max_exposures: Annotated[int, Meta(ge=1, le=10_000)]
+    window_s: Annotated[int, Meta(ge=1, le=366 * 86400)]
+
+
 class SendTimeSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A ``send_time`` experiment's actions (local hours) and its default send time.
 
@@ -253,6 +264,8 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # at ``end_at`` (checked by every worker's config poll; audited with actor ``schedule``).
     start_at: AwareTime | None = None
     end_at: AwareTime | None = None
+    # A contact-pressure cap shared with other experiments (``PUT /v1/contact-caps/{name}``).
+    contact_cap: Key | None = None
 
     def __post_init__(self) -> None:
         if (

@@ -26,6 +26,8 @@ from tailor_contract.send_window import DefaultSendTime, SendWindow
 __all__ = [
     "ConsentRequest",
     "ConsentState",
+    "ContactCapInfo",
+    "ContactCapList",
     "DecideRequest",
     "DecideResponse",
     "Definition",
@@ -228,6 +230,20 @@ class FeaturesStored(msgspec.Struct, kw_only=True):
 
     unit_id: str
     stored: list[str]
+
+
+class ContactCapInfo(msgspec.Struct, kw_only=True):
+    """A named contact-pressure cap (``GET``/``PUT /v1/contact-caps/{name}``)."""
+
+    name: str
+    max_exposures: int
+    window_s: int
+
+
+class ContactCapList(msgspec.Struct, kw_only=True):
+    """``GET /v1/contact-caps``: every cap, by name."""
+
+    contact_caps: list[ContactCapInfo]
 
 
 class ExperimentList(msgspec.Struct, kw_only=True):

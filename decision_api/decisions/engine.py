@@ -100,6 +100,17 @@ class PolicyProvider(Protocol):
         ...
 
 
+CONTACT_CAP_FIELD = "@"
+"""Prefix of a contact cap's counter in the unit's caps (``c:@<name>`` in the profile hash;
+experiment keys cannot start with ``@``, so it never meets a frequency cap's field)."""
+
+
+def _recent(unit: UnitCall, field: str, window_s: int) -> int:
+    """How many of the unit's counted exposures under ``field`` lie within the window."""
+    cutoff = unit.now_ms - window_s * 1000
+    return sum(1 for t in unit.caps.get(field, ()) if t > cutoff)
+
+
 class Pseudonymiser:
     """Keyed, one-way unit ids for units that did not consent (and for logs)."""
 
@@ -257,10 +268,28 @@ class DecisionEngine:
         )
 
     def decide_unit(self, unit: UnitCall, placements: Sequence[str]) -> list[PlacementDecision]:
-        """Decide every placement for a prepared unit and log the exposures."""
-        placed = [self._place(placement, unit) for placement in placements]
-        self.log_exposures(unit, placed)
-        return [p.answer for p in placed]
+        """Decide every placement for a prepared unit and log the exposures.
+
+        Placements served by contact-capped experiments are decided first, highest priority
+        first (see :meth:`decision_order`), so a cap nearly used up goes to the most important
+        experiment; answers keep the request's order.
+        """
+        placed: list[Placed | None] = [None] * len(placements)
+        for i in self.decision_order(placements):
+            placed[i] = self._place(placements[i], unit)
+        done = [p for p in placed if p is not None]
+        self.log_exposures(unit, done)
+        return [p.answer for p in done]
+
+    def decision_order(self, placements: Sequence[str]) -> list[int]:
+        """Indexes of ``placements`` in the order to decide them: placements whose experiments
+        share a contact cap by descending priority, then the others; ties keep request order."""
+        order = list(range(len(placements)))
+        if len(placements) < 2 or not self._cache.contact_caps:
+            return order
+        priority = self._cache.capped_priority
+        keys = [priority(p) for p in placements]
+        return sorted(order, key=lambda i: (keys[i] is None, -(keys[i] or 0)))
 
     def log_exposures(self, unit: UnitCall, placed: Sequence[Placed], campaign: str = "") -> None:
         """Count and log the exposures of a unit's placement decisions."""
@@ -469,19 +498,12 @@ class DecisionEngine:
         exp = compiled.experiment
         version = choice.model_version if choice is not None else ""
         variant = exp.variants[index]
-        cap = exp.frequency_cap
-        if cap is not None and index != compiled.default_index:
-            field = exp.key if cap.scope == "experiment" else f"{exp.key}|{variant.key}"
-            window_ms = cap.window_s * 1000
-            if unit.degraded:
-                # Caps unknown without the profile: guard-rails fail safe, not open.
-                return self._default(placement, compiled, "frequency_cap_unknown")
-            cutoff = unit.now_ms - window_ms
-            if sum(1 for t in unit.caps.get(field, ()) if t > cutoff) >= cap.max_exposures:
-                return self._default(placement, compiled, "frequency_capped")
-            self._features.queue_cap_hit(
-                CapHit(unit.unit_id, field, unit.now_ms, window_ms, cap.max_exposures)
-            )
+        if index != compiled.default_index and (
+            exp.frequency_cap is not None or exp.contact_cap is not None
+        ):
+            refused = self._caps_refuse(compiled, variant.key, unit)
+            if refused is not None:
+                return self._default(placement, compiled, refused)
         if choice is not None and self._policies is not None:
             self._policies.remember(
                 unit.decision_id,
@@ -507,6 +529,49 @@ class DecisionEngine:
             holdout=False,
             model_version=version,
         )
+
+    def _caps_refuse(self, compiled: Compiled, variant: str, unit: UnitCall) -> str | None:
+        """The reason the unit's caps refuse a non-default exposure, or None after counting it.
+
+        The experiment's frequency cap is checked first, then its contact cap (shared with
+        other experiments: counted under ``@<name>`` in the unit's profile, and in ``unit.caps``
+        at once so that later placements of the same request or batch see this exposure). Hits
+        are queued only when both pass. Without the profile (degraded) caps fail safe.
+        """
+        exp = compiled.experiment
+        hits: list[CapHit] = []
+        cap = exp.frequency_cap
+        if cap is not None:
+            field = exp.key if cap.scope == "experiment" else f"{exp.key}|{variant}"
+            if unit.degraded:
+                reason = "frequency_cap_unknown"
+                return reason
+            if _recent(unit, field, cap.window_s) >= cap.max_exposures:
+                reason = "frequency_capped"
+                return reason
+            hits.append(
+                CapHit(unit.unit_id, field, unit.now_ms, cap.window_s * 1000, cap.max_exposures)
+            )
+        contact = self._cache.contact_caps.get(exp.contact_cap) if exp.contact_cap else None
+        if contact is not None:
+            field = CONTACT_CAP_FIELD + str(exp.contact_cap)
+            if unit.degraded:
+                reason = "contact_cap_unknown"
+                return reason
+            if _recent(unit, field, contact.window_s) >= contact.max_exposures:
+                reason = "contact_capped"
+                return reason
+            hits.append(
+                CapHit(
+                    unit.unit_id, field, unit.now_ms, contact.window_s * 1000,
+                    contact.max_exposures,
+                )
+            )
+            # A new dict: the profile's caps may be shared with other requests of this tick.
+            unit.caps = {**unit.caps, field: [*unit.caps.get(field, ()), unit.now_ms]}
+        for hit in hits:
+            self._features.queue_cap_hit(hit)
+        return None
 
     def _default(
         self, placement: str, compiled: Compiled, reason: str, holdout: bool = False

@@ -77,7 +77,9 @@ async def test_create_read_list(client: Client, hero: dict[str, Any]) -> None:
     assert (body["status"], body["version"], body["layer_slice"]) == ("draft", 1, None)
     assert {k: body[k] for k in hero} == {
         **hero,
-        "variants": [{**v, "weight": 1.0, "features": {}} for v in hero["variants"]],
+        "variants": [
+            {**v, "weight": 1.0, "features": {}, "eligible": None} for v in hero["variants"]
+        ],
     }
     read = await client.get(f"/v1/experiments/{hero['key']}")
     assert read.status_code == 200
