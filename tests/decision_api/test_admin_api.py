@@ -308,7 +308,7 @@ async def test_schedule_starts_and_stops_the_experiment_and_audits_it(
 ) -> None:
     """A draft with ``start_at``/``end_at`` starts and stops by itself, audited as ``schedule``."""
     now = time.time()
-    spec = {**hero, "targeting": None, "start_at": _iso(now + 1.0), "end_at": _iso(now + 3.0)}
+    spec = {**hero, "targeting": None, "start_at": _iso(now + 1.0), "end_at": _iso(now + 5.0)}
     assert (await client.post("/v1/experiments", json=spec)).status_code == 201
     url = f"/v1/experiments/{hero['key']}"
 

@@ -182,3 +182,4 @@ async def test_sensitive_eligibility_is_refused(client: Client, tag: str) -> Non
     response = await client.post("/v1/experiments", json=spec)
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "$.variants[1].eligible"
+    assert "sensitive" in response.json()["errors"][0]["message"]
