@@ -274,10 +274,13 @@ class DecisionEngine:
         first (see :meth:`decision_order`), so a cap nearly used up goes to the most important
         experiment; answers keep the request's order.
         """
-        placed: list[Placed | None] = [None] * len(placements)
-        for i in self.decision_order(placements):
-            placed[i] = self._place(placements[i], unit)
-        done = [p for p in placed if p is not None]
+        if len(placements) < 2 or not self._cache.contact_caps:
+            done = [self._place(placement, unit) for placement in placements]
+        else:
+            placed: list[Placed | None] = [None] * len(placements)
+            for i in self.decision_order(placements):
+                placed[i] = self._place(placements[i], unit)
+            done = [p for p in placed if p is not None]
         self.log_exposures(unit, done)
         return [p.answer for p in done]
 
@@ -369,10 +372,11 @@ class DecisionEngine:
             if isinstance(routed, Placed):
                 out.append(routed)
                 continue
-            eligible = self._eligible(placement, routed, unit)
-            if eligible is not None:
-                out.append(self._assign_among(placement, routed, unit, eligible))
-                continue
+            if routed.conditional or unit.exclude:
+                eligible = self._eligible(placement, routed, unit)
+                if eligible is not None:
+                    out.append(self._assign_among(placement, routed, unit, eligible))
+                    continue
             out.append(None)
             group = assigned.get(routed.experiment.key)
             if group is None:
@@ -389,9 +393,10 @@ class DecisionEngine:
         routed = self._route(placement, unit, defer_send_time)
         if isinstance(routed, Placed):
             return routed
-        eligible = self._eligible(placement, routed, unit)
-        if eligible is not None:
-            return self._assign_among(placement, routed, unit, eligible)
+        if routed.conditional or unit.exclude:  # the common case pays one test
+            eligible = self._eligible(placement, routed, unit)
+            if eligible is not None:
+                return self._assign_among(placement, routed, unit, eligible)
         return self._assign(placement, routed, unit, self._choose(routed, unit))
 
     @staticmethod
