@@ -402,7 +402,8 @@ class Recipient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     ``unit_id`` is checked per recipient (a bad one is reported in that recipient's ``error``
     without failing the batch); ``timezone`` (IANA name) falls back to the context's or the
-    profile's ``timezone`` feature, then UTC.
+    profile's ``timezone`` feature, then UTC. ``exclude`` leaves variants out of this
+    recipient's decisions, per placement (an offer already sent), as in ``POST /v1/decide``.
     """
 
     unit_id: Annotated[str, Meta(max_length=4096)]
@@ -411,6 +412,7 @@ class Recipient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     )
     consent: bool = True
     timezone: Annotated[str, Meta(max_length=64)] | None = None
+    exclude: Exclusions = msgspec.field(default_factory=dict)
 
 
 class BatchDecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

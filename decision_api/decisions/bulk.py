@@ -241,9 +241,10 @@ def _prepare(
                 code="invalid_timezone", field="timezone", message=problem
             )
             continue
-        chunk.units.append(
-            engine.prepare(recipient.unit_id, context, consent, profile, chunk.degraded, now_ms)
-        )
+        unit = engine.prepare(recipient.unit_id, context, consent, profile, chunk.degraded, now_ms)
+        if recipient.exclude:
+            unit.exclude = {p: frozenset(keys) for p, keys in recipient.exclude.items()}
+        chunk.units.append(unit)
         chunk.positions.append(i)
         chunk.zones.append(zone)
         profiles.append(profile)

@@ -183,3 +183,29 @@ async def test_sensitive_eligibility_is_refused(client: Client, tag: str) -> Non
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "$.variants[1].eligible"
     assert "sensitive" in response.json()["errors"][0]["message"]
+
+
+async def test_bulk_decisions_apply_eligibility_and_recipient_exclusions(
+    client: Client, tag: str
+) -> None:
+    """In a batch, ``eligible`` conditions and each recipient's ``exclude`` apply as in decide."""
+    key, placement = f"bulk-{tag}", f"mail-{tag}"
+    await running(client, key, placement)
+    recipients = [
+        {"unit_id": f"r0-{tag}", "context": {"stock_b": 0}},
+        {"unit_id": f"r1-{tag}", "context": {"stock_b": 1}, "exclude": {placement: ["a", "c"]}},
+        {"unit_id": f"r2-{tag}", "context": {"stock_b": 0}, "exclude": {placement: ["a", "c"]}},
+    ]
+    response = await client.post(
+        "/v1/decide/batch",
+        json={"campaign": f"c-{tag}", "placements": [placement], "recipients": recipients},
+    )
+    assert response.status_code == 200, response.text
+    got = [r["decisions"][0] for r in response.json()["recipients"]]
+    expected = ["a", "c"][variant_index(key, f"r0-{tag}", [1, 2])]
+    assert (got[0]["variant"], got[0]["propensity"]) == (
+        expected,
+        pytest.approx({"a": 1 / 3, "c": 2 / 3}[expected]),
+    )
+    assert (got[1]["variant"], got[1]["propensity"], got[1]["reason"]) == ("b", 1.0, "split")
+    assert (got[2]["variant"], got[2]["reason"]) == ("a", "no_eligible_variant")
