@@ -80,6 +80,21 @@ class ServingPolicies:
             return None
         return current.policy.choose(context, current.spec.candidates, rng)
 
+    def choose_among(
+        self,
+        experiment: str,
+        context: Context,
+        eligible: Sequence[int],
+        rng: np.random.Generator,
+    ) -> Choice | None:
+        """The current model's choice among some candidates (``eligible``: indexes into the
+        spec's candidates); the choice's index and propensity refer to that subset."""
+        current = self._serving.get(experiment)
+        if current is None:
+            return None
+        candidates = current.spec.candidates
+        return current.policy.choose(context, [candidates[i] for i in eligible], rng)
+
     def choose_many(
         self, experiment: str, contexts: Sequence[Context], rng: np.random.Generator
     ) -> list[Choice] | None:

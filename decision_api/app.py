@@ -20,6 +20,7 @@ from decision_api.logging import configure_logging
 from decision_api.openapi import document_security, openapi_config
 from decision_api.problems import EXCEPTION_HANDLERS, document_problems
 from decision_api.routes.batch import BatchController
+from decision_api.routes.contact_caps import ContactCapController
 from decision_api.routes.controls import ControlController
 from decision_api.routes.decide import DecideController
 from decision_api.routes.definitions import definitions
@@ -157,6 +158,7 @@ def create_app(settings: Settings) -> Litestar:
         DecideController,
         BatchController,
         ExperimentController,
+        ContactCapController,
         ModelController,
         TakeoverController,
         UnitController,

@@ -42,11 +42,15 @@ from event_log.store import DeferredEventLog, EventLog, open_event_log
 from event_log.throttle import Throttle
 from event_log.writer import EventWriter, now_ms
 from experiments.cache import ExperimentCache
+from experiments.errors import ExperimentConflict, ExperimentNotFound
 from experiments.store import Action, ExperimentStore
 from tailor_contract.definitions import Experiment
 from tailor_contract.errors import EventLogUnavailable
 
 log = structlog.get_logger("tailor.services")
+
+SCHEDULE_ACTOR = "schedule"
+"""The actor audited for lifecycle moves made by an experiment's ``start_at`` / ``end_at``."""
 
 
 class Services:
@@ -132,6 +136,47 @@ class Services:
         if changed:
             self.learning.sync(self.cache.experiments())
         return changed
+
+    async def poll_config(self) -> None:
+        """The config poll: reload changed definitions, then apply any schedule that is due."""
+        await self.refresh_config()
+        await self.follow_schedules()
+
+    async def follow_schedules(self, now: float | None = None) -> list[Experiment]:
+        """Start drafts whose ``start_at`` has come and stop experiments whose ``end_at`` has.
+
+        Every worker runs this each config poll; the check is in memory (the cache's schedule)
+        and the store applies each move at most once across workers, audited like a manual
+        change with actor ``schedule``. Returns the experiments this worker moved.
+        """
+        now = time.time() if now is None else now
+        due = self.cache.due(now)
+        if not due:
+            return []
+        token = current_actor.set(SCHEDULE_ACTOR)
+        moved: list[Experiment] = []
+        try:
+            for key, action in due:
+                try:
+                    changed = await self.store.follow_schedule(key, action, now)
+                except (ExperimentConflict, ExperimentNotFound) as exc:
+                    self.warn.warning(
+                        "schedule_failed", experiment=key, action=action, error=str(exc)
+                    )
+                    continue
+                if changed is not None:
+                    log.info(
+                        "experiment_scheduled",
+                        experiment=key,
+                        action=action,
+                        version=changed.version,
+                    )
+                    moved.append(changed)
+        finally:
+            current_actor.reset(token)
+        if moved:
+            await self.refresh_config()
+        return moved
 
     def start_learner(self) -> None:
         """Run the learner and reward sweeper in this process (leader-elected across workers)."""
@@ -299,7 +344,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     except RedisError as exc:
         log.warning("config_load_failed", error=str(exc))
     services.start_background(
-        "config-poll", settings.decisions.config_poll_interval_s, services.refresh_config
+        "config-poll", settings.decisions.config_poll_interval_s, services.poll_config
     )
     services.start_background("join-flush", 0.02, services.learning.join.flush)
     services.start_background("cap-flush", 0.02, services.features.flush_caps)

@@ -9,6 +9,7 @@ key                        type      holds                                      
 ``{p}:exp:hist:{key}``     HASH      version -> definition as it was (JSON)                 none
 ``{p}:exp:version``        STRING    config version, incremented by every change            none
 ``{p}:exp:lock``           STRING    admin lock serialising changes (layer allocation)      5 s
+``{p}:exp:contact_caps``   HASH      contact-cap name -> ``ContactCap`` (JSON)              none
 =========================  ========  ====================================================  =====
 
 None of these grows with traffic: one entry per experiment and per change to it. Workers poll
@@ -27,13 +28,14 @@ from redis.asyncio import Redis
 
 from experiments.errors import ExperimentConflict, ExperimentNotFound
 from tailor_contract.assignment import allocate_slice
-from tailor_contract.definitions import Experiment, ExperimentSpec, Status
+from tailor_contract.definitions import ContactCap, Experiment, ExperimentSpec, Status
 
 Action = Literal["create", "update", "start", "pause", "stop"]
 AuditHook = Callable[[Action, Experiment], None]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Experiment)
+_cap_decoder = msgspec.json.Decoder(ContactCap)
 
 _TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "start": (frozenset({Status.DRAFT, Status.PAUSED}), Status.RUNNING),
@@ -41,6 +43,30 @@ _TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "stop": (frozenset({Status.RUNNING, Status.PAUSED}), Status.STOPPED),
 }
 _FROZEN_WHILE_LIVE = ("placement", "layer", "traffic")
+
+
+ScheduledAction = Literal["start", "stop"]
+
+
+def due_action(exp: Experiment, now: float) -> ScheduledAction | None:
+    """What the schedule asks of ``exp`` at ``now`` (epoch seconds), if anything.
+
+    A draft whose ``start_at`` has come (and whose ``end_at`` has not) starts; a running or paused
+    experiment whose ``end_at`` has come stops. A draft whose whole window has passed stays a
+    draft (nothing to run), and an experiment paused by hand after its start is not resumed.
+    """
+    ended = exp.end_at is not None and exp.end_at.timestamp() <= now
+    if exp.status is Status.DRAFT:
+        if exp.start_at is not None and exp.start_at.timestamp() <= now and not ended:
+            return "start"
+        return None
+    if exp.status in (Status.RUNNING, Status.PAUSED) and ended:
+        return "stop"
+    return None
+
+
+class _NotDue(Exception):
+    """A scheduled transition found the experiment changed since it was seen due."""
 
 
 def decode_experiment(raw: bytes | str) -> Experiment:
@@ -57,6 +83,7 @@ class ExperimentStore:
         self._version = f"{prefix}:exp:version"
         self._lock = f"{prefix}:exp:lock"
         self._hist = f"{prefix}:exp:hist:"
+        self._caps = f"{prefix}:exp:contact_caps"
         self._audit = audit
 
     async def config_version(self) -> int:
@@ -128,12 +155,23 @@ class ExperimentStore:
         return experiment
 
     async def transition(
-        self, key: str, action: Literal["start", "pause", "stop"], now: float
+        self,
+        key: str,
+        action: Literal["start", "pause", "stop"],
+        now: float,
+        *,
+        expect: int | None = None,
     ) -> Experiment:
-        """Move ``key`` through its lifecycle; starting in a layer claims a free slice of it."""
+        """Move ``key`` through its lifecycle; starting in a layer claims a free slice of it.
+
+        With ``expect`` the move applies only if the stored version is still ``expect``
+        (raises the private ``_NotDue`` otherwise; see :meth:`follow_schedule`).
+        """
         allowed, target = _TRANSITIONS[action]
         async with self._redis.lock(self._lock, timeout=5, blocking_timeout=5):
             current = await self.get(key)
+            if expect is not None and current.version != expect:
+                raise _NotDue(key)
             if current.status not in allowed:
                 raise ExperimentConflict(
                     f"cannot {action} experiment {key!r}: it is {current.status.value}"
@@ -163,6 +201,63 @@ class ExperimentStore:
             await self._save(experiment)
         self._emit(action, experiment)
         return experiment
+
+    async def follow_schedule(
+        self, key: str, action: Literal["start", "stop"], now: float
+    ) -> Experiment | None:
+        """Apply a scheduled start or stop, idempotently: ``None`` when the experiment is no
+        longer due (another worker moved it first, or it was edited meanwhile).
+
+        Several workers see the same due experiment in the same poll; the admin lock serialises
+        them and the first one's transition makes the others' a no-op, so exactly one
+        ``start``/``stop`` is stored and audited. A layer with no free slice still raises
+        :class:`ExperimentConflict` (the experiment stays a draft and the caller logs it).
+        """
+        current = await self.get(key)
+        if due_action(current, now) != action:
+            return None
+        try:
+            return await self.transition(key, action, now, expect=current.version)
+        except _NotDue:
+            return None
+
+    async def contact_caps(self) -> dict[str, ContactCap]:
+        """Every contact cap, by name."""
+        raw = await self._redis.hgetall(self._caps)
+        return {str(name): _cap_decoder.decode(value) for name, value in sorted(raw.items())}
+
+    async def contact_cap(self, name: str) -> ContactCap:
+        """The contact cap called ``name``; raises ExperimentNotFound when there is none."""
+        raw = await self._redis.hget(self._caps, name)
+        if raw is None:
+            raise ExperimentNotFound(f"no contact cap {name!r}")
+        return _cap_decoder.decode(raw)
+
+    async def put_contact_cap(self, name: str, cap: ContactCap) -> None:
+        """Create or replace a contact cap; every worker follows within a config poll."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._caps, name, _encoder.encode(cap))
+            pipe.incr(self._version)
+            await pipe.execute()
+
+    async def delete_contact_cap(self, name: str) -> None:
+        """Delete a contact cap no draft or live experiment names (409 otherwise)."""
+        async with self._redis.lock(self._lock, timeout=5, blocking_timeout=5):
+            await self.contact_cap(name)
+            users = [
+                e.key
+                for e in await self.list()
+                if e.contact_cap == name and e.status is not Status.STOPPED
+            ]
+            if users:
+                raise ExperimentConflict(
+                    f"contact cap {name!r} is used by experiments {users}; stop them or "
+                    "change their contact_cap first"
+                )
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._caps, name)
+                pipe.incr(self._version)
+                await pipe.execute()
 
     async def _save(self, experiment: Experiment) -> None:
         raw = _encoder.encode(experiment)

@@ -141,15 +141,17 @@ class AsyncTailorClient:
         defaults: Defaults | None = None,
         *,
         timeout_s: float | None = None,
+        exclude: Mapping[str, Sequence[str]] | None = None,
     ) -> DecideResult:
         """A decision for every placement; never raises (see ``TailorClient.decide``).
 
-        Each attempt is cancelled after ``timeout_s`` (default ``options.decide_timeout_s``).
+        Each attempt is cancelled after ``timeout_s`` (default ``options.decide_timeout_s``);
+        ``exclude`` names, per placement, variants this decision must not choose.
         """
         if not self._started:
             await self.start()
         try:
-            p = deciding.plan(unit_id, placements, context, consent, self._local)
+            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude)
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)

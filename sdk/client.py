@@ -177,15 +177,18 @@ class TailorClient:
         defaults: Defaults | None = None,
         *,
         timeout_s: float | None = None,
+        exclude: Mapping[str, Sequence[str]] | None = None,
     ) -> DecideResult:
         """A decision for every placement; never raises.
 
         When the API is slow, down or refuses the call, each placement gets the caller's
         default with ``fallback=True`` and ``result.error`` says why, after at most about
-        ``timeout_s`` (default ``options.decide_timeout_s``) per attempt.
+        ``timeout_s`` (default ``options.decide_timeout_s``) per attempt. ``exclude`` names,
+        per placement, variants this decision must not choose (out of stock, already on the
+        page); such placements are always decided by the API.
         """
         try:
-            p = deciding.plan(unit_id, placements, context, consent, self._local)
+            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude)
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)

@@ -42,11 +42,16 @@ def plan(
     context: Mapping[str, Any] | None,
     consent: bool,
     local: LocalEvaluator | None,
+    exclude: Mapping[str, Sequence[str]] | None = None,
 ) -> Plan:
-    """Check the arguments (raises ``InvalidRequest``) and split local from remote placements."""
+    """Check the arguments (raises ``InvalidRequest``) and split local from remote placements.
+
+    A placement with exclusions is always decided by the API (local evaluation does not apply
+    them), as are those the server lists as remote.
+    """
     placements = list(placements)
     ctx = dict(context or {})
-    body = wire.decide_body(unit_id, placements, ctx, consent)
+    body = wire.decide_body(unit_id, placements, ctx, consent, exclude)
     if local is None or not local.ready:
         return Plan(
             unit_id=unit_id,
@@ -57,11 +62,14 @@ def plan(
             remote=placements,
             remote_body=body,
         )
-    here = [p for p in placements if local.can_evaluate(p)]
-    there = [p for p in placements if not local.can_evaluate(p)]
+    excluded = {p for p, keys in (exclude or {}).items() if keys}
+    here = [p for p in placements if local.can_evaluate(p) and p not in excluded]
+    there = [p for p in placements if p not in here]
     remote_body = None
     if there:
-        remote_body = body if not here else wire.decide_body(unit_id, there, ctx, consent)
+        remote_body = (
+            body if not here else wire.decide_body(unit_id, there, ctx, consent, exclude)
+        )
     return Plan(
         unit_id=unit_id,
         placements=placements,

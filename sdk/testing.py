@@ -158,10 +158,11 @@ class _FakeCore:
         context: Mapping[str, Any] | None,
         consent: bool,
         defaults: Defaults | None,
+        exclude: Mapping[str, Sequence[str]] | None = None,
     ) -> DecideResult:
         listed, ctx = list(placements), dict(context or {})
         try:
-            deciding.plan(unit_id, listed, ctx, consent, None)  # the real client's checks
+            deciding.plan(unit_id, listed, ctx, consent, None, exclude)  # the real client's checks
         except TailorError as exc:
             result = deciding.fallback_result(listed, defaults, exc)
         else:
@@ -268,9 +269,10 @@ class FakeTailorClient(_FakeCore):
         defaults: Defaults | None = None,
         *,
         timeout_s: float | None = None,
+        exclude: Mapping[str, Sequence[str]] | None = None,
     ) -> DecideResult:
         """The scripted decision for every placement; never raises (see ``TailorClient``)."""
-        return self._decide(unit_id, placements, context, consent, defaults)
+        return self._decide(unit_id, placements, context, consent, defaults, exclude)
 
     def decide_batch(
         self,
@@ -336,9 +338,10 @@ class FakeAsyncTailorClient(_FakeCore):
         defaults: Defaults | None = None,
         *,
         timeout_s: float | None = None,
+        exclude: Mapping[str, Sequence[str]] | None = None,
     ) -> DecideResult:
         """The scripted decision for every placement; never raises."""
-        return self._decide(unit_id, placements, context, consent, defaults)
+        return self._decide(unit_id, placements, context, consent, defaults, exclude)
 
     def decide_batch(
         self,

@@ -105,14 +105,22 @@ def new_event_id() -> str:
 
 
 def decide_body(
-    unit_id: str, placements: Sequence[str], context: Mapping[str, Any], consent: bool
+    unit_id: str,
+    placements: Sequence[str],
+    context: Mapping[str, Any],
+    consent: bool,
+    exclude: Mapping[str, Sequence[str]] | None = None,
 ) -> bytes:
-    """A checked ``POST /v1/decide`` body."""
-    request = validated(
-        {"unit_id": unit_id, "placements": placements, "context": context, "consent": consent},
-        DecideRequest,
-    )
-    return encode(request)
+    """A checked ``POST /v1/decide`` body (``exclude`` kept for the requested placements)."""
+    body: dict[str, Any] = {
+        "unit_id": unit_id,
+        "placements": placements,
+        "context": context,
+        "consent": consent,
+    }
+    if exclude:
+        body["exclude"] = {p: list(keys) for p, keys in exclude.items() if p in placements}
+    return encode(validated(body, DecideRequest))
 
 
 def batch_body(request: Mapping[str, Any]) -> bytes:

@@ -9,6 +9,7 @@ that a bad definition fails at decode time with a message naming the field.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,8 @@ KEY_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z"
 Key = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
 AttributeName = Annotated[str, Meta(min_length=1, max_length=64)]
 MetricName = Annotated[str, Meta(pattern=r"\A[a-z][a-z0-9_]{0,39}\Z")]
+AwareTime = Annotated[datetime, Meta(tz=True)]
+"""A timestamp with its offset (``2026-12-24T00:00:00Z``); a naive one is refused."""
 RuleScalar = str | int | float | bool
 RuleValue = RuleScalar | list[RuleScalar] | None
 
@@ -115,12 +118,18 @@ def _check_rule_value(op: str, value: RuleValue) -> None:
 
 
 class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One arm: what is shown (``payload``), its split weight, and features describing it."""
+    """One arm: what is shown (``payload``), its split weight, and features describing it.
+
+    ``eligible`` (a targeting condition over the unit's profile merged with the request context,
+    e.g. ``{"attribute": "stock_b", "op": "gt", "value": 0}``) leaves the variant out of a
+    decision when it does not match: the split or the policy chooses among the eligible variants.
+    """
 
     key: Key
     weight: Annotated[float, Meta(ge=0, le=1e6)] = 1.0
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     features: dict[str, str | float | bool | list[str]] = msgspec.field(default_factory=dict)
+    eligible: Condition | None = None
 
     def __post_init__(self) -> None:
         # -0.0 passes ``ge=0`` (it equals 0) but is no weight anyone means: refuse it by name.
@@ -165,6 +174,17 @@ class FrequencyCap(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_exposures: Annotated[int, Meta(ge=1, le=10_000)]
     window_s: Annotated[int, Meta(ge=1, le=366 * 86400)]
     scope: Literal["experiment", "variant"] = "experiment"
+
+
+class ContactCap(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A contact-pressure cap shared by experiments: at most ``max_exposures`` non-default
+    exposures per unit over ``window_s``, counted across every experiment that names the cap
+    (``contact_cap``), whatever their placements or campaigns. Past it the unit gets each
+    experiment's default with reason ``contact_capped``; experiments with a higher ``priority``
+    are decided first when one request or one batch fills several of them."""
+
+    max_exposures: Annotated[int, Meta(ge=1, le=10_000)]
+    window_s: Annotated[int, Meta(ge=1, le=366 * 86400)]
 
 
 class SendTimeSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -240,8 +260,23 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     reward_window_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = DEFAULT_REWARD_WINDOW_S
     reward: RewardSpec = RewardSpec()
     frequency_cap: FrequencyCap | None = None
+    # The schedule: a draft starts by itself at ``start_at``, a live experiment stops by itself
+    # at ``end_at`` (checked by every worker's config poll; audited with actor ``schedule``).
+    start_at: AwareTime | None = None
+    end_at: AwareTime | None = None
+    # A contact-pressure cap shared with other experiments (``PUT /v1/contact-caps/{name}``).
+    contact_cap: Key | None = None
 
     def __post_init__(self) -> None:
+        if (
+            self.start_at is not None
+            and self.end_at is not None
+            and self.end_at <= self.start_at
+        ):
+            raise ValueError(
+                f"end_at: {self.end_at.isoformat()} must be after start_at "
+                f"{self.start_at.isoformat()}"
+            )
         if self.kind == "send_time":
             self._check_send_time()
             return
@@ -343,8 +378,13 @@ class Experiment(ExperimentSpec, frozen=True, kw_only=True):
 
 def check_sensitive(spec: ExperimentSpec, denylist: frozenset[str]) -> None:
     """Raise ValueError when targeting reads a feature on the sensitive-feature denylist."""
-    if spec.targeting is None:
-        return
-    used = spec.targeting.attributes() & denylist
-    if used:
-        raise ValueError(f"targeting: sensitive features may not be used: {sorted(used)}")
+    if spec.targeting is not None:
+        used = spec.targeting.attributes() & denylist
+        if used:
+            raise ValueError(f"targeting: sensitive features may not be used: {sorted(used)}")
+    for i, variant in enumerate(spec.variants):
+        named = variant.eligible.attributes() & denylist if variant.eligible is not None else set()
+        if named:
+            raise ValueError(
+                f"variants[{i}].eligible: sensitive features may not be used: {sorted(named)}"
+            )

@@ -26,6 +26,8 @@ from tailor_contract.send_window import DefaultSendTime, SendWindow
 __all__ = [
     "ConsentRequest",
     "ConsentState",
+    "ContactCapInfo",
+    "ContactCapList",
     "DecideRequest",
     "DecideResponse",
     "Definition",
@@ -92,8 +94,20 @@ class TimestampValue(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 FeatureInput = ContextValue | TimestampValue
 
 
+VariantKey = Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
+Exclusions = Annotated[
+    dict[Placement, Annotated[list[VariantKey], Meta(max_length=200)]], Meta(max_length=100)
+]
+"""Per requested placement, variant keys this request must not get (``{"offer": ["b"]}``)."""
+
+
 class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``POST /v1/decide``: one unit, one or more placements."""
+    """``POST /v1/decide``: one unit, one or more placements.
+
+    ``exclude`` leaves variants out of this decision, per placement (out of stock, already
+    shown on the page): the split or the policy chooses among the others, and a placement with
+    no variant left gets its default with reason ``no_eligible_variant``.
+    """
 
     unit_id: UnitId
     placements: Annotated[list[Placement], Meta(min_length=1, max_length=100)]
@@ -101,6 +115,14 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         default_factory=dict
     )
     consent: bool = True
+    exclude: Exclusions = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for placement in self.exclude:
+            if placement not in self.placements:
+                raise ValueError(
+                    f"exclude: {placement!r} is not one of the requested placements"
+                )
 
 
 class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -208,6 +230,20 @@ class FeaturesStored(msgspec.Struct, kw_only=True):
 
     unit_id: str
     stored: list[str]
+
+
+class ContactCapInfo(msgspec.Struct, kw_only=True):
+    """A named contact-pressure cap (``GET``/``PUT /v1/contact-caps/{name}``)."""
+
+    name: str
+    max_exposures: int
+    window_s: int
+
+
+class ContactCapList(msgspec.Struct, kw_only=True):
+    """``GET /v1/contact-caps``: every cap, by name."""
+
+    contact_caps: list[ContactCapInfo]
 
 
 class ExperimentList(msgspec.Struct, kw_only=True):
@@ -366,7 +402,8 @@ class Recipient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     ``unit_id`` is checked per recipient (a bad one is reported in that recipient's ``error``
     without failing the batch); ``timezone`` (IANA name) falls back to the context's or the
-    profile's ``timezone`` feature, then UTC.
+    profile's ``timezone`` feature, then UTC. ``exclude`` leaves variants out of this
+    recipient's decisions, per placement (an offer already sent), as in ``POST /v1/decide``.
     """
 
     unit_id: Annotated[str, Meta(max_length=4096)]
@@ -375,6 +412,7 @@ class Recipient(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     )
     consent: bool = True
     timezone: Annotated[str, Meta(max_length=64)] | None = None
+    exclude: Exclusions = msgspec.field(default_factory=dict)
 
 
 class BatchDecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

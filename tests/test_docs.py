@@ -32,6 +32,7 @@ from event_log.sql import COLUMNS
 from tailor_contract import placement
 from tailor_contract.definitions import (
     Condition,
+    ContactCap,
     ExperimentSpec,
     FrequencyCap,
     Operator,
@@ -218,7 +219,16 @@ def test_every_vw_option_is_documented() -> None:
 
 @pytest.mark.parametrize(
     "struct",
-    [ExperimentSpec, Variant, RewardSpec, RewardRule, FrequencyCap, SendTimeSpec, Condition],
+    [
+        ExperimentSpec,
+        Variant,
+        RewardSpec,
+        RewardRule,
+        FrequencyCap,
+        ContactCap,
+        SendTimeSpec,
+        Condition,
+    ],
 )
 def test_every_definition_field_is_documented(struct: type[msgspec.Struct]) -> None:
     """experiments.md names every field of the experiment definition and its parts."""

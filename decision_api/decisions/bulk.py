@@ -165,9 +165,14 @@ async def decide_bulk(
         await _load_profiles(features, chunk, now_ms)
         with _collector_paused():
             _prepare(engine, chunk, campaign, zones, now_ms)
-            placed_by_placement = [
-                engine.place_many(p, chunk.units, defer_send_time=True) for p in campaign.placements
-            ]
+            # Contact-capped placements first, by priority (engine.decision_order); answers keep
+            # the campaign's order of placements.
+            placements = campaign.placements
+            placed_by_placement: list[list[Placed]] = [[] for _ in placements]
+            for i in engine.decision_order(placements):
+                placed_by_placement[i] = engine.place_many(
+                    placements[i], chunk.units, defer_send_time=True
+                )
             chunk.placed = [list(items) for items in zip(*placed_by_placement, strict=True)]
             if campaign.window is not None:
                 fill_send_times(learning, chunk, campaign.default_send_time, campaign.window, rng)
@@ -236,9 +241,10 @@ def _prepare(
                 code="invalid_timezone", field="timezone", message=problem
             )
             continue
-        chunk.units.append(
-            engine.prepare(recipient.unit_id, context, consent, profile, chunk.degraded, now_ms)
-        )
+        unit = engine.prepare(recipient.unit_id, context, consent, profile, chunk.degraded, now_ms)
+        if recipient.exclude:
+            unit.exclude = {p: frozenset(keys) for p, keys in recipient.exclude.items()}
+        chunk.units.append(unit)
         chunk.positions.append(i)
         chunk.zones.append(zone)
         profiles.append(profile)

@@ -35,6 +35,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from bandits.base import Choice
+from decision_api.decisions.eligibility import eligible_indexes, split_among
 from decision_api.logging import WARN_INTERVAL_S
 from decision_api.metrics import Metrics
 from decision_api.profiles.store import EMPTY_PROFILE, CapHit, FeatureStore, UnitProfile
@@ -50,6 +51,8 @@ from tailor_contract.wire import DecideResponse, PlacementDecision
 log = structlog.get_logger("tailor.decider")
 
 
+_NOTHING: frozenset[str] = frozenset()
+
 PUBLIC_DEFAULT_REASON = "default"
 """The reason a public key sees for every default-variant answer."""
 
@@ -61,6 +64,16 @@ class PolicyProvider(Protocol):
         self, compiled: Compiled, context: Mapping[str, Any], rng: np.random.Generator
     ) -> Choice | None:
         """The policy's choice for this context, or None when no model is loaded."""
+        ...
+
+    def choose_among(
+        self,
+        compiled: Compiled,
+        context: Mapping[str, Any],
+        eligible: Sequence[int],
+        rng: np.random.Generator,
+    ) -> Choice | None:
+        """The policy's choice among some variants (its index is into ``eligible``)."""
         ...
 
     def choose_many(
@@ -80,9 +93,22 @@ class PolicyProvider(Protocol):
         choice: Choice,
         context: Mapping[str, Any],
         now_ms: int,
+        *,
+        candidates: list[str] | None = None,
     ) -> None:
         """Keep the decision for the reward join (learning policies only)."""
         ...
+
+
+CONTACT_CAP_FIELD = "@"
+"""Prefix of a contact cap's counter in the unit's caps (``c:@<name>`` in the profile hash;
+experiment keys cannot start with ``@``, so it never meets a frequency cap's field)."""
+
+
+def _recent(unit: UnitCall, field: str, window_s: int) -> int:
+    """How many of the unit's counted exposures under ``field`` lie within the window."""
+    cutoff = unit.now_ms - window_s * 1000
+    return sum(1 for t in unit.caps.get(field, ()) if t > cutoff)
 
 
 class Pseudonymiser:
@@ -108,6 +134,7 @@ class UnitCall(msgspec.Struct, kw_only=True):
     now_ms: int
     caps: dict[str, list[int]]
     degraded: bool
+    exclude: Mapping[str, frozenset[str]] = msgspec.field(default_factory=dict)
 
 
 class Placed(msgspec.Struct, kw_only=True):
@@ -179,11 +206,14 @@ class DecisionEngine:
         now_ms: int,
         *,
         public: bool = False,
+        exclude: Mapping[str, Sequence[str]] | None = None,
     ) -> DecideResponse:
         """Decide every placement for one unit; reads the profile in one Redis round trip.
 
         With ``public`` (a public key asks) default-variant answers say reason ``default``
-        (see :func:`public_answer`); the exposures logged keep the true reason.
+        (see :func:`public_answer`); the exposures logged keep the true reason. ``exclude``
+        names, per placement, variants this decision must not choose (see
+        :mod:`decision_api.decisions.eligibility`).
         """
         degraded = False
         profile = EMPTY_PROFILE
@@ -201,6 +231,8 @@ class DecisionEngine:
                 consent = False
                 profile = EMPTY_PROFILE
         unit = self.prepare(unit_id, context, consent, profile, degraded, now_ms)
+        if exclude:
+            unit.exclude = {p: frozenset(keys) for p, keys in exclude.items()}
         answers = self.decide_unit(unit, placements)
         if public:
             answers = [public_answer(answer) for answer in answers]
@@ -236,10 +268,31 @@ class DecisionEngine:
         )
 
     def decide_unit(self, unit: UnitCall, placements: Sequence[str]) -> list[PlacementDecision]:
-        """Decide every placement for a prepared unit and log the exposures."""
-        placed = [self._place(placement, unit) for placement in placements]
-        self.log_exposures(unit, placed)
-        return [p.answer for p in placed]
+        """Decide every placement for a prepared unit and log the exposures.
+
+        Placements served by contact-capped experiments are decided first, highest priority
+        first (see :meth:`decision_order`), so a cap nearly used up goes to the most important
+        experiment; answers keep the request's order.
+        """
+        if len(placements) < 2 or not self._cache.contact_caps:
+            done = [self._place(placement, unit) for placement in placements]
+        else:
+            placed: list[Placed | None] = [None] * len(placements)
+            for i in self.decision_order(placements):
+                placed[i] = self._place(placements[i], unit)
+            done = [p for p in placed if p is not None]
+        self.log_exposures(unit, done)
+        return [p.answer for p in done]
+
+    def decision_order(self, placements: Sequence[str]) -> list[int]:
+        """Indexes of ``placements`` in the order to decide them: placements whose experiments
+        share a contact cap by descending priority, then the others; ties keep request order."""
+        order = list(range(len(placements)))
+        if len(placements) < 2 or not self._cache.contact_caps:
+            return order
+        priority = self._cache.capped_priority
+        keys = [priority(p) for p in placements]
+        return sorted(order, key=lambda i: (keys[i] is None, -(keys[i] or 0)))
 
     def log_exposures(self, unit: UnitCall, placed: Sequence[Placed], campaign: str = "") -> None:
         """Count and log the exposures of a unit's placement decisions."""
@@ -319,6 +372,11 @@ class DecisionEngine:
             if isinstance(routed, Placed):
                 out.append(routed)
                 continue
+            if routed.conditional or unit.exclude:
+                eligible = self._eligible(placement, routed, unit)
+                if eligible is not None:
+                    out.append(self._assign_among(placement, routed, unit, eligible))
+                    continue
             out.append(None)
             group = assigned.get(routed.experiment.key)
             if group is None:
@@ -335,7 +393,40 @@ class DecisionEngine:
         routed = self._route(placement, unit, defer_send_time)
         if isinstance(routed, Placed):
             return routed
+        if routed.conditional or unit.exclude:  # the common case pays one test
+            eligible = self._eligible(placement, routed, unit)
+            if eligible is not None:
+                return self._assign_among(placement, routed, unit, eligible)
         return self._assign(placement, routed, unit, self._choose(routed, unit))
+
+    @staticmethod
+    def _eligible(placement: str, compiled: Compiled, unit: UnitCall) -> list[int] | None:
+        excluded = unit.exclude.get(placement, _NOTHING) if unit.exclude else _NOTHING
+        return eligible_indexes(compiled, unit.attributes, excluded)
+
+    def _assign_among(
+        self, placement: str, compiled: Compiled, unit: UnitCall, eligible: list[int]
+    ) -> Placed:
+        """Assign among the eligible variants only; propensities are over that set."""
+        if not eligible:
+            return self._default(placement, compiled, "no_eligible_variant")
+        exp = compiled.experiment
+        learning = not isinstance(exp.policy, FixedConfig)
+        choice = None
+        if learning and self._policies is not None:
+            choice = self._policies.choose_among(compiled, unit.attributes, eligible, self._rng)
+        if choice is None:
+            split = split_among(compiled, unit.unit_id, eligible)
+            if split is None:
+                return self._default(placement, compiled, "no_eligible_variant")
+            index, propensity = split
+            policy, reason = "fixed", "model_unavailable" if learning else "split"
+            return self._serve(placement, compiled, unit, index, propensity, policy, reason)
+        keys = [exp.variants[i].key for i in eligible]
+        return self._serve(
+            placement, compiled, unit, eligible[choice.index], choice.propensity, choice.policy,
+            "policy", choice=choice, candidates=keys,
+        )
 
     def _route(self, placement: str, unit: UnitCall, defer_send_time: bool) -> Placed | Compiled:
         """The placement's answer when it is a default (or a pending send time), else the
@@ -387,29 +478,46 @@ class DecisionEngine:
             index = pick_bucket(unit_hash(exp.hash_salt, unit.unit_id), compiled.cumulative)
             lower = compiled.cumulative[index - 1] if index else 0.0
             propensity = compiled.cumulative[index] - lower
-            policy, reason, version = "fixed", "split", ""
+            policy, reason = "fixed", "split"
             if learning:
                 reason = "model_unavailable"
         else:
             index, propensity = choice.index, choice.propensity
-            policy, reason, version = choice.policy, "policy", choice.model_version
+            policy, reason = choice.policy, "policy"
+        return self._serve(placement, compiled, unit, index, propensity, policy, reason, choice)
+
+    def _serve(
+        self,
+        placement: str,
+        compiled: Compiled,
+        unit: UnitCall,
+        index: int,
+        propensity: float,
+        policy: str,
+        reason: str,
+        choice: Choice | None = None,
+        candidates: list[str] | None = None,
+    ) -> Placed:
+        """The answer for variant ``index`` (after the frequency cap); remembers a learning
+        choice (made among ``candidates``, all variants by default) for the reward join."""
+        exp = compiled.experiment
+        version = choice.model_version if choice is not None else ""
         variant = exp.variants[index]
-        cap = exp.frequency_cap
-        if cap is not None and index != compiled.default_index:
-            field = exp.key if cap.scope == "experiment" else f"{exp.key}|{variant.key}"
-            window_ms = cap.window_s * 1000
-            if unit.degraded:
-                # Caps unknown without the profile: guard-rails fail safe, not open.
-                return self._default(placement, compiled, "frequency_cap_unknown")
-            cutoff = unit.now_ms - window_ms
-            if sum(1 for t in unit.caps.get(field, ()) if t > cutoff) >= cap.max_exposures:
-                return self._default(placement, compiled, "frequency_capped")
-            self._features.queue_cap_hit(
-                CapHit(unit.unit_id, field, unit.now_ms, window_ms, cap.max_exposures)
-            )
+        if index != compiled.default_index and (
+            exp.frequency_cap is not None or exp.contact_cap is not None
+        ):
+            refused = self._caps_refuse(compiled, variant.key, unit)
+            if refused is not None:
+                return self._default(placement, compiled, refused)
         if choice is not None and self._policies is not None:
             self._policies.remember(
-                unit.decision_id, compiled, unit.unit_id, choice, unit.attributes, unit.now_ms
+                unit.decision_id,
+                compiled,
+                unit.unit_id,
+                choice,
+                unit.attributes,
+                unit.now_ms,
+                candidates=candidates,
             )
         return Placed(
             answer=PlacementDecision(
@@ -426,6 +534,49 @@ class DecisionEngine:
             holdout=False,
             model_version=version,
         )
+
+    def _caps_refuse(self, compiled: Compiled, variant: str, unit: UnitCall) -> str | None:
+        """The reason the unit's caps refuse a non-default exposure, or None after counting it.
+
+        The experiment's frequency cap is checked first, then its contact cap (shared with
+        other experiments: counted under ``@<name>`` in the unit's profile, and in ``unit.caps``
+        at once so that later placements of the same request or batch see this exposure). Hits
+        are queued only when both pass. Without the profile (degraded) caps fail safe.
+        """
+        exp = compiled.experiment
+        hits: list[CapHit] = []
+        cap = exp.frequency_cap
+        if cap is not None:
+            field = exp.key if cap.scope == "experiment" else f"{exp.key}|{variant}"
+            if unit.degraded:
+                reason = "frequency_cap_unknown"
+                return reason
+            if _recent(unit, field, cap.window_s) >= cap.max_exposures:
+                reason = "frequency_capped"
+                return reason
+            hits.append(
+                CapHit(unit.unit_id, field, unit.now_ms, cap.window_s * 1000, cap.max_exposures)
+            )
+        contact = self._cache.contact_caps.get(exp.contact_cap) if exp.contact_cap else None
+        if contact is not None:
+            field = CONTACT_CAP_FIELD + str(exp.contact_cap)
+            if unit.degraded:
+                reason = "contact_cap_unknown"
+                return reason
+            if _recent(unit, field, contact.window_s) >= contact.max_exposures:
+                reason = "contact_capped"
+                return reason
+            hits.append(
+                CapHit(
+                    unit.unit_id, field, unit.now_ms, contact.window_s * 1000,
+                    contact.max_exposures,
+                )
+            )
+            # A new dict: the profile's caps may be shared with other requests of this tick.
+            unit.caps = {**unit.caps, field: [*unit.caps.get(field, ()), unit.now_ms]}
+        for hit in hits:
+            self._features.queue_cap_hit(hit)
+        return None
 
     def _default(
         self, placement: str, compiled: Compiled, reason: str, holdout: bool = False

@@ -100,6 +100,17 @@ class LearningPolicies:
         """The current model's choice for this context."""
         return self.serving.choose(compiled.experiment.key, context, rng)
 
+    def choose_among(
+        self,
+        compiled: Compiled,
+        context: Mapping[str, Any],
+        eligible: Sequence[int],
+        rng: np.random.Generator,
+    ) -> Choice | None:
+        """The current model's choice among the eligible variants (indexes into the variants);
+        the choice's index and propensity are over that subset."""
+        return self.serving.choose_among(compiled.experiment.key, context, eligible, rng)
+
     def choose_many(
         self,
         compiled: Compiled,

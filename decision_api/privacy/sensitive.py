@@ -3,9 +3,10 @@
 ``decisions.sensitive_features`` (comma-separated; health, religion, ethnicity, ... by default)
 is enforced in three places, matched case-insensitively:
 
-- experiment definitions are rejected (422 naming the field) when their targeting reads a
-  sensitive attribute, a variant carries a sensitive action feature (learning policies see those),
-  or the policy names one (``segment_by``, or any ``*features`` option);
+- experiment definitions are rejected (422 naming the field) when their targeting (or a
+  variant's ``eligible`` condition) reads a sensitive attribute, a variant carries a sensitive
+  action feature (learning policies see those), or the policy names one (``segment_by``, or
+  any ``*features`` option);
 - ``PUT /v1/units/{id}/features`` rejects a sensitive feature name (422 naming it). Rejecting,
   rather than storing it and stripping it later, means Tailor never holds the value at all, so
   it can neither leak through an export nor reach a future model by mistake;
@@ -56,6 +57,13 @@ def check_experiment(spec: ExperimentSpec, deny: frozenset[str]) -> None:
                 f"sensitive features may not be used in targeting: {used}", field="$.targeting"
             )
     for i, variant in enumerate(spec.variants):
+        if variant.eligible is not None:
+            used = sensitive_names(variant.eligible.attributes(), deny)
+            if used:
+                raise InvalidDefinition(
+                    f"sensitive features may not be used in eligibility: {used}",
+                    field=f"$.variants[{i}].eligible",
+                )
         used = sensitive_names(variant.features, deny)
         if used:
             raise InvalidDefinition(

@@ -57,6 +57,7 @@ class DecideController(Controller):
             data.consent,
             now_ms(),
             public=is_public(request),
+            exclude=data.exclude,
         )
         services.metrics.decision_latency.labels("decide").observe(time.perf_counter() - started)
         return response

@@ -24,13 +24,16 @@ from tailor_contract.wire import Definition, Definitions, DefinitionVariant
 def locally_evaluable(experiment: Experiment) -> bool:
     """Whether an SDK can assign this experiment without the server's state.
 
-    Learning policies need the model, send-time experiments the bulk path, and frequency caps
-    the unit's exposure counters in Redis: those placements stay remote.
+    Learning policies need the model, send-time experiments the bulk path, frequency and
+    contact caps the unit's exposure counters in Redis, and per-variant ``eligible``
+    conditions the unit's profile: those placements stay remote.
     """
     return (
         experiment.kind == "content"
         and isinstance(experiment.policy, FixedConfig)
         and experiment.frequency_cap is None
+        and experiment.contact_cap is None
+        and all(v.eligible is None for v in experiment.variants)
     )
 
 

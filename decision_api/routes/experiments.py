@@ -30,6 +30,18 @@ def _check(spec: ExperimentSpec, services: NamedDependency[Services]) -> None:
             raise InvalidDefinition(str(exc), field="$.policy.extra_args") from exc
 
 
+async def _check_contact_cap(spec: ExperimentSpec, services: Services) -> None:
+    """Refuse a ``contact_cap`` that names no defined cap (422 naming the field)."""
+    if spec.contact_cap is None:
+        return
+    if spec.contact_cap not in await services.store.contact_caps():
+        raise InvalidDefinition(
+            f"no contact cap {spec.contact_cap!r}; define it with "
+            f"PUT /v1/contact-caps/{spec.contact_cap}",
+            field="$.contact_cap",
+        )
+
+
 class ExperimentController(Controller):
     """Create, read, update (new version), start, pause and stop experiments."""
 
@@ -43,6 +55,7 @@ class ExperimentController(Controller):
     ) -> Experiment:
         """Create a draft experiment (version 1)."""
         _check(data, services)
+        await _check_contact_cap(data, services)
         created = await services.store.create(data, time.time())
         await services.refresh_config()
         return created
@@ -73,6 +86,7 @@ class ExperimentController(Controller):
     ) -> Experiment:
         """Replace the definition; the version goes up by one."""
         _check(data, services)
+        await _check_contact_cap(data, services)
         updated = await services.store.update(key, data, time.time())
         await services.refresh_config()
         return updated

@@ -143,6 +143,7 @@ async def _decide(served: _Served, request: DecideRequest, public: bool) -> byte
         request.consent,
         now_ms(),
         public=public,
+        exclude=request.exclude,
     )
     return _encoder.encode(response)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -75,7 +77,9 @@ async def test_create_read_list(client: Client, hero: dict[str, Any]) -> None:
     assert (body["status"], body["version"], body["layer_slice"]) == ("draft", 1, None)
     assert {k: body[k] for k in hero} == {
         **hero,
-        "variants": [{**v, "weight": 1.0, "features": {}} for v in hero["variants"]],
+        "variants": [
+            {**v, "weight": 1.0, "features": {}, "eligible": None} for v in hero["variants"]
+        ],
     }
     read = await client.get(f"/v1/experiments/{hero['key']}")
     assert read.status_code == 200
@@ -185,6 +189,12 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"policy": {"kind": "oracle"}}, "$.policy.kind", "Invalid value 'oracle'"),
     ({"reward_window_s": "soon"}, "$.reward_window_s", "Expected `int`"),
     ({"colour": "red"}, "$.colour", "unknown field `colour`"),
+    ({"start_at": "2027-01-02T00:00:00Z", "end_at": "2027-01-01T00:00:00Z"},
+     "$.end_at", "must be after start_at"),
+    ({"start_at": "2027-01-02T00:00:00Z", "end_at": "2027-01-02T00:00:00Z"},
+     "$.end_at", "must be after start_at"),
+    ({"start_at": "2027-01-01T00:00:00"}, "$.start_at", "timezone"),
+    ({"end_at": "next week"}, "$.end_at", "datetime"),
 ]  # fmt: skip
 
 
@@ -287,3 +297,39 @@ async def test_api_keys_guard_the_admin_api_and_name_the_actor(
         actor = rows[0][4]
         assert actor.startswith("key_")
         assert "admin-secret" not in actor
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+async def test_schedule_starts_and_stops_the_experiment_and_audits_it(
+    client: Client, hero: dict[str, Any]
+) -> None:
+    """A draft with ``start_at``/``end_at`` starts and stops by itself, audited as ``schedule``."""
+    now = time.time()
+    spec = {**hero, "targeting": None, "start_at": _iso(now + 1.0), "end_at": _iso(now + 5.0)}
+    assert (await client.post("/v1/experiments", json=spec)).status_code == 201
+    url = f"/v1/experiments/{hero['key']}"
+
+    async def status_is(status: str) -> bool:
+        return (await client.get(url)).json()["status"] == status
+
+    assert await status_is("draft")
+    await eventually(lambda: status_is("running"))
+    decided = await client.post(
+        "/v1/decide", json={"unit_id": "u1", "placements": [hero["placement"]]}
+    )
+    assert decided.json()["decisions"][0]["experiment"] == hero["key"]
+    await eventually(lambda: status_is("stopped"))
+
+    async def three_rows() -> list[tuple[Any, ...]]:
+        rows = await audit_rows(client, hero["key"])
+        return rows if len(rows) >= 3 else []
+
+    rows = await eventually(three_rows)
+    assert [(r[0], r[3], r[4]) for r in rows] == [
+        ("create", 1, "anonymous"),
+        ("start", 2, "schedule"),
+        ("stop", 3, "schedule"),
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -10,7 +12,7 @@ from redis.asyncio import Redis
 
 from experiments.cache import ExperimentCache
 from experiments.errors import ExperimentConflict, ExperimentNotFound
-from experiments.store import Action, ExperimentStore
+from experiments.store import Action, ExperimentStore, due_action
 from tailor_contract.definitions import Experiment, ExperimentSpec, LayerSlice, Status
 
 
@@ -267,3 +269,64 @@ async def test_cache_reloads_only_when_the_config_version_moves(store: Experimen
     await store.transition("hero", "stop", now=3.0)
     assert await cache.refresh() is True
     assert cache.for_placement("home") == ()
+
+
+T0 = 1_800_000_000.0
+
+
+def at(ts: float) -> str:
+    """An ISO date-time with offset for an epoch time."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("status", "start", "end", "now", "expected"),
+    [
+        (Status.DRAFT, T0, None, T0 - 1, None),
+        (Status.DRAFT, T0, None, T0, "start"),
+        (Status.DRAFT, T0, T0 + 10, T0 + 5, "start"),
+        (Status.DRAFT, T0, T0 + 10, T0 + 10, None),  # the whole window passed: stays a draft
+        (Status.DRAFT, None, T0, T0 + 1, None),
+        (Status.RUNNING, T0, T0 + 10, T0 + 9, None),
+        (Status.RUNNING, T0, T0 + 10, T0 + 10, "stop"),
+        (Status.PAUSED, None, T0 + 10, T0 + 11, "stop"),
+        (Status.PAUSED, T0, None, T0 + 11, None),  # paused by hand: not resumed
+        (Status.STOPPED, T0, T0 + 10, T0 + 11, None),
+    ],
+)
+def test_due_action_follows_the_schedule(
+    status: Status, start: float | None, end: float | None, now: float, expected: str | None
+) -> None:
+    """Drafts start at ``start_at``, live experiments stop at ``end_at``, nothing else moves."""
+    changes = {"start_at": at(start) if start else None, "end_at": at(end) if end else None}
+    exp = Experiment(**msgspec.structs.asdict(spec(**changes)), status=status)
+    assert due_action(exp, now) == expected
+
+
+async def test_concurrent_scheduled_starts_apply_once(
+    store: ExperimentStore, recorder: Recorder
+) -> None:
+    """Workers racing on one due experiment store and audit a single start."""
+    await store.create(spec(start_at=at(T0), end_at=at(T0 + 100)), now=1.0)
+    moved = await asyncio.gather(
+        *(store.follow_schedule("hero", "start", T0 + 1) for _ in range(6))
+    )
+    assert len([m for m in moved if m is not None]) == 1
+    assert await store.follow_schedule("hero", "start", T0 + 2) is None
+    assert await store.follow_schedule("hero", "stop", T0 + 50) is None  # not due yet
+    stopped = await store.follow_schedule("hero", "stop", T0 + 100)
+    assert stopped is not None and stopped.status is Status.STOPPED
+    assert [(a, v) for a, _, v, _ in recorder.calls] == [("create", 1), ("start", 2), ("stop", 3)]
+
+
+async def test_cache_lists_what_the_schedule_moves(store: ExperimentStore) -> None:
+    """The cache knows, in memory, which drafts are due to start and which live ones to stop."""
+    await store.create(spec("a", start_at=at(T0)), now=1.0)
+    await store.create(spec("b", end_at=at(T0 + 10)), now=1.0)
+    await store.transition("b", "start", now=2.0)
+    await store.create(spec("c"), now=1.0)
+    cache = ExperimentCache(store)
+    await cache.refresh()
+    assert cache.due(T0 - 1) == []
+    assert cache.due(T0) == [("a", "start")]
+    assert sorted(cache.due(T0 + 10)) == [("a", "start"), ("b", "stop")]

@@ -520,3 +520,37 @@ async def test_stalled_api_gives_defaults_within_the_timeout(api: Client, tag: s
     assert result.fallback and isinstance(result.error, RequestTimeout)
     assert result["hero"].variant == "control"
     assert 0.09 <= elapsed < 0.3
+
+
+async def test_exclude_is_decided_by_the_server_even_for_local_placements(
+    api: Client, tag: str
+) -> None:
+    """``exclude`` reaches the API (a locally evaluable placement goes remote for it), and a
+    variant with an ``eligible`` condition keeps its placement remote."""
+    placement, conditional = f"shelf-{tag}", f"cond-{tag}"
+    await running(api, f"shelf-{tag}", placement)
+    await running(
+        api,
+        f"cond-{tag}",
+        conditional,
+        variants=[{"key": "a"}, {"key": "b", "eligible": {"attribute": "x", "op": "exists"}}],
+    )
+    async with sdk(api, local_evaluation=True) as client:
+        await client.refresh_definitions()
+        for i in range(20):
+            result = await client.decide(
+                f"u-{tag}-{i}", [placement, conditional], exclude={placement: ["a", "b"]}
+            )
+            assert (result[placement].variant, result[placement].reason) == ("c", "split")
+            assert result[placement].propensity == 1.0
+            assert result[conditional].variant == "a"  # b needs ``x``: the server knows
+            nothing = await client.decide(
+                f"u-{tag}-{i}", [placement], exclude={placement: ["a", "b", "c"]}
+            )
+            assert (nothing[placement].variant, nothing[placement].reason) == (
+                "a",
+                "no_eligible_variant",
+            )
+    definitions = (await api.get("/v1/definitions", headers=admin())).json()
+    assert conditional in definitions["remote_placements"]
+    assert placement not in definitions["remote_placements"]
