@@ -31,6 +31,7 @@ from decision_api.routes.fast_decide import TRIED, DecideFront
 from decision_api.routes.imports import ImportController
 from decision_api.routes.keys import KeyController
 from decision_api.routes.models import ModelController, TakeoverController
+from decision_api.routes.off_policy import OffPolicyController
 from decision_api.routes.ops import healthz, metrics, readyz
 from decision_api.routes.outcomes import OutcomeController
 from decision_api.routes.reports import ReportController, report_asset, report_page
@@ -170,6 +171,7 @@ def create_app(settings: Settings) -> Litestar:
         KeyController,
         ReportController,
         WhatIfController,
+        OffPolicyController,
         ImportController,
         report_page,
         report_asset,

@@ -51,6 +51,7 @@ __all__ = [
     "RulesTarget",
     "TargetSpec",
     "UniformTarget",
+    "check_target",
     "evaluate_target",
     "needs_model",
     "rule_cells",
@@ -214,6 +215,16 @@ def target_matrix(
                 raise ValueError("$.target.kind: the experiment has no model to evaluate")
             pi, best = _model_matrix(policy, examples, isinstance(target, CurrentGreedyTarget))
             return pi, best, [f"prefers {key}" for key in keys]
+
+
+def check_target(target: TargetSpec, keys: Sequence[str]) -> None:
+    """Check a target against the experiment's variant keys before reading any logs.
+
+    Raises:
+        ValueError: as :func:`target_matrix` (model targets are checked when evaluated).
+    """
+    if not needs_model(target):
+        target_matrix(target, keys, [])
 
 
 def describe_target(target: TargetSpec) -> str:

@@ -1,0 +1,152 @@
+"""Off-policy value of any target policy: ``POST /v1/experiments/{key}/off-policy`` (scope
+``report``).
+
+The body names a target (:data:`experiments.off_policy.targets.TargetSpec`): ``uniform``,
+``always`` a variant, a context-dependent ``rules`` table (targeting conditions → a variant or a
+probability table), or the experiment's ``current`` model (its pmf) / ``current_greedy`` (its most
+probable variant). The server reads the experiment's logged decisions (exposures with their
+context and propensity, outcomes within the reward window — the rows a warm start learns from),
+computes the target's probabilities on every logged context and answers its IPS, SNIPS, DM and
+DR estimates next to the deployed policy's mean reward
+(:class:`experiments.off_policy.targets.OffPolicyResult`). A candidate *configuration* is
+evaluated by the what-if route instead (it must be trained first). Nothing changes; the work is
+bounded by ``limit`` and runs in a worker thread.
+
+Errors: an unknown variant or a table not summing to 1 is a 422 naming the field
+(``$.target.rules[0].variant``); ``current``/``current_greedy`` on an experiment with a fixed
+split, or before any model was published, is a 409 (``$.target.kind``); fewer than two logged
+decisions is a 409 (``$.key``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from bandits.base import Policy, SnapshotError
+from bandits.registry import build_policy
+from bandits.spec import is_learning
+from decision_api.learning.runtime import spec_of
+from decision_api.learning.warm_start import history_examples
+from decision_api.routes.bodies import StructBody
+from decision_api.routes.guards import require
+from decision_api.services import Services
+from experiments.off_policy.targets import (
+    OffPolicyResult,
+    TargetSpec,
+    check_target,
+    evaluate_target,
+    needs_model,
+)
+from tailor_contract.definitions import Experiment
+from tailor_contract.errors import Conflict, InvalidInput
+from tailor_contract.policies import FixedConfig, SendTimeThompsonConfig
+
+__all__ = ["OffPolicyController", "OffPolicyRequest"]
+
+T = TypeVar("T")
+
+_FIELD = re.compile(r"\A(\$\.target[^:]*): ")
+
+
+class OffPolicyRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A target policy to evaluate on the experiment's logged decisions.
+
+    Attributes:
+        target: e.g. ``{"kind": "rules", "rules": [{"when": {...}, "variant": "b"}],
+            "otherwise": "a"}``.
+        level: interval level.
+        limit: the latest logged decisions to use, at most 500,000.
+    """
+
+    target: TargetSpec
+    level: Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)] = 0.95
+    limit: Annotated[int, msgspec.Meta(ge=2, le=500_000)] = 100_000
+
+
+async def _current_model(services: Services, experiment: Experiment) -> Policy:
+    """The experiment's published model, or a Conflict naming ``$.target.kind``."""
+    if not is_learning(experiment.policy) or isinstance(experiment.policy, SendTimeThompsonConfig):
+        raise Conflict(
+            f"experiment {experiment.key!r} has no variant-choosing model "
+            f"(policy {experiment.policy.__struct_config__.tag})",
+            field="$.target.kind",
+        )
+    snap = await services.learning.snapshots.get(experiment.key)
+    if snap is None:
+        raise Conflict(
+            f"experiment {experiment.key!r} has no published model yet", field="$.target.kind"
+        )
+    spec = spec_of(experiment)
+    try:
+        return build_policy(
+            spec.config, spec.arms, snapshot=snap.data or None, version=str(snap.version)
+        )
+    except SnapshotError as exc:
+        raise Conflict(
+            f"the published model does not fit the experiment's policy: {exc}",
+            field="$.target.kind",
+        ) from exc
+
+
+def _run(
+    services: Services, experiment: Experiment, request: OffPolicyRequest, model: Policy | None
+) -> OffPolicyResult:
+    # A fixed config leaves rewards unscaled: the examples carry the experiment's raw rewards.
+    raw = msgspec.structs.replace(experiment, policy=FixedConfig())
+    examples = history_examples(services.event_log, raw, limit=request.limit)
+    if len(examples) < 2:
+        raise Conflict(
+            f"experiment {experiment.key!r} has {len(examples)} logged decisions with a "
+            "propensity; an off-policy estimate needs at least 2",
+            field="$.key",
+        )
+    return _invalid(
+        evaluate_target,
+        request.target,
+        [v.key for v in experiment.variants],
+        examples,
+        policy=model,
+        reward_range=(experiment.reward.min_reward, experiment.reward.max_reward),
+        level=request.level,
+    )
+
+
+def _invalid(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)``, its ValueError turned into a 422 naming the target's field."""
+    try:
+        return func(*args, **kwargs)
+    except ValueError as exc:
+        match = _FIELD.match(str(exc))
+        raise InvalidInput(str(exc), field=match.group(1) if match else "$.target") from exc
+
+
+class OffPolicyController(Controller):
+    """Evaluate any target policy on an experiment's logs."""
+
+    path = "/v1/experiments"
+    tags = ["reports"]
+    guards = [require("report")]
+
+    @post(
+        "/{key:str}/off-policy", status_code=200, dto=StructBody[OffPolicyRequest], return_dto=None
+    )
+    async def off_policy(
+        self,
+        key: FromPath[str],
+        data: JSONBody[OffPolicyRequest],
+        services: NamedDependency[Services],
+    ) -> OffPolicyResult:
+        """A target policy's IPS, SNIPS and DR value on the logged decisions."""
+        experiment = await services.store.get(key)
+        _invalid(check_target, data.target, [v.key for v in experiment.variants])
+        model = await _current_model(services, experiment) if needs_model(data.target) else None
+        await services.writer.flush()
+        return await asyncio.to_thread(_run, services, experiment, data, model)
