@@ -23,7 +23,7 @@ from decision_api.cli.keys import add_key_commands
 from decision_api.cli.models import add_model_commands
 from decision_api.cli.reports import add_report_commands
 from decision_api.cli.supervise import SupervisedProcess, learner_command
-from decision_api.cli.what_if import add_what_if_command
+from decision_api.cli.what_if import add_off_policy_command, add_what_if_command
 from decision_api.settings import Settings
 
 Command = Callable[[argparse.Namespace], int]
@@ -316,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_campaign_commands(sub)
     add_model_commands(sub)
     add_what_if_command(sub)
+    add_off_policy_command(sub)
     # By name: an environment that still holds an older install lists an entry point twice.
     for entry in {e.name: e for e in entry_points(group=COMMANDS_GROUP)}.values():
         add_command: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]

@@ -6,6 +6,10 @@ Asks the running server, as ``tailor report`` does (``TAILOR_API_URL``, else
 decisions and estimates its value next to the deployed policy's. Prints a small table, or the
 JSON answer with ``--json``.
 
+``tailor off-policy KEY --target '{"kind": "rules", ...}'`` asks
+``POST /v1/experiments/{key}/off-policy`` the same way: any target policy (a rule table, always a
+variant, uniform, the current model or the current model greedy) on the logged decisions.
+
 Exit codes: 0 done, 1 the request failed, 2 bad usage (e.g. ``--policy`` is not JSON).
 """
 
@@ -19,7 +23,14 @@ import msgspec
 
 from decision_api.cli.reports import TIMEOUT_S, _api, _fail, _problem, _settings, _unreachable
 
-__all__ = ["add_what_if_command", "cmd_what_if", "render_what_if"]
+__all__ = [
+    "add_off_policy_command",
+    "add_what_if_command",
+    "cmd_off_policy",
+    "cmd_what_if",
+    "render_off_policy",
+    "render_what_if",
+]
 
 
 def add_what_if_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,4 +115,77 @@ def cmd_what_if(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         return _fail(_problem(response))
     sys.stdout.write(response.text + "\n" if args.json else render_what_if(response.json()))
+    return 0
+
+
+def add_off_policy_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tailor off-policy`` on the top-level subcommand parser."""
+    cmd = sub.add_parser(
+        "off-policy",
+        help="estimate any target policy's value on an experiment's logged decisions",
+        description=(
+            "Estimate what a target policy would have earned on an experiment's logged "
+            "decisions (IPS, SNIPS, DR with intervals, next to the deployed policy's mean "
+            'reward). The target is JSON: {"kind": "uniform"}, {"kind": "always", "variant": '
+            '"b"}, {"kind": "rules", "rules": [{"when": <condition>, "variant": "b"}], '
+            '"otherwise": "a"}, {"kind": "current"} or {"kind": "current_greedy"}. Asks the '
+            "running server as `tailor report` does (key with the report scope)."
+        ),
+    )
+    cmd.add_argument("key", help="experiment key")
+    cmd.add_argument("--target", required=True, help="target policy as JSON")
+    cmd.add_argument("--level", type=float, help="interval level (default 0.95)")
+    cmd.add_argument("--limit", type=int, help="latest logged decisions to use (default 100000)")
+    cmd.add_argument("--json", action="store_true", help="print the JSON answer")
+    cmd.set_defaults(func=cmd_off_policy)
+
+
+def render_off_policy(answer: dict[str, Any]) -> str:
+    """The answer of ``POST /v1/experiments/{key}/off-policy`` as a small text table."""
+    est = answer["estimate"]
+    level = est["ips"]["level"]
+    cells = ", ".join(f"{name} {count}" for name, count in answer["cells"].items())
+    lines = [
+        f"off-policy {answer['target']} ({answer['description']}) over {answer['n']} logged "
+        f"decisions ({level:.0%} intervals)",
+        _row("target IPS", est["ips"]),
+        _row("target SNIPS", est["snips"]),
+        _row("target DR", est.get("doubly_robust")),
+        _row("deployed (mean reward)", answer["deployed"]),
+        _row("difference (IPS)", answer["difference"]),
+        f"  effective sample size {est['effective_sample_size']:.0f} of {answer['n']}; "
+        f"decisions per cell: {cells}",
+    ]
+    lines += [f"  warning: {w}" for w in answer.get("warnings", [])]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_off_policy(args: argparse.Namespace) -> int:
+    """Ask the server to evaluate ``--target`` on the experiment's logs; print the result."""
+    import httpx
+
+    try:
+        target = msgspec.json.decode(args.target)
+    except msgspec.DecodeError as exc:
+        return _fail(f"--target is not JSON: {exc}", 2)
+    body: dict[str, Any] = {"target": target}
+    for name, value in (("level", args.level), ("limit", args.limit)):
+        if value is not None:
+            body[name] = value
+    settings = _settings()
+    if settings is None:
+        return 2
+    url, headers = _api(settings)
+    try:
+        response = httpx.post(
+            f"{url}/v1/experiments/{args.key}/off-policy",
+            json=body,
+            headers=headers,
+            timeout=TIMEOUT_S,
+        )
+    except httpx.HTTPError as exc:
+        return _fail(_unreachable(url, exc))
+    if response.status_code != 200:
+        return _fail(_problem(response))
+    sys.stdout.write(response.text + "\n" if args.json else render_off_policy(response.json()))
     return 0

@@ -340,3 +340,44 @@ def test_a_rejected_import_creates_no_experiment(
     assert created.json()["outcomes"] == 1  # the 0 of the 0/1 purchase column is no outcome
     definition = client.get("/v1/experiments/fresh", headers=headers).json()
     assert definition["placement"] == "second"
+
+
+def test_off_policy_asks_the_server_for_any_target(
+    through_api: tuple[TestClient[Any], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`tailor off-policy` posts the target with a report key and prints its estimates; a target
+    naming an unknown variant is exit 1 naming the field, a --target that is not JSON exit 2."""
+    _, sent = through_api
+    # Clicked exactly when mobile got a or desktop got b; logged by a 50/50 split.
+    rows = [
+        f"u{i},2024-01-02T00:00:{i:02d}Z,{'ab'[i % 2]},0.5,{'mobile' if i % 4 < 2 else 'desktop'},"
+        f"{int((i % 2 == 0) == (i % 4 < 2))}"
+        for i in range(40)
+    ]
+    history = tmp_path / "history.csv"
+    history.write_text(CSV + "\n".join(rows) + "\n")
+    monkeypatch.setenv("TAILOR_API_KEY", ADMIN)
+    assert main(["import", str(history), "--experiment", "opc", "--create"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("TAILOR_API_KEY", REPORT)
+    target = (
+        '{"kind": "rules", "rules": [{"when": {"attribute": "device", "op": "eq", '
+        '"value": "mobile"}, "variant": "a"}], "otherwise": "b"}'
+    )
+    assert main(["off-policy", "opc", "--target", target]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("off-policy rules (a rule table of 1 rules and a default) over 40")
+    assert "target SNIPS" in out and "rule 0 20, otherwise 20" in out
+    assert main(["off-policy", "opc", "--target", target, "--json"]) == 0
+    answer = msgspec.json.decode(capsys.readouterr().out)
+    assert answer["estimate"]["snips"]["estimate"] == pytest.approx(1.0)
+    assert answer["deployed"]["estimate"] == pytest.approx(0.5)
+    assert sent[-2:] == [f"Bearer {REPORT}", f"Bearer {REPORT}"]
+    bad = '{"kind": "always", "variant": "z"}'
+    assert main(["off-policy", "opc", "--target", bad]) == 1
+    assert "$.target.variant" in capsys.readouterr().err
+    assert main(["off-policy", "opc", "--target", "{kind"]) == 2
+    assert "--target is not JSON" in capsys.readouterr().err
