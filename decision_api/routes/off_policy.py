@@ -16,13 +16,17 @@ Errors: an unknown variant or a table not summing to 1 is a 422 naming the field
 (``$.target.rules[0].variant``); ``current``/``current_greedy`` on an experiment with a fixed
 split, or before any model was published, is a 409 (``$.target.kind``); fewer than two logged
 decisions is a 409 (``$.key``).
+
+The report takes such targets too: ``GET /v1/experiments/{key}/report?target=<JSON>``
+(repeatable) appends each target's estimate to the report's off-policy policies
+(:func:`with_targets`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -45,11 +49,12 @@ from experiments.off_policy.targets import (
     evaluate_target,
     needs_model,
 )
+from experiments.reports.results import ExperimentReport, PolicyValue
 from tailor_contract.definitions import Experiment
 from tailor_contract.errors import Conflict, InvalidInput
 from tailor_contract.policies import FixedConfig, SendTimeThompsonConfig
 
-__all__ = ["OffPolicyController", "OffPolicyRequest"]
+__all__ = ["OffPolicyController", "OffPolicyRequest", "parse_targets", "with_targets"]
 
 T = TypeVar("T")
 
@@ -150,3 +155,64 @@ class OffPolicyController(Controller):
         model = await _current_model(services, experiment) if needs_model(data.target) else None
         await services.writer.flush()
         return await asyncio.to_thread(_run, services, experiment, data, model)
+
+
+def parse_targets(raw: Sequence[str], experiment: Experiment) -> list[TargetSpec]:
+    """The report's ``?target=`` values (JSON each), checked against the experiment's variants.
+
+    Raises:
+        InvalidInput: naming ``target`` for a value that is not a target, or the target's field.
+    """
+    targets = []
+    for value in raw:
+        try:
+            target = msgspec.json.decode(value, type=TargetSpec)
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"not a target policy: {exc}", field="target") from exc
+        _invalid(check_target, target, [v.key for v in experiment.variants])
+        targets.append(target)
+    return targets
+
+
+async def with_targets(
+    services: Services,
+    experiment: Experiment,
+    report: ExperimentReport,
+    targets: Sequence[TargetSpec],
+    level: float,
+) -> ExperimentReport:
+    """The report with each target's estimate appended to its off-policy section's policies.
+
+    The targets are evaluated as ``POST .../off-policy`` does (on the latest logged decisions,
+    whatever the report's period); the description says so.
+
+    Raises:
+        Conflict: when the report has no off-policy section (fewer than two logged decisions)
+            or a model target has no model.
+    """
+    if not targets:
+        return report
+    section = report.off_policy
+    if section is None:
+        raise Conflict(
+            f"experiment {experiment.key!r} has no logged decisions to evaluate targets on",
+            field="target",
+        )
+    added = []
+    for target in targets:
+        model = await _current_model(services, experiment) if needs_model(target) else None
+        request = OffPolicyRequest(target=target, level=level)
+        result = await asyncio.to_thread(_run, services, experiment, request, model)
+        added.append(
+            PolicyValue(
+                policy=f"target:{result.target}",
+                description=(
+                    f"{result.description} (on the latest {result.n} logged decisions, all dates)"
+                ),
+                estimate=result.estimate,
+            )
+        )
+    return msgspec.structs.replace(
+        report,
+        off_policy=msgspec.structs.replace(section, policies=[*section.policies, *added]),
+    )

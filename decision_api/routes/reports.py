@@ -9,7 +9,9 @@ attribute captured at exposure), ``metric`` (extra outcome types, repeatable), `
 ``off_policy`` (``true``/``false``; default: only for learning policies), ``mde`` and ``power``
 (what the report's ``plan`` section plans for: +10% relative at 80% by default),
 ``cap_percentile`` (in [0.5, 1): winsorise each metric's per-unit value at that percentile of
-its positive values).
+its positive values), ``target`` (repeatable, a target policy as JSON, e.g.
+``{"kind": "current_greedy"}``: its off-policy estimate is added to the off-policy section, as
+``POST /v1/experiments/{key}/off-policy`` computes it; implies ``off_policy=true``).
 
 ``GET /v1/experiments/{key}/plan?mde=0.05&power=0.9`` (scope ``report``) returns just that
 section (:class:`experiments.reports.results.PowerPlan`): about how many more units the
@@ -32,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
+import msgspec
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
@@ -46,6 +50,7 @@ from litestar.response import Redirect
 
 from decision_api.access.keys import current_actor
 from decision_api.routes.guards import ScopeGuard, connection_key, require
+from decision_api.routes.off_policy import parse_targets, with_targets
 from decision_api.services import Services
 from experiments.reports.build import build_report
 from experiments.reports.html import ASSETS, asset, render_report_page
@@ -106,9 +111,17 @@ def _options(
         raise InvalidInput(str(exc), field=exc.field) from exc
 
 
-async def _build(services: Services, key: str, options: ReportOptions) -> ExperimentReport:
+async def _build(
+    services: Services, key: str, options: ReportOptions, targets: Sequence[str] = ()
+) -> ExperimentReport:
     experiment = await services.store.get(key)
-    return await asyncio.to_thread(build_report, services.event_log, experiment, options)
+    specs = parse_targets(targets, experiment)
+    if specs:
+        await services.writer.flush()
+        if options.off_policy is None:
+            options = msgspec.structs.replace(options, off_policy=True)
+    report = await asyncio.to_thread(build_report, services.event_log, experiment, options)
+    return await with_targets(services, experiment, report, specs, options.level)
 
 
 class ReportController(Controller):
@@ -134,6 +147,7 @@ class ReportController(Controller):
         pre_period_s: FromQuery[int | None] = None,
         off_policy: FromQuery[bool | None] = None,
         cap_percentile: FromQuery[float | None] = None,
+        target: FromQuery[list[str] | None] = None,
         format: FromQuery[Literal["json", "text"]] = "json",
     ) -> Response[Any]:
         """Statistics, uplift and off-policy estimates of one experiment."""
@@ -150,7 +164,7 @@ class ReportController(Controller):
             off_policy,
             cap_percentile=cap_percentile,
         )
-        report = await _build(services, key, options)
+        report = await _build(services, key, options, target or ())
         if format == "text":
             return Response(render_report_text(report), media_type=MediaType.TEXT)
         return Response(report, media_type=MediaType.JSON)

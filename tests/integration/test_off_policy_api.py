@@ -3,6 +3,8 @@ model (pmf and greedy) evaluated on decisions logged through the API."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -109,3 +111,30 @@ async def test_without_logged_decisions_it_is_a_409(
         "/v1/experiments/oe/off-policy", json={"target": {"kind": "uniform"}}
     )
     assert got.status_code == 409, got.text
+
+
+async def test_the_report_adds_requested_targets_to_its_off_policy_section(
+    quiet_client: AsyncTestClient[Litestar],
+) -> None:
+    client = quiet_client
+    await start(client, definition("or", {"kind": "fixed"}))
+    await uniform_log(client, 120)
+    target = json.dumps(RULES)
+    got = await client.get("/v1/experiments/or/report", params={"target": target})
+    assert got.status_code == 200, got.text
+    policies = {p["policy"]: p for p in got.json()["off_policy"]["policies"]}
+    assert {"deployed", "uniform", "always:a", "target:rules"} <= set(policies)
+    added = policies["target:rules"]
+    assert "on the latest 120 logged decisions" in added["description"]
+    assert added["estimate"]["snips"]["estimate"] == pytest.approx(1.0)
+    text = await client.get(
+        "/v1/experiments/or/report", params={"target": target, "format": "text"}
+    )
+    assert text.status_code == 200 and "target:rules" in text.text
+    bad = await client.get(
+        "/v1/experiments/or/report", params={"target": '{"kind": "always", "variant": "z"}'}
+    )
+    assert bad.status_code == 422, bad.text
+    assert [e["field"] for e in bad.json()["errors"]] == ["$.target.variant"]
+    junk = await client.get("/v1/experiments/or/report", params={"target": "{kind"})
+    assert junk.status_code == 422 and junk.json()["errors"][0]["field"] == "target"
