@@ -282,6 +282,7 @@ async def report_page(
     window_s: FromQuery[int | None] = None,
     pre_period_s: FromQuery[int | None] = None,
     off_policy: FromQuery[bool | None] = None,
+    targets: Annotated[list[str] | None, QueryParameter(name="target")] = None,
 ) -> Response[Any]:
     """The report page (key: header, cookie, or once as ``?key=``; see the module docstring)."""
     url_key = request.query_params.get("key")
@@ -312,7 +313,7 @@ async def report_page(
         pre_period_s,
         off_policy,
     )
-    report = await _build(services, key, options)
+    report = await _build(services, key, options, targets or ())
     page = render_report_page(report, static_base=STATIC_PATH)
     return Response(page, media_type=MediaType.HTML, headers={"Cache-Control": "no-store"})
 

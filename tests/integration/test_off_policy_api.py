@@ -127,10 +127,21 @@ async def test_the_report_adds_requested_targets_to_its_off_policy_section(
     added = policies["target:rules"]
     assert "on the latest 120 logged decisions" in added["description"]
     assert added["estimate"]["snips"]["estimate"] == pytest.approx(1.0)
+    # The same logs and arithmetic as the report's own "always a" (per-cell sums in SQL).
+    always_a = json.dumps({"kind": "always", "variant": "a"})
+    both = await client.get("/v1/experiments/or/report", params={"target": always_a})
+    by_name = {p["policy"]: p["estimate"] for p in both.json()["off_policy"]["policies"]}
+    for estimator in ("ips", "snips", "doubly_robust"):
+        for bound in ("estimate", "lower", "upper"):
+            assert by_name["target:always"][estimator][bound] == pytest.approx(
+                by_name["always:a"][estimator][bound], abs=1e-9
+            ), (estimator, bound)
     text = await client.get(
         "/v1/experiments/or/report", params={"target": target, "format": "text"}
     )
     assert text.status_code == 200 and "target:rules" in text.text
+    page = await client.get("/reports/or", params={"target": target})
+    assert page.status_code == 200 and "target:rules" in page.text
     bad = await client.get(
         "/v1/experiments/or/report", params={"target": '{"kind": "always", "variant": "z"}'}
     )
