@@ -219,3 +219,38 @@ def test_intervals_cover_the_truth_for_uniform_always_and_rules() -> None:
     for (name, est), share in sorted(coverage.items()):
         print(f"coverage {name:>9} {est:<5} {share:.3f} (truth {truth[name]:.4f})")
     assert min(coverage.values()) >= 0.93, coverage
+
+
+def test_support_warnings_only_where_the_target_needs_large_weights() -> None:
+    """Rows logged with propensity 0.005 only matter to a target that chooses them: "always b"
+    (weights of 200 on them) warns; a rule table avoiding b there does not."""
+    rng = np.random.default_rng(11)
+    n = 4_000
+    ctx = rng.choice(len(CONTEXTS), size=n, p=CONTEXT_P)
+    logger = np.where(np.arange(3)[None, :] == 1, 0.005, 0.4975)[np.zeros(n, dtype=np.intp)]
+    actions = (rng.random(n)[:, None] > logger.cumsum(axis=1)).sum(axis=1).astype(np.intp)
+    examples = [
+        Example(
+            context=CONTEXTS[c],
+            candidates=CANDIDATES,
+            chosen=int(a),
+            propensity=float(logger[i, a]),
+            reward=float(rng.random() < RATES[c, a]),
+        )
+        for i, (c, a) in enumerate(zip(ctx, actions, strict=True))
+    ]
+    always_b = evaluate_target(
+        msgspec.convert({"kind": "always", "variant": "b"}, TargetSpec), KEYS, examples
+    )
+    assert always_b.estimate.low_support and any(
+        "weights up to 200" in w for w in always_b.warnings
+    )
+    no_b = msgspec.convert(
+        {
+            "kind": "rules",
+            "rules": [{"when": {"attribute": "plan", "op": "eq", "value": "pro"}, "variant": "c"}],
+            "otherwise": "a",
+        },
+        TargetSpec,
+    )
+    assert evaluate_target(no_b, KEYS, examples).warnings == ()
