@@ -303,6 +303,8 @@ def _warnings(data: ReportData, experiment: Experiment) -> list[str]:
         out.append(f"exposures of variant {name!r}, which is no longer configured")
     if data.earlier_units:
         out.append(f"{data.earlier_units} units first exposed before the period are left out")
+    if experiment.paused_reason is not None:
+        out.append(f"paused automatically by the guard-rail check: {experiment.paused_reason}")
     return out
 
 
@@ -382,6 +384,7 @@ def report_from_data(
         off_policy=off_policy_section,
         warnings=_warnings(data, experiment),
         adaptive=adaptive,
+        auto_paused=experiment.paused_reason,
     )
 
 

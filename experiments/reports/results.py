@@ -420,3 +420,5 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     off_policy: OffPolicySection | None
     warnings: list[str]
     adaptive: AdaptiveSection | None = None
+    auto_paused: str | None = None
+    """Why the guard-rail check paused the experiment (``auto_pause_on_harm``), if it did."""
