@@ -59,6 +59,7 @@ from bandits.base import (
 from bandits.cells import Cell, CellModels, CellsState, Partition
 from bandits.vw import VWPolicy
 from tailor_contract.policies import VWCBConfig
+from tailor_contract.wire import Factor
 
 __all__ = ["EnsemblePolicy", "MemberReport", "ServingReport"]
 
@@ -227,6 +228,23 @@ class EnsemblePolicy:
         if sampler is not None:
             return sampler.pmf
         return np.asarray(weights)
+
+    def explain(
+        self, context: Context, candidates: Sequence[Candidate], chosen: str
+    ) -> list[Factor]:
+        """Why ``chosen`` was drawn: the cell attributes (with the unit's values) when the cells
+        member serves and the unit falls in a cell; the VW member's own explanation when VW
+        serves; nothing for the baseline (no feature of the unit selects it)."""
+        if self._mix == 0.0:
+            return []
+        if self._serving == "cells" and self._partition:
+            cell = self._cells.cell_of(self._partition, context)
+            if cell is None:
+                return []
+            return [Factor(feature=a, value=v) for a, v in zip(self._partition, cell, strict=True)]
+        if self._serving == "vw":
+            return self._vw.explain(context, candidates, chosen)
+        return []
 
     def choose(self, context: Context, candidates: Sequence[Candidate],
                rng: np.random.Generator) -> Choice:

@@ -22,6 +22,7 @@ from bandits.base import Choice, Context, Incremental, Policy, PolicyError
 from bandits.registry import build_policy
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec
+from tailor_contract.wire import Factor
 
 log = structlog.get_logger("tailor.serving")
 
@@ -94,6 +95,18 @@ class ServingPolicies:
             return None
         candidates = current.spec.candidates
         return current.policy.choose(context, [candidates[i] for i in eligible], rng)
+
+    def explain(self, experiment: str, context: Context, chosen: str) -> list[Factor]:
+        """Why the serving model chose ``chosen`` for ``context`` (plain feature names), or
+        nothing when the experiment has no model here or its policy cannot say."""
+        current = self._serving.get(experiment)
+        if current is None:
+            return []
+        explain = getattr(current.policy, "explain", None)
+        if explain is None:
+            return []
+        factors: list[Factor] = explain(context, current.spec.candidates, chosen)
+        return factors
 
     def choose_many(
         self, experiment: str, contexts: Sequence[Context], rng: np.random.Generator

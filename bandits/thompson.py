@@ -42,6 +42,7 @@ from bandits.base import (
     floor_pmf,
 )
 from tailor_contract.policies import ThompsonConfig
+from tailor_contract.wire import Factor
 
 __all__ = ["ThompsonPolicy"]
 
@@ -166,6 +167,18 @@ class ThompsonPolicy:
         keys = check_candidates(candidates)
         sampler = self._sampler(segment_of(context, self._config.segment_by), keys)
         return sampler.choice(keys, rng.random(), self.name, self.version)
+
+    def explain(
+        self, context: Context, candidates: Sequence[Candidate], chosen: str
+    ) -> list[Factor]:
+        """Why ``chosen`` came from this posterior: the ``segment_by`` attribute and the unit's
+        segment when the segment's own posterior decided, else nothing (the global posterior
+        decided, which no feature of the unit selects)."""
+        segment_by = self._config.segment_by
+        label, _ = self._stats_for(segment_of(context, segment_by))
+        if not label or segment_by is None:
+            return []
+        return [Factor(feature=segment_by, value=label)]
 
     def choose_many(
         self,

@@ -48,6 +48,7 @@ from bandits.base import (
 )
 from bandits.features import action_line, shared_line
 from tailor_contract.policies import VWCBConfig
+from tailor_contract.wire import Factor
 
 __all__ = ["VWPolicy"]
 
@@ -101,6 +102,21 @@ def weights_decide(config: VWCBConfig) -> bool:
     examples too: that state lives outside the weights, so those models are loaded whole.
     """
     return not _COUNTED.intersection(config.vw_args())
+
+
+def _plain(value: object) -> str | None:
+    """A context value as an explanation shows it (lists and other shapes are left out)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float):
+        return repr(value)
+    return None
+
+
+EXPLAIN_MAX_ATTRIBUTES: Final = 32
+"""At most this many context attributes are tried when explaining a choice."""
+EXPLAIN_TOP: Final = 5
+"""An explanation names at most this many attributes."""
 
 
 class VWPolicy:
@@ -264,6 +280,33 @@ class VWPolicy:
         return out
 
     # -- learning --------------------------------------------------------------------------
+
+    def explain(
+        self, context: Context, candidates: Sequence[Candidate], chosen: str
+    ) -> list[Factor]:
+        """The context attributes that weigh most for ``chosen``, best-effort and bounded.
+
+        Each attribute's weight is how much ``chosen``'s probability drops when the model
+        predicts without it (one extra prediction per attribute, at most
+        ``EXPLAIN_MAX_ATTRIBUTES`` of them, only when an explanation is asked); the top
+        ``EXPLAIN_TOP`` attributes with a positive weight, largest first, 4 decimals.
+        """
+        keys = [c.key for c in candidates]
+        if chosen not in keys:
+            return []
+        index = keys.index(chosen)
+        base = self._weights(context, candidates)[index]
+        scored = []
+        for name in sorted(context)[:EXPLAIN_MAX_ATTRIBUTES]:
+            without = {k: v for k, v in context.items() if k != name}
+            drop = base - self._weights(without, candidates)[index]
+            if drop > 0:
+                scored.append((drop, name))
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        return [
+            Factor(feature=name, value=_plain(context[name]), weight=round(d, 4))
+            for d, name in scored[:EXPLAIN_TOP]
+        ]
 
     def learn(self, examples: Sequence[Example]) -> None:
         """Learn from each example in order with label ``0:-reward:propensity``."""

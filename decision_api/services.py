@@ -43,6 +43,7 @@ from event_log.throttle import Throttle
 from event_log.writer import EventWriter, now_ms
 from experiments.cache import ExperimentCache
 from experiments.errors import ExperimentConflict, ExperimentNotFound
+from experiments.guardrail_watch import GuardrailWatch
 from experiments.store import Action, ExperimentStore
 from tailor_contract.definitions import Experiment
 from tailor_contract.errors import EventLogUnavailable
@@ -51,6 +52,8 @@ log = structlog.get_logger("tailor.services")
 
 SCHEDULE_ACTOR = "schedule"
 """The actor audited for lifecycle moves made by an experiment's ``start_at`` / ``end_at``."""
+GUARDRAIL_ACTOR = "guardrail"
+"""The actor audited for pauses made by ``auto_pause_on_harm``."""
 
 
 class Services:
@@ -120,6 +123,14 @@ class Services:
             # The second sweep: after one flush interval of the other workers' writers.
             settle_s=max(0.25, settings.event_log.flush_interval_s),
         )
+        self.guardrails = GuardrailWatch(
+            self.store,
+            event_log,
+            redis,
+            prefix,
+            holder=self.worker_id,
+            interval_s=settings.decisions.guardrail_check_interval_s,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.learner: LearnerRunner | None = None
@@ -177,6 +188,27 @@ class Services:
         if moved:
             await self.refresh_config()
         return moved
+
+    async def check_guardrails(self, now: float | None = None) -> list[Experiment]:
+        """Pause running experiments with ``auto_pause_on_harm`` whose report shows guard-rail
+        harm, audited with actor ``guardrail`` (see :mod:`experiments.guardrail_watch`).
+
+        Runs in the background every ``decisions.guardrail_check_interval_s`` on every worker;
+        one worker per interval builds the reports (a Redis lease), never on the decision path.
+        An event log that cannot be queried is logged (throttled) and retried next interval.
+        Returns the experiments this worker paused.
+        """
+        token = current_actor.set(GUARDRAIL_ACTOR)
+        try:
+            paused = await self.guardrails.check(self.cache.experiments(), now)
+        except EventLogUnavailable as exc:
+            self.warn.warning("guardrail_check_failed", error=str(exc))
+            return []
+        finally:
+            current_actor.reset(token)
+        if paused:
+            await self.refresh_config()
+        return paused
 
     def start_learner(self) -> None:
         """Run the learner and reward sweeper in this process (leader-elected across workers)."""
@@ -345,6 +377,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         log.warning("config_load_failed", error=str(exc))
     services.start_background(
         "config-poll", settings.decisions.config_poll_interval_s, services.poll_config
+    )
+    services.start_background(
+        "guardrail-check",
+        settings.decisions.guardrail_check_interval_s,
+        services.check_guardrails,
     )
     services.start_background("join-flush", 0.02, services.learning.join.flush)
     services.start_background("cap-flush", 0.02, services.features.flush_caps)

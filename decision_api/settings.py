@@ -83,6 +83,8 @@ class DecisionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     config_poll_interval_s: Annotated[float, Meta(gt=0, le=10)] = 0.25
     global_holdout: Annotated[float, Meta(ge=0, lt=1)] = 0.0
     kill_switch: bool = False
+    # How often one worker reads the reports of running experiments with auto_pause_on_harm.
+    guardrail_check_interval_s: Annotated[float, Meta(gt=0, le=86400)] = 60.0
     sensitive_features: str = "ethnicity,religion,health,sexual_orientation,political_opinion"
 
 

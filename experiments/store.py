@@ -149,6 +149,7 @@ class ExperimentStore:
                 created_at=current.created_at,
                 updated_at=now,
                 layer_slice=current.layer_slice,
+                paused_reason=current.paused_reason,
             )
             await self._save(experiment)
         self._emit("update", experiment)
@@ -197,6 +198,8 @@ class ExperimentStore:
                 version=current.version + 1,
                 updated_at=now,
                 layer_slice=layer_slice,
+                # A (re)start clears the guard-rail pause; a pause or stop keeps its reason.
+                paused_reason=None if target is Status.RUNNING else current.paused_reason,
             )
             await self._save(experiment)
         self._emit(action, experiment)
@@ -220,6 +223,38 @@ class ExperimentStore:
             return await self.transition(key, action, now, expect=current.version)
         except _NotDue:
             return None
+
+    async def pause_for_harm(
+        self, key: str, version: int, reason: str, now: float
+    ) -> Experiment | None:
+        """Pause ``key`` because a guard-rail metric shows harm, at most once across workers.
+
+        Applies only while the experiment is still running at ``version`` (the definition the
+        harm was measured on) with ``auto_pause_on_harm`` set; under the admin lock, so of
+        several workers finding the same harm exactly one pause is stored and audited. Returns
+        the paused experiment, or ``None`` when it no longer applies.
+        """
+        async with self._redis.lock(self._lock, timeout=5, blocking_timeout=5):
+            try:
+                current = await self.get(key)
+            except ExperimentNotFound:
+                return None
+            if (
+                current.status is not Status.RUNNING
+                or current.version != version
+                or not current.auto_pause_on_harm
+            ):
+                return None
+            experiment = msgspec.structs.replace(
+                current,
+                status=Status.PAUSED,
+                version=current.version + 1,
+                updated_at=now,
+                paused_reason=reason,
+            )
+            await self._save(experiment)
+        self._emit("pause", experiment)
+        return experiment
 
     async def contact_caps(self) -> dict[str, ContactCap]:
         """Every contact cap, by name."""

@@ -142,16 +142,20 @@ class AsyncTailorClient:
         *,
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
+        explain: bool = False,
     ) -> DecideResult:
         """A decision for every placement; never raises (see ``TailorClient.decide``).
 
         Each attempt is cancelled after ``timeout_s`` (default ``options.decide_timeout_s``);
-        ``exclude`` names, per placement, variants this decision must not choose.
+        ``exclude`` names, per placement, variants this decision must not choose;
+        ``explain`` asks for ``Decision.explanation`` (see ``TailorClient.decide``).
         """
         if not self._started:
             await self.start()
         try:
-            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude)
+            p = deciding.plan(
+                unit_id, placements, context, consent, self._local, exclude, explain
+            )
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)

@@ -178,6 +178,7 @@ class TailorClient:
         *,
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
+        explain: bool = False,
     ) -> DecideResult:
         """A decision for every placement; never raises.
 
@@ -185,10 +186,13 @@ class TailorClient:
         default with ``fallback=True`` and ``result.error`` says why, after at most about
         ``timeout_s`` (default ``options.decide_timeout_s``) per attempt. ``exclude`` names,
         per placement, variants this decision must not choose (out of stock, already on the
-        page); such placements are always decided by the API.
+        page); such placements are always decided by the API. ``explain`` asks learning
+        policies which features weighed most (``Decision.explanation``; decided by the API).
         """
         try:
-            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude)
+            p = deciding.plan(
+                unit_id, placements, context, consent, self._local, exclude, explain
+            )
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)

@@ -43,16 +43,18 @@ def plan(
     consent: bool,
     local: LocalEvaluator | None,
     exclude: Mapping[str, Sequence[str]] | None = None,
+    explain: bool = False,
 ) -> Plan:
     """Check the arguments (raises ``InvalidRequest``) and split local from remote placements.
 
     A placement with exclusions is always decided by the API (local evaluation does not apply
-    them), as are those the server lists as remote.
+    them), as are those the server lists as remote; with ``explain`` every placement is (only
+    the server's models can explain a choice).
     """
     placements = list(placements)
     ctx = dict(context or {})
-    body = wire.decide_body(unit_id, placements, ctx, consent, exclude)
-    if local is None or not local.ready:
+    body = wire.decide_body(unit_id, placements, ctx, consent, exclude, explain)
+    if local is None or not local.ready or explain:
         return Plan(
             unit_id=unit_id,
             placements=placements,

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from sdk.errors import InvalidRequest, TailorError
-from tailor_contract.wire import PlacementDecision, RecipientDecision
+from tailor_contract.wire import Factor, PlacementDecision, RecipientDecision
 
 __all__ = [
     "DecideResult",
@@ -62,6 +62,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     send_at: datetime | None = None
     fallback: bool = False
     local: bool = False
+    explanation: list[Factor] | None = None
 
 
 class DecideResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,6 +153,7 @@ def from_server(answer: PlacementDecision, defaults: Defaults | None) -> Decisio
         experiment=answer.experiment,
         model_version=answer.model_version,
         send_at=answer.send_at,
+        explanation=answer.explanation,
     )
 
 

@@ -270,8 +270,10 @@ class FakeTailorClient(_FakeCore):
         *,
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
+        explain: bool = False,
     ) -> DecideResult:
-        """The scripted decision for every placement; never raises (see ``TailorClient``)."""
+        """The scripted decision for every placement (a scripted ``explanation`` included;
+        ``explain`` changes nothing here); never raises (see ``TailorClient``)."""
         return self._decide(unit_id, placements, context, consent, defaults, exclude)
 
     def decide_batch(
@@ -339,8 +341,10 @@ class FakeAsyncTailorClient(_FakeCore):
         *,
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
+        explain: bool = False,
     ) -> DecideResult:
-        """The scripted decision for every placement; never raises."""
+        """The scripted decision for every placement (a scripted ``explanation`` included;
+        ``explain`` changes nothing here); never raises."""
         return self._decide(unit_id, placements, context, consent, defaults, exclude)
 
     def decide_batch(

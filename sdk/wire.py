@@ -110,6 +110,7 @@ def decide_body(
     context: Mapping[str, Any],
     consent: bool,
     exclude: Mapping[str, Sequence[str]] | None = None,
+    explain: bool = False,
 ) -> bytes:
     """A checked ``POST /v1/decide`` body (``exclude`` kept for the requested placements)."""
     body: dict[str, Any] = {
@@ -120,6 +121,8 @@ def decide_body(
     }
     if exclude:
         body["exclude"] = {p: list(keys) for p, keys in exclude.items() if p in placements}
+    if explain:
+        body["explain"] = True
     return encode(validated(body, DecideRequest))
 
 

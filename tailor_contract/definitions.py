@@ -266,6 +266,11 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     end_at: AwareTime | None = None
     # A contact-pressure cap shared with other experiments (``PUT /v1/contact-caps/{name}``).
     contact_cap: Key | None = None
+    # Pause the running experiment by itself when the report finds significant harm on a
+    # guard-rail metric (always-valid test, after the multiple-testing correction); checked in
+    # the background every ``TAILOR_DECISIONS_GUARDRAIL_CHECK_INTERVAL_S``, audited with actor
+    # ``guardrail``, and said in the report.
+    auto_pause_on_harm: bool = False
 
     def __post_init__(self) -> None:
         if (
@@ -276,6 +281,10 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"end_at: {self.end_at.isoformat()} must be after start_at "
                 f"{self.start_at.isoformat()}"
+            )
+        if self.auto_pause_on_harm and not self.guardrail_metrics:
+            raise ValueError(
+                "auto_pause_on_harm: needs at least one guard-rail metric (guardrail_metrics)"
             )
         if self.kind == "send_time":
             self._check_send_time()
@@ -369,6 +378,9 @@ class Experiment(ExperimentSpec, frozen=True, kw_only=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     layer_slice: LayerSlice | None = None
+    # Why the guard-rail check paused the experiment (None when it did not); kept through an
+    # update and a stop so the report can say so, cleared when the experiment starts again.
+    paused_reason: str | None = None
 
     def spec(self) -> ExperimentSpec:
         """The user-editable part of this definition."""

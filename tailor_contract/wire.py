@@ -116,6 +116,8 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     )
     consent: bool = True
     exclude: Exclusions = msgspec.field(default_factory=dict)
+    # Ask learning policies why they chose (``PlacementDecision.explanation``); off by default.
+    explain: bool = False
 
     def __post_init__(self) -> None:
         for placement in self.exclude:
@@ -123,6 +125,18 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise ValueError(
                     f"exclude: {placement!r} is not one of the requested placements"
                 )
+
+
+class Factor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One feature that weighed in a learning policy's choice, in plain names.
+
+    ``value`` is the unit's value of the feature when the policy used it to select a posterior
+    (a Thompson segment, an ensemble cell); ``weight`` the model's weight for it (VW).
+    """
+
+    feature: str
+    value: str | None = None
+    weight: float | None = None
 
 
 class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
@@ -141,6 +155,9 @@ class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fal
     payload: dict[str, Any] | None = None
     model_version: str | None = None
     send_at: datetime | None = None
+    # Only with ``explain: true`` and a learning policy's choice (reason ``policy``): the
+    # features that weighed most, most important first (sensitive features never appear).
+    explanation: list[Factor] | None = None
 
 
 class DecideResponse(msgspec.Struct, kw_only=True):

@@ -46,7 +46,7 @@ from experiments.cache import Compiled, ExperimentCache
 from tailor_contract.assignment import in_global_holdout, pick_bucket, unit_hash
 from tailor_contract.placement import ASSIGN, HOLDOUT_REASONS, NO_EXPERIMENT, SEND_TIME, walk
 from tailor_contract.policies import FixedConfig
-from tailor_contract.wire import DecideResponse, PlacementDecision
+from tailor_contract.wire import DecideResponse, Factor, PlacementDecision
 
 log = structlog.get_logger("tailor.decider")
 
@@ -97,6 +97,10 @@ class PolicyProvider(Protocol):
         candidates: list[str] | None = None,
     ) -> None:
         """Keep the decision for the reward join (learning policies only)."""
+        ...
+
+    def explain(self, compiled: Compiled, context: Mapping[str, Any], chosen: str) -> list[Factor]:
+        """The features that weighed most in the model's choice of ``chosen`` (may be empty)."""
         ...
 
 
@@ -207,6 +211,7 @@ class DecisionEngine:
         *,
         public: bool = False,
         exclude: Mapping[str, Sequence[str]] | None = None,
+        explain: bool = False,
     ) -> DecideResponse:
         """Decide every placement for one unit; reads the profile in one Redis round trip.
 
@@ -234,9 +239,26 @@ class DecisionEngine:
         if exclude:
             unit.exclude = {p: frozenset(keys) for p, keys in exclude.items()}
         answers = self.decide_unit(unit, placements)
+        if explain:
+            self.explain(unit, answers)
         if public:
             answers = [public_answer(answer) for answer in answers]
         return DecideResponse(decision_id=unit.decision_id, degraded=degraded, decisions=answers)
+
+    def explain(self, unit: UnitCall, answers: Sequence[PlacementDecision]) -> None:
+        """Add an ``explanation`` to every answer a learning policy chose (reason ``policy``):
+        the features that weighed most, never a sensitive one. Off the normal path: only for a
+        request with ``explain: true``."""
+        if self._policies is None:
+            return
+        for answer in answers:
+            if answer.reason != "policy" or answer.experiment is None or answer.variant is None:
+                continue
+            compiled = self._cache.get(answer.experiment)
+            if compiled is None:
+                continue
+            factors = self._policies.explain(compiled, unit.attributes, answer.variant)
+            answer.explanation = [f for f in factors if f.feature.lower() not in self._sensitive]
 
     def prepare(
         self,

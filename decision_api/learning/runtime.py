@@ -32,6 +32,7 @@ from decision_api.metrics import Metrics
 from experiments.cache import Compiled
 from experiments.store import ExperimentStore
 from tailor_contract.definitions import Experiment
+from tailor_contract.wire import Factor
 
 log = structlog.get_logger("tailor.learning")
 
@@ -119,6 +120,10 @@ class LearningPolicies:
     ) -> list[Choice] | None:
         """The current model's choices for many contexts, in one vectorised call."""
         return self.serving.choose_many(compiled.experiment.key, contexts, rng)
+
+    def explain(self, compiled: Compiled, context: Mapping[str, Any], chosen: str) -> list[Factor]:
+        """The features that weighed most in the serving model's choice of ``chosen``."""
+        return self.serving.explain(compiled.experiment.key, context, chosen)
 
     def policy(self, experiment: str) -> Policy | None:
         """The model currently serving an experiment (for bulk, vectorised choices)."""

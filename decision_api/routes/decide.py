@@ -58,6 +58,7 @@ class DecideController(Controller):
             now_ms(),
             public=is_public(request),
             exclude=data.exclude,
+            explain=data.explain,
         )
         services.metrics.decision_latency.labels("decide").observe(time.perf_counter() - started)
         return response

@@ -144,6 +144,7 @@ async def _decide(served: _Served, request: DecideRequest, public: bool) -> byte
         now_ms(),
         public=public,
         exclude=request.exclude,
+        explain=request.explain,
     )
     return _encoder.encode(response)
 

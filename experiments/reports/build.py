@@ -40,6 +40,7 @@ from experiments.reports.data import (
     RewardQuery,
     fetch_report_data,
 )
+from experiments.reports.drivers import drivers
 from experiments.reports.off_policy import off_policy
 from experiments.reports.plan import default_horizon_units, planned_comparisons, power_plan
 from experiments.reports.results import (
@@ -303,6 +304,8 @@ def _warnings(data: ReportData, experiment: Experiment) -> list[str]:
         out.append(f"exposures of variant {name!r}, which is no longer configured")
     if data.earlier_units:
         out.append(f"{data.earlier_units} units first exposed before the period are left out")
+    if experiment.paused_reason is not None:
+        out.append(f"paused automatically by the guard-rail check: {experiment.paused_reason}")
     return out
 
 
@@ -382,6 +385,7 @@ def report_from_data(
         off_policy=off_policy_section,
         warnings=_warnings(data, experiment),
         adaptive=adaptive,
+        auto_paused=experiment.paused_reason,
     )
 
 
@@ -398,5 +402,10 @@ def build_report(
         EventLogUnavailable: when the event log cannot be queried.
     """
     now = now_ms if now_ms is not None else int(time.time() * 1000)
-    data = fetch_report_data(event_log, report_query(experiment, options, now))
-    return report_from_data(data, experiment, options, now_ms=now)
+    query = report_query(experiment, options, now)
+    data = fetch_report_data(event_log, query)
+    report = report_from_data(data, experiment, options, now_ms=now)
+    if not is_adaptive(experiment):
+        return report
+    found = drivers(event_log, experiment.key, query.start_ms, query.end_ms)
+    return msgspec.structs.replace(report, drivers=found)

@@ -391,6 +391,15 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     details: list[str]
 
 
+class Driver(msgspec.Struct, frozen=True, kw_only=True):
+    """One context attribute and how strongly a learning policy's choice depends on it
+    (Cramér's V between its value and the chosen variant; see experiments.reports.drivers)."""
+
+    feature: str
+    importance: float
+    decisions: int
+
+
 class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     """A whole experiment report."""
 
@@ -420,3 +429,7 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     off_policy: OffPolicySection | None
     warnings: list[str]
     adaptive: AdaptiveSection | None = None
+    auto_paused: str | None = None
+    drivers: list[Driver] | None = None
+    """Learning policies: what drives the choice, most important first (feature importance)."""
+    """Why the guard-rail check paused the experiment (``auto_pause_on_harm``), if it did."""

@@ -226,6 +226,10 @@ def render_report_text(report: ExperimentReport) -> str:
                 for p in report.off_policy.policies
             ],
         )
+    if report.drivers:
+        lines += ["", "what drives the choice (Cramér's V, chosen variant vs attribute)"]
+        lines += [f"  {d.feature:<24} {d.importance:.2f}  ({d.decisions:,} decisions)"
+                  for d in report.drivers]
     if report.warnings:
         lines += ["", "warnings", *(f"  ! {w}" for w in report.warnings)]
     return "\n".join(lines) + "\n"

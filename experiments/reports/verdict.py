@@ -30,6 +30,7 @@ from experiments.reports.results import (
     ArmMetric,
     ArmSummary,
     Comparison,
+    ExperimentReport,
     MetricReport,
     UpliftSection,
     Verdict,
@@ -38,7 +39,14 @@ from experiments.reports.results import (
 from experiments.statistics.srm import SrmResult
 from tailor_contract.definitions import Experiment
 
-__all__ = ["LEAN", "adaptive_headline", "format_chance", "format_points", "verdict"]
+__all__ = [
+    "LEAN",
+    "adaptive_headline",
+    "format_chance",
+    "format_points",
+    "guardrail_harms",
+    "verdict",
+]
 
 LEAN = 0.95
 """Posterior chance to beat (or its complement) from which a non-significant comparison is read
@@ -163,6 +171,16 @@ def _guardrail_harms(metrics: list[MetricReport], level: float) -> list[str]:
             what = report.metric if c.measure == "conversion_rate" else f"{report.metric} value"
             out.append(f"Guard-rail {what}: {c.variant} raises it ({_guardrail_numbers(c, level)})")
     return out
+
+
+def guardrail_harms(report: ExperimentReport) -> list[str]:
+    """The report's significant guard-rail harms, one sentence each (empty: none).
+
+    A harm is a guard-rail comparison whose always-valid test rejects after the report's
+    multiple-testing correction with the metric going up (``direction == "worse"``) — the same
+    sentences the verdict lists, for fixed splits and (descriptively) for learning policies.
+    """
+    return _guardrail_harms(report.metrics, report.level)
 
 
 def _guardrail_leans(metrics: list[MetricReport], level: float, family: int) -> list[str]:

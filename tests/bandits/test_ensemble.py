@@ -195,3 +195,19 @@ def test_cells_drop_attributes_with_many_values_and_cap_the_count() -> None:
     parts = set(cells.partitions)
     assert ("a", "b", "c") in parts and ("a", "c") in parts and () in parts
     assert not any("id" in p or "d" in p or "x" in p for p in parts)
+
+
+def test_explain_names_the_cell_that_served(
+    interaction_run: tuple[Policy, Policy, float],
+) -> None:
+    """With the cells member serving, a choice is explained by the partition's attributes and
+    the unit's values (not the noise attributes); the baseline explains nothing."""
+    _, serving, _ = interaction_run
+    assert isinstance(serving, EnsemblePolicy)
+    context = {"segment": "adult", "device": "mobile", "noise": "n1", "visits": 3.0}
+    factors = serving.explain(context, CANDIDATES, "v1")
+    assert {(f.feature, f.value) for f in factors} == {("segment", "adult"), ("device", "mobile")}
+    baseline = build_policy(VWCBConfig(), [], snapshot=serving.snapshot(), version="1")
+    assert isinstance(baseline, EnsemblePolicy)
+    baseline._serving, baseline._mix = "cells", 0.0
+    assert baseline.explain(context, CANDIDATES, "v1") == []

@@ -10,6 +10,7 @@ from scipy import stats as sps
 from bandits.base import Arm, Candidate, Context, Example
 from bandits.thompson import ThompsonPolicy
 from tailor_contract.policies import ThompsonConfig
+from tailor_contract.wire import Factor
 
 ARMS = [Arm(key=k) for k in ("a", "b", "c", "d")]
 CANDIDATES = tuple(Candidate(key=a.key) for a in ARMS)
@@ -121,3 +122,17 @@ def test_converges_to_the_best_arm() -> None:
         picks += [c.key for c in choices]
     assert picks[-1000:].count("c") > 800
     assert policy.pmf({}, CANDIDATES)[2] > 0.9
+
+
+def test_explain_names_the_segment_that_selected_the_posterior() -> None:
+    """A choice from a segment's own posterior is explained by the segment attribute and the
+    unit's value; a choice from the global posterior (segment too small, or missing) by none."""
+    policy = ThompsonPolicy(ThompsonConfig(segment_by="plan", min_segment_trials=3), ARMS)
+    candidates = [Candidate(key=a.key) for a in ARMS]
+    policy.learn([_example("a", 1.0, {"plan": "pro"}) for _ in range(3)])
+    policy.learn([_example("a", 1.0, {"plan": "free"})])
+    assert policy.explain({"plan": "pro", "city": "Oslo"}, candidates, "a") == [
+        Factor(feature="plan", value="pro")
+    ]
+    assert policy.explain({"plan": "free"}, candidates, "a") == []
+    assert policy.explain({"city": "Oslo"}, candidates, "b") == []

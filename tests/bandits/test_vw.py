@@ -217,3 +217,19 @@ def test_patch_takes_a_newer_snapshot_like_a_restore() -> None:
     square = VWPolicy(VWCBConfig())
     assert not square.patch(VWPolicy(VWCBConfig()).snapshot(), version="2")
     assert not serving.patch(b"\x92garbage", version="3")
+
+
+def test_explain_names_the_attribute_the_choice_depends_on(
+    trained: tuple[VWPolicy, list[Example]],
+) -> None:
+    """The segment attribute (``age_band``) weighs most in a personalised choice: dropping it
+    costs the chosen arm the most probability; at most five attributes, largest first."""
+    policy, _ = trained
+    context = {"age_band": "young", "visits": 3, "member": True}
+    chosen = CANDIDATES[int(policy.pmf(context, CANDIDATES).argmax())].key
+    factors = policy.explain(context, CANDIDATES, chosen)
+    assert factors and (factors[0].feature, factors[0].value) == ("age_band", "young")
+    assert factors[0].weight is not None and factors[0].weight > 0.1
+    weights = [f.weight or 0.0 for f in factors]
+    assert weights == sorted(weights, reverse=True) and len(factors) <= 5
+    assert policy.explain(context, CANDIDATES, "no_such_arm") == []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
@@ -15,6 +17,8 @@ from redis.asyncio import Redis
 from decision_api.app import create_app
 from decision_api.decisions.controls import Controls
 from decision_api.settings import DecisionSettings, Settings
+from event_log.rows import Exposure, Outcome
+from tests.support.polling import eventually
 
 Client = AsyncTestClient[Litestar]
 
@@ -192,3 +196,145 @@ async def test_a_poll_in_flight_does_not_undo_a_switch(redis: Redis, namespace: 
     assert controls.engaged is False and engine.kill_switch is False
     await controls.poll()  # a later poll reads the released switch
     assert controls.engaged is False
+
+
+# Automatic pause on guard-rail harm (issue 17, item 3).
+
+WATCHED: dict[str, Any] = {
+    "key": "watched",
+    "placement": "promo",
+    "variants": [{"key": "control"}, {"key": "pushy"}],
+    "default_variant": "control",
+    "primary_metric": "purchase",
+    "guardrail_metrics": ["unsubscribe"],
+    "reward_window_s": 3600,
+    "auto_pause_on_harm": True,
+}
+
+
+def _simulate(services: Any, *, units: int, unsubscribe: dict[str, float], seed: int = 7) -> None:
+    """Exposures of ``units`` units per arm of ``watched`` (a minute ago) and their outcomes:
+    each unit of arm ``a`` unsubscribes with probability ``unsubscribe[a]``, 10% purchase."""
+    rng = np.random.default_rng(seed)
+    t0 = int(time.time() * 1000) - 60_000
+    exposures, outcomes = [], []
+    for arm, rate in unsubscribe.items():
+        for i in range(units):
+            unit = f"{arm}-{i}"
+            exposures.append(
+                Exposure(
+                    event_id=uuid.uuid4(),
+                    decision_id=uuid.uuid4().hex,
+                    ts_ms=t0,
+                    unit_id=unit,
+                    experiment="watched",
+                    experiment_version=2,
+                    placement="promo",
+                    variant=arm,
+                    propensity=0.5,
+                    policy="fixed",
+                    policy_version="",
+                    reason="split",
+                    holdout=False,
+                    context={},
+                ).row()
+            )
+            for kind, p in (("unsubscribe", rate), ("purchase", 0.1)):
+                if rng.random() < p:
+                    outcomes.append(
+                        Outcome(
+                            event_id=uuid.uuid4(),
+                            ts_ms=t0 + 1000,
+                            decision_id="",
+                            unit_id=unit,
+                            experiment="watched",
+                            type=kind,
+                            value=0.0,
+                            properties={},
+                        ).row()
+                    )
+    services.event_log.insert("exposures", exposures, uuid.uuid4().hex)
+    services.event_log.insert("outcomes", outcomes, uuid.uuid4().hex)
+
+
+async def _in_app(client: Client, fn: Any, *args: Any) -> Any:
+    """Run an app coroutine on the app's own event loop (its connections live there)."""
+    return await asyncio.to_thread(client.blocking_portal.call, fn, *args)
+
+
+async def _audit(client: Client, key: str) -> list[tuple[Any, ...]]:
+    services = client.app.state.services
+    await _in_app(client, services.writer.flush)
+    return await asyncio.to_thread(
+        services.event_log.query,
+        "SELECT action, version, actor, detail FROM audit WHERE entity_key = {key:String} "
+        "ORDER BY ts, version",
+        {"key": key},
+    )
+
+
+async def test_harmful_guardrail_pauses_the_experiment_once(settings: Settings) -> None:
+    """Two workers check every 0.1 s; a guard-rail that rises from 2% to 30% pauses the
+    experiment exactly once, audited with actor ``guardrail``, and the report says so."""
+    fast = msgspec.structs.replace(
+        settings,
+        decisions=msgspec.structs.replace(settings.decisions, guardrail_check_interval_s=0.1),
+    )
+    async with (
+        AsyncTestClient(app=create_app(fast)) as one,
+        AsyncTestClient(app=create_app(fast)) as two,
+    ):
+        assert (await one.post("/v1/experiments", json=WATCHED)).status_code == 201
+        assert (await one.post("/v1/experiments/watched/start")).status_code == 200
+        services = one.app.state.services
+        await asyncio.to_thread(
+            _simulate, services, units=2000, unsubscribe={"control": 0.02, "pushy": 0.3}
+        )
+
+        async def paused() -> dict[str, Any] | None:
+            body: dict[str, Any] = (await two.get("/v1/experiments/watched")).json()
+            return body if body["status"] == "paused" else None
+
+        body = await eventually(paused, "the guard-rail pause", timeout_s=30)
+        assert body["version"] == 3
+        assert "Guard-rail unsubscribe: pushy raises it" in body["paused_reason"]
+        await asyncio.sleep(0.5)  # more checks on both workers: nothing more happens
+        rows = await _audit(one, "watched")
+        assert [r[:3] for r in rows] == [
+            ("create", 1, "anonymous"),
+            ("start", 2, "anonymous"),
+            ("pause", 3, "guardrail"),
+        ]
+        assert "pushy raises it" in msgspec.json.decode(rows[2][3])["paused_reason"]
+        report = (await one.get("/v1/experiments/watched/report")).json()
+        assert report["auto_paused"] == body["paused_reason"]
+        assert any("paused automatically by the guard-rail check" in w for w in report["warnings"])
+
+        restarted = (await one.post("/v1/experiments/watched/start")).json()
+        assert (restarted["status"], restarted["paused_reason"]) == ("running", None)
+
+
+async def test_harmless_guardrail_keeps_the_experiment_running(settings: Settings) -> None:
+    """The same run with the guard-rail at 2% in both arms is checked and keeps running."""
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        await client.post("/v1/experiments", json=WATCHED)
+        await client.post("/v1/experiments/watched/start")
+        services = client.app.state.services
+        await asyncio.to_thread(
+            _simulate, services, units=2000, unsubscribe={"control": 0.02, "pushy": 0.02}
+        )
+        watched = await _in_app(client, services.store.get, "watched")
+        assert await _in_app(client, services.guardrails.harms, watched) == []
+        assert await _in_app(client, services.check_guardrails) == []
+        assert (await client.get("/v1/experiments/watched")).json()["status"] == "running"
+        assert [r[:3] for r in await _audit(client, "watched")] == [
+            ("create", 1, "anonymous"),
+            ("start", 2, "anonymous"),
+        ]
+
+
+async def test_auto_pause_needs_a_guardrail_metric(client: Client) -> None:
+    """``auto_pause_on_harm`` without a guard-rail metric is a 422 naming the field."""
+    response = await client.post("/v1/experiments", json={**WATCHED, "guardrail_metrics": []})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "$.auto_pause_on_harm"

@@ -554,3 +554,20 @@ async def test_exclude_is_decided_by_the_server_even_for_local_placements(
     definitions = (await api.get("/v1/definitions", headers=admin())).json()
     assert conditional in definitions["remote_placements"]
     assert placement not in definitions["remote_placements"]
+
+
+async def test_explain_reaches_the_api_and_comes_back(api: Client, tag: str) -> None:
+    """``decide(explain=True)`` asks the API (even with local evaluation on) and returns the
+    learning policy's ``explanation`` (``[]`` from an untrained global posterior); without it
+    ``explanation`` is None."""
+    placement = f"explained-{tag}"
+    await running(
+        api, placement, placement, policy={"kind": "thompson", "segment_by": "plan"}
+    )
+    async with sdk(api, local_evaluation=True) as client:
+        await client.refresh_definitions()
+        asked = await client.decide(f"u-{tag}", [placement], {"plan": "pro"}, explain=True)
+        assert (asked[placement].reason, asked[placement].explanation) == ("policy", [])
+        assert not asked[placement].local
+        plain = await client.decide(f"u-{tag}", [placement], {"plan": "pro"})
+        assert plain[placement].explanation is None
