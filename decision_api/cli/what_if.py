@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -85,8 +86,6 @@ def render_what_if(answer: dict[str, Any]) -> str:
 
 def cmd_what_if(args: argparse.Namespace) -> int:
     """Ask the server to evaluate ``--policy`` on the experiment's logs; print the result."""
-    import httpx
-
     try:
         policy = msgspec.json.decode(args.policy)
     except msgspec.DecodeError as exc:
@@ -99,23 +98,7 @@ def cmd_what_if(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             body[name] = value
-    settings = _settings()
-    if settings is None:
-        return 2
-    url, headers = _api(settings)
-    try:
-        response = httpx.post(
-            f"{url}/v1/experiments/{args.key}/what-if",
-            json=body,
-            headers=headers,
-            timeout=TIMEOUT_S,
-        )
-    except httpx.HTTPError as exc:
-        return _fail(_unreachable(url, exc))
-    if response.status_code != 200:
-        return _fail(_problem(response))
-    sys.stdout.write(response.text + "\n" if args.json else render_what_if(response.json()))
-    return 0
+    return _ask(args.key, "what-if", body, render_what_if, as_json=args.json)
 
 
 def add_off_policy_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -162,8 +145,6 @@ def render_off_policy(answer: dict[str, Any]) -> str:
 
 def cmd_off_policy(args: argparse.Namespace) -> int:
     """Ask the server to evaluate ``--target`` on the experiment's logs; print the result."""
-    import httpx
-
     try:
         target = msgspec.json.decode(args.target)
     except msgspec.DecodeError as exc:
@@ -172,20 +153,32 @@ def cmd_off_policy(args: argparse.Namespace) -> int:
     for name, value in (("level", args.level), ("limit", args.limit)):
         if value is not None:
             body[name] = value
+    return _ask(args.key, "off-policy", body, render_off_policy, as_json=args.json)
+
+
+def _ask(
+    key: str,
+    route: str,
+    body: dict[str, Any],
+    render: Callable[[dict[str, Any]], str],
+    *,
+    as_json: bool,
+) -> int:
+    """POST ``body`` to the running server's ``/v1/experiments/{key}/{route}`` and print the
+    answer (as JSON, or rendered); errors go to stderr with the server's problem."""
+    import httpx
+
     settings = _settings()
     if settings is None:
         return 2
     url, headers = _api(settings)
     try:
         response = httpx.post(
-            f"{url}/v1/experiments/{args.key}/off-policy",
-            json=body,
-            headers=headers,
-            timeout=TIMEOUT_S,
+            f"{url}/v1/experiments/{key}/{route}", json=body, headers=headers, timeout=TIMEOUT_S
         )
     except httpx.HTTPError as exc:
         return _fail(_unreachable(url, exc))
     if response.status_code != 200:
         return _fail(_problem(response))
-    sys.stdout.write(response.text + "\n" if args.json else render_off_policy(response.json()))
+    sys.stdout.write(response.text + "\n" if as_json else render(response.json()))
     return 0
