@@ -20,8 +20,8 @@ from bandits.base import (
 from bandits.epsilon_greedy import EpsilonGreedyPolicy
 from bandits.fixed import FixedPolicy
 from bandits.registry import build_policy
-from bandits.thompson import ThompsonPolicy
 from bandits.slates import Slate, SlateExample, SlatePolicy, SlotChoice
+from bandits.thompson import ThompsonPolicy
 from bandits.vw import VWPolicy
 from bandits.vw_slates import VWSlatesPolicy
 from tailor_contract.policies import (
