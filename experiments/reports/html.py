@@ -20,6 +20,7 @@ import msgspec
 from experiments.reports.results import (
     AdaptiveSection,
     Comparison,
+    Driver,
     ExperimentReport,
     MetricReport,
     OffPolicySection,
@@ -292,6 +293,33 @@ def _adaptive(a: AdaptiveSection | None) -> str:
     )
 
 
+def _drivers(drivers: list[Driver] | None) -> str:
+    """What drives a learning policy's choice: each attribute's Cramér's V, with a bar."""
+    if drivers is None:
+        return ""
+    if not drivers:
+        body = '<p class="note">No context attributes logged with the policy\'s decisions.</p>'
+    else:
+        rows = [
+            [
+                _e(d.feature),
+                f"{d.importance:.2f}",
+                f'<span class="bar" style="width:{max(0.0, min(d.importance, 1.0)) * 100:.0f}%">'
+                "</span>",
+                f"{d.decisions:,}",
+            ]
+            for d in drivers
+        ]
+        body = _table(["Attribute", "Importance (Cramér's V)", "", "Decisions"], rows, "drivers")
+    return (
+        '<section class="drivers"><h2>What drives the choice</h2>'
+        '<p class="note">How much the chosen variant depends on each context attribute logged '
+        "with the policy's decisions (0: chosen alike whatever the value; 1: the value alone "
+        "tells the choice). Descriptive: it says what the policy does, not why outcomes differ."
+        f"</p>{body}</section>"
+    )
+
+
 def _filters(report: ExperimentReport, segment: str) -> str:
     return (
         '<form class="filters" method="get">'
@@ -328,6 +356,7 @@ attribution window {report.window.attribution_window_s // 3600} h</p>
 <section class="verdict status-{_e(v.status)}"><p class="headline">{_e(v.headline)}</p>
 <ul>{details}</ul></section>
 {_adaptive(report.adaptive)}
+{_drivers(report.drivers)}
 <section><h2>Traffic</h2>{_arms(report)}</section>
 <section class="charts"><h2>Charts</h2>
 <figure><figcaption>Cumulative {_e(report.primary_metric)} conversion rate by time of first

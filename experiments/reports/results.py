@@ -31,6 +31,7 @@ __all__ = [
     "Comparison",
     "DailyPoint",
     "DailySeries",
+    "Driver",
     "ExperimentReport",
     "MetricReport",
     "OffPolicySection",
