@@ -252,6 +252,18 @@ def _off_policy(o: OffPolicySection | None) -> str:
     )
 
 
+def _value_caption(a: AdaptiveSection) -> str:
+    if a.source == "off_policy":
+        return (
+            f"Value over time: reward per decision against {a.baseline}, cumulative per "
+            f"{a.value_bucket} of decision (off-policy; a score interval at each point)"
+        )
+    return (
+        f"Value over time: {a.measure} against {a.baseline}, cumulative per {a.value_bucket} "
+        "of first exposure (always-valid interval: every point may be read)"
+    )
+
+
 def _adaptive(a: AdaptiveSection | None) -> str:
     """The adaptive policy's value, its arms (descriptive) and the allocation chart."""
     if a is None:
@@ -288,6 +300,8 @@ def _adaptive(a: AdaptiveSection | None) -> str:
         + value
         + _table(head, rows)
         + notes
+        + f"<figure><figcaption>{_e(_value_caption(a))}</figcaption>"
+        '<div class="chart" id="chart-value"></div></figure>'
         + f"<figure><figcaption>Allocation: share of decisions per arm per {_e(a.bucket)}"
         '</figcaption><div class="chart" id="chart-allocation"></div></figure></section>'
     )
