@@ -145,18 +145,28 @@ async def test_an_outcome_flushes_the_reward_join_only_for_decisions_not_written
         raise AssertionError("the experiment was never served")
 
     written = await decide(f"w-{tag}")
-    await join.flush()
+
+    async def written_by_the_flusher() -> bool:  # the app's own loop writes it within 20 ms
+        return not join.holds(written, None)
+
+    await eventually(written_by_the_flusher, what="the decision written")
     flushes: list[int] = []
-    real_flush = join.flush
+    held: list[bool] = []
+    real_flush, real_holds = join.flush, join.holds
 
     async def counted() -> int:
         flushes.append(join.pending)
         return await real_flush()
 
+    def asked(decision_id: str | None, unit_id: str | None) -> bool:
+        held.append(real_holds(decision_id, unit_id))
+        return held[-1]
+
     monkeypatch.setattr(join, "flush", counted)
+    monkeypatch.setattr(join, "holds", asked)
     clicked = await client.post("/v1/outcomes", json={"decision_id": written, "type": "click"})
     assert (clicked.status_code, clicked.json()["joined"]) == (202, 1)
-    assert flushes == []
+    assert (held, flushes) == ([False], [])
     queued = uuid.uuid4().hex  # a decision this worker has not written yet (made a moment ago)
     record = DecisionRecord(
         decision_id=queued, experiment=key, experiment_version=1, unit_id=f"q-{tag}",
@@ -166,4 +176,5 @@ async def test_an_outcome_flushes_the_reward_join_only_for_decisions_not_written
     join.remember(record, services.learning.rules[key])
     pending = await client.post("/v1/outcomes", json={"decision_id": queued, "type": "click"})
     assert (pending.status_code, pending.json()["joined"]) == (202, 1)
-    assert len(flushes) == 1
+    # Flushed exactly when the join still held it (the app's 20 ms flusher may win the race).
+    assert len(held) == 2 and len(flushes) == int(held[1])
