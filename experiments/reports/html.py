@@ -264,6 +264,28 @@ def _value_caption(a: AdaptiveSection) -> str:
     )
 
 
+def _preferences(a: AdaptiveSection) -> str:
+    """What the policy chose lately per segment value (descriptive)."""
+    if not a.preferences:
+        return ""
+    rows = [
+        [
+            f"{_e(p.attribute)} = {_e(p.value)}",
+            f"{p.decisions:,}",
+            f"<strong>{_e(p.preferred)}</strong> ({p.share:.0%})",
+            *(_pct(x, 1) for x in p.shares),
+        ]
+        for p in a.preferences
+    ]
+    head = ["Segment", "Decisions", "Prefers", *(x.arm for x in a.arms)]
+    return (
+        f'<h3>What the policy prefers now, per segment</h3><p class="note">Its decisions since '
+        f"{_e(a.preferences_since)} (the latest buckets holding at least 10% of all decisions), "
+        "per segment: each arm's share. Descriptive: what it does now, not what it earns.</p>"
+        + _table(head, rows, "preferences")
+    )
+
+
 def _adaptive(a: AdaptiveSection | None) -> str:
     """The adaptive policy's value, its arms (descriptive) and the allocation chart."""
     if a is None:
@@ -300,6 +322,7 @@ def _adaptive(a: AdaptiveSection | None) -> str:
         + value
         + _table(head, rows)
         + notes
+        + _preferences(a)
         + f"<figure><figcaption>{_e(_value_caption(a))}</figcaption>"
         '<div class="chart" id="chart-value"></div></figure>'
         + f"<figure><figcaption>Allocation: share of decisions per arm per {_e(a.bucket)}"

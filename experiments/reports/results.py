@@ -40,6 +40,7 @@ __all__ = [
     "ReportOptions",
     "ReportWindow",
     "SegmentComparison",
+    "SegmentPreference",
     "SegmentReport",
     "SegmentRow",
     "UpliftEstimate",
@@ -367,6 +368,24 @@ class AdaptiveArm(msgspec.Struct, frozen=True, kw_only=True):
     value: Interval | None = None
 
 
+class SegmentPreference(msgspec.Struct, frozen=True, kw_only=True):
+    """What an adaptive policy chose lately for one value of a context attribute.
+
+    Attributes:
+        attribute, value: the segment (e.g. ``device`` = ``mobile``).
+        decisions: the policy's decisions there since `AdaptiveSection.preferences_since`.
+        preferred: the arm it chose most; ``share`` its share of those decisions.
+        shares: each arm's share, in `AdaptiveSection.arms` order.
+    """
+
+    attribute: str
+    value: str
+    decisions: int
+    preferred: str
+    share: float
+    shares: list[float]
+
+
 class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
     """What an adaptive policy (thompson, vw_cb, epsilon_greedy, send time) earns, and how.
 
@@ -391,6 +410,9 @@ class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
         value_bucket: the width of ``value_over_time``'s buckets in words.
         value_over_time: the gain cumulated bucket by bucket (the last point is ``gain``):
             by time of first exposure from a holdout, by time of decision off-policy.
+        preferences_since: the start of the latest allocation buckets holding at least 10% of
+            the decisions ('' without decisions); ``preferences`` what the policy chose there
+            per segment (see `experiments.reports.preferences`).
     """
 
     source: AdaptiveSource
@@ -409,6 +431,8 @@ class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
     notes: list[str]
     value_bucket: str = ""
     value_over_time: list[ValuePoint] = msgspec.field(default_factory=list)
+    preferences_since: str = ""
+    preferences: list[SegmentPreference] = msgspec.field(default_factory=list)
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):

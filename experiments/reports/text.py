@@ -151,6 +151,24 @@ def _adaptive(a: AdaptiveSection) -> list[str]:
                 for v in a.value_over_time
             ],
         )
+    if a.preferences:
+        out += [
+            "",
+            f"what the policy prefers now, per segment (its decisions since "
+            f"{a.preferences_since}; descriptive)",
+        ]
+        out += _table(
+            ["segment", "decisions", "prefers", *(x.arm for x in a.arms)],
+            [
+                [
+                    f"{p.attribute}={p.value}",
+                    f"{p.decisions:,}",
+                    f"{p.preferred} ({p.share:.0%})",
+                    *(_pct(x) for x in p.shares),
+                ]
+                for p in a.preferences
+            ],
+        )
     if a.allocation:
         out += ["", f"allocation per {a.bucket} (share of decisions)"]
         out += _table(
