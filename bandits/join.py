@@ -221,6 +221,12 @@ class RewardJoin:
         self._finalize = redis.register_script(_FINALIZE_DUE)
         self._remember = redis.register_script(_REMEMBER)
         self._pending: list[_Queued] = []
+        # Decision and unit ids of the queued decisions and of those a flush is writing now
+        # (see holds()): an outcome waits for a flush only when it may refer to one of them.
+        self._queued_ids: set[str] = set()
+        self._queued_units: set[str] = set()
+        self._writing_ids: set[str] = set()
+        self._writing_units: set[str] = set()
         self._flush_lock = asyncio.Lock()
         self.screen: UnitScreen | None = None
         """Drops queued decisions of units that must not be written (erasure tombstones)."""
@@ -254,11 +260,28 @@ class RewardJoin:
         start = window_start_ms if window_start_ms is not None else record.decided_ms
         end = window_end_ms if window_end_ms is not None else start + rules.window_ms
         self._pending.append(_Queued(record, rules, end, start))
+        self._queued_ids.add(record.decision_id)
+        self._queued_units.add(record.unit_id)
 
     @property
     def pending(self) -> int:
         """Decisions queued but not yet written."""
         return len(self._pending)
+
+    def holds(self, decision_id: str | None, unit_id: str | None) -> bool:
+        """Whether a decision with this id, or of this unit, is queued here or being written.
+
+        An outcome needs :meth:`flush` first only then: every other decision this join was
+        given is in Redis already, so the outcome path skips the flush (and its script call)
+        in the common case of a click arriving long after its decision.
+        """
+        if decision_id is not None and (
+            decision_id in self._queued_ids or decision_id in self._writing_ids
+        ):
+            return True
+        return unit_id is not None and (
+            unit_id in self._queued_units or unit_id in self._writing_units
+        )
 
     async def flush(self) -> int:
         """Write queued decisions; returns how many. Waits for a flush in flight first, so on
@@ -278,6 +301,9 @@ class RewardJoin:
         if not self._pending:
             return 0
         batch, self._pending = self._pending, []
+        # Until this flush returns, its decisions are "being written" (holds() says so).
+        self._writing_ids, self._queued_ids = self._queued_ids, set()
+        self._writing_units, self._queued_units = self._queued_units, set()
         sent: set[str] = set()
         try:
             if self.screen is not None:
@@ -292,7 +318,11 @@ class RewardJoin:
             # join; rewriting a record that did reach Redis is harmless (same keys, same values).
             unsent = [item for item in batch if item.record.decision_id not in sent]
             self._pending = (unsent + self._pending)[-100_000:]
+            self._queued_ids = {item.record.decision_id for item in self._pending}
+            self._queued_units = {item.record.unit_id for item in self._pending}
             raise
+        finally:
+            self._writing_ids, self._writing_units = set(), set()
         return len(batch)
 
     async def apply_outcome(

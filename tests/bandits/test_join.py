@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import numpy as np
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bandits.join import (
     DecisionRecord,
@@ -532,3 +533,59 @@ async def test_send_time_open_before_send_at_is_not_a_success(
     await join.finalize_due(send_at + WINDOW_S * 1000)
     got = {e.record.decision_id: (e.reward, e.joined) for e in await _stream(redis, join)}
     assert got == {"d1": (0.0, False), "d2": (1.0, True)}
+
+
+T = TypeVar("T")
+
+
+class _Gate:
+    """A unit screen that holds a flush until released (or fails it with a Redis error)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail = fail
+
+    async def screen(self, items: list[T], unit_of: object) -> list[T]:
+        self.entered.set()
+        await self.release.wait()
+        if self.fail:
+            raise RedisConnectionError("down")
+        return items
+
+
+async def test_holds_queued_and_in_flight_decisions_until_they_are_written(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """holds() names a decision (by id or by unit) from remember() until the flush writing it
+    returns, including while that flush is in flight, and nothing else."""
+    rules = _rules()
+    assert not join.holds("d1", "u1")
+    join.remember(_record("d1", unit_id="u1"), rules)
+    assert join.holds("d1", None) and join.holds(None, "u1") and join.holds("d9", "u1")
+    assert not join.holds("d2", "u2")
+    gate = _Gate()
+    join.screen = gate
+    flushing = asyncio.create_task(join.flush())
+    await gate.entered.wait()
+    join.remember(_record("d2", unit_id="u2"), rules)  # queued during the flush
+    assert join.holds("d1", None) and join.holds("d2", None) and join.holds(None, "u1")
+    gate.release.set()
+    assert await flushing == 1
+    assert not join.holds("d1", "u1")
+    assert join.holds("d2", None)
+    assert await join.flush() == 1
+    assert not join.holds("d2", "u2")
+    assert await redis.exists(join.record_key("d1", "hero"), join.record_key("d2", "hero")) == 2
+
+
+async def test_a_failed_flush_keeps_holding_what_it_did_not_write(join: RewardJoin) -> None:
+    """After a Redis failure the unwritten decisions are queued again, and still held."""
+    join.remember(_record("d1", unit_id="u1"), _rules())
+    gate = _Gate(fail=True)
+    gate.release.set()
+    join.screen = gate
+    with pytest.raises(RedisConnectionError):
+        await join.flush()
+    assert join.pending == 1
+    assert join.holds("d1", None) and join.holds(None, "u1")
