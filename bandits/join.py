@@ -133,10 +133,7 @@ class TrainingExample(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _FINALIZE = """
-local function finalize_slate(rec, stream, maxlen, body, ns)
-  local dflt = tonumber(redis.call('HGET', rec, 'dflt'))
-  local lo = tonumber(redis.call('HGET', rec, 'lo'))
-  local hi = tonumber(redis.call('HGET', rec, 'hi'))
+local function finalize_slate(rec, stream, maxlen, body, ns, dflt, lo, hi)
   local joined, total, parts = '0', 0, {}
   for j = 0, ns - 1 do
     local r = redis.call('HGET', rec, 'r:' .. j)
@@ -158,21 +155,25 @@ end
 
 local function finalize(due, rec, stream, member, maxlen)
   if redis.call('ZREM', due, member) == 0 then return 0 end
-  local body = redis.call('HGET', rec, 'rec')
+  -- One HMGET, not one HGET per field: four commands fewer per learning decision.
+  local f = redis.call('HMGET', rec, 'rec', 'r', 'dflt', 'lo', 'hi', 'ns')
+  local body = f[1]
   if not body then return 0 end
-  local ns = redis.call('HGET', rec, 'ns')
-  if ns then return finalize_slate(rec, stream, maxlen, body, tonumber(ns)) end
-  local r = redis.call('HGET', rec, 'r')
+  if f[6] then
+    return finalize_slate(rec, stream, maxlen, body, tonumber(f[6]), tonumber(f[3]),
+                          tonumber(f[4]), tonumber(f[5]))
+  end
+  local r = f[2]
   local joined = '1'
   local reward
   if r then
     reward = tonumber(r)
   else
-    reward = tonumber(redis.call('HGET', rec, 'dflt'))
+    reward = tonumber(f[3])
     joined = '0'
   end
-  local lo = tonumber(redis.call('HGET', rec, 'lo'))
-  local hi = tonumber(redis.call('HGET', rec, 'hi'))
+  local lo = tonumber(f[4])
+  local hi = tonumber(f[5])
   if reward < lo then reward = lo end
   if reward > hi then reward = hi end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'rec', body, 'r', tostring(reward),
@@ -185,37 +186,77 @@ end
 # -1 late (window closed or record gone), -2 early (dated before the window opened),
 # -3 a slate's outcome naming no slot of it (no slot or item, an unknown item, a slot out of
 # range), 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's
-# end. A slate's rewards accumulate per slot (``r:<slot>``, ``rts:<slot>``); ARGV[5] is the
-# outcome's slot and ARGV[6] its item ('' when not given), ignored for a one-variant decision.
-_APPLY_OUTCOME = """
-local rec = KEYS[1]
-local eid, reward, now, ts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'ns')
-if not f[1] then return -1 end
-if now > tonumber(f[1]) then return -1 end
-if f[2] and ts < tonumber(f[2]) then return -2 end
-local suffix = ''
-if f[4] then
-  local slot = ARGV[5]
-  if ARGV[6] ~= '' then
-    local at = redis.call('HGET', rec, 'i:' .. ARGV[6])
-    if not at or (slot ~= '' and tonumber(slot) ~= tonumber(at)) then return -3 end
-    slot = at
+# end. A slate's rewards accumulate per slot (``r:<slot>``, ``rts:<slot>``); ``slot`` and
+# ``item`` are the outcome's ('' when not given), ignored for a one-variant decision.
+_APPLY = """
+local function apply(rec, eid, reward_text, now, ts_text, slot, item)
+  local ts = tonumber(ts_text)
+  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts', 'ns')
+  if not f[1] then return -1 end
+  if now > tonumber(f[1]) then return -1 end
+  if f[2] and ts < tonumber(f[2]) then return -2 end
+  local suffix, first = '', f[4]
+  if f[5] then
+    if item ~= '' then
+      local at = redis.call('HGET', rec, 'i:' .. item)
+      if not at or (slot ~= '' and tonumber(slot) ~= tonumber(at)) then return -3 end
+      slot = at
+    end
+    if slot == '' or tonumber(slot) < 0 or tonumber(slot) >= tonumber(f[5]) then return -3 end
+    suffix = ':' .. tonumber(slot)
+    first = redis.call('HGET', rec, 'rts' .. suffix)
   end
-  if slot == '' or tonumber(slot) >= tonumber(f[4]) then return -3 end
-  suffix = ':' .. tonumber(slot)
-end
-if redis.call('HSETNX', rec, 'o:' .. eid, '1') == 0 then return 0 end
-if f[3] == 'first' then
-  local first = redis.call('HGET', rec, 'rts' .. suffix)
-  if not first or ts < tonumber(first) then
-    redis.call('HSET', rec, 'r' .. suffix, ARGV[2], 'rts' .. suffix, ARGV[4])
+  if redis.call('HSETNX', rec, 'o:' .. eid, '1') == 0 then return 0 end
+  if f[3] == 'first' then
+    if not first or ts < tonumber(first) then
+      redis.call('HSET', rec, 'r' .. suffix, reward_text, 'rts' .. suffix, ts_text)
+    end
+  else
+    redis.call('HINCRBYFLOAT', rec, 'r' .. suffix, tonumber(reward_text))
   end
-else
-  redis.call('HINCRBYFLOAT', rec, 'r' .. suffix, reward)
+  return 1
 end
-return 1
 """
+
+_APPLY_OUTCOME = (
+    _APPLY
+    + """
+return apply(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])
+"""
+)
+
+# An outcome naming only its decision: the decision's experiments (its SET) and the outcome
+# applied to each, in one call. ARGV: record key prefix, event id, now, ts, slot, item, then
+# (experiment, reward) pairs for every experiment with rules ('' = its rules ignore this
+# outcome type). Returns a flat [experiment, code, ...] list in experiment order; code 2 =
+# ignored.
+_APPLY_BY_DECISION = (
+    _APPLY
+    + """
+local prefix, eid, now, ts = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local slot, item = ARGV[5], ARGV[6]
+local rewards = {}
+for i = 7, #ARGV, 2 do rewards[ARGV[i]] = ARGV[i + 1] end
+local members = redis.call('SMEMBERS', KEYS[1])
+table.sort(members)
+local out = {}
+for _, exp in ipairs(members) do
+  local reward = rewards[exp]
+  if reward ~= nil then
+    out[#out + 1] = exp
+    if reward == '' then
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = apply(prefix .. exp, eid, reward, now, ts, slot, item)
+    end
+  end
+end
+return out
+"""
+)
+BY_DECISION_MAX_RULES = 64
+"""Up to this many experiments with rules, an outcome naming only its decision is applied in one
+script call (their rewards travel as arguments); beyond, the experiments are read first."""
 
 _FINALIZE_DUE = (
     _FINALIZE
@@ -280,6 +321,7 @@ class RewardJoin:
         self.due_key = f"{prefix}:join:due"
         self.stream_key = f"{prefix}:train"
         self._apply = redis.register_script(_APPLY_OUTCOME)
+        self._apply_by_decision = redis.register_script(_APPLY_BY_DECISION)
         self._finalize = redis.register_script(_FINALIZE_DUE)
         self._remember = redis.register_script(_REMEMBER)
         self._pending: list[_Queued] = []
@@ -411,7 +453,12 @@ class RewardJoin:
         naming no slot of the slate is ``ignored``.
         """
         ts = now_ms if ts_ms is None else ts_ms
+        where = ("" if slot is None else str(slot), item or "")
         targets: list[tuple[str, str]] = []
+        if decision_id and not experiment and len(rules_of) <= BY_DECISION_MAX_RULES:
+            return await self._apply_to_decision(
+                event_id, outcome_type, value, now_ms, ts, rules_of, decision_id, where
+            )
         if decision_id:
             if experiment:
                 names = [experiment]
@@ -438,13 +485,34 @@ class RewardJoin:
                 continue
             code = await self._apply(
                 keys=[self.record_key(did, name)],
-                args=[
-                    event_id, repr(reward), now_ms, ts,
-                    "" if slot is None else str(slot), item or "",
-                ],
+                args=[event_id, repr(reward), now_ms, ts, *where],
             )
             results.append((name, _APPLIED[int(code)]))
         return results
+
+    async def _apply_to_decision(
+        self,
+        event_id: str,
+        outcome_type: str,
+        value: float,
+        now_ms: int,
+        ts: int,
+        rules_of: Mapping[str, JoinRules],
+        decision_id: str,
+        where: tuple[str, str],
+    ) -> list[tuple[str, Applied]]:
+        """Apply an outcome to every experiment of a decision in one script call (``where``:
+        the slot and item it names, '' when not)."""
+        args: list[str | int] = [
+            self.record_key(decision_id, ""), event_id, now_ms, ts, *where
+        ]
+        for name, rules in rules_of.items():
+            reward = rules.reward_of(outcome_type, value)
+            args += [name, "" if reward is None else repr(reward)]
+        flat = await self._apply_by_decision(keys=[self.experiments_key(decision_id)], args=args)
+        return [
+            (_text(flat[i]), _BY_DECISION[int(flat[i + 1])]) for i in range(0, len(flat), 2)
+        ]
 
     async def finalize_due(self, now_ms: int, limit: int = 1000) -> int:
         """Finalise every decision whose window has closed (default reward if no outcome).
@@ -480,6 +548,11 @@ class RewardJoin:
 _APPLIED: dict[int, Applied] = {
     1: "joined", 0: "duplicate", -1: "late", -2: "early", -3: "ignored"
 }
+_BY_DECISION: dict[int, Applied] = {**_APPLIED, 2: "ignored"}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _Queued(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -19,6 +19,7 @@ import msgspec
 
 from experiments.reports.results import (
     AdaptiveSection,
+    ApprenticeStatus,
     Comparison,
     Driver,
     ExperimentReport,
@@ -252,6 +253,46 @@ def _off_policy(o: OffPolicySection | None) -> str:
     )
 
 
+def _apprentice(a: ApprenticeStatus | None) -> str:
+    """Who serves an apprentice experiment, the learner's estimate, and the takeover."""
+    if a is None:
+        return ""
+    serving = a.policy if a.serving == "policy" else f"{a.rule} (apprentice mode)"
+    gain = "–" if a.gain is None else _value(a.gain)
+    rows = [
+        ["Serving", _e(serving)],
+        ["Decisions learned", f"{a.decisions_learned:,}"],
+        [f"{_e(a.policy)}'s own choices (off-policy)", _num(a.own_value, 4)],
+        [_e(a.rule), _num(a.rule_value, 4)],
+        ["Gain (95% CI)", gain],
+        ["Takeover", _e(_takeover(a))],
+        [
+            "Logged decisions (apprentice / policy)",
+            f"{a.rule_decisions:,} / {a.policy_decisions:,}",
+        ],
+    ]
+    return (
+        f'<section class="apprentice"><h2>Apprentice</h2><p>{_e(a.sentence)}</p>'
+        + _table(["", ""], rows, "apprentice")
+        + "</section>"
+    )
+
+
+def _takeover(a: ApprenticeStatus) -> str:
+    if a.serving == "policy":
+        by = {"auto": "automatically", "admin": "by an admin"}.get(a.taken_over_by, "")
+        return f"done {by}" + (f" at {a.taken_over_at}" if a.taken_over_at else "")
+    if a.takeover == "auto":
+        return f"automatic, once the lower bound is above 0 after {a.min_decisions:,} decisions"
+    return "manual (POST /v1/experiments/{key}/takeover)"
+
+
+def _value(iv: Interval) -> str:
+    if math.isnan(iv.estimate):
+        return "–"
+    return f"{iv.estimate:+.4f} [{iv.lower:.4f}, {iv.upper:.4f}]"
+
+
 def _value_caption(a: AdaptiveSection) -> str:
     if a.source == "off_policy":
         return (
@@ -392,6 +433,7 @@ attribution window {report.window.attribution_window_s // 3600} h</p>
 <main>
 <section class="verdict status-{_e(v.status)}"><p class="headline">{_e(v.headline)}</p>
 <ul>{details}</ul></section>
+{_apprentice(report.apprentice)}
 {_adaptive(report.adaptive)}
 {_drivers(report.drivers)}
 <section><h2>Traffic</h2>{_arms(report)}</section>

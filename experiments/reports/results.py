@@ -26,6 +26,7 @@ __all__ = [
     "AdaptiveArm",
     "AdaptiveSection",
     "AllocationBucket",
+    "ApprenticeStatus",
     "ArmMetric",
     "ArmSummary",
     "Comparison",
@@ -435,6 +436,44 @@ class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
     preferences: list[SegmentPreference] = msgspec.field(default_factory=list)
 
 
+class ApprenticeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Apprentice mode: who serves, the policy's own estimate against the rule, the takeover.
+
+    Attributes:
+        policy: the learning policy's kind.
+        rule: what it serves until it takes over ("the fixed split", "always a").
+        takeover: ``auto`` or ``manual``; ``explore`` and ``min_decisions`` as configured.
+        serving: ``rule`` while apprenticing, ``policy`` after the takeover.
+        decisions_learned: decisions the model learned (and scored before learning).
+        own_value, rule_value: off-policy (IPS) values per decision of the policy's own choices
+            and of the rule, on the decisions it learned (NaN before any).
+        gain: own − rule with its 95% interval (None below two decisions).
+        taken_over_by: ``auto``, ``admin`` or ''.
+        taken_over_at: the first decision the policy served itself (from the log), if it did.
+        rule_decisions, policy_decisions: logged decisions served as apprentice (the rule plus
+            exploration) and by the policy itself, up to the report's end.
+        model_unavailable: the model store could not be read (the estimate is missing).
+        sentence: all of it in words.
+    """
+
+    policy: str
+    rule: str
+    takeover: str
+    explore: float
+    min_decisions: int
+    serving: Literal["rule", "policy"]
+    decisions_learned: int
+    own_value: float
+    rule_value: float
+    gain: Interval | None
+    taken_over_by: str
+    taken_over_at: str | None
+    rule_decisions: int
+    policy_decisions: int
+    model_unavailable: bool = False
+    sentence: str
+
+
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     """The plain-language reading of the report."""
 
@@ -484,4 +523,6 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     auto_paused: str | None = None
     drivers: list[Driver] | None = None
     """Learning policies: what drives the choice, most important first (feature importance)."""
+    apprentice: ApprenticeStatus | None = None
+    """Apprentice mode: who serves, the policy's estimate against the rule, the takeover."""
     """Why the guard-rail check paused the experiment (``auto_pause_on_harm``), if it did."""

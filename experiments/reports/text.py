@@ -231,6 +231,8 @@ def render_report_text(report: ExperimentReport) -> str:
             for a in report.arms
         ],
     )
+    if report.apprentice is not None:
+        lines += ["", "apprentice", f"  {report.apprentice.sentence}"]
     if report.adaptive is not None:
         lines += _adaptive(report.adaptive)
     for m in report.metrics:
