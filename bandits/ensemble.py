@@ -205,11 +205,14 @@ class EnsemblePolicy:
         if not self._table:
             return np.full(len(keys), 1.0 / len(keys))
         row = self._table[level]
+        arms = self._cells.arms
         if keys == self._arm_order:
             return np.asarray(row.best[key])
+        if len(keys) == len(arms) and all(k in arms for k in keys):
+            best = row.best[key]
+            return np.array([best[arms[k]] for k in keys])
         mean0, sigma2 = self._cells.overall()
         means, variances = row.means[key], row.variances[key]
-        arms = self._cells.arms
         mean = np.array([means[arms[k]] if k in arms else mean0 for k in keys])
         var = np.array([variances[arms[k]] if k in arms else sigma2 / GLOBAL_PRIOR
                         for k in keys])

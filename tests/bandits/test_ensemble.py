@@ -235,12 +235,18 @@ def test_explain_names_the_cell_that_served(
 def test_serving_looks_up_the_shipped_probabilities(
     interaction_run: tuple[Policy, Policy, float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A policy restored from a snapshot serves the experiment's candidates from the table the
-    snapshot ships: no Thompson probability is computed at serving time."""
+    """A policy restored from a snapshot serves the experiment's candidates, in any order, from
+    the table the snapshot ships: no Thompson probability is computed at serving time."""
     learner, _, _ = interaction_run
     served = build_policy(VWCBConfig(), [], snapshot=learner.snapshot(), version="2")
     keys = tuple(learner._cells.arms)  # type: ignore[attr-defined]
-    candidates = tuple(Candidate(key=k) for k in keys)
+    for candidates in (tuple(Candidate(key=k) for k in keys),
+                       tuple(Candidate(key=k) for k in reversed(keys))):
+        _serve_without_computing(served, candidates, monkeypatch)
+
+
+def _serve_without_computing(served: Policy, candidates: tuple[Candidate, ...],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
 
     def computed(*_: object) -> None:
         raise AssertionError("Thompson probabilities computed while serving")
