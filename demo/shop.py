@@ -26,12 +26,14 @@ from tailor_contract.definitions import ExperimentSpec
 
 __all__ = [
     "CAROUSEL",
+    "CAROUSEL_DEFAULT",
     "EMAIL_PLACEMENTS",
     "HERO",
     "OFFER",
     "OFFER_CAP",
     "SEND_TIME",
     "SUBJECT",
+    "SUBJECT_DEFAULT",
     "WEB_PLACEMENTS",
     "experiments",
 ]
@@ -44,6 +46,8 @@ SEND_TIME: Final = "newsletter-send-time"
 WEB_PLACEMENTS: Final = ("home_hero", "product_carousel", "offer")
 EMAIL_PLACEMENTS: Final = ("newsletter_subject", "newsletter_send_time")
 OFFER_CAP: Final = 3
+CAROUSEL_DEFAULT: Final = "bestsellers"
+SUBJECT_DEFAULT: Final = "plain"
 DEFAULT_SEND_HOUR: Final = 10
 CAROUSEL_WINDOW_S: Final = 3
 EMAIL_WINDOW_S: Final = 2 * 86400
@@ -95,7 +99,7 @@ def experiments() -> list[ExperimentSpec]:
                 {"key": s, "payload": {"sort": s}, "features": {"sort": s, **_SORT_FEATURES[s]}}
                 for s in SORTS
             ],
-            "default_variant": "bestsellers",
+            "default_variant": CAROUSEL_DEFAULT,
             "policy": {
                 "kind": "vw_cb",
                 "exploration": "squarecb",
@@ -138,7 +142,7 @@ def experiments() -> list[ExperimentSpec]:
             "name": "Newsletter subject line",
             "placement": "newsletter_subject",
             "variants": [{"key": k, "payload": {"subject": _SUBJECT_LINES[k]}} for k in SUBJECTS],
-            "default_variant": "plain",
+            "default_variant": SUBJECT_DEFAULT,
             "policy": {"kind": "thompson", "min_share": 0.05},
             "primary_metric": "email_open",
             "reward_window_s": EMAIL_WINDOW_S,

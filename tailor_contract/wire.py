@@ -122,9 +122,7 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     def __post_init__(self) -> None:
         for placement in self.exclude:
             if placement not in self.placements:
-                raise ValueError(
-                    f"exclude: {placement!r} is not one of the requested placements"
-                )
+                raise ValueError(f"exclude: {placement!r} is not one of the requested placements")
 
 
 class Factor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -439,7 +437,9 @@ class BatchDecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     ``send_time``), which need ``send_window``; ``default_send_time`` overrides the experiments'
     default for this campaign. ``step`` names a workflow step (abandoned_cart, welcome, ...):
     it is visible to targeting as the attribute ``step``, next to ``campaign``. ``context``
-    applies to every recipient (a recipient's own context wins).
+    applies to every recipient (a recipient's own context wins). ``explain`` asks learning
+    policies why they chose, as on ``/v1/decide``: every answer a learning policy chose carries
+    an ``explanation`` (off by default; it costs a model lookup per answer).
     """
 
     campaign: Annotated[str, Meta(pattern=KEY_PATTERN, max_length=64)]
@@ -451,6 +451,7 @@ class BatchDecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     context: Annotated[dict[AttributeName, ContextValue], Meta(max_length=100)] = msgspec.field(
         default_factory=dict
     )
+    explain: bool = False
 
 
 class RecipientError(msgspec.Struct, kw_only=True):

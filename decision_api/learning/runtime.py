@@ -7,7 +7,8 @@
   inside the server (embedded mode). Inside the server a Redis lease elects one leader, so with
   several workers exactly one learns.
 
-Redis keys owned here: ``{p}:learner:leader`` (STRING, the worker holding the lease, PX 10 s).
+Redis keys owned here: ``{p}:learner:leader`` (STRING, the worker holding the lease, PX 10 s);
+``{p}:learner:leader:<i>/<n>`` (the same for shard i of n, ``tailor learn --shard i/n``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from redis.exceptions import RedisError
 
 from bandits.base import Arm, Candidate, Choice, Policy
 from bandits.join import DecisionRecord, JoinRules, RewardJoin, rules_for
-from bandits.learner import Learner
+from bandits.learner import Learner, Shard
 from bandits.serving import ServingPolicies
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec, candidate_features, is_learning
@@ -191,11 +192,15 @@ class LearnerRunner:
         sweep_interval_s: float,
         metrics: Metrics | None = None,
         use_lease: bool = True,
+        shard: Shard | None = None,
     ) -> None:
         self._redis = redis_bin
         self._join = join
         self._store = store
-        self._lease_key = f"{prefix}:learner:leader"
+        self.shard = shard or Shard()
+        # One lease per shard: one learner per shard learns at a time (more may stand by).
+        label = self.shard.label
+        self._lease_key = f"{prefix}:learner:leader" + (f":{label}" if label else "")
         self._holder = holder
         self._use_lease = use_lease
         self._sweep_interval = sweep_interval_s
@@ -217,6 +222,7 @@ class LearnerRunner:
             specs,
             snapshot_interval_s=snapshot_interval_s,
             on_learned=on_learned,
+            shard=self.shard,
         )
         self._started = False
         self.leader = False
@@ -280,8 +286,11 @@ async def run_learner_process(
     sweep_interval_s: float,
     stop: asyncio.Event,
     holder: str,
+    shard: Shard | None = None,
 ) -> LearnerRunner:
-    """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command)."""
+    """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command); with
+    ``shard``, only that shard's experiments are learned (every shard sweeps: finalising a
+    window is atomic, so concurrent sweepers never write an example twice)."""
     redis = Redis.from_url(redis_url, decode_responses=True)
     redis_bin = Redis.from_url(redis_url, decode_responses=False)
     try:
@@ -293,8 +302,9 @@ async def run_learner_process(
             holder=holder,
             snapshot_interval_s=snapshot_interval_s,
             sweep_interval_s=sweep_interval_s,
+            shard=shard,
         )
-        log.info("learner_started", holder=holder)
+        log.info("learner_started", holder=holder, shard=runner.shard.label or "all")
         await runner.run(stop)
         log.info("learner_stopped", learned=runner.learner.learned)
         return runner

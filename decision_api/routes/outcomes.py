@@ -121,8 +121,11 @@ async def join_outcomes(
     joined = 0
     try:
         # Decisions this worker made but has not written yet (the join flusher runs every
-        # 20 ms) must be in Redis first, or an outcome sent right after its decision misses it.
-        await services.learning.join.flush()
+        # 20 ms) must be in Redis first, or an outcome sent right after its decision misses it;
+        # only then is it worth a flush (a click usually comes long after its decision).
+        join = services.learning.join
+        if any(join.holds(o.decision_id or None, o.unit_id or None) for o in outcomes):
+            await join.flush()
         for outcome in outcomes:
             results = await services.learning.join.apply_outcome(
                 event_id=outcome.event_id.hex,
