@@ -1,7 +1,7 @@
 """Learning benchmark through the real HTTP API, at full speed, with the server's own learner.
 
-Run: ``.venv/bin/python loadtests/bench_learning_http.py [--worlds additive,2way,3way,rare,change,wide]
-[--seeds 1] [--n 50000] [--window 6] [--concurrency 32] [--policy '{"kind":"vw_cb"}']``
+Run: ``.venv/bin/python loadtests/bench_learning_http.py [--worlds 2way,3way] [--seeds 1]
+[--n 50000] [--window 6] [--concurrency 32] [--policy '{"kind":"vw_cb"}']``
 
 The worlds of ``loadtests/bench_learning.py`` (``World``: ``segment`` is a profile attribute,
 written with ``PUT /v1/units/{id}/features``; ``device``, ``region``, ``n1``..``n3`` come with
