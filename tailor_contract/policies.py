@@ -64,6 +64,12 @@ SNIPS intervals of "uniform" and "always X" from vw_cb's own logs cover the trut
 contextual world; without a floor, SquareCB starves the arms it has ruled out and they do not."""
 
 
+FLOOR_DECAY_AFTER: Final = 5_000
+"""Examples after which the default floor of a policy that passes its evidence starts to fall."""
+MIN_DECAYED_SHARE: Final = 0.03
+"""The lowest share of uniform the default floor falls to (``_Learning.floor``)."""
+
+
 class Apprentice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Apprentice mode of a learning policy (``bandits.apprentice``).
 
@@ -109,14 +115,21 @@ class _Learning(_Base, frozen=True):
         if self.min_propensity is not None:
             _check("min_propensity", self.min_propensity, ge=0.0, le=1.0)
 
-    def floor(self, n: int) -> float:
-        """The minimum probability of each of ``n`` candidates."""
-        share = (
-            DEFAULT_MIN_PROPENSITY_SHARE / n
-            if self.min_propensity is None
-            else self.min_propensity
-        )
-        return min(share, 1.0 / n)
+    def floor(self, n: int, examples: int | None = None) -> float:
+        """The minimum probability of each of ``n`` candidates.
+
+        With the default (``min_propensity`` None) and ``examples`` given (the evidence the
+        policy has learned from), the share falls like ``1 / sqrt(examples)`` from
+        ``DEFAULT_MIN_PROPENSITY_SHARE`` after ``FLOOR_DECAY_AFTER`` examples, down to
+        ``MIN_DECAYED_SHARE``: exploration that a learned model no longer needs stops costing
+        reward, and every candidate keeps a probability that off-policy estimates can use.
+        """
+        if self.min_propensity is not None:
+            return min(self.min_propensity, 1.0 / n)
+        share = DEFAULT_MIN_PROPENSITY_SHARE
+        if examples is not None and examples > FLOOR_DECAY_AFTER:
+            share = max(share * math.sqrt(FLOOR_DECAY_AFTER / examples), MIN_DECAYED_SHARE)
+        return min(share / n, 1.0 / n)
 
     def check_arms(self, n_arms: int) -> None:
         """Raise ValueError unless ``min_propensity`` fits ``n_arms`` arms."""
