@@ -26,7 +26,8 @@ tags). Record and index keys live for the reward window plus one hour:
 - ``{p}:dec:{d}:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
   end, ms), ``dflt``/``lo``/``hi`` (default reward and clip range), ``agg``, ``r`` (reward so
   far), ``rts`` (under ``first``: the timestamp of the outcome that gave ``r``), ``o:<event id>``
-  (outcomes seen);
+  (outcomes seen); for a ranked slate also ``ns`` (its number of slots), ``i:<item>`` (the
+  item's slot) and per slot ``r:<slot>``/``rts:<slot>`` in place of ``r``/``rts``;
 - ``{p}:dec:{d}:exps`` SET — the experiments the decision took part in;
 - ``{p}:u:{u}:join`` HASH — experiment -> the unit's latest open decision id;
 - ``{p}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
@@ -73,7 +74,13 @@ class UnitScreen(Protocol):
 
 
 class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
-    """What the learner needs of a decision: context, candidates, choice, propensity."""
+    """What the learner needs of a decision: context, candidates, choice, propensity.
+
+    A ranked slate also carries ``slate`` (the candidates' indexes in slot order; ``chosen`` is
+    its first) and ``slate_propensities`` (each slot's conditional probability), and, when the
+    candidates came in the request, their ``features`` (one mapping per candidate): the
+    learner knows only the experiment's variants.
+    """
 
     decision_id: str
     experiment: str
@@ -85,6 +92,14 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True,
     model_version: str
     context: dict[str, FeatureValue]
     decided_ms: int
+    slate: list[int] = msgspec.field(default_factory=list)
+    slate_propensities: list[float] = msgspec.field(default_factory=list)
+    features: list[dict[str, FeatureValue]] | None = None
+
+    @property
+    def slate_items(self) -> list[str]:
+        """The slate's items in slot order (empty for a one-variant decision)."""
+        return [self.candidates[i] for i in self.slate]
 
 
 class JoinRules(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,24 +131,58 @@ class OutcomeRef(msgspec.Struct, frozen=True, kw_only=True):
     decision_id: str | None = None
     unit_id: str | None = None
     experiment: str | None = None
+    slot: int | None = None
+    """For a slate decision: the slot the outcome rewards (or the slot showing ``item``)."""
+    item: str | None = None
+
+    @property
+    def where(self) -> tuple[str, str]:
+        """(slot, item) as the apply scripts take them ('' when not given)."""
+        return ("" if self.slot is None else str(self.slot), self.item or "")
 
 
 class TrainingExample(msgspec.Struct, frozen=True, kw_only=True):
-    """A finalised record read back from the stream."""
+    """A finalised record read back from the stream; a slate's ``rewards`` has one entry per
+    slot (``reward`` is then their sum)."""
 
     stream_id: str
     record: DecisionRecord
     reward: float
     joined: bool
+    rewards: list[float] | None = None
 
 
 _FINALIZE = """
+local function finalize_slate(rec, stream, maxlen, body, ns, dflt, lo, hi)
+  local joined, total, parts = '0', 0, {}
+  for j = 0, ns - 1 do
+    local r = redis.call('HGET', rec, 'r:' .. j)
+    local reward = dflt
+    if r then
+      reward = tonumber(r)
+      joined = '1'
+    end
+    if reward < lo then reward = lo end
+    if reward > hi then reward = hi end
+    total = total + reward
+    parts[#parts + 1] = tostring(reward)
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'rec', body, 'r', tostring(total),
+             'joined', joined, 'rs', table.concat(parts, ','))
+  redis.call('DEL', rec)
+  return 1
+end
+
 local function finalize(due, rec, stream, member, maxlen)
   if redis.call('ZREM', due, member) == 0 then return 0 end
   -- One HMGET, not one HGET per field: four commands fewer per learning decision.
-  local f = redis.call('HMGET', rec, 'rec', 'r', 'dflt', 'lo', 'hi')
+  local f = redis.call('HMGET', rec, 'rec', 'r', 'dflt', 'lo', 'hi', 'ns')
   local body = f[1]
   if not body then return 0 end
+  if f[6] then
+    return finalize_slate(rec, stream, maxlen, body, tonumber(f[6]), tonumber(f[3]),
+                          tonumber(f[4]), tonumber(f[5]))
+  end
   local r = f[2]
   local joined = '1'
   local reward
@@ -155,21 +204,35 @@ end
 """
 
 # -1 late (window closed or record gone), -2 early (dated before the window opened),
-# 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's end.
+# -3 a slate's outcome naming no slot of it (no slot or item, an unknown item, a slot out of
+# range), 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's
+# end. A slate's rewards accumulate per slot (``r:<slot>``, ``rts:<slot>``); ``slot`` and
+# ``item`` are the outcome's ('' when not given), ignored for a one-variant decision.
 _APPLY = """
-local function apply(rec, eid, reward_text, now, ts_text)
+local function apply(rec, eid, reward_text, now, ts_text, slot, item)
   local ts = tonumber(ts_text)
-  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts')
+  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts', 'ns')
   if not f[1] then return -1 end
   if now > tonumber(f[1]) then return -1 end
   if f[2] and ts < tonumber(f[2]) then return -2 end
+  local suffix, first = '', f[4]
+  if f[5] then
+    if item ~= '' then
+      local at = redis.call('HGET', rec, 'i:' .. item)
+      if not at or (slot ~= '' and tonumber(slot) ~= tonumber(at)) then return -3 end
+      slot = at
+    end
+    if slot == '' or tonumber(slot) < 0 or tonumber(slot) >= tonumber(f[5]) then return -3 end
+    suffix = ':' .. tonumber(slot)
+    first = redis.call('HGET', rec, 'rts' .. suffix)
+  end
   if redis.call('HSETNX', rec, 'o:' .. eid, '1') == 0 then return 0 end
   if f[3] == 'first' then
-    if not f[4] or ts < tonumber(f[4]) then
-      redis.call('HSET', rec, 'r', reward_text, 'rts', ts_text)
+    if not first or ts < tonumber(first) then
+      redis.call('HSET', rec, 'r' .. suffix, reward_text, 'rts' .. suffix, ts_text)
     end
   else
-    redis.call('HINCRBYFLOAT', rec, 'r', tonumber(reward_text))
+    redis.call('HINCRBYFLOAT', rec, 'r' .. suffix, tonumber(reward_text))
   end
   return 1
 end
@@ -178,20 +241,22 @@ end
 _APPLY_OUTCOME = (
     _APPLY
     + """
-return apply(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
+return apply(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])
 """
 )
 
 # An outcome naming only its decision: the decision's experiments (its SET) and the outcome
-# applied to each, in one call. ARGV: record key prefix, event id, now, ts, then (experiment,
-# reward) pairs for every experiment with rules ('' = its rules ignore this outcome type).
-# Returns a flat [experiment, code, ...] list in experiment order; code 2 = ignored.
+# applied to each, in one call. ARGV: record key prefix, event id, now, ts, slot, item, then
+# (experiment, reward) pairs for every experiment with rules ('' = its rules ignore this
+# outcome type). Returns a flat [experiment, code, ...] list in experiment order; code 2 =
+# ignored.
 _APPLY_BY_DECISION = (
     _APPLY
     + """
 local prefix, eid, now, ts = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local slot, item = ARGV[5], ARGV[6]
 local rewards = {}
-for i = 5, #ARGV, 2 do rewards[ARGV[i]] = ARGV[i + 1] end
+for i = 7, #ARGV, 2 do rewards[ARGV[i]] = ARGV[i + 1] end
 local members = redis.call('SMEMBERS', KEYS[1])
 table.sort(members)
 local out = {}
@@ -202,7 +267,7 @@ for _, exp in ipairs(members) do
     if reward == '' then
       out[#out + 1] = 2
     else
-      out[#out + 1] = apply(prefix .. exp, eid, reward, now, ts)
+      out[#out + 1] = apply(prefix .. exp, eid, reward, now, ts, slot, item)
     end
   end
 end
@@ -237,6 +302,11 @@ for c = 3, #call do
     local rec = tag .. exp
     redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'wst', r[7], 'dflt', ru[1], 'lo', ru[2],
                'hi', ru[3], 'agg', ru[4])
+    local items = r[8]
+    if items and #items > 0 then
+      redis.call('HSET', rec, 'ns', #items)
+      for j = 1, #items do redis.call('HSET', rec, 'i:' .. items[j], j - 1) end
+    end
     redis.call('PEXPIRE', rec, r[4])
     exps[#exps + 1] = exp
     index[#index + 1] = exp
@@ -391,12 +461,16 @@ class RewardJoin:
         unit_id: str | None,
         experiment: str | None,
         ts_ms: int | None = None,
+        slot: int | None = None,
+        item: str | None = None,
     ) -> list[tuple[str, Applied]]:
         """Apply an outcome to the open decisions it refers to; returns (experiment, result).
 
         ``now_ms`` is when the outcome arrived (after the window's end it is ``late``);
         ``ts_ms`` when it happened (``now_ms`` if not given): before the window opens it is
-        ``early`` and not applied. Nothing is finalised here, whatever the aggregation.
+        ``early`` and not applied. Nothing is finalised here, whatever the aggregation. For a
+        slate decision the outcome rewards the slot ``slot`` or the slot showing ``item``; one
+        naming no slot of the slate is ``ignored``.
         """
         outcome = OutcomeRef(
             event_id=event_id,
@@ -406,6 +480,8 @@ class RewardJoin:
             decision_id=decision_id or None,
             unit_id=unit_id or None,
             experiment=experiment or None,
+            slot=slot,
+            item=item or None,
         )
         return (await self.apply_outcomes([outcome], now_ms=now_ms, rules_of=rules_of))[0]
 
@@ -432,7 +508,7 @@ class RewardJoin:
                         slow.append(i)
                         continue
                     args: list[str | int] = [
-                        self.record_key(o.decision_id, ""), o.event_id, now_ms, o.ts_ms
+                        self.record_key(o.decision_id, ""), o.event_id, now_ms, o.ts_ms, *o.where
                     ]
                     for name, its_rules in rules_of.items():
                         reward = its_rules.reward_of(o.type, o.value)
@@ -457,7 +533,7 @@ class RewardJoin:
                         continue
                     await self._apply(
                         keys=[self.record_key(did, name)],
-                        args=[o.event_id, repr(reward), now_ms, o.ts_ms],
+                        args=[o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
                         client=pipe,
                     )
                     slots[i].append((name, calls))
@@ -522,7 +598,7 @@ class RewardJoin:
                 continue
             code = await self._apply(
                 keys=[self.record_key(o.decision_id, name)],
-                args=[o.event_id, repr(reward), now_ms, o.ts_ms],
+                args=[o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
             )
             results.append((name, _APPLIED[int(code)]))
         return results
@@ -558,7 +634,9 @@ class RewardJoin:
                 return done
 
 
-_APPLIED: dict[int, Applied] = {1: "joined", 0: "duplicate", -1: "late", -2: "early"}
+_APPLIED: dict[int, Applied] = {
+    1: "joined", 0: "duplicate", -1: "late", -2: "early", -3: "ignored"
+}
 _BY_DECISION: dict[int, Applied] = {**_APPLIED, 2: "ignored"}
 
 
@@ -590,7 +668,8 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
     per decision, took Redis more time than the record ``HSET``s: about half of that goes); each
     decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment,
     record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua counts), the
-    window end as a number (for sorting; the script ignores it) and the window start.
+    window end as a number (for sorting; the script ignores it) and the window start, then for a
+    slate its items in slot order.
     ``batch`` is grouped by decision in first-seen order and the groups cut into calls of about
     ``REMEMBER_BATCH`` records; a decision never spans two calls.
     """
@@ -617,7 +696,11 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
                 index = rule_index[id(rules)] = len(rule_rows)
             ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
             known = shared[key] = (index, str(end), str(ttl), str(item.start))
-        row = (record.experiment, body, known[1], known[2], known[0], end, known[3])
+        row: tuple[Any, ...] = (
+            record.experiment, body, known[1], known[2], known[0], end, known[3]
+        )
+        if record.slate:
+            row = (*row, record.slate_items)
         decision_id = record.decision_id
         group = groups.get(decision_id)
         if group is None:
@@ -665,11 +748,13 @@ def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:
     def get(name: str) -> Any:
         return fields.get(name, fields.get(name.encode()))
 
+    rewards = get("rs")
     return TrainingExample(
         stream_id=text(stream_id),
         record=_record_decoder.decode(get("rec")),
         reward=float(text(get("r"))),
         joined=text(get("joined")) == "1",
+        rewards=[float(r) for r in text(rewards).split(",")] if rewards is not None else None,
     )
 
 

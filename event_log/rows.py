@@ -78,7 +78,12 @@ class Exposure(
     tag="exposure",
     gc=False,
 ):
-    """A variant served to a unit (every decision, including defaults and holdouts)."""
+    """A variant served to a unit (every decision, including defaults and holdouts).
+
+    A ranked slate logs one exposure per slot: ``slot`` its position (0 first; -1 for a
+    placement that is not a slate), ``item`` the item shown there (also in ``variant``) and
+    ``propensity`` the slot's conditional probability.
+    """
 
     event_id: uuid.UUID
     decision_id: str
@@ -96,6 +101,8 @@ class Exposure(
     context: dict[str, str]
     campaign: str = ""
     send_at_ms: int | None = None
+    slot: int = -1
+    item: str = ""
 
     def row(self) -> tuple[object, ...]:
         """Values in ``EXPOSURE_COLUMNS`` order."""
@@ -116,13 +123,18 @@ class Exposure(
             self.context,
             self.campaign,
             self.send_at_ms,
+            self.slot,
+            self.item,
         )
 
 
 class Outcome(
     msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="outcome"
 ):
-    """Something a unit did after a decision: a click, open, purchase (with value)."""
+    """Something a unit did after a decision: a click, open, purchase (with value).
+
+    ``slot``/``item`` name the slot of a slate that earned it (-1 / empty when not said).
+    """
 
     event_id: uuid.UUID
     ts_ms: int
@@ -132,6 +144,8 @@ class Outcome(
     type: str
     value: float
     properties: dict[str, str]
+    slot: int = -1
+    item: str = ""
 
     def row(self) -> tuple[object, ...]:
         """Values in ``OUTCOME_COLUMNS`` order."""
@@ -144,6 +158,8 @@ class Outcome(
             self.type,
             self.value,
             self.properties,
+            self.slot,
+            self.item,
         )
 
 

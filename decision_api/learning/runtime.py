@@ -27,6 +27,7 @@ from bandits.base import Arm, Candidate, Choice, Policy
 from bandits.join import DecisionRecord, JoinRules, RewardJoin, rules_for
 from bandits.learner import Learner, Shard
 from bandits.serving import ServingPolicies
+from bandits.slates import Slate
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec, candidate_features, is_learning
 from decision_api.metrics import Metrics
@@ -125,6 +126,61 @@ class LearningPolicies:
     def explain(self, compiled: Compiled, context: Mapping[str, Any], chosen: str) -> list[Factor]:
         """The features that weighed most in the serving model's choice of ``chosen``."""
         return self.serving.explain(compiled.experiment.key, context, chosen)
+
+    def choose_slate(
+        self,
+        compiled: Compiled,
+        context: Mapping[str, Any],
+        slots: int,
+        rng: np.random.Generator,
+        *,
+        candidates: Sequence[Candidate] | None = None,
+        eligible: Sequence[int] | None = None,
+    ) -> Slate | None:
+        """The current model's ranked slate (its indexes point into ``candidates``, or into the
+        eligible variants), or None when no ranking model serves the experiment."""
+        chosen = self.serving.choose_slate(
+            compiled.experiment.key, context, slots, rng, candidates=candidates, eligible=eligible
+        )
+        return chosen[0] if chosen is not None else None
+
+    def remember_slate(
+        self,
+        decision_id: str,
+        compiled: Compiled,
+        unit_id: str,
+        slate: Slate,
+        candidates: list[str],
+        features: list[dict[str, Any]] | None,
+        context: Mapping[str, Any],
+        now_ms: int,
+    ) -> None:
+        """Queue a slate decision for the reward join: ``candidates`` are the item keys it was
+        drawn from (the slots' indexes point there), ``features`` theirs when they came in the
+        request. Outcomes naming a slot or item reward that slot."""
+        exp = compiled.experiment
+        rules = self.rules.get(exp.key)
+        if rules is None:
+            return
+        first = slate.slots[0]
+        self.join.remember(
+            DecisionRecord(
+                decision_id=decision_id,
+                experiment=exp.key,
+                experiment_version=exp.version,
+                unit_id=unit_id,
+                candidates=candidates,
+                chosen=first.index,
+                propensity=first.propensity,
+                model_version=slate.model_version,
+                context=dict(context),
+                decided_ms=now_ms,
+                slate=[s.index for s in slate.slots],
+                slate_propensities=[s.propensity for s in slate.slots],
+                features=features,
+            ),
+            rules,
+        )
 
     def policy(self, experiment: str) -> Policy | None:
         """The model currently serving an experiment (for bulk, vectorised choices)."""

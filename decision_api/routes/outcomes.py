@@ -82,6 +82,8 @@ async def accept_outcomes(
             type=req.type,
             value=req.value,
             properties=properties,
+            slot=-1 if req.slot is None else req.slot,
+            item=req.item or "",
         )
         services.writer.submit(outcome)
         services.metrics.outcomes.labels(req.type).inc()
@@ -136,6 +138,8 @@ async def join_outcomes(
                 decision_id=outcome.decision_id or None,
                 unit_id=outcome.unit_id or None,
                 experiment=outcome.experiment or None,
+                slot=None if outcome.slot < 0 else outcome.slot,
+                item=outcome.item or None,
             )
             for outcome in outcomes
         ]

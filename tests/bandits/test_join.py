@@ -592,6 +592,66 @@ async def test_a_failed_flush_keeps_holding_what_it_did_not_write(join: RewardJo
     assert join.holds("d1", None) and join.holds(None, "u1")
 
 
+def _slate_record(decision_id: str, unit_id: str = "u1") -> DecisionRecord:
+    """A 3-slot slate over items a..d: c, a, d in slot order."""
+    return msgspec.structs.replace(
+        _record(decision_id, unit_id=unit_id),
+        candidates=["a", "b", "c", "d"],
+        chosen=2,
+        propensity=0.5,
+        slate=[2, 0, 3],
+        slate_propensities=[0.5, 0.4, 0.6],
+    )
+
+
+async def test_slate_outcomes_accumulate_per_slot_and_finalise_as_one_reward_per_slot(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """Under ``sum`` a slate's outcomes add up per slot (by item or by slot, by decision id or
+    by unit); an outcome naming no slot, an item not shown or a slot out of range is ignored;
+    slots without an outcome get the default; each slot is clipped to the reward range."""
+    rules = {"hero": _rules("sum", default=0.0, lo=0.0, hi=1.5)}
+    join.remember(_slate_record("d1"), rules["hero"])
+    await join.flush()
+    applied = [
+        await join.apply_outcome(
+            event_id=f"e{i}", outcome_type="click", value=0.0, now_ms=T0 + 1000,
+            rules_of=rules, decision_id=did, unit_id=unit, experiment=None, **where,
+        )
+        for i, (did, unit, where) in enumerate([
+            ("d1", None, {"item": "a"}),
+            (None, "u1", {"item": "a"}),
+            ("d1", None, {"slot": 0}),
+            ("d1", None, {"item": "a", "slot": 1}),
+            ("d1", None, {}),
+            ("d1", None, {"item": "b"}),
+            ("d1", None, {"slot": 3}),
+            ("d1", None, {"item": "a", "slot": 2}),
+        ])
+    ]  # fmt: skip
+    assert [r[0][1] for r in applied] == [
+        "joined", "joined", "joined", "joined", "ignored", "ignored", "ignored", "ignored"
+    ]
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert example.rewards == [1.0, 1.5, 0.0]
+    assert (example.reward, example.joined) == (2.5, True)
+    assert example.record == _slate_record("d1")
+    assert example.record.slate_items == ["c", "a", "d"]
+
+
+async def test_a_slate_without_outcomes_is_learned_with_the_default_per_slot(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A slate nobody clicked is finalised once, every slot with the default reward."""
+    rules = {"hero": _rules(default=0.25)}
+    join.remember(_slate_record("d1"), rules["hero"])
+    await join.flush()
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert (example.rewards, example.joined) == ([0.25, 0.25, 0.25], False)
+
+
 async def _command_calls(redis: Redis) -> dict[str, int]:
     stats = await redis.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
