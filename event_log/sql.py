@@ -43,6 +43,7 @@ EXPOSURE_COLUMNS: Final = (
     "send_at",
     "slot",
     "item",
+    "candidates",
 )
 OUTCOME_COLUMNS: Final = (
     "event_id",
@@ -189,6 +190,14 @@ ALTER TABLE exposures ADD COLUMN IF NOT EXISTS slot Int16 DEFAULT -1,
         """
 ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS slot Int16 DEFAULT -1,
     ADD COLUMN IF NOT EXISTS item String DEFAULT ''
+""",
+    ),
+    # How many items a slate's slots were drawn from (what "random order" is evaluated
+    # against off-policy); 0 on every row that is not about a slate.
+    (
+        6,
+        """
+ALTER TABLE exposures ADD COLUMN IF NOT EXISTS candidates UInt16 DEFAULT 0
 """,
     ),
 )
