@@ -92,7 +92,7 @@ def encode_rows(table: Table, rows: Sequence[Sequence[object]]) -> bytes:
     UUIDs encode as their text, dicts as JSON objects (``Map``), None as null (``Nullable``).
     """
     times = _TIME_COLUMNS[table]
-    converted = []
+    converted: list[list[object]] = []
     append = converted.append
     for row in rows:
         values = list(row)
