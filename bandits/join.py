@@ -51,6 +51,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from bandits.base import FeatureValue
@@ -499,46 +500,51 @@ class RewardJoin:
         targets = await self._unit_targets(outcomes)
         # Per outcome: its result slots, each a fixed result or the index of a script call.
         slots: list[list[tuple[str, Applied | int]]] = [[] for _ in outcomes]
-        calls = 0
+        calls: list[tuple[AsyncScript, list[str], list[str | int]]] = []
         slow: list[int] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for i, o in enumerate(outcomes):
-                if o.decision_id and not o.experiment:
-                    if len(rules_of) > BY_DECISION_MAX_RULES:
-                        slow.append(i)
-                        continue
-                    args: list[str | int] = [
-                        self.record_key(o.decision_id, ""), o.event_id, now_ms, o.ts_ms, *o.where
-                    ]
-                    for name, its_rules in rules_of.items():
-                        reward = its_rules.reward_of(o.type, o.value)
-                        args += [name, "" if reward is None else repr(reward)]
-                    await self._apply_by_decision(
-                        keys=[self.experiments_key(o.decision_id)], args=args, client=pipe
-                    )
-                    slots[i].append(("", calls))
-                    calls += 1
+        for i, o in enumerate(outcomes):
+            if o.decision_id and not o.experiment:
+                if len(rules_of) > BY_DECISION_MAX_RULES:
+                    slow.append(i)
                     continue
-                if o.decision_id and o.experiment:
-                    pairs = [(o.decision_id, o.experiment)]
-                else:
-                    pairs = targets.get(i, [])
-                for did, name in pairs:
-                    rules = rules_of.get(name)
-                    if rules is None:
-                        continue
-                    reward = rules.reward_of(o.type, o.value)
-                    if reward is None:
-                        slots[i].append((name, "ignored"))
-                        continue
-                    await self._apply(
-                        keys=[self.record_key(did, name)],
-                        args=[o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
-                        client=pipe,
+                args: list[str | int] = [
+                    self.record_key(o.decision_id, ""), o.event_id, now_ms, o.ts_ms, *o.where
+                ]
+                for name, its_rules in rules_of.items():
+                    reward = its_rules.reward_of(o.type, o.value)
+                    args += [name, "" if reward is None else repr(reward)]
+                slots[i].append(("", len(calls)))
+                calls.append((self._apply_by_decision, [self.experiments_key(o.decision_id)], args))
+                continue
+            if o.decision_id and o.experiment:
+                pairs = [(o.decision_id, o.experiment)]
+            else:
+                pairs = targets.get(i, [])
+            for did, name in pairs:
+                rules = rules_of.get(name)
+                if rules is None:
+                    continue
+                reward = rules.reward_of(o.type, o.value)
+                if reward is None:
+                    slots[i].append((name, "ignored"))
+                    continue
+                slots[i].append((name, len(calls)))
+                calls.append(
+                    (
+                        self._apply,
+                        [self.record_key(did, name)],
+                        [o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
                     )
-                    slots[i].append((name, calls))
-                    calls += 1
-            replies = await pipe.execute() if calls else []
+                )
+        replies: list[Any] = []
+        if len(calls) == 1:  # one outcome, one call: no pipeline object to build
+            script, keys, args = calls[0]
+            replies = [await script(keys=keys, args=args)]
+        elif calls:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
         for i, outcome_slots in enumerate(slots):
             for name, slot in outcome_slots:
                 if isinstance(slot, str):
