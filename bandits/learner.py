@@ -61,7 +61,7 @@ class Learner:
         on_learned: Callable[[str, int], None] | None = None,
     ) -> None:
         self._redis = redis
-        self._stream = f"{prefix}:train"
+        self._stream = f"{{{prefix}}}:train"  # the slot of the models: acks commit with them
         self._snapshots = SnapshotStore(redis, prefix)
         self._specs_source = specs
         self._specs: Mapping[str, PolicySpec] = {}

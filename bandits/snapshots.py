@@ -1,11 +1,13 @@
 """Model snapshots in Redis: what the learner publishes and every worker hot-swaps to.
 
-Key layout (``{p}`` = key prefix), one hash per experiment with a learning policy:
+Key layout (``{p}`` = key prefix), one hash per experiment with a learning policy, hash-tagged
+``{<p>}`` like the training stream so that a publish and its stream acks commit in one ``MULTI``
+on a Redis Cluster too:
 
 =========================  =====  ==========================================================  ====
 key                        type   fields                                                      TTL
 =========================  =====  ==========================================================  ====
-``{p}:model:<experiment>``  HASH  ``version`` (int, +1 per publish), ``gen`` (reset             none
+``{{p}}:model:<exp>``       HASH  ``version`` (int, +1 per publish), ``gen`` (reset             none
                                   generation), ``data`` (``Policy.snapshot()`` bytes; empty =
                                   fresh model), ``kind``, ``examples`` (learned so far),
                                   ``updated_ms``
@@ -46,7 +48,7 @@ class SnapshotStore:
 
     def key(self, experiment: str) -> str:
         """The model hash of an experiment."""
-        return f"{self._prefix}:model:{experiment}"
+        return f"{{{self._prefix}}}:model:{experiment}"
 
     async def versions(self, experiments: Sequence[str]) -> dict[str, tuple[int, int]]:
         """``(version, gen)`` of each experiment's published model (absent ones omitted)."""

@@ -29,6 +29,8 @@ from bandits.serving import ServingPolicies
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec, candidate_features, is_learning
 from decision_api.metrics import Metrics
+from decision_api.redis_client import connect
+from decision_api.settings import RedisSettings
 from experiments.cache import Compiled
 from experiments.store import ExperimentStore
 from tailor_contract.definitions import Experiment
@@ -280,10 +282,13 @@ async def run_learner_process(
     sweep_interval_s: float,
     stop: asyncio.Event,
     holder: str,
+    cluster: bool = False,
 ) -> LearnerRunner:
-    """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command)."""
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    redis_bin = Redis.from_url(redis_url, decode_responses=False)
+    """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command);
+    ``cluster``: ``redis_url`` names a node of a Redis Cluster."""
+    where = RedisSettings(url=redis_url, cluster=cluster)
+    redis = connect(where, decode_responses=True)
+    redis_bin = connect(where, decode_responses=False)
     try:
         runner = LearnerRunner(
             redis_bin,

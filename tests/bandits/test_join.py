@@ -19,6 +19,8 @@ from bandits.join import (
     rules_for,
 )
 
+pytestmark = pytest.mark.redis_cluster
+
 T0 = 1_700_000_000_000  # decision time (ms) of every record here
 WINDOW_S = 60
 

@@ -15,6 +15,8 @@ from litestar.testing import AsyncTestClient
 from decision_api.services import Services
 from tests.support.polling import eventually
 
+pytestmark = pytest.mark.redis_cluster
+
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
 
