@@ -78,6 +78,12 @@ class _Cluster(AsyncRedisCluster):
 class _ClusterPipeline(ClusterPipeline):
     """A cluster pipeline whose availability errors are ``RedisError``s."""
 
+    async def initialize(self) -> ClusterPipeline:
+        try:
+            return await super().initialize()
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
