@@ -1,46 +1,62 @@
-"""Per-cell reward statistics over automatically chosen crossings of categorical attributes.
+"""Hierarchical per-cell reward models over automatically chosen crossings of attributes.
 
 A *partition* is a tuple of context attributes, e.g. ``("segment", "device")``; its *cells* are
-the value combinations seen (``("s1", "mobile")``). For every partition and cell the model keeps,
-per arm, a forgetting count ``n`` and reward sum ``s``; the empty partition ``()`` is the global
-(non-contextual) model. Attributes are discovered from the data: the first
-``max_attributes`` context attributes holding a string, boolean or integer, each dropped
-(with its partitions) once it shows more than ``max_values`` distinct values. Partitions are all
-crossings of 1 to 3 kept attributes.
+the value combinations seen (``("s1", "mobile")``). For every partition of up to three kept
+attributes and every cell the model keeps, per arm and for two folds (examples alternate),
+a forgetting count ``n`` and reward sum ``s``; the empty partition ``()`` is the global
+(non-contextual) model. Attributes are discovered from the data: the first ``max_attributes``
+context attributes holding a string, boolean or integer, each dropped (with its partitions)
+once it shows more than ``max_values`` distinct values.
 
-Posterior of arm ``a`` in a cell, Gaussian with a hierarchical prior (the global arm mean,
-``CELL_PRIOR`` pseudo-trials; the global arm's prior is the overall mean, ``GLOBAL_PRIOR``):
-``mean = (s + m mu0) / (n + m)``, ``var = sigma2 / (n + m)``, ``sigma2`` the pooled reward
-variance. A cell with few trials therefore falls back to the global arm means. Rewards of any
-range work (no Beta assumption).
+**Hierarchy.** A partition is read as a *chain* of nested partitions, its attributes added one
+at a time (most predictive first): ``() -> (segment,) -> (segment, device)``. The arm means of
+a cell are Gaussian with an empirical-Bayes prior from its parent cell: at level ``L``
+``theta ~ N(mu_parent, tau_L^2 + var_parent)``, observed means with variance ``sigma^2 / n``
+(``sigma^2`` the pooled reward variance), ``tau_L^2`` estimated by the method of moments from
+all cells of the level. So a rare cell starts from its parent's posterior, a level whose cells
+do not differ (a noise attribute) collapses onto its parent, and a level whose cells differ
+learns from its own data as soon as it has some. The global arms have ``GLOBAL_PRIOR``
+pseudo-trials at the overall mean.
 
-Which partition explains the rewards is chosen by prequential squared error: before an example
-is learned, every partition predicts its reward from the cell's posterior mean of the chosen arm;
-the partition with the lowest (forgetting) mean error is the best contextual model. A crossing
-with more cells pays for its extra parameters through worse early predictions (Occam's razor
-without a penalty term).
+**Partition search.** Each partition is scored by cross-fitted prediction error: the chain is
+fitted on one fold and predicts the rewards of the other fold's examples (the squared error,
+both ways, less the part common to every partition), plus an Occam penalty of
+``OCCAM * sigma^2`` per effective parameter (the summed shrinkage factors ``n / (n + m)`` of
+its finest cells). The lowest score wins; ties go to fewer attributes.
+
+**Serving table.** :meth:`CellModels.table` computes, for a chain, every cell's posterior means,
+variances and Thompson probabilities ``P(arm is best)`` over all arms, by deterministic
+quadrature (no Monte Carlo); it is what a snapshot ships and what serving looks up.
 
 Forgetting: every statistic is weighted by ``0.5 ** (age / half_life)`` (age in examples),
-kept exactly with a growing scale factor instead of touching every cell per example.
+kept exactly with a growing scale factor instead of touching every cell per example;
+:meth:`CellModels.forget` multiplies every statistic by a factor at once (after a detected
+change of the world).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
+from scipy import special
 
 from bandits.base import Context, FloatArray
 
-__all__ = ["CellModels", "CellsState", "cell_value"]
+__all__ = ["CellModels", "CellsState", "Level", "best_probabilities", "cell_value"]
 
 GLOBAL_PRIOR: Final = 2.0
-CELL_PRIOR: Final = 10.0
-MC_DRAWS: Final = 2_000
+MAX_PRIOR_TRIALS: Final = 5_000.0
+"""The strongest prior a level can get, in pseudo-trials (``sigma^2 / tau^2``): a level whose
+cells look alike still moves once a cell has thousands of trials of its own."""
+OCCAM: Final = 1.0
+SAMPLING_VARIANCE: Final = 1.0
+TAU_INFLATE: Final = 1.0
+_QUAD_POINTS: Final = 400
 _RESCALE_AT: Final = 1e150
 _MAX_ORDER: Final = 3
 
@@ -57,15 +73,41 @@ def cell_value(value: object) -> str | None:
     return None
 
 
-# Per cell and arm, for the two folds A and B (examples alternate between them): trials,
-# reward sums, and inverse-propensity-weighted reward sums.
-_N_A, _S_A, _N_B, _S_B, _I_A, _I_B = range(6)
+def best_probabilities(mean: FloatArray, var: FloatArray) -> FloatArray:
+    """``P(arm i has the largest draw)`` for independent Gaussians, shape ``(n,)``.
+
+    Deterministic quadrature of ``int phi_i(x) prod_{j != i} Phi_j(x) dx`` on a grid covering
+    every arm's mean +- 7 sd; normalised to sum to one.
+    """
+    n = len(mean)
+    if n <= 1:
+        return np.ones(n)
+    sd = np.sqrt(np.maximum(var, 1e-18))
+    lo = float((mean - 7 * sd).min())
+    hi = float((mean + 7 * sd).max())
+    x = np.linspace(lo, hi, _QUAD_POINTS)
+    z = (x[None, :] - mean[:, None]) / sd[:, None]
+    log_cdf = special.log_ndtr(z)
+    total = log_cdf.sum(axis=0)
+    dens = np.exp(-0.5 * z * z) / sd[:, None]
+    out: FloatArray = (dens * np.exp(total[None, :] - log_cdf)).sum(axis=1)
+    s = float(out.sum())
+    if not s > 0:
+        out = np.zeros(n)
+        out[int(np.argmax(mean))] = 1.0
+        return out
+    return out / s
+
+
+# Per cell and arm, for the two folds A and B (examples alternate between them): trials and
+# reward sums.
+_N_A, _S_A, _N_B, _S_B = range(4)
 Row = list[list[float]]
 
 
 class _PartitionState(msgspec.Struct, frozen=True, array_like=True):
     attributes: list[str]
-    cells: dict[str, Row]  # "\x1f"-joined cell -> the six per-arm lists
+    cells: dict[str, Row]  # "\x1f"-joined cell -> the four per-arm lists
 
 
 class CellsState(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +121,28 @@ class CellsState(msgspec.Struct, frozen=True, kw_only=True):
     scale: float
     totals: tuple[float, float, float]  # forgetting count, sum and sum of squares of rewards
     count: int
+
+
+class Level(msgspec.Struct, frozen=True, array_like=True):
+    """One level of a chain's posterior: per cell (``"\\x1f"``-joined values in chain order)
+    the arms' posterior means, variances and Thompson probabilities, in arm-index order."""
+
+    attributes: list[str]
+    means: dict[str, list[float]]
+    variances: dict[str, list[float]]
+    best: dict[str, list[float]]
+
+
+class _Fit(NamedTuple):
+    """One level of a fitted chain: cells (values in chain order), posterior means and
+    variances ``(cells, arms)``, the held-out fold's counts and sums, parent cell indices."""
+
+    cells: list[Cell]
+    mean: FloatArray
+    var: FloatArray
+    n_test: FloatArray
+    s_test: FloatArray
+    up: npt.NDArray[np.intp]
 
 
 class _Partition:
@@ -102,9 +166,13 @@ class CellModels:
         self._values: dict[str, set[str]] = {}
         self._dropped: set[str] = set()
         self.partitions: dict[Partition, _Partition] = {(): _Partition(())}
+        self._by_set: dict[frozenset[str], Partition] = {frozenset(): ()}
         self.scale = 1.0
         self._totals = [0.0, 0.0, 0.0]
         self._count = 0
+        # Per stored partition, its cells and statistics as an array (divided by the scale);
+        # emptied whenever a statistic changes.
+        self._raw: dict[Partition, tuple[list[Cell], FloatArray]] = {}
         if state is not None:
             self._load(state)
 
@@ -116,6 +184,11 @@ class CellModels:
             index = self.arms[key] = len(self.arms)
         return index
 
+    @property
+    def count(self) -> int:
+        """Examples learned (not forgotten by weight: a plain count)."""
+        return self._count
+
     def overall(self) -> tuple[float, float]:
         """(mean, pooled variance) of all rewards learned, forgetting applied."""
         n, s, ss = self._totals
@@ -125,7 +198,7 @@ class CellModels:
         var = max(ss / n - mean * mean, 1e-6)
         return mean, var if n >= 2 * self.scale else 0.25
 
-    def cell_of(self, part: Partition, context: Context) -> Cell | None:
+    def cell_of(self, part: Sequence[str], context: Context) -> Cell | None:
         """The cell of ``context`` in partition ``part``; None when an attribute is missing."""
         out = []
         for attribute in part:
@@ -135,59 +208,115 @@ class CellModels:
             out.append(value)
         return tuple(out)
 
-    def posterior(self, part: Partition, cell: Cell | None,
-                  keys: Sequence[str]) -> tuple[FloatArray, FloatArray]:
-        """Posterior means and variances of ``keys`` in a cell, shape ``(n,)`` each."""
-        mean0, var = self.overall()
-        inv = 1.0 / self.scale
-        glob = self.partitions[()].cells.get(())
-        mu0 = np.full(len(keys), mean0)
-        n0 = np.zeros(len(keys))
-        if glob is not None:
-            for j, key in enumerate(keys):
-                i = self.arms.get(key)
-                if i is not None and i < len(glob[0]):
-                    n = (glob[_N_A][i] + glob[_N_B][i]) * inv
-                    n0[j] = n
-                    total = (glob[_S_A][i] + glob[_S_B][i]) * inv
-                    mu0[j] = (total + GLOBAL_PRIOR * mean0) / (n + GLOBAL_PRIOR)
-        if not part:
-            return mu0, var / (n0 + GLOBAL_PRIOR)
-        row = None if cell is None else self.partitions[part].cells.get(cell)
-        ns = np.zeros(len(keys))
-        ss = np.zeros(len(keys))
-        if row is not None:
-            for j, key in enumerate(keys):
-                i = self.arms.get(key)
-                if i is not None and i < len(row[0]):
-                    ns[j] = (row[_N_A][i] + row[_N_B][i]) * inv
-                    ss[j] = (row[_S_A][i] + row[_S_B][i]) * inv
-        return (ss + CELL_PRIOR * mu0) / (ns + CELL_PRIOR), var / (ns + CELL_PRIOR)
+    # -- the hierarchical posterior --------------------------------------------------------
 
-    def win_probabilities(self, part: Partition, cell: Cell | None,
-                          keys: Sequence[str]) -> FloatArray:
-        """P(arm is best) under the cell's posterior from ``MC_DRAWS`` seeded draws, ``(n,)``.
+    def _arrays(self, part: Partition, order: Sequence[str]
+                ) -> tuple[list[Cell], FloatArray, FloatArray, FloatArray, FloatArray]:
+        """Cells of the stored partition with attributes ``set(order)``, each cell's values in
+        ``order``; per fold (A, B) counts and sums, shape ``(cells, arms)``, unscaled."""
+        key = self._by_set[frozenset(part)]
+        raw = self._raw.get(key)
+        if raw is None:
+            stored = self.partitions[key]
+            k = len(self.arms)
+            arr = np.zeros((len(stored.cells), 4, k))
+            for j, row in enumerate(stored.cells.values()):
+                arr[j, :, : len(row[0])] = row
+            arr /= self.scale
+            raw = self._raw[key] = (list(stored.cells), arr)
+        stored_cells, arr = raw
+        perm = [key.index(a) for a in order]
+        cells = [tuple(cell[i] for i in perm) for cell in stored_cells]
+        return cells, arr[:, _N_A], arr[:, _S_A], arr[:, _N_B], arr[:, _S_B]
 
-        The generator is seeded from the posterior itself, so equal states give equal pmfs.
-        """
-        mean, var = self.posterior(part, cell, keys)
-        if len(keys) == 1:
-            return np.ones(1)
-        digest = hashlib.blake2b(mean.tobytes() + var.tobytes(), digest_size=8).digest()
-        gen = np.random.default_rng(int.from_bytes(digest, "little"))
-        draws = gen.standard_normal((MC_DRAWS, len(keys))) * np.sqrt(var) + mean
-        wins: FloatArray = np.bincount(draws.argmax(axis=1), minlength=len(keys)) / MC_DRAWS
-        return wins
+    def _chain(self, order: Sequence[str], folds: str) -> list[_Fit]:
+        """Posterior per level of the chain ``order`` fitted on ``folds`` ("A", "B" or "AB"),
+        with the other fold's data (zeros for "AB") and each cell's parent index."""
+        mean0, sigma2 = self.overall()
+        out: list[_Fit] = []
+        parent_index: dict[Cell, int] = {}
+        parent_mean = parent_var = np.zeros((0, 0))
+        for level in range(len(order) + 1):
+            cells, n_a, s_a, n_b, s_b = self._arrays(tuple(order[:level]), order[:level])
+            if level == 0 and not cells:  # nothing learned yet
+                cells = [()]
+                n_a = s_a = n_b = s_b = np.zeros((1, len(self.arms)))
+            if folds == "A":
+                n, s, n_o, s_o = n_a, s_a, n_b, s_b
+            elif folds == "B":
+                n, s, n_o, s_o = n_b, s_b, n_a, s_a
+            else:
+                n, s = n_a + n_b, s_a + s_b
+                n_o = s_o = np.zeros_like(n)
+            if level == 0:
+                up = np.zeros(1, dtype=np.intp)
+                mean = (s + GLOBAL_PRIOR * mean0) / (n + GLOBAL_PRIOR)
+                var = sigma2 / (n + GLOBAL_PRIOR)
+            else:
+                up = np.array([parent_index[c[:-1]] for c in cells], dtype=np.intp)
+                mu_p, v_p = parent_mean[up], parent_var[up]
+                seen = n > 0
+                ybar = np.where(seen, s / np.where(seen, n, 1.0), 0.0)
+                total_n = float(n.sum())
+                if total_n > 0:
+                    moments = float((n * (ybar - mu_p) ** 2 - seen * sigma2 - n * v_p).sum())
+                    tau2 = max(moments / total_n, sigma2 / MAX_PRIOR_TRIALS)
+                else:
+                    tau2 = sigma2 / MAX_PRIOR_TRIALS
+                prior_var = TAU_INFLATE * tau2 + v_p
+                precision = n / sigma2 + 1.0 / prior_var
+                mean = (s / sigma2 + mu_p / prior_var) / precision
+                var = 1.0 / precision
+            out.append(_Fit(cells, mean, var, n_o, s_o, up))
+            parent_index = {c: i for i, c in enumerate(cells)}
+            parent_mean, parent_var = mean, var
+        return out
 
-    def _global_mean(self, i: int) -> float:
-        """Posterior mean of arm index ``i`` in the global model (scalar, for learning)."""
-        mean0 = self._totals[1] / self._totals[0] if self._totals[0] > 0 else 0.0
-        glob = self.partitions[()].cells.get(())
-        if glob is None or i >= len(glob[0]):
-            return mean0
-        inv = 1.0 / self.scale
-        n = (glob[_N_A][i] + glob[_N_B][i]) * inv
-        return ((glob[_S_A][i] + glob[_S_B][i]) * inv + GLOBAL_PRIOR * mean0) / (n + GLOBAL_PRIOR)
+    def _score(self, order: Sequence[str]) -> float:
+        """Cross-fitted squared prediction error of the chain's finest level (less the
+        ``sum r^2`` common to every partition) plus, for each level, ``OCCAM`` standard errors
+        of its improvement over its parent level; per unit of weight, lower is better."""
+        _, sigma2 = self.overall()
+        loss = 0.0
+        variances = np.zeros(len(order) + 1)
+        for fit in ("A", "B"):
+            levels = self._chain(order, fit)
+            last = levels[-1]
+            loss += float((last.n_test * last.mean**2 - 2.0 * last.mean * last.s_test).sum())
+            for level in range(1, len(levels)):
+                here, parent = levels[level], levels[level - 1]
+                d = here.mean - parent.mean[here.up]
+                variances[level] += 4.0 * sigma2 * float((here.n_test * d * d).sum())
+        total = self._totals[0] / self.scale
+        return (loss + OCCAM * float(np.sqrt(variances).sum())) / max(total, 1e-12)
+
+    def ranked(self) -> list[tuple[Partition, float]]:
+        """Partitions (attributes in chain order) and their scores, best (lowest) first."""
+        if not self.arms or self._totals[0] <= 0:
+            return [((), 0.0)]
+        singles = {a: self._score((a,)) for a in self.attributes}
+        order = sorted(self.attributes, key=lambda a: (singles[a], self.attributes.index(a)))
+        scored: list[tuple[Partition, float]] = [((), self._score(()))]
+        for part in self.partitions:
+            if not part:
+                continue
+            chain = tuple(sorted(part, key=order.index))
+            scored.append((chain, singles[chain[0]] if len(chain) == 1 else self._score(chain)))
+        return sorted(scored, key=lambda x: (x[1], len(x[0])))
+
+    def table(self, order: Sequence[str]) -> list[Level]:
+        """The posterior of every level of the chain ``order`` from all data (module doc)."""
+        out = []
+        for level, fit in enumerate(self._chain(order, "AB")):
+            cells, mean, var = fit.cells, fit.mean, fit.var
+            best = np.stack([best_probabilities(m, v * SAMPLING_VARIANCE)
+                             for m, v in zip(mean, var, strict=True)])
+            joined = ["\x1f".join(c) for c in cells]
+            out.append(Level(attributes=list(order[:level]),
+                             means=dict(zip(joined, mean.tolist(), strict=True)),
+                             variances=dict(zip(joined, var.tolist(), strict=True)),
+                             best=dict(zip(joined, best.tolist(), strict=True))))
+        return out
 
     # -- learning --------------------------------------------------------------------------
 
@@ -216,15 +345,18 @@ class CellModels:
             for combo in itertools.combinations(others, order):
                 part = (*combo, attribute)
                 self.partitions[part] = _Partition(part)
+                self._by_set[frozenset(part)] = part
 
     def _drop_attribute(self, attribute: str) -> None:
         self._dropped.add(attribute)
         self.attributes.remove(attribute)
         del self._values[attribute]
         self.partitions = {p: v for p, v in self.partitions.items() if attribute not in p}
+        self._by_set = {frozenset(p): p for p in self.partitions}
 
-    def learn(self, context: Context, arm: str, reward: float, propensity: float) -> None:
+    def learn(self, context: Context, arm: str, reward: float) -> None:
         """Add one example to its cell in every partition (alternating folds)."""
+        self._raw.clear()
         self._discover(context)
         if self.scale > _RESCALE_AT:
             self._rescale()
@@ -233,77 +365,41 @@ class CellModels:
         i = self._arm(arm)
         fold = self._count % 2
         self._count += 1
-        n_at, s_at, i_at = (_N_A, _S_A, _I_A) if fold == 0 else (_N_B, _S_B, _I_B)
-        ips = w * reward / propensity
+        n_at, s_at = (_N_A, _S_A) if fold == 0 else (_N_B, _S_B)
         for part in self.partitions.values():
             cell = self.cell_of(part.attributes, context)
             if cell is None:
                 continue
             row = part.cells.get(cell)
             if row is None:
-                row = part.cells[cell] = [[] for _ in range(6)]
+                row = part.cells[cell] = [[] for _ in range(4)]
             if len(row[0]) <= i:
                 grow = [0.0] * (i + 1 - len(row[0]))
                 for values in row:
                     values.extend(grow)
             row[n_at][i] += w
             row[s_at][i] += w * reward
-            row[i_at][i] += ips
         t = self._totals
         t[0] += w
         t[1] += w * reward
         t[2] += w * reward * reward
 
-    def _rescale(self) -> None:
-        """Divide every stored weight by the scale (forgetting unchanged, numbers bounded)."""
-        inv = 1.0 / self.scale
+    def forget(self, keep: float) -> None:
+        """Multiply every statistic by ``keep`` in ``(0, 1]`` (old evidence weighs less)."""
+        self._rescale(self.scale / keep)
+
+    def _rescale(self, divisor: float | None = None) -> None:
+        """Divide every stored weight by ``divisor`` (default: the scale, which then becomes
+        one: forgetting unchanged, numbers bounded)."""
+        self._raw.clear()
+        inv = 1.0 / (self.scale if divisor is None else divisor)
         for part in self.partitions.values():
             for row in part.cells.values():
                 for values in row:
                     values[:] = [x * inv for x in values]
         self._totals = [x * inv for x in self._totals]
-        self.scale = 1.0
-
-    def ranked(self) -> list[tuple[Partition, float]]:
-        """Partitions and their cross-fitted value, best first.
-
-        A partition's value is the inverse-propensity estimate of playing, in each cell, the
-        arm with the best shrunk mean in one fold, measured on the other fold, both ways:
-        ``sum_c I_B(c, argmax mean_A(c)) + I_A(c, argmax mean_B(c))`` over all examples. It is
-        unbiased whatever the logging policy, and a crossing whose cells are too small to pick
-        the right arm scores no better than a coarser one.
-        """
-        n_arms = len(self.arms)
-        if not n_arms or self._totals[0] <= 0:
-            return [((), 0.0)]
-        glob = self.partitions[()].cells.get(())
-        mean0 = self._totals[1] / self._totals[0]
-        prior = np.full(n_arms, mean0)
-        if glob is not None:
-            n = np.zeros(n_arms)
-            t = np.zeros(n_arms)
-            k = len(glob[0])
-            n[:k] = np.asarray(glob[_N_A]) + np.asarray(glob[_N_B])
-            t[:k] = np.asarray(glob[_S_A]) + np.asarray(glob[_S_B])
-            prior = (t + GLOBAL_PRIOR * self.scale * mean0) / (n + GLOBAL_PRIOR * self.scale)
-        m = CELL_PRIOR * self.scale
-        total = self._totals[0]
-        scored = []
-        for part in self.partitions.values():
-            if not part.cells:
-                continue
-            rows = list(part.cells.values())
-            arr = np.zeros((len(rows), 6, n_arms))
-            for j, row in enumerate(rows):
-                arr[j, :, : len(row[0])] = row
-            mean_a = (arr[:, _S_A] + m * prior) / (arr[:, _N_A] + m)
-            mean_b = (arr[:, _S_B] + m * prior) / (arr[:, _N_B] + m)
-            pick_a = mean_a.argmax(axis=1)
-            pick_b = mean_b.argmax(axis=1)
-            idx = np.arange(len(rows))
-            value = arr[idx, _I_B, pick_a].sum() + arr[idx, _I_A, pick_b].sum()
-            scored.append((part.attributes, float(value / total)))
-        return sorted(scored, key=lambda x: (-x[1], len(x[0])))
+        if divisor is None:
+            self.scale = 1.0
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -339,6 +435,7 @@ class CellModels:
                 cell: Cell = tuple(joined.split("\x1f")) if ps.attributes else ()
                 part.cells[cell] = [list(values) for values in row]
             self.partitions[part.attributes] = part
+        self._by_set = {frozenset(p): p for p in self.partitions}
         self.scale = state.scale
         self._totals = list(state.totals)
         self._count = state.count

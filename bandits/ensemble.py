@@ -56,7 +56,15 @@ from bandits.base import (
     draw_weighted,
     floor_pmf,
 )
-from bandits.cells import Cell, CellModels, CellsState, Partition
+from bandits.cells import (
+    GLOBAL_PRIOR,
+    CellModels,
+    CellsState,
+    Level,
+    Partition,
+    best_probabilities,
+)
+from bandits.drift import Cusum
 from bandits.vw import VWPolicy
 from tailor_contract.policies import VWCBConfig
 from tailor_contract.wire import Factor
@@ -70,6 +78,10 @@ MIN_EVIDENCE: Final = 500.0
 ESTIMATE_HALF_LIFE: Final = 10_000
 """Examples after which a member's gain estimate weighs half: the estimate follows the member
 as it learns (a member's early, exploring decisions say little about it now)."""
+RANK_EVERY: Final = 250
+"""Examples between two partition searches (and at least a twentieth of all examples)."""
+DRIFT_KEEP: Final = 0.05
+"""Share of their weight the statistics keep when a change of the world is detected."""
 _CONTEXTUAL: Final = ("cells", "vw")
 
 
@@ -104,7 +116,10 @@ class _EnsembleState(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"
     serving: str
     mix: float
     partition: list[str]
-    format: Literal[1] = 1
+    table: list[Level]
+    drift: Cusum
+    ranked_at: int
+    format: Literal[2] = 2
 
 
 class MemberReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -118,12 +133,14 @@ class MemberReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ServingReport(msgspec.Struct, frozen=True, kw_only=True):
-    """Who serves (``member``, with share ``mix`` against the baseline) and why."""
+    """Who serves (``member``, with share ``mix`` against the baseline) and why; ``changes``:
+    how often a change of the world was detected and the statistics were discounted."""
 
     member: str
     mix: float
     partition: str
     members: list[MemberReport]
+    changes: int = 0
 
 
 class EnsemblePolicy:
@@ -150,18 +167,60 @@ class EnsemblePolicy:
         self._serving = "baseline"
         self._mix = 0.0
         self._partition: Partition = ()
+        self._table: list[Level] = []
+        self._drift = Cusum()
+        self._ranked_at = 0
         if state is not None:
             self._estimates.update({k: _Estimate(v.weight, v.total, v.squares)
                                     for k, v in state.estimates.items() if k in _CONTEXTUAL})
             self._serving, self._mix = state.serving, state.mix
             self._partition = tuple(state.partition)
+            self._table = list(state.table)
+            self._drift = msgspec.structs.replace(state.drift)
+            self._ranked_at = state.ranked_at
+        self._arm_order = tuple(self._cells.arms)
         self._samplers = SamplerCache()
         self._tag = self._member_tag()
 
     # -- members' pmfs ---------------------------------------------------------------------
 
-    def _cell_pmf(self, part: Partition, cell: Cell | None, keys: tuple[str, ...]) -> FloatArray:
-        return self._cells.win_probabilities(part, cell if part else (), keys)
+    def _cell_level(self, depth: int, context: Context) -> tuple[int, str]:
+        """The deepest level (at most ``depth``) of the table holding the context's cell, and
+        the cell's key there; (0, "") is the global model."""
+        if not self._table:
+            return 0, ""
+        cell = self._cells.cell_of(self._partition[:depth], context)
+        if cell is None:
+            return 0, ""
+        for level in range(min(depth, len(self._table) - 1), 0, -1):
+            key = "\x1f".join(cell[:level])
+            if key in self._table[level].best:
+                return level, key
+        return 0, ""
+
+    def _level_pmf(self, level: int, key: str, keys: tuple[str, ...]) -> FloatArray:
+        """Thompson probabilities of ``keys`` in a cell of the table: the shipped ones when
+        ``keys`` are all arms in their order, else by quadrature from the cell's posterior
+        (arms never learned get the overall mean and the prior variance)."""
+        if not self._table:
+            return np.full(len(keys), 1.0 / len(keys))
+        row = self._table[level]
+        arms = self._cells.arms
+        if keys == self._arm_order:
+            return np.asarray(row.best[key])
+        if len(keys) == len(arms) and all(k in arms for k in keys):
+            best = row.best[key]
+            return np.array([best[arms[k]] for k in keys])
+        mean0, sigma2 = self._cells.overall()
+        means, variances = row.means[key], row.variances[key]
+        mean = np.array([means[arms[k]] if k in arms else mean0 for k in keys])
+        var = np.array([variances[arms[k]] if k in arms else sigma2 / GLOBAL_PRIOR
+                        for k in keys])
+        return best_probabilities(mean, var)
+
+    def _cell_pmf(self, context: Context, keys: tuple[str, ...], depth: int) -> FloatArray:
+        level, key = self._cell_level(depth, context)
+        return self._level_pmf(level, key, keys)
 
     def _member_pmfs(self, context: Context, candidates: Sequence[Candidate],
                      keys: tuple[str, ...], cache: dict[object, FloatArray],
@@ -171,15 +230,14 @@ class EnsemblePolicy:
         base_key = ("b", keys)
         base = cache.get(base_key)
         if base is None:
-            base = cache[base_key] = self._cell_pmf((), (), keys)
+            base = cache[base_key] = self._level_pmf(0, "", keys)
         out["baseline"] = base
-        part = self._partition
-        if part:
-            cell = self._cells.cell_of(part, context)
-            cell_key = ("c", part, cell, keys)
+        if self._partition:
+            level, key = self._cell_level(len(self._partition), context)
+            cell_key = ("c", level, key, keys)
             pmf = cache.get(cell_key)
             if pmf is None:
-                pmf = cache[cell_key] = self._cell_pmf(part, cell, keys)
+                pmf = cache[cell_key] = self._level_pmf(level, key, keys)
             out["cells"] = pmf
         if with_vw:
             out["vw"] = self._vw.pmf(context, candidates)
@@ -197,26 +255,30 @@ class EnsemblePolicy:
             member = f"mix:{member}"
         return f"{self.version}/{member}"
 
+    def floor(self, n: int) -> float:
+        """The exploration floor of each of ``n`` candidates now (it falls with evidence)."""
+        return self._config.floor(n, examples=self._cells.count)
+
     def _served(self, context: Context, candidates: Sequence[Candidate],
                 keys: tuple[str, ...]) -> tuple[Sampler | None, list[float] | None]:
         """The served pmf: a cached Sampler when no VW prediction is needed, else weights."""
         uses_vw = self._serving == "vw" and self._mix > 0.0
-        floor = self._config.floor(len(keys))
+        floor = self.floor(len(keys))
         if not uses_vw:
-            part = self._partition if self._serving == "cells" and self._mix > 0.0 else ()
-            cell = self._cells.cell_of(part, context) if part else ()
-            cache_key = (part, cell, keys)
+            depth = len(self._partition) if self._serving == "cells" and self._mix > 0 else 0
+            level, key = self._cell_level(depth, context)
+            cache_key = (level, key, keys)
             sampler = self._samplers.get(cache_key)
             if sampler is None:
-                base = self._cell_pmf((), (), keys)
-                pmf = base if not part else (
-                    self._mix * self._cell_pmf(part, cell, keys) + (1.0 - self._mix) * base)
+                base = self._level_pmf(0, "", keys)
+                pmf = base if level == 0 else (
+                    self._mix * self._level_pmf(level, key, keys) + (1.0 - self._mix) * base)
                 sampler = self._samplers.put(cache_key, Sampler(floor_pmf(pmf.tolist(), floor)))
             return sampler, None
         base_sampler = self._samplers.get(("base", keys))
         if base_sampler is None:
             base_sampler = self._samplers.put(("base", keys),
-                                              Sampler(self._cell_pmf((), (), keys)))
+                                              Sampler(self._level_pmf(0, "", keys)))
         vw = self._vw.pmf(context, candidates)
         mixed = self._mix * vw + (1.0 - self._mix) * base_sampler.pmf
         return None, floor_pmf(mixed.tolist(), floor)
@@ -238,10 +300,13 @@ class EnsemblePolicy:
         if self._mix == 0.0:
             return []
         if self._serving == "cells" and self._partition:
-            cell = self._cells.cell_of(self._partition, context)
-            if cell is None:
+            level, _ = self._cell_level(len(self._partition), context)
+            if level == 0:
                 return []
-            return [Factor(feature=a, value=v) for a, v in zip(self._partition, cell, strict=True)]
+            cell = self._cells.cell_of(self._partition[:level], context)
+            assert cell is not None
+            return [Factor(feature=a, value=v)
+                    for a, v in zip(self._partition[:level], cell, strict=True)]
         if self._serving == "vw":
             return self._vw.explain(context, candidates, chosen)
         return []
@@ -277,10 +342,14 @@ class EnsemblePolicy:
     # -- learning --------------------------------------------------------------------------
 
     def learn(self, examples: Sequence[Example]) -> None:
-        """Score the members on the batch (as they were before it), then teach every member."""
+        """Score the members on the batch (as they were before it), watch for a change of the
+        world, then teach every member and refresh the partition and the serving table."""
         if not examples:
             return
         cache: dict[object, FloatArray] = {}
+        changed = False
+        _, sigma2 = self._cells.overall()
+        sd = math.sqrt(sigma2)
         for ex in examples:
             keys = check_candidates(ex.candidates)
             pmfs = self._member_pmfs(ex.context, ex.candidates, keys, cache, with_vw=True)
@@ -290,33 +359,49 @@ class EnsemblePolicy:
                 pmf = pmfs.get(member)
                 gain = 0.0 if pmf is None else (float(pmf[ex.chosen]) - base) * scale
                 self._estimates[member].add(gain, self._decay)
+            predicted = self._predicted(ex.context, ex.chosen_key)
+            if predicted is not None and self._drift.update((ex.reward - predicted) / sd):
+                changed = True
+        if changed:
+            self._cells.forget(DRIFT_KEEP)
+            self._estimates = {m: _Estimate() for m in _CONTEXTUAL}
         self._vw.learn([msgspec.structs.replace(ex, propensity=1.0) for ex in examples])
         for ex in examples:
-            self._cells.learn(ex.context, ex.chosen_key, ex.reward, ex.propensity)
-        self._select()
+            self._cells.learn(ex.context, ex.chosen_key, ex.reward)
+        self._arm_order = tuple(self._cells.arms)
+        self._select(rank=changed)
 
-    def _select(self) -> None:
-        """Pick the best partition, then who serves and with what share (module docstring)."""
-        ranked = self._cells.ranked()
-        best = ranked[0][0] if ranked else ()
-        # The cells member's estimate carries over a change of partition: it is the track
-        # record of serving the best partition of the moment.
-        self._partition = best
+    def _predicted(self, context: Context, arm: str) -> float | None:
+        """The served chain's posterior mean of ``arm`` in the context's cell (None before
+        anything was learned)."""
+        i = self._cells.arms.get(arm)
+        if i is None or not self._table:
+            return None
+        level, key = self._cell_level(len(self._partition), context)
+        return self._table[level].means[key][i]
+
+    def _select(self, rank: bool = False) -> None:
+        """Search the partition now and then, rebuild the serving table, and pick who serves
+        and with what share (module docstring)."""
+        count = self._cells.count
+        if rank or count - self._ranked_at >= max(RANK_EVERY, count // 20) or not self._table:
+            self._partition = self._cells.ranked()[0][0]
+            self._ranked_at = count
+        self._table = self._cells.table(self._partition)
         bounds = {m: self._estimates[m].interval() for m in _CONTEXTUAL}
-        # The contender is the member with the best estimate (cells on ties: it is the cheaper
-        # one to serve); its bounds decide its share.
-        contender = max(_CONTEXTUAL, key=lambda m: bounds[m][0])
-        if not self._partition and contender == "cells":
-            contender = "vw"
-        estimate, lower, upper = bounds[contender]
-        if lower > 0.0:
-            mix = 1.0
-        elif upper < 0.0:
-            mix = PROBE
-        elif self._mix == 1.0 and self._serving == contender and estimate > 0.0:
-            mix = 1.0
+        cells_est, _, cells_hi = bounds["cells"]
+        _, vw_lo, vw_hi = bounds["vw"]
+        if vw_lo > 0.0 and (not self._partition or vw_lo > cells_est):
+            # VW serves once credibly better than the baseline and than the cells' estimate.
+            contender, mix = "vw", 1.0
+        elif self._partition:
+            # The cells serve unless credibly worse than the baseline; then they keep a probe
+            # share, enough to be re-evaluated.
+            contender, mix = "cells", (PROBE if cells_hi < 0.0 else 1.0)
         else:
-            mix = 0.5
+            # No partition predicts better than the global model: the baseline serves, VW
+            # probes unless credibly worse.
+            contender, mix = "vw", (0.0 if vw_hi < 0.0 else PROBE)
         self._serving, self._mix = contender, mix
         self._samplers.clear()
         self._tag = self._member_tag()
@@ -331,7 +416,8 @@ class EnsemblePolicy:
             members.append(MemberReport(member=m, gain=est, lower=lo, upper=hi,
                                         evidence=self._estimates[m].weight))
         return ServingReport(member=self._tag.partition("/")[2], mix=self._mix,
-                             partition="+".join(self._partition), members=members)
+                             partition="+".join(self._partition), members=members,
+                             changes=self._drift.alarms)
 
     def snapshot(self) -> bytes:
         """Serialize every member and the serving state."""
@@ -343,6 +429,9 @@ class EnsemblePolicy:
             serving=self._serving,
             mix=self._mix,
             partition=list(self._partition),
+            table=self._table,
+            drift=self._drift,
+            ranked_at=self._ranked_at,
         )
         return msgspec.msgpack.encode(state)
 

@@ -11,6 +11,8 @@ VW's text format splits on whitespace, ``|`` and ``:``, so those characters (and
 names, which would make ``a=b`` + ``c`` collide with ``a`` + ``b=c``) are percent-escaped.
 Each action also carries ``_key=<candidate key>`` so that, crossed with the context by
 ``-q UA``, the model can learn a per-variant, per-context effect without any variant metadata.
+Slates (``--ccb_explore_adf``) prefix every line with ``ccb`` and add one line per slot, with
+the slot's position as ``_slot=<j>`` in namespace ``S``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,20 @@ from typing import Final
 
 from bandits.base import FeatureValue
 
-__all__ = ["KEY_FEATURE", "action_line", "clean", "format_features", "shared_line"]
+__all__ = [
+    "KEY_FEATURE",
+    "SLOT_FEATURE",
+    "action_line",
+    "ccb_action_line",
+    "ccb_shared_line",
+    "clean",
+    "format_features",
+    "shared_line",
+    "slot_line",
+]
 
 KEY_FEATURE: Final = "_key"
+SLOT_FEATURE: Final = "_slot"
 # Percent-escapes keep the mapping injective: "a b" and "a_b" stay different features.
 _VALUE_ESCAPES: Final = str.maketrans({c: f"%{ord(c):02X}" for c in "% \t\n\v\f\r|:"})
 _NAME_ESCAPES: Final = str.maketrans({c: f"%{ord(c):02X}" for c in "% \t\n\v\f\r|:="})
@@ -101,3 +114,18 @@ def action_line(key: str, features: Mapping[str, FeatureValue]) -> str:
     """Return the VW action line: ``_key=<key>`` and the action's features in namespace ``A``."""
     body = format_features(features)
     return f"|A {KEY_FEATURE}={clean(key)} {body}" if body else f"|A {KEY_FEATURE}={clean(key)}"
+
+
+def ccb_shared_line(context: Mapping[str, FeatureValue]) -> str:
+    """Return the VW ``ccb shared`` line holding the context in namespace ``U``."""
+    return f"ccb shared |U {format_features(context)}"
+
+
+def ccb_action_line(key: str, features: Mapping[str, FeatureValue]) -> str:
+    """Return the VW ``ccb action`` line: ``_key=<key>`` and the item's features in ``A``."""
+    return f"ccb action {action_line(key, features)}"
+
+
+def slot_line(position: int) -> str:
+    """Return the VW ``ccb slot`` line of the slot at ``position`` (0 = first)."""
+    return f"ccb slot |S {SLOT_FEATURE}={position}"

@@ -29,7 +29,8 @@ window plus one hour:
 - ``{{p}}:dec:<d>:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
   end, ms), ``dflt``/``lo``/``hi`` (default reward and clip range), ``agg``, ``r`` (reward so
   far), ``rts`` (under ``first``: the timestamp of the outcome that gave ``r``), ``o:<event id>``
-  (outcomes seen);
+  (outcomes seen); for a ranked slate also ``ns`` (its number of slots), ``i:<item>`` (the
+  item's slot) and per slot ``r:<slot>``/``rts:<slot>`` in place of ``r``/``rts``;
 - ``{{p}}:dec:<d>:exps`` SET — the experiments the decision took part in;
 - ``{{p}}:u:<u>:join`` HASH — experiment -> the unit's latest open decision id;
 - ``{{p}}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
@@ -76,7 +77,13 @@ class UnitScreen(Protocol):
 
 
 class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
-    """What the learner needs of a decision: context, candidates, choice, propensity."""
+    """What the learner needs of a decision: context, candidates, choice, propensity.
+
+    A ranked slate also carries ``slate`` (the candidates' indexes in slot order; ``chosen`` is
+    its first) and ``slate_propensities`` (each slot's conditional probability), and, when the
+    candidates came in the request, their ``features`` (one mapping per candidate): the
+    learner knows only the experiment's variants.
+    """
 
     decision_id: str
     experiment: str
@@ -88,6 +95,14 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True,
     model_version: str
     context: dict[str, FeatureValue]
     decided_ms: int
+    slate: list[int] = msgspec.field(default_factory=list)
+    slate_propensities: list[float] = msgspec.field(default_factory=list)
+    features: list[dict[str, FeatureValue]] | None = None
+
+    @property
+    def slate_items(self) -> list[str]:
+        """The slate's items in slot order (empty for a one-variant decision)."""
+        return [self.candidates[i] for i in self.slate]
 
 
 class JoinRules(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,30 +125,58 @@ class JoinRules(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TrainingExample(msgspec.Struct, frozen=True, kw_only=True):
-    """A finalised record read back from the stream."""
+    """A finalised record read back from the stream; a slate's ``rewards`` has one entry per
+    slot (``reward`` is then their sum)."""
 
     stream_id: str
     record: DecisionRecord
     reward: float
     joined: bool
+    rewards: list[float] | None = None
 
 
 _FINALIZE = """
+local function finalize_slate(rec, stream, maxlen, body, ns, dflt, lo, hi)
+  local joined, total, parts = '0', 0, {}
+  for j = 0, ns - 1 do
+    local r = redis.call('HGET', rec, 'r:' .. j)
+    local reward = dflt
+    if r then
+      reward = tonumber(r)
+      joined = '1'
+    end
+    if reward < lo then reward = lo end
+    if reward > hi then reward = hi end
+    total = total + reward
+    parts[#parts + 1] = tostring(reward)
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'rec', body, 'r', tostring(total),
+             'joined', joined, 'rs', table.concat(parts, ','))
+  redis.call('DEL', rec)
+  return 1
+end
+
 local function finalize(due, rec, stream, member, maxlen)
   if redis.call('ZREM', due, member) == 0 then return 0 end
-  local body = redis.call('HGET', rec, 'rec')
+  -- One HMGET, not one HGET per field: four commands fewer per learning decision.
+  local f = redis.call('HMGET', rec, 'rec', 'r', 'dflt', 'lo', 'hi', 'ns')
+  local body = f[1]
   if not body then return 0 end
-  local r = redis.call('HGET', rec, 'r')
+  if f[6] then
+    return finalize_slate(rec, stream, maxlen, body, tonumber(f[6]), tonumber(f[3]),
+                          tonumber(f[4]), tonumber(f[5]))
+  end
+  local r = f[2]
   local joined = '1'
   local reward
   if r then
     reward = tonumber(r)
   else
-    reward = tonumber(redis.call('HGET', rec, 'dflt'))
+    reward = tonumber(f[3])
     joined = '0'
   end
-  local lo = tonumber(redis.call('HGET', rec, 'lo'))
-  local hi = tonumber(redis.call('HGET', rec, 'hi'))
+  local lo = tonumber(f[4])
+  local hi = tonumber(f[5])
   if reward < lo then reward = lo end
   if reward > hi then reward = hi end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'rec', body, 'r', tostring(reward),
@@ -144,24 +187,79 @@ end
 """
 
 # -1 late (window closed or record gone), -2 early (dated before the window opened),
-# 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's end.
-_APPLY_OUTCOME = """
-local rec = KEYS[1]
-local eid, reward, now, ts = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts')
-if not f[1] then return -1 end
-if now > tonumber(f[1]) then return -1 end
-if f[2] and ts < tonumber(f[2]) then return -2 end
-if redis.call('HSETNX', rec, 'o:' .. eid, '1') == 0 then return 0 end
-if f[3] == 'first' then
-  if not f[4] or ts < tonumber(f[4]) then
-    redis.call('HSET', rec, 'r', ARGV[2], 'rts', ARGV[4])
+# -3 a slate's outcome naming no slot of it (no slot or item, an unknown item, a slot out of
+# range), 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's
+# end. A slate's rewards accumulate per slot (``r:<slot>``, ``rts:<slot>``); ``slot`` and
+# ``item`` are the outcome's ('' when not given), ignored for a one-variant decision.
+_APPLY = """
+local function apply(rec, eid, reward_text, now, ts_text, slot, item)
+  local ts = tonumber(ts_text)
+  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts', 'ns')
+  if not f[1] then return -1 end
+  if now > tonumber(f[1]) then return -1 end
+  if f[2] and ts < tonumber(f[2]) then return -2 end
+  local suffix, first = '', f[4]
+  if f[5] then
+    if item ~= '' then
+      local at = redis.call('HGET', rec, 'i:' .. item)
+      if not at or (slot ~= '' and tonumber(slot) ~= tonumber(at)) then return -3 end
+      slot = at
+    end
+    if slot == '' or tonumber(slot) < 0 or tonumber(slot) >= tonumber(f[5]) then return -3 end
+    suffix = ':' .. tonumber(slot)
+    first = redis.call('HGET', rec, 'rts' .. suffix)
   end
-else
-  redis.call('HINCRBYFLOAT', rec, 'r', reward)
+  if redis.call('HSETNX', rec, 'o:' .. eid, '1') == 0 then return 0 end
+  if f[3] == 'first' then
+    if not first or ts < tonumber(first) then
+      redis.call('HSET', rec, 'r' .. suffix, reward_text, 'rts' .. suffix, ts_text)
+    end
+  else
+    redis.call('HINCRBYFLOAT', rec, 'r' .. suffix, tonumber(reward_text))
+  end
+  return 1
 end
-return 1
 """
+
+_APPLY_OUTCOME = (
+    _APPLY
+    + """
+return apply(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])
+"""
+)
+
+# An outcome naming only its decision: the decision's experiments (its SET) and the outcome
+# applied to each, in one call. ARGV: record key prefix, event id, now, ts, slot, item, then
+# (experiment, reward) pairs for every experiment with rules ('' = its rules ignore this
+# outcome type). Returns a flat [experiment, code, ...] list in experiment order; code 2 =
+# ignored.
+_APPLY_BY_DECISION = (
+    _APPLY
+    + """
+local prefix, eid, now, ts = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local slot, item = ARGV[5], ARGV[6]
+local rewards = {}
+for i = 7, #ARGV, 2 do rewards[ARGV[i]] = ARGV[i + 1] end
+local members = redis.call('SMEMBERS', KEYS[1])
+table.sort(members)
+local out = {}
+for _, exp in ipairs(members) do
+  local reward = rewards[exp]
+  if reward ~= nil then
+    out[#out + 1] = exp
+    if reward == '' then
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = apply(prefix .. exp, eid, reward, now, ts, slot, item)
+    end
+  end
+end
+return out
+"""
+)
+BY_DECISION_MAX_RULES = 64
+"""Up to this many experiments with rules, an outcome naming only its decision is applied in one
+script call (their rewards travel as arguments); beyond, the experiments are read first."""
 
 # KEYS: due set, stream; ARGV: record key prefix, stream MAXLEN, due members. Every record key
 # is built here from its member: all live in the due set's slot (the ``{<p>}`` tag).
@@ -196,6 +294,11 @@ for c = 3, #call do
     local rec = tag .. exp
     redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'wst', r[7], 'dflt', ru[1], 'lo', ru[2],
                'hi', ru[3], 'agg', ru[4])
+    local items = r[8]
+    if items and #items > 0 then
+      redis.call('HSET', rec, 'ns', #items)
+      for j = 1, #items do redis.call('HSET', rec, 'i:' .. items[j], j - 1) end
+    end
     redis.call('PEXPIRE', rec, r[4])
     exps[#exps + 1] = exp
     index[#index + 1] = exp
@@ -230,9 +333,16 @@ class RewardJoin:
         self.due_key = f"{shared}:join:due"
         self.stream_key = f"{shared}:train"
         self._apply = redis.register_script(_APPLY_OUTCOME)
+        self._apply_by_decision = redis.register_script(_APPLY_BY_DECISION)
         self._finalize = redis.register_script(_FINALIZE_DUE)
         self._remember = redis.register_script(_REMEMBER)
         self._pending: list[_Queued] = []
+        # Decision and unit ids of the queued decisions and of those a flush is writing now
+        # (see holds()): an outcome waits for a flush only when it may refer to one of them.
+        self._queued_ids: set[str] = set()
+        self._queued_units: set[str] = set()
+        self._writing_ids: set[str] = set()
+        self._writing_units: set[str] = set()
         self._flush_lock = asyncio.Lock()
         self.screen: UnitScreen | None = None
         """Drops queued decisions of units that must not be written (erasure tombstones)."""
@@ -266,11 +376,28 @@ class RewardJoin:
         start = window_start_ms if window_start_ms is not None else record.decided_ms
         end = window_end_ms if window_end_ms is not None else start + rules.window_ms
         self._pending.append(_Queued(record, rules, end, start))
+        self._queued_ids.add(record.decision_id)
+        self._queued_units.add(record.unit_id)
 
     @property
     def pending(self) -> int:
         """Decisions queued but not yet written."""
         return len(self._pending)
+
+    def holds(self, decision_id: str | None, unit_id: str | None) -> bool:
+        """Whether a decision with this id, or of this unit, is queued here or being written.
+
+        An outcome needs :meth:`flush` first only then: every other decision this join was
+        given is in Redis already, so the outcome path skips the flush (and its script call)
+        in the common case of a click arriving long after its decision.
+        """
+        if decision_id is not None and (
+            decision_id in self._queued_ids or decision_id in self._writing_ids
+        ):
+            return True
+        return unit_id is not None and (
+            unit_id in self._queued_units or unit_id in self._writing_units
+        )
 
     async def flush(self) -> int:
         """Write queued decisions; returns how many. Waits for a flush in flight first, so on
@@ -290,6 +417,9 @@ class RewardJoin:
         if not self._pending:
             return 0
         batch, self._pending = self._pending, []
+        # Until this flush returns, its decisions are "being written" (holds() says so).
+        self._writing_ids, self._queued_ids = self._queued_ids, set()
+        self._writing_units, self._queued_units = self._queued_units, set()
         sent: set[str] = set()
         try:
             if self.screen is not None:
@@ -304,7 +434,11 @@ class RewardJoin:
             # join; rewriting a record that did reach Redis is harmless (same keys, same values).
             unsent = [item for item in batch if item.record.decision_id not in sent]
             self._pending = (unsent + self._pending)[-100_000:]
+            self._queued_ids = {item.record.decision_id for item in self._pending}
+            self._queued_units = {item.record.unit_id for item in self._pending}
             raise
+        finally:
+            self._writing_ids, self._writing_units = set(), set()
         return len(batch)
 
     async def apply_outcome(
@@ -319,15 +453,24 @@ class RewardJoin:
         unit_id: str | None,
         experiment: str | None,
         ts_ms: int | None = None,
+        slot: int | None = None,
+        item: str | None = None,
     ) -> list[tuple[str, Applied]]:
         """Apply an outcome to the open decisions it refers to; returns (experiment, result).
 
         ``now_ms`` is when the outcome arrived (after the window's end it is ``late``);
         ``ts_ms`` when it happened (``now_ms`` if not given): before the window opens it is
-        ``early`` and not applied. Nothing is finalised here, whatever the aggregation.
+        ``early`` and not applied. Nothing is finalised here, whatever the aggregation. For a
+        slate decision the outcome rewards the slot ``slot`` or the slot showing ``item``; one
+        naming no slot of the slate is ``ignored``.
         """
         ts = now_ms if ts_ms is None else ts_ms
+        where = ("" if slot is None else str(slot), item or "")
         targets: list[tuple[str, str]] = []
+        if decision_id and not experiment and len(rules_of) <= BY_DECISION_MAX_RULES:
+            return await self._apply_to_decision(
+                event_id, outcome_type, value, now_ms, ts, rules_of, decision_id, where
+            )
         if decision_id:
             if experiment:
                 names = [experiment]
@@ -353,10 +496,35 @@ class RewardJoin:
                 results.append((name, "ignored"))
                 continue
             code = await self._apply(
-                keys=[self.record_key(did, name)], args=[event_id, repr(reward), now_ms, ts]
+                keys=[self.record_key(did, name)],
+                args=[event_id, repr(reward), now_ms, ts, *where],
             )
             results.append((name, _APPLIED[int(code)]))
         return results
+
+    async def _apply_to_decision(
+        self,
+        event_id: str,
+        outcome_type: str,
+        value: float,
+        now_ms: int,
+        ts: int,
+        rules_of: Mapping[str, JoinRules],
+        decision_id: str,
+        where: tuple[str, str],
+    ) -> list[tuple[str, Applied]]:
+        """Apply an outcome to every experiment of a decision in one script call (``where``:
+        the slot and item it names, '' when not)."""
+        args: list[str | int] = [
+            self.record_key(decision_id, ""), event_id, now_ms, ts, *where
+        ]
+        for name, rules in rules_of.items():
+            reward = rules.reward_of(outcome_type, value)
+            args += [name, "" if reward is None else repr(reward)]
+        flat = await self._apply_by_decision(keys=[self.experiments_key(decision_id)], args=args)
+        return [
+            (_text(flat[i]), _BY_DECISION[int(flat[i + 1])]) for i in range(0, len(flat), 2)
+        ]
 
     async def finalize_due(self, now_ms: int, limit: int = 1000) -> int:
         """Finalise every decision whose window has closed (default reward if no outcome).
@@ -382,7 +550,14 @@ class RewardJoin:
                 return done
 
 
-_APPLIED: dict[int, Applied] = {1: "joined", 0: "duplicate", -1: "late", -2: "early"}
+_APPLIED: dict[int, Applied] = {
+    1: "joined", 0: "duplicate", -1: "late", -2: "early", -3: "ignored"
+}
+_BY_DECISION: dict[int, Applied] = {**_APPLIED, 2: "ignored"}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _Queued(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -409,7 +584,8 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
     per decision, took Redis more time than the record ``HSET``s: about half of that goes); each
     decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment,
     record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua counts), the
-    window end as a number (for sorting; the script ignores it) and the window start.
+    window end as a number (for sorting; the script ignores it) and the window start, then for a
+    slate its items in slot order.
     ``batch`` is grouped by decision in first-seen order and the groups cut into calls of about
     ``REMEMBER_BATCH`` records; a decision never spans two calls.
     """
@@ -436,7 +612,11 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
                 index = rule_index[id(rules)] = len(rule_rows)
             ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
             known = shared[key] = (index, str(end), str(ttl), str(item.start))
-        row = (record.experiment, body, known[1], known[2], known[0], end, known[3])
+        row: tuple[Any, ...] = (
+            record.experiment, body, known[1], known[2], known[0], end, known[3]
+        )
+        if record.slate:
+            row = (*row, record.slate_items)
         decision_id = record.decision_id
         group = groups.get(decision_id)
         if group is None:
@@ -484,11 +664,13 @@ def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:
     def get(name: str) -> Any:
         return fields.get(name, fields.get(name.encode()))
 
+    rewards = get("rs")
     return TrainingExample(
         stream_id=text(stream_id),
         record=_record_decoder.decode(get("rec")),
         reward=float(text(get("r"))),
         joined=text(get("joined")) == "1",
+        rewards=[float(r) for r in text(rewards).split(",")] if rewards is not None else None,
     )
 
 

@@ -9,15 +9,27 @@ of a dead consumer), so nothing is lost and nothing is learned twice.
 
 A reset (``SnapshotStore.reset``) bumps the model's generation; the learner notices on its next
 publish, drops its in-memory model and starts fresh from that point.
+
+Learners shard by experiment (:class:`Shard`, ``tailor learn --shard i/n``): experiment ``e``
+belongs to shard ``crc32(e) mod n``. Each shard reads the one training stream through its own
+consumer group (``learners:i/n``; ``learners`` when unsharded), learns only its experiments and
+acknowledges every entry it read (the others' entries are skipped after decoding the record's
+first two fields, not the context). Stream entries are trimmed only below the slowest group of the
+layout, so no shard loses an entry another has not read. Groups of another layout (left by a
+re-sharding) are not waited for: stop the old learners (they publish and trim on the way out)
+before starting the new layout, whose groups start from the stream's start — what is left on it
+is what the old layout had not learned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import msgspec
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -25,6 +37,7 @@ from redis.exceptions import ResponseError
 from bandits.base import Example, Policy, PolicyError
 from bandits.join import JOIN_GROUP, TrainingExample, decode_entry
 from bandits.registry import build_policy
+from bandits.slates import SlateExample, SlatePolicy
 from bandits.snapshots import Snapshot, SnapshotStore
 from bandits.spec import PolicySpec
 
@@ -32,6 +45,59 @@ log = structlog.get_logger("tailor.learner")
 
 SpecSource = Callable[[], Awaitable[Mapping[str, PolicySpec]]]
 CLAIM_IDLE_MS = 30_000
+
+
+class Shard(msgspec.Struct, frozen=True):
+    """Shard ``index`` of ``count``: the experiments whose ``crc32(key) mod count == index``.
+
+    ``Shard(0, 1)`` (the default) owns every experiment and reads with the unsharded group.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"shard count == {self.count}, must be >= 1")
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard index == {self.index}, must be in [0, {self.count - 1}]")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` (e.g. ``"0/3"``) as a shard; ValueError saying what is wrong otherwise."""
+        index, slash, count = text.partition("/")
+        if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"shard {text!r} must be i/n with whole numbers, e.g. 0/3")
+        return cls(int(index), int(count))
+
+    def owns(self, experiment: str) -> bool:
+        """Whether this shard learns ``experiment``."""
+        return self.count == 1 or zlib.crc32(experiment.encode()) % self.count == self.index
+
+    @property
+    def group(self) -> str:
+        """The consumer group this shard reads the training stream with."""
+        return JOIN_GROUP if self.count == 1 else f"{JOIN_GROUP}:{self.index}/{self.count}"
+
+    @property
+    def label(self) -> str:
+        """``i/n``, for lease keys and logs (empty when unsharded)."""
+        return "" if self.count == 1 else f"{self.index}/{self.count}"
+
+    def layout_groups(self) -> set[str]:
+        """Every consumer group of this shard's layout (all ``n`` shards)."""
+        return {Shard(i, self.count).group for i in range(self.count)}
+
+
+class _Head(msgspec.Struct, array_like=True):
+    """The first fields of a :class:`~bandits.join.DecisionRecord` (array-like JSON): enough
+    to tell which shard an entry belongs to without decoding its context."""
+
+    decision_id: str
+    experiment: str
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
 
 
 class _Model:
@@ -59,8 +125,11 @@ class Learner:
         snapshot_interval_s: float = 2.0,
         batch_size: int = 2000,
         on_learned: Callable[[str, int], None] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self._redis = redis
+        self.shard = shard or Shard()
+        self._group = self.shard.group
         self._stream = f"{{{prefix}}}:train"  # the slot of the models: acks commit with them
         self._snapshots = SnapshotStore(redis, prefix)
         self._specs_source = specs
@@ -79,11 +148,13 @@ class Learner:
         self._last_publish = time.monotonic()
         self.learned = 0
         self.skipped = 0
+        self.others = 0
+        """Entries of other shards' experiments read (and acknowledged) by this one."""
 
     async def start(self) -> None:
         """Create the consumer group if needed (from the stream's start) and load specs."""
         try:
-            await self._redis.xgroup_create(self._stream, JOIN_GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -140,11 +211,14 @@ class Learner:
         entries = await self._read(block_ms)
         if not entries:
             return 0
-        by_experiment: dict[str, list[Example]] = {}
+        by_experiment: dict[str, list[Example | SlateExample]] = {}
         for stream_id, fields in entries:
             self._unacked.append(stream_id)
             if fields is None:
                 continue  # trimmed from the stream while pending: nothing left to learn
+            if self.shard.count > 1 and not self._mine(fields):
+                self.others += 1
+                continue
             example = decode_entry(stream_id, fields)
             spec_model = await self._model(example.record.experiment)
             built = self._example(spec_model, example)
@@ -157,7 +231,7 @@ class Learner:
         for name, examples in by_experiment.items():
             model = self._models[name]
             # Off the event loop: an in-server learner shares it with decisions.
-            await asyncio.to_thread(model.policy.learn, examples)
+            await asyncio.to_thread(_learn, model.policy, examples)
             model.examples += len(examples)
             model.dirty = True
             self.learned += len(examples)
@@ -165,17 +239,28 @@ class Learner:
                 self._on_learned(name, len(examples))
         return len(entries)
 
+    def _mine(self, fields: Mapping[Any, Any]) -> bool:
+        body = fields.get(b"rec", fields.get("rec"))
+        try:
+            return self.shard.owns(_head_decoder.decode(body).experiment)
+        except (msgspec.DecodeError, TypeError):
+            return True  # undecodable: the full decode below skips (and counts) it
+
     @staticmethod
-    def _example(model: _Model | None, example: TrainingExample) -> Example | None:
+    def _example(model: _Model | None, example: TrainingExample) -> Example | SlateExample | None:
         if model is None:
             return None
+        if example.rewards is not None:
+            if not isinstance(model.policy, SlatePolicy):
+                return None  # a slate logged under another policy cannot teach this one
+            return model.spec.slate_example(example.record, example.rewards)
         return model.spec.example(example.record, example.reward)
 
     async def _read(self, block_ms: int) -> list[tuple[str, Any]]:
         if self._pending_cursor is not None:
             # Our own pending entries first (a previous run died before publishing them).
             reply = await self._redis.xreadgroup(
-                JOIN_GROUP, self.consumer, {self._stream: self._pending_cursor}, count=self._batch
+                self._group, self.consumer, {self._stream: self._pending_cursor}, count=self._batch
             )
             entries = _entries(reply)
             if entries:
@@ -186,7 +271,7 @@ class Learner:
             # Then the entries a dead learner (another consumer name) left unacknowledged.
             claimed = await self._redis.xautoclaim(
                 self._stream,
-                JOIN_GROUP,
+                self._group,
                 self.consumer,
                 CLAIM_IDLE_MS,
                 self._claim_cursor,
@@ -197,7 +282,7 @@ class Learner:
             if claimed and claimed[1]:
                 return [(_text(i), f or None) for i, f in claimed[1]]
         reply = await self._redis.xreadgroup(
-            JOIN_GROUP, self.consumer, {self._stream: ">"}, count=self._batch, block=block_ms
+            self._group, self.consumer, {self._stream: ">"}, count=self._batch, block=block_ms
         )
         return _entries(reply)
 
@@ -250,7 +335,7 @@ class Learner:
             for snap in snapshots:
                 self._snapshots.stage_publish(pipe, snap)
             if self._unacked:
-                pipe.xack(self._stream, JOIN_GROUP, *self._unacked)
+                pipe.xack(self._stream, self._group, *self._unacked)
             await pipe.execute()
         for model, snap in zip(dirty, snapshots, strict=True):
             model.version = snap.version
@@ -269,18 +354,27 @@ class Learner:
 
     async def _trim(self) -> None:
         """Drop learned entries from the stream: they hold unit ids and context, and are in a
-        published snapshot now. Entries still pending (anyone's) and unread ones stay."""
-        summary = await self._redis.xpending(self._stream, JOIN_GROUP)
-        if summary and summary.get("pending"):
-            floor = _text(summary["min"])
-        else:
-            groups = await self._redis.xinfo_groups(self._stream)
-            mine = next((g for g in groups if _text(g["name"]) == JOIN_GROUP), None)
-            if mine is None:
-                return
-            ms, _, seq = _text(mine["last-delivered-id"]).partition("-")
-            floor = f"{ms}-{int(seq or 0) + 1}"
-        await self._redis.xtrim(self._stream, minid=floor, approximate=False)
+        published snapshot now. Entries still pending in any group of this layout, and those
+        any of its groups has not read yet, stay."""
+        groups = await self._redis.xinfo_groups(self._stream)
+        layout = self.shard.layout_groups()
+        floors: list[tuple[int, int]] = []
+        seen = set()
+        for group in groups:
+            name = _text(group["name"])
+            if name not in layout:
+                continue
+            seen.add(name)
+            summary = await self._redis.xpending(self._stream, name)
+            if summary and summary.get("pending"):
+                floors.append(_stream_id(_text(summary["min"])))
+            else:
+                ms, seq = _stream_id(_text(group["last-delivered-id"]))
+                floors.append((ms, seq + 1))
+        if seen != layout:
+            return  # a shard has not started yet: everything may still be its to read
+        ms, seq = min(floors)
+        await self._redis.xtrim(self._stream, minid=f"{ms}-{seq}", approximate=False)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Learn until ``stop`` is set, publishing on the cadence and once more at the end."""
@@ -291,6 +385,27 @@ class Learner:
                 self._specs = await self._specs_source()
                 await self.publish()
         await self.publish()
+
+
+def _learn(policy: Policy, examples: list[Example | SlateExample]) -> None:
+    """Teach ``policy`` the examples in order: one-variant examples through ``learn``, slates
+    through ``learn_slates`` (only slate policies receive them), each run in one call."""
+    run: list[Any] = []
+    for example in [*examples, None]:
+        if run and (example is None or type(example) is not type(run[0])):
+            if isinstance(run[0], SlateExample):
+                assert isinstance(policy, SlatePolicy)
+                policy.learn_slates(run)
+            else:
+                policy.learn(run)
+            run = []
+        if example is not None:
+            run.append(example)
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value: Any) -> str:

@@ -19,6 +19,7 @@ from bandits.fixed import FixedPolicy
 from bandits.send_time.policy import SendTimePolicy
 from bandits.thompson import ThompsonPolicy
 from bandits.vw import VWPolicy
+from bandits.vw_slates import VWSlatesPolicy
 from tailor_contract.policies import (
     EpsilonGreedyConfig,
     FixedConfig,
@@ -26,6 +27,7 @@ from tailor_contract.policies import (
     SendTimeThompsonConfig,
     ThompsonConfig,
     VWCBConfig,
+    VWSlatesConfig,
 )
 
 __all__ = ["build_policy"]
@@ -43,8 +45,8 @@ def build_policy(
     Args:
         config: The experiment's policy config.
         arms: The experiment's variants (keys and weights). ``fixed`` splits by weight,
-            ``thompson`` checks its floor against their count, ``vw_cb`` ignores them (it acts
-            on the candidates passed to ``choose``).
+            ``thompson`` checks its floor against their count, ``vw_cb`` and ``vw_slates`` ignore
+            them (they act on the candidates passed to ``choose``).
         snapshot: Bytes from ``Policy.snapshot()`` of a policy of the same kind, or None
             for a fresh model.
         version: The model version to stamp on every Choice.
@@ -84,6 +86,10 @@ def build_policy(
             if snapshot is None:
                 return VWPolicy(config, version=version)
             return VWPolicy.restore(config, snapshot, version=version)
+        case VWSlatesConfig():
+            if snapshot is None:
+                return VWSlatesPolicy(config, version=version)
+            return VWSlatesPolicy.restore(config, snapshot, version=version)
         case SendTimeThompsonConfig():
             if snapshot is None:
                 return SendTimePolicy(config, version=version)

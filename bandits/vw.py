@@ -47,7 +47,7 @@ from bandits.base import (
     floor_pmf,
 )
 from bandits.features import action_line, shared_line
-from tailor_contract.policies import VWCBConfig
+from tailor_contract.policies import VWCBConfig, VWSlatesConfig
 from tailor_contract.wire import Factor
 
 __all__ = ["VWPolicy"]
@@ -61,7 +61,7 @@ _NO_LABEL: Final = CBLabel()
 _ENCODER: Final = msgspec.msgpack.Encoder()
 
 
-def check_vw_config(config: VWCBConfig) -> None:
+def check_vw_config(config: VWCBConfig | VWSlatesConfig) -> None:
     """Raise ValueError with VW's message if VW itself rejects the config's arguments.
 
     The contract checks every option against its allow-list; this builds a throwaway

@@ -126,6 +126,12 @@ class Metrics:
             "Decide requests served by the fast path (the rest went through the full handler)",
             registry=r,
         )
+        self.fast_outcomes = Counter(
+            "tailor_outcomes_fast_path",
+            "Single outcomes (POST /v1/outcomes) served by the fast path (the rest went through "
+            "the full handler)",
+            registry=r,
+        )
         self.degraded = Counter(
             "tailor_degraded_responses",
             "Responses answered without a backend",

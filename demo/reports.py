@@ -15,6 +15,7 @@ import httpx
 import msgspec
 
 __all__ = [
+    "AdaptiveView",
     "ArmView",
     "ComparisonView",
     "IntervalView",
@@ -148,6 +149,15 @@ class VerdictView(msgspec.Struct, frozen=True):
     headline: str
 
 
+class AdaptiveView(msgspec.Struct, frozen=True):
+    """A learning policy's value against its baseline: the verdict of a bandit experiment."""
+
+    source: str
+    baseline: str
+    gain: IntervalView | None
+    significant: bool
+
+
 class ReportView(msgspec.Struct, frozen=True):
     """An experiment report, as far as the demo reads it."""
 
@@ -158,6 +168,7 @@ class ReportView(msgspec.Struct, frozen=True):
     uplift: UpliftSectionView
     off_policy: OffPolicyView | None
     warnings: list[str]
+    adaptive: AdaptiveView | None = None
 
     def metric(self, name: str) -> MetricView | None:
         """The section of outcome type ``name``."""

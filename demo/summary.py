@@ -22,7 +22,16 @@ import numpy as np
 
 from demo.records import EmailRecord, Observations, VisitRecord
 from demo.reports import ComparisonView, EstimateView, IntervalView, ReportView
-from demo.shop import CAROUSEL, HERO, OFFER, OFFER_CAP, SEND_TIME, SUBJECT
+from demo.shop import (
+    CAROUSEL,
+    CAROUSEL_DEFAULT,
+    HERO,
+    OFFER,
+    OFFER_CAP,
+    SEND_TIME,
+    SUBJECT,
+    SUBJECT_DEFAULT,
+)
 from demo.world import (
     DEVICES,
     SEGMENTS,
@@ -125,6 +134,35 @@ def policy_value_finding(name: str, truth: float, estimate: EstimateView | None)
     return Finding(what=name, truth=pct(truth), found=found, covered=dr.contains(truth))
 
 
+def bandit_verdict_finding(report: ReportView, truth: float, *, points: bool) -> Finding:
+    """A bandit experiment's verdict — the policy's value against the holdout (or off-policy
+    against always the control) — next to the true difference.
+
+    ``agrees``: a significant verdict points the way the truth does (a bandit's gain is not
+    sized to be found, so "not significant yet" is no contradiction). ``covered``: the
+    verdict's interval holds the truth. ``points``: rates in percentage points (a holdout's
+    conversion rates), else rewards per decision.
+    """
+    a = report.adaptive
+    name = "the verdict: the policy's value against "
+    if a is None or a.gain is None:
+        return Finding(what=name + "its baseline", truth=pp(truth), found="not in the report")
+    gain = a.gain
+    shown = pp(gain.estimate) if points else f"{(gain.estimate or 0.0):+.4f}"
+    bounds = ci(gain) if points else f"[{(gain.lower or 0.0):+.4f}, {(gain.upper or 0.0):+.4f}]"
+    state = "significant" if a.significant else "not significant yet"
+    right_way = (gain.estimate or 0.0) * truth > 0
+    return Finding(
+        what=name
+        + a.baseline
+        + (" (from the holdout)" if a.source != "off_policy" else " (off-policy)"),
+        truth=pp(truth) if points else f"{truth:+.4f}",
+        found=f"{shown} {bounds}; {state}",
+        agrees=not a.significant or right_way,
+        covered=gain.contains(truth),
+    )
+
+
 def hero_section(obs: Observations, report: ReportView, expect_found: bool) -> Section:
     """Hero banner: the true lift in per-shopper purchase rate against the report's."""
     offers: dict[int, list[str]] = defaultdict(list)
@@ -196,6 +234,12 @@ def carousel_section(
     for policy, (label, truth) in targets.items():
         estimate = ope.policy(policy) if ope is not None else None
         rows.append(policy_value_finding(f"off-policy click rate of {label} (DR)", truth, estimate))
+    control = SORTS.index(CAROUSEL_DEFAULT)
+    rows.append(
+        bandit_verdict_finding(
+            report, float(picked.mean() - tables[:, control].mean()), points=False
+        )
+    )
     bests = ", ".join(
         f"{segment} {'/'.join(SORTS[best[s, d]] for d in range(len(DEVICES)))}"
         for s, segment in enumerate(SEGMENTS)
@@ -283,6 +327,19 @@ def subject_section(population: Population, obs: Observations, report: ReportVie
                 f"open rate had every email said '{subject}' (DR)", truth, estimate
             )
         )
+    chosen = mean(
+        [
+            open_probability(e.local_hour, int(population.peak_hour[e.unit]), e.subject)
+            for e in logged
+        ]
+    )
+    control = mean(
+        [
+            open_probability(e.local_hour, int(population.peak_hour[e.unit]), SUBJECT_DEFAULT)
+            for e in logged
+        ]
+    )
+    rows.append(bandit_verdict_finding(report, chosen - control, points=False))
     return Section(title=title, rows=rows, notes=[f'report verdict: "{report.verdict.headline}"'])
 
 
@@ -349,6 +406,7 @@ def send_time_section(obs: Observations, report: ReportView, expect_found: bool)
                 covered=lift.contains(truth),
             )
         )
+    rows.append(bandit_verdict_finding(report, truth, points=True))
     return Section(title=title, rows=rows, notes=[f'report verdict: "{report.verdict.headline}"'])
 
 

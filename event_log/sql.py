@@ -41,6 +41,8 @@ EXPOSURE_COLUMNS: Final = (
     "context",
     "campaign",
     "send_at",
+    "slot",
+    "item",
 )
 OUTCOME_COLUMNS: Final = (
     "event_id",
@@ -51,6 +53,8 @@ OUTCOME_COLUMNS: Final = (
     "type",
     "value",
     "properties",
+    "slot",
+    "item",
 )
 AUDIT_COLUMNS: Final = (
     "event_id",
@@ -169,6 +173,22 @@ CREATE TABLE IF NOT EXISTS audit (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (entity, entity_key, ts, event_id)
 {_TABLE_SETTINGS}
+""",
+    ),
+    # Ranked slates: one exposure per slot, and outcomes that name the slot (or item) earning
+    # them. -1 / '' on every row that is not about a slate.
+    (
+        4,
+        """
+ALTER TABLE exposures ADD COLUMN IF NOT EXISTS slot Int16 DEFAULT -1,
+    ADD COLUMN IF NOT EXISTS item String DEFAULT ''
+""",
+    ),
+    (
+        5,
+        """
+ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS slot Int16 DEFAULT -1,
+    ADD COLUMN IF NOT EXISTS item String DEFAULT ''
 """,
     ),
 )
@@ -306,7 +326,7 @@ WHERE unit_id IN {{units:Array(String)}}
 ORDER BY ts, event_id LIMIT {{limit:UInt32}}
 """
 UNIT_OUTCOMES = f"""
-SELECT {", ".join(OUTCOME_COLUMNS)} FROM outcomes FINAL
+SELECT {", ".join(OUTCOME_COLUMNS[:8])} FROM outcomes FINAL
 WHERE {_UNIT_OR_DECISION_ROWS}
 ORDER BY ts, event_id LIMIT {{limit:UInt32}}
 """

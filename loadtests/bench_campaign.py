@@ -44,6 +44,10 @@ import redis
 from decision_api.profiles.store import unit_key
 from decision_api.redis_server import RedisServer, free_port
 
+if __package__ in (None, ""):  # run as a script: make ``loadtests`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtests.harness import start_profiler
+
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bench-admin-key"
 PREFIX = "bench"
@@ -359,11 +363,16 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
             expected = exposures_written(client)
             pid = server.process.pid
             redis_pid = redis_process_id(server.redis.url)
-            for _ in range(args.runs):
+            for run in range(args.runs):
                 if args.workers > 1:
                     time.sleep(3)
                 else:
                     expected = wait_for_quiet(client, expected)
+                spy = None
+                if run == 0 and args.profile is not None:
+                    target = args.profile.with_name(f"{args.profile.stem}-{config}.txt")
+                    spy = start_profiler(target, pid, 600)
+                    time.sleep(1.0)  # py-spy attaches
                 cpu0, redis0 = cpu_seconds(pid), cpu_seconds(redis_pid)
                 threads0 = thread_cpu(pid)
                 start = time.perf_counter()
@@ -374,6 +383,9 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                 else:
                     answered = sum(send(client, body, args.stream) for body in payloads)
                 elapsed = time.perf_counter() - start
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+                    spy.wait(timeout=60)
                 assert answered == args.recipients, (answered, args.recipients)
                 rates.append(args.recipients / elapsed)
                 # Two placements per recipient: one exposure each (errors none here).
@@ -457,6 +469,10 @@ def main() -> int:
     parser.add_argument("--stream", action="store_true", help="ask for NDJSON answers")
     parser.add_argument("--threads", action="store_true", help="print server CPU per thread")
     parser.add_argument("--workers", type=int, default=1, help="API worker processes")
+    parser.add_argument(
+        "--profile", type=Path, default=None,
+        help="sample the server with py-spy during the first run (collapsed stacks per config)",
+    )  # fmt: skip
     args = parser.parse_args()
     print(f"load before: {load()}  (cpus: {os.cpu_count()})")
     results = [run_config(name, args) for name in iter_configs(args.configs)]

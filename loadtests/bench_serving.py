@@ -19,7 +19,10 @@ Each server has three running experiments, one per placement: ``fixed`` (3 varia
 of 100,000 units, with a 4-attribute context. A round measures, closed loop over
 ``--concurrency`` keep-alive connections for ``--duration`` seconds each: the echo app, then
 every policy with learning off and on. Printed per round and as medians over ``--rounds``:
-decisions/s, the ratio to the echo's decisions/s *of the same round*, p50/p99 and p99 as a ratio
+decisions/s, the ratio to the echo's decisions/s *of the same round*, the server's CPU per
+request (user + system seconds of its whole process tree — worker, event-log threads, learner —
+divided by the requests served; on a shared machine the wall-clock ratio is noise and this is
+the figure to compare) and its ratio to the echo's, p50/p99 and p99 as a ratio
 to the echo's, and the event loop's lag measured by the worker
 (``tailor_event_loop_lag_seconds``: the largest bucket reached in the run and the count of 10 ms
 timers more than 5 ms late). Targets (issue 15, one worker, learning on, 8 connections):
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,15 @@ from decision_api.redis_server import RedisServer, free_port
 
 if __package__ in (None, ""):  # run as a script: make ``loadtests`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loadtests.harness import REPO, ServerUnderTest, rss_bytes, write_result
+from loadtests.harness import (
+    REPO,
+    ServerUnderTest,
+    cpu_seconds,
+    load_average,
+    proc_tree,
+    rss_bytes,
+    write_result,
+)
 from loadtests.http_load import LoadGenerator
 
 ADMIN_KEY = "bench-admin-key"
@@ -157,17 +169,22 @@ def lag_figures(before: dict[float, float], after: dict[float, float]) -> tuple[
     return bound * 1e3, int(late)
 
 
-async def run_one(port: int, workload: Traffic, concurrency: int, duration: float
-                  ) -> dict[str, float]:  # fmt: skip
-    """One closed-loop run: decisions/s, p50/p99 (ms) of decisions, errors."""
+async def run_one(port: int, workload: Traffic, concurrency: int, duration: float,
+                  pids: Callable[[], list[int]]) -> dict[str, float]:  # fmt: skip
+    """One closed-loop run: decisions/s, p50/p99 (ms) of decisions, errors, and the server's
+    CPU per request (user + system seconds of ``pids()``, its process tree, over requests)."""
     gen = LoadGenerator(port, workload, concurrency, rate=0)
+    cpu0 = cpu_seconds(pids())
     elapsed = await gen.run(duration)
+    cpu = cpu_seconds(pids()) - cpu0
     sample = gen.take()
     lat = np.frombuffer(sample.latencies[DECIDE], dtype=np.int64).astype(np.float64) / 1e6
     p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (float("nan"),) * 2
+    requests = lat.size + len(sample.latencies[OUTCOME])
     return {"decisions_s": lat.size / elapsed, "p50_ms": float(p50), "p99_ms": float(p99),
             "errors": float(sum(sample.errors)),
-            "outcomes": float(len(sample.latencies[OUTCOME]))}  # fmt: skip
+            "outcomes": float(len(sample.latencies[OUTCOME])),
+            "cpu_us": 1e6 * cpu / max(requests, 1)}  # fmt: skip
 
 
 def start_echo(workdir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -197,33 +214,38 @@ def wait_echo(port: int) -> None:
     raise SystemExit("the echo app did not start")
 
 
-async def measure(args: argparse.Namespace, echo_port: int,
+async def measure(args: argparse.Namespace, echo_port: int, echo_pid: int,
                   servers: dict[str, ServerUnderTest]) -> list[dict[str, Any]]:  # fmt: skip
     """Warm up, then ``--rounds`` rounds of echo + every (mode, policy)."""
     for mode, server in servers.items():  # warm-up: caches, first models, VW parsers
         for kind in POLICIES:
             await run_one(server.port, Traffic(server.port, f"p-{kind}", mode == "on", 1),
-                          args.concurrency, 1.0)  # fmt: skip
+                          args.concurrency, 1.0, server.pids)  # fmt: skip
     rounds = []
     for r in range(args.rounds):
-        echo = await run_one(echo_port, Traffic(echo_port, "p-echo", False, r),
-                             args.concurrency, args.duration)  # fmt: skip
-        row: dict[str, Any] = {"echo": echo}
-        print(f"round {r + 1}: echo {echo['decisions_s']:8.0f}/s  p50 {echo['p50_ms']:5.2f} ms"
-              f"  p99 {echo['p99_ms']:5.2f} ms", flush=True)  # fmt: skip
+        echo = await run_one(echo_port, Traffic(echo_port, "p-echo", False, r), args.concurrency,
+                             args.duration, lambda: proc_tree(echo_pid))  # fmt: skip
+        row: dict[str, Any] = {"echo": echo, "load": load_average()}
+        print(f"round {r + 1} (load {' '.join(f'{x:.2f}' for x in row['load'])}): echo "
+              f"{echo['decisions_s']:8.0f}/s  p50 {echo['p50_ms']:5.2f} ms  p99 "
+              f"{echo['p99_ms']:5.2f} ms  CPU {echo['cpu_us']:5.0f} us per request",
+              flush=True)  # fmt: skip
         for mode, server in servers.items():
             for kind in POLICIES:
                 before = lag_buckets(server.url)
                 got = await run_one(server.port, Traffic(server.port, f"p-{kind}", mode == "on",
                                                          100 * r + len(kind)),
-                                    args.concurrency, args.duration)  # fmt: skip
+                                    args.concurrency, args.duration, server.pids)  # fmt: skip
                 got["lag_le_ms"], got["lag_over_5ms"] = lag_figures(before, lag_buckets(server.url))
                 got["ratio"] = got["decisions_s"] / echo["decisions_s"]
                 got["p99_ratio"] = got["p99_ms"] / echo["p99_ms"]
                 row[f"{kind} learning {mode}"] = got
                 clicks = f", outcomes {got['outcomes']:.0f}" if got["outcomes"] else ""
+                got["cpu_ratio"] = got["cpu_us"] / echo["cpu_us"]
                 print(f"  {kind:<8} learning {mode:<3} {got['decisions_s']:8.0f}/s "
-                      f"{got['ratio']:5.2f}x  p50 {got['p50_ms']:5.2f} ms  p99 {got['p99_ms']:6.2f}"
+                      f"{got['ratio']:5.2f}x  CPU {got['cpu_us']:5.0f} us per request "
+                      f"({got['cpu_ratio']:4.2f}x the echo's)  p50 {got['p50_ms']:5.2f} ms  "
+                      f"p99 {got['p99_ms']:6.2f}"
                       f" ms ({got['p99_ratio']:4.2f}x)  loop lag <= {got['lag_le_ms']:g} ms, "
                       f"{got['lag_over_5ms']} timers > 5 ms late, errors {got['errors']:.0f}"
                       f"{clicks}",
@@ -263,7 +285,7 @@ def main() -> int:
             server.wait_ready()
             setup(server.url)
         time.sleep(1.0)  # the experiment cache polls every 0.25 s
-        rounds = asyncio.run(measure(args, echo_port, servers))
+        rounds = asyncio.run(measure(args, echo_port, echo.pid, servers))
         rss = {mode: rss_bytes(s.pids()) / 2**20 for mode, s in servers.items()}
         lag_max = {}
         for mode, server in servers.items():
@@ -281,16 +303,19 @@ def main() -> int:
           f"{args.duration:g} s per run:")  # fmt: skip
     echo_med = statistics.median(r["echo"]["decisions_s"] for r in rounds)
     echo_p99 = statistics.median(r["echo"]["p99_ms"] for r in rounds)
-    print(f"  echo                {echo_med:8.0f}/s                p99 {echo_p99:6.2f} ms")
+    echo_cpu = statistics.median(r["echo"]["cpu_us"] for r in rounds)
+    print(f"  echo                {echo_med:8.0f}/s        CPU {echo_cpu:5.0f} us per request"
+          f"                          p99 {echo_p99:6.2f} ms")  # fmt: skip
     summary: dict[str, dict[str, float]] = {}
     for name in rounds[0]:
-        if name == "echo":
+        if name in ("echo", "load"):
             continue
         med = {k: statistics.median(r[name][k] for r in rounds)
-               for k in ("decisions_s", "ratio", "p50_ms", "p99_ms", "p99_ratio", "lag_le_ms",
-                         "lag_over_5ms")}  # fmt: skip
+               for k in ("decisions_s", "ratio", "cpu_us", "cpu_ratio", "p50_ms", "p99_ms",
+                         "p99_ratio", "lag_le_ms", "lag_over_5ms")}  # fmt: skip
         summary[name] = med
-        print(f"  {name:<19} {med['decisions_s']:8.0f}/s {med['ratio']:5.2f}x  p50 "
+        print(f"  {name:<19} {med['decisions_s']:8.0f}/s {med['ratio']:5.2f}x  CPU "
+              f"{med['cpu_us']:5.0f} us per request ({med['cpu_ratio']:4.2f}x)  p50 "
               f"{med['p50_ms']:5.2f} ms  p99 {med['p99_ms']:6.2f} ms ({med['p99_ratio']:4.2f}x)"
               f"  loop lag <= {med['lag_le_ms']:g} ms, {med['lag_over_5ms']:g} timers > 5 ms late")
     for kind, target in (("thompson", 0.6), ("vw_cb", 0.45)):
@@ -301,7 +326,8 @@ def main() -> int:
     print(f"  largest event-loop lag since start: {lag_max} ms; server RSS {rss} MiB")
     out = write_result("bench_serving", {
         "command": " ".join(sys.argv), "rounds": rounds, "median": summary,
-        "echo": {"decisions_s": echo_med, "p99_ms": echo_p99}, "lag_max_ms": lag_max,
+        "echo": {"decisions_s": echo_med, "p99_ms": echo_p99, "cpu_us": echo_cpu},
+        "lag_max_ms": lag_max,
         "rss_mib": rss,
     })  # fmt: skip
     print(f"wrote {out.relative_to(REPO)}")

@@ -153,9 +153,7 @@ class AsyncTailorClient:
         if not self._started:
             await self.start()
         try:
-            p = deciding.plan(
-                unit_id, placements, context, consent, self._local, exclude, explain
-            )
+            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude, explain)
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)
@@ -190,10 +188,11 @@ class AsyncTailorClient:
         step: str | None = None,
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
+        explain: bool = False,
     ) -> AsyncIterator[RecipientResult]:
         """Stream one result per recipient, in order (see ``TailorClient.decide_batch``)."""
         body, units = batch_request(
-            campaign, recipients, placements, send_window, default_send_time, step, context
+            campaign, recipients, placements, send_window, default_send_time, step, context, explain
         )
         return self._stream_batch(body, units, list(placements), defaults)
 

@@ -90,6 +90,7 @@ def batch_request(
     default_send_time: DefaultSendTime | None,
     step: str | None,
     context: Mapping[str, Any] | None,
+    explain: bool = False,
 ) -> tuple[bytes, list[str]]:
     """A checked ``/v1/decide/batch`` body and the recipients' unit ids, in order."""
     listed = [r if isinstance(r, Recipient) else dict(r) for r in recipients]
@@ -106,6 +107,8 @@ def batch_request(
     ):
         if value is not None:
             request[name] = value
+    if explain:
+        request["explain"] = True
     body = wire.batch_body(request)
     units = [r.unit_id if isinstance(r, Recipient) else str(r.get("unit_id", "")) for r in listed]
     return body, units
@@ -190,9 +193,7 @@ class TailorClient:
         policies which features weighed most (``Decision.explanation``; decided by the API).
         """
         try:
-            p = deciding.plan(
-                unit_id, placements, context, consent, self._local, exclude, explain
-            )
+            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude, explain)
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)
@@ -227,6 +228,7 @@ class TailorClient:
         step: str | None = None,
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
+        explain: bool = False,
     ) -> Iterator[RecipientResult]:
         """Stream one result per recipient, in order (NDJSON from ``/v1/decide/batch``).
 
@@ -234,9 +236,10 @@ class TailorClient:
         pages). Raises ``InvalidRequest`` at once for arguments the API would refuse, and the
         ``APIError`` of a 4xx answer on the first ``next()``. When the API is down or the stream
         breaks, the recipients not yet answered get the defaults (``fallback=True``).
+        ``explain`` asks learning policies why they chose (``Decision.explanation``).
         """
         body, units = batch_request(
-            campaign, recipients, placements, send_window, default_send_time, step, context
+            campaign, recipients, placements, send_window, default_send_time, step, context, explain
         )
         return self._stream_batch(body, units, list(placements), defaults)
 

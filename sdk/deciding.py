@@ -69,9 +69,7 @@ def plan(
     there = [p for p in placements if p not in here]
     remote_body = None
     if there:
-        remote_body = (
-            body if not here else wire.decide_body(unit_id, there, ctx, consent, exclude)
-        )
+        remote_body = body if not here else wire.decide_body(unit_id, there, ctx, consent, exclude)
     return Plan(
         unit_id=unit_id,
         placements=placements,

@@ -287,8 +287,9 @@ class FakeTailorClient(_FakeCore):
         step: str | None = None,
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
+        explain: bool = False,
     ) -> Iterator[RecipientResult]:
-        """One scripted result per recipient, in order."""
+        """One scripted result per recipient, in order. ``explain`` changes nothing here."""
         results = self._batch(
             campaign, recipients, placements, send_window, default_send_time, step, context,
             defaults,
@@ -358,8 +359,10 @@ class FakeAsyncTailorClient(_FakeCore):
         step: str | None = None,
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
+        explain: bool = False,
     ) -> AsyncIterator[RecipientResult]:
-        """One scripted result per recipient, in order (an async iterator)."""
+        """One scripted result per recipient, in order (an async iterator); ``explain``
+        changes nothing here."""
         results = self._batch(
             campaign, recipients, placements, send_window, default_send_time, step, context,
             defaults,

@@ -23,6 +23,7 @@ from tailor_contract.policies import (
     SendTimeThompsonConfig,
     ThompsonConfig,
     VWCBConfig,
+    VWSlatesConfig,
 )
 from tailor_contract.send_window import DefaultSendTime, HourKind, LocalHour, hour_key, hours_in
 
@@ -306,7 +307,9 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"default_variant: {self.default_variant!r} is not one of the variants"
             )
-        if isinstance(self.policy, ThompsonConfig | EpsilonGreedyConfig | VWCBConfig):
+        if isinstance(
+            self.policy, ThompsonConfig | EpsilonGreedyConfig | VWCBConfig | VWSlatesConfig
+        ):
             # The floors must fit the arms here: a policy that cannot be built would otherwise
             # fail in every worker's config refresh once the experiment starts.
             try:

@@ -228,9 +228,15 @@ def cmd_learn(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from bandits.learner import Shard
     from decision_api.learning.runtime import run_learner_process
     from decision_api.logging import configure_logging
 
+    try:
+        shard = Shard.parse(args.shard) if args.shard else Shard()
+    except ValueError as exc:
+        print(f"tailor learn: --shard: {exc}", file=sys.stderr)
+        return 2
     settings = _settings_or_exit()
     if not settings.redis.url:
         print("tailor learn: set TAILOR_REDIS_URL to the Redis the API uses", file=sys.stderr)
@@ -249,6 +255,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             sweep_interval_s=settings.learner.reward_sweep_interval_s,
             stop=stop,
             holder=args.name or f"learn-{os.getpid()}",
+            shard=shard,
             cluster=settings.redis.cluster,
         )
 
@@ -311,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     learn.add_argument("--name", help="lease holder name (default learn-<pid>)")
+    learn.add_argument(
+        "--shard",
+        metavar="I/N",
+        help=(
+            "learn only shard I of N (0-based): the experiments whose crc32(key) mod N == I, "
+            "with a consumer group and a lease of its own; run one `tailor learn --shard i/N` "
+            "for every i (default: one learner for every experiment)"
+        ),
+    )
     learn.set_defaults(func=cmd_learn)
     owner = sub.add_parser(
         "event-log-owner",

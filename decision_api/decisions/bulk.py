@@ -15,7 +15,8 @@ decisions as exposures (with ``campaign`` and ``send_at``).
 A recipient's zone is its ``timezone`` field, then its context's (or the campaign's)
 ``timezone``, then the profile's ``timezone`` feature, then UTC. ``step`` (a workflow step) and
 ``campaign`` are visible to targeting; recipients without consent are decided without a profile
-read and logged under their pseudonym.
+read and logged under their pseudonym. With ``explain`` every answer a learning policy chose
+carries the features that weighed most (:meth:`DecisionEngine.explain`, as ``/v1/decide``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Campaign(msgspec.Struct, frozen=True, kw_only=True):
     default_send_time: DefaultSendTime | None = None
     step: str | None = None
     context: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    explain: bool = False
+    """Add an ``explanation`` to every answer a learning policy chose (as ``/v1/decide``)."""
 
 
 def check_unit_id(unit_id: str) -> str | None:
@@ -177,6 +180,9 @@ async def decide_bulk(
             if campaign.window is not None:
                 fill_send_times(learning, chunk, campaign.default_send_time, campaign.window, rng)
             engine.log_exposures_many(chunk.units, chunk.placed, campaign.name)
+            if campaign.explain:
+                for unit, placed in zip(chunk.units, chunk.placed, strict=True):
+                    engine.explain(unit, [p.answer for p in placed])
             answers = _answers(chunk)
         yield answers
         # Let the event loop serve other requests and background tasks between chunks.

@@ -7,7 +7,8 @@
   inside the server (embedded mode). Inside the server a Redis lease elects one leader, so with
   several workers exactly one learns.
 
-Redis keys owned here: ``{p}:learner:leader`` (STRING, the worker holding the lease, PX 10 s).
+Redis keys owned here: ``{p}:learner:leader`` (STRING, the worker holding the lease, PX 10 s);
+``{p}:learner:leader:<i>/<n>`` (the same for shard i of n, ``tailor learn --shard i/n``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from redis.exceptions import RedisError
 
 from bandits.base import Arm, Candidate, Choice, Policy
 from bandits.join import DecisionRecord, JoinRules, RewardJoin, rules_for
-from bandits.learner import Learner
+from bandits.learner import Learner, Shard
 from bandits.serving import ServingPolicies
+from bandits.slates import Slate
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec, candidate_features, is_learning
 from decision_api.metrics import Metrics
@@ -127,6 +129,61 @@ class LearningPolicies:
         """The features that weighed most in the serving model's choice of ``chosen``."""
         return self.serving.explain(compiled.experiment.key, context, chosen)
 
+    def choose_slate(
+        self,
+        compiled: Compiled,
+        context: Mapping[str, Any],
+        slots: int,
+        rng: np.random.Generator,
+        *,
+        candidates: Sequence[Candidate] | None = None,
+        eligible: Sequence[int] | None = None,
+    ) -> Slate | None:
+        """The current model's ranked slate (its indexes point into ``candidates``, or into the
+        eligible variants), or None when no ranking model serves the experiment."""
+        chosen = self.serving.choose_slate(
+            compiled.experiment.key, context, slots, rng, candidates=candidates, eligible=eligible
+        )
+        return chosen[0] if chosen is not None else None
+
+    def remember_slate(
+        self,
+        decision_id: str,
+        compiled: Compiled,
+        unit_id: str,
+        slate: Slate,
+        candidates: list[str],
+        features: list[dict[str, Any]] | None,
+        context: Mapping[str, Any],
+        now_ms: int,
+    ) -> None:
+        """Queue a slate decision for the reward join: ``candidates`` are the item keys it was
+        drawn from (the slots' indexes point there), ``features`` theirs when they came in the
+        request. Outcomes naming a slot or item reward that slot."""
+        exp = compiled.experiment
+        rules = self.rules.get(exp.key)
+        if rules is None:
+            return
+        first = slate.slots[0]
+        self.join.remember(
+            DecisionRecord(
+                decision_id=decision_id,
+                experiment=exp.key,
+                experiment_version=exp.version,
+                unit_id=unit_id,
+                candidates=candidates,
+                chosen=first.index,
+                propensity=first.propensity,
+                model_version=slate.model_version,
+                context=dict(context),
+                decided_ms=now_ms,
+                slate=[s.index for s in slate.slots],
+                slate_propensities=[s.propensity for s in slate.slots],
+                features=features,
+            ),
+            rules,
+        )
+
     def policy(self, experiment: str) -> Policy | None:
         """The model currently serving an experiment (for bulk, vectorised choices)."""
         return self.serving.policy(experiment)
@@ -193,11 +250,15 @@ class LearnerRunner:
         sweep_interval_s: float,
         metrics: Metrics | None = None,
         use_lease: bool = True,
+        shard: Shard | None = None,
     ) -> None:
         self._redis = redis_bin
         self._join = join
         self._store = store
-        self._lease_key = f"{prefix}:learner:leader"
+        self.shard = shard or Shard()
+        # One lease per shard: one learner per shard learns at a time (more may stand by).
+        label = self.shard.label
+        self._lease_key = f"{prefix}:learner:leader" + (f":{label}" if label else "")
         self._holder = holder
         self._use_lease = use_lease
         self._sweep_interval = sweep_interval_s
@@ -219,6 +280,7 @@ class LearnerRunner:
             specs,
             snapshot_interval_s=snapshot_interval_s,
             on_learned=on_learned,
+            shard=self.shard,
         )
         self._started = False
         self.leader = False
@@ -282,10 +344,13 @@ async def run_learner_process(
     sweep_interval_s: float,
     stop: asyncio.Event,
     holder: str,
+    shard: Shard | None = None,
     cluster: bool = False,
 ) -> LearnerRunner:
-    """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command);
-    ``cluster``: ``redis_url`` names a node of a Redis Cluster."""
+    """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command); with
+    ``shard``, only that shard's experiments are learned (every shard sweeps: finalising a
+    window is atomic, so concurrent sweepers never write an example twice). ``cluster``:
+    ``redis_url`` names a node of a Redis Cluster."""
     where = RedisSettings(url=redis_url, cluster=cluster)
     redis = connect(where, decode_responses=True)
     redis_bin = connect(where, decode_responses=False)
@@ -298,8 +363,9 @@ async def run_learner_process(
             holder=holder,
             snapshot_interval_s=snapshot_interval_s,
             sweep_interval_s=sweep_interval_s,
+            shard=shard,
         )
-        log.info("learner_started", holder=holder)
+        log.info("learner_started", holder=holder, shard=runner.shard.label or "all")
         await runner.run(stop)
         log.info("learner_stopped", learned=runner.learner.learned)
         return runner

@@ -99,6 +99,7 @@ def campaign_of(data: BatchDecideRequest, services: Services) -> Campaign:
         default_send_time=data.default_send_time,
         step=data.step,
         context=data.context,
+        explain=data.explain,
     )
 
 

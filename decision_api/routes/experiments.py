@@ -15,7 +15,7 @@ from decision_api.routes.guards import require
 from decision_api.services import Services
 from experiments.errors import InvalidDefinition
 from tailor_contract.definitions import Experiment, ExperimentSpec
-from tailor_contract.policies import VWCBConfig
+from tailor_contract.policies import VWCBConfig, VWSlatesConfig
 from tailor_contract.wire import ExperimentList
 
 
@@ -23,7 +23,7 @@ def _check(spec: ExperimentSpec, services: NamedDependency[Services]) -> None:
     """Refuse sensitive attributes in targeting, variant features and policy options, and VW
     options that VW itself rejects."""
     check_experiment(spec, denylist(services.settings.decisions.sensitive_features))
-    if isinstance(spec.policy, VWCBConfig):
+    if isinstance(spec.policy, VWCBConfig | VWSlatesConfig):
         try:
             check_vw_config(spec.policy)
         except ValueError as exc:

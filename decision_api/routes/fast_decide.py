@@ -1,10 +1,12 @@
-"""The fast path of ``POST /v1/decide``: the happy path without Litestar's per-request machinery.
+"""The fast path of ``POST /v1/decide`` and ``POST /v1/outcomes``: the happy path without
+Litestar's per-request machinery.
 
-``/v1/decide`` runs on every page view, and Litestar's routing, exception middleware, dependency
-injection, signature model, guard call and response object cost more CPU than the decision
-itself. The fast path serves requests that are valid and authorised directly — strict msgspec
-decode, the same :func:`~decision_api.routes.guards.authorize` check, the decision engine,
-msgspec encode — and hands *everything else* to the regular handler with the body replayed:
+``/v1/decide`` runs on every page view and ``/v1/outcomes`` on every click, and Litestar's
+routing, exception middleware, dependency injection, signature model, guard call and response
+object cost more CPU than the decision (or the outcome) itself. The fast path serves requests
+that are valid and authorised directly — strict msgspec decode, the same
+:func:`~decision_api.routes.guards.authorize` check, the decision engine, msgspec encode — and
+hands *everything else* to the regular handler with the body replayed:
 malformed or unknown input, a missing or wrong key, rate limits, oversized bodies. Error answers
 therefore come from one place (the regular route and :mod:`decision_api.problems`), and the
 OpenAPI document describes the route as it is.
@@ -13,14 +15,21 @@ It runs in two places, both through public interfaces only (the ASGI protocol an
 route middleware; no private module of Litestar):
 
 - :class:`DecideFront`, an ASGI app that wraps the whole Litestar app (what the server runs,
-  :func:`~decision_api.app.create_asgi_app`): ``POST /v1/decide`` is recognised by its exact
-  path before Litestar sees the request, and the request id (``X-Request-ID``) is handled here
-  exactly as :class:`~decision_api.app.RequestIdMiddleware` does. Requests it does not take
+  :func:`~decision_api.app.create_asgi_app`): ``POST /v1/decide`` and ``POST /v1/outcomes`` are
+  recognised by their exact paths before Litestar sees the request, and the request id
+  (``X-Request-ID``) is handled here exactly as :class:`~decision_api.app.RequestIdMiddleware`
+  does. Requests it does not take
   (another path, a CORS request with ``Origin``, an invalid ``Host``) go to the app untouched;
   requests it tried and handed over are marked so the route does not try again. Anything else
   (lifespan, attributes such as ``state``) is the wrapped app's.
 - :func:`fast_decide`, the route middleware of the decide handler, for requests that reach the
   route by another spelling of its path (``/v1/decide/``) or from a browser origin (CORS).
+
+An outcome is served fast when its body decodes strictly and its key holds ``decide`` or
+``ingest``; the same :func:`~decision_api.routes.outcomes.accept_outcomes` as the route logs and
+joins it and the answer is the route's 202 :class:`~tailor_contract.wire.OutcomeAccepted`. An
+outcome that function refuses (a ``ts`` outside the accepted window) is refused before anything
+is logged, so it is handed over too, and the route answers the problem.
 """
 
 from __future__ import annotations
@@ -40,17 +49,21 @@ from decision_api.access.keys import Scope as KeyScope
 from decision_api.access.keys import presented_key
 from decision_api.problems import internal_problem
 from decision_api.routes.guards import authorize
+from decision_api.routes.outcomes import accept_outcomes
 from event_log.writer import now_ms
 from tailor_contract.errors import TailorError
-from tailor_contract.wire import DecideRequest
+from tailor_contract.wire import DecideRequest, OutcomeRequest
 
 PATH = "/v1/decide"
+OUTCOMES_PATH = "/v1/outcomes"
 TRIED = "tailor.fast_decide_tried"
 """Scope key set by :class:`DecideFront` on requests it handed to the app."""
 
 _decoder = msgspec.json.Decoder(DecideRequest)
+_outcome_decoder = msgspec.json.Decoder(OutcomeRequest)
 _encoder = msgspec.json.Encoder()
 _SCOPES: tuple[KeyScope, ...] = ("decide",)
+_OUTCOME_SCOPES: tuple[KeyScope, ...] = ("decide", "ingest")
 _JSON = (b"content-type", b"application/json")
 _PROBLEM = (b"content-type", b"application/problem+json")
 _VALID_HOST = re.compile(rb"\A[0-9A-Za-z!$&'()*+,;=\-._~:\[\]@%]*\Z")
@@ -115,6 +128,19 @@ def _decoded(body: bytes, max_placements: int) -> DecideRequest | None:
     return request
 
 
+def _decoded_outcome(body: bytes) -> OutcomeRequest | None:
+    """The outcome when the fast path may serve it (well-formed), else None."""
+    try:
+        return _outcome_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+async def _outcome(served: _Served, request: OutcomeRequest) -> bytes:
+    """Accept one outcome; raises ``TailorError`` (e.g. ``ts`` out of range) before logging."""
+    return _encoder.encode(await accept_outcomes(served.services, [request]))
+
+
 class _Served:
     """Per-app objects the fast path reuses (metric children are looked up once)."""
 
@@ -124,6 +150,7 @@ class _Served:
         self.settings = services.settings.decisions
         self.latency = services.metrics.decision_latency.labels("decide")
         self.fast_path = services.metrics.fast_path
+        self.fast_outcomes = services.metrics.fast_outcomes
 
 
 def _served(scope: Scope, cache: list[_Served]) -> _Served:
@@ -145,6 +172,7 @@ async def _decide(served: _Served, request: DecideRequest, public: bool) -> byte
         public=public,
         exclude=request.exclude,
         explain=request.explain,
+        slates=request.slates,
     )
     return _encoder.encode(response)
 
@@ -197,9 +225,7 @@ def fast_decide(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def _scan_headers(
-    scope: Scope, cors: bool
-) -> tuple[str | None, bytes | None, bytes | None] | None:
+def _scan_headers(scope: Scope, cors: bool) -> tuple[str | None, bytes | None, bytes | None] | None:
     """(request id, Authorization, X-API-Key) of a request the front may take, or None when it
     goes to the app (a CORS request, an invalid ``Host``)."""
     rid = None
@@ -214,15 +240,14 @@ def _scan_headers(
         elif name == b"x-api-key":
             if api_key is None:
                 api_key = value
-        elif (name == b"origin" and cors) or (
-            name == b"host" and _VALID_HOST.match(value) is None
-        ):
+        elif (name == b"origin" and cors) or (name == b"host" and _VALID_HOST.match(value) is None):
             return None
     return rid, header_key, api_key
 
 
 class DecideFront:
-    """``POST /v1/decide`` served before Litestar sees the request (see the module docstring).
+    """``POST /v1/decide`` and ``POST /v1/outcomes`` served before Litestar sees the request (see
+    the module docstring).
 
     Args:
         app: The Litestar app (its services, CORS configuration, decide route), which serves
@@ -244,7 +269,11 @@ class DecideFront:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
         http: Any = scope
-        if http["type"] != "http" or http["path"] != PATH or http["method"] != "POST":
+        if http["type"] != "http" or http["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path = http["path"]
+        if path not in (PATH, OUTCOMES_PATH):
             await self.app(scope, receive, send)
             return
         scanned = _scan_headers(scope, self._cors)
@@ -268,34 +297,94 @@ class DecideFront:
         body, more, disconnected = await _read_body(receive, served.settings.max_body_bytes)
         handover: Any = scope
         handover[TRIED] = True
-        if disconnected:
-            await self.app(scope, _replay(body, False, receive), send)
+        if disconnected or more:
+            await self.app(scope, _replay(body, more, receive), send)
             return
-        slow = _replay(body, more, receive)
-        request = None if more else _decoded(body, served.settings.max_placements)
-        if request is None:
+        slow = _replay(body, False, receive)
+        presented = presented_key(header_key, api_key)
+        if path == PATH:
+            request = _decoded(body, served.settings.max_placements)
+            if request is None:
+                await self.app(scope, slow, send)
+                return
+            await self._decide(scope, slow, send, served, request, (presented, rid))
+            return
+        outcome = _decoded_outcome(body)
+        if outcome is None:
             await self.app(scope, slow, send)
             return
+        await self._outcome(scope, slow, send, served, outcome, (presented, rid))
+
+    async def _admitted(
+        self, scope: Scope, served: _Served, scopes: tuple[KeyScope, ...], presented: str | None
+    ) -> tuple[bool, bool]:
+        """(admitted, public key) for the request's key; not admitted: hand it over."""
         try:
-            key = await authorize(
-                served.services, _SCOPES, presented_key(header_key, api_key), _url_key(scope)
-            )
+            key = await authorize(served.services, scopes, presented, _url_key(scope))
         except TailorError:
+            return False, False
+        if key is None:
+            return True, False
+        state: Any = scope["state"]
+        state["api_key_id"] = key.key_id
+        state["public_key"] = key.public
+        return True, key.public
+
+    async def _decide(
+        self,
+        scope: Scope,
+        slow: Receive,
+        send: Send,
+        served: _Served,
+        request: DecideRequest,
+        caller: tuple[str | None, str],
+    ) -> None:
+        presented, rid = caller
+        admitted, public = await self._admitted(scope, served, _SCOPES, presented)
+        if not admitted:
             await self.app(scope, slow, send)
             return
-        if key is not None:
-            state["api_key_id"] = key.key_id
         started = time.perf_counter()
         try:
-            payload = await _decide(served, request, key is not None and key.public)
+            payload = await _decide(served, request, public)
         except Exception as exc:  # answered as the route's exception handlers answer it
-            problem = internal_problem(rid, route="POST " + PATH, exc=exc)
-            body_out = msgspec.json.encode(problem)
-            await _respond_status(send, 500, body_out, [_PROBLEM])
+            await _respond_problem(send, rid, PATH, exc)
             return
         headers = _headers(payload)
         headers.append((b"x-request-id", rid.encode("latin-1")))
         await _respond(served, send, payload, headers, started)
+
+    async def _outcome(
+        self,
+        scope: Scope,
+        slow: Receive,
+        send: Send,
+        served: _Served,
+        request: OutcomeRequest,
+        caller: tuple[str | None, str],
+    ) -> None:
+        presented, rid = caller
+        admitted, _ = await self._admitted(scope, served, _OUTCOME_SCOPES, presented)
+        if not admitted:
+            await self.app(scope, slow, send)
+            return
+        try:
+            payload = await _outcome(served, request)
+        except TailorError:
+            # Refused before anything was logged (a ``ts`` out of range): the regular route
+            # refuses it again and answers the problem.
+            await self.app(scope, slow, send)
+            return
+        except Exception as exc:  # answered as the route's exception handlers answer it
+            await _respond_problem(send, rid, OUTCOMES_PATH, exc)
+            return
+        await _respond_status(send, 202, payload, [_JSON, (b"x-request-id", rid.encode("latin-1"))])
+        served.fast_outcomes.inc()
+
+
+async def _respond_problem(send: Send, rid: str, path: str, exc: Exception) -> None:
+    problem = internal_problem(rid, route="POST " + path, exc=exc)
+    await _respond_status(send, 500, msgspec.json.encode(problem), [_PROBLEM])
 
 
 async def _respond_status(

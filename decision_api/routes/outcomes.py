@@ -81,6 +81,8 @@ async def accept_outcomes(
             type=req.type,
             value=req.value,
             properties=properties,
+            slot=-1 if req.slot is None else req.slot,
+            item=req.item or "",
         )
         services.writer.submit(outcome)
         services.metrics.outcomes.labels(req.type).inc()
@@ -121,8 +123,11 @@ async def join_outcomes(
     joined = 0
     try:
         # Decisions this worker made but has not written yet (the join flusher runs every
-        # 20 ms) must be in Redis first, or an outcome sent right after its decision misses it.
-        await services.learning.join.flush()
+        # 20 ms) must be in Redis first, or an outcome sent right after its decision misses it;
+        # only then is it worth a flush (a click usually comes long after its decision).
+        join = services.learning.join
+        if any(join.holds(o.decision_id or None, o.unit_id or None) for o in outcomes):
+            await join.flush()
         for outcome in outcomes:
             results = await services.learning.join.apply_outcome(
                 event_id=outcome.event_id.hex,
@@ -134,6 +139,8 @@ async def join_outcomes(
                 decision_id=outcome.decision_id or None,
                 unit_id=outcome.unit_id or None,
                 experiment=outcome.experiment or None,
+                slot=None if outcome.slot < 0 else outcome.slot,
+                item=outcome.item or None,
             )
             for experiment, result in results:
                 if result == "joined":

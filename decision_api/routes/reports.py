@@ -35,10 +35,12 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import msgspec
+import structlog
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
@@ -47,16 +49,21 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect
+from redis.exceptions import RedisError
 
+from bandits.apprentice import ApprenticeEstimate, estimate_of
+from bandits.base import SnapshotError
 from decision_api.access.keys import current_actor
 from decision_api.routes.guards import ScopeGuard, connection_key, require
 from decision_api.routes.off_policy import parse_targets, with_targets
 from decision_api.services import Services
+from experiments.reports.apprentice import apprentice_status
 from experiments.reports.build import build_report
 from experiments.reports.html import ASSETS, asset, render_report_page
 from experiments.reports.options import ReportOptionsError, report_options
 from experiments.reports.results import ExperimentReport, ReportOptions
 from experiments.reports.text import render_report_text
+from tailor_contract.definitions import Experiment
 from tailor_contract.errors import (
     Forbidden,
     InvalidInput,
@@ -68,6 +75,8 @@ from tailor_contract.errors import (
 )
 
 __all__ = ["COOKIE", "ReportController", "page_guard", "report_asset", "report_page"]
+
+log = structlog.get_logger("tailor.reports")
 
 COOKIE = "tailor_report_key"
 URL_KEY_ADMITTED = "report_url_key_admitted"
@@ -121,7 +130,41 @@ async def _build(
         if options.off_policy is None:
             options = msgspec.structs.replace(options, off_policy=True)
     report = await asyncio.to_thread(build_report, services.event_log, experiment, options)
+    report = await _with_apprentice(services, experiment, report)
     return await with_targets(services, experiment, report, specs, options.level)
+
+
+async def _with_apprentice(
+    services: Services, experiment: Experiment, report: ExperimentReport
+) -> ExperimentReport:
+    """The report with its apprentice section: the published model's estimate (Redis) and the
+    takeover read from the log. An unreadable model store leaves the estimate out, flagged."""
+    if getattr(experiment.policy, "apprentice", None) is None:
+        return report
+    estimate: ApprenticeEstimate | None = None
+    unavailable = False
+    try:
+        snap = await services.learning.snapshots.get(experiment.key)
+    except RedisError as exc:
+        log.warning("report_model_unavailable", error=str(exc))
+        snap, unavailable = None, True
+    if snap is not None and snap.data:
+        try:
+            estimate = estimate_of(snap.data)
+        except SnapshotError:
+            estimate = None  # a model of the policy before apprentice mode was set
+    end_ms = int(
+        datetime.fromisoformat(report.window.end.replace("Z", "+00:00")).timestamp() * 1000
+    )
+    status = await asyncio.to_thread(
+        apprentice_status,
+        services.event_log,
+        experiment,
+        estimate,
+        end_ms=end_ms,
+        model_unavailable=unavailable,
+    )
+    return msgspec.structs.replace(report, apprentice=status)
 
 
 class ReportController(Controller):

@@ -38,6 +38,7 @@ from tailor_contract.policies import (
     PolicyConfig,
     SendTimeThompsonConfig,
     VWCBConfig,
+    VWSlatesConfig,
 )
 
 __all__ = ["WhatIfController", "WhatIfRequest"]
@@ -69,7 +70,7 @@ def _check_policy(config: PolicyConfig, n_variants: int) -> None:
             "a what-if replays variant choices; send-time policies are not supported",
             field="$.policy.kind",
         )
-    if isinstance(config, VWCBConfig):
+    if isinstance(config, VWCBConfig | VWSlatesConfig):
         try:
             check_vw_config(config)
         except ValueError as exc:

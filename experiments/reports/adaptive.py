@@ -25,24 +25,45 @@ span: `experiments.reports.data.bucket_for_span`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from experiments.reports.arms import arm_totals, personalised, policy_kind, rate, summaries
+from experiments.reports.arms import (
+    arm_kind,
+    arm_totals,
+    personalised,
+    policy_kind,
+    rate,
+    summaries,
+)
 from experiments.reports.cells import CellMoments
-from experiments.reports.data import GLOBAL_HOLDOUT_ARM, HOLDOUT_ARM, ArmGroup, ReportData
+from experiments.reports.data import (
+    GLOBAL_HOLDOUT_ARM,
+    HOLDOUT_ARM,
+    ArmGroup,
+    ReportData,
+    merge_cells,
+)
 from experiments.reports.results import (
     AdaptiveArm,
     AdaptiveSection,
     AdaptiveSource,
     AllocationBucket,
     OffPolicySection,
+    ValuePoint,
 )
 from experiments.statistics.frequentist import enough_outcomes
-from experiments.statistics.intervals import Interval, z_critical
+from experiments.statistics.intervals import Interval, newcombe_difference
 from experiments.statistics.sequential import sequential_proportion_test
 from tailor_contract.definitions import Experiment
 
-__all__ = ["ALLOCATION_NOTE", "adaptive_section", "bucket_name", "is_adaptive"]
+__all__ = [
+    "ALLOCATION_NOTE",
+    "adaptive_section",
+    "bucket_name",
+    "is_adaptive",
+    "off_policy_gain",
+]
 
 ALLOCATION_NOTE = (
     "Per-arm numbers are descriptive: the policy changed the allocation over time, so arms were "
@@ -104,41 +125,105 @@ def _from_holdout(
     return t.rate, h.rate, gain, significant
 
 
-def _snips_control(cells: list[CellMoments], control: int) -> tuple[float, float] | None:
-    """SNIPS value of always the control and its delta-method variance."""
+def off_policy_gain(
+    cells: Sequence[CellMoments], control: int, level: float, bounds: tuple[float, float]
+) -> tuple[float, float, Interval] | None:
+    """The deployed policy's reward per decision, always-``control``'s, and the difference.
+
+    The deployed value is the mean reward of the logged decisions; always-control's is SNIPS
+    over the decisions that chose the control, Σ(r/p) / Σ(1/p). The interval is Newcombe's
+    hybrid score interval for the difference (`newcombe_difference`) on rewards rescaled to
+    [0, 1] by ``bounds``, each side's Wilson interval at its effective size: the number of
+    decisions for the deployed mean, Kish's (Σ1/p)² / Σ1/p² for SNIPS. The plug-in
+    ``d ± z sqrt(V_d + V_c)`` it replaces covered a simulated truth in only 90% of logs of
+    1,000 decisions: an adaptive policy serves the control rarely once it has learned, so that
+    side rests on a few heavily weighted decisions with a badly estimated variance. None
+    without two decisions or one of the control.
+    """
+    n = sum(c.n for c in cells)
     mine = [c for c in cells if c.action == control]
     s_w = sum(c.inv_p for c in mine)
-    if s_w <= 0:
-        return None
-    value = sum(c.r_inv_p for c in mine) / s_w
     s_w2 = sum(c.inv_p_sq for c in mine)
-    s_w2r = sum(c.r_inv_p_sq for c in mine)
-    s_w2r2 = sum(c.r_sq_inv_p_sq for c in mine)
-    variance = max(s_w2r2 - 2 * value * s_w2r + value * value * s_w2, 0.0) / (s_w * s_w)
-    return value, variance
+    lo, hi = bounds
+    if n < 2 or s_w <= 0 or s_w2 <= 0 or hi <= lo:
+        return None
+    deployed = sum(c.r for c in cells) / n
+    baseline = sum(c.r_inv_p for c in mine) / s_w
+    width = hi - lo
+    iv = newcombe_difference(
+        (deployed - lo) / width, n, (baseline - lo) / width, s_w * s_w / s_w2, level
+    )
+    gain = Interval(
+        estimate=deployed - baseline, lower=iv.lower * width, upper=iv.upper * width, level=level
+    )
+    return deployed, baseline, gain
 
 
 def _from_off_policy(
     cells: list[CellMoments], control: int, level: float, bounds: tuple[float, float]
 ) -> tuple[float, float, Interval, bool] | None:
-    n = sum(c.n for c in cells)
-    ctrl = _snips_control(cells, control)
-    if n < 2 or ctrl is None:
+    found = off_policy_gain(cells, control, level, bounds)
+    if found is None:
         return None
-    r, r_sq = sum(c.r for c in cells), sum(c.r_sq for c in cells)
-    deployed = r / n
-    var_d = max(r_sq - r * r / n, 0.0) / (n - 1) / n
-    baseline, var_c = ctrl
-    half = z_critical(level) * math.sqrt(var_d + var_c)
-    width = bounds[1] - bounds[0]
-    diff = deployed - baseline
-    gain = Interval(
-        estimate=diff,
-        lower=max(diff - half, -width),
-        upper=min(diff + half, width),
-        level=level,
-    )
+    deployed, baseline, gain = found
     return deployed, baseline, gain, gain.lower > 0 or gain.upper < 0
+
+
+def _holdout_over_time(
+    data: ReportData, holdout_arm: str, metric: str, horizon_units: int, level: float
+) -> list[ValuePoint]:
+    """The holdout comparison cumulated over the buckets of first exposure (``day_ms``)."""
+    by_bucket: dict[int, tuple[list[ArmGroup], list[ArmGroup]]] = {}
+    for g in data.groups:
+        if g.arm == holdout_arm or arm_kind(g.arm) == "variant":
+            side = by_bucket.setdefault(g.day, ([], []))
+            side[0 if g.arm == holdout_arm else 1].append(g)
+    holdout, treated = ArmGroup(arm=holdout_arm), ArmGroup(arm="personalised")
+    out = []
+    for bucket in sorted(by_bucket):
+        for g in by_bucket[bucket][0]:
+            holdout = holdout.merged(g)
+        for g in by_bucket[bucket][1]:
+            treated = treated.merged(g)
+        if holdout.units < 2 or treated.units < 2:
+            continue
+        t_value, h_value, gain, _ = _from_holdout(holdout, treated, metric, horizon_units, level)
+        out.append(
+            ValuePoint(
+                start=_iso(bucket * data.day_ms),
+                count=treated.units,
+                baseline_count=holdout.units,
+                policy_value=t_value,
+                baseline_value=h_value,
+                gain=gain,
+            )
+        )
+    return out
+
+
+def _off_policy_over_time(
+    data: ReportData, control: int, level: float, bounds: tuple[float, float]
+) -> list[ValuePoint]:
+    """The off-policy comparison cumulated over the decisions' time buckets."""
+    so_far: list[CellMoments] = []
+    out = []
+    for bucket, cells in data.value_cells.items():
+        so_far = merge_cells([*so_far, *cells])
+        found = off_policy_gain(so_far, control, level, bounds)
+        if found is None:
+            continue
+        deployed, baseline, gain = found
+        out.append(
+            ValuePoint(
+                start=_iso(bucket * data.allocation_bucket_ms),
+                count=sum(c.n for c in so_far),
+                baseline_count=sum(c.n for c in so_far if c.action == control),
+                policy_value=deployed,
+                baseline_value=baseline,
+                gain=gain,
+            )
+        )
+    return out
 
 
 def _arms(
@@ -196,6 +281,8 @@ def adaptive_section(
         (HOLDOUT_ARM, "holdout", "the holdout"),
         (GLOBAL_HOLDOUT_ARM, "global_holdout", "the global holdout"),
     )
+    over_time: list[ValuePoint] = []
+    value_bucket = ""
     for arm, name, label in holdouts:
         holdout = totals.get(arm)
         if holdout is None or holdout.units < 2 or treated.units < 2:
@@ -203,6 +290,8 @@ def adaptive_section(
         policy_value, baseline_value, gain, significant = _from_holdout(
             holdout, treated, metric, horizon_units, level
         )
+        over_time = _holdout_over_time(data, arm, metric, horizon_units, level)
+        value_bucket = bucket_name(data.day_ms)
         source, baseline = name, label
         notes.append(
             f"The value comes from {label} ({holdout.units:,} units, randomised independently "
@@ -220,11 +309,13 @@ def adaptive_section(
             source = "off_policy"
             measure = "reward per decision"
             baseline = f"always {experiment.default_variant}"
+            over_time = _off_policy_over_time(data, control, level, bounds)
+            value_bucket = bucket_name(data.allocation_bucket_ms)
             notes.append(
                 "No holdout: the value is estimated off-policy (SNIPS with the logged "
                 f"propensities) as the reward per decision against always "
-                f"{experiment.default_variant}; the interval adds the two estimates' variances "
-                "and is conservative"
+                f"{experiment.default_variant}, with a score (Newcombe) interval for the "
+                "difference; over time the intervals hold for each point, not for all at once"
             )
     mixed = sum(g.mixed_units for a, g in totals.items() if a in keys)
     per_unit = rate(treated.exposures, treated.units)
@@ -248,4 +339,6 @@ def adaptive_section(
         units_in_several_arms=mixed,
         decisions_per_unit=per_unit,
         notes=notes,
+        value_bucket=value_bucket,
+        value_over_time=over_time,
     )

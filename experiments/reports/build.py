@@ -43,6 +43,7 @@ from experiments.reports.data import (
 from experiments.reports.drivers import drivers
 from experiments.reports.off_policy import off_policy
 from experiments.reports.plan import default_horizon_units, planned_comparisons, power_plan
+from experiments.reports.preferences import preference_attributes, preferences, recent_start
 from experiments.reports.results import (
     ArmSummary,
     Comparison,
@@ -408,4 +409,12 @@ def build_report(
     if not is_adaptive(experiment):
         return report
     found = drivers(event_log, experiment.key, query.start_ms, query.end_ms)
-    return msgspec.structs.replace(report, drivers=found)
+    report = msgspec.structs.replace(report, drivers=found)
+    adaptive = report.adaptive
+    since = recent_start(adaptive.allocation) if adaptive is not None else None
+    if adaptive is None or since is None:
+        return report
+    attributes = preference_attributes(experiment, options.segment, found)
+    preferred = preferences(event_log, experiment, attributes, since, query.end_ms)
+    adaptive = msgspec.structs.replace(adaptive, preferences_since=since, preferences=preferred)
+    return msgspec.structs.replace(report, adaptive=adaptive)

@@ -34,6 +34,7 @@ __all__ = [
     "bucket_for_span",
     "fetch_allocation",
     "fetch_report_data",
+    "merge_cells",
     "series_bucket",
     "sum_groups",
 ]
@@ -191,6 +192,9 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
         allocation: logged decisions per (time bucket, arm), when the query asked for them.
         day_ms: the width of the groups' ``day`` buckets of first exposure: a day, finer when
             the period's exposures span less than two days (`series_bucket`).
+        value_cells: off-policy sums per allocation time bucket (``allocation_bucket_ms``
+            wide, numbered from the epoch), each bucket's cells with segment ''; filled for
+            adaptive policies when off-policy sums are computed.
     """
 
     query: ReportQuery
@@ -206,6 +210,7 @@ class ReportData(msgspec.Struct, frozen=True, kw_only=True):
     allocation_bucket_ms: int = 0
     day_ms: int = DAY_MS
     allocation: list[AllocationCount] = msgspec.field(default_factory=list)
+    value_cells: dict[int, list[CellMoments]] = msgspec.field(default_factory=dict)
 
 
 def sum_groups(groups: Iterable[ArmGroup], key: Callable[[ArmGroup], K]) -> dict[K, ArmGroup]:
@@ -387,6 +392,44 @@ def _off_policy_rows(
     )
 
 
+def merge_cells(cells: Iterable[CellMoments], segment: str = "") -> list[CellMoments]:
+    """Cells of several segments (or time buckets) added up per action, as ``segment``."""
+    out: dict[int, CellMoments] = {}
+    for c in cells:
+        was = out.get(c.action)
+        if was is None:
+            out[c.action] = msgspec.structs.replace(c, segment=segment)
+            continue
+        out[c.action] = CellMoments(
+            segment=segment,
+            action=c.action,
+            n=was.n + c.n,
+            min_p=min(was.min_p, c.min_p),
+            **{
+                f: getattr(was, f) + getattr(c, f)
+                for f in CellMoments.__struct_fields__
+                if f not in ("segment", "action", "n", "min_p")
+            },
+        )
+    return [out[a] for a in sorted(out)]
+
+
+def _by_bucket(cells: Iterable[CellMoments]) -> dict[int, list[CellMoments]]:
+    """Cells whose segment is a time bucket's number, per bucket (in order)."""
+    out: dict[int, list[CellMoments]] = {}
+    for c in cells:
+        out.setdefault(int(c.segment), []).append(msgspec.structs.replace(c, segment=""))
+    return dict(sorted(out.items()))
+
+
+def _holdout_rows(rows: Sequence[Sequence[Any]]) -> bool:
+    """Whether OFF_POLICY's base rows count exposures of a holdout."""
+    return any(
+        r[0] == "base" and int(r[1]) in (HOLDOUT_CODE, GLOBAL_HOLDOUT_CODE) and int(r[5]) > 0
+        for r in rows
+    )
+
+
 def series_bucket(event_log: EventLog, query: ReportQuery) -> int:
     """The width of the cohort series' buckets: a day, or finer when the exposures in the
     period span less than two days (an hour, minutes for a very short experiment)."""
@@ -428,18 +471,33 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
     """
     unit_params = _unit_parameters(query, resolve_orphans=True)
     orphans = int(event_log.query(sql.ORPHAN_OUTCOMES, unit_params)[0][0])
+    bucket_ms, allocation = fetch_allocation(event_log, query) if query.allocation else (0, [])
     ppm = PPM
     ope_rows: Sequence[Sequence[Any]] = []
+    value_cells: dict[int, list[CellMoments]] = {}
+    by_bucket = query.off_policy and bucket_ms > 0
     if query.off_policy:
         total = int(event_log.query(sql.EXPOSURE_COUNT, unit_params)[0][0])
         if total > query.ope_max_decisions:
             ppm = max(1, math.ceil(PPM * query.ope_max_decisions / total))
         ope_params = _ope_parameters(query, ppm, by_decision=orphans > 0)
-        ope_rows = event_log.query(sql.OFF_POLICY, ope_params)
+        bucketed: Sequence[Sequence[Any]] = []
+        if query.segment or not by_bucket:
+            ope_rows = event_log.query(sql.OFF_POLICY, ope_params)
+        if by_bucket and (not query.segment or not _holdout_rows(ope_rows)):
+            # Without a segment one pass serves both (the report's cells are the buckets' added
+            # up); with one, the value over time is read off-policy only without a holdout.
+            params = {**ope_params, "bucket_ms": bucket_ms}
+            bucketed = event_log.query(sql.OFF_POLICY_BY_BUCKET, params)
+            value_cells = _by_bucket(_off_policy_rows(bucketed, query, query.reward.base).cells)
+        if not query.segment and by_bucket:
+            ope_rows = bucketed
     elif query.segment:  # the segment names; the summary has the base rows' leading columns
         summary = event_log.query(sql.EXPOSURE_SUMMARY, _ope_parameters(query, 0))
         ope_rows = [("base", *row, 0, *([0.0] * 6)) for row in summary]
     ope = _off_policy_rows(ope_rows, query, query.reward.base)
+    if by_bucket and not query.segment:
+        ope = msgspec.structs.replace(ope, cells=merge_cells(ope.cells), segments={})
     unit_sql = _unit_sql(query)
     day_ms = series_bucket(event_log, query)
     rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0, day_ms))
@@ -448,7 +506,6 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
     exposures: dict[str, int] = {}
     for g in groups:
         exposures[g.arm] = exposures.get(g.arm, 0) + g.exposures
-    bucket_ms, allocation = fetch_allocation(event_log, query) if query.allocation else (0, [])
     return ReportData(
         query=query,
         groups=groups,
@@ -463,4 +520,5 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
         allocation_bucket_ms=bucket_ms,
         day_ms=day_ms,
         allocation=allocation,
+        value_cells=value_cells,
     )

@@ -19,7 +19,9 @@ import msgspec
 
 from experiments.reports.results import (
     AdaptiveSection,
+    ApprenticeStatus,
     Comparison,
+    Driver,
     ExperimentReport,
     MetricReport,
     OffPolicySection,
@@ -251,6 +253,80 @@ def _off_policy(o: OffPolicySection | None) -> str:
     )
 
 
+def _apprentice(a: ApprenticeStatus | None) -> str:
+    """Who serves an apprentice experiment, the learner's estimate, and the takeover."""
+    if a is None:
+        return ""
+    serving = a.policy if a.serving == "policy" else f"{a.rule} (apprentice mode)"
+    gain = "–" if a.gain is None else _value(a.gain)
+    rows = [
+        ["Serving", _e(serving)],
+        ["Decisions learned", f"{a.decisions_learned:,}"],
+        [f"{_e(a.policy)}'s own choices (off-policy)", _num(a.own_value, 4)],
+        [_e(a.rule), _num(a.rule_value, 4)],
+        ["Gain (95% CI)", gain],
+        ["Takeover", _e(_takeover(a))],
+        [
+            "Logged decisions (apprentice / policy)",
+            f"{a.rule_decisions:,} / {a.policy_decisions:,}",
+        ],
+    ]
+    return (
+        f'<section class="apprentice"><h2>Apprentice</h2><p>{_e(a.sentence)}</p>'
+        + _table(["", ""], rows, "apprentice")
+        + "</section>"
+    )
+
+
+def _takeover(a: ApprenticeStatus) -> str:
+    if a.serving == "policy":
+        by = {"auto": "automatically", "admin": "by an admin"}.get(a.taken_over_by, "")
+        return f"done {by}" + (f" at {a.taken_over_at}" if a.taken_over_at else "")
+    if a.takeover == "auto":
+        return f"automatic, once the lower bound is above 0 after {a.min_decisions:,} decisions"
+    return "manual (POST /v1/experiments/{key}/takeover)"
+
+
+def _value(iv: Interval) -> str:
+    if math.isnan(iv.estimate):
+        return "–"
+    return f"{iv.estimate:+.4f} [{iv.lower:.4f}, {iv.upper:.4f}]"
+
+
+def _value_caption(a: AdaptiveSection) -> str:
+    if a.source == "off_policy":
+        return (
+            f"Value over time: reward per decision against {a.baseline}, cumulative per "
+            f"{a.value_bucket} of decision (off-policy; a score interval at each point)"
+        )
+    return (
+        f"Value over time: {a.measure} against {a.baseline}, cumulative per {a.value_bucket} "
+        "of first exposure (always-valid interval: every point may be read)"
+    )
+
+
+def _preferences(a: AdaptiveSection) -> str:
+    """What the policy chose lately per segment value (descriptive)."""
+    if not a.preferences:
+        return ""
+    rows = [
+        [
+            f"{_e(p.attribute)} = {_e(p.value)}",
+            f"{p.decisions:,}",
+            f"<strong>{_e(p.preferred)}</strong> ({p.share:.0%})",
+            *(_pct(x, 1) for x in p.shares),
+        ]
+        for p in a.preferences
+    ]
+    head = ["Segment", "Decisions", "Prefers", *(x.arm for x in a.arms)]
+    return (
+        f'<h3>What the policy prefers now, per segment</h3><p class="note">Its decisions since '
+        f"{_e(a.preferences_since)} (the latest buckets holding at least 10% of all decisions), "
+        "per segment: each arm's share. Descriptive: what it does now, not what it earns.</p>"
+        + _table(head, rows, "preferences")
+    )
+
+
 def _adaptive(a: AdaptiveSection | None) -> str:
     """The adaptive policy's value, its arms (descriptive) and the allocation chart."""
     if a is None:
@@ -287,8 +363,38 @@ def _adaptive(a: AdaptiveSection | None) -> str:
         + value
         + _table(head, rows)
         + notes
+        + _preferences(a)
+        + f"<figure><figcaption>{_e(_value_caption(a))}</figcaption>"
+        '<div class="chart" id="chart-value"></div></figure>'
         + f"<figure><figcaption>Allocation: share of decisions per arm per {_e(a.bucket)}"
         '</figcaption><div class="chart" id="chart-allocation"></div></figure></section>'
+    )
+
+
+def _drivers(drivers: list[Driver] | None) -> str:
+    """What drives a learning policy's choice: each attribute's Cramér's V, with a bar."""
+    if drivers is None:
+        return ""
+    if not drivers:
+        body = '<p class="note">No context attributes logged with the policy\'s decisions.</p>'
+    else:
+        rows = [
+            [
+                _e(d.feature),
+                f"{d.importance:.2f}",
+                f'<span class="bar" style="width:{max(0.0, min(d.importance, 1.0)) * 100:.0f}%">'
+                "</span>",
+                f"{d.decisions:,}",
+            ]
+            for d in drivers
+        ]
+        body = _table(["Attribute", "Importance (Cramér's V)", "", "Decisions"], rows, "drivers")
+    return (
+        '<section class="drivers"><h2>What drives the choice</h2>'
+        '<p class="note">How much the chosen variant depends on each context attribute logged '
+        "with the policy's decisions (0: chosen alike whatever the value; 1: the value alone "
+        "tells the choice). Descriptive: it says what the policy does, not why outcomes differ."
+        f"</p>{body}</section>"
     )
 
 
@@ -327,7 +433,9 @@ attribution window {report.window.attribution_window_s // 3600} h</p>
 <main>
 <section class="verdict status-{_e(v.status)}"><p class="headline">{_e(v.headline)}</p>
 <ul>{details}</ul></section>
+{_apprentice(report.apprentice)}
 {_adaptive(report.adaptive)}
+{_drivers(report.drivers)}
 <section><h2>Traffic</h2>{_arms(report)}</section>
 <section class="charts"><h2>Charts</h2>
 <figure><figcaption>Cumulative {_e(report.primary_metric)} conversion rate by time of first

@@ -34,6 +34,10 @@ exposed in ``[start, end)``.
 and last logged decision (non-holdout ``split``/``policy`` exposures) in ``[start, end)``, then
 decisions per (time bucket of ``bucket_ms``, variant index), buckets counted from the epoch.
 
+``OFF_POLICY_BY_BUCKET`` — ``OFF_POLICY`` with the time bucket of each decision (``bucket_ms``
+wide) in place of the segment: the adaptive report's value over time, cumulated bucket by
+bucket. Without a segment the report runs it instead of ``OFF_POLICY`` and adds the buckets up.
+
 ``EXPOSURE_SUMMARY`` — exposures per (arm code, variant, segment) in ``[start, end)``: traffic
 per arm and the segment names, when the report skips off-policy evaluation.
 
@@ -74,6 +78,7 @@ __all__ = [
     "EXPOSURE_SPAN",
     "EXPOSURE_SUMMARY",
     "OFF_POLICY",
+    "OFF_POLICY_BY_BUCKET",
     "ORPHAN_OUTCOMES",
     "UNIT_METRICS",
     "UNIT_METRICS_BY_SEGMENT",
@@ -309,6 +314,11 @@ SELECT 'rewarded', vi, '', sv, cityHash64(sv), 0, count(),
   sum(r - r0), sum(r * r - r0 * r0), sum((r - r0) * p)
 FROM rewarded GROUP BY vi, sv
 """
+
+# The same sums per time bucket of the decision (``bucket_ms`` wide, counted from the epoch)
+# instead of per segment: the "segment" of each row is the bucket's number, as text.
+_BUCKET = "toString(intDiv(toUnixTimestamp64Milli(ts), {bucket_ms:Int64}))"
+OFF_POLICY_BY_BUCKET: Final = OFF_POLICY.replace(_SEGMENT, _BUCKET)
 
 EXPOSURE_SUMMARY: Final = f"""
 SELECT {_ARM_CODE} AS code, variant AS name, {_SEGMENT} AS sv, cityHash64(sv) AS sv_hash,

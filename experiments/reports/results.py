@@ -26,11 +26,13 @@ __all__ = [
     "AdaptiveArm",
     "AdaptiveSection",
     "AllocationBucket",
+    "ApprenticeStatus",
     "ArmMetric",
     "ArmSummary",
     "Comparison",
     "DailyPoint",
     "DailySeries",
+    "Driver",
     "ExperimentReport",
     "MetricReport",
     "OffPolicySection",
@@ -39,10 +41,12 @@ __all__ = [
     "ReportOptions",
     "ReportWindow",
     "SegmentComparison",
+    "SegmentPreference",
     "SegmentReport",
     "SegmentRow",
     "UpliftEstimate",
     "UpliftSection",
+    "ValuePoint",
     "Verdict",
     "VerdictStatus",
 ]
@@ -321,6 +325,27 @@ class AllocationBucket(msgspec.Struct, frozen=True, kw_only=True):
     shares: list[float]
 
 
+class ValuePoint(msgspec.Struct, frozen=True, kw_only=True):
+    """The policy's value up to the end of one time bucket, against its baseline (cumulative).
+
+    Attributes:
+        start: the bucket's start (ISO 8601, UTC); the point covers everything before its end.
+        count: the policy's side so far: units first exposed (holdout) or logged decisions
+            (off-policy).
+        baseline_count: the baseline's: holdout units, or decisions that chose the control.
+        policy_value, baseline_value: the two sides' means so far.
+        gain: their difference with its interval: always-valid from a holdout (every point may
+            be read), a pointwise Newcombe score interval off-policy.
+    """
+
+    start: str
+    count: int
+    baseline_count: int
+    policy_value: float
+    baseline_value: float
+    gain: Interval
+
+
 class AdaptiveArm(msgspec.Struct, frozen=True, kw_only=True):
     """One arm of an adaptive experiment, described rather than compared.
 
@@ -344,6 +369,24 @@ class AdaptiveArm(msgspec.Struct, frozen=True, kw_only=True):
     value: Interval | None = None
 
 
+class SegmentPreference(msgspec.Struct, frozen=True, kw_only=True):
+    """What an adaptive policy chose lately for one value of a context attribute.
+
+    Attributes:
+        attribute, value: the segment (e.g. ``device`` = ``mobile``).
+        decisions: the policy's decisions there since `AdaptiveSection.preferences_since`.
+        preferred: the arm it chose most; ``share`` its share of those decisions.
+        shares: each arm's share, in `AdaptiveSection.arms` order.
+    """
+
+    attribute: str
+    value: str
+    decisions: int
+    preferred: str
+    share: float
+    shares: list[float]
+
+
 class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
     """What an adaptive policy (thompson, vw_cb, epsilon_greedy, send time) earns, and how.
 
@@ -356,8 +399,8 @@ class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
         baseline: what the policy is compared with.
         policy_value, baseline_value: the two sides' means.
         gain: the policy's value minus the baseline's, with its interval (always-valid for a
-            holdout; for ``off_policy`` the two estimates' variances are added, which
-            overstates the variance of their positively correlated difference).
+            holdout; for ``off_policy`` Newcombe's score interval for the difference, see
+            `experiments.reports.adaptive.off_policy_gain`).
         significant: the interval excludes 0.
         bucket: the allocation's bucket width in words; ``allocation`` the buckets.
         arms: the arms, descriptive (see `AdaptiveArm`).
@@ -365,6 +408,12 @@ class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
             its first exposure in the per-arm numbers).
         decisions_per_unit: logged exposures per unit of the policy's traffic.
         notes: disclosures that go with the numbers.
+        value_bucket: the width of ``value_over_time``'s buckets in words.
+        value_over_time: the gain cumulated bucket by bucket (the last point is ``gain``):
+            by time of first exposure from a holdout, by time of decision off-policy.
+        preferences_since: the start of the latest allocation buckets holding at least 10% of
+            the decisions ('' without decisions); ``preferences`` what the policy chose there
+            per segment (see `experiments.reports.preferences`).
     """
 
     source: AdaptiveSource
@@ -381,6 +430,48 @@ class AdaptiveSection(msgspec.Struct, frozen=True, kw_only=True):
     units_in_several_arms: int
     decisions_per_unit: float
     notes: list[str]
+    value_bucket: str = ""
+    value_over_time: list[ValuePoint] = msgspec.field(default_factory=list)
+    preferences_since: str = ""
+    preferences: list[SegmentPreference] = msgspec.field(default_factory=list)
+
+
+class ApprenticeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Apprentice mode: who serves, the policy's own estimate against the rule, the takeover.
+
+    Attributes:
+        policy: the learning policy's kind.
+        rule: what it serves until it takes over ("the fixed split", "always a").
+        takeover: ``auto`` or ``manual``; ``explore`` and ``min_decisions`` as configured.
+        serving: ``rule`` while apprenticing, ``policy`` after the takeover.
+        decisions_learned: decisions the model learned (and scored before learning).
+        own_value, rule_value: off-policy (IPS) values per decision of the policy's own choices
+            and of the rule, on the decisions it learned (NaN before any).
+        gain: own − rule with its 95% interval (None below two decisions).
+        taken_over_by: ``auto``, ``admin`` or ''.
+        taken_over_at: the first decision the policy served itself (from the log), if it did.
+        rule_decisions, policy_decisions: logged decisions served as apprentice (the rule plus
+            exploration) and by the policy itself, up to the report's end.
+        model_unavailable: the model store could not be read (the estimate is missing).
+        sentence: all of it in words.
+    """
+
+    policy: str
+    rule: str
+    takeover: str
+    explore: float
+    min_decisions: int
+    serving: Literal["rule", "policy"]
+    decisions_learned: int
+    own_value: float
+    rule_value: float
+    gain: Interval | None
+    taken_over_by: str
+    taken_over_at: str | None
+    rule_decisions: int
+    policy_decisions: int
+    model_unavailable: bool = False
+    sentence: str
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -432,4 +523,6 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     auto_paused: str | None = None
     drivers: list[Driver] | None = None
     """Learning policies: what drives the choice, most important first (feature importance)."""
+    apprentice: ApprenticeStatus | None = None
+    """Apprentice mode: who serves, the policy's estimate against the rule, the takeover."""
     """Why the guard-rail check paused the experiment (``auto_pause_on_harm``), if it did."""

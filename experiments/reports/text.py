@@ -51,6 +51,13 @@ def _iv(iv: Interval, rate: bool) -> str:
     return f"{iv.estimate * k:+.2f}{unit} [{lo * k:.2f}, {hi * k:.2f}]"
 
 
+def _value_iv(iv: Interval) -> str:
+    """A difference of rewards per decision, to four decimals (click rates are small)."""
+    if math.isnan(iv.estimate):
+        return "-"
+    return f"{iv.estimate:+.4f} [{iv.lower:.4f}, {iv.upper:.4f}]"
+
+
 def _comparison(c: Comparison) -> list[str]:
     rate = c.measure == "conversion_rate"
     return [
@@ -126,6 +133,42 @@ def _adaptive(a: AdaptiveSection) -> list[str]:
         ],
     )
     out += [f"  * {n}" for n in a.notes]
+    if a.value_over_time:
+        rate = a.source != "off_policy"
+        side = "units" if rate else "decisions"
+        out += ["", f"value over time against {a.baseline} (cumulative, per {a.value_bucket})"]
+        out += _table(
+            ["from", side, "baseline n", "policy", a.baseline, "gain"],
+            [
+                [
+                    v.start,
+                    f"{v.count:,}",
+                    f"{v.baseline_count:,}",
+                    _pct(v.policy_value) if rate else f"{v.policy_value:.4f}",
+                    _pct(v.baseline_value) if rate else f"{v.baseline_value:.4f}",
+                    _iv(v.gain, True) if rate else _value_iv(v.gain),
+                ]
+                for v in a.value_over_time
+            ],
+        )
+    if a.preferences:
+        out += [
+            "",
+            f"what the policy prefers now, per segment (its decisions since "
+            f"{a.preferences_since}; descriptive)",
+        ]
+        out += _table(
+            ["segment", "decisions", "prefers", *(x.arm for x in a.arms)],
+            [
+                [
+                    f"{p.attribute}={p.value}",
+                    f"{p.decisions:,}",
+                    f"{p.preferred} ({p.share:.0%})",
+                    *(_pct(x) for x in p.shares),
+                ]
+                for p in a.preferences
+            ],
+        )
     if a.allocation:
         out += ["", f"allocation per {a.bucket} (share of decisions)"]
         out += _table(
@@ -188,6 +231,8 @@ def render_report_text(report: ExperimentReport) -> str:
             for a in report.arms
         ],
     )
+    if report.apprentice is not None:
+        lines += ["", "apprentice", f"  {report.apprentice.sentence}"]
     if report.adaptive is not None:
         lines += _adaptive(report.adaptive)
     for m in report.metrics:
@@ -228,8 +273,10 @@ def render_report_text(report: ExperimentReport) -> str:
         )
     if report.drivers:
         lines += ["", "what drives the choice (Cramér's V, chosen variant vs attribute)"]
-        lines += [f"  {d.feature:<24} {d.importance:.2f}  ({d.decisions:,} decisions)"
-                  for d in report.drivers]
+        lines += [
+            f"  {d.feature:<24} {d.importance:.2f}  ({d.decisions:,} decisions)"
+            for d in report.drivers
+        ]
     if report.warnings:
         lines += ["", "warnings", *(f"  ! {w}" for w in report.warnings)]
     return "\n".join(lines) + "\n"

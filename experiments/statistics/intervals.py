@@ -22,9 +22,11 @@ __all__ = [
     "check_level",
     "fieller_ratio_interval",
     "fieller_relative_interval",
+    "newcombe_difference",
     "normal_interval",
     "relative_lift_variance",
     "two_sided_normal_p",
+    "wilson_interval",
     "z_critical",
 ]
 
@@ -167,3 +169,40 @@ def fieller_ratio_interval(
     if ratio <= low and not high <= null:
         return Interval(estimate=estimate, lower=-math.inf, upper=low, level=level)
     return whole
+
+
+def wilson_interval(p: float, n: float, level: float) -> Interval:
+    """Wilson's score interval of a proportion ``p`` observed over ``n`` trials.
+
+    ``n`` may be an effective sample size (not an integer): a weighted proportion's Kish size
+    (Σw)² / Σw². Unlike ``p ± z sqrt(p(1-p)/n)`` it never has zero width at p = 0 or 1 and stays
+    inside [0, 1]. NaN bounds when ``n <= 0`` or ``p`` is NaN.
+    """
+    if n <= 0.0 or math.isnan(p):
+        return Interval(estimate=p, lower=math.nan, upper=math.nan, level=level)
+    z = z_critical(level)
+    z2 = z * z
+    p = min(max(p, 0.0), 1.0)
+    scale = 1.0 + z2 / n
+    centre = (p + z2 / (2.0 * n)) / scale
+    half = z / scale * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    return Interval(
+        estimate=p, lower=max(centre - half, 0.0), upper=min(centre + half, 1.0), level=level
+    )
+
+
+def newcombe_difference(p1: float, n1: float, p2: float, n2: float, level: float) -> Interval:
+    """Newcombe's hybrid score interval (1998, method 10) for ``p1 - p2`` of independent
+    proportions: with Wilson intervals (l1, u1) and (l2, u2),
+    ``[d - sqrt((p1 - l1)² + (u2 - p2)²), d + sqrt((u1 - p1)² + (p2 - l2)²)]``.
+
+    ``n1``, ``n2`` may be effective sizes (see `wilson_interval`). The interval lies inside
+    [-1, 1] and keeps its coverage where the plug-in (Wald) one does not: few successes, or a
+    side estimated from few, heavily weighted observations.
+    """
+    a = wilson_interval(p1, n1, level)
+    b = wilson_interval(p2, n2, level)
+    d = p1 - p2
+    lower = d - math.sqrt((p1 - a.lower) ** 2 + (b.upper - p2) ** 2)
+    upper = d + math.sqrt((a.upper - p1) ** 2 + (p2 - b.lower) ** 2)
+    return Interval(estimate=d, lower=lower, upper=upper, level=level)

@@ -83,35 +83,54 @@ def test_cells_find_the_interaction_and_take_over(
     assert choice.model_version.endswith("/cells:" + report.partition)
 
 
-def test_without_context_effect_the_baseline_keeps_serving() -> None:
-    """When the context does not matter, no contextual member proves a gain: the baseline
-    serves (alone or with the contender's probe share), and the served pmf favours v1."""
+def test_without_context_effect_the_cells_collapse_onto_the_baseline() -> None:
+    """When the context does not matter, whatever partition wins the search, its cells'
+    Thompson probabilities stay close to the global model's (the empirical-Bayes prior of a
+    level whose cells look alike is strong), and the served pmf favours v1."""
     _, serving, tail = _run(VWCBConfig(), _flat, 4000, seed=5)
     assert isinstance(serving, EnsemblePolicy)
-    report = serving.serving_report()
-    assert report.mix < 1.0
+    rng = np.random.default_rng(0)
+    keys = tuple(c.key for c in CANDIDATES)
+    for _ in range(20):
+        pmfs = serving._member_pmfs(_context(rng), CANDIDATES, keys, {}, with_vw=False)
+        cells = pmfs.get("cells", pmfs["baseline"])
+        assert np.abs(cells - pmfs["baseline"]).sum() / 2 < 0.1
     assert tail > 0.28  # v1 is worth 0.3, uniform 0.233
 
 
-@pytest.mark.parametrize(
-    ("gain", "half_width", "before", "mix"),
-    [
-        (0.02, 0.01, 0.5, 1.0),      # lower bound above 0: the contender serves alone
-        (-0.02, 0.01, 0.5, PROBE),   # upper bound below 0: the baseline, with a probe share
-        (0.005, 0.01, 0.5, 0.5),     # undecided: half and half
-        (0.005, 0.01, 1.0, 1.0),     # served alone and still estimated better: it stays
-        (-0.005, 0.01, 1.0, 0.5),    # served alone, estimate turned negative: back to half
-    ],
-)
-def test_serving_rule(gain: float, half_width: float, before: float, mix: float) -> None:
-    """The contender's share follows its 95% interval of gain over the baseline."""
-    policy = EnsemblePolicy(VWCBConfig())
+def _set(policy: EnsemblePolicy, member: str, gain: float, half_width: float) -> None:
+    """Give ``member`` a gain estimate over 10,000 examples with this 95% half-width."""
     n = 10_000.0
     sd = half_width / 1.96 * np.sqrt(n)
-    policy._estimates["vw"] = _Estimate(n, gain * n, (sd**2 + gain**2) * n)
-    policy._serving, policy._mix = "vw", before
-    policy._select()
-    assert policy.serving_report().mix == pytest.approx(mix)
+    policy._estimates[member] = _Estimate(n, gain * n, (sd**2 + gain**2) * n)
+
+
+@pytest.mark.parametrize(
+    ("partition", "cells", "vw", "member", "mix"),
+    [
+        (("segment",), None, None, "cells:segment", 1.0),        # no evidence: cells serve
+        (("segment",), 0.005, None, "cells:segment", 1.0),       # undecided: cells serve
+        (("segment",), -0.02, None, "mix:cells:segment", PROBE),  # credibly worse: probe
+        (("segment",), 0.01, 0.05, "vw", 1.0),                   # VW credibly better: VW
+        (("segment",), 0.03, 0.025, "cells:segment", 1.0),       # VW not better than cells
+        ((), None, 0.005, "mix:vw", PROBE),                      # no partition: VW probes
+        ((), None, -0.02, "baseline", 0.0),                      # VW credibly worse: baseline
+    ],
+)
+def test_serving_rule(partition: tuple[str, ...], cells: float | None, vw: float | None,
+                      member: str, mix: float) -> None:
+    """The cells serve unless credibly worse than the baseline (then they keep a probe share);
+    VW serves only once credibly better than the baseline and than the cells' estimate."""
+    policy = EnsemblePolicy(VWCBConfig())
+    policy._cells.learn({"segment": "s0"}, "v0", 1.0)
+    if cells is not None:
+        _set(policy, "cells", cells, 0.01)
+    if vw is not None:
+        _set(policy, "vw", vw, 0.01)
+    policy._cells.ranked = lambda: [(partition, 0.0)]  # type: ignore[method-assign]
+    policy._select(rank=True)
+    report = policy.serving_report()
+    assert (report.member, report.mix) == (member, pytest.approx(mix))
 
 
 def test_snapshot_round_trip(interaction_run: tuple[Policy, Policy, float]) -> None:
@@ -150,7 +169,7 @@ def test_logged_propensity_is_the_served_pmf_with_the_floor(
     policy._serving, policy._mix = member, (0.0 if member == "baseline" else 0.5)
     policy._samplers.clear()
     rng = np.random.default_rng(7)
-    floor = VWCBConfig().floor(len(CANDIDATES))
+    floor = policy.floor(len(CANDIDATES))
     contexts = [_context(rng) for _ in range(40)]
     for context, choice in zip(contexts, policy.choose_many(contexts, CANDIDATES,
                                                              np.random.default_rng(2)),
@@ -190,7 +209,7 @@ def test_cells_drop_attributes_with_many_values_and_cap_the_count() -> None:
     for i in range(50):
         context: Context = {"id": f"u{i}", "a": f"a{i % 2}", "b": f"b{i % 3}", "c": True,
                             "d": "late", "x": 0.5}
-        cells.learn(context, "v0", float(rng.random() < 0.5), 0.5)
+        cells.learn(context, "v0", float(rng.random() < 0.5))
     assert cells.attributes == ["a", "b", "c"]
     parts = set(cells.partitions)
     assert ("a", "b", "c") in parts and ("a", "c") in parts and () in parts
@@ -211,3 +230,65 @@ def test_explain_names_the_cell_that_served(
     assert isinstance(baseline, EnsemblePolicy)
     baseline._serving, baseline._mix = "cells", 0.0
     assert baseline.explain(context, CANDIDATES, "v1") == []
+
+
+def test_serving_looks_up_the_shipped_probabilities(
+    interaction_run: tuple[Policy, Policy, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy restored from a snapshot serves the experiment's candidates, in any order, from
+    the table the snapshot ships: no Thompson probability is computed at serving time."""
+    learner, _, _ = interaction_run
+    served = build_policy(VWCBConfig(), [], snapshot=learner.snapshot(), version="2")
+    keys = tuple(learner._cells.arms)  # type: ignore[attr-defined]
+    for candidates in (tuple(Candidate(key=k) for k in keys),
+                       tuple(Candidate(key=k) for k in reversed(keys))):
+        _serve_without_computing(served, candidates, monkeypatch)
+
+
+def _serve_without_computing(served: Policy, candidates: tuple[Candidate, ...],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+
+    def computed(*_: object) -> None:
+        raise AssertionError("Thompson probabilities computed while serving")
+
+    monkeypatch.setattr("bandits.ensemble.best_probabilities", computed)
+    monkeypatch.setattr("bandits.cells.best_probabilities", computed)
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        context = _context(rng)
+        choice = served.choose(context, candidates, rng)
+        assert choice.propensity == pytest.approx(served.pmf(context, candidates)[choice.index])
+
+
+def _switching(n_before: int) -> object:
+    """The interaction world, whose best variant moves by one after ``n_before`` calls."""
+    calls = [0]
+
+    def world(context: Context) -> np.ndarray:
+        calls[0] += 1
+        rates = _interaction(context)
+        return np.roll(rates, 1) if calls[0] > n_before else rates
+
+    return world
+
+
+def test_a_change_of_the_world_is_detected_and_old_evidence_discounted() -> None:
+    """When every cell's best variant moves, the drift detector fires, the statistics are
+    discounted, and the ensemble serves the new best variants within a few thousand
+    decisions (without the reset, 6,000 examples of the old world would outweigh them)."""
+    learner, _, tail = _run(VWCBConfig(), _switching(6000), 10_000, seed=11)
+    assert isinstance(learner, EnsemblePolicy)
+    assert learner.serving_report().changes >= 1
+    assert tail > 0.4  # the new oracle earns 0.5, best single variant 0.23
+
+
+def test_the_default_floor_falls_with_evidence_to_its_minimum() -> None:
+    """With the default min_propensity the ensemble's floor is 0.1/n until 5,000 examples, then
+    falls like 1/sqrt(examples) to 0.03/n; an explicit min_propensity stays fixed."""
+    config = VWCBConfig()
+    assert config.floor(4, examples=1_000) == pytest.approx(0.1 / 4)
+    assert config.floor(4, examples=20_000) == pytest.approx(0.05 / 4)
+    assert config.floor(4, examples=10**7) == pytest.approx(0.03 / 4)
+    assert config.floor(4) == pytest.approx(0.1 / 4)
+    fixed = VWCBConfig(min_propensity=0.02)
+    assert fixed.floor(4, examples=10**7) == pytest.approx(0.02)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import numpy as np
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bandits.join import (
     DecisionRecord,
@@ -534,3 +535,173 @@ async def test_send_time_open_before_send_at_is_not_a_success(
     await join.finalize_due(send_at + WINDOW_S * 1000)
     got = {e.record.decision_id: (e.reward, e.joined) for e in await _stream(redis, join)}
     assert got == {"d1": (0.0, False), "d2": (1.0, True)}
+
+
+T = TypeVar("T")
+
+
+class _Gate:
+    """A unit screen that holds a flush until released (or fails it with a Redis error)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.fail = fail
+
+    async def screen(self, items: list[T], unit_of: object) -> list[T]:
+        self.entered.set()
+        await self.release.wait()
+        if self.fail:
+            raise RedisConnectionError("down")
+        return items
+
+
+async def test_holds_queued_and_in_flight_decisions_until_they_are_written(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """holds() names a decision (by id or by unit) from remember() until the flush writing it
+    returns, including while that flush is in flight, and nothing else."""
+    rules = _rules()
+    assert not join.holds("d1", "u1")
+    join.remember(_record("d1", unit_id="u1"), rules)
+    assert join.holds("d1", None) and join.holds(None, "u1") and join.holds("d9", "u1")
+    assert not join.holds("d2", "u2")
+    gate = _Gate()
+    join.screen = gate
+    flushing = asyncio.create_task(join.flush())
+    await gate.entered.wait()
+    join.remember(_record("d2", unit_id="u2"), rules)  # queued during the flush
+    assert join.holds("d1", None) and join.holds("d2", None) and join.holds(None, "u1")
+    gate.release.set()
+    assert await flushing == 1
+    assert not join.holds("d1", "u1")
+    assert join.holds("d2", None)
+    assert await join.flush() == 1
+    assert not join.holds("d2", "u2")
+    assert await redis.exists(join.record_key("d1", "hero"), join.record_key("d2", "hero")) == 2
+
+
+async def test_a_failed_flush_keeps_holding_what_it_did_not_write(join: RewardJoin) -> None:
+    """After a Redis failure the unwritten decisions are queued again, and still held."""
+    join.remember(_record("d1", unit_id="u1"), _rules())
+    gate = _Gate(fail=True)
+    gate.release.set()
+    join.screen = gate
+    with pytest.raises(RedisConnectionError):
+        await join.flush()
+    assert join.pending == 1
+    assert join.holds("d1", None) and join.holds(None, "u1")
+
+
+def _slate_record(decision_id: str, unit_id: str = "u1") -> DecisionRecord:
+    """A 3-slot slate over items a..d: c, a, d in slot order."""
+    return msgspec.structs.replace(
+        _record(decision_id, unit_id=unit_id),
+        candidates=["a", "b", "c", "d"],
+        chosen=2,
+        propensity=0.5,
+        slate=[2, 0, 3],
+        slate_propensities=[0.5, 0.4, 0.6],
+    )
+
+
+async def test_slate_outcomes_accumulate_per_slot_and_finalise_as_one_reward_per_slot(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """Under ``sum`` a slate's outcomes add up per slot (by item or by slot, by decision id or
+    by unit); an outcome naming no slot, an item not shown or a slot out of range is ignored;
+    slots without an outcome get the default; each slot is clipped to the reward range."""
+    rules = {"hero": _rules("sum", default=0.0, lo=0.0, hi=1.5)}
+    join.remember(_slate_record("d1"), rules["hero"])
+    await join.flush()
+    applied = [
+        await join.apply_outcome(
+            event_id=f"e{i}", outcome_type="click", value=0.0, now_ms=T0 + 1000,
+            rules_of=rules, decision_id=did, unit_id=unit, experiment=None, **where,
+        )
+        for i, (did, unit, where) in enumerate([
+            ("d1", None, {"item": "a"}),
+            (None, "u1", {"item": "a"}),
+            ("d1", None, {"slot": 0}),
+            ("d1", None, {"item": "a", "slot": 1}),
+            ("d1", None, {}),
+            ("d1", None, {"item": "b"}),
+            ("d1", None, {"slot": 3}),
+            ("d1", None, {"item": "a", "slot": 2}),
+        ])
+    ]  # fmt: skip
+    assert [r[0][1] for r in applied] == [
+        "joined", "joined", "joined", "joined", "ignored", "ignored", "ignored", "ignored"
+    ]
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert example.rewards == [1.0, 1.5, 0.0]
+    assert (example.reward, example.joined) == (2.5, True)
+    assert example.record == _slate_record("d1")
+    assert example.record.slate_items == ["c", "a", "d"]
+
+
+async def test_a_slate_without_outcomes_is_learned_with_the_default_per_slot(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A slate nobody clicked is finalised once, every slot with the default reward."""
+    rules = {"hero": _rules(default=0.25)}
+    join.remember(_slate_record("d1"), rules["hero"])
+    await join.flush()
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert (example.rewards, example.joined) == ([0.25, 0.25, 0.25], False)
+
+
+async def _command_calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_finalising_reads_a_record_with_one_hmget(join: RewardJoin, redis: Redis) -> None:
+    """Each finalised decision costs Redis one HMGET of its record, not an HGET per field."""
+    rules = _rules(default=0.25)
+    for i in range(40):
+        join.remember(_record(f"d{i}"), rules)
+    await join.flush()
+    before = await _command_calls(redis)
+    assert await join.finalize_due(T0 + WINDOW_S * 1000) == 40
+    after = await _command_calls(redis)
+    assert after.get("hget", 0) - before.get("hget", 0) == 0
+    assert after.get("hmget", 0) - before.get("hmget", 0) == 40
+    assert {e.reward for e in await _stream(redis, join)} == {0.25}
+
+
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-script-call", "members-read-first"])
+async def test_an_outcome_naming_only_its_decision_reaches_every_experiment(
+    join: RewardJoin, redis: Redis, monkeypatch: pytest.MonkeyPatch, one_call: bool
+) -> None:
+    """By decision id alone, an outcome is applied to each of the decision's experiments with
+    rules (ignored where its type earns nothing, skipped where there are no rules): in one script
+    call (the client never reads the decision's experiments), or — beyond
+    ``BY_DECISION_MAX_RULES`` experiments with rules — after reading them."""
+    rules = {
+        "hero": _rules(),
+        "banner": _rules("sum"),
+        "quiet": rules_for(60, "first", 0.0, 0.0, 1.0, []),
+    }
+    for name in ("hero", "banner", "quiet", "unknown"):
+        join.remember(_record("d1", name), _rules())
+    await join.flush()
+    if one_call:
+
+        async def no_round_trip(*_: object) -> None:
+            raise AssertionError("the client read the decision's experiments")
+
+        monkeypatch.setattr(join._redis, "smembers", no_round_trip)
+    else:
+        monkeypatch.setattr("bandits.join.BY_DECISION_MAX_RULES", 0)
+    got = await _outcome(join, rules, event_id="e1", decision_id="d1", type="purchase", value=40)
+    assert got == [("banner", "joined"), ("hero", "joined"), ("quiet", "ignored")]
+    again = await _outcome(join, rules, event_id="e1", decision_id="d1", type="purchase", value=40)
+    assert again == [("banner", "duplicate"), ("hero", "duplicate"), ("quiet", "ignored")]
+    late = await _outcome(join, rules, event_id="e2", decision_id="d1", at_s=WINDOW_S + 1)
+    assert [r for _, r in late] == ["late", "late", "ignored"]
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    rewards = {e.record.experiment: e.reward for e in await _stream(redis, join)}
+    assert (rewards["hero"], rewards["banner"]) == (pytest.approx(0.4), pytest.approx(0.4))

@@ -16,6 +16,7 @@ from tailor_contract.policies import (
     PolicyConfig,
     ThompsonConfig,
     VWCBConfig,
+    VWSlatesConfig,
     check_vw_args,
     decode_policy_config,
 )
@@ -180,3 +181,34 @@ def test_structural_args_ignore_only_epsilon() -> None:
     """Two configs differing only in epsilon share structural args; other changes do not."""
     assert epsilon_vw(0.1).structural_args() == epsilon_vw(0.3).structural_args()
     assert VWCBConfig().structural_args() != VWCBConfig(interactions=()).structural_args()
+
+
+def test_slates_config_decodes_and_builds_its_vw_arguments() -> None:
+    """``vw_slates`` decodes with its defaults, runs VW's CCB, and may interact the slot
+    namespace S; epsilon is the one argument a snapshot may change."""
+    config = decode_policy_config(b'{"kind":"vw_slates","slots":10,"interactions":["UA","SA"]}')
+    assert config == VWSlatesConfig(slots=10, interactions=("UA", "SA"))
+    assert config.vw_args()[:2] == ["--ccb_explore_adf", "--quiet"]
+    assert "--epsilon" not in config.structural_args()
+    assert config.vw_args()[4:8] == ["--interactions", "UA", "--interactions", "SA"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (b'{"kind":"vw_slates","slots":0}', r">= 1 - at `\$.slots`"),
+        (b'{"kind":"vw_slates","slots":51}', r"<= 50 - at `\$.slots`"),
+        (b'{"kind":"vw_slates","interactions":["UX"]}', r"A \(action\) and S"),
+        (b'{"kind":"vw_slates","extra_args":["--ccb_explore_adf"]}', "config field 'kind'"),
+        (b'{"kind":"vw_slates","extra_args":["-q","SA"]}', None),
+        (b'{"kind":"vw_slates","apprentice":{}}', "apprentice: vw_slates has no apprentice"),
+        (b'{"kind":"vw_cb","interactions":["SA"]}', "namespace letters from U"),
+    ],
+)
+def test_slates_config_rejects_bad_options(raw: bytes, match: str | None) -> None:
+    """Bad slate options fail at decode naming the field or the rule (S only for slates)."""
+    if match is None:
+        decode_policy_config(raw)
+        return
+    with pytest.raises(msgspec.ValidationError, match=match):
+        decode_policy_config(raw)

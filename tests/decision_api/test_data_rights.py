@@ -102,9 +102,11 @@ async def populate(client: Client, unit: str) -> list[str]:
 
 
 async def redis_dump(redis: Redis, namespace: str) -> dict[str, str]:
-    """Every key under the namespace with its value rendered as text."""
+    """Every key under the namespace (``ns:...`` and ``{ns}:...``) with its value as text."""
     dump = {}
-    async for key in redis.scan_iter(match=f"{namespace}:*", count=1000):
+    keys = [k async for k in redis.scan_iter(match=f"{namespace}:*", count=1000)]
+    keys += [k async for k in redis.scan_iter(match=f"{{{namespace}}}:*", count=1000)]
+    for key in keys:
         kind = await redis.type(key)
         if kind == "hash":
             value: Any = await redis.hgetall(key)

@@ -173,3 +173,78 @@ async def test_an_unexpected_error_is_the_routes_problem_answer(
     assert problem["status"] == 500
     assert problem["request_id"] == "r-500"
     assert "boom" not in r.text
+
+
+def _fast_outcomes(app: Litestar | DecideFront) -> float:
+    return float(app.state.services.metrics.fast_outcomes._value.get())
+
+
+async def test_a_single_outcome_is_served_by_the_front_like_the_handler(
+    client: AsyncTestClient[Litestar], app: DecideFront
+) -> None:
+    """A valid POST /v1/outcomes is answered by the front: 202, the route's answer shape,
+    the caller's request id, and the outcome accepted (counted as the route counts it)."""
+    before = _fast_outcomes(app)
+    accepted = app.state.services.metrics.outcomes.labels("click")._value.get()
+    r = await client.post(
+        "/v1/outcomes",
+        json={"unit_id": "u-o1", "experiment": "fast-hero", "type": "click"},
+        headers={"x-request-id": "rid-o1"},
+    )
+    assert r.status_code == 202, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.headers["x-request-id"] == "rid-o1"
+    body = r.json()
+    assert set(body) == {"accepted", "event_ids", "joined", "degraded"}
+    assert (body["accepted"], len(body["event_ids"][0]), body["joined"]) == (1, 32, 0)
+    assert _fast_outcomes(app) == before + 1
+    assert app.state.services.metrics.outcomes.labels("click")._value.get() == accepted + 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"{not json", 400, "$"),
+        (b'{"type": "click"}', 422, "$.decision_id"),
+        (b'{"decision_id": "d", "type": "click", "colour": 1}', 422, "$.colour"),
+        (b'{"unit_id": "u", "type": "click", "ts": "2001-01-01T00:00:00Z"}', 422, "$.ts"),
+    ],
+)
+async def test_an_outcome_the_front_cannot_serve_gets_the_routes_problem(
+    client: AsyncTestClient[Litestar], app: DecideFront, body: bytes, status: int, field: str
+) -> None:
+    """Malformed outcomes, and one the route refuses after decoding (a ts out of range, refused
+    before anything is logged), are answered by the route's problem handler."""
+    before = _fast_outcomes(app)
+    accepted = app.state.services.metrics.outcomes.labels("click")._value.get()
+    r = await client.post(
+        "/v1/outcomes", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == status, r.text
+    assert r.json()["errors"][0]["field"] == field
+    assert _fast_outcomes(app) == before
+    assert app.state.services.metrics.outcomes.labels("click")._value.get() == accepted
+
+
+async def test_outcome_keys_are_checked_by_the_front(settings: Settings) -> None:
+    """Without a key, or with a report key, the route answers 401/403; decide and ingest keys
+    (and a decide key in the URL) are served by the front."""
+    keyed = Settings(
+        **{
+            **{f: getattr(settings, f) for f in settings.__struct_fields__},
+            "auth": AuthSettings(api_keys="adm:admin,web:decide,etl:ingest,rep:report"),
+        }
+    )
+    app = create_asgi_app(keyed)
+    outcome = {"unit_id": "u-o2", "experiment": "fast-hero", "type": "click"}
+    async with AsyncTestClient(app=app) as client:  # type: ignore[arg-type]
+        before = _fast_outcomes(app)
+        assert (await client.post("/v1/outcomes", json=outcome)).status_code == 401
+        wrong = await client.post("/v1/outcomes", json=outcome, headers={"x-api-key": "rep"})
+        assert wrong.status_code == 403
+        assert _fast_outcomes(app) == before
+        for headers in ({"x-api-key": "web"}, {"authorization": "Bearer etl"}):
+            ok = await client.post("/v1/outcomes", json=outcome, headers=headers)
+            assert ok.status_code == 202, ok.text
+        assert (await client.post("/v1/outcomes?key=web", json=outcome)).status_code == 202
+        assert _fast_outcomes(app) == before + 3

@@ -265,3 +265,13 @@ def test_portable_document_drops_the_empty_tuple_branch() -> None:
         "a": {"type": "array", "items": {"type": "string"}, "maxItems": 8},
         "b": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "null"}]}},
     }
+
+
+async def test_decide_and_bulk_decide_document_explain(document: dict[str, Any]) -> None:
+    """Both decision bodies document ``explain`` (a boolean, false by default) and the answers
+    document ``explanation``."""
+    schemas = document["components"]["schemas"]
+    for body in ("DecideRequest", "BatchDecideRequest"):
+        explain = schemas[body]["properties"]["explain"]
+        assert explain.get("type") == "boolean" and explain.get("default") is False, explain
+    assert "explanation" in schemas["PlacementDecision"]["properties"]

@@ -12,6 +12,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from bandits.join import DecisionRecord
 from decision_api.services import Services
 from tests.support.polling import eventually
 
@@ -39,7 +40,6 @@ def client(shared_client: Client) -> Client:
 def tag() -> str:
     """A suffix making this test's keys and unit ids unique."""
     return uuid.uuid4().hex[:8]
-
 
 
 async def outcome_rows(client: Client, event_ids: list[str]) -> list[dict[str, Any]]:
@@ -120,3 +120,63 @@ async def test_outcome_batch(client: Client, tag: str) -> None:
     assert [(r["unit_id"], r["value"]) for r in rows] == [
         (f"u-{tag}-{i}", float(i)) for i in range(25)
     ]
+
+
+async def test_an_outcome_flushes_the_reward_join_only_for_decisions_not_written_yet(
+    client: Client, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A click on a decision already in Redis is joined without flushing the join (no script
+    call per outcome for other decisions' records); one on a decision still queued in this
+    worker flushes first and is joined too."""
+    key, placement = f"learn-{tag}", f"learn-{tag}"
+    spec = {"key": key, "placement": placement, "variants": [{"key": "a"}, {"key": "b"}],
+            "default_variant": "a", "policy": {"kind": "thompson"}, "reward_window_s": 3600,
+            "reward": {"rules": [{"type": "click"}]}}  # fmt: skip
+    assert (await client.post("/v1/experiments", json=spec)).status_code == 201
+    assert (await client.post(f"/v1/experiments/{key}/start")).status_code == 200
+    services: Services = client.app.state.services
+    join = services.learning.join
+
+    async def decide(unit: str) -> str:
+        for _ in range(100):  # until the worker's cache serves the new experiment
+            body = {"unit_id": unit, "placements": [placement]}
+            got = (await client.post("/v1/decide", json=body)).json()
+            if got["decisions"][0]["reason"] == "policy":
+                return str(got["decision_id"])
+            await asyncio.sleep(0.05)
+        raise AssertionError("the experiment was never served")
+
+    written = await decide(f"w-{tag}")
+
+    async def written_by_the_flusher() -> bool:  # the app's own loop writes it within 20 ms
+        return not join.holds(written, None)
+
+    await eventually(written_by_the_flusher, what="the decision written")
+    flushes: list[int] = []
+    held: list[bool] = []
+    real_flush, real_holds = join.flush, join.holds
+
+    async def counted() -> int:
+        flushes.append(join.pending)
+        return await real_flush()
+
+    def asked(decision_id: str | None, unit_id: str | None) -> bool:
+        held.append(real_holds(decision_id, unit_id))
+        return held[-1]
+
+    monkeypatch.setattr(join, "flush", counted)
+    monkeypatch.setattr(join, "holds", asked)
+    clicked = await client.post("/v1/outcomes", json={"decision_id": written, "type": "click"})
+    assert (clicked.status_code, clicked.json()["joined"]) == (202, 1)
+    assert (held, flushes) == ([False], [])
+    queued = uuid.uuid4().hex  # a decision this worker has not written yet (made a moment ago)
+    record = DecisionRecord(
+        decision_id=queued, experiment=key, experiment_version=1, unit_id=f"q-{tag}",
+        candidates=["a", "b"], chosen=1, propensity=0.5, model_version="0", context={},
+        decided_ms=time.time_ns() // 1_000_000,
+    )  # fmt: skip
+    join.remember(record, services.learning.rules[key])
+    pending = await client.post("/v1/outcomes", json={"decision_id": queued, "type": "click"})
+    assert (pending.status_code, pending.json()["joined"]) == (202, 1)
+    # Flushed exactly when the join still held it (the app's 20 ms flusher may win the race).
+    assert len(held) == 2 and len(flushes) == int(held[1])

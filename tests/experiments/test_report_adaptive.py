@@ -225,3 +225,57 @@ def test_without_a_holdout_the_gain_is_off_policy(event_log: ClickHouseEventLog)
     # true rate, where the descriptive first-exposure rates need not
     for arm in section.arms:
         assert arm.value is not None and arm.value.contains(TRUE_RATE[arm.arm]), arm
+
+
+def test_value_over_time_from_the_holdout(
+    with_holdout: tuple[ExperimentReport, Log, float],
+) -> None:
+    """The holdout comparison cumulated per bucket of first exposure: unit counts as pandas
+    counts them, always-valid intervals, the last point is the headline's gain."""
+    report, log, _ = with_holdout
+    section = report.adaptive
+    assert section is not None and section.gain is not None
+    points = section.value_over_time
+    assert section.value_bucket == "day" and len(points) >= 3
+    assert points[-1].gain == section.gain
+    first = log.exposures.sort_values("ts").groupby("unit_id").first()
+    for point in points:
+        end = pd.Timestamp(point.start).value // 1_000_000 + DAY
+        cohort = first[first.ts < end]
+        assert point.baseline_count == int((cohort.holdout == 1).sum())
+        assert point.count == int((cohort.holdout == 0).sum())
+    assert [p.count for p in points] == sorted(p.count for p in points)
+    # always-valid: later points are not wider for lack of looks
+    assert points[-1].gain.width < points[0].gain.width
+
+
+def test_value_over_time_off_policy(event_log: ClickHouseEventLog) -> None:
+    """Without a holdout the value over time is off-policy, cumulated per allocation bucket of
+    decision time: decisions so far and the control's as pandas counts them, the last point is
+    the headline's gain, and asking for a segment (a second query) changes none of it."""
+    log, _ = thompson_log(np.random.default_rng(9), "overtime", 3000, 0.0, repeat=False)
+    insert_log(event_log, log)
+    experiment = _experiment("overtime")
+    report = build_report(event_log, experiment, ReportOptions(), now_ms=T0 + 4 * DAY)
+    section = report.adaptive
+    assert section is not None and section.source == "off_policy" and section.gain is not None
+    points = section.value_over_time
+    assert section.value_bucket == "6 hours" and len(points) >= 10
+    assert points[-1].gain == section.gain
+    ts = log.exposures.ts
+    for point in points:
+        end = pd.Timestamp(point.start).value // 1_000_000 + 6 * HOUR
+        assert point.count == int((ts < end).sum())
+        assert point.baseline_count == int(((ts < end) & (log.exposures.variant == "a")).sum())
+        assert point.gain.lower <= point.gain.estimate <= point.gain.upper
+    segmented = build_report(
+        event_log, experiment, ReportOptions(segment="device"), now_ms=T0 + 4 * DAY
+    )
+    assert segmented.adaptive is not None and segmented.off_policy is not None
+    assert segmented.adaptive.value_over_time == points
+    assert report.off_policy is not None
+    for mine, theirs in zip(report.off_policy.policies, segmented.off_policy.policies, strict=True):
+        assert mine.estimate.snips.estimate == pytest.approx(theirs.estimate.snips.estimate, 1e-9)
+    text = render_report_text(report)
+    assert "value over time against always a (cumulative, per 6 hours)" in text
+    assert 'id="chart-value"' in render_report_page(report)

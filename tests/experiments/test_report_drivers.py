@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
+import msgspec
 import numpy as np
 
 from event_log.rows import Exposure
 from event_log.store import ClickHouseEventLog
 from experiments.reports.build import build_report
 from experiments.reports.drivers import drivers
+from experiments.reports.html import render_report_page
 from experiments.reports.results import ReportOptions
 from tailor_contract.definitions import Experiment, Status, Variant
 from tailor_contract.policies import ThompsonConfig
@@ -87,3 +90,33 @@ def test_report_of_a_learning_policy_lists_its_drivers(event_log: ClickHouseEven
         status=Status.RUNNING,
     )
     assert build_report(event_log, fixed, options, now_ms=T0 + 10**9).drivers is None
+
+
+def test_the_page_shows_the_drivers_most_important_first(event_log: ClickHouseEventLog) -> None:
+    """The HTML page has a "What drives the choice" table: ``plan`` first with its Cramér's V
+    and a bar as wide as it; a fixed split's page has no such section."""
+    _log_decisions(event_log)
+    learning = Experiment(
+        key="learn",
+        placement="home",
+        variants=[Variant(key="a"), Variant(key="b")],
+        default_variant="a",
+        policy=ThompsonConfig(),
+        status=Status.RUNNING,
+    )
+    report = build_report(event_log, learning, ReportOptions(off_policy=False), now_ms=T0 + 10**9)
+    assert report.drivers is not None
+    page = render_report_page(report)
+    section = page.split('<section class="drivers">', 1)[1].split("</section>", 1)[0]
+    assert "What drives the choice" in section
+    rows = re.findall(
+        r"<tr><td>([^<]+)</td><td>([\d.]+)</td><td><span class=\"bar\" "
+        r"style=\"width:(\d+)%\">",
+        section,
+    )
+    assert rows[0][0] == "plan"
+    assert [r[0] for r in rows] == [d.feature for d in report.drivers]
+    top = report.drivers[0]
+    assert rows[0][1] == f"{top.importance:.2f}" and int(rows[0][2]) == round(top.importance * 100)
+    fixed = msgspec.structs.replace(report, drivers=None)
+    assert "What drives the choice" not in render_report_page(fixed)

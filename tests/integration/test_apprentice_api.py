@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 import pytest
@@ -74,6 +75,52 @@ async def test_an_admin_takes_over_a_manual_apprentice(
     await eventually(served_by_the_model, what="the taken-over model served")
     model = (await client.get("/v1/experiments/app/model")).json()
     assert model["apprentice"]["taken_over_by"] == "admin"
+
+
+async def _report(
+    client: AsyncTestClient[Litestar], key: str, ready: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The report's apprentice section once ``ready`` (exposures reach the log in batches)."""
+
+    async def probe() -> dict[str, Any] | None:
+        got = await client.get(f"/v1/experiments/{key}/report")
+        assert got.status_code == 200, got.text
+        section: dict[str, Any] = got.json()["apprentice"]
+        return section if ready(section) else None
+
+    return await eventually(probe, what="the report's apprentice section")
+
+
+async def test_the_report_says_who_serves_and_when_it_took_over(
+    quiet_client: AsyncTestClient[Litestar],
+) -> None:
+    """The report's apprentice section: before any model, the rule serves and nothing is
+    estimated; after a warm start, the model's estimate with its interval; after the admin's
+    takeover, who took over and the first decision the policy served itself, from the log.
+    The text report says the same."""
+    client = quiet_client
+    policy = {"kind": "thompson", "apprentice": {"takeover": "manual", "explore": 0.3}}
+    await start(client, definition("rep", policy))
+    for i in range(40):
+        await decide(client, f"u{i}")
+    section = await _report(client, "rep", lambda s: s["rule_decisions"] == 40)
+    assert (section["serving"], section["decisions_learned"], section["gain"]) == ("rule", 0, None)
+    assert "learned nothing yet" in section["sentence"]
+    assert (await client.post("/v1/experiments/rep/model/warm-start")).status_code == 200
+    section = await _report(client, "rep", lambda s: s["decisions_learned"] == 40)
+    assert section["gain"] is not None
+    assert section["taken_over_at"] is None and section["takeover"] == "manual"
+    assert (await client.post("/v1/experiments/rep/takeover")).status_code == 200
+
+    async def own() -> bool:
+        return (await decide(client, "later"))["policy"] == "thompson"
+
+    await eventually(own, what="the policy serving its own choices")
+    section = await _report(client, "rep", lambda s: s["policy_decisions"] >= 1)
+    assert (section["serving"], section["taken_over_by"]) == ("policy", "admin")
+    assert section["taken_over_at"]
+    text = await client.get("/v1/experiments/rep/report", params={"format": "text"})
+    assert "thompson took over from the fixed split by an admin at" in text.text
 
 
 async def test_takeover_needs_an_apprentice_and_a_model(

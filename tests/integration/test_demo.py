@@ -19,10 +19,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demo.reports import BayesView, ComparisonView, IntervalView, LiftView
+from demo.reports import (
+    AdaptiveView,
+    BayesView,
+    ComparisonView,
+    IntervalView,
+    LiftView,
+    ReportView,
+    UpliftSectionView,
+    VerdictView,
+)
 from demo.server import MARKER, DemoSetupError, prepare_data_dir
 from demo.shop import experiments
-from demo.summary import lift_finding
+from demo.summary import bandit_verdict_finding, lift_finding
 from demo.world import (
     DEVICES,
     HERO_PURCHASE,
@@ -139,6 +148,43 @@ def test_lift_checks(
 
 
 @pytest.mark.parametrize(
+    ("truth", "found", "agrees", "covered"),
+    [
+        (0.05, (0.04, 0.02, 0.06, True), True, True),  # found, the interval holds the truth
+        (0.05, (0.04, -0.01, 0.09, False), True, True),  # "not yet": no contradiction
+        (-0.03, (0.04, 0.01, 0.07, True), False, False),  # a gain where the policy loses
+        (0.05, (0.09, 0.07, 0.11, True), True, False),  # right verdict, interval misses
+    ],
+)
+def test_bandit_verdict_checks(
+    truth: float, found: tuple[float, float, float, bool], agrees: bool, covered: bool
+) -> None:
+    """A bandit's verdict agrees unless it is significant the wrong way; it is covered when its
+    interval holds the true difference; without an adaptive section it is not in the report."""
+    estimate, lower, upper, significant = found
+    gain = IntervalView(estimate, lower, upper)
+    report = _report(AdaptiveView("off_policy", "always a", gain, significant))
+    row = bandit_verdict_finding(report, truth, points=False)
+    assert (row.agrees, row.covered) == (agrees, covered)
+    assert row.what.endswith("always a (off-policy)")
+    missing = bandit_verdict_finding(_report(None), truth, points=True)
+    assert missing.found == "not in the report" and missing.agrees is None
+
+
+def _report(adaptive: AdaptiveView | None) -> ReportView:
+    return ReportView(
+        experiment="x",
+        verdict=VerdictView("no_data", ""),
+        arms=[],
+        metrics=[],
+        uplift=UpliftSectionView([]),
+        off_policy=None,
+        warnings=[],
+        adaptive=adaptive,
+    )
+
+
+@pytest.mark.parametrize(
     ("content", "match"),
     [("file", "was not made by `tailor demo`"), ("dir", "was not made by `tailor demo`")],
 )
@@ -194,7 +240,9 @@ def demo_env() -> dict[str, str]:
 @pytest.mark.slow
 def test_fast_demo_prints_truth_next_to_findings_and_cleans_up(tmp_path: Path) -> None:
     """``tailor demo --fast --no-serve`` exits 0 within 90 s, prints every experiment's truth
-    and findings and the report pages, and leaves no server or Redis behind."""
+    and findings and the report pages, every key finding agrees with the truth — the three
+    bandit experiments' verdicts (their value against the holdout or off-policy) included —,
+    and leaves no server or Redis behind."""
     started = time.monotonic()
     done = subprocess.run(
         [str(TAILOR), "demo", "--fast", "--no-serve", "--port", "0"],
@@ -218,7 +266,14 @@ def test_fast_demo_prints_truth_next_to_findings_and_cleans_up(tmp_path: Path) -
     ):
         assert title in out
     assert out.count("truth:") == out.count("found:") >= 10
-    assert re.search(r"Key findings agreeing with the simulated truth: \d+ of \d+", out)
+    agreeing = re.search(r"Key findings agreeing with the simulated truth: (\d+) of (\d+)", out)
+    assert agreeing and agreeing[1] == agreeing[2], out  # bandit verdicts included
+    verdicts = re.findall(r"the verdict: the policy's value against ([^\n]+?)  \[agrees\]", out)
+    assert sorted(verdicts) == [
+        "always bestsellers (off-policy)",
+        "always plain (off-policy)",
+        "the holdout (from the holdout)",
+    ], out
     assert re.search(r"True values inside the reports' 95% intervals: \d+ of \d+", out)
     urls = re.findall(r"http://127\.0\.0\.1:\d+/reports/([a-z-]+)", out)
     assert sorted(urls) == sorted(s.key for s in experiments())

@@ -312,9 +312,9 @@ async def test_one_day_at_1280_px(
 async def test_bandit_page_draws_the_allocation(
     client: Client, site: tuple[str, type[_Site]], tmp_path: Path
 ) -> None:
-    """A Thompson experiment's page leads with the policy's value against the holdout and draws
-    the allocation over time (stacked shares per bucket); screenshot in
-    artifacts/report_page_bandit.png."""
+    """A Thompson experiment's page leads with the policy's value against the holdout, draws
+    its value over time (estimate and interval band), the allocation over time (stacked shares
+    per bucket) and what drives the choice; screenshot in artifacts/report_page_bandit.png."""
     dom = await _render(
         client, site, tmp_path, "bandit", width=1280, shot=ARTIFACTS / "report_page_bandit.png"
     )
@@ -322,6 +322,10 @@ async def test_bandit_page_draws_the_allocation(
     assert re.search(r'data-wide-tables="0"', dom)
     headline = re.search(r'<p class="headline">([^<]+)</p>', dom)
     assert headline and "over the holdout" in headline[1], headline
+    value = _chart(dom, "chart-value")
+    assert 'class="gain"' in value and 'class="band"' in value, value[:500]
     block = _chart(dom, "chart-allocation")
     assert block.count('class="share"') >= 12, block[:500]
     assert "Adaptive policy" in dom and "descriptive" in dom
+    drivers = dom.split('<section class="drivers">', 1)[1].split("</section>", 1)[0]
+    assert "What drives the choice" in drivers and "<td>device</td>" in drivers, drivers[:500]

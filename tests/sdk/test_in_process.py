@@ -114,7 +114,6 @@ async def server_decide(api: Client, unit: str, placements: list[str], **extra: 
     return response.json()
 
 
-
 async def query(api: Client, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     """Rows from the app's event log."""
     services: Services = api.app.state.services
@@ -559,11 +558,9 @@ async def test_exclude_is_decided_by_the_server_even_for_local_placements(
 async def test_explain_reaches_the_api_and_comes_back(api: Client, tag: str) -> None:
     """``decide(explain=True)`` asks the API (even with local evaluation on) and returns the
     learning policy's ``explanation`` (``[]`` from an untrained global posterior); without it
-    ``explanation`` is None."""
+    ``explanation`` is None. ``decide_batch(explain=True)`` does the same for every recipient."""
     placement = f"explained-{tag}"
-    await running(
-        api, placement, placement, policy={"kind": "thompson", "segment_by": "plan"}
-    )
+    await running(api, placement, placement, policy={"kind": "thompson", "segment_by": "plan"})
     async with sdk(api, local_evaluation=True) as client:
         await client.refresh_definitions()
         asked = await client.decide(f"u-{tag}", [placement], {"plan": "pro"}, explain=True)
@@ -571,3 +568,12 @@ async def test_explain_reaches_the_api_and_comes_back(api: Client, tag: str) -> 
         assert not asked[placement].local
         plain = await client.decide(f"u-{tag}", [placement], {"plan": "pro"})
         assert plain[placement].explanation is None
+        recipients = [{"unit_id": f"r-{tag}-{i}", "context": {"plan": "pro"}} for i in range(3)]
+        bulk = [
+            r async for r in client.decide_batch(f"c-{tag}", recipients, [placement], explain=True)
+        ]
+        assert [(r[placement].reason, r[placement].explanation) for r in bulk] == [
+            ("policy", [])
+        ] * 3
+        unasked = [r async for r in client.decide_batch(f"c-{tag}", recipients, [placement])]
+        assert all(r[placement].explanation is None for r in unasked)

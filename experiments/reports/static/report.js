@@ -176,6 +176,39 @@
     });
   }
 
+  // An adaptive policy's value over time: the cumulative gain over its baseline per bucket,
+  // the interval as a band around the estimate, 0 dashed.
+  function valueChart(container, report) {
+    var a = report.adaptive;
+    var points = (a && a.value_over_time) || [];
+    if (!points.length) { empty(container, "No value to show yet (needs a holdout or logged decisions of the control)."); return; }
+    var rate = a.source !== "off_policy";
+    var k = rate ? 100 : 1;
+    var ivs = points.map(function (p) { return rate ? clip(p.gain) : p.gain; });
+    var values = [0];
+    ivs.forEach(function (iv) { values.push(iv.lower * k, iv.upper * k, iv.estimate * k); });
+    var W = 640, H = 240, L = 64, R = 20, T = 12, B = 32;
+    var root = svg(container, W, H);
+    var dom = extent(values);
+    var n = points.length;
+    var x = function (i) { return n === 1 ? (L + W - R) / 2 : L + i * (W - L - R) / (n - 1); };
+    var y = scale(dom, [H - B, T]);
+    ticks(dom, 4).forEach(function (v) {
+      el("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }, root);
+      text(root, L - 6, y(v) + 4, v.toFixed(rate ? 1 : 3) + (rate ? " pp" : ""), { "text-anchor": "end", class: "tick" });
+    });
+    el("line", { x1: L, x2: W - R, y1: y(0), y2: y(0), class: "zero" }, root);
+    var upper = ivs.map(function (iv, i) { return x(i) + " " + y(iv.upper * k); });
+    var lower = ivs.map(function (iv, i) { return x(i) + " " + y(iv.lower * k); }).reverse();
+    el("path", { d: "M " + upper.concat(lower).join(" L ") + " Z", class: "band", fill: COLOURS[0], "fill-opacity": "0.15" }, root);
+    var line = ivs.map(function (iv, i) { return x(i) + " " + y(iv.estimate * k); });
+    el("path", { d: "M " + line.join(" L "), fill: "none", stroke: COLOURS[0], "stroke-width": 2, class: "gain" }, root);
+    ivs.forEach(function (iv, i) { el("circle", { cx: x(i), cy: y(iv.estimate * k), r: 2.5, fill: COLOURS[0], class: "point" }, root); });
+    [0, n - 1].forEach(function (i) {
+      text(root, x(i), H - 10, points[i].start.replace("T", " ").replace(":00Z", ""), { "text-anchor": i ? "end" : "start", class: "tick" });
+    });
+  }
+
   // An adaptive policy's allocation: each arm's share of the decisions per time bucket, stacked.
   function allocationChart(container, report) {
     var a = report.adaptive;
@@ -211,7 +244,7 @@
     if (!node) { recordError("report data missing"); return; }
     var report = JSON.parse(node.textContent);
     var charts = [["chart-daily", dailyChart], ["chart-lift", liftChart], ["chart-segments", segmentChart]];
-    if (report.adaptive) { charts.push(["chart-allocation", allocationChart]); }
+    if (report.adaptive) { charts.push(["chart-value", valueChart], ["chart-allocation", allocationChart]); }
     var drawn = 0;
     charts.forEach(function (c) {
       var container = document.getElementById(c[0]);

@@ -1,0 +1,224 @@
+"""Ranked slates benchmark: does ``vw_slates`` learn a ranking, and what does a decide cost?
+
+Run: ``.venv/bin/python loadtests/bench_slates.py [--seeds 3] [--decisions 50000]
+[--items 50] [--slots 10] [--batch 1000]``
+
+A simulated shop: 50 items, each with a category (5) and a style (3); visitors with a segment
+(4) and a device (3), uniformly. The position-based click model: the item in slot ``j`` is
+clicked with probability ``examine(j) * attract(item, visitor)``, with
+``examine(j) = 1 / (1 + j) ** 0.7`` and
+
+    attract = sigmoid(base[item] + affinity[segment, category] + fit[device, style])
+
+(base ~ N(-2.2, 0.5), affinity ~ N(0, 0.8), fit ~ N(0, 0.6), drawn from the seed). So every
+visitor type has its own best order, and a click's chance also falls with the position.
+
+The policy (``VWSlatesConfig`` defaults unless flags say otherwise) decides 10-slot slates over
+the 50 items for ``--decisions`` visitors; every slot's click is drawn and the slates are learned
+in batches of ``--batch`` decisions (the model serving a batch has learned the ones before it,
+as with the learner publishing snapshots). Printed per seed, as expected clicks per slate
+(computed from the world, so without sampling noise):
+
+- ``random``: the average over random orders; ``oracle``: items sorted by ``attract`` for the
+  visitor (the best order under this click model);
+- ``served``: the slates the policy served over the last fifth of the decisions (exploration
+  included) and their share of the oracle's gain over random order;
+- ``greedy``: the learned ranking without exploration on 2,000 fresh visitors, and its share.
+
+Then the server CPU of one decide (``time.process_time`` over many decides, one thread): a
+10-slot slate over 50 candidates from a trained model, with the experiment's candidate tuple
+and with candidates passed in the request (new objects each time, as decoded from JSON).
+Target: the served share >= 0.70 within 50,000 decisions (median of the seeds); <= 2 ms per
+decide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+from bandits.base import Candidate
+from bandits.slates import SlateExample
+from bandits.vw_slates import VWSlatesPolicy
+from tailor_contract.policies import VWSlatesConfig
+
+SEGMENTS = ("s0", "s1", "s2", "s3")
+DEVICES = ("mobile", "desktop", "tablet")
+N_CATEGORIES = 5
+N_STYLES = 3
+
+
+class World:
+    """The position-based click model over ``items`` items (see the module docstring)."""
+
+    def __init__(self, seed: int, items: int, slots: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.items = items
+        self.slots = slots
+        self.base = rng.normal(-2.2, 0.5, size=items)
+        self.affinity = rng.normal(0.0, 0.8, size=(len(SEGMENTS), N_CATEGORIES))
+        self.fit = rng.normal(0.0, 0.6, size=(len(DEVICES), N_STYLES))
+        self.category = np.arange(items) % N_CATEGORIES
+        self.style = (np.arange(items) // N_CATEGORIES) % N_STYLES
+        self.examine = 1.0 / (1.0 + np.arange(slots)) ** 0.7
+        self.candidates = tuple(
+            Candidate(
+                key=f"item{i}",
+                features={"category": f"c{self.category[i]}", "style": f"t{self.style[i]}"},
+            )
+            for i in range(items)
+        )
+        # attract[segment, device, item]
+        logits = (
+            self.base[None, None, :]
+            + self.affinity[:, None, self.category]
+            + self.fit[None, :, self.style]
+        )
+        self.attract = 1.0 / (1.0 + np.exp(-logits))
+
+    def context(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A random visitor: (segment index, device index)."""
+        return int(rng.integers(len(SEGMENTS))), int(rng.integers(len(DEVICES)))
+
+    @staticmethod
+    def features(visitor: tuple[int, int]) -> dict[str, str | float | bool | list[str]]:
+        """The visitor as the policy sees it."""
+        return {"segment": SEGMENTS[visitor[0]], "device": DEVICES[visitor[1]]}
+
+    def click_probs(self, visitor: tuple[int, int], items: list[int]) -> npt.NDArray[np.float64]:
+        """Each slot's click probability for a slate."""
+        out: npt.NDArray[np.float64] = (
+            self.examine[: len(items)] * self.attract[visitor[0], visitor[1], items]
+        )
+        return out
+
+    def oracle(self, visitor: tuple[int, int]) -> float:
+        """Expected clicks of the best order: items by attraction, best first."""
+        best = np.sort(self.attract[visitor[0], visitor[1]])[::-1][: self.slots]
+        return float(self.examine @ best)
+
+    def random(self, visitor: tuple[int, int]) -> float:
+        """Expected clicks of a uniformly random order."""
+        return float(self.examine.sum() * self.attract[visitor[0], visitor[1]].mean())
+
+
+def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """Learn one world from scratch; returns the figures of the module docstring."""
+    world = World(seed, args.items, args.slots)
+    config = VWSlatesConfig(
+        slots=args.slots,
+        exploration=args.exploration,
+        epsilon=args.epsilon,
+        learning_rate=args.learning_rate,
+        interactions=tuple(args.interactions.split(",")),
+    )
+    policy = VWSlatesPolicy(config)
+    rng = np.random.default_rng(seed + 1000)
+    last = args.decisions - args.decisions // 5
+    served = oracle = random = 0.0
+    batch: list[SlateExample] = []
+    started = time.perf_counter()
+    for n in range(args.decisions):
+        visitor = world.context(rng)
+        context = world.features(visitor)
+        slate = policy.choose_slate(context, world.candidates, args.slots, rng)
+        items = [s.index for s in slate.slots]
+        probs = world.click_probs(visitor, items)
+        clicks = rng.random(len(items)) < probs
+        if n >= last:
+            served += float(probs.sum())
+            oracle += world.oracle(visitor)
+            random += world.random(visitor)
+        batch.append(
+            SlateExample(
+                context=context,
+                candidates=world.candidates,
+                chosen=tuple(items),
+                propensities=tuple(s.propensity for s in slate.slots),
+                rewards=tuple(float(c) for c in clicks),
+            )
+        )
+        if len(batch) >= args.batch:
+            policy.learn_slates(batch)
+            batch = []
+    elapsed = time.perf_counter() - started
+    greedy = g_oracle = g_random = 0.0
+    for _ in range(2000):
+        visitor = world.context(rng)
+        items = policy.ranking(world.features(visitor), world.candidates, args.slots)
+        greedy += float(world.click_probs(visitor, items).sum())
+        g_oracle += world.oracle(visitor)
+        g_random += world.random(visitor)
+    return {
+        "random": random / (args.decisions - last),
+        "oracle": oracle / (args.decisions - last),
+        "served": served / (args.decisions - last),
+        "share": (served - random) / (oracle - random),
+        "greedy": greedy / 2000,
+        "greedy_share": (greedy - g_random) / (g_oracle - g_random),
+        "seconds": elapsed,
+        "cpu_ms": decide_cpu(policy, world, args.slots, fresh=False),
+        "cpu_ms_request": decide_cpu(policy, world, args.slots, fresh=True),
+    }
+
+
+def decide_cpu(policy: VWSlatesPolicy, world: World, slots: int, *, fresh: bool) -> float:
+    """CPU milliseconds of one 10-slot decide (median of 3 rounds of 1,000 decides)."""
+    rng = np.random.default_rng(7)
+    visitors = [world.features(world.context(rng)) for _ in range(1000)]
+    rounds = []
+    for _ in range(3):
+        started = time.process_time()
+        for context in visitors:
+            candidates = (
+                tuple(Candidate(key=c.key, features=dict(c.features)) for c in world.candidates)
+                if fresh
+                else world.candidates
+            )
+            policy.choose_slate(context, candidates, slots, rng)
+        rounds.append((time.process_time() - started) / len(visitors) * 1000)
+    return statistics.median(rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--decisions", type=int, default=50_000)
+    parser.add_argument("--items", type=int, default=50)
+    parser.add_argument("--slots", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=1_000)
+    defaults = VWSlatesConfig()
+    parser.add_argument("--exploration", default=defaults.exploration)
+    parser.add_argument("--epsilon", type=float, default=defaults.epsilon)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--interactions", default=",".join(defaults.interactions))
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()}")
+    results = []
+    for seed in range(1, args.seeds + 1):
+        r = run_seed(seed, args)
+        results.append(r)
+        print(
+            f"seed {seed}: clicks/slate random {r['random']:.4f} oracle {r['oracle']:.4f} "
+            f"served {r['served']:.4f} (share {r['share']:.3f}) greedy {r['greedy']:.4f} "
+            f"(share {r['greedy_share']:.3f}); {r['seconds']:.0f} s; CPU/decide "
+            f"{r['cpu_ms']:.3f} ms (request candidates {r['cpu_ms_request']:.3f} ms)",
+            flush=True,
+        )
+    print(
+        f"median of {len(results)} seeds: served share "
+        f"{statistics.median(r['share'] for r in results):.3f}, greedy share "
+        f"{statistics.median(r['greedy_share'] for r in results):.3f}, CPU/decide "
+        f"{statistics.median(r['cpu_ms'] for r in results):.3f} ms (request candidates "
+        f"{statistics.median(r['cpu_ms_request'] for r in results):.3f} ms)"
+    )
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
