@@ -54,6 +54,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from bandits.base import FeatureValue
@@ -122,6 +123,26 @@ class JoinRules(msgspec.Struct, frozen=True, kw_only=True):
             return None
         reward, per_value = rule
         return reward * value if per_value else reward
+
+
+class OutcomeRef(msgspec.Struct, frozen=True, kw_only=True):
+    """An outcome as the join applies it: which decision(s) it names, what it is, when."""
+
+    event_id: str
+    type: str
+    value: float
+    ts_ms: int
+    decision_id: str | None = None
+    unit_id: str | None = None
+    experiment: str | None = None
+    slot: int | None = None
+    """For a slate decision: the slot the outcome rewards (or the slot showing ``item``)."""
+    item: str | None = None
+
+    @property
+    def where(self) -> tuple[str, str]:
+        """(slot, item) as the apply scripts take them ('' when not given)."""
+        return ("" if self.slot is None else str(self.slot), self.item or "")
 
 
 class TrainingExample(msgspec.Struct, frozen=True, kw_only=True):
@@ -464,67 +485,141 @@ class RewardJoin:
         slate decision the outcome rewards the slot ``slot`` or the slot showing ``item``; one
         naming no slot of the slate is ``ignored``.
         """
-        ts = now_ms if ts_ms is None else ts_ms
-        where = ("" if slot is None else str(slot), item or "")
-        targets: list[tuple[str, str]] = []
-        if decision_id and not experiment and len(rules_of) <= BY_DECISION_MAX_RULES:
-            return await self._apply_to_decision(
-                event_id, outcome_type, value, now_ms, ts, rules_of, decision_id, where
-            )
-        if decision_id:
-            if experiment:
-                names = [experiment]
+        outcome = OutcomeRef(
+            event_id=event_id,
+            type=outcome_type,
+            value=value,
+            ts_ms=now_ms if ts_ms is None else ts_ms,
+            decision_id=decision_id or None,
+            unit_id=unit_id or None,
+            experiment=experiment or None,
+            slot=slot,
+            item=item or None,
+        )
+        return (await self.apply_outcomes([outcome], now_ms=now_ms, rules_of=rules_of))[0]
+
+    async def apply_outcomes(
+        self, outcomes: Sequence[OutcomeRef], *, now_ms: int, rules_of: Mapping[str, JoinRules]
+    ) -> list[list[tuple[str, Applied]]]:
+        """Apply many outcomes (see :meth:`apply_outcome`) in at most two pipelined round trips.
+
+        Outcomes naming a unit but no decision first read the unit's index (one pipeline for
+        all of them); then every script call of every outcome goes in one pipeline. Returns
+        each outcome's (experiment, result) list, in order: a batch of 10,000 outcomes costs
+        two round trips, not 10,000.
+        """
+        results: list[list[tuple[str, Applied]]] = [[] for _ in outcomes]
+        targets = await self._unit_targets(outcomes)
+        # Per outcome: its result slots, each a fixed result or the index of a script call.
+        slots: list[list[tuple[str, Applied | int]]] = [[] for _ in outcomes]
+        calls: list[tuple[AsyncScript, list[str], list[str | int]]] = []
+        slow: list[int] = []
+        for i, o in enumerate(outcomes):
+            if o.decision_id and not o.experiment:
+                if len(rules_of) > BY_DECISION_MAX_RULES:
+                    slow.append(i)
+                    continue
+                args: list[str | int] = [
+                    self.record_key(o.decision_id, ""), o.event_id, now_ms, o.ts_ms, *o.where
+                ]
+                for name, its_rules in rules_of.items():
+                    reward = its_rules.reward_of(o.type, o.value)
+                    args += [name, "" if reward is None else repr(reward)]
+                slots[i].append(("", len(calls)))
+                calls.append((self._apply_by_decision, [self.experiments_key(o.decision_id)], args))
+                continue
+            if o.decision_id and o.experiment:
+                pairs = [(o.decision_id, o.experiment)]
             else:
-                members = await self._redis.smembers(self.experiments_key(decision_id))
-                names = sorted(str(m) for m in members)
-            targets = [(decision_id, name) for name in names]
-        elif unit_id:
-            index = self.unit_index_key(unit_id)
+                pairs = targets.get(i, [])
+            for did, name in pairs:
+                rules = rules_of.get(name)
+                if rules is None:
+                    continue
+                reward = rules.reward_of(o.type, o.value)
+                if reward is None:
+                    slots[i].append((name, "ignored"))
+                    continue
+                slots[i].append((name, len(calls)))
+                calls.append(
+                    (
+                        self._apply,
+                        [self.record_key(did, name)],
+                        [o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
+                    )
+                )
+        replies: list[Any] = []
+        if len(calls) == 1:  # one outcome, one call: no pipeline object to build
+            script, keys, args = calls[0]
+            replies = [await script(keys=keys, args=args)]
+        elif calls:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        for i, outcome_slots in enumerate(slots):
+            for name, slot in outcome_slots:
+                if isinstance(slot, str):
+                    results[i].append((name, slot))
+                elif name:
+                    results[i].append((name, _APPLIED[int(replies[slot])]))
+                else:  # a by-decision call: [experiment, code, ...]
+                    flat = replies[slot]
+                    results[i].extend(
+                        (_text(flat[k]), _BY_DECISION[int(flat[k + 1])])
+                        for k in range(0, len(flat), 2)
+                    )
+        for i in slow:  # many experiments with rules: read the decision's experiments first
+            results[i] = await self._apply_listed(outcomes[i], now_ms, rules_of)
+        return results
+
+    async def _unit_targets(
+        self, outcomes: Sequence[OutcomeRef]
+    ) -> dict[int, list[tuple[str, str]]]:
+        """(decision id, experiment) targets of the outcomes naming a unit but no decision,
+        from the units' indexes in one pipelined read."""
+        wanted = [i for i, o in enumerate(outcomes) if not o.decision_id and o.unit_id]
+        if not wanted:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for i in wanted:
+                o = outcomes[i]
+                index = self.unit_index_key(str(o.unit_id))
+                if o.experiment:
+                    pipe.hget(index, o.experiment)
+                else:
+                    pipe.hgetall(index)
+            replies = await pipe.execute()
+        out: dict[int, list[tuple[str, str]]] = {}
+        for i, reply in zip(wanted, replies, strict=True):
+            experiment = outcomes[i].experiment
             if experiment:
-                found = await self._redis.hget(index, experiment)
-                targets = [(str(found), experiment)] if found else []
+                out[i] = [(_text(reply), experiment)] if reply else []
             else:
-                mapping: dict[str, str] = await self._redis.hgetall(index)  # type: ignore[assignment]
-                targets = [(d, e) for e, d in mapping.items()]
+                out[i] = [(_text(d), _text(e)) for e, d in reply.items()]
+        return out
+
+    async def _apply_listed(
+        self, o: OutcomeRef, now_ms: int, rules_of: Mapping[str, JoinRules]
+    ) -> list[tuple[str, Applied]]:
+        """By decision id alone, reading the decision's experiments first (many rules)."""
+        assert o.decision_id is not None
+        members = await self._redis.smembers(self.experiments_key(o.decision_id))
         results: list[tuple[str, Applied]] = []
-        for did, name in targets:
+        for name in sorted(_text(m) for m in members):
             rules = rules_of.get(name)
             if rules is None:
                 continue
-            reward = rules.reward_of(outcome_type, value)
+            reward = rules.reward_of(o.type, o.value)
             if reward is None:
                 results.append((name, "ignored"))
                 continue
             code = await self._apply(
-                keys=[self.record_key(did, name)],
-                args=[event_id, repr(reward), now_ms, ts, *where],
+                keys=[self.record_key(o.decision_id, name)],
+                args=[o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
             )
             results.append((name, _APPLIED[int(code)]))
         return results
-
-    async def _apply_to_decision(
-        self,
-        event_id: str,
-        outcome_type: str,
-        value: float,
-        now_ms: int,
-        ts: int,
-        rules_of: Mapping[str, JoinRules],
-        decision_id: str,
-        where: tuple[str, str],
-    ) -> list[tuple[str, Applied]]:
-        """Apply an outcome to every experiment of a decision in one script call (``where``:
-        the slot and item it names, '' when not)."""
-        args: list[str | int] = [
-            self.record_key(decision_id, ""), event_id, now_ms, ts, *where
-        ]
-        for name, rules in rules_of.items():
-            reward = rules.reward_of(outcome_type, value)
-            args += [name, "" if reward is None else repr(reward)]
-        flat = await self._apply_by_decision(keys=[self.experiments_key(decision_id)], args=args)
-        return [
-            (_text(flat[i]), _BY_DECISION[int(flat[i + 1])]) for i in range(0, len(flat), 2)
-        ]
 
     async def finalize_due(self, now_ms: int, limit: int = 1000) -> int:
         """Finalise every decision whose window has closed (default reward if no outcome).

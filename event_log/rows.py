@@ -82,7 +82,8 @@ class Exposure(
 
     A ranked slate logs one exposure per slot: ``slot`` its position (0 first; -1 for a
     placement that is not a slate), ``item`` the item shown there (also in ``variant``) and
-    ``propensity`` the slot's conditional probability.
+    ``propensity`` the slot's conditional probability; ``candidates`` how many items the slate
+    was drawn from (0 when not a slate).
     """
 
     event_id: uuid.UUID
@@ -103,6 +104,7 @@ class Exposure(
     send_at_ms: int | None = None
     slot: int = -1
     item: str = ""
+    candidates: int = 0
 
     def row(self) -> tuple[object, ...]:
         """Values in ``EXPOSURE_COLUMNS`` order."""
@@ -125,6 +127,7 @@ class Exposure(
             self.send_at_ms,
             self.slot,
             self.item,
+            self.candidates,
         )
 
 
@@ -216,3 +219,22 @@ def stringify(attributes: Mapping[str, Any]) -> dict[str, str]:
         else:
             out[name] = _json.encode(value).decode()
     return out
+
+
+_json_decoder = msgspec.json.Decoder()
+
+
+def parse_context_value(raw: str) -> str | int | float | list[str]:
+    """Undo :func:`stringify` for a logged context value: JSON lists, numbers, else the string
+    itself (booleans come back as ``0``/``1``)."""
+    if raw.startswith("["):
+        try:
+            items = _json_decoder.decode(raw)
+        except msgspec.DecodeError:
+            return raw
+        return [str(i) for i in items] if isinstance(items, list) else raw
+    try:
+        number = float(raw)
+    except ValueError:
+        return raw
+    return int(number) if number.is_integer() and "." not in raw and "e" not in raw else number

@@ -190,6 +190,8 @@ class Placed(msgspec.Struct, kw_only=True):
     holdout: bool
     model_version: str
     pending: bool = False
+    offered: int = 0
+    """For a slate: how many items its slots were drawn from."""
 
 
 def public_answer(answer: PlacementDecision) -> PlacementDecision:
@@ -418,6 +420,7 @@ class DecisionEngine:
                                 campaign=campaign,
                                 slot=slot.slot,
                                 item=slot.item,
+                                candidates=item.offered,
                             )
                         )
                     continue
@@ -560,6 +563,7 @@ class DecisionEngine:
             compiled=compiled,
             holdout=False,
             model_version=slate.model_version,
+            offered=len(offer.candidates),
         )
 
     @staticmethod
@@ -569,6 +573,7 @@ class DecisionEngine:
         if compiled is None or not offer.candidates:
             return placed
         slots = default_slate(offer, size, compiled.experiment.default_variant)
+        placed.offered = len(offer.candidates)
         answer = placed.answer
         answer.slate = slots
         answer.variant = slots[0].item

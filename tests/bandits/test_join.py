@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from bandits.join import (
     DecisionRecord,
     JoinRules,
+    OutcomeRef,
     RewardJoin,
     TrainingExample,
     decode_entry,
@@ -716,3 +717,54 @@ async def test_an_outcome_naming_only_its_decision_reaches_every_experiment(
     await join.finalize_due(T0 + WINDOW_S * 1000)
     rewards = {e.record.experiment: e.reward for e in await _stream(redis, join)}
     assert (rewards["hero"], rewards["banner"]) == (pytest.approx(0.4), pytest.approx(0.4))
+
+
+async def test_a_batch_of_outcomes_costs_two_round_trips(
+    join: RewardJoin, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes by decision id (with or without experiment) and by unit (with or without) are
+    applied together: one pipelined read of the units' indexes, one pipeline of script calls,
+    no command sent on its own; each outcome gets its own results, in order."""
+    rules = {"hero": _rules(), "banner": _rules("sum")}
+    for i in range(40):
+        for name in ("hero", "banner"):
+            join.remember(_record(f"d{i}", name, unit_id=f"u{i}"), rules[name])
+    await join.flush()
+    outcomes = []
+    for i in range(40):
+        kind = i % 4
+        named = {
+            "decision_id": f"d{i}" if kind < 2 else None,
+            "unit_id": f"u{i}" if kind >= 2 else None,
+            "experiment": "hero" if kind in (1, 2) else None,
+        }
+        outcomes.append(
+            OutcomeRef(event_id=f"e{i}", type="click", value=0.0, ts_ms=T0 + 1000, **named)
+        )
+    outcomes.append(OutcomeRef(event_id="e-none", type="click", value=0.0, ts_ms=T0 + 1000,
+                               unit_id="nobody"))  # fmt: skip
+    pipelines: list[int] = []
+    single: list[object] = []
+    real_pipeline = join._redis.pipeline
+
+    def counted_pipeline(*args: object, **kwargs: object) -> object:
+        pipelines.append(1)
+        return real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def sent_alone(*args: object, **kwargs: object) -> object:
+        single.append(args[0])
+        raise AssertionError(f"{args[0]} sent on its own")
+
+    monkeypatch.setattr(join._redis, "pipeline", counted_pipeline)
+    monkeypatch.setattr(join._redis, "execute_command", sent_alone)
+    got = await join.apply_outcomes(outcomes, now_ms=T0 + 2000, rules_of=rules)
+    assert (len(pipelines), single) == (2, [])
+    both = [("banner", "joined"), ("hero", "joined")]
+    for i, results in enumerate(got[:40]):
+        assert sorted(results) == (both if i % 4 in (0, 3) else [("hero", "joined")]), i
+    assert got[40] == []
+    monkeypatch.undo()
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    rewarded = {(e.record.decision_id, e.record.experiment) for e in await _stream(redis, join)
+                if e.joined}  # fmt: skip
+    assert len(rewarded) == 10 * 2 + 10 + 10 + 10 * 2

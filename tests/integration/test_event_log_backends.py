@@ -89,6 +89,7 @@ def exposure(i: int) -> Exposure:
         send_at_ms=TS_MS + 3_600_000 if i % 2 else None,
         slot=i - 1,
         item=f"item-{i}" if i else "",
+        candidates=10 * i,
     )
 
 
@@ -112,11 +113,11 @@ def test_exposures_round_trip_every_column(log: ClickHouseEventLog) -> None:
     rows = log.query(
         "SELECT event_id, decision_id, toUnixTimestamp64Milli(ts), unit_id, experiment, "
         "experiment_version, placement, variant, propensity, policy, policy_version, reason, "
-        "holdout, context, campaign, toUnixTimestamp64Milli(send_at), slot, item FROM exposures "
-        "ORDER BY decision_id"
+        "holdout, context, campaign, toUnixTimestamp64Milli(send_at), slot, item, candidates "
+        "FROM exposures ORDER BY decision_id"
     )
     expected = [(*e.row()[:12], int(e.holdout), e.context, e.campaign, e.send_at_ms, e.slot,
-                 e.item) for e in events]  # fmt: skip
+                 e.item, e.candidates) for e in events]  # fmt: skip
     assert [tuple(r) for r in rows] == expected
 
 
