@@ -104,7 +104,8 @@ Exclusions = Annotated[
 """Per requested placement, variant keys this request must not get (``{"offer": ["b"]}``)."""
 
 
-ItemId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"\A[^\x00-\x1f]+\Z")]
+ITEM_ID_PATTERN = r"\A[^\x00-\x1f]+\Z"
+ItemId = Annotated[str, Meta(min_length=1, max_length=200, pattern=ITEM_ID_PATTERN)]
 """An item of a slate (a product id from a recommender, a content block): any printable text."""
 MAX_SLOTS = 50
 MAX_SLATE_CANDIDATES = 500

@@ -756,7 +756,7 @@ async def test_remembered_send_time_decision_indexes_the_hours_it_chose_among(
     spec = spec_of(experiment.experiment)
     for result in answer["recipients"]:
         decision = placed(result, placement)
-        record_key = f"{prefix}:dec:{{{result['decision_id']}}}:{key}"
+        record_key = f"{{{prefix}}}:dec:{result['decision_id']}:{key}"
 
         async def stored(record_key: str = record_key) -> dict[str, str]:
             found: dict[str, str] = await redis.hgetall(record_key)
