@@ -20,18 +20,21 @@ caller, never learned). An outcome received after the window closed is ``late``:
 event log, never learned. A duplicate outcome (same event id) counts once. Under ``first``
 aggregation the earliest-dated counting outcome gives the reward, whatever order they arrive in.
 
-Key layout (``{p}`` = key prefix; ``{d}`` a decision id, ``{u}`` a unit id, both as hash
-tags). Record and index keys live for the reward window plus one hour:
+Key layout (``{p}`` = key prefix, ``<d>`` a decision id, ``<u>`` a unit id). Every key carries
+the deployment's hash tag ``{<p>}``: a decision's record, the unit index, the due set and the
+stream change together in one script, so on a Redis Cluster they share one slot (the cluster's
+hot slot, see :mod:`decision_api.redis_client`). Record and index keys live for the reward
+window plus one hour:
 
-- ``{p}:dec:{d}:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
+- ``{{p}}:dec:<d>:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
   end, ms), ``dflt``/``lo``/``hi`` (default reward and clip range), ``agg``, ``r`` (reward so
   far), ``rts`` (under ``first``: the timestamp of the outcome that gave ``r``), ``o:<event id>``
   (outcomes seen); for a ranked slate also ``ns`` (its number of slots), ``i:<item>`` (the
   item's slot) and per slot ``r:<slot>``/``rts:<slot>`` in place of ``r``/``rts``;
-- ``{p}:dec:{d}:exps`` SET — the experiments the decision took part in;
-- ``{p}:u:{u}:join`` HASH — experiment -> the unit's latest open decision id;
-- ``{p}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
-- ``{p}:train`` STREAM — finalised examples (``rec``, ``r``, ``joined``), trimmed to MAXLEN.
+- ``{{p}}:dec:<d>:exps`` SET — the experiments the decision took part in;
+- ``{{p}}:u:<u>:join`` HASH — experiment -> the unit's latest open decision id;
+- ``{{p}}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
+- ``{{p}}:train`` STREAM — finalised examples (``rec``, ``r``, ``joined``), trimmed to MAXLEN.
 
 Decisions of a unit erased a moment ago are dropped at :meth:`RewardJoin.flush` when a
 ``screen`` is set (the server's erasure tombstones), so a decision racing an erasure does not
@@ -279,10 +282,19 @@ BY_DECISION_MAX_RULES = 64
 """Up to this many experiments with rules, an outcome naming only its decision is applied in one
 script call (their rewards travel as arguments); beyond, the experiments are read first."""
 
+# KEYS: due set, stream; ARGV: record key prefix, stream MAXLEN, due members. Every record key
+# is built here from its member: all live in the due set's slot (the ``{<p>}`` tag).
 _FINALIZE_DUE = (
     _FINALIZE
     + """
-return finalize(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+local done = 0
+for i = 3, #ARGV do
+  local member = ARGV[i]
+  local bar = string.find(member, '|', 1, true)
+  local rec = ARGV[1] .. string.sub(member, 1, bar - 1) .. ':' .. string.sub(member, bar + 1)
+  done = done + finalize(KEYS[1], rec, KEYS[2], member, ARGV[2])
+end
+return done
 """
 )
 
@@ -294,7 +306,7 @@ local n = 0
 for c = 3, #call do
   local g = call[c]
   local did, unit = g[1], g[2]
-  local tag = prefix .. ':dec:{' .. did .. '}:'
+  local tag = prefix .. ':dec:' .. did .. ':'
   local exps, index = {}, {}
   local ttl, ttl_text = -1, '1'
   for i = 3, #g do
@@ -317,7 +329,7 @@ for c = 3, #call do
   end
   redis.call('SADD', tag .. 'exps', unpack(exps))
   redis.call('PEXPIRE', tag .. 'exps', ttl_text)
-  local key = prefix .. ':u:{' .. unit .. '}:join'
+  local key = prefix .. ':u:' .. unit .. ':join'
   redis.call('HSET', key, unpack(index))
   redis.call('PEXPIRE', key, ttl_text)
 end
@@ -338,9 +350,9 @@ class RewardJoin:
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self._prefix = prefix
-        self.due_key = f"{prefix}:join:due"
-        self.stream_key = f"{prefix}:train"
+        self._shared = shared = "{" + prefix + "}"  # every join key: one cluster slot
+        self.due_key = f"{shared}:join:due"
+        self.stream_key = f"{shared}:train"
         self._apply = redis.register_script(_APPLY_OUTCOME)
         self._apply_by_decision = redis.register_script(_APPLY_BY_DECISION)
         self._finalize = redis.register_script(_FINALIZE_DUE)
@@ -358,15 +370,15 @@ class RewardJoin:
 
     def record_key(self, decision_id: str, experiment: str) -> str:
         """The Redis key of one remembered decision."""
-        return f"{self._prefix}:dec:{{{decision_id}}}:{experiment}"
+        return f"{self._shared}:dec:{decision_id}:{experiment}"
 
     def experiments_key(self, decision_id: str) -> str:
         """The Redis key listing the experiments of one decision."""
-        return f"{self._prefix}:dec:{{{decision_id}}}:exps"
+        return f"{self._shared}:dec:{decision_id}:exps"
 
     def unit_index_key(self, unit_id: str) -> str:
         """The Redis key mapping a unit's experiments to their open decision ids."""
-        return f"{self._prefix}:u:{{{unit_id}}}:join"
+        return f"{self._shared}:u:{unit_id}:join"
 
     def remember(
         self,
@@ -435,7 +447,7 @@ class RewardJoin:
                 batch = await self.screen.screen(batch, _unit_of)
             for payload, decisions in _remember_calls(batch):
                 await self._remember(
-                    keys=[self.due_key], args=[self._prefix, self.due_key, payload]
+                    keys=[self.due_key], args=[self._shared, self.due_key, payload]
                 )
                 sent.update(decisions)
         except RedisError:
@@ -612,8 +624,8 @@ class RewardJoin:
     async def finalize_due(self, now_ms: int, limit: int = 1000) -> int:
         """Finalise every decision whose window has closed (default reward if no outcome).
 
-        Due members are read ``limit`` at a time and finalised in one pipelined round trip per
-        batch, so the sweeper keeps up with thousands of decisions per second.
+        Due members are read ``limit`` at a time and finalised by one script call per batch, so
+        the sweeper keeps up with thousands of decisions per second.
         """
         done = 0
         while True:
@@ -622,19 +634,12 @@ class RewardJoin:
             )
             if not members:
                 return done
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for member in members:
-                    decision_id, _, experiment = str(member).partition("|")
-                    await self._finalize(
-                        keys=[
-                            self.due_key,
-                            self.record_key(decision_id, experiment),
-                            self.stream_key,
-                        ],
-                        args=[str(member), STREAM_MAXLEN],
-                        client=pipe,
-                    )
-                done += sum(int(r) for r in await pipe.execute())
+            done += int(
+                await self._finalize(
+                    keys=[self.due_key, self.stream_key],
+                    args=[self._shared + ":dec:", STREAM_MAXLEN, *(str(m) for m in members)],
+                )
+            )
             # Every member read leaves the due set (finalised, or already gone): no re-reads.
             if len(members) < limit:
                 return done

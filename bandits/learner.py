@@ -130,7 +130,7 @@ class Learner:
         self._redis = redis
         self.shard = shard or Shard()
         self._group = self.shard.group
-        self._stream = f"{prefix}:train"
+        self._stream = f"{{{prefix}}}:train"  # the slot of the models: acks commit with them
         self._snapshots = SnapshotStore(redis, prefix)
         self._specs_source = specs
         self._specs: Mapping[str, PolicySpec] = {}

@@ -1,17 +1,19 @@
 """Model snapshots in Redis: what the learner publishes and every worker hot-swaps to.
 
-Key layout (``{p}`` = key prefix), one hash per experiment with a learning policy:
+Key layout (``{p}`` = key prefix), one hash per experiment with a learning policy, hash-tagged
+``{<p>}`` like the training stream so that a publish and its stream acks commit in one ``MULTI``
+on a Redis Cluster too:
 
 =================================  =====  ==================================================  ====
 key                                type   fields                                              TTL
 =================================  =====  ==================================================  ====
-``{p}:model:<experiment>``          HASH  ``version`` (int, +1 per publish), ``gen`` (reset     none
+``{{p}}:model:<experiment>``        HASH  ``version`` (int, +1 per publish), ``gen`` (reset     none
                                           generation), ``data`` (``Policy.snapshot()``
                                           bytes; empty = fresh model), ``kind``,
                                           ``examples`` (learned so far), ``updated_ms``
-``{p}:model:<experiment>:saved``    ZSET  saved versions (score = version), at most            none
+``{{p}}:model:<experiment>:saved``  ZSET  saved versions (score = version), at most            none
                                           ``MAX_SAVED``: the oldest is dropped beyond
-``{p}:model:<experiment>:v:<n>``    HASH  saved version ``n``: the fields of the model hash    none
+``{{p}}:model:<experiment>:v:<n>``  HASH  saved version ``n``: the fields of the model hash    none
 =================================  =====  ==================================================  ====
 
 A version is saved by :meth:`SnapshotStore.save` (``POST .../model/save``) and automatically
@@ -52,11 +54,11 @@ class SnapshotStore:
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self._prefix = prefix
+        self._shared = "{" + prefix + "}"  # the training stream's slot (see above)
 
     def key(self, experiment: str) -> str:
         """The model hash of an experiment."""
-        return f"{self._prefix}:model:{experiment}"
+        return f"{self._shared}:model:{experiment}"
 
     async def versions(self, experiments: Sequence[str]) -> dict[str, tuple[int, int]]:
         """``(version, gen)`` of each experiment's published model (absent ones omitted)."""
@@ -103,10 +105,10 @@ class SnapshotStore:
 
     def saved_key(self, experiment: str, version: int) -> str:
         """The hash of one saved version."""
-        return f"{self._prefix}:model:{experiment}:v:{version}"
+        return f"{self._shared}:model:{experiment}:v:{version}"
 
     def _index(self, experiment: str) -> str:
-        return f"{self._prefix}:model:{experiment}:saved"
+        return f"{self._shared}:model:{experiment}:saved"
 
     async def save(self, experiment: str, snapshot: Snapshot | None = None) -> Snapshot | None:
         """Keep ``snapshot`` (default: the published model) as a saved version; None when there

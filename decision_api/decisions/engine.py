@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -64,6 +65,8 @@ log = structlog.get_logger("tailor.decider")
 
 
 _NOTHING: frozenset[str] = frozenset()
+_NO_EVENT_ID = uuid.UUID(int=0)
+_with_row = msgspec.structs.replace
 
 PUBLIC_DEFAULT_REASON = "default"
 """The reason a public key sees for every default-variant answer."""
@@ -378,6 +381,7 @@ class DecisionEngine:
         # Bulk send times share a few datetime objects per chunk: convert each once (keyed by
         # identity; the dict holds each object, so no id is reused while it lives).
         send_ms: dict[int, tuple[object, int]] = {}
+        templates: dict[tuple[object, ...], Exposure] = {}
         for unit, items in zip(units, placed, strict=True):
             if unit.consent:
                 logged_unit, logged_context = unit.unit_id, stringify(unit.attributes)
@@ -424,23 +428,40 @@ class DecisionEngine:
                             )
                         )
                     continue
-                append(
-                    Exposure(
-                        event_id=new_event_id(),
-                        decision_id=decision_id,
+                # What many exposures of a call share comes from a template (a C copy with the
+                # per-row fields set costs a fifth of building the row from 16 keywords).
+                shape = (
+                    id(experiment), answer.placement, answer.policy, item.model_version,
+                    answer.reason, item.holdout, now_ms,
+                )  # fmt: skip
+                template = templates.get(shape)
+                if template is None:
+                    template = templates[shape] = Exposure(
+                        event_id=_NO_EVENT_ID,
+                        decision_id="",
                         ts_ms=now_ms,
-                        unit_id=logged_unit,
+                        unit_id="",
                         experiment=experiment.key,
                         experiment_version=experiment.version,
                         placement=answer.placement,
-                        variant=answer.variant or "",
-                        propensity=answer.propensity,
+                        variant="",
+                        propensity=1.0,
                         policy=answer.policy,
                         policy_version=item.model_version,
                         reason=answer.reason,
                         holdout=item.holdout,
-                        context=logged_context,
+                        context={},
                         campaign=campaign,
+                    )
+                append(
+                    _with_row(
+                        template,
+                        event_id=new_event_id(),
+                        decision_id=decision_id,
+                        unit_id=logged_unit,
+                        variant=answer.variant or "",
+                        propensity=answer.propensity,
+                        context=logged_context,
                         send_at_ms=send_at_ms,
                     )
                 )

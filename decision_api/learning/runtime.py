@@ -31,6 +31,8 @@ from bandits.slates import Slate
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec, candidate_features, is_learning
 from decision_api.metrics import Metrics
+from decision_api.redis_client import connect
+from decision_api.settings import RedisSettings
 from experiments.cache import Compiled
 from experiments.store import ExperimentStore
 from tailor_contract.definitions import Experiment
@@ -343,12 +345,15 @@ async def run_learner_process(
     stop: asyncio.Event,
     holder: str,
     shard: Shard | None = None,
+    cluster: bool = False,
 ) -> LearnerRunner:
     """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command); with
     ``shard``, only that shard's experiments are learned (every shard sweeps: finalising a
-    window is atomic, so concurrent sweepers never write an example twice)."""
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    redis_bin = Redis.from_url(redis_url, decode_responses=False)
+    window is atomic, so concurrent sweepers never write an example twice). ``cluster``:
+    ``redis_url`` names a node of a Redis Cluster."""
+    where = RedisSettings(url=redis_url, cluster=cluster)
+    redis = connect(where, decode_responses=True)
+    redis_bin = connect(where, decode_responses=False)
     try:
         runner = LearnerRunner(
             redis_bin,

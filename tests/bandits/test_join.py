@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Literal, TypeVar
 
 import msgspec
 import numpy as np
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bandits.join import (
@@ -20,6 +22,9 @@ from bandits.join import (
     decode_entry,
     rules_for,
 )
+from decision_api.redis_client import is_cluster
+
+pytestmark = pytest.mark.redis_cluster
 
 T0 = 1_700_000_000_000  # decision time (ms) of every record here
 WINDOW_S = 60
@@ -653,8 +658,16 @@ async def test_a_slate_without_outcomes_is_learned_with_the_default_per_slot(
 
 
 async def _command_calls(redis: Redis) -> dict[str, int]:
-    stats = await redis.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    """Calls per command so far, summed over every primary on a cluster."""
+    if not is_cluster(redis):
+        stats = await redis.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    per_node = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    calls: Counter[str] = Counter()
+    for stats in per_node.values():
+        for name, v in stats.items():
+            calls[name.removeprefix("cmdstat_")] += int(v["calls"])
+    return dict(calls)
 
 
 async def test_finalising_reads_a_record_with_one_hmget(join: RewardJoin, redis: Redis) -> None:
