@@ -47,15 +47,20 @@ from scipy import special
 
 from bandits.base import Context, FloatArray
 
-__all__ = ["CellModels", "CellsState", "Level", "best_probabilities", "cell_value"]
+__all__ = ["CellModels", "CellsState", "Level", "best_probabilities", "cell_value",
+           "thompson_probabilities"]
 
 GLOBAL_PRIOR: Final = 2.0
 MAX_PRIOR_TRIALS: Final = 5_000.0
 """The strongest prior a level can get, in pseudo-trials (``sigma^2 / tau^2``): a level whose
 cells look alike still moves once a cell has thousands of trials of its own."""
 OCCAM: Final = 1.0
-SAMPLING_VARIANCE: Final = 1.0
-TAU_INFLATE: Final = 1.0
+SAMPLING_VARIANCE: Final = 0.25
+"""Thompson probabilities are computed from the posterior with its variance times this (its
+spread halved): a greedier Thompson sampling. Measured with ``loadtests/bench_learning.py``
+(medians of 3 seeds) against the plain posterior: 3-way 0.56 vs 0.48, additive 0.93 vs 0.88,
+change 0.68 vs 0.48, rare 0.52 vs 0.43, 2-way 0.84 vs 0.86; the exploration floor still
+reaches every arm."""
 _QUAD_POINTS: Final = 400
 _RESCALE_AT: Final = 1e150
 _MAX_ORDER: Final = 3
@@ -116,6 +121,12 @@ def _between_variance(n_a: FloatArray, s_a: FloatArray, n_b: FloatArray, s_b: Fl
     excess = (s_a[both] / na - mu_p[both]) * (s_b[both] / nb - mu_p[both]) - v_p[both]
     w = na * nb / (na + nb)
     return float((w * excess).sum() / w.sum())
+
+
+def thompson_probabilities(mean: FloatArray, var: FloatArray) -> FloatArray:
+    """The probabilities Thompson sampling plays each arm with, from the posterior means and
+    variances: ``best_probabilities`` of the posterior narrowed by ``SAMPLING_VARIANCE``."""
+    return best_probabilities(mean, var * SAMPLING_VARIANCE)
 
 
 # Per cell and arm, for the two folds A and B (examples alternate between them): trials and
@@ -297,7 +308,7 @@ class CellModels:
                 noise = self._noise(mu_p)
                 tau2 = max(_between_variance(n_a, s_a, n_b, s_b, mu_p, v_p),
                            float(noise.mean()) / MAX_PRIOR_TRIALS)
-                prior_var = TAU_INFLATE * tau2 + v_p
+                prior_var = tau2 + v_p
                 precision = n / noise + 1.0 / prior_var
                 mean = (s / noise + mu_p / prior_var) / precision
                 var = 1.0 / precision
@@ -343,7 +354,7 @@ class CellModels:
         out = []
         for level, fit in enumerate(self._chain(order, "AB")):
             cells, mean, var = fit.cells, fit.mean, fit.var
-            best = np.stack([best_probabilities(m, v * SAMPLING_VARIANCE)
+            best = np.stack([thompson_probabilities(m, v)
                              for m, v in zip(mean, var, strict=True)])
             joined = ["\x1f".join(c) for c in cells]
             out.append(Level(attributes=list(order[:level]),
