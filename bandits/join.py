@@ -20,17 +20,21 @@ caller, never learned). An outcome received after the window closed is ``late``:
 event log, never learned. A duplicate outcome (same event id) counts once. Under ``first``
 aggregation the earliest-dated counting outcome gives the reward, whatever order they arrive in.
 
-Key layout (``{p}`` = key prefix; ``{d}`` a decision id, ``{u}`` a unit id, both as hash
-tags). Record and index keys live for the reward window plus one hour:
+Key layout (``{p}`` = key prefix, ``<d>`` a decision id, ``<u>`` a unit id). Every key carries
+the deployment's hash tag ``{<p>}``: a decision's record, the unit index, the due set and the
+stream change together in one script, so on a Redis Cluster they share one slot (the cluster's
+hot slot, see :mod:`decision_api.redis_client`). Record and index keys live for the reward
+window plus one hour:
 
-- ``{p}:dec:{d}:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
+- ``{{p}}:dec:<d>:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
   end, ms), ``dflt``/``lo``/``hi`` (default reward and clip range), ``agg``, ``r`` (reward so
   far), ``rts`` (under ``first``: the timestamp of the outcome that gave ``r``), ``o:<event id>``
-  (outcomes seen);
-- ``{p}:dec:{d}:exps`` SET — the experiments the decision took part in;
-- ``{p}:u:{u}:join`` HASH — experiment -> the unit's latest open decision id;
-- ``{p}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
-- ``{p}:train`` STREAM — finalised examples (``rec``, ``r``, ``joined``), trimmed to MAXLEN.
+  (outcomes seen); for a ranked slate also ``ns`` (its number of slots), ``i:<item>`` (the
+  item's slot) and per slot ``r:<slot>``/``rts:<slot>`` in place of ``r``/``rts``;
+- ``{{p}}:dec:<d>:exps`` SET — the experiments the decision took part in;
+- ``{{p}}:u:<u>:join`` HASH — experiment -> the unit's latest open decision id;
+- ``{{p}}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
+- ``{{p}}:train`` STREAM — finalised examples (``rec``, ``r``, ``joined``), trimmed to MAXLEN.
 
 Decisions of a unit erased a moment ago are dropped at :meth:`RewardJoin.flush` when a
 ``screen`` is set (the server's erasure tombstones), so a decision racing an erasure does not
@@ -50,6 +54,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from bandits.base import FeatureValue
@@ -73,7 +78,13 @@ class UnitScreen(Protocol):
 
 
 class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
-    """What the learner needs of a decision: context, candidates, choice, propensity."""
+    """What the learner needs of a decision: context, candidates, choice, propensity.
+
+    A ranked slate also carries ``slate`` (the candidates' indexes in slot order; ``chosen`` is
+    its first) and ``slate_propensities`` (each slot's conditional probability), and, when the
+    candidates came in the request, their ``features`` (one mapping per candidate): the
+    learner knows only the experiment's variants.
+    """
 
     decision_id: str
     experiment: str
@@ -85,6 +96,14 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True,
     model_version: str
     context: dict[str, FeatureValue]
     decided_ms: int
+    slate: list[int] = msgspec.field(default_factory=list)
+    slate_propensities: list[float] = msgspec.field(default_factory=list)
+    features: list[dict[str, FeatureValue]] | None = None
+
+    @property
+    def slate_items(self) -> list[str]:
+        """The slate's items in slot order (empty for a one-variant decision)."""
+        return [self.candidates[i] for i in self.slate]
 
 
 class JoinRules(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,22 +125,68 @@ class JoinRules(msgspec.Struct, frozen=True, kw_only=True):
         return reward * value if per_value else reward
 
 
+class OutcomeRef(msgspec.Struct, frozen=True, kw_only=True):
+    """An outcome as the join applies it: which decision(s) it names, what it is, when."""
+
+    event_id: str
+    type: str
+    value: float
+    ts_ms: int
+    decision_id: str | None = None
+    unit_id: str | None = None
+    experiment: str | None = None
+    slot: int | None = None
+    """For a slate decision: the slot the outcome rewards (or the slot showing ``item``)."""
+    item: str | None = None
+
+    @property
+    def where(self) -> tuple[str, str]:
+        """(slot, item) as the apply scripts take them ('' when not given)."""
+        return ("" if self.slot is None else str(self.slot), self.item or "")
+
+
 class TrainingExample(msgspec.Struct, frozen=True, kw_only=True):
-    """A finalised record read back from the stream."""
+    """A finalised record read back from the stream; a slate's ``rewards`` has one entry per
+    slot (``reward`` is then their sum)."""
 
     stream_id: str
     record: DecisionRecord
     reward: float
     joined: bool
+    rewards: list[float] | None = None
 
 
 _FINALIZE = """
+local function finalize_slate(rec, stream, maxlen, body, ns, dflt, lo, hi)
+  local joined, total, parts = '0', 0, {}
+  for j = 0, ns - 1 do
+    local r = redis.call('HGET', rec, 'r:' .. j)
+    local reward = dflt
+    if r then
+      reward = tonumber(r)
+      joined = '1'
+    end
+    if reward < lo then reward = lo end
+    if reward > hi then reward = hi end
+    total = total + reward
+    parts[#parts + 1] = tostring(reward)
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'rec', body, 'r', tostring(total),
+             'joined', joined, 'rs', table.concat(parts, ','))
+  redis.call('DEL', rec)
+  return 1
+end
+
 local function finalize(due, rec, stream, member, maxlen)
   if redis.call('ZREM', due, member) == 0 then return 0 end
   -- One HMGET, not one HGET per field: four commands fewer per learning decision.
-  local f = redis.call('HMGET', rec, 'rec', 'r', 'dflt', 'lo', 'hi')
+  local f = redis.call('HMGET', rec, 'rec', 'r', 'dflt', 'lo', 'hi', 'ns')
   local body = f[1]
   if not body then return 0 end
+  if f[6] then
+    return finalize_slate(rec, stream, maxlen, body, tonumber(f[6]), tonumber(f[3]),
+                          tonumber(f[4]), tonumber(f[5]))
+  end
   local r = f[2]
   local joined = '1'
   local reward
@@ -143,21 +208,35 @@ end
 """
 
 # -1 late (window closed or record gone), -2 early (dated before the window opened),
-# 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's end.
+# -3 a slate's outcome naming no slot of it (no slot or item, an unknown item, a slot out of
+# range), 0 duplicate event, 1 applied. Never finalises: only the sweeper does, at the window's
+# end. A slate's rewards accumulate per slot (``r:<slot>``, ``rts:<slot>``); ``slot`` and
+# ``item`` are the outcome's ('' when not given), ignored for a one-variant decision.
 _APPLY = """
-local function apply(rec, eid, reward_text, now, ts_text)
+local function apply(rec, eid, reward_text, now, ts_text, slot, item)
   local ts = tonumber(ts_text)
-  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts')
+  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts', 'ns')
   if not f[1] then return -1 end
   if now > tonumber(f[1]) then return -1 end
   if f[2] and ts < tonumber(f[2]) then return -2 end
+  local suffix, first = '', f[4]
+  if f[5] then
+    if item ~= '' then
+      local at = redis.call('HGET', rec, 'i:' .. item)
+      if not at or (slot ~= '' and tonumber(slot) ~= tonumber(at)) then return -3 end
+      slot = at
+    end
+    if slot == '' or tonumber(slot) < 0 or tonumber(slot) >= tonumber(f[5]) then return -3 end
+    suffix = ':' .. tonumber(slot)
+    first = redis.call('HGET', rec, 'rts' .. suffix)
+  end
   if redis.call('HSETNX', rec, 'o:' .. eid, '1') == 0 then return 0 end
   if f[3] == 'first' then
-    if not f[4] or ts < tonumber(f[4]) then
-      redis.call('HSET', rec, 'r', reward_text, 'rts', ts_text)
+    if not first or ts < tonumber(first) then
+      redis.call('HSET', rec, 'r' .. suffix, reward_text, 'rts' .. suffix, ts_text)
     end
   else
-    redis.call('HINCRBYFLOAT', rec, 'r', tonumber(reward_text))
+    redis.call('HINCRBYFLOAT', rec, 'r' .. suffix, tonumber(reward_text))
   end
   return 1
 end
@@ -166,20 +245,22 @@ end
 _APPLY_OUTCOME = (
     _APPLY
     + """
-return apply(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])
+return apply(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])
 """
 )
 
 # An outcome naming only its decision: the decision's experiments (its SET) and the outcome
-# applied to each, in one call. ARGV: record key prefix, event id, now, ts, then (experiment,
-# reward) pairs for every experiment with rules ('' = its rules ignore this outcome type).
-# Returns a flat [experiment, code, ...] list in experiment order; code 2 = ignored.
+# applied to each, in one call. ARGV: record key prefix, event id, now, ts, slot, item, then
+# (experiment, reward) pairs for every experiment with rules ('' = its rules ignore this
+# outcome type). Returns a flat [experiment, code, ...] list in experiment order; code 2 =
+# ignored.
 _APPLY_BY_DECISION = (
     _APPLY
     + """
 local prefix, eid, now, ts = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local slot, item = ARGV[5], ARGV[6]
 local rewards = {}
-for i = 5, #ARGV, 2 do rewards[ARGV[i]] = ARGV[i + 1] end
+for i = 7, #ARGV, 2 do rewards[ARGV[i]] = ARGV[i + 1] end
 local members = redis.call('SMEMBERS', KEYS[1])
 table.sort(members)
 local out = {}
@@ -190,7 +271,7 @@ for _, exp in ipairs(members) do
     if reward == '' then
       out[#out + 1] = 2
     else
-      out[#out + 1] = apply(prefix .. exp, eid, reward, now, ts)
+      out[#out + 1] = apply(prefix .. exp, eid, reward, now, ts, slot, item)
     end
   end
 end
@@ -201,10 +282,19 @@ BY_DECISION_MAX_RULES = 64
 """Up to this many experiments with rules, an outcome naming only its decision is applied in one
 script call (their rewards travel as arguments); beyond, the experiments are read first."""
 
+# KEYS: due set, stream; ARGV: record key prefix, stream MAXLEN, due members. Every record key
+# is built here from its member: all live in the due set's slot (the ``{<p>}`` tag).
 _FINALIZE_DUE = (
     _FINALIZE
     + """
-return finalize(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+local done = 0
+for i = 3, #ARGV do
+  local member = ARGV[i]
+  local bar = string.find(member, '|', 1, true)
+  local rec = ARGV[1] .. string.sub(member, 1, bar - 1) .. ':' .. string.sub(member, bar + 1)
+  done = done + finalize(KEYS[1], rec, KEYS[2], member, ARGV[2])
+end
+return done
 """
 )
 
@@ -216,7 +306,7 @@ local n = 0
 for c = 3, #call do
   local g = call[c]
   local did, unit = g[1], g[2]
-  local tag = prefix .. ':dec:{' .. did .. '}:'
+  local tag = prefix .. ':dec:' .. did .. ':'
   local exps, index = {}, {}
   local ttl, ttl_text = -1, '1'
   for i = 3, #g do
@@ -225,6 +315,11 @@ for c = 3, #call do
     local rec = tag .. exp
     redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'wst', r[7], 'dflt', ru[1], 'lo', ru[2],
                'hi', ru[3], 'agg', ru[4])
+    local items = r[8]
+    if items and #items > 0 then
+      redis.call('HSET', rec, 'ns', #items)
+      for j = 1, #items do redis.call('HSET', rec, 'i:' .. items[j], j - 1) end
+    end
     redis.call('PEXPIRE', rec, r[4])
     exps[#exps + 1] = exp
     index[#index + 1] = exp
@@ -234,7 +329,7 @@ for c = 3, #call do
   end
   redis.call('SADD', tag .. 'exps', unpack(exps))
   redis.call('PEXPIRE', tag .. 'exps', ttl_text)
-  local key = prefix .. ':u:{' .. unit .. '}:join'
+  local key = prefix .. ':u:' .. unit .. ':join'
   redis.call('HSET', key, unpack(index))
   redis.call('PEXPIRE', key, ttl_text)
 end
@@ -255,9 +350,9 @@ class RewardJoin:
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self._prefix = prefix
-        self.due_key = f"{prefix}:join:due"
-        self.stream_key = f"{prefix}:train"
+        self._shared = shared = "{" + prefix + "}"  # every join key: one cluster slot
+        self.due_key = f"{shared}:join:due"
+        self.stream_key = f"{shared}:train"
         self._apply = redis.register_script(_APPLY_OUTCOME)
         self._apply_by_decision = redis.register_script(_APPLY_BY_DECISION)
         self._finalize = redis.register_script(_FINALIZE_DUE)
@@ -275,15 +370,15 @@ class RewardJoin:
 
     def record_key(self, decision_id: str, experiment: str) -> str:
         """The Redis key of one remembered decision."""
-        return f"{self._prefix}:dec:{{{decision_id}}}:{experiment}"
+        return f"{self._shared}:dec:{decision_id}:{experiment}"
 
     def experiments_key(self, decision_id: str) -> str:
         """The Redis key listing the experiments of one decision."""
-        return f"{self._prefix}:dec:{{{decision_id}}}:exps"
+        return f"{self._shared}:dec:{decision_id}:exps"
 
     def unit_index_key(self, unit_id: str) -> str:
         """The Redis key mapping a unit's experiments to their open decision ids."""
-        return f"{self._prefix}:u:{{{unit_id}}}:join"
+        return f"{self._shared}:u:{unit_id}:join"
 
     def remember(
         self,
@@ -352,7 +447,7 @@ class RewardJoin:
                 batch = await self.screen.screen(batch, _unit_of)
             for payload, decisions in _remember_calls(batch):
                 await self._remember(
-                    keys=[self.due_key], args=[self._prefix, self.due_key, payload]
+                    keys=[self.due_key], args=[self._shared, self.due_key, payload]
                 )
                 sent.update(decisions)
         except RedisError:
@@ -379,74 +474,158 @@ class RewardJoin:
         unit_id: str | None,
         experiment: str | None,
         ts_ms: int | None = None,
+        slot: int | None = None,
+        item: str | None = None,
     ) -> list[tuple[str, Applied]]:
         """Apply an outcome to the open decisions it refers to; returns (experiment, result).
 
         ``now_ms`` is when the outcome arrived (after the window's end it is ``late``);
         ``ts_ms`` when it happened (``now_ms`` if not given): before the window opens it is
-        ``early`` and not applied. Nothing is finalised here, whatever the aggregation.
+        ``early`` and not applied. Nothing is finalised here, whatever the aggregation. For a
+        slate decision the outcome rewards the slot ``slot`` or the slot showing ``item``; one
+        naming no slot of the slate is ``ignored``.
         """
-        ts = now_ms if ts_ms is None else ts_ms
-        targets: list[tuple[str, str]] = []
-        if decision_id and not experiment and len(rules_of) <= BY_DECISION_MAX_RULES:
-            return await self._apply_to_decision(
-                event_id, outcome_type, value, now_ms, ts, rules_of, decision_id
-            )
-        if decision_id:
-            if experiment:
-                names = [experiment]
+        outcome = OutcomeRef(
+            event_id=event_id,
+            type=outcome_type,
+            value=value,
+            ts_ms=now_ms if ts_ms is None else ts_ms,
+            decision_id=decision_id or None,
+            unit_id=unit_id or None,
+            experiment=experiment or None,
+            slot=slot,
+            item=item or None,
+        )
+        return (await self.apply_outcomes([outcome], now_ms=now_ms, rules_of=rules_of))[0]
+
+    async def apply_outcomes(
+        self, outcomes: Sequence[OutcomeRef], *, now_ms: int, rules_of: Mapping[str, JoinRules]
+    ) -> list[list[tuple[str, Applied]]]:
+        """Apply many outcomes (see :meth:`apply_outcome`) in at most two pipelined round trips.
+
+        Outcomes naming a unit but no decision first read the unit's index (one pipeline for
+        all of them); then every script call of every outcome goes in one pipeline. Returns
+        each outcome's (experiment, result) list, in order: a batch of 10,000 outcomes costs
+        two round trips, not 10,000.
+        """
+        results: list[list[tuple[str, Applied]]] = [[] for _ in outcomes]
+        targets = await self._unit_targets(outcomes)
+        # Per outcome: its result slots, each a fixed result or the index of a script call.
+        slots: list[list[tuple[str, Applied | int]]] = [[] for _ in outcomes]
+        calls: list[tuple[AsyncScript, list[str], list[str | int]]] = []
+        slow: list[int] = []
+        for i, o in enumerate(outcomes):
+            if o.decision_id and not o.experiment:
+                if len(rules_of) > BY_DECISION_MAX_RULES:
+                    slow.append(i)
+                    continue
+                args: list[str | int] = [
+                    self.record_key(o.decision_id, ""), o.event_id, now_ms, o.ts_ms, *o.where
+                ]
+                for name, its_rules in rules_of.items():
+                    reward = its_rules.reward_of(o.type, o.value)
+                    args += [name, "" if reward is None else repr(reward)]
+                slots[i].append(("", len(calls)))
+                calls.append((self._apply_by_decision, [self.experiments_key(o.decision_id)], args))
+                continue
+            if o.decision_id and o.experiment:
+                pairs = [(o.decision_id, o.experiment)]
             else:
-                members = await self._redis.smembers(self.experiments_key(decision_id))
-                names = sorted(str(m) for m in members)
-            targets = [(decision_id, name) for name in names]
-        elif unit_id:
-            index = self.unit_index_key(unit_id)
+                pairs = targets.get(i, [])
+            for did, name in pairs:
+                rules = rules_of.get(name)
+                if rules is None:
+                    continue
+                reward = rules.reward_of(o.type, o.value)
+                if reward is None:
+                    slots[i].append((name, "ignored"))
+                    continue
+                slots[i].append((name, len(calls)))
+                calls.append(
+                    (
+                        self._apply,
+                        [self.record_key(did, name)],
+                        [o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
+                    )
+                )
+        replies: list[Any] = []
+        if len(calls) == 1:  # one outcome, one call: no pipeline object to build
+            script, keys, args = calls[0]
+            replies = [await script(keys=keys, args=args)]
+        elif calls:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    await script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        for i, outcome_slots in enumerate(slots):
+            for name, slot in outcome_slots:
+                if isinstance(slot, str):
+                    results[i].append((name, slot))
+                elif name:
+                    results[i].append((name, _APPLIED[int(replies[slot])]))
+                else:  # a by-decision call: [experiment, code, ...]
+                    flat = replies[slot]
+                    results[i].extend(
+                        (_text(flat[k]), _BY_DECISION[int(flat[k + 1])])
+                        for k in range(0, len(flat), 2)
+                    )
+        for i in slow:  # many experiments with rules: read the decision's experiments first
+            results[i] = await self._apply_listed(outcomes[i], now_ms, rules_of)
+        return results
+
+    async def _unit_targets(
+        self, outcomes: Sequence[OutcomeRef]
+    ) -> dict[int, list[tuple[str, str]]]:
+        """(decision id, experiment) targets of the outcomes naming a unit but no decision,
+        from the units' indexes in one pipelined read."""
+        wanted = [i for i, o in enumerate(outcomes) if not o.decision_id and o.unit_id]
+        if not wanted:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for i in wanted:
+                o = outcomes[i]
+                index = self.unit_index_key(str(o.unit_id))
+                if o.experiment:
+                    pipe.hget(index, o.experiment)
+                else:
+                    pipe.hgetall(index)
+            replies = await pipe.execute()
+        out: dict[int, list[tuple[str, str]]] = {}
+        for i, reply in zip(wanted, replies, strict=True):
+            experiment = outcomes[i].experiment
             if experiment:
-                found = await self._redis.hget(index, experiment)
-                targets = [(str(found), experiment)] if found else []
+                out[i] = [(_text(reply), experiment)] if reply else []
             else:
-                mapping: dict[str, str] = await self._redis.hgetall(index)  # type: ignore[assignment]
-                targets = [(d, e) for e, d in mapping.items()]
+                out[i] = [(_text(d), _text(e)) for e, d in reply.items()]
+        return out
+
+    async def _apply_listed(
+        self, o: OutcomeRef, now_ms: int, rules_of: Mapping[str, JoinRules]
+    ) -> list[tuple[str, Applied]]:
+        """By decision id alone, reading the decision's experiments first (many rules)."""
+        assert o.decision_id is not None
+        members = await self._redis.smembers(self.experiments_key(o.decision_id))
         results: list[tuple[str, Applied]] = []
-        for did, name in targets:
+        for name in sorted(_text(m) for m in members):
             rules = rules_of.get(name)
             if rules is None:
                 continue
-            reward = rules.reward_of(outcome_type, value)
+            reward = rules.reward_of(o.type, o.value)
             if reward is None:
                 results.append((name, "ignored"))
                 continue
             code = await self._apply(
-                keys=[self.record_key(did, name)], args=[event_id, repr(reward), now_ms, ts]
+                keys=[self.record_key(o.decision_id, name)],
+                args=[o.event_id, repr(reward), now_ms, o.ts_ms, *o.where],
             )
             results.append((name, _APPLIED[int(code)]))
         return results
 
-    async def _apply_to_decision(
-        self,
-        event_id: str,
-        outcome_type: str,
-        value: float,
-        now_ms: int,
-        ts: int,
-        rules_of: Mapping[str, JoinRules],
-        decision_id: str,
-    ) -> list[tuple[str, Applied]]:
-        """Apply an outcome to every experiment of a decision in one script call."""
-        args: list[str | int] = [self.record_key(decision_id, ""), event_id, now_ms, ts]
-        for name, rules in rules_of.items():
-            reward = rules.reward_of(outcome_type, value)
-            args += [name, "" if reward is None else repr(reward)]
-        flat = await self._apply_by_decision(keys=[self.experiments_key(decision_id)], args=args)
-        return [
-            (_text(flat[i]), _BY_DECISION[int(flat[i + 1])]) for i in range(0, len(flat), 2)
-        ]
-
     async def finalize_due(self, now_ms: int, limit: int = 1000) -> int:
         """Finalise every decision whose window has closed (default reward if no outcome).
 
-        Due members are read ``limit`` at a time and finalised in one pipelined round trip per
-        batch, so the sweeper keeps up with thousands of decisions per second.
+        Due members are read ``limit`` at a time and finalised by one script call per batch, so
+        the sweeper keeps up with thousands of decisions per second.
         """
         done = 0
         while True:
@@ -455,25 +634,20 @@ class RewardJoin:
             )
             if not members:
                 return done
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for member in members:
-                    decision_id, _, experiment = str(member).partition("|")
-                    await self._finalize(
-                        keys=[
-                            self.due_key,
-                            self.record_key(decision_id, experiment),
-                            self.stream_key,
-                        ],
-                        args=[str(member), STREAM_MAXLEN],
-                        client=pipe,
-                    )
-                done += sum(int(r) for r in await pipe.execute())
+            done += int(
+                await self._finalize(
+                    keys=[self.due_key, self.stream_key],
+                    args=[self._shared + ":dec:", STREAM_MAXLEN, *(str(m) for m in members)],
+                )
+            )
             # Every member read leaves the due set (finalised, or already gone): no re-reads.
             if len(members) < limit:
                 return done
 
 
-_APPLIED: dict[int, Applied] = {1: "joined", 0: "duplicate", -1: "late", -2: "early"}
+_APPLIED: dict[int, Applied] = {
+    1: "joined", 0: "duplicate", -1: "late", -2: "early", -3: "ignored"
+}
 _BY_DECISION: dict[int, Applied] = {**_APPLIED, 2: "ignored"}
 
 
@@ -505,7 +679,8 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
     per decision, took Redis more time than the record ``HSET``s: about half of that goes); each
     decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment,
     record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua counts), the
-    window end as a number (for sorting; the script ignores it) and the window start.
+    window end as a number (for sorting; the script ignores it) and the window start, then for a
+    slate its items in slot order.
     ``batch`` is grouped by decision in first-seen order and the groups cut into calls of about
     ``REMEMBER_BATCH`` records; a decision never spans two calls.
     """
@@ -532,7 +707,11 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
                 index = rule_index[id(rules)] = len(rule_rows)
             ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
             known = shared[key] = (index, str(end), str(ttl), str(item.start))
-        row = (record.experiment, body, known[1], known[2], known[0], end, known[3])
+        row: tuple[Any, ...] = (
+            record.experiment, body, known[1], known[2], known[0], end, known[3]
+        )
+        if record.slate:
+            row = (*row, record.slate_items)
         decision_id = record.decision_id
         group = groups.get(decision_id)
         if group is None:
@@ -580,11 +759,13 @@ def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:
     def get(name: str) -> Any:
         return fields.get(name, fields.get(name.encode()))
 
+    rewards = get("rs")
     return TrainingExample(
         stream_id=text(stream_id),
         record=_record_decoder.decode(get("rec")),
         reward=float(text(get("r"))),
         joined=text(get("joined")) == "1",
+        rewards=[float(r) for r in text(rewards).split(",")] if rewards is not None else None,
     )
 
 

@@ -37,6 +37,7 @@ from redis.exceptions import ResponseError
 from bandits.base import Example, Policy, PolicyError
 from bandits.join import JOIN_GROUP, TrainingExample, decode_entry
 from bandits.registry import build_policy
+from bandits.slates import SlateExample, SlatePolicy
 from bandits.snapshots import Snapshot, SnapshotStore
 from bandits.spec import PolicySpec
 
@@ -129,7 +130,7 @@ class Learner:
         self._redis = redis
         self.shard = shard or Shard()
         self._group = self.shard.group
-        self._stream = f"{prefix}:train"
+        self._stream = f"{{{prefix}}}:train"  # the slot of the models: acks commit with them
         self._snapshots = SnapshotStore(redis, prefix)
         self._specs_source = specs
         self._specs: Mapping[str, PolicySpec] = {}
@@ -210,7 +211,7 @@ class Learner:
         entries = await self._read(block_ms)
         if not entries:
             return 0
-        by_experiment: dict[str, list[Example]] = {}
+        by_experiment: dict[str, list[Example | SlateExample]] = {}
         for stream_id, fields in entries:
             self._unacked.append(stream_id)
             if fields is None:
@@ -230,7 +231,7 @@ class Learner:
         for name, examples in by_experiment.items():
             model = self._models[name]
             # Off the event loop: an in-server learner shares it with decisions.
-            await asyncio.to_thread(model.policy.learn, examples)
+            await asyncio.to_thread(_learn, model.policy, examples)
             model.examples += len(examples)
             model.dirty = True
             self.learned += len(examples)
@@ -246,9 +247,13 @@ class Learner:
             return True  # undecodable: the full decode below skips (and counts) it
 
     @staticmethod
-    def _example(model: _Model | None, example: TrainingExample) -> Example | None:
+    def _example(model: _Model | None, example: TrainingExample) -> Example | SlateExample | None:
         if model is None:
             return None
+        if example.rewards is not None:
+            if not isinstance(model.policy, SlatePolicy):
+                return None  # a slate logged under another policy cannot teach this one
+            return model.spec.slate_example(example.record, example.rewards)
         return model.spec.example(example.record, example.reward)
 
     async def _read(self, block_ms: int) -> list[tuple[str, Any]]:
@@ -380,6 +385,22 @@ class Learner:
                 self._specs = await self._specs_source()
                 await self.publish()
         await self.publish()
+
+
+def _learn(policy: Policy, examples: list[Example | SlateExample]) -> None:
+    """Teach ``policy`` the examples in order: one-variant examples through ``learn``, slates
+    through ``learn_slates`` (only slate policies receive them), each run in one call."""
+    run: list[Any] = []
+    for example in [*examples, None]:
+        if run and (example is None or type(example) is not type(run[0])):
+            if isinstance(run[0], SlateExample):
+                assert isinstance(policy, SlatePolicy)
+                policy.learn_slates(run)
+            else:
+                policy.learn(run)
+            run = []
+        if example is not None:
+            run.append(example)
 
 
 def _stream_id(text: str) -> tuple[int, int]:

@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import structlog
 
-from bandits.base import Choice, Context, Incremental, Policy, PolicyError
+from bandits.base import Candidate, Choice, Context, Incremental, Policy, PolicyError
 from bandits.registry import build_policy
+from bandits.slates import Slate, SlatePolicy
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec
 from tailor_contract.wire import Factor
@@ -95,6 +96,29 @@ class ServingPolicies:
             return None
         candidates = current.spec.candidates
         return current.policy.choose(context, [candidates[i] for i in eligible], rng)
+
+    def choose_slate(
+        self,
+        experiment: str,
+        context: Context,
+        slots: int,
+        rng: np.random.Generator,
+        *,
+        candidates: Sequence[Candidate] | None = None,
+        eligible: Sequence[int] | None = None,
+    ) -> tuple[Slate, Sequence[Candidate]] | None:
+        """The current model's ranked slate and the candidates it ranked (its indexes point
+        there): ``candidates`` from the request, else the experiment's (``eligible``: indexes
+        into them, when only some may be shown). None when the experiment has no model here or
+        its policy does not rank."""
+        current = self._serving.get(experiment)
+        if current is None or not isinstance(current.policy, SlatePolicy):
+            return None
+        if candidates is None:
+            candidates = current.spec.candidates
+            if eligible is not None:
+                candidates = [candidates[i] for i in eligible]
+        return current.policy.choose_slate(context, candidates, slots, rng), candidates
 
     def explain(self, experiment: str, context: Context, chosen: str) -> list[Factor]:
         """Why the serving model chose ``chosen`` for ``context`` (plain feature names), or

@@ -13,6 +13,7 @@ import msgspec
 
 from bandits.base import Arm, Candidate, Example, FeatureValue
 from bandits.join import DecisionRecord
+from bandits.slates import SlateExample
 from tailor_contract.policies import EpsilonGreedyConfig, FixedConfig, PolicyConfig, ThompsonConfig
 
 
@@ -57,6 +58,39 @@ class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
             propensity=max(record.propensity, 1e-9),
             reward=self.scale(reward),
         )
+
+
+    def slate_example(self, record: DecisionRecord, rewards: list[float]) -> SlateExample | None:
+        """The training slate of a finalised slate record (one reward per slot), or None if it
+        cannot be rebuilt (a variant removed since, or rewards that do not fit the slots).
+
+        Candidates passed in the request come with their features in the record; otherwise
+        they are the experiment's variants, by key."""
+        if len(rewards) != len(record.slate) or not record.slate:
+            return None
+        if record.features is not None:
+            if len(record.features) != len(record.candidates):
+                return None
+            candidates = tuple(
+                Candidate(key=k, features=f)
+                for k, f in zip(record.candidates, record.features, strict=True)
+            )
+        else:
+            by_key = {c.key: c for c in self.candidates}
+            found = [by_key.get(key) for key in record.candidates]
+            if None in found:
+                return None  # a variant was removed since the decision
+            candidates = tuple(c for c in found if c is not None)
+        try:
+            return SlateExample(
+                context=record.context,
+                candidates=candidates,
+                chosen=tuple(record.slate),
+                propensities=tuple(max(p, 1e-9) for p in record.slate_propensities),
+                rewards=tuple(self.scale(r) for r in rewards),
+            )
+        except ValueError:  # an inconsistent record: nothing to learn from it
+            return None
 
 
 def candidate_features(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 import uuid
@@ -34,6 +35,7 @@ from decision_api.metrics import Metrics
 from decision_api.privacy.data_rights import DataRights, Tombstones
 from decision_api.profiles.batcher import ProfileBatcher
 from decision_api.profiles.store import RedisFeatureStore
+from decision_api.redis_client import connect, connect_sync, migrate_layout
 from decision_api.settings import Settings
 from event_log.relay import RelayEventLog
 from event_log.rows import AuditEntry
@@ -318,24 +320,39 @@ async def start_trust_pollers(services: Services) -> None:
     services.start_background("controls-poll", interval, services.controls.poll)
 
 
-@contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open Redis and the event log, start the writer and pollers; close all on exit."""
-    metrics = Metrics()
+async def open_redis(settings: Settings) -> tuple[Redis, Redis]:
+    """The worker's Redis clients (text replies, binary replies), a single server's keys moved to
+    the current layout first (see :func:`decision_api.redis_client.migrate_layout`)."""
     redis_options: dict[str, Any] = {
         "socket_timeout": settings.redis.socket_timeout_s,
         "socket_connect_timeout": settings.redis.socket_timeout_s,
         "health_check_interval": 5,
         "max_connections": 256,
     }
-    url = settings.redis.url or "redis://127.0.0.1:6379/0"
-    redis = Redis.from_url(url, decode_responses=True, **redis_options)
+    redis = connect(settings.redis, decode_responses=True, **redis_options)
     # Model snapshots are binary, and learners block on the stream: their own pool.
-    redis_bin = Redis.from_url(url, decode_responses=False, **redis_options)
+    redis_bin = connect(settings.redis, decode_responses=False, **redis_options)
+    if not settings.redis.cluster:
+        try:  # keys of the layout before the cluster one keep working
+            await migrate_layout(redis, settings.redis.key_prefix)
+        except RedisError as exc:
+            log.warning("redis_layout_migration_failed", error=str(exc))
+    return redis, redis_bin
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open Redis and the event log, start the writer and pollers; close all on exit."""
+    metrics = Metrics()
+    redis, redis_bin = await open_redis(settings)
     event_log: EventLog
     if settings.event_log.url.startswith("relay:"):
         # Several workers share one embedded chdb: its owner process is reached through Redis.
-        event_log = RelayEventLog(url, settings.redis.key_prefix)
+        event_log = RelayEventLog(
+            settings.redis.url,
+            settings.redis.key_prefix,
+            connect=functools.partial(connect_sync, settings.redis),
+        )
     else:
         try:
             event_log = await asyncio.to_thread(

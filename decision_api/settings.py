@@ -24,13 +24,20 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """Where the hot state lives.
 
     ``url`` empty means "embedded": ``tailor serve`` starts a private ``redis-server`` under
-    ``data_dir`` and points the app at it.
+    ``data_dir`` and points the app at it. ``cluster``: ``url`` names any node of a Redis
+    Cluster, reached through redis-py's cluster client (see :mod:`decision_api.redis_client`).
     """
 
     url: str = ""
+    cluster: bool = False
     key_prefix: Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.:-]{1,32}\Z")] = "tailor"
     socket_timeout_s: Annotated[float, Meta(gt=0, le=30)] = 0.5
     profile_ttl_s: Annotated[int, Meta(ge=60)] = 400 * 86400
+
+    def __post_init__(self) -> None:
+        """A cluster is found through a node's address: it needs a URL, not the embedded Redis."""
+        if self.cluster and not self.url:
+            raise ValueError("redis.cluster needs redis.url naming a node of the cluster")
 
 
 class EventLogSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -16,7 +16,7 @@ A simulated **day** is a round of visits followed by one newsletter campaign:
    subject, reported as ``email_open`` outcomes and as behavioural events (the open-hour
    history send-time optimisation reads);
 3. the day ends: the demo moves the reward clock forward — every reward window opened that day
-   closes now, which is what the server's sweeper does when the windows really end (two days
+   closes now, which is what the server's sweeper does when the windows really end (five days
    later for email) — and waits until the learner has learned the day's emails.
 
 Within a day time is real: the carousel's 3-second reward windows close by themselves and
@@ -48,6 +48,7 @@ from demo.shop import (
     SEND_TIME,
     SUBJECT,
     WEB_PLACEMENTS,
+    email_window_s,
     experiments,
 )
 from demo.world import (
@@ -111,7 +112,7 @@ async def simulate(
     ):
         try:
             progress.set_stage("defining the shop's experiments")
-            await define_experiments(admin)
+            await define_experiments(admin, email_window_s(plan.days))
             progress.set_stage(f"writing {population.size:,} shopper profiles")
             await write_profiles(client, population, plan.concurrency, rng, obs, progress)
             join = RewardJoin(redis, RedisSettings().key_prefix)
@@ -130,9 +131,9 @@ async def simulate(
     return obs
 
 
-async def define_experiments(admin: httpx.AsyncClient) -> None:
+async def define_experiments(admin: httpx.AsyncClient, email_window: int) -> None:
     """Create and start the five experiments; return once the server serves them."""
-    for spec in experiments():
+    for spec in experiments(email_window):
         created = await admin.post(
             "/v1/experiments",
             content=msgspec.json.encode(spec),

@@ -24,6 +24,9 @@ Key layout (``{p}`` = key prefix):
 - ``{p}:evlog:req`` LIST — pending query requests (msgpack), consumed by the owner;
 - ``{p}:evlog:resp:<id>`` LIST — one response, expires after ``RESPONSE_TTL_S``;
 - ``{p}:evlog:owner`` STRING — owner heartbeat (owner pid), expires after 5 s.
+
+Every command touches one key, so the relay works on a Redis Cluster as it is: the server passes
+``connect`` (its cluster-aware client factory, ``decision_api.redis_client.connect_sync``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -65,6 +68,16 @@ class _Response(msgspec.Struct, frozen=True, array_like=True):
     error: str = ""
 
 
+Connect = Callable[..., redis.Redis]
+"""Makes the blocking Redis client from connection options (``socket_timeout``...)."""
+
+
+def _client(redis_url: str, connect: Connect | None, **options: Any) -> redis.Redis:
+    if connect is not None:
+        return connect(**options)
+    return redis.Redis.from_url(redis_url, **options)
+
+
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(_Request)
 _response_decoder = msgspec.msgpack.Decoder(_Response)
@@ -85,9 +98,17 @@ class RelayEventLog:
 
     embedded = False
 
-    def __init__(self, redis_url: str, prefix: str, *, timeout_s: float = 60.0) -> None:
-        self._redis = redis.Redis.from_url(
-            redis_url, socket_timeout=timeout_s + 5, socket_connect_timeout=2
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        *,
+        timeout_s: float = 60.0,
+        connect: Connect | None = None,
+    ) -> None:
+        """``connect`` (if given) makes the client instead of ``redis_url``."""
+        self._redis = _client(
+            redis_url, connect, socket_timeout=timeout_s + 5, socket_connect_timeout=2
         )
         self._keys = RelayKeys(prefix)
         self._timeout_s = timeout_s
@@ -155,9 +176,15 @@ class RelayEventLog:
 class Owner:
     """Holds the real event log; drains the stream into it and answers queries."""
 
-    def __init__(self, event_log: ClickHouseEventLog, redis_url: str, prefix: str) -> None:
+    def __init__(
+        self,
+        event_log: ClickHouseEventLog,
+        redis_url: str,
+        prefix: str,
+        connect: Connect | None = None,
+    ) -> None:
         self._log = event_log
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=2)
+        self._redis = _client(redis_url, connect, socket_timeout=10, socket_connect_timeout=2)
         self._keys = RelayKeys(prefix)
         self.inserted = 0
 
@@ -235,7 +262,9 @@ class Owner:
         self._redis.close()
 
 
-def run_owner(event_log_url: str, redis_url: str, prefix: str, stop: Any) -> Owner:
+def run_owner(
+    event_log_url: str, redis_url: str, prefix: str, stop: Any, connect: Connect | None = None
+) -> Owner:
     """Own the event log until ``stop.is_set()``; then drain what is left and return.
 
     A failing insert (chdb error) leaves its entry unacknowledged in the stream: it is retried
@@ -245,7 +274,7 @@ def run_owner(event_log_url: str, redis_url: str, prefix: str, stop: Any) -> Own
 
     event_log = open_event_log(event_log_url)
     event_log.migrate()
-    owner = Owner(event_log, redis_url, prefix)
+    owner = Owner(event_log, redis_url, prefix, connect)
     owner.start()
     log.info("event_log_owner_started", pid=os.getpid())
     retry_pending = True

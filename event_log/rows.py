@@ -78,7 +78,13 @@ class Exposure(
     tag="exposure",
     gc=False,
 ):
-    """A variant served to a unit (every decision, including defaults and holdouts)."""
+    """A variant served to a unit (every decision, including defaults and holdouts).
+
+    A ranked slate logs one exposure per slot: ``slot`` its position (0 first; -1 for a
+    placement that is not a slate), ``item`` the item shown there (also in ``variant``) and
+    ``propensity`` the slot's conditional probability; ``candidates`` how many items the slate
+    was drawn from (0 when not a slate).
+    """
 
     event_id: uuid.UUID
     decision_id: str
@@ -96,6 +102,9 @@ class Exposure(
     context: dict[str, str]
     campaign: str = ""
     send_at_ms: int | None = None
+    slot: int = -1
+    item: str = ""
+    candidates: int = 0
 
     def row(self) -> tuple[object, ...]:
         """Values in ``EXPOSURE_COLUMNS`` order."""
@@ -116,13 +125,19 @@ class Exposure(
             self.context,
             self.campaign,
             self.send_at_ms,
+            self.slot,
+            self.item,
+            self.candidates,
         )
 
 
 class Outcome(
     msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag_field="kind", tag="outcome"
 ):
-    """Something a unit did after a decision: a click, open, purchase (with value)."""
+    """Something a unit did after a decision: a click, open, purchase (with value).
+
+    ``slot``/``item`` name the slot of a slate that earned it (-1 / empty when not said).
+    """
 
     event_id: uuid.UUID
     ts_ms: int
@@ -132,6 +147,8 @@ class Outcome(
     type: str
     value: float
     properties: dict[str, str]
+    slot: int = -1
+    item: str = ""
 
     def row(self) -> tuple[object, ...]:
         """Values in ``OUTCOME_COLUMNS`` order."""
@@ -144,6 +161,8 @@ class Outcome(
             self.type,
             self.value,
             self.properties,
+            self.slot,
+            self.item,
         )
 
 
@@ -200,3 +219,22 @@ def stringify(attributes: Mapping[str, Any]) -> dict[str, str]:
         else:
             out[name] = _json.encode(value).decode()
     return out
+
+
+_json_decoder = msgspec.json.Decoder()
+
+
+def parse_context_value(raw: str) -> str | int | float | list[str]:
+    """Undo :func:`stringify` for a logged context value: JSON lists, numbers, else the string
+    itself (booleans come back as ``0``/``1``)."""
+    if raw.startswith("["):
+        try:
+            items = _json_decoder.decode(raw)
+        except msgspec.DecodeError:
+            return raw
+        return [str(i) for i in items] if isinstance(items, list) else raw
+    try:
+        number = float(raw)
+    except ValueError:
+        return raw
+    return int(number) if number.is_integer() and "." not in raw and "e" not in raw else number

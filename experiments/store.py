@@ -1,19 +1,20 @@
 """Experiment definitions in Redis, and the lifecycle rules that change them.
 
-Key layout (``{p}`` is ``redis.key_prefix``):
+Key layout (``{p}`` is ``redis.key_prefix``; every key is hash-tagged ``{<p>}`` so that one
+``MULTI`` can change definitions, history and version together on a Redis Cluster):
 
-=========================  ========  ====================================================  =====
-key                        type      holds                                                  TTL
-=========================  ========  ====================================================  =====
-``{p}:exp:defs``           HASH      experiment key -> current definition (JSON)            none
-``{p}:exp:hist:{key}``     HASH      version -> definition as it was (JSON)                 none
-``{p}:exp:version``        STRING    config version, incremented by every change            none
-``{p}:exp:lock``           STRING    admin lock serialising changes (layer allocation)      5 s
-``{p}:exp:contact_caps``   HASH      contact-cap name -> ``ContactCap`` (JSON)              none
-=========================  ========  ====================================================  =====
+===========================  ========  ==================================================  =====
+key                          type      holds                                               TTL
+===========================  ========  ==================================================  =====
+``{{p}}:exp:defs``           HASH      experiment key -> current definition (JSON)         none
+``{{p}}:exp:hist:<key>``     HASH      version -> definition as it was (JSON)              none
+``{{p}}:exp:version``        STRING    config version, incremented by every change         none
+``{{p}}:exp:lock``           STRING    admin lock serialising changes (layer allocation)   5 s
+``{{p}}:exp:contact_caps``   HASH      contact-cap name -> ``ContactCap`` (JSON)           none
+===========================  ========  ==================================================  =====
 
 None of these grows with traffic: one entry per experiment and per change to it. Workers poll
-``{p}:exp:version`` (one GET) and reload the definitions when it moves; see
+``{{p}}:exp:version`` (one GET) and reload the definitions when it moves; see
 :mod:`experiments.cache`.
 """
 
@@ -79,11 +80,12 @@ class ExperimentStore:
 
     def __init__(self, redis: Redis, prefix: str, audit: AuditHook | None = None) -> None:
         self._redis = redis
-        self._defs = f"{prefix}:exp:defs"
-        self._version = f"{prefix}:exp:version"
-        self._lock = f"{prefix}:exp:lock"
-        self._hist = f"{prefix}:exp:hist:"
-        self._caps = f"{prefix}:exp:contact_caps"
+        shared = "{" + prefix + "}"  # one hash slot: changes commit in one MULTI
+        self._defs = f"{shared}:exp:defs"
+        self._version = f"{shared}:exp:version"
+        self._lock = f"{shared}:exp:lock"
+        self._hist = f"{shared}:exp:hist:"
+        self._caps = f"{shared}:exp:contact_caps"
         self._audit = audit
 
     async def config_version(self) -> int:

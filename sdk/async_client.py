@@ -143,17 +143,21 @@ class AsyncTailorClient:
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> DecideResult:
         """A decision for every placement; never raises (see ``TailorClient.decide``).
 
         Each attempt is cancelled after ``timeout_s`` (default ``options.decide_timeout_s``);
         ``exclude`` names, per placement, variants this decision must not choose;
-        ``explain`` asks for ``Decision.explanation`` (see ``TailorClient.decide``).
+        ``explain`` asks for ``Decision.explanation``; ``slates`` asks for ranked slates
+        (``Decision.slate``; see ``TailorClient.decide``).
         """
         if not self._started:
             await self.start()
         try:
-            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude, explain)
+            p = deciding.plan(
+                unit_id, placements, context, consent, self._local, exclude, explain, slates
+            )
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)
@@ -244,10 +248,13 @@ class AsyncTailorClient:
         value: float = 0.0,
         ts: datetime | None = None,
         properties: Mapping[str, str] | None = None,
+        item: str | None = None,
+        slot: int | None = None,
     ) -> str:
         """Buffer an outcome (no I/O, no await); returns its event id.
 
-        Raises ``InvalidRequest`` for values the API would refuse.
+        Raises ``InvalidRequest`` for values the API would refuse. ``item`` or ``slot`` name
+        the slot of a slate that earned it.
         """
         outcome = wire.outcome(
             type,
@@ -257,6 +264,8 @@ class AsyncTailorClient:
             value=value,
             ts=ts,
             properties=properties,
+            item=item,
+            slot=slot,
         )
         self._outcomes.add(outcome)
         self._ensure_task()

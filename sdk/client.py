@@ -182,6 +182,7 @@ class TailorClient:
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> DecideResult:
         """A decision for every placement; never raises.
 
@@ -191,9 +192,14 @@ class TailorClient:
         per placement, variants this decision must not choose (out of stock, already on the
         page); such placements are always decided by the API. ``explain`` asks learning
         policies which features weighed most (``Decision.explanation``; decided by the API).
+        ``slates`` asks, per placement, for a ranked slate: a slot count
+        (``{"carousel": 10}``) or ``{"slots": 10, "candidates": [{"id": ..., "features":
+        {...}}]}`` to rank items of your own; the answer is ``Decision.slate`` (API only).
         """
         try:
-            p = deciding.plan(unit_id, placements, context, consent, self._local, exclude, explain)
+            p = deciding.plan(
+                unit_id, placements, context, consent, self._local, exclude, explain, slates
+            )
         except TailorError as exc:
             self._fallbacks.note(exc)
             return deciding.fallback_result(list(placements), defaults, exc)
@@ -288,11 +294,15 @@ class TailorClient:
         value: float = 0.0,
         ts: datetime | None = None,
         properties: Mapping[str, str] | None = None,
+        item: str | None = None,
+        slot: int | None = None,
     ) -> str:
         """Buffer an outcome for the background flush; returns its event id.
 
         Raises ``InvalidRequest`` (nothing buffered) for values the API would refuse; never
         blocks on the network. Sent within ``options.flush_interval_s``, retried until sent.
+        For a slate, ``item`` (the item's id) or ``slot`` (0 first) names the slot that
+        earned the outcome.
         """
         outcome = wire.outcome(
             type,
@@ -302,6 +312,8 @@ class TailorClient:
             value=value,
             ts=ts,
             properties=properties,
+            item=item,
+            slot=slot,
         )
         self._outcomes.add(outcome)
         if len(self._outcomes) >= self.options.flush_size:

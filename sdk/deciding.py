@@ -44,16 +44,17 @@ def plan(
     local: LocalEvaluator | None,
     exclude: Mapping[str, Sequence[str]] | None = None,
     explain: bool = False,
+    slates: Mapping[str, Any] | None = None,
 ) -> Plan:
     """Check the arguments (raises ``InvalidRequest``) and split local from remote placements.
 
-    A placement with exclusions is always decided by the API (local evaluation does not apply
-    them), as are those the server lists as remote; with ``explain`` every placement is (only
-    the server's models can explain a choice).
+    A placement with exclusions or asking for a slate is always decided by the API (local
+    evaluation applies neither), as are those the server lists as remote; with ``explain``
+    every placement is (only the server's models can explain a choice).
     """
     placements = list(placements)
     ctx = dict(context or {})
-    body = wire.decide_body(unit_id, placements, ctx, consent, exclude, explain)
+    body = wire.decide_body(unit_id, placements, ctx, consent, exclude, explain, slates)
     if local is None or not local.ready or explain:
         return Plan(
             unit_id=unit_id,
@@ -64,12 +65,16 @@ def plan(
             remote=placements,
             remote_body=body,
         )
-    excluded = {p for p, keys in (exclude or {}).items() if keys}
+    excluded = {p for p, keys in (exclude or {}).items() if keys} | set(slates or ())
     here = [p for p in placements if local.can_evaluate(p) and p not in excluded]
     there = [p for p in placements if p not in here]
     remote_body = None
     if there:
-        remote_body = body if not here else wire.decide_body(unit_id, there, ctx, consent, exclude)
+        remote_body = (
+            body
+            if not here
+            else wire.decide_body(unit_id, there, ctx, consent, exclude, slates=slates)
+        )
     return Plan(
         unit_id=unit_id,
         placements=placements,

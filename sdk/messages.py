@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tailor_contract.definitions import KEY_PATTERN
-from tailor_contract.wire import UNIT_ID_PATTERN
+from tailor_contract.wire import ITEM_ID_PATTERN, UNIT_ID_PATTERN
 
 __all__ = ["PATTERNS", "invalid_argument", "unreachable"]
 
@@ -28,6 +28,7 @@ PATTERNS: dict[str, str] = {
     r"\A[A-Za-z0-9_-]+\Z": "letters, digits, '_' or '-'",
     r"\A[0-9a-f]{32}\Z": "32 lower-case hexadecimal digits",
     r"\A[^\x00-\x1f]*\Z": "text without control characters",
+    ITEM_ID_PATTERN: "non-empty text without control characters",
 }
 """Each pattern of the wire schemas, in words."""
 

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from sdk.errors import InvalidRequest, TailorError
-from tailor_contract.wire import Factor, PlacementDecision, RecipientDecision
+from tailor_contract.wire import Factor, PlacementDecision, RecipientDecision, SlotDecision
 
 __all__ = [
     "DecideResult",
@@ -63,6 +63,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     fallback: bool = False
     local: bool = False
     explanation: list[Factor] | None = None
+    slate: list[SlotDecision] | None = None
+    """A ranked slate's items in order (``slates=`` asked for it and a ``vw_slates``
+    experiment serves the placement): each slot's item, propensity and payload."""
 
 
 class DecideResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +157,7 @@ def from_server(answer: PlacementDecision, defaults: Defaults | None) -> Decisio
         model_version=answer.model_version,
         send_at=answer.send_at,
         explanation=answer.explanation,
+        slate=answer.slate,
     )
 
 

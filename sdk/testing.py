@@ -159,10 +159,11 @@ class _FakeCore:
         consent: bool,
         defaults: Defaults | None,
         exclude: Mapping[str, Sequence[str]] | None = None,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> DecideResult:
         listed, ctx = list(placements), dict(context or {})
-        try:
-            deciding.plan(unit_id, listed, ctx, consent, None, exclude)  # the real client's checks
+        try:  # the real client's checks
+            deciding.plan(unit_id, listed, ctx, consent, None, exclude, slates=slates)
         except TailorError as exc:
             result = deciding.fallback_result(listed, defaults, exc)
         else:
@@ -239,6 +240,8 @@ class _FakeCore:
         value: float,
         ts: datetime | None,
         properties: Mapping[str, str] | None,
+        item: str | None = None,
+        slot: int | None = None,
     ) -> str:
         outcome = wire.outcome(  # raises InvalidRequest as the real client does
             type,
@@ -248,6 +251,8 @@ class _FakeCore:
             value=value,
             ts=ts,
             properties=properties,
+            item=item,
+            slot=slot,
         )
         self.recorder.outcomes.append(outcome)
         assert outcome.event_id is not None
@@ -271,10 +276,11 @@ class FakeTailorClient(_FakeCore):
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> DecideResult:
         """The scripted decision for every placement (a scripted ``explanation`` included;
         ``explain`` changes nothing here); never raises (see ``TailorClient``)."""
-        return self._decide(unit_id, placements, context, consent, defaults, exclude)
+        return self._decide(unit_id, placements, context, consent, defaults, exclude, slates)
 
     def decide_batch(
         self,
@@ -306,9 +312,13 @@ class FakeTailorClient(_FakeCore):
         value: float = 0.0,
         ts: datetime | None = None,
         properties: Mapping[str, str] | None = None,
+        item: str | None = None,
+        slot: int | None = None,
     ) -> str:
         """Record an outcome (checked as the real client checks it); returns its event id."""
-        return self._outcome(type, decision_id, unit_id, experiment, value, ts, properties)
+        return self._outcome(
+            type, decision_id, unit_id, experiment, value, ts, properties, item, slot
+        )
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Nothing to send: counts the call and returns True."""
@@ -343,10 +353,11 @@ class FakeAsyncTailorClient(_FakeCore):
         timeout_s: float | None = None,
         exclude: Mapping[str, Sequence[str]] | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> DecideResult:
         """The scripted decision for every placement (a scripted ``explanation`` included;
         ``explain`` changes nothing here); never raises."""
-        return self._decide(unit_id, placements, context, consent, defaults, exclude)
+        return self._decide(unit_id, placements, context, consent, defaults, exclude, slates)
 
     def decide_batch(
         self,
@@ -384,9 +395,13 @@ class FakeAsyncTailorClient(_FakeCore):
         value: float = 0.0,
         ts: datetime | None = None,
         properties: Mapping[str, str] | None = None,
+        item: str | None = None,
+        slot: int | None = None,
     ) -> str:
         """Record an outcome (no await, as in the real client); returns its event id."""
-        return self._outcome(type, decision_id, unit_id, experiment, value, ts, properties)
+        return self._outcome(
+            type, decision_id, unit_id, experiment, value, ts, properties, item, slot
+        )
 
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Nothing to send: counts the call and returns True."""

@@ -111,8 +111,10 @@ def decide_body(
     consent: bool,
     exclude: Mapping[str, Sequence[str]] | None = None,
     explain: bool = False,
+    slates: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """A checked ``POST /v1/decide`` body (``exclude`` kept for the requested placements)."""
+    """A checked ``POST /v1/decide`` body (``exclude`` and ``slates`` kept for the requested
+    placements; a slate given as a number is its slot count)."""
     body: dict[str, Any] = {
         "unit_id": unit_id,
         "placements": placements,
@@ -123,6 +125,12 @@ def decide_body(
         body["exclude"] = {p: list(keys) for p, keys in exclude.items() if p in placements}
     if explain:
         body["explain"] = True
+    if slates:
+        body["slates"] = {
+            p: {"slots": ask} if isinstance(ask, int) and not isinstance(ask, bool) else ask
+            for p, ask in slates.items()
+            if p in placements
+        }
     return encode(validated(body, DecideRequest))
 
 
@@ -141,8 +149,11 @@ def outcome(
     ts: datetime | None,
     properties: Mapping[str, str] | None,
     event_id: str | None = None,
+    item: str | None = None,
+    slot: int | None = None,
 ) -> OutcomeRequest:
-    """A checked outcome carrying its own event id (what makes retries idempotent)."""
+    """A checked outcome carrying its own event id (what makes retries idempotent); ``item`` or
+    ``slot`` name the slot of a slate that earned it."""
     fields: dict[str, Any] = {
         "type": type,
         "event_id": event_id or new_event_id(),
@@ -154,6 +165,8 @@ def outcome(
         ("unit_id", unit_id),
         ("experiment", experiment),
         ("ts", ts),
+        ("item", item),
+        ("slot", slot),
     ):
         if given is not None:
             fields[name] = given

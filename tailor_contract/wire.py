@@ -59,6 +59,9 @@ __all__ = [
     "OutcomeRequest",
     "PlacementDecision",
     "RedisEntry",
+    "SlateCandidate",
+    "SlateRequest",
+    "SlotDecision",
     "TimestampValue",
     "UnitExport",
 ]
@@ -101,12 +104,53 @@ Exclusions = Annotated[
 """Per requested placement, variant keys this request must not get (``{"offer": ["b"]}``)."""
 
 
+ITEM_ID_PATTERN = r"\A[^\x00-\x1f]+\Z"
+ItemId = Annotated[str, Meta(min_length=1, max_length=200, pattern=ITEM_ID_PATTERN)]
+"""An item of a slate (a product id from a recommender, a content block): any printable text."""
+MAX_SLOTS = 50
+MAX_SLATE_CANDIDATES = 500
+
+
+class SlateCandidate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An item a slate may show, passed in the request: its id and the features describing it
+    (what the model learns the item's appeal from, crossed with the visitor's)."""
+
+    id: ItemId
+    features: Annotated[dict[AttributeName, ContextValue], Meta(max_length=50)] = msgspec.field(
+        default_factory=dict
+    )
+
+
+class SlateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A placement asks for a ranked slate of ``slots`` items instead of one variant.
+
+    ``candidates`` are the items to rank (e.g. from a recommender); without them the
+    experiment's variants are ranked. ``slots`` defaults to the policy's ``slots``. Only a
+    ``vw_slates`` experiment ranks; another experiment answers one variant as usual.
+    """
+
+    slots: Annotated[int, Meta(ge=1, le=MAX_SLOTS)] | None = None
+    candidates: (
+        Annotated[list[SlateCandidate], Meta(min_length=1, max_length=MAX_SLATE_CANDIDATES)]
+        | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, candidate in enumerate(self.candidates or ()):
+            if candidate.id in seen:
+                raise ValueError(f"candidates[{i}].id: duplicate item {candidate.id!r}")
+            seen.add(candidate.id)
+
+
 class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/decide``: one unit, one or more placements.
 
     ``exclude`` leaves variants out of this decision, per placement (out of stock, already
     shown on the page): the split or the policy chooses among the others, and a placement with
-    no variant left gets its default with reason ``no_eligible_variant``.
+    no variant left gets its default with reason ``no_eligible_variant``. For a slate it leaves
+    items out of the candidates. ``slates`` asks, per placement, for a ranked list of items
+    (see :class:`SlateRequest`).
     """
 
     unit_id: UnitId
@@ -118,11 +162,17 @@ class DecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     exclude: Exclusions = msgspec.field(default_factory=dict)
     # Ask learning policies why they chose (``PlacementDecision.explanation``); off by default.
     explain: bool = False
+    slates: Annotated[dict[Placement, SlateRequest], Meta(max_length=10)] = msgspec.field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         for placement in self.exclude:
             if placement not in self.placements:
                 raise ValueError(f"exclude: {placement!r} is not one of the requested placements")
+        for placement in self.slates:
+            if placement not in self.placements:
+                raise ValueError(f"slates: {placement!r} is not one of the requested placements")
 
 
 class Factor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -137,11 +187,26 @@ class Factor(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
     weight: float | None = None
 
 
+class SlotDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """One position of a ranked slate: the item shown there and the probability with which the
+    policy put it there given the items of the earlier slots (1.0 for a default order).
+    ``payload`` is the variant's when the experiment's variants are ranked."""
+
+    slot: int
+    item: str
+    propensity: float
+    payload: dict[str, Any] | None = None
+
+
 class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
     """What one placement shows, and why.
 
     ``experiment``/``variant``/``payload`` are absent when no experiment serves the placement
-    (reason ``no_experiment``): the page keeps its built-in default.
+    (reason ``no_experiment``): the page keeps its built-in default. A placement that asked for
+    a slate gets ``slate``, the items in order (``variant``/``payload``/``propensity`` then
+    describe its first slot); a default answer (holdout, no model yet...) ranks the request's
+    candidates in their given order, or the experiment's default variant first and the others
+    in their defined order.
     """
 
     placement: str
@@ -156,6 +221,7 @@ class PlacementDecision(msgspec.Struct, kw_only=True, omit_defaults=True, gc=Fal
     # Only with ``explain: true`` and a learning policy's choice (reason ``policy``): the
     # features that weighed most, most important first (sensitive features never appear).
     explanation: list[Factor] | None = None
+    slate: list[SlotDecision] | None = None
 
 
 class DecideResponse(msgspec.Struct, kw_only=True):
@@ -172,6 +238,8 @@ class OutcomeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     Identify the decision by ``decision_id`` (best) or by ``unit_id`` (optionally narrowed to one
     ``experiment``); at least one of the two is required. ``event_id`` (optional, 32 hex digits)
     makes a resubmission idempotent: the SDK sets it once per outcome and retries with it.
+    For a slate, ``item`` (the item's id) or ``slot`` (its position, 0 first) names the slot that
+    earned the outcome: the reward is that slot's; an outcome naming neither rewards no slot.
     """
 
     type: MetricName
@@ -184,6 +252,8 @@ class OutcomeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     properties: Annotated[dict[AttributeName, ShortText], Meta(max_length=50)] = msgspec.field(
         default_factory=dict
     )
+    item: ItemId | None = None
+    slot: Annotated[int, Meta(ge=0, lt=MAX_SLOTS)] | None = None
 
     def __post_init__(self) -> None:
         if self.decision_id is None and self.unit_id is None:

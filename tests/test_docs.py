@@ -261,21 +261,26 @@ def test_every_event_log_column_is_documented(table: str) -> None:
 
 
 def redis_key_stems() -> set[str]:
-    """Key shapes the code builds: what follows the prefix in ``f"{prefix}:..."`` strings."""
+    """Key shapes the code builds: what follows the prefix in ``f"{prefix}:..."`` strings
+    (documented as ``{p}:...``), and what follows the hash-tagged prefix in ``f"{shared}:..."``
+    and ``f"{{{prefix}}}:..."`` strings (documented as ``{{p}}:...``)."""
     stems = set()
+    plain = r'f"\{(?:self\._)?prefix\}:([a-z_:]+)'
+    tagged = r'f"(?:\{(?:self\._)?shared\}|\{\{\{(?:self\._)?prefix\}\}\}):([a-z_:]+)'
     for package in ("decision_api", "bandits", "experiments"):
         for path in (ROOT / package).rglob("*.py"):
             source = path.read_text(encoding="utf-8")
-            stems |= set(re.findall(r'f"\{(?:self\._)?prefix\}:([a-z_:]+)', source))
+            stems |= {"{p}:" + s for s in re.findall(plain, source)}
+            stems |= {"{{p}}:" + s for s in re.findall(tagged, source)}
     return stems
 
 
 def test_every_redis_key_is_documented() -> None:
     """The Redis key table of data-model.md shows every key shape the code builds."""
     stems = redis_key_stems()
-    assert {"exp:defs", "train", "rl:"} <= stems
+    assert {"{{p}}:exp:defs", "{{p}}:train", "{p}:rl:", "{{p}}:dec:"} <= stems
     text = page("data-model.md")
-    assert [s for s in sorted(stems) if f"`{{p}}:{s}" not in text] == []
+    assert [s for s in sorted(stems) if f"`{s}" not in text] == []
 
 
 def code_blocks(text: str, language: str) -> list[str]:

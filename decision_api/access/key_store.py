@@ -1,18 +1,19 @@
 """API keys created through the admin API or the CLI, stored hashed in Redis.
 
-Key layout (``{p}`` is ``redis.key_prefix``):
+Key layout (``{p}`` is ``redis.key_prefix``; both keys carry the hash tag ``{<p>}``, so the
+``MULTI`` that changes the hash and the version touches one slot of a Redis Cluster):
 
 ========================  =======  ======================================================  ====
 key                       type     value                                                   TTL
 ========================  =======  ======================================================  ====
-``{p}:keys``              HASH     key id -> JSON ``access.keys.ApiKey``                   none
+``{{p}}:keys``            HASH     key id -> JSON ``access.keys.ApiKey``                   none
                                    (``sha256`` digest, scopes, name, own rate limit)
-``{p}:keys:version``      STRING   incremented by every create and revoke                  none
+``{{p}}:keys:version``    STRING   incremented by every create and revoke                  none
 ========================  =======  ======================================================  ====
 
 The secret itself is never stored: it is shown once, in the create response. Revoking deletes
 the hash entry. Neither key grows with traffic (one entry per live key). Workers poll
-``{p}:keys:version`` (one GET) and reload the hash when it moves (:func:`refresh_ring`), so a
+``{{p}}:keys:version`` (one GET) and reload the hash when it moves (:func:`refresh_ring`), so a
 revoked key stops working everywhere within one poll interval.
 
 The first key guards the admin API: once any key exists the API stops being open, so a first
@@ -72,8 +73,9 @@ class KeyStore:
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self._hash = f"{prefix}:keys"
-        self._version = f"{prefix}:keys:version"
+        shared = "{" + prefix + "}"  # one hash slot: a key and the version move in one MULTI
+        self._hash = f"{shared}:keys"
+        self._version = f"{shared}:keys:version"
 
     async def create(
         self,

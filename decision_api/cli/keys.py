@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from decision_api.access.key_store import FirstKeyNeedsAdmin, KeyStore
 from decision_api.access.keys import SCOPES, ApiKey, parse_bootstrap_keys
+from decision_api.redis_client import connect
 from decision_api.settings import Settings
 
 
@@ -120,7 +120,9 @@ def redis_url(settings: Settings) -> str:
 async def _run(
     args: argparse.Namespace, settings: Settings, url: str, *, first_needs_admin: bool
 ) -> int:
-    redis = Redis.from_url(url, decode_responses=True, socket_timeout=5)
+    redis = connect(
+        msgspec.structs.replace(settings.redis, url=url), decode_responses=True, socket_timeout=5
+    )
     try:
         store = KeyStore(redis, settings.redis.key_prefix)
         if args.action == "create":

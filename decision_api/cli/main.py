@@ -8,6 +8,7 @@ are for developers. ``tailor --version`` prints the installed ``tailor-decision-
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -210,7 +211,15 @@ def cmd_event_log_owner(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_owner(settings.event_log.url, settings.redis.url, settings.redis.key_prefix, stop)
+    from decision_api.redis_client import connect_sync
+
+    run_owner(
+        settings.event_log.url,
+        settings.redis.url,
+        settings.redis.key_prefix,
+        stop,
+        functools.partial(connect_sync, settings.redis),
+    )
     return 0
 
 
@@ -247,6 +256,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             stop=stop,
             holder=args.name or f"learn-{os.getpid()}",
             shard=shard,
+            cluster=settings.redis.cluster,
         )
 
     asyncio.run(main())

@@ -172,11 +172,10 @@ def experiment_from_audit(event_log: ClickHouseEventLog, key: str) -> Experiment
 
 
 async def _from_redis(settings: Settings, key: str) -> Experiment:
-    from redis.asyncio import Redis
-
+    from decision_api.redis_client import connect
     from experiments.store import ExperimentStore
 
-    redis = Redis.from_url(settings.redis.url, decode_responses=True)
+    redis = connect(settings.redis, decode_responses=True)
     try:
         return await ExperimentStore(redis, settings.redis.key_prefix).get(key)
     finally:
@@ -371,11 +370,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 async def _create(settings: Settings, spec: ExperimentSpec) -> Experiment:
-    from redis.asyncio import Redis
-
+    from decision_api.redis_client import connect
     from experiments.store import ExperimentStore
 
-    redis = Redis.from_url(settings.redis.url, decode_responses=True)
+    redis = connect(settings.redis, decode_responses=True)
     try:
         return await ExperimentStore(redis, settings.redis.key_prefix).create(spec, time.time())
     finally:

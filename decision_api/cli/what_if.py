@@ -111,7 +111,8 @@ def add_off_policy_command(sub: argparse._SubParsersAction[argparse.ArgumentPars
             "decisions (IPS, SNIPS, DR with intervals, next to the deployed policy's mean "
             'reward). The target is JSON: {"kind": "uniform"}, {"kind": "always", "variant": '
             '"b"}, {"kind": "rules", "rules": [{"when": <condition>, "variant": "b"}], '
-            '"otherwise": "a"}, {"kind": "current"} or {"kind": "current_greedy"}. Asks the '
+            '"otherwise": "a"}, {"kind": "current"}, {"kind": "current_greedy"} or a saved '
+            'model version {"kind": "saved", "version": 12, "greedy": false}. Asks the '
             "running server as `tailor report` does (key with the report scope)."
         ),
     )

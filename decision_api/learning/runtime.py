@@ -27,9 +27,12 @@ from bandits.base import Arm, Candidate, Choice, Policy
 from bandits.join import DecisionRecord, JoinRules, RewardJoin, rules_for
 from bandits.learner import Learner, Shard
 from bandits.serving import ServingPolicies
+from bandits.slates import Slate
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec, candidate_features, is_learning
 from decision_api.metrics import Metrics
+from decision_api.redis_client import connect
+from decision_api.settings import RedisSettings
 from experiments.cache import Compiled
 from experiments.store import ExperimentStore
 from tailor_contract.definitions import Experiment
@@ -125,6 +128,61 @@ class LearningPolicies:
     def explain(self, compiled: Compiled, context: Mapping[str, Any], chosen: str) -> list[Factor]:
         """The features that weighed most in the serving model's choice of ``chosen``."""
         return self.serving.explain(compiled.experiment.key, context, chosen)
+
+    def choose_slate(
+        self,
+        compiled: Compiled,
+        context: Mapping[str, Any],
+        slots: int,
+        rng: np.random.Generator,
+        *,
+        candidates: Sequence[Candidate] | None = None,
+        eligible: Sequence[int] | None = None,
+    ) -> Slate | None:
+        """The current model's ranked slate (its indexes point into ``candidates``, or into the
+        eligible variants), or None when no ranking model serves the experiment."""
+        chosen = self.serving.choose_slate(
+            compiled.experiment.key, context, slots, rng, candidates=candidates, eligible=eligible
+        )
+        return chosen[0] if chosen is not None else None
+
+    def remember_slate(
+        self,
+        decision_id: str,
+        compiled: Compiled,
+        unit_id: str,
+        slate: Slate,
+        candidates: list[str],
+        features: list[dict[str, Any]] | None,
+        context: Mapping[str, Any],
+        now_ms: int,
+    ) -> None:
+        """Queue a slate decision for the reward join: ``candidates`` are the item keys it was
+        drawn from (the slots' indexes point there), ``features`` theirs when they came in the
+        request. Outcomes naming a slot or item reward that slot."""
+        exp = compiled.experiment
+        rules = self.rules.get(exp.key)
+        if rules is None:
+            return
+        first = slate.slots[0]
+        self.join.remember(
+            DecisionRecord(
+                decision_id=decision_id,
+                experiment=exp.key,
+                experiment_version=exp.version,
+                unit_id=unit_id,
+                candidates=candidates,
+                chosen=first.index,
+                propensity=first.propensity,
+                model_version=slate.model_version,
+                context=dict(context),
+                decided_ms=now_ms,
+                slate=[s.index for s in slate.slots],
+                slate_propensities=[s.propensity for s in slate.slots],
+                features=features,
+            ),
+            rules,
+        )
 
     def policy(self, experiment: str) -> Policy | None:
         """The model currently serving an experiment (for bulk, vectorised choices)."""
@@ -287,12 +345,15 @@ async def run_learner_process(
     stop: asyncio.Event,
     holder: str,
     shard: Shard | None = None,
+    cluster: bool = False,
 ) -> LearnerRunner:
     """Run the learner and reward sweeper until ``stop`` (the ``tailor learn`` command); with
     ``shard``, only that shard's experiments are learned (every shard sweeps: finalising a
-    window is atomic, so concurrent sweepers never write an example twice)."""
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    redis_bin = Redis.from_url(redis_url, decode_responses=False)
+    window is atomic, so concurrent sweepers never write an example twice). ``cluster``:
+    ``redis_url`` names a node of a Redis Cluster."""
+    where = RedisSettings(url=redis_url, cluster=cluster)
+    redis = connect(where, decode_responses=True)
+    redis_bin = connect(where, decode_responses=False)
     try:
         runner = LearnerRunner(
             redis_bin,

@@ -11,31 +11,15 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import msgspec
-
-from bandits.base import Example, FeatureValue, Policy
+from bandits.base import Example, Policy
 from bandits.registry import build_policy
 from decision_api.learning.runtime import join_rules_of, spec_of
 from event_log import sql as event_sql
+from event_log.rows import parse_context_value
 from event_log.store import EventLog
 from tailor_contract.definitions import Experiment
 
-_json = msgspec.json.Decoder()
-
-
-def parse_context_value(raw: str) -> FeatureValue:
-    """Undo ``decider.stringify``: JSON lists, numbers, else the string itself."""
-    if raw.startswith("["):
-        try:
-            items = _json.decode(raw)
-        except msgspec.DecodeError:
-            return raw
-        return [str(i) for i in items] if isinstance(items, list) else raw
-    try:
-        number = float(raw)
-    except ValueError:
-        return raw
-    return int(number) if number.is_integer() and "." not in raw and "e" not in raw else number
+__all__ = ["history_examples", "parse_context_value", "warm_policy"]
 
 
 def history_examples(

@@ -4,12 +4,14 @@ What is "about a unit" (see the key layouts in :mod:`decision_api.profiles.store
 :mod:`bandits.join`):
 
 - Redis keys whose Cluster hash tag is the unit id or its pseudonym (``{p}:u:{<unit>}`` profile
-  and any ``{p}:u:{<unit>}:...`` key beside it), and keys tagged with one of the unit's decision
-  ids (``{p}:dec:{<decision>}:...`` records awaiting their reward): the decisions logged for it,
-  those in its join index, and every record whose ``rec`` names the unit (read during the scan:
-  a decision whose exposures never reached the event log has no other trace). Found with one
-  ``SCAN`` over the prefix (plus one ``HGET`` per decision record), so an erasure costs a pass
-  over the keyspace: an admin operation, not a hot path.
+  and any ``{p}:u:{<unit>}:...`` key beside it), the unit's reward-join index
+  (``{{p}}:u:<unit>:join``), and the records of the unit's decisions awaiting their reward
+  (``{{p}}:dec:<decision>:...``): the decisions logged for it, those in its join index, and every
+  record whose ``rec`` names the unit (read during the scan: a decision whose exposures never
+  reached the event log has no other trace). Found with a ``SCAN`` over the prefix and one over
+  the decision records (plus one ``HGET`` per record), on every primary of a Redis Cluster, so an
+  erasure costs a pass over the keyspace: an admin operation, not a hot path. The keys are then
+  deleted per slot.
 - Event-log rows in every table with a ``unit_id`` column (exposures, outcomes, ...) under the
   unit id or its pseudonym (``anon:...``, what units without consent are logged as), removed with
   ``ALTER TABLE ... DELETE`` and ``mutations_sync = 2`` (the rows are rewritten away, not
@@ -21,25 +23,29 @@ What is "about a unit" (see the key layouts in :mod:`decision_api.profiles.store
 Racing writes. Decisions, outcomes and events for the unit may be in flight on any worker while
 it is erased. The erasure first sets a *tombstone* (:class:`Tombstones`): the ``{p}:erased`` ZSET
 holds, per erased unit, a token (a hash of its pseudonym, never the id) scored by the time it
-expires, ``TOMBSTONE_TTL_S`` later. Every writer checks it before writing: the event writer
-(exposures, outcomes), the reward-join and frequency-cap flushers (each one ``ZRANGEBYSCORE`` per
-flush, and no per-item work unless an erasure is recent) and the event and feature scripts
-(atomically, in the same script call). The decision hot path is unchanged. A flush that looked
-at the tombstones just before they were set is covered twice: this worker's flushers are waited
-for (they hold a lock while they write), and the whole sweep runs again ``settle_s`` later for
-the other workers'. Writes for the unit inside the tombstone TTL are dropped: a unit that comes
-back right after its erasure starts afresh two minutes later.
+expires, ``TOMBSTONE_TTL_S`` later; the same token goes to the tombstones of the unit's hash slot
+(``{p}:erased:{<slot tag>}``, see :func:`decision_api.profiles.store.tombstone_key`). Every writer
+checks them before writing: the event writer (exposures, outcomes), the reward-join and
+frequency-cap flushers (each one ``ZRANGEBYSCORE`` of ``{p}:erased`` per flush, and no per-item
+work unless an erasure is recent) and the event and feature scripts (atomically, in the same
+script call, on the slot's set: one slot per script on a Redis Cluster). The decision hot path
+is unchanged. A flush that looked at the tombstones just before they were set is covered
+twice: this worker's flushers are waited for (they hold a lock while they write), and the whole
+sweep runs again ``settle_s`` later for the other workers'. Writes for the unit inside the
+tombstone TTL are dropped: a unit that comes back right after its erasure starts afresh two
+minutes later.
 
 The erasure is recorded in the audit table under the unit's pseudonym (a keyed hash), never the
 raw id. It is idempotent: when the event log is down it fails with 503 before touching Redis, and
 can simply be repeated. Known limits: a write slower than ``settle_s`` on another worker (an
 insert stalled that long), or events another worker spooled to its disk during an event-log
 outage and replays after the tombstone expired, can still land; training examples already
-finalised into the learner's stream (``{p}:train``, trimmed by length) are not searched.
+finalised into the learner's stream (``{{p}}:train``, trimmed by length) are not searched.
 
-Export returns the same set of keys: the profile, keys tagged with the unit id or pseudonym, and
-the decision records (``{p}:dec:{<decision>}:...``: record JSON with the unit id, its context
-and the candidates) of every decision logged for the unit or listed in its join index.
+Export returns the same set of keys: the profile, keys tagged with the unit id or pseudonym, its
+join index, and the decision records (``{{p}}:dec:<decision>:...``: record JSON with the unit id,
+its context and the candidates) of every decision logged for the unit or listed in its join
+index.
 """
 
 from __future__ import annotations
@@ -59,7 +65,13 @@ from redis.exceptions import RedisError
 
 from bandits.join import DecisionRecord
 from decision_api.logging import unit_ref
-from decision_api.profiles.store import OPTOUT_FIELD, decode_feature, decode_profile, unit_key
+from decision_api.profiles.store import (
+    OPTOUT_FIELD,
+    decode_feature,
+    decode_profile,
+    tombstone_key,
+    unit_key,
+)
 from event_log import sql as event_sql
 from event_log.rows import Exposure
 from event_log.store import EventLog
@@ -111,6 +123,9 @@ class Tombstones:
     pseudonym: neither the id nor the pseudonym is stored), score the epoch ms at which it
     expires. Expired members are trimmed by the next erasure, so the set holds the erasures of
     the last ``ttl_s`` seconds. An event logged under the pseudonym (no consent) is matched too.
+    The same member goes to ``{p}:erased:{<slot tag>}``, the tombstones of the unit's hash slot,
+    which the profile write scripts read beside the profile (it expires ``ttl_s`` after the
+    slot's last erasure).
     """
 
     def __init__(
@@ -121,6 +136,7 @@ class Tombstones:
         ttl_s: float = TOMBSTONE_TTL_S,
     ) -> None:
         self._redis = redis
+        self._prefix = prefix
         self.key = f"{prefix}:erased"
         self._pseudonymise = pseudonymise
         self._ttl_ms = int(ttl_s * 1000)
@@ -137,10 +153,13 @@ class Tombstones:
     async def add(self, unit_id: str) -> None:
         """Mark the unit erased for the next ``ttl_s`` seconds (and trim expired marks)."""
         now = int(time.time() * 1000)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zremrangebyscore(self.key, "-inf", now)
-            pipe.zadd(self.key, {self.token(unit_id): now + self._ttl_ms})
-            await pipe.execute()
+        token = self.token(unit_id)
+        for key in (tombstone_key(self._prefix, unit_id), self.key):  # two slots: two MULTIs
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(key, "-inf", now)
+                pipe.zadd(key, {token: now + self._ttl_ms})
+                pipe.pexpire(key, self._ttl_ms + 1000)
+                await pipe.execute()
 
     async def active(self) -> frozenset[str]:
         """The tokens of units erased within the TTL (usually none: one cheap call)."""
@@ -203,20 +222,34 @@ class DataRights:
         self._flushers = tuple(flushers)
         self._tombstones = tombstones
         self._settle_s = settle_s
-        self._dec = f"{prefix}:dec:{{"
+        self._shared = "{" + prefix + "}"
+        self._dec = f"{self._shared}:dec:"
+
+    def _join_index(self, unit: str) -> str:
+        return f"{self._shared}:u:{unit}:join"
 
     async def unit_keys(self, tags: frozenset[str], units: frozenset[str]) -> list[str]:
-        """Every key under the prefix whose hash tag is one of ``tags``, and the records of
-        decisions made for one of ``units`` (found by their content), in one SCAN pass."""
+        """Every key under the prefix whose hash tag is one of ``units``, the units' join
+        indexes, and the records of decisions whose id is in ``tags`` or that were made for one
+        of ``units`` (found by their content): one SCAN pass over the prefix, one over the
+        decision records (each on every primary of a cluster)."""
         found = []
-        records: list[str] = []
         async for key in self._redis.scan_iter(
             match=_escape(self._prefix) + ":*", count=SCAN_COUNT
         ):
             name = _text(key)
-            if hash_tag(name) in tags:
+            if hash_tag(name) in units:
                 found.append(name)
-            elif name.startswith(self._dec) and not name.endswith("}:exps"):
+        indexes = [self._join_index(u) for u in sorted(units)]
+        found += [k for k, n in zip(indexes, await self._exist(indexes), strict=True) if n]
+        records: list[str] = []
+        async for key in self._redis.scan_iter(
+            match=_escape(self._dec) + "*", count=SCAN_COUNT
+        ):
+            name = _text(key)
+            if name.partition(self._dec)[2].partition(":")[0] in tags:
+                found.append(name)
+            elif not name.endswith(":exps"):
                 records.append(name)
                 if len(records) >= SCAN_COUNT:
                     found += await self._records_of(records, units)
@@ -224,13 +257,20 @@ class DataRights:
         found += await self._records_of(records, units)
         return found
 
+    async def _exist(self, keys: Sequence[str]) -> list[int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            replies: list[int] = await pipe.execute()
+        return replies
+
     async def _records_of(self, keys: Sequence[str], units: frozenset[str]) -> list[str]:
         """The keys (with their ``exps`` sets) of the decision records among ``keys`` whose
         unit is one of ``units``: a decision's exposures may never reach the event log (another
         worker dropped them at an erasure), and the join index keeps only the latest one."""
         if not keys:
             return []
-        experiments = [key[: key.rindex("}:") + 2] + "exps" for key in keys]
+        experiments = [key[: key.index(":", len(self._dec)) + 1] + "exps" for key in keys]
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, exps in zip(keys, experiments, strict=True):
                 pipe.hget(key, "rec")
@@ -295,11 +335,11 @@ class DataRights:
         return len(keys), rows, len(unwritten)
 
     async def _joined_decisions(self, ids: frozenset[str]) -> set[str]:
-        """Decision ids in the units' reward-join indexes (``{p}:u:{<unit>}:join``)."""
+        """Decision ids in the units' reward-join indexes (``{{p}}:u:<unit>:join``)."""
         found: set[str] = set()
         for unit in ids:
             index: dict[str, str] = await self._redis.hgetall(  # type: ignore[assignment]
-                f"{self._prefix}:u:{{{unit}}}:join"
+                self._join_index(unit)
             )
             found.update(_text(d) for d in index.values())
         return found

@@ -27,7 +27,12 @@ Consent and erasure are checked inside the write scripts, atomically with the wr
 feature writes leave the profile of a unit that withdrew consent (``x:optout``) untouched, and
 so do they, and queued frequency-cap hits, for a unit erased within the tombstone TTL (see
 :class:`decision_api.privacy.data_rights.Tombstones`), so a write racing an erasure cannot bring the
-unit's key back.
+unit's key back. The scripts read the tombstones of the unit's own hash slot
+(:func:`tombstone_key`), so on a Redis Cluster each touches one slot.
+
+On a Redis Cluster, reads of many profiles (batches, the per-tick coalescing of single
+decisions) are a cluster pipeline of ``HGETALL``: the keys spread over every slot, and the
+client sends each node its share in parallel. On a single server they are a few script calls.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from decision_api.redis_client import is_cluster, key_slot, queue_script, slot_tag
 
 if TYPE_CHECKING:
     from decision_api.privacy.data_rights import Tombstones
@@ -227,6 +234,12 @@ def unit_key(prefix: str, unit_id: str) -> str:
     return f"{prefix}:u:{{{unit_id}}}"
 
 
+def tombstone_key(prefix: str, unit_id: str) -> str:
+    """The erasure tombstones of the unit's hash slot: ``{p}:erased:{<slot tag>}``, a ZSET in
+    the slot of the unit's profile (see :class:`decision_api.privacy.data_rights.Tombstones`)."""
+    return f"{prefix}:erased:{{{slot_tag(key_slot(unit_id))}}}"
+
+
 def encode_feature(value: FeatureValue | Timestamp) -> str:
     """Encode one typed feature for its hash field."""
     match value:
@@ -331,6 +344,7 @@ class RedisFeatureStore:
         self._mget = redis.register_script(_MGETALL)
         self._upsert = redis.register_script(_UPSERT)
         self._opted_out = redis.register_script(_OPTED_OUT)
+        self._cluster = is_cluster(redis)
         self._cap_hits: list[CapHit] = []
         self._cap_lock = asyncio.Lock()
         self.tombstones: Tombstones | None = None
@@ -351,6 +365,13 @@ class RedisFeatureStore:
         prefix = self._prefix + ":u:{"
         for start in range(0, len(unit_ids), MGET_BATCH):
             keys = [prefix + u + "}" for u in unit_ids[start : start + MGET_BATCH]]
+            if self._cluster:  # keys of many slots: one HGETALL each, per node in parallel
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hgetall(key)
+                    hashes: list[dict[str, str]] = await pipe.execute()
+                profiles += [decode_profile(h, now) for h in hashes]
+                continue
             flat_hashes = await self._mget(keys=keys)
             for flat in flat_hashes:
                 if not flat:  # an unknown unit (most of a campaign's, often): no dict to build
@@ -362,10 +383,11 @@ class RedisFeatureStore:
 
     def _guard(self, unit_id: str, now: float) -> tuple[list[str], list[str | int]]:
         """KEYS and the first ARGV of a guarded write script (see ``_GUARD``)."""
+        keys = [self.key(unit_id), tombstone_key(self._prefix, unit_id)]
         tombstones = self.tombstones
         if tombstones is None:
-            return [self.key(unit_id), self._prefix + ":erased"], ["", 0]
-        return [self.key(unit_id), tombstones.key], [tombstones.token(unit_id), int(now * 1000)]
+            return keys, ["", 0]
+        return keys, [tombstones.token(unit_id), int(now * 1000)]
 
     async def upsert_features(
         self, unit_id: str, features: Mapping[str, FeatureValue | Timestamp]
@@ -384,6 +406,13 @@ class RedisFeatureStore:
         found: set[str] = set()
         for start in range(0, len(ids), MGET_BATCH):
             part = ids[start : start + MGET_BATCH]
+            if self._cluster:  # keys of many slots: one HGET each, per node in parallel
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for unit in part:
+                        pipe.hget(self.key(unit), OPTOUT_FIELD)
+                    flags = await pipe.execute()
+                found.update(u for u, flag in zip(part, flags, strict=True) if flag == "1")
+                continue
             flags = await self._opted_out(keys=[self.key(u) for u in part])
             found.update(u for u, flag in zip(part, flags, strict=True) if flag == "1")
         return found
@@ -405,9 +434,11 @@ class RedisFeatureStore:
                 how = ""
                 if event.type in HISTOGRAM_TYPES:
                     how = str(hour_of_week(event.ts))
-                await self._record(
-                    keys=keys,
-                    args=[
+                queue_script(
+                    self._record,
+                    pipe,
+                    keys,
+                    [
                         *guard,
                         event.type,
                         int(event.ts // 86400),
@@ -421,7 +452,6 @@ class RedisFeatureStore:
                         MAX_CATEGORIES,
                         int(now // 86400),
                     ],
-                    client=pipe,
                 )
             return [_WRITTEN[int(code)] for code in await pipe.execute()]
 
@@ -447,10 +477,11 @@ class RedisFeatureStore:
                 hits = await self.tombstones.screen(hits, _unit_of_hit)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for hit in hits:
-                    await self._record_cap(
-                        keys=[self.key(hit.unit_id)],
-                        args=["c:" + hit.field, hit.ts_ms, hit.window_ms, hit.keep, self._ttl_s],
-                        client=pipe,
+                    queue_script(
+                        self._record_cap,
+                        pipe,
+                        [self.key(hit.unit_id)],
+                        ["c:" + hit.field, hit.ts_ms, hit.window_ms, hit.keep, self._ttl_s],
                     )
                 await pipe.execute()
         except RedisError:

@@ -59,6 +59,7 @@ class DecideController(Controller):
             public=is_public(request),
             exclude=data.exclude,
             explain=data.explain,
+            slates=data.slates,
         )
         services.metrics.decision_latency.labels("decide").observe(time.perf_counter() - started)
         return response

@@ -172,6 +172,7 @@ async def _decide(served: _Served, request: DecideRequest, public: bool) -> byte
         public=public,
         exclude=request.exclude,
         explain=request.explain,
+        slates=request.slates,
     )
     return _encoder.encode(response)
 

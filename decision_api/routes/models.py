@@ -1,5 +1,5 @@
-"""Admin API for the models behind learning experiments: inspect, reset, warm-start, and the
-takeover of an apprentice (``POST /v1/experiments/{key}/takeover``)."""
+"""Admin API for the models behind learning experiments: inspect, save a version, reset,
+warm-start, and the takeover of an apprentice (``POST /v1/experiments/{key}/takeover``)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     updated_ms: int
     apprentice: ApprenticeEstimate | None = None
     """An apprentice's off-policy estimate against the split and who serves (``serving``)."""
+    saved_versions: list[int] = msgspec.field(default_factory=list)
+    """Saved versions (oldest first) that off-policy evaluation can name
+    (``{"kind": "saved", "version": n}``)."""
 
 
 async def _learning(key: str, services: Services) -> Experiment:
@@ -66,6 +69,7 @@ class ModelController(Controller):
                 apprentice = None  # a model of the policy before apprentice mode was set
         return ModelInfo(
             apprentice=apprentice,
+            saved_versions=await services.learning.snapshots.saved_versions(key),
             experiment=key,
             version=snap.version,
             generation=snap.gen,
@@ -73,6 +77,27 @@ class ModelController(Controller):
             examples=snap.examples,
             bytes=len(snap.data),
             updated_ms=snap.updated_ms,
+        )
+
+    @post("/save", status_code=200)
+    async def save(self, key: FromPath[str], services: NamedDependency[Services]) -> ModelInfo:
+        """Keep the published model as a saved version (the last 20 are kept), so that it can
+        be evaluated off-policy later; 409 before a model has learned anything."""
+        await _learning(key, services)
+        snapshots = services.learning.snapshots
+        snap = await snapshots.save(key)
+        if snap is None:
+            raise Conflict(f"experiment {key!r} has no trained model to save yet")
+        services.audit("model_saved", "model", key, snap.version, "")
+        return ModelInfo(
+            experiment=key,
+            version=snap.version,
+            generation=snap.gen,
+            kind=snap.kind,
+            examples=snap.examples,
+            bytes=len(snap.data),
+            updated_ms=snap.updated_ms,
+            saved_versions=await snapshots.saved_versions(key),
         )
 
     @post("/reset", status_code=200)

@@ -44,6 +44,7 @@ from decision_api.routes.guards import require
 from decision_api.services import Services
 from experiments.off_policy.targets import (
     OffPolicyResult,
+    SavedTarget,
     TargetSpec,
     check_target,
     evaluate_target,
@@ -76,19 +77,36 @@ class OffPolicyRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     limit: Annotated[int, msgspec.Meta(ge=2, le=500_000)] = 100_000
 
 
-async def _current_model(services: Services, experiment: Experiment) -> Policy:
-    """The experiment's published model, or a Conflict naming ``$.target.kind``."""
+async def _current_model(
+    services: Services, experiment: Experiment, target: TargetSpec | None = None
+) -> Policy:
+    """The model a target names — the published one, or a saved version — or a Conflict naming
+    ``$.target.kind`` (``$.target.version`` for a version that is not saved)."""
     if not is_learning(experiment.policy) or isinstance(experiment.policy, SendTimeThompsonConfig):
         raise Conflict(
             f"experiment {experiment.key!r} has no variant-choosing model "
             f"(policy {experiment.policy.__struct_config__.tag})",
             field="$.target.kind",
         )
-    snap = await services.learning.snapshots.get(experiment.key)
-    if snap is None:
-        raise Conflict(
-            f"experiment {experiment.key!r} has no published model yet", field="$.target.kind"
-        )
+    snapshots = services.learning.snapshots
+    if isinstance(target, SavedTarget):
+        snap = await snapshots.saved(experiment.key, target.version)
+        if snap is None:
+            kept = await snapshots.saved_versions(experiment.key)
+            raise Conflict(
+                f"experiment {experiment.key!r} has no saved model version {target.version} "
+                f"(saved: {', '.join(map(str, kept)) or 'none'})",
+                field="$.target.version",
+            )
+        what = f"saved model version {target.version}"
+    else:
+        snap = await snapshots.get(experiment.key)
+        if snap is None:
+            raise Conflict(
+                f"experiment {experiment.key!r} has no published model yet",
+                field="$.target.kind",
+            )
+        what = "published model"
     spec = spec_of(experiment)
     try:
         return build_policy(
@@ -96,8 +114,7 @@ async def _current_model(services: Services, experiment: Experiment) -> Policy:
         )
     except SnapshotError as exc:
         raise Conflict(
-            f"the published model does not fit the experiment's policy: {exc}",
-            field="$.target.kind",
+            f"the {what} does not fit the experiment's policy: {exc}", field="$.target.kind"
         ) from exc
 
 
@@ -152,7 +169,11 @@ class OffPolicyController(Controller):
         """A target policy's IPS, SNIPS and DR value on the logged decisions."""
         experiment = await services.store.get(key)
         _invalid(check_target, data.target, [v.key for v in experiment.variants])
-        model = await _current_model(services, experiment) if needs_model(data.target) else None
+        model = (
+            await _current_model(services, experiment, data.target)
+            if needs_model(data.target)
+            else None
+        )
         await services.writer.flush()
         return await asyncio.to_thread(_run, services, experiment, data, model)
 
@@ -200,7 +221,7 @@ async def with_targets(
         )
     added = []
     for target in targets:
-        model = await _current_model(services, experiment) if needs_model(target) else None
+        model = await _current_model(services, experiment, target) if needs_model(target) else None
         request = OffPolicyRequest(target=target, level=level)
         result = await asyncio.to_thread(_run, services, experiment, request, model)
         added.append(

@@ -18,10 +18,11 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from redis.exceptions import RedisError
 
+from bandits.join import OutcomeRef
 from decision_api.routes.bodies import StructBody
 from decision_api.routes.guards import require
 from decision_api.services import Services
-from event_log.rows import Outcome, event_time_problem
+from event_log.rows import Outcome, event_time_problem, new_event_id
 from event_log.writer import now_ms
 from tailor_contract.errors import InvalidInput
 from tailor_contract.wire import OutcomeAccepted, OutcomeBatch, OutcomeRequest
@@ -68,7 +69,7 @@ async def accept_outcomes(
     outcomes = []
     opted_out, consent_unknown = await opted_out_units(services, requests)
     for req, ts_ms in zip(requests, times, strict=True):
-        event_id = uuid.UUID(req.event_id) if req.event_id else uuid.uuid4()
+        event_id = uuid.UUID(req.event_id) if req.event_id else new_event_id()
         unit_id, properties = req.unit_id or "", dict(req.properties)
         if unit_id in opted_out:
             unit_id, properties = services.pseudonymise(unit_id), {}
@@ -81,6 +82,8 @@ async def accept_outcomes(
             type=req.type,
             value=req.value,
             properties=properties,
+            slot=-1 if req.slot is None else req.slot,
+            item=req.item or "",
         )
         services.writer.submit(outcome)
         services.metrics.outcomes.labels(req.type).inc()
@@ -126,18 +129,23 @@ async def join_outcomes(
         join = services.learning.join
         if any(join.holds(o.decision_id or None, o.unit_id or None) for o in outcomes):
             await join.flush()
-        for outcome in outcomes:
-            results = await services.learning.join.apply_outcome(
+        refs = [
+            OutcomeRef(
                 event_id=outcome.event_id.hex,
-                outcome_type=outcome.type,
+                type=outcome.type,
                 value=outcome.value,
-                now_ms=now,
                 ts_ms=outcome.ts_ms,
-                rules_of=rules,
                 decision_id=outcome.decision_id or None,
                 unit_id=outcome.unit_id or None,
                 experiment=outcome.experiment or None,
+                slot=None if outcome.slot < 0 else outcome.slot,
+                item=outcome.item or None,
             )
+            for outcome in outcomes
+        ]
+        # Every outcome of a batch in at most two pipelined round trips (not one per outcome).
+        applied = await join.apply_outcomes(refs, now_ms=now, rules_of=rules)
+        for outcome, results in zip(outcomes, applied, strict=True):
             for experiment, result in results:
                 if result == "joined":
                     joined += 1

@@ -53,6 +53,7 @@ from redis.exceptions import RedisError
 
 from bandits.apprentice import ApprenticeEstimate, estimate_of
 from bandits.base import SnapshotError
+from bandits.vw_slates import VWSlatesPolicy
 from decision_api.access.keys import current_actor
 from decision_api.routes.guards import ScopeGuard, connection_key, require
 from decision_api.routes.off_policy import parse_targets, with_targets
@@ -62,6 +63,7 @@ from experiments.reports.build import build_report
 from experiments.reports.html import ASSETS, asset, render_report_page
 from experiments.reports.options import ReportOptionsError, report_options
 from experiments.reports.results import ExperimentReport, ReportOptions
+from experiments.reports.slates import slate_report
 from experiments.reports.text import render_report_text
 from tailor_contract.definitions import Experiment
 from tailor_contract.errors import (
@@ -73,6 +75,7 @@ from tailor_contract.errors import (
     TailorError,
     Unauthorized,
 )
+from tailor_contract.policies import VWSlatesConfig
 
 __all__ = ["COOKIE", "ReportController", "page_guard", "report_asset", "report_page"]
 
@@ -131,7 +134,49 @@ async def _build(
             options = msgspec.structs.replace(options, off_policy=True)
     report = await asyncio.to_thread(build_report, services.event_log, experiment, options)
     report = await _with_apprentice(services, experiment, report)
+    report = await _with_slates(services, experiment, report, options.level)
     return await with_targets(services, experiment, report, specs, options.level)
+
+
+def _window_ms(report: ExperimentReport) -> tuple[int, int]:
+    """The report's period as epoch milliseconds."""
+
+    def ms(text: str) -> int:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+    return ms(report.window.start), ms(report.window.end) + 1
+
+
+async def _with_slates(
+    services: Services, experiment: Experiment, report: ExperimentReport, level: float
+) -> ExperimentReport:
+    """The report with its slates section (a ``vw_slates`` experiment): click rates per slot
+    and item, off-policy per slot with the published model as the learned ranking (left out,
+    with a note, when there is none or the model store cannot be read)."""
+    if not isinstance(experiment.policy, VWSlatesConfig):
+        return report
+    model: VWSlatesPolicy | None = None
+    try:
+        snap = await services.learning.snapshots.get(experiment.key)
+    except RedisError as exc:
+        log.warning("report_model_unavailable", error=str(exc))
+        snap = None
+    if snap is not None and snap.data:
+        try:
+            model = VWSlatesPolicy.restore(experiment.policy, snap.data, version=str(snap.version))
+        except SnapshotError:
+            model = None  # a model of another policy before the definition changed
+    start_ms, end_ms = _window_ms(report)
+    section = await asyncio.to_thread(
+        slate_report,
+        services.event_log,
+        experiment,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        model=model,
+        level=level,
+    )
+    return msgspec.structs.replace(report, slates=section)
 
 
 async def _with_apprentice(

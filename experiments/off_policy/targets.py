@@ -10,8 +10,11 @@ A target is named by a small JSON document (:data:`TargetSpec`, tagged by ``kind
   decides; ``variant`` (and ``otherwise``) is a variant key or a probability table
   ``{"a": 0.2, "b": 0.8}`` over variant keys (missing keys get 0; values must sum to 1);
 * ``{"kind": "current"}`` / ``{"kind": "current_greedy"}`` — the experiment's current model
-  (the published snapshot; only the latest is stored, so no older version can be asked for):
-  its pmf on every logged context, or a one-hot on that pmf's highest entry.
+  (the published snapshot): its pmf on every logged context, or a one-hot on that pmf's
+  highest entry;
+* ``{"kind": "saved", "version": 12, "greedy": false}`` — a saved version of the model (saved
+  by an admin, or automatically when a reset, warm start or takeover replaced it; the last 20
+  per experiment are kept, :mod:`bandits.snapshots`), its pmf or its greedy choice.
 
 :func:`target_matrix` turns a target into the probabilities π(a | x_i) for every logged row,
 plus a *cell* per row (the rule that matched, or the model's preferred variant) that the doubly
@@ -49,6 +52,7 @@ __all__ = [
     "OffPolicyResult",
     "RuleRow",
     "RulesTarget",
+    "SavedTarget",
     "TargetSpec",
     "UniformTarget",
     "check_target",
@@ -103,12 +107,22 @@ class CurrentGreedyTarget(_Target, frozen=True, tag="current_greedy"):
     """The experiment's current model without exploration: its pmf's highest entry."""
 
 
-TargetSpec = UniformTarget | AlwaysTarget | RulesTarget | CurrentTarget | CurrentGreedyTarget
+class SavedTarget(_Target, frozen=True, tag="saved"):
+    """A saved version of the experiment's model (``POST .../model/save``, or the model a
+    reset, warm start or takeover replaced): its pmf, or with ``greedy`` its highest entry."""
+
+    version: Annotated[int, msgspec.Meta(ge=1)]
+    greedy: bool = False
+
+
+TargetSpec = (
+    UniformTarget | AlwaysTarget | RulesTarget | CurrentTarget | CurrentGreedyTarget | SavedTarget
+)
 
 
 def needs_model(target: TargetSpec) -> bool:
-    """Whether the target is built from the experiment's current model."""
-    return isinstance(target, CurrentTarget | CurrentGreedyTarget)
+    """Whether the target is built from one of the experiment's models (current or saved)."""
+    return isinstance(target, CurrentTarget | CurrentGreedyTarget | SavedTarget)
 
 
 class OffPolicyResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,7 +227,10 @@ def target_matrix(
         case _:
             if policy is None:
                 raise ValueError("$.target.kind: the experiment has no model to evaluate")
-            pi, best = _model_matrix(policy, examples, isinstance(target, CurrentGreedyTarget))
+            greedy = isinstance(target, CurrentGreedyTarget) or (
+                isinstance(target, SavedTarget) and target.greedy
+            )
+            pi, best = _model_matrix(policy, examples, greedy)
             return pi, best, [f"prefers {key}" for key in keys]
 
 
@@ -238,6 +255,9 @@ def describe_target(target: TargetSpec) -> str:
             return f"a rule table of {len(target.rules)} rules and a default"
         case CurrentTarget():
             return "the current model, as it chooses (with exploration)"
+        case SavedTarget(version=version, greedy=greedy):
+            how = "greedy (its most probable variant)" if greedy else "as it chose"
+            return f"saved model version {version}, {how}"
         case _:
             return "the current model, greedy (its most probable variant)"
 

@@ -28,6 +28,7 @@ from experiments.reports.results import (
     SegmentReport,
     UpliftSection,
 )
+from experiments.reports.slates import SlateReport
 from experiments.reports.verdict import format_chance
 from experiments.statistics.intervals import Interval
 
@@ -253,6 +254,52 @@ def _off_policy(o: OffPolicySection | None) -> str:
     )
 
 
+def _rate_iv(iv: Interval | None) -> str:
+    if iv is None or math.isnan(iv.estimate):
+        return "–"
+    return f"{iv.estimate:.2%} [{iv.lower:.2%}, {iv.upper:.2%}]"
+
+
+def _slates(s: SlateReport | None) -> str:
+    """Click rate per slot (policy, holdout), off-policy per slot, the most shown item-slots."""
+    if s is None:
+        return ""
+    slots = _table(
+        ["Slot", "Exposures", "Click rate", "Holdout exposures", "Holdout click rate"],
+        [
+            [str(r.slot), f"{r.exposures:,}", _pct(r.click_rate), f"{r.holdout_exposures:,}",
+             "–" if r.holdout_click_rate is None else _pct(r.holdout_click_rate)]
+            for r in s.slots
+        ],
+        "slots",
+    )  # fmt: skip
+    estimates = _table(
+        ["Slot", "n", "Logged", "Random order IPS", "Random SNIPS", "Learned ranking IPS",
+         "Learned SNIPS"],
+        [
+            [str(e.slot), f"{e.n:,}", _pct(e.logged), _rate_iv(e.random_ips),
+             _rate_iv(e.random_snips), _rate_iv(e.learned_ips), _rate_iv(e.learned_snips)]
+            for e in s.estimates
+        ],
+        "slot-estimates",
+    )  # fmt: skip
+    items = _table(
+        ["Item", "Slot", "Exposures", "Clicks", "Click rate"],
+        [
+            [_e(r.item), str(r.slot), f"{r.exposures:,}", f"{r.clicks:,}", _pct(r.click_rate)]
+            for r in s.items
+        ],
+        "slot-items",
+    )
+    notes = "".join(f'<p class="note">{_e(n)}</p>' for n in s.notes)
+    return (
+        f'<section class="slates"><h2>Slates</h2><p class="note">{s.decisions:,} decisions; '
+        f"a click is a {_e(s.metric)} outcome naming its slot or item.</p>{slots}"
+        "<h3>Off-policy click rate per slot (95% CI)</h3>"
+        f"{estimates}<h3>Items by slot</h3>{items}{notes}</section>"
+    )
+
+
 def _apprentice(a: ApprenticeStatus | None) -> str:
     """Who serves an apprentice experiment, the learner's estimate, and the takeover."""
     if a is None:
@@ -434,6 +481,7 @@ attribution window {report.window.attribution_window_s // 3600} h</p>
 <section class="verdict status-{_e(v.status)}"><p class="headline">{_e(v.headline)}</p>
 <ul>{details}</ul></section>
 {_apprentice(report.apprentice)}
+{_slates(report.slates)}
 {_adaptive(report.adaptive)}
 {_drivers(report.drivers)}
 <section><h2>Traffic</h2>{_arms(report)}</section>

@@ -344,3 +344,31 @@ WHERE experiment = {{experiment:String}} AND {_DECIDED} AND {_IN_RANGE}
 GROUP BY bucket, vi
 ORDER BY bucket, vi
 """
+
+
+# Ranked slates (experiments.reports.slates): the latest slot exposures of the experiment in
+# [start, end), newest decision first, and the outcomes of one type naming a slot or an item
+# of those decisions (by decision id).
+SLATE_EXPOSURES: Final = """
+SELECT decision_id, slot, item, propensity, reason, holdout, candidates, context,
+       toUnixTimestamp64Milli(ts) AS ts_ms
+FROM exposures FINAL
+WHERE experiment = {experiment:String} AND slot >= 0
+  AND ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+ORDER BY ts DESC, decision_id, slot
+LIMIT {limit:UInt32}
+"""
+SLATE_OUTCOMES: Final = """
+SELECT decision_id, slot, item, toUnixTimestamp64Milli(ts) AS ts_ms
+FROM outcomes FINAL
+WHERE type = {metric:String} AND experiment IN ('', {experiment:String})
+  AND (slot >= 0 OR item != '') AND decision_id != ''
+  AND ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+  AND decision_id IN (
+    SELECT decision_id FROM exposures
+    WHERE experiment = {experiment:String} AND slot >= 0
+      AND ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+      AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+  )
+"""

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from experiments.off_policy.estimators import OffPolicyEstimate
+from experiments.reports.slates import SlateReport
 from experiments.statistics.bayesian import BayesianResult
 from experiments.statistics.cuped import CupedResult
 from experiments.statistics.frequentist import LiftResult
@@ -525,4 +526,6 @@ class ExperimentReport(msgspec.Struct, frozen=True, kw_only=True):
     """Learning policies: what drives the choice, most important first (feature importance)."""
     apprentice: ApprenticeStatus | None = None
     """Apprentice mode: who serves, the policy's estimate against the rule, the takeover."""
+    slates: SlateReport | None = None
+    """Ranked slates: click rates per slot and item, off-policy estimates per slot."""
     """Why the guard-rail check paused the experiment (``auto_pause_on_harm``), if it did."""

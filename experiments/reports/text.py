@@ -15,6 +15,7 @@ from experiments.reports.results import (
     ExperimentReport,
     MetricReport,
 )
+from experiments.reports.slates import SlateReport
 from experiments.reports.verdict import format_chance
 from experiments.statistics.intervals import Interval
 
@@ -56,6 +57,47 @@ def _value_iv(iv: Interval) -> str:
     if math.isnan(iv.estimate):
         return "-"
     return f"{iv.estimate:+.4f} [{iv.lower:.4f}, {iv.upper:.4f}]"
+
+
+def _rate_iv(iv: Interval | None) -> str:
+    """A click rate with its interval, in percent."""
+    if iv is None or math.isnan(iv.estimate):
+        return "-"
+    return f"{iv.estimate:.2%} [{iv.lower:.2%}, {iv.upper:.2%}]"
+
+
+def _slates(s: SlateReport) -> list[str]:
+    """Click rate per slot (policy and holdout), off-policy per slot, the top item-slots."""
+    lines = ["", f"slates ({s.decisions:,} decisions; a click = a {s.metric} naming the slot)"]
+    lines += _table(
+        ["slot", "exposures", "click rate", "holdout exposures", "holdout click rate"],
+        [
+            [str(r.slot), f"{r.exposures:,}", _pct(r.click_rate), f"{r.holdout_exposures:,}",
+             "-" if r.holdout_click_rate is None else _pct(r.holdout_click_rate)]
+            for r in s.slots
+        ],
+    )  # fmt: skip
+    if s.estimates:
+        lines += ["", "off-policy click rate per slot (IPS, SNIPS; 95% CI)"]
+        lines += _table(
+            ["slot", "n", "logged", "random IPS", "random SNIPS", "learned IPS", "learned SNIPS"],
+            [
+                [str(e.slot), f"{e.n:,}", _pct(e.logged), _rate_iv(e.random_ips),
+                 _rate_iv(e.random_snips), _rate_iv(e.learned_ips), _rate_iv(e.learned_snips)]
+                for e in s.estimates
+            ],
+        )  # fmt: skip
+    if s.items:
+        lines += ["", "items by slot (most shown first)"]
+        lines += _table(
+            ["item", "slot", "exposures", "clicks", "click rate"],
+            [
+                [r.item, str(r.slot), f"{r.exposures:,}", f"{r.clicks:,}", _pct(r.click_rate)]
+                for r in s.items[:20]
+            ],
+        )
+    lines += [f"  {note}" for note in s.notes]
+    return lines
 
 
 def _comparison(c: Comparison) -> list[str]:
@@ -233,6 +275,8 @@ def render_report_text(report: ExperimentReport) -> str:
     )
     if report.apprentice is not None:
         lines += ["", "apprentice", f"  {report.apprentice.sentence}"]
+    if report.slates is not None:
+        lines += _slates(report.slates)
     if report.adaptive is not None:
         lines += _adaptive(report.adaptive)
     for m in report.metrics:

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Literal, TypeVar
 
 import msgspec
 import numpy as np
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bandits.join import (
     DecisionRecord,
     JoinRules,
+    OutcomeRef,
     RewardJoin,
     TrainingExample,
     decode_entry,
     rules_for,
 )
+from decision_api.redis_client import is_cluster
+
+pytestmark = pytest.mark.redis_cluster
 
 T0 = 1_700_000_000_000  # decision time (ms) of every record here
 WINDOW_S = 60
@@ -591,9 +597,77 @@ async def test_a_failed_flush_keeps_holding_what_it_did_not_write(join: RewardJo
     assert join.holds("d1", None) and join.holds(None, "u1")
 
 
+def _slate_record(decision_id: str, unit_id: str = "u1") -> DecisionRecord:
+    """A 3-slot slate over items a..d: c, a, d in slot order."""
+    return msgspec.structs.replace(
+        _record(decision_id, unit_id=unit_id),
+        candidates=["a", "b", "c", "d"],
+        chosen=2,
+        propensity=0.5,
+        slate=[2, 0, 3],
+        slate_propensities=[0.5, 0.4, 0.6],
+    )
+
+
+async def test_slate_outcomes_accumulate_per_slot_and_finalise_as_one_reward_per_slot(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """Under ``sum`` a slate's outcomes add up per slot (by item or by slot, by decision id or
+    by unit); an outcome naming no slot, an item not shown or a slot out of range is ignored;
+    slots without an outcome get the default; each slot is clipped to the reward range."""
+    rules = {"hero": _rules("sum", default=0.0, lo=0.0, hi=1.5)}
+    join.remember(_slate_record("d1"), rules["hero"])
+    await join.flush()
+    applied = [
+        await join.apply_outcome(
+            event_id=f"e{i}", outcome_type="click", value=0.0, now_ms=T0 + 1000,
+            rules_of=rules, decision_id=did, unit_id=unit, experiment=None, **where,
+        )
+        for i, (did, unit, where) in enumerate([
+            ("d1", None, {"item": "a"}),
+            (None, "u1", {"item": "a"}),
+            ("d1", None, {"slot": 0}),
+            ("d1", None, {"item": "a", "slot": 1}),
+            ("d1", None, {}),
+            ("d1", None, {"item": "b"}),
+            ("d1", None, {"slot": 3}),
+            ("d1", None, {"item": "a", "slot": 2}),
+        ])
+    ]  # fmt: skip
+    assert [r[0][1] for r in applied] == [
+        "joined", "joined", "joined", "joined", "ignored", "ignored", "ignored", "ignored"
+    ]
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert example.rewards == [1.0, 1.5, 0.0]
+    assert (example.reward, example.joined) == (2.5, True)
+    assert example.record == _slate_record("d1")
+    assert example.record.slate_items == ["c", "a", "d"]
+
+
+async def test_a_slate_without_outcomes_is_learned_with_the_default_per_slot(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A slate nobody clicked is finalised once, every slot with the default reward."""
+    rules = {"hero": _rules(default=0.25)}
+    join.remember(_slate_record("d1"), rules["hero"])
+    await join.flush()
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    [example] = await _stream(redis, join)
+    assert (example.rewards, example.joined) == ([0.25, 0.25, 0.25], False)
+
+
 async def _command_calls(redis: Redis) -> dict[str, int]:
-    stats = await redis.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    """Calls per command so far, summed over every primary on a cluster."""
+    if not is_cluster(redis):
+        stats = await redis.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    per_node = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    calls: Counter[str] = Counter()
+    for stats in per_node.values():
+        for name, v in stats.items():
+            calls[name.removeprefix("cmdstat_")] += int(v["calls"])
+    return dict(calls)
 
 
 async def test_finalising_reads_a_record_with_one_hmget(join: RewardJoin, redis: Redis) -> None:
@@ -643,3 +717,54 @@ async def test_an_outcome_naming_only_its_decision_reaches_every_experiment(
     await join.finalize_due(T0 + WINDOW_S * 1000)
     rewards = {e.record.experiment: e.reward for e in await _stream(redis, join)}
     assert (rewards["hero"], rewards["banner"]) == (pytest.approx(0.4), pytest.approx(0.4))
+
+
+async def test_a_batch_of_outcomes_costs_two_round_trips(
+    join: RewardJoin, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes by decision id (with or without experiment) and by unit (with or without) are
+    applied together: one pipelined read of the units' indexes, one pipeline of script calls,
+    no command sent on its own; each outcome gets its own results, in order."""
+    rules = {"hero": _rules(), "banner": _rules("sum")}
+    for i in range(40):
+        for name in ("hero", "banner"):
+            join.remember(_record(f"d{i}", name, unit_id=f"u{i}"), rules[name])
+    await join.flush()
+    outcomes = []
+    for i in range(40):
+        kind = i % 4
+        named = {
+            "decision_id": f"d{i}" if kind < 2 else None,
+            "unit_id": f"u{i}" if kind >= 2 else None,
+            "experiment": "hero" if kind in (1, 2) else None,
+        }
+        outcomes.append(
+            OutcomeRef(event_id=f"e{i}", type="click", value=0.0, ts_ms=T0 + 1000, **named)
+        )
+    outcomes.append(OutcomeRef(event_id="e-none", type="click", value=0.0, ts_ms=T0 + 1000,
+                               unit_id="nobody"))  # fmt: skip
+    pipelines: list[int] = []
+    single: list[object] = []
+    real_pipeline = join._redis.pipeline
+
+    def counted_pipeline(*args: object, **kwargs: object) -> object:
+        pipelines.append(1)
+        return real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def sent_alone(*args: object, **kwargs: object) -> object:
+        single.append(args[0])
+        raise AssertionError(f"{args[0]} sent on its own")
+
+    monkeypatch.setattr(join._redis, "pipeline", counted_pipeline)
+    monkeypatch.setattr(join._redis, "execute_command", sent_alone)
+    got = await join.apply_outcomes(outcomes, now_ms=T0 + 2000, rules_of=rules)
+    assert (len(pipelines), single) == (2, [])
+    both = [("banner", "joined"), ("hero", "joined")]
+    for i, results in enumerate(got[:40]):
+        assert sorted(results) == (both if i % 4 in (0, 3) else [("hero", "joined")]), i
+    assert got[40] == []
+    monkeypatch.undo()
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    rewarded = {(e.record.decision_id, e.record.experiment) for e in await _stream(redis, join)
+                if e.joined}  # fmt: skip
+    assert len(rewarded) == 10 * 2 + 10 + 10 + 10 * 2

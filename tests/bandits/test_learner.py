@@ -83,7 +83,7 @@ def _counts(policy: ThompsonPolicy) -> dict[str, tuple[float, float]]:
 
 
 async def _pending(redis_bin: Redis, namespace: str) -> int:
-    info = await redis_bin.xpending(f"{namespace}:train", JOIN_GROUP)
+    info = await redis_bin.xpending(f"{{{namespace}}}:train", JOIN_GROUP)
     return int(info["pending"])
 
 

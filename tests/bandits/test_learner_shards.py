@@ -107,7 +107,7 @@ async def test_two_shards_learn_every_example_once_and_trim_below_the_slower(
     assert all(owned) and sorted(owned[0] + owned[1]) == sorted(EXPERIMENTS)
     for learner in shards:
         await learner.start()
-    stream = f"{namespace}:train"
+    stream = f"{{{namespace}}}:train"
     total = 150 * len(EXPERIMENTS)
     assert await _drain(shards[0]) == total  # it reads everything, learns its own
     assert (shards[0].learned, shards[0].others) == (150 * len(owned[0]), 150 * len(owned[1]))

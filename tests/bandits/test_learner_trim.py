@@ -34,7 +34,7 @@ async def test_published_examples_are_trimmed_and_pending_ones_kept(
 ) -> None:
     """After a publish the stream holds only what is not yet in a snapshot: records carry raw
     unit ids and context, so they must not linger until MAXLEN trimming."""
-    stream = f"{namespace}:train"
+    stream = f"{{{namespace}}}:train"
     await feed(redis_bin, namespace, bernoulli_examples(EXP, 600, np.random.default_rng(3)))
     learner = Learner(redis_bin, namespace, _specs, batch_size=200)
     await learner.start()

@@ -27,6 +27,8 @@ from decision_api.cli.main import main as tailor_main
 from decision_api.redis_server import free_port
 from decision_api.settings import AuthSettings, EventLogSettings, RedisSettings, Settings
 
+pytestmark = pytest.mark.redis_cluster
+
 Client = AsyncTestClient[Litestar]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,7 +187,7 @@ async def test_keys_created_listed_revoked(keyed: Client, redis: Redis, namespac
     assert all("secret" not in k and "digest" not in k for k in listed)
     assert secret not in str(listed)
 
-    stored = await redis.hgetall(f"{namespace}:keys")
+    stored = await redis.hgetall(f"{{{namespace}}}:keys")
     assert list(stored) == [key_id]
     assert secret not in stored[key_id] and digest(secret) in stored[key_id]
 
@@ -307,19 +309,23 @@ def test_cli_creates_lists_and_revokes(redis_url: str, namespace: str) -> None:
 
 
 async def test_cli_refuses_a_first_key_without_admin(
-    redis_url: str, namespace: str, redis: Redis
+    redis_settings: RedisSettings, namespace: str, redis: Redis
 ) -> None:
     """The first key created with the CLI must include admin: the command refuses, says why and
-    stores nothing; a first admin key is accepted, and then any key."""
-    env = {"TAILOR_REDIS_URL": redis_url, "TAILOR_REDIS_KEY_PREFIX": namespace}
+    stores nothing; a first admin key is accepted, and then any key (on a cluster too)."""
+    env = {
+        "TAILOR_REDIS_URL": redis_settings.url,
+        "TAILOR_REDIS_CLUSTER": str(redis_settings.cluster).lower(),
+        "TAILOR_REDIS_KEY_PREFIX": namespace,
+    }
     refused = tailor_keys(env, "create", "--scope", "report")
     assert refused.returncode == 2
     assert "first key must include the admin scope" in refused.stderr
     assert "secret" not in refused.stdout
-    assert await redis.hlen(f"{namespace}:keys") == 0  # type: ignore[misc]
+    assert await redis.hlen(f"{{{namespace}}}:keys") == 0  # type: ignore[misc]
     assert tailor_keys(env, "create", "--scope", "admin").returncode == 0
     assert tailor_keys(env, "create", "--scope", "report").returncode == 0
-    assert await redis.hlen(f"{namespace}:keys") == 2  # type: ignore[misc]
+    assert await redis.hlen(f"{{{namespace}}}:keys") == 2  # type: ignore[misc]
 
 
 def test_cli_takes_a_non_admin_first_key_when_keys_are_configured(

@@ -45,12 +45,14 @@ ZONES = (
 )  # fmt: skip
 EXPOSURES_SQL = """
 SELECT decision_id, unit_id, experiment, placement, variant, reason, holdout, campaign,
-       toUnixTimestamp64Milli(send_at), context
+       toUnixTimestamp64Milli(send_at), context, propensity, policy, policy_version,
+       toUnixTimestamp64Milli(ts), experiment_version
 FROM exposures WHERE campaign = {campaign:String}
 """
 EXPOSURE_FIELDS = (
     "decision_id", "unit_id", "experiment", "placement", "variant", "reason", "holdout",
-    "campaign", "send_at_ms", "context",
+    "campaign", "send_at_ms", "context", "propensity", "policy", "policy_version", "ts_ms",
+    "experiment_version",
 )  # fmt: skip
 
 
@@ -562,7 +564,8 @@ async def test_every_recipient_is_logged_with_campaign_and_send_at(
     client: Client, tag: str
 ) -> None:
     """Each decided recipient has one exposure per placement carrying the campaign, its
-    decision id and (for the send-time placement) send_at; a bad recipient logs nothing."""
+    decision id, the answer's variant, propensity, policy, model version and reason, and (for
+    the send-time placement) send_at; a bad recipient logs nothing."""
     send_key, send_placement = f"st-log-{tag}", f"send-{tag}"
     content_key, content_placement = f"subj-{tag}", f"subject-{tag}"
     await start(client, send_time_spec(send_key, send_placement,
@@ -595,6 +598,12 @@ async def test_every_recipient_is_logged_with_campaign_and_send_at(
         send_at = instant(placed(result, send_placement)["send_at"])
         assert timing["send_at_ms"] == int(send_at.timestamp() * 1000)
         assert timing["variant"] == placed(result, send_placement)["variant"]
+        for row, where in ((content, content_placement), (timing, send_placement)):
+            said = placed(result, where)
+            assert row["propensity"] == pytest.approx(said["propensity"])
+            assert (row["policy"], row["reason"]) == (said["policy"], said["reason"])
+            assert row["policy_version"] == (said.get("model_version") or "")
+        assert content["ts_ms"] == timing["ts_ms"] and content["experiment_version"] >= 1
         assert content["context"]["segment"] == recipient["context"]["segment"]
         assert content["context"]["list"] == "weekly" and content["context"]["campaign"] == campaign
 
@@ -747,7 +756,7 @@ async def test_remembered_send_time_decision_indexes_the_hours_it_chose_among(
     spec = spec_of(experiment.experiment)
     for result in answer["recipients"]:
         decision = placed(result, placement)
-        record_key = f"{prefix}:dec:{{{result['decision_id']}}}:{key}"
+        record_key = f"{{{prefix}}}:dec:{result['decision_id']}:{key}"
 
         async def stored(record_key: str = record_key) -> dict[str, str]:
             found: dict[str, str] = await redis.hgetall(record_key)

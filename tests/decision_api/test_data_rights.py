@@ -25,6 +25,8 @@ from decision_api.settings import Settings
 from event_log.rows import Exposure
 from event_log.spool import SpooledBatch
 
+pytestmark = pytest.mark.redis_cluster
+
 Client = AsyncTestClient[Litestar]
 T = TypeVar("T")
 UNIT = "visitor-7f3a9c"
@@ -100,9 +102,11 @@ async def populate(client: Client, unit: str) -> list[str]:
 
 
 async def redis_dump(redis: Redis, namespace: str) -> dict[str, str]:
-    """Every key under the namespace with its value rendered as text."""
+    """Every key under the namespace (``ns:...`` and ``{ns}:...``) with its value as text."""
     dump = {}
-    async for key in redis.scan_iter(match=f"{namespace}:*", count=1000):
+    keys = [k async for k in redis.scan_iter(match=f"{namespace}:*", count=1000)]
+    keys += [k async for k in redis.scan_iter(match=f"{{{namespace}}}:*", count=1000)]
+    for key in keys:
         kind = await redis.type(key)
         if kind == "hash":
             value: Any = await redis.hgetall(key)
@@ -167,8 +171,8 @@ async def test_erasure_leaves_nothing(
             SpooledBatch(table="exposures", token="t-outage", events=list(spooled))
         )
         # Records kept by decision and by unit (as the reward join keeps them).
-        await redis.hset(f"{namespace}:dec:{{{decisions[0]}}}:hero", "rec", f'["{UNIT}"]')
-        await redis.hset(f"{namespace}:u:{{{UNIT}}}:join", "hero", decisions[0])
+        await redis.hset(f"{{{namespace}}}:dec:{decisions[0]}:hero", "rec", f'["{UNIT}"]')
+        await redis.hset(f"{{{namespace}}}:u:{UNIT}:join", "hero", decisions[0])
         # A queued frequency-cap hit that has not reached Redis yet.
         await decide(verbose, UNIT)
         before_other = await query(
@@ -239,7 +243,7 @@ async def test_export_returns_what_is_stored(client: Client, redis: Redis, names
     Redis records, and exposures and outcomes (also pseudonymised and by decision id)."""
     await start_hero(client)
     decisions = await populate(client, UNIT)
-    await redis.hset(f"{namespace}:u:{{{UNIT}}}:join", "hero", decisions[0])
+    await redis.hset(f"{{{namespace}}}:u:{UNIT}:join", "hero", decisions[0])
     await asyncio.sleep(0.1)  # frequency-cap hits are written asynchronously
     response = await client.get(f"/v1/units/{UNIT}/export")
     assert response.status_code == 200, response.text
@@ -252,7 +256,7 @@ async def test_export_returns_what_is_stored(client: Client, redis: Redis, names
     assert len(body["frequency_caps"]["hero"]) == 2  # consented, non-default exposures
     assert body["personalization"] is True
     assert body["redis"] == [
-        {"key": f"{namespace}:u:{{{UNIT}}}:join", "type": "hash", "value": {"hero": decisions[0]}}
+        {"key": f"{{{namespace}}}:u:{UNIT}:join", "type": "hash", "value": {"hero": decisions[0]}}
     ]
     units = sorted({e["unit_id"] for e in body["exposures"]})
     assert units == sorted([UNIT, body["pseudonym"]])
@@ -332,7 +336,7 @@ async def test_unit_ids_never_logged_raw_when_redis_is_down(
     own = msgspec.structs.replace(
         settings,
         log_level="debug",
-        redis=msgspec.structs.replace(settings.redis, url=server.url),
+        redis=msgspec.structs.replace(settings.redis, url=server.url, cluster=False),
     )
     caplog.set_level(logging.DEBUG)
     try:
@@ -425,10 +429,10 @@ async def test_export_includes_decision_records(client: Client, namespace: str) 
     body = (await client.get(f"/v1/units/{UNIT}/export")).json()
     entries = {entry["key"]: entry for entry in body["redis"]}
     for decision in ids:
-        record = entries[f"{namespace}:dec:{{{decision}}}:learn"]
+        record = entries[f"{{{namespace}}}:dec:{decision}:learn"]
         assert UNIT in record["value"]["rec"] and "mobile" in record["value"]["rec"]
-        assert entries[f"{namespace}:dec:{{{decision}}}:exps"]["value"] == ["learn"]
-    assert f"{namespace}:u:{{{UNIT}}}:join" in entries
+        assert entries[f"{{{namespace}}}:dec:{decision}:exps"]["value"] == ["learn"]
+    assert f"{{{namespace}}}:u:{UNIT}:join" in entries
 
 
 async def test_erasure_racing_decisions_leaves_nothing(

@@ -17,6 +17,8 @@ from tailor_contract.assignment import in_holdout, in_layer, variant_index
 from tailor_contract.definitions import LayerSlice
 from tests.support.polling import eventually
 
+pytestmark = pytest.mark.redis_cluster
+
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
 

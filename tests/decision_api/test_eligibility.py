@@ -141,7 +141,7 @@ async def test_learning_policy_chooses_among_eligible_candidates(
     last = both[-1]
     raw = None
     for _ in range(200):
-        raw = await redis.hget(f"{prefix}:dec:{{{last['decision_id']}}}:{key}", "rec")
+        raw = await redis.hget(f"{{{prefix}}}:dec:{last['decision_id']}:{key}", "rec")
         if raw is not None:
             break
         await asyncio.sleep(0.02)

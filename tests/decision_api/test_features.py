@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from decision_api.profiles.store import RedisFeatureStore, unit_key
 from decision_api.services import Services
 
+pytestmark = pytest.mark.redis_cluster
+
 Client = AsyncTestClient[Litestar]
 DAY = 86400
 

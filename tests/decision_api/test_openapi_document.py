@@ -275,3 +275,24 @@ async def test_decide_and_bulk_decide_document_explain(document: dict[str, Any])
         explain = schemas[body]["properties"]["explain"]
         assert explain.get("type") == "boolean" and explain.get("default") is False, explain
     assert "explanation" in schemas["PlacementDecision"]["properties"]
+
+
+async def test_slates_are_documented(document: dict[str, Any]) -> None:
+    """The decide body documents ``slates`` (per placement: 1-50 slots, candidates with ids and
+    features), the answer ``slate`` (slot, item, propensity), outcomes ``item``/``slot``, and
+    experiments take the ``vw_slates`` policy."""
+    schemas = document["components"]["schemas"]
+    slates = schemas["DecideRequest"]["properties"]["slates"]
+    assert slates["additionalProperties"] == {"$ref": "#/components/schemas/SlateRequest"}
+    slots = schemas["SlateRequest"]["properties"]["slots"]
+    assert (slots["minimum"], slots["maximum"]) == (1, 50)
+    candidates = schemas["SlateRequest"]["properties"]["candidates"]
+    assert (candidates["minItems"], candidates["maxItems"]) == (1, 500)
+    assert set(schemas["SlateCandidate"]["properties"]) == {"id", "features"}
+    answer = schemas["PlacementDecision"]["properties"]["slate"]
+    assert {"items": {"$ref": "#/components/schemas/SlotDecision"}, "type": "array"} in answer[
+        "oneOf"
+    ]
+    assert set(schemas["SlotDecision"]["required"]) == {"slot", "item", "propensity"}
+    assert {"item", "slot"} <= set(schemas["OutcomeRequest"]["properties"])
+    assert "VWSlatesConfig" in schemas

@@ -16,6 +16,8 @@ from bandits.join import DecisionRecord
 from decision_api.services import Services
 from tests.support.polling import eventually
 
+pytestmark = pytest.mark.redis_cluster
+
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
 

@@ -1,4 +1,4 @@
-"""Event ids: random version-4 UUIDs, the same objects as ``uuid.UUID`` builds."""
+"""Event ids (random v4 UUIDs, the same objects as ``uuid.UUID`` builds) and insert bodies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import uuid
 
 import msgspec
 
-from event_log.rows import new_event_id
+from event_log.rows import Exposure, new_event_id
+from event_log.sql import EXPOSURE_COLUMNS, encode_rows
 
 
 def test_event_ids_are_version_4_uuids_equal_to_their_parsed_text() -> None:
@@ -23,3 +24,27 @@ def test_event_ids_are_version_4_uuids_equal_to_their_parsed_text() -> None:
         assert msgspec.msgpack.decode(msgspec.msgpack.encode(made), type=uuid.UUID) == made
         assert pickle.loads(pickle.dumps(made)) == made
         assert made.is_safe is uuid.SafeUUID.unknown
+
+
+def test_insert_bodies_are_one_json_array_per_row_with_times_in_seconds() -> None:
+    """``encode_rows`` writes a row per line (no newline after the last), in column order,
+    epoch-ms times as exact decimal seconds, a missing send time as null."""
+    rows = [
+        Exposure(
+            event_id=new_event_id(), decision_id=f"d{i}", ts_ms=1_700_000_000_123 + i,
+            unit_id=f"u{i}", experiment="hero", experiment_version=2, placement="home",
+            variant="b", propensity=0.25, policy="thompson", policy_version="7",
+            reason="policy", holdout=False, context={"device": "mobile"}, campaign="",
+            send_at_ms=1_700_000_360_000 if i else None,
+        ).row()
+        for i in range(3)
+    ]  # fmt: skip
+    body = encode_rows("exposures", rows)
+    lines = body.split(b"\n")
+    assert len(lines) == 3 and not body.endswith(b"\n")
+    decoded = [msgspec.json.decode(line) for line in lines]
+    for i, (row, values) in enumerate(zip(rows, decoded, strict=True)):
+        assert len(values) == len(EXPOSURE_COLUMNS)
+        assert values[2] == (1_700_000_000_123 + i) / 1000
+        assert values[EXPOSURE_COLUMNS.index("send_at")] == (1_700_000_360.0 if i else None)
+        assert values[0] == str(row[0]) and values[1] == f"d{i}"

@@ -15,6 +15,8 @@ from experiments.errors import ExperimentConflict, ExperimentNotFound
 from experiments.store import Action, ExperimentStore, due_action
 from tailor_contract.definitions import Experiment, ExperimentSpec, LayerSlice, Status
 
+pytestmark = pytest.mark.redis_cluster
+
 
 def spec(key: str = "hero", **changes: Any) -> ExperimentSpec:
     """A two-variant definition with some fields changed."""

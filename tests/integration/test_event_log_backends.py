@@ -87,6 +87,9 @@ def exposure(i: int) -> Exposure:
         context={"device": "mobile", "quote'": "it's \\ ok", "i": str(i)},
         campaign="spring-sale" if i % 2 else "",
         send_at_ms=TS_MS + 3_600_000 if i % 2 else None,
+        slot=i - 1,
+        item=f"item-{i}" if i else "",
+        candidates=10 * i,
     )
 
 
@@ -110,11 +113,11 @@ def test_exposures_round_trip_every_column(log: ClickHouseEventLog) -> None:
     rows = log.query(
         "SELECT event_id, decision_id, toUnixTimestamp64Milli(ts), unit_id, experiment, "
         "experiment_version, placement, variant, propensity, policy, policy_version, reason, "
-        "holdout, context, campaign, toUnixTimestamp64Milli(send_at) FROM exposures "
-        "ORDER BY decision_id"
+        "holdout, context, campaign, toUnixTimestamp64Milli(send_at), slot, item, candidates "
+        "FROM exposures ORDER BY decision_id"
     )
-    expected = [(*e.row()[:12], int(e.holdout), e.context, e.campaign, e.send_at_ms)
-                for e in events]  # fmt: skip
+    expected = [(*e.row()[:12], int(e.holdout), e.context, e.campaign, e.send_at_ms, e.slot,
+                 e.item, e.candidates) for e in events]  # fmt: skip
     assert [tuple(r) for r in rows] == expected
 
 
@@ -123,14 +126,14 @@ def test_outcomes_and_audit_round_trip(log: ClickHouseEventLog) -> None:
     log.migrate()
     outcome = Outcome(event_id=uuid.uuid4(), ts_ms=TS_MS, decision_id="d-1", unit_id="u-1",
                       experiment="hero", type="purchase", value=42.5,
-                      properties={"sku": "A-1"})  # fmt: skip
+                      properties={"sku": "A-1"}, slot=2, item="sku-9")  # fmt: skip
     audit = AuditEntry(event_id=uuid.uuid4(), ts_ms=TS_MS, actor="key_abc", action="start",
                        entity="experiment", entity_key="hero", version=2,
                        detail='{"key":"hero"}')  # fmt: skip
     log.insert("outcomes", [outcome.row()], "t-outcome")
     log.insert("audit", [audit.row()], "t-audit")
     (o,) = log.query("SELECT event_id, toUnixTimestamp64Milli(ts), decision_id, unit_id, "
-                     "experiment, type, value, properties FROM outcomes")  # fmt: skip
+                     "experiment, type, value, properties, slot, item FROM outcomes")  # fmt: skip
     assert tuple(o) == outcome.row()
     (a,) = log.query("SELECT event_id, toUnixTimestamp64Milli(ts), actor, action, entity, "
                      "entity_key, version, detail FROM audit")  # fmt: skip

@@ -480,7 +480,7 @@ async def test_learner_process_killed_mid_stream_loses_and_doubles_nothing(
     }
     binary = Redis.from_url(redis_url, decode_responses=False)
     store = SnapshotStore(binary, namespace)
-    stream = f"{namespace}:train"
+    stream = f"{{{namespace}}}:train"
     try:
         await feed(binary, namespace, examples[:1000])
         first = TailorProcess(["learn", "--name", "learner-1"], env, tmp_path / "learn-1.log")

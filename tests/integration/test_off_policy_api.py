@@ -149,3 +149,54 @@ async def test_the_report_adds_requested_targets_to_its_off_policy_section(
     assert [e["field"] for e in bad.json()["errors"]] == ["$.target.variant"]
     junk = await client.get("/v1/experiments/or/report", params={"target": "{kind"})
     assert junk.status_code == 422 and junk.json()["errors"][0]["field"] == "target"
+
+
+async def test_a_saved_model_version_can_be_evaluated_after_a_reset(
+    quiet_client: AsyncTestClient[Litestar],
+) -> None:
+    """``POST .../model/save`` keeps the warm model; after a reset (which also saves what it
+    replaces) ``{"kind": "saved", "version": n, "greedy": true}`` still evaluates that model —
+    it earns every click, as the current model did before the reset — while the fresh current
+    model does not; an unknown version is a 409 naming ``$.target.version``."""
+    client = quiet_client
+    await start(client, definition("sv", {"kind": "thompson", "segment_by": "seg"}))
+    await uniform_log(client, 300)
+    assert (await client.post("/v1/experiments/sv/model/save")).status_code == 409  # untrained
+    warmed = await client.post("/v1/experiments/sv/model/warm-start")
+    assert warmed.status_code == 200, warmed.text
+    saved = await client.post("/v1/experiments/sv/model/save")
+    assert saved.status_code == 200, saved.text
+    version = saved.json()["version"]
+    assert saved.json()["saved_versions"] == [version]
+    before = await client.post(
+        "/v1/experiments/sv/off-policy", json={"target": {"kind": "current_greedy"}}
+    )
+    assert (await client.post("/v1/experiments/sv/model/reset")).status_code == 200
+    model = (await client.get("/v1/experiments/sv/model")).json()
+    assert model["saved_versions"] == [version]
+    target = {"kind": "saved", "version": version, "greedy": True}
+    got = await client.post("/v1/experiments/sv/off-policy", json={"target": target})
+    assert got.status_code == 200, got.text
+    answer = got.json()
+    assert answer["target"] == "saved"
+    assert (
+        answer["description"]
+        == f"saved model version {version}, greedy (its most probable variant)"
+    )
+    assert answer["estimate"] == before.json()["estimate"]
+    assert answer["estimate"]["snips"]["estimate"] == pytest.approx(1.0)
+    fresh = await client.post(
+        "/v1/experiments/sv/off-policy", json={"target": {"kind": "current_greedy"}}
+    )
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.json()["estimate"]["snips"]["estimate"] < 0.9
+    report = await client.get("/v1/experiments/sv/report", params={"target": json.dumps(target)})
+    assert report.status_code == 200, report.text
+    named = [p for p in report.json()["off_policy"]["policies"] if p["policy"] == "target:saved"]
+    assert named and named[0]["description"].startswith(f"saved model version {version}")
+    assert named[0]["estimate"]["snips"]["estimate"] == pytest.approx(1.0)
+    missing = await client.post(
+        "/v1/experiments/sv/off-policy", json={"target": {"kind": "saved", "version": 999}}
+    )
+    assert missing.status_code == 409, missing.text
+    assert "$.target.version" in missing.text and f"saved: {version}" in missing.text

@@ -313,8 +313,9 @@ async def test_bandit_page_draws_the_allocation(
     client: Client, site: tuple[str, type[_Site]], tmp_path: Path
 ) -> None:
     """A Thompson experiment's page leads with the policy's value against the holdout, draws
-    its value over time (estimate and interval band), the allocation over time (stacked shares
-    per bucket) and what drives the choice; screenshot in artifacts/report_page_bandit.png."""
+    its value over time (estimate and interval band), what it prefers per segment now, the
+    allocation over time (stacked shares per bucket) and what drives the choice; screenshot in
+    artifacts/report_page_bandit.png."""
     dom = await _render(
         client, site, tmp_path, "bandit", width=1280, shot=ARTIFACTS / "report_page_bandit.png"
     )
@@ -327,5 +328,7 @@ async def test_bandit_page_draws_the_allocation(
     block = _chart(dom, "chart-allocation")
     assert block.count('class="share"') >= 12, block[:500]
     assert "Adaptive policy" in dom and "descriptive" in dom
+    assert "What the policy prefers now, per segment" in dom
+    assert re.search(r"<td>device = mobile</td><td>[\d,]+</td><td><strong>c</strong>", dom)
     drivers = dom.split('<section class="drivers">', 1)[1].split("</section>", 1)[0]
     assert "What drives the choice" in drivers and "<td>device</td>" in drivers, drivers[:500]

@@ -577,3 +577,45 @@ async def test_explain_reaches_the_api_and_comes_back(api: Client, tag: str) -> 
         ] * 3
         unasked = [r async for r in client.decide_batch(f"c-{tag}", recipients, [placement])]
         assert all(r[placement].explanation is None for r in unasked)
+
+
+SLATE_OUTCOMES = """
+SELECT slot, item FROM outcomes FINAL WHERE decision_id = {d:String} ORDER BY slot
+"""
+
+
+async def test_slates_reach_the_api_and_outcomes_name_their_slot(api: Client, tag: str) -> None:
+    """``decide(slates=...)`` asks the API for a ranked slate (a slot count, or items of the
+    caller's own with features) and returns it in order as ``Decision.slate``;
+    ``track_outcome(item=..., slot=...)`` sends the slot that earned the outcome; a bad slate
+    is refused before sending, naming the field."""
+    placement = f"carousel-{tag}"
+    await running(api, placement, placement, policy={"kind": "vw_slates", "slots": 2})
+    async with sdk(api, local_evaluation=True) as client:
+        await client.refresh_definitions()
+        ranked = await client.decide(f"u-{tag}", [placement], slates={placement: 3})
+        slate = ranked[placement].slate
+        assert slate is not None and not ranked[placement].local
+        assert sorted(s.item for s in slate) == ["a", "b", "c"]
+        assert [s.slot for s in slate] == [0, 1, 2]
+        assert ranked[placement].variant == slate[0].item
+        own = [{"id": f"sku-{i}", "features": {"brand": "x" if i % 2 else "y"}} for i in range(5)]
+        mine = await client.decide(
+            f"u-{tag}", [placement], slates={placement: {"candidates": own}}
+        )
+        mine_slate = mine[placement].slate
+        assert mine_slate is not None and len(mine_slate) == 2
+        assert {s.item for s in mine_slate} <= {c["id"] for c in own}
+        assert mine.decision_id is not None
+        client.track_outcome("click", decision_id=mine.decision_id, item=mine_slate[1].item)
+        client.track_outcome("click", decision_id=mine.decision_id, slot=0)
+        assert await client.flush(5.0)
+        bad = await client.decide(f"u-{tag}", [placement], slates={placement: {"slots": 0}})
+        assert bad.fallback and bad.error is not None
+        assert "slots" in str(bad.error)
+
+    async def logged() -> Any:
+        rows = await query(api, SLATE_OUTCOMES, d=mine.decision_id)
+        return rows if len(rows) == 2 else None
+
+    assert sorted(await eventually(logged)) == sorted([(-1, mine_slate[1].item), (0, "")])

@@ -83,8 +83,8 @@ def bernoulli_examples(
 async def feed(
     redis: Redis, prefix: str, examples: Sequence[tuple[DecisionRecord, float]]
 ) -> None:
-    """Append finalised examples to ``{prefix}:train`` in one pipelined round trip."""
-    stream = f"{prefix}:train"
+    """Append finalised examples to ``{{prefix}}:train`` in one pipelined round trip."""
+    stream = f"{{{prefix}}}:train"
     async with redis.pipeline(transaction=False) as pipe:
         for rec, reward in examples:
             pipe.xadd(stream, {"rec": _encoder.encode(rec), "r": repr(reward), "joined": "1"})

@@ -1,0 +1,246 @@
+"""The one way Tailor connects to Redis: a single server or a Redis Cluster, from the settings.
+
+:func:`connect` makes the asyncio client every worker, learner and CLI command uses (and
+:func:`connect_sync` the blocking one of the event-log relay): ``redis.asyncio.Redis`` for a
+single server, redis-py's ``redis.asyncio.cluster.RedisCluster`` when ``redis.cluster`` is set
+(``TAILOR_REDIS_CLUSTER=true``, ``TAILOR_REDIS_URL`` naming any node; the client discovers the
+others and follows ``MOVED``/``ASK`` redirections and failovers).
+
+Key layout on a cluster. Every multi-key script or transaction touches one hash slot:
+
+- a unit's profile ``{p}:u:{<unit>}`` is tagged by the unit, so profiles spread over the
+  cluster; the event and feature scripts read the erasure tombstones of the unit's own slot
+  (``{p}:erased:{<slot tag>}``, :func:`slot_tag`);
+- a rate-limit bucket ``{p}:rl:{<key id>}`` by the key id;
+- everything that changes together lives under the deployment's tag ``{<p>}``: experiment
+  definitions and their version, API keys and theirs, the reward join (records, unit index, due
+  set, training stream) and the model snapshots its learner publishes with its stream acks.
+  That slot is the cluster's *hot slot*: the join writes a record per learning decision there.
+
+Work over many slots is split: bulk profile reads are one cluster pipeline of ``HGETALL`` (one
+round trip per node, in parallel) instead of one script call; an erasure scans every primary and
+deletes per slot. Lua scripts in a cluster pipeline are sent as ``EVAL`` (:func:`queue_script`):
+a node that never saw a script (a replica promoted a moment ago) runs it all the same.
+
+Failures. The cluster client raises ``RedisClusterException`` (not a ``RedisError``) when no node
+serves a slot or no node answers, as happens for a few seconds while a replica takes over from a
+failed primary. This module turns those into :class:`ClusterUnavailable`, a
+``redis.exceptions.ConnectionError``, so the rest of Tailor treats a cluster in failover as it
+treats a Redis that is down: decisions answer ``degraded``, writes that need Redis answer 503.
+
+A single server keeps the same layout; :func:`migrate_layout` renames the keys of the layout
+before the cluster one (``RENAMENX``) once, at start-up, so existing data keeps working.
+"""
+
+from __future__ import annotations
+
+import binascii
+import functools
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException, ResponseError
+
+from decision_api.settings import RedisSettings
+
+log = structlog.get_logger("tailor.redis")
+
+SLOTS = 16384
+CLUSTER_RETRIES = 1
+"""Attempts after a connection error or ``CLUSTERDOWN`` before a command fails. redis-py's
+default (10, backed off up to 1 s) sits out a whole failover: a decision waited 2.8 s for a
+replica to take over. With one quick retry it answers ``degraded`` instead, within the socket
+timeout; the next command after the takeover goes to the new primary."""
+LAYOUT_VERSION = "2"
+MIGRATE_SCAN_COUNT = 1000
+
+
+class ClusterUnavailable(redis.exceptions.ConnectionError):
+    """The cluster cannot serve a command now (a slot without a primary, no node answering)."""
+
+
+class _Cluster(AsyncRedisCluster):
+    """redis-py's cluster client whose availability errors are ``RedisError``s."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _ClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _ClusterPipeline(ClusterPipeline):
+    """A cluster pipeline whose availability errors are ``RedisError``s."""
+
+    async def initialize(self) -> ClusterPipeline:
+        try:
+            return await super().initialize()
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
+
+
+def connect(settings: RedisSettings, *, decode_responses: bool = True, **options: Any) -> Redis:
+    """The asyncio client for ``settings``: a cluster client when ``settings.cluster``.
+
+    ``options`` are connection options (``socket_timeout``, ``max_connections``...); on a
+    cluster they apply per node. The cluster client is typed as ``Redis``: it offers the same
+    commands, pipelines and scripts (see the module docstring for what differs).
+    """
+    url = settings.url or "redis://127.0.0.1:6379/0"
+    if not settings.cluster:
+        return Redis.from_url(url, decode_responses=decode_responses, **options)
+    options.setdefault(
+        "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), CLUSTER_RETRIES)
+    )
+    # A slot without a primary (failover in progress) must not stop the others being served.
+    cluster = _Cluster.from_url(
+        url, decode_responses=decode_responses, require_full_coverage=False, **options
+    )
+    return cast(Redis, cluster)
+
+
+def connect_sync(settings: RedisSettings, **options: Any) -> redis.Redis:
+    """The blocking client for ``settings`` (the event-log relay's), cluster-aware too."""
+    url = settings.url or "redis://127.0.0.1:6379/0"
+    if not settings.cluster:
+        return redis.Redis.from_url(url, **options)
+    return cast(
+        redis.Redis, redis.RedisCluster.from_url(url, require_full_coverage=False, **options)
+    )
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` (or pipeline) talks to a Redis Cluster."""
+    return isinstance(client, AsyncRedisCluster | ClusterPipeline)
+
+
+def queue_script(
+    script: AsyncScript, pipe: Any, keys: Sequence[Any], args: Sequence[Any]
+) -> None:
+    """Queue a script call on a pipeline: ``EVALSHA`` on a single server's pipeline (which loads
+    missing scripts itself), ``EVAL`` with the text on a cluster pipeline (which would not)."""
+    if isinstance(pipe, ClusterPipeline):
+        text = script.script
+        pipe.eval(text if isinstance(text, str) else bytes(text).decode(), len(keys), *keys, *args)
+    else:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe.scripts.add(script)
+
+
+def key_slot(tag: str) -> int:
+    """The cluster hash slot of a hash tag (or of a key without braces)."""
+    return binascii.crc_hqx(tag.encode(), 0) % SLOTS
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    tags: list[str | None] = [None] * SLOTS
+    missing, n = SLOTS, 0
+    while missing:
+        text = format(n, "x")
+        slot = key_slot(text)
+        if tags[slot] is None:
+            tags[slot] = text
+            missing -= 1
+        n += 1
+    return tuple(cast(str, t) for t in tags)
+
+
+def slot_tag(slot: int) -> str:
+    """A short hash tag of ``slot``: ``{p}:x:{<slot_tag(s)>}`` lives in slot ``s``."""
+    return _slot_tags()[slot]
+
+
+def shared_prefix(prefix: str) -> str:
+    """``{<prefix>}``: the hash-tagged prefix of the keys that change together."""
+    return "{" + prefix + "}"
+
+
+def _renames(prefix: str) -> tuple[list[str], list[str]]:
+    """The fixed old key names (renamed as they are) and the SCAN patterns of the others."""
+    fixed = [
+        f"{prefix}:exp:defs",
+        f"{prefix}:exp:version",
+        f"{prefix}:exp:contact_caps",
+        f"{prefix}:keys",
+        f"{prefix}:keys:version",
+        f"{prefix}:join:due",
+        f"{prefix}:train",
+    ]
+    patterns = [
+        f"{prefix}:exp:hist:*",
+        f"{prefix}:model:*",
+        f"{prefix}:dec:{{*",
+        f"{prefix}:u:{{*}}:join",
+    ]
+    return fixed, patterns
+
+
+def new_name(prefix: str, old: str) -> str:
+    """The cluster layout's name of a key of the single-server layout before it.
+
+    ``<p>:exp:...``, ``<p>:keys...``, ``<p>:join:due``, ``<p>:train``, ``<p>:model:...`` move
+    under ``{<p>}``; ``<p>:dec:{<d>}:<rest>`` becomes ``{<p>}:dec:<d>:<rest>`` and
+    ``<p>:u:{<unit>}:join`` becomes ``{<p>}:u:<unit>:join``.
+    """
+    rest = old[len(prefix) :]
+    shared = shared_prefix(prefix)
+    if rest.startswith(":dec:{"):
+        decision, _, tail = rest[len(":dec:{") :].partition("}")
+        return f"{shared}:dec:{decision}{tail}"
+    if rest.startswith(":u:{") and rest.endswith("}:join"):
+        return f"{shared}:u:{rest[len(':u:{') : -len('}:join')]}:join"
+    return shared + rest
+
+
+async def migrate_layout(client: Redis, prefix: str) -> int:
+    """Rename the keys of the layout before the cluster one (single server only); returns how
+    many moved. Runs once per prefix: ``{<p>}:layout`` records that it did. ``RENAMENX`` never
+    overwrites a key of the new layout, and a rename another worker made first is skipped, so
+    workers starting together are safe. Stop every worker of the old version first: one still
+    running would write the old names after the move.
+    """
+    marker = shared_prefix(prefix) + ":layout"
+    if await client.get(marker) == LAYOUT_VERSION:
+        return 0
+    fixed, patterns = _renames(prefix)
+    moved = 0
+    names = list(fixed)
+    for pattern in patterns:
+        async for key in client.scan_iter(match=pattern, count=MIGRATE_SCAN_COUNT):
+            names.append(key.decode() if isinstance(key, bytes) else str(key))
+    for start in range(0, len(names), MIGRATE_SCAN_COUNT):
+        async with client.pipeline(transaction=False) as pipe:
+            for old in names[start : start + MIGRATE_SCAN_COUNT]:
+                pipe.renamenx(old, new_name(prefix, old))
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if reply is True or reply == 1:
+                moved += 1
+            elif not isinstance(reply, ResponseError) and reply not in (False, 0):
+                raise TypeError(f"unexpected RENAMENX reply {reply!r}")
+    await client.set(marker, LAYOUT_VERSION)
+    if moved:
+        log.info("redis_layout_migrated", prefix=prefix, keys=moved)
+    return moved
