@@ -47,15 +47,20 @@ from scipy import special
 
 from bandits.base import Context, FloatArray
 
-__all__ = ["CellModels", "CellsState", "Level", "best_probabilities", "cell_value"]
+__all__ = ["CellModels", "CellsState", "Level", "best_probabilities", "cell_value",
+           "thompson_probabilities"]
 
 GLOBAL_PRIOR: Final = 2.0
 MAX_PRIOR_TRIALS: Final = 5_000.0
 """The strongest prior a level can get, in pseudo-trials (``sigma^2 / tau^2``): a level whose
 cells look alike still moves once a cell has thousands of trials of its own."""
 OCCAM: Final = 1.0
-SAMPLING_VARIANCE: Final = 1.0
-TAU_INFLATE: Final = 1.0
+SAMPLING_VARIANCE: Final = 0.25
+"""Thompson probabilities are computed from the posterior with its variance times this (its
+spread halved): a greedier Thompson sampling. Measured with ``loadtests/bench_learning.py``
+(medians of 3 seeds) against the plain posterior: 3-way 0.56 vs 0.48, additive 0.93 vs 0.88,
+change 0.68 vs 0.48, rare 0.52 vs 0.43, 2-way 0.84 vs 0.86; the exploration floor still
+reaches every arm."""
 _QUAD_POINTS: Final = 400
 _RESCALE_AT: Final = 1e150
 _MAX_ORDER: Final = 3
@@ -99,6 +104,31 @@ def best_probabilities(mean: FloatArray, var: FloatArray) -> FloatArray:
     return out / s
 
 
+def _between_variance(n_a: FloatArray, s_a: FloatArray, n_b: FloatArray, s_b: FloatArray,
+                      mu_p: FloatArray, v_p: FloatArray) -> float:
+    """Method-of-moments variance of the cells' arm means around their parents' (``tau^2``).
+
+    Cross-fold: ``(ybar_A - mu_p) (ybar_B - mu_p)`` has expectation ``(theta - mu_p)^2 +
+    var_p`` whatever the reward noise (the folds are independent given the cell's true mean),
+    so no noise model is subtracted (the pooled variance overstates the noise of a 2 % arm in a
+    6 % population, and subtracting it left the estimate near zero, the prior thousands of
+    pseudo-trials strong); weights ``n_A n_B / (n_A + n_B)``, the product's precision. Returns
+    0 without a cell-arm seen in both folds."""
+    both = (n_a > 0) & (n_b > 0)
+    if not both.any():
+        return 0.0
+    na, nb = n_a[both], n_b[both]
+    excess = (s_a[both] / na - mu_p[both]) * (s_b[both] / nb - mu_p[both]) - v_p[both]
+    w = na * nb / (na + nb)
+    return float((w * excess).sum() / w.sum())
+
+
+def thompson_probabilities(mean: FloatArray, var: FloatArray) -> FloatArray:
+    """The probabilities Thompson sampling plays each arm with, from the posterior means and
+    variances: ``best_probabilities`` of the posterior narrowed by ``SAMPLING_VARIANCE``."""
+    return best_probabilities(mean, var * SAMPLING_VARIANCE)
+
+
 # Per cell and arm, for the two folds A and B (examples alternate between them): trials and
 # reward sums.
 _N_A, _S_A, _N_B, _S_B = range(4)
@@ -121,6 +151,7 @@ class CellsState(msgspec.Struct, frozen=True, kw_only=True):
     scale: float
     totals: tuple[float, float, float]  # forgetting count, sum and sum of squares of rewards
     count: int
+    unit_rewards: bool = True  # every reward learned so far was in [0, 1]
 
 
 class Level(msgspec.Struct, frozen=True, array_like=True):
@@ -170,6 +201,7 @@ class CellModels:
         self.scale = 1.0
         self._totals = [0.0, 0.0, 0.0]
         self._count = 0
+        self._unit = True
         # Per stored partition, its cells and statistics as an array (divided by the scale);
         # emptied whenever a statistic changes.
         self._raw: dict[Partition, tuple[list[Cell], FloatArray]] = {}
@@ -197,6 +229,24 @@ class CellModels:
         mean = s / n
         var = max(ss / n - mean * mean, 1e-6)
         return mean, var if n >= 2 * self.scale else 0.25
+
+    def _noise(self, mean: FloatArray) -> FloatArray:
+        """The reward variance of an arm whose mean is near ``mean`` (same shape).
+
+        Rewards in ``[0, 1]`` (clicks, conversions) have a variance that follows their mean,
+        ``mu (1 - mu)`` for 0/1 rewards: a 2 % arm is far less noisy than the pooled variance of
+        a population whose mean is 6 %, and treating it as that noisy would discount its data.
+        So with rewards in ``[0, 1]`` the variance is ``phi mu (1 - mu)``, ``phi`` the pooled
+        variance over that of the overall mean (one for 0/1 rewards); otherwise it is the
+        pooled variance.
+        """
+        mean0, sigma2 = self.overall()
+        if not self._unit or not 0.0 < mean0 < 1.0:
+            return np.full_like(mean, sigma2)
+        phi = min(sigma2 / (mean0 * (1.0 - mean0)), 1.0)
+        mu = np.clip(mean, 1e-3, 0.999)
+        out: FloatArray = phi * mu * (1.0 - mu)
+        return out
 
     def cell_of(self, part: Sequence[str], context: Context) -> Cell | None:
         """The cell of ``context`` in partition ``part``; None when an attribute is missing."""
@@ -232,7 +282,7 @@ class CellModels:
     def _chain(self, order: Sequence[str], folds: str) -> list[_Fit]:
         """Posterior per level of the chain ``order`` fitted on ``folds`` ("A", "B" or "AB"),
         with the other fold's data (zeros for "AB") and each cell's parent index."""
-        mean0, sigma2 = self.overall()
+        mean0, _ = self.overall()
         out: list[_Fit] = []
         parent_index: dict[Cell, int] = {}
         parent_mean = parent_var = np.zeros((0, 0))
@@ -251,21 +301,16 @@ class CellModels:
             if level == 0:
                 up = np.zeros(1, dtype=np.intp)
                 mean = (s + GLOBAL_PRIOR * mean0) / (n + GLOBAL_PRIOR)
-                var = sigma2 / (n + GLOBAL_PRIOR)
+                var = self._noise(mean) / (n + GLOBAL_PRIOR)
             else:
                 up = np.array([parent_index[c[:-1]] for c in cells], dtype=np.intp)
                 mu_p, v_p = parent_mean[up], parent_var[up]
-                seen = n > 0
-                ybar = np.where(seen, s / np.where(seen, n, 1.0), 0.0)
-                total_n = float(n.sum())
-                if total_n > 0:
-                    moments = float((n * (ybar - mu_p) ** 2 - seen * sigma2 - n * v_p).sum())
-                    tau2 = max(moments / total_n, sigma2 / MAX_PRIOR_TRIALS)
-                else:
-                    tau2 = sigma2 / MAX_PRIOR_TRIALS
-                prior_var = TAU_INFLATE * tau2 + v_p
-                precision = n / sigma2 + 1.0 / prior_var
-                mean = (s / sigma2 + mu_p / prior_var) / precision
+                noise = self._noise(mu_p)
+                tau2 = max(_between_variance(n_a, s_a, n_b, s_b, mu_p, v_p),
+                           float(noise.mean()) / MAX_PRIOR_TRIALS)
+                prior_var = tau2 + v_p
+                precision = n / noise + 1.0 / prior_var
+                mean = (s / noise + mu_p / prior_var) / precision
                 var = 1.0 / precision
             out.append(_Fit(cells, mean, var, n_o, s_o, up))
             parent_index = {c: i for i, c in enumerate(cells)}
@@ -309,7 +354,7 @@ class CellModels:
         out = []
         for level, fit in enumerate(self._chain(order, "AB")):
             cells, mean, var = fit.cells, fit.mean, fit.var
-            best = np.stack([best_probabilities(m, v * SAMPLING_VARIANCE)
+            best = np.stack([thompson_probabilities(m, v)
                              for m, v in zip(mean, var, strict=True)])
             joined = ["\x1f".join(c) for c in cells]
             out.append(Level(attributes=list(order[:level]),
@@ -379,6 +424,8 @@ class CellModels:
                     values.extend(grow)
             row[n_at][i] += w
             row[s_at][i] += w * reward
+        if not 0.0 <= reward <= 1.0:
+            self._unit = False
         t = self._totals
         t[0] += w
         t[1] += w * reward
@@ -421,6 +468,7 @@ class CellModels:
             scale=self.scale,
             totals=(self._totals[0], self._totals[1], self._totals[2]),
             count=self._count,
+            unit_rewards=self._unit,
         )
 
     def _load(self, state: CellsState) -> None:
@@ -439,6 +487,7 @@ class CellModels:
         self.scale = state.scale
         self._totals = list(state.totals)
         self._count = state.count
+        self._unit = state.unit_rewards
 
 
 def names(parts: Iterable[Partition]) -> list[str]:

@@ -62,7 +62,7 @@ from bandits.cells import (
     CellsState,
     Level,
     Partition,
-    best_probabilities,
+    thompson_probabilities,
 )
 from bandits.drift import Cusum
 from bandits.vw import VWPolicy
@@ -216,7 +216,7 @@ class EnsemblePolicy:
         mean = np.array([means[arms[k]] if k in arms else mean0 for k in keys])
         var = np.array([variances[arms[k]] if k in arms else sigma2 / GLOBAL_PRIOR
                         for k in keys])
-        return best_probabilities(mean, var)
+        return thompson_probabilities(mean, var)
 
     def _cell_pmf(self, context: Context, keys: tuple[str, ...], depth: int) -> FloatArray:
         level, key = self._cell_level(depth, context)

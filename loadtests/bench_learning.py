@@ -26,7 +26,8 @@ same share for the best single variant; ``margin`` = the worst 2,000-decision wi
 excepted; for ``change``, ``post10k`` = share 10,000-15,000 decisions after the switch; a regret
 curve (cumulative expected regret against the oracle at a few points); the policy's own
 member/serving report when it has one (``serving_report``); and ``cover`` = whether the SNIPS 95 %
-interval of uniform play's value, estimated from the policy's logs, covers the truth.
+interval of uniform play's value, estimated from the policy's logs, covers the truth
+(``cover_x``: the same for always playing the best single variant).
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
     logged_p = np.empty(n)
     rewards = np.empty(n)
     pending: list[tuple[int, Example]] = []
+    chosen_arms: list[int] = []
     t0 = time.perf_counter()
     choose_s = 0.0
     version = 0
@@ -161,6 +163,7 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
         choice = serving.choose(context, cands, rng)
         choose_s += time.perf_counter() - c0
         a = choice.index
+        chosen_arms.append(a)
         r = float(world.clicks_u[i] < ctr[i, a])
         expected[i] = float(pmf @ ctr[i])
         logged_p[i] = choice.propensity
@@ -193,19 +196,23 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
         margins.append(share(lo, hi) - single(lo, hi))
     regret = np.cumsum(orc - expected)
     points = [p for p in (1000, 5000, 10_000, 20_000, 35_000, 50_000, 100_000) if p <= n]
-    # SNIPS estimate of uniform play from the logs, with a 95 % interval (delta method).
-    w = (1.0 / k) / logged_p
-    est = float((w * rewards).sum() / w.sum())
-    resid = w * (rewards - est)
-    se = float(np.sqrt((resid**2).sum()) / w.sum())
-    truth = float(uni.mean())
+    # SNIPS estimates from the logs, with 95 % intervals (delta method): uniform play, and
+    # always playing the best single variant ("always X").
+    def covers(w: Array, truth: float) -> bool:
+        est = float((w * rewards).sum() / w.sum())
+        se = float(np.sqrt(((w * (rewards - est)) ** 2).sum()) / w.sum())
+        return bool(abs(est - truth) <= 1.96 * se)
+
+    best_x = int(ctr.mean(0).argmax())
+    chosen = np.asarray(chosen_arms)
     out: dict[str, Any] = {
         "world": spec, "policy": policy_name, "seed": seed, "n": n, "secs": round(secs, 1),
         "choose_us": round(choose_s / n * 1e6, 1),
         "share": share(n - n // 5, n), "single": single(n - n // 5, n),
         "margin": min(margins) if margins else None,
         "regret": {str(p): round(float(regret[p - 1]), 1) for p in points},
-        "cover": bool(abs(est - truth) <= 1.96 * se),
+        "cover": covers((1.0 / k) / logged_p, float(uni.mean())),
+        "cover_x": covers((chosen == best_x) / logged_p, float(ctr[:, best_x].mean())),
         "min_p_x_k": float(logged_p.min() * k),
     }
     if kind == "change":
@@ -228,9 +235,11 @@ def summarise(rows: list[dict[str, Any]]) -> None:
         extra = f" post10k={med('post10k'):.2f}" if "post10k" in rs[0] else ""
         curve = {p: statistics.median(r["regret"][p] for r in rs) for p in rs[0]["regret"]}
         cover = sum(r["cover"] for r in rs)
+        cover_x = sum(r.get("cover_x", False) for r in rs)
         print(f"{world:9s} {policy:11s} seeds={len(rs)} share={med('share'):.2f} "
               f"single={med('single'):.2f} margin={med('margin'):+.2f}{extra} "
-              f"cover={cover}/{len(rs)} choose={med('choose_us'):.0f}us secs={med('secs'):.0f} "
+              f"cover={cover}/{len(rs)} cover_x={cover_x}/{len(rs)} "
+              f"choose={med('choose_us'):.0f}us secs={med('secs'):.0f} "
               f"regret={curve}")
 
 

@@ -25,9 +25,16 @@ as with the learner publishing snapshots). Printed per seed, as expected clicks 
   included) and their share of the oracle's gain over random order;
 - ``greedy``: the learned ranking without exploration on 2,000 fresh visitors, and its share.
 
-Then the server CPU of one decide (``time.process_time`` over many decides, one thread): a
-10-slot slate over 50 candidates from a trained model, with the experiment's candidate tuple
-and with candidates passed in the request (new objects each time, as decoded from JSON).
+Then the CPU of one decide (``time.process_time`` over many decides, one thread): the policy
+alone — a 10-slot slate over 50 candidates from the trained model, with the experiment's
+candidate tuple and with candidates passed in the request (new objects each time) — and, with
+``--api``, the server's whole decision path in-process: a real app (``create_app``, a private
+``redis-server``, embedded chdb) serving a ``vw_slates`` experiment whose published model is the
+last seed's trained one; each decide decodes a ``POST /v1/decide`` body with the 50 candidates
+and their features, runs the decision engine (profile read from Redis, the slate, ten exposure
+rows for the event log, the reward-join record) and encodes the answer. The event writer's
+flushes into chdb run in the same process and are counted too; the HTTP server's framing
+(granian, in Rust) and Redis's own CPU are not.
 Target: the served share >= 0.70 within 50,000 decisions (median of the seeds); <= 2 ms per
 decide.
 """
@@ -35,9 +42,13 @@ decide.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -107,8 +118,11 @@ class World:
         return float(self.examine.sum() * self.attract[visitor[0], visitor[1]].mean())
 
 
-def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
-    """Learn one world from scratch; returns the figures of the module docstring."""
+def run_seed(
+    seed: int, args: argparse.Namespace
+) -> tuple[dict[str, float], tuple[VWSlatesPolicy, World]]:
+    """Learn one world from scratch; returns the figures of the module docstring and the
+    trained policy with its world."""
     world = World(seed, args.items, args.slots)
     config = VWSlatesConfig(
         slots=args.slots,
@@ -164,7 +178,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, float]:
         "seconds": elapsed,
         "cpu_ms": decide_cpu(policy, world, args.slots, fresh=False),
         "cpu_ms_request": decide_cpu(policy, world, args.slots, fresh=True),
-    }
+    }, (policy, world)
 
 
 def decide_cpu(policy: VWSlatesPolicy, world: World, slots: int, *, fresh: bool) -> float:
@@ -185,6 +199,86 @@ def decide_cpu(policy: VWSlatesPolicy, world: World, slots: int, *, fresh: bool)
     return statistics.median(rounds)
 
 
+async def api_cpu(policy: VWSlatesPolicy, world: World, slots: int, decides: int) -> float:
+    """CPU milliseconds per decide through the server's decision path (see the docstring)."""
+    import msgspec
+    from litestar.testing import AsyncTestClient
+    from redis.asyncio import Redis
+
+    from bandits.snapshots import Snapshot, SnapshotStore
+    from decision_api.app import create_app
+    from decision_api.redis_server import RedisServer
+    from decision_api.settings import EventLogSettings, RedisSettings, Settings
+    from tailor_contract.wire import DecideRequest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp) / "redis", persist=False).start()
+        try:
+            settings = Settings(
+                redis=RedisSettings(url=server.url, key_prefix="bench"),
+                event_log=EventLogSettings(
+                    url=f"chdb://{tmp}/chdb?database=bench", spool_dir=f"{tmp}/spool"
+                ),
+                log_format="console",
+                log_level="warning",
+                data_dir=tmp,
+            )
+            async with AsyncTestClient(app=create_app(settings)) as client:
+                spec = {
+                    "key": "carousel", "placement": "carousel", "default_variant": "list",
+                    "variants": [{"key": "list"}], "primary_metric": "click",
+                    "policy": {"kind": "vw_slates", "slots": slots,
+                               "learning_rate": policy._config.learning_rate},
+                }  # fmt: skip
+                assert (await client.post("/v1/experiments", json=spec)).status_code == 201
+                await client.post("/v1/experiments/carousel/start")
+                binary = Redis.from_url(server.url, decode_responses=False)
+                async with binary.pipeline(transaction=True) as pipe:
+                    SnapshotStore(binary, "bench").stage_publish(
+                        pipe,
+                        Snapshot(experiment="carousel", version=1, gen=0, kind="vw_slates",
+                                 data=policy.snapshot(), examples=50_000, updated_ms=0),
+                    )  # fmt: skip
+                    await pipe.execute()
+                await binary.aclose()
+                services = client.app.state.services
+                await asyncio.sleep(3.0)  # the worker's model poll loads the published model
+                rng = np.random.default_rng(11)
+                candidates = [{"id": c.key, "features": dict(c.features)} for c in world.candidates]
+                bodies = [
+                    msgspec.json.encode({
+                        "unit_id": f"u{i}", "placements": ["carousel"],
+                        "context": world.features(world.context(rng)),
+                        "slates": {"carousel": {"slots": slots, "candidates": candidates}},
+                    })
+                    for i in range(decides)
+                ]  # fmt: skip
+                decoder = msgspec.json.Decoder(DecideRequest)
+                encoder = msgspec.json.Encoder()
+                engine = services.engine
+
+                async def decide_all() -> Any:
+                    # On the app's own event loop (where its Redis connections live).
+                    answer = None
+                    for body in bodies:
+                        request = decoder.decode(body)
+                        answer = await engine.decide(
+                            request.unit_id, request.placements, request.context,
+                            request.consent, int(time.time() * 1000), slates=request.slates,
+                        )
+                        encoder.encode(answer)
+                    return answer
+
+                started = time.process_time()
+                answer = await asyncio.to_thread(client.blocking_portal.call, decide_all)
+                cpu = (time.process_time() - started) / decides * 1000
+                assert answer is not None and answer.decisions[0].reason == "policy", answer
+                assert answer.decisions[0].model_version == "1", "the trained model did not load"
+                return cpu
+        finally:
+            server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -197,11 +291,14 @@ def main() -> None:
     parser.add_argument("--epsilon", type=float, default=defaults.epsilon)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--interactions", default=",".join(defaults.interactions))
+    parser.add_argument("--api", action="store_true", help="also measure the server's path")
+    parser.add_argument("--api-decides", type=int, default=2_000)
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
     results = []
+    trained: tuple[VWSlatesPolicy, World] | None = None
     for seed in range(1, args.seeds + 1):
-        r = run_seed(seed, args)
+        r, trained = run_seed(seed, args)
         results.append(r)
         print(
             f"seed {seed}: clicks/slate random {r['random']:.4f} oracle {r['oracle']:.4f} "
@@ -217,6 +314,16 @@ def main() -> None:
         f"{statistics.median(r['cpu_ms'] for r in results):.3f} ms (request candidates "
         f"{statistics.median(r['cpu_ms_request'] for r in results):.3f} ms)"
     )
+    if args.api and trained is not None:
+        rounds = [
+            asyncio.run(api_cpu(trained[0], trained[1], args.slots, args.api_decides))
+            for _ in range(3)
+        ]
+        print(
+            f"server decision path, CPU per {args.slots}-slot decide over {args.items} request "
+            f"candidates: median {statistics.median(rounds):.3f} ms (rounds "
+            f"{', '.join(f'{c:.3f}' for c in rounds)})"
+        )
     print(f"load average after: {os.getloadavg()}")
 
 

@@ -251,7 +251,7 @@ def _serve_without_computing(served: Policy, candidates: tuple[Candidate, ...],
     def computed(*_: object) -> None:
         raise AssertionError("Thompson probabilities computed while serving")
 
-    monkeypatch.setattr("bandits.ensemble.best_probabilities", computed)
+    monkeypatch.setattr("bandits.ensemble.thompson_probabilities", computed)
     monkeypatch.setattr("bandits.cells.best_probabilities", computed)
     rng = np.random.default_rng(5)
     for _ in range(100):
