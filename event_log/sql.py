@@ -287,13 +287,31 @@ COUNT_ROWS = "SELECT count() FROM {table:Identifier} FINAL"
 COUNT_DISTINCT_EVENTS = "SELECT count(), uniqExact(event_id) FROM {table:Identifier}"
 
 # Warm start: logged decisions of one experiment (newest first) and the outcomes after them.
+# A slate's slot rows are not one-variant decisions (their propensities are conditional on the
+# slots above): they are read as slates, by WARM_START_SLATES.
 WARM_START_EXPOSURES = """
 SELECT decision_id, unit_id, variant, propensity, context, toUnixTimestamp64Milli(ts) AS ts_ms
 FROM exposures FINAL
 WHERE experiment = {experiment:String}
-  AND reason IN ('policy', 'split') AND holdout = 0 AND propensity > 0
+  AND reason IN ('policy', 'split') AND holdout = 0 AND propensity > 0 AND slot < 0
 ORDER BY ts DESC
 LIMIT {limit:UInt32}
+"""
+WARM_START_SLATES = """
+SELECT decision_id, slot, item, propensity, context, toUnixTimestamp64Milli(ts) AS ts_ms
+FROM exposures FINAL
+WHERE experiment = {experiment:String}
+  AND reason = 'policy' AND holdout = 0 AND propensity > 0 AND slot >= 0
+ORDER BY ts DESC, decision_id, slot
+LIMIT {limit:UInt32}
+"""
+WARM_START_SLOT_OUTCOMES = """
+SELECT decision_id, slot, item, type, value, toUnixTimestamp64Milli(ts) AS ts_ms
+FROM outcomes FINAL
+WHERE type IN {types:Array(String)}
+  AND ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND (experiment = '' OR experiment = {experiment:String})
+  AND decision_id != '' AND (slot >= 0 OR item != '')
 """
 WARM_START_OUTCOMES = """
 SELECT decision_id, unit_id, type, value, toUnixTimestamp64Milli(ts) AS ts_ms

@@ -11,16 +11,22 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from bandits.apprentice import ApprenticeEstimate, ApprenticePolicy, estimate_of, take_over
-from bandits.base import SnapshotError
+from bandits.base import Policy, SnapshotError
 from bandits.registry import build_policy
 from bandits.spec import is_learning
 from decision_api.learning.runtime import spec_of
-from decision_api.learning.warm_start import history_examples, warm_policy
+from decision_api.learning.warm_start import (
+    history_examples,
+    history_slates,
+    warm_policy,
+    warm_slates_policy,
+)
 from decision_api.routes.guards import require
 from decision_api.services import Services
 from event_log.writer import now_ms
 from tailor_contract.definitions import Experiment
 from tailor_contract.errors import Conflict, NotFound
+from tailor_contract.policies import VWSlatesConfig
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):
@@ -123,19 +129,26 @@ class ModelController(Controller):
         """Teach a fresh model the experiment's logged history in the event log, publish it."""
         experiment = await _learning(key, services)
         await services.writer.flush()
-        examples = await asyncio.to_thread(history_examples, services.event_log, experiment)
-        policy = await asyncio.to_thread(warm_policy, experiment, examples)
+        policy: Policy
+        if isinstance(experiment.policy, VWSlatesConfig):
+            slates = await asyncio.to_thread(history_slates, services.event_log, experiment)
+            policy = await asyncio.to_thread(warm_slates_policy, experiment, slates)
+            learned = len(slates)
+        else:
+            examples = await asyncio.to_thread(history_examples, services.event_log, experiment)
+            policy = await asyncio.to_thread(warm_policy, experiment, examples)
+            learned = len(examples)
         data = await asyncio.to_thread(policy.snapshot)
         snap = await services.learning.snapshots.replace(
-            key, now_ms(), kind=policy.name, data=data, examples=len(examples)
+            key, now_ms(), kind=policy.name, data=data, examples=learned
         )
-        services.audit("model_warm_start", "model", key, snap.version, f"examples={len(examples)}")
+        services.audit("model_warm_start", "model", key, snap.version, f"examples={learned}")
         return ModelInfo(
             experiment=key,
             version=snap.version,
             generation=snap.gen,
             kind=snap.kind,
-            examples=len(examples),
+            examples=learned,
             bytes=len(data),
             updated_ms=snap.updated_ms,
         )

@@ -20,6 +20,7 @@ from bandits.snapshots import SnapshotStore
 from bandits.vw_slates import VWSlatesPolicy
 from decision_api.app import create_app
 from decision_api.learning.runtime import spec_of
+from decision_api.learning.warm_start import history_slates
 from decision_api.services import Services
 from decision_api.settings import LearnerSettings, Settings
 from experiments.store import ExperimentStore
@@ -314,8 +315,46 @@ async def test_the_report_shows_click_rates_per_slot_and_off_policy_estimates(
     [first, *_] = section["estimates"]
     assert (first["slot"], first["n"]) == (0, 30)
     assert 0.0 <= first["random_ips"]["lower"] <= first["random_ips"]["upper"] <= 1.0
+    assert got.json()["verdict"]["headline"].startswith("The ranked slates earn")
+    assert got.json()["adaptive"] is None  # slot items are not arms
     text = await client.get("/v1/experiments/carousel/report", params={"format": "text"})
     assert "slates (30 decisions" in text.text
     assert "random IPS" in text.text
     page = await client.get("/reports/carousel")
     assert page.status_code == 200 and "Off-policy click rate per slot" in page.text
+
+
+async def test_warm_start_teaches_a_slates_model_the_logged_slates(
+    quiet_client: Client, redis: Redis, namespace: str
+) -> None:
+    """Warm start rebuilds the logged slates over the experiment's variants, each slot with the
+    reward of the outcomes naming it, and publishes a slates model taught them; slates over
+    request items (features not logged) are left out, and no slot row is read as a one-variant
+    decision (a what-if finds no logged one-variant decision)."""
+    client = quiet_client
+    await start(client, carousel())
+    clicked: list[tuple[int, str]] = []
+    for i in range(8):
+        answer = await decide(client, f"w{i}", {"slots": 3})
+        slate = answer["decisions"][0]["slate"]
+        if i % 2 == 0:
+            clicked.append((i, slate[1]["item"]))
+            await client.post("/v1/outcomes", json={
+                "decision_id": answer["decision_id"], "type": "click", "item": slate[1]["item"]
+            })  # fmt: skip
+    await decide(client, "other", {"candidates": [{"id": "x"}, {"id": "y"}]})
+    await rows(client, "SELECT 1 FROM outcomes", 4)
+    services = services_of(client)
+    experiment = await ExperimentStore(redis, namespace).get("carousel")
+    slates = await asyncio.to_thread(history_slates, services.event_log, experiment)
+    assert len(slates) == 8
+    assert [s.rewards for s in slates].count((0.0, 1.0, 0.0)) == 4
+    assert [s.rewards for s in slates].count((0.0, 0.0, 0.0)) == 4
+    assert all(len(s.chosen) == 3 and len(s.propensities) == 3 for s in slates)
+    warmed = await client.post("/v1/experiments/carousel/model/warm-start")
+    assert warmed.status_code == 200, warmed.text
+    assert (warmed.json()["kind"], warmed.json()["examples"]) == ("vw_slates", 8)
+    what_if = await client.post(
+        "/v1/experiments/carousel/what-if", json={"policy": {"kind": "vw_slates"}}
+    )
+    assert what_if.status_code == 409 and "0 logged decisions" in what_if.text
