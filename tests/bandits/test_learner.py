@@ -19,6 +19,8 @@ from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec
 from bandits.thompson import ThompsonPolicy
 from decision_api.learning.runtime import LearnerRunner
+from decision_api.redis_client import connect
+from decision_api.settings import RedisSettings
 from experiments.store import ExperimentStore
 from tailor_contract.definitions import ExperimentSpec
 from tailor_contract.policies import ThompsonConfig, VWCBConfig
@@ -32,13 +34,15 @@ from tests.support.training import (
     spec_of,
 )
 
+pytestmark = pytest.mark.redis_cluster
+
 EXP = "hero"
 
 
 @pytest.fixture
-async def redis_bin(redis_url: str) -> AsyncIterator[Redis]:
-    """A binary-safe client, as the learner and snapshot store use."""
-    client = Redis.from_url(redis_url, decode_responses=False)
+async def redis_bin(redis_settings: RedisSettings) -> AsyncIterator[Redis]:
+    """A binary-safe client, as the learner and snapshot store use (on a cluster too)."""
+    client = connect(redis_settings, decode_responses=False)
     try:
         yield client
     finally:

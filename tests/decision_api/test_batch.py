@@ -36,6 +36,8 @@ from tailor_contract.wire import Recipient
 from tests.support.polling import eventually
 from tests.support.processes import TailorServer, server_env
 
+pytestmark = pytest.mark.redis_cluster
+
 T = TypeVar("T")
 Client = AsyncTestClient[Litestar]
 NDJSON = "application/x-ndjson"
