@@ -63,6 +63,7 @@ from experiments.reports.build import build_report
 from experiments.reports.html import ASSETS, asset, render_report_page
 from experiments.reports.options import ReportOptionsError, report_options
 from experiments.reports.results import ExperimentReport, ReportOptions
+from experiments.reports.slate_verdict import slate_verdict
 from experiments.reports.slates import slate_report
 from experiments.reports.text import render_report_text
 from tailor_contract.definitions import Experiment
@@ -176,7 +177,13 @@ async def _with_slates(
         model=model,
         level=level,
     )
-    return msgspec.structs.replace(report, slates=section)
+    if section is None:
+        return report
+    # The adaptive per-arm reading would take each slot's item for an arm: a slate's verdict
+    # compares whole slates instead (experiments.reports.slate_verdict).
+    return msgspec.structs.replace(
+        report, slates=section, verdict=slate_verdict(section, level), adaptive=None
+    )
 
 
 async def _with_apprentice(

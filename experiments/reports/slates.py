@@ -28,6 +28,7 @@ their intervals are wide, and the estimator's support warnings say so. The holdo
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -42,7 +43,7 @@ from event_log.rows import parse_context_value
 from event_log.store import EventLog
 from experiments.off_policy.estimators import evaluate_policy
 from experiments.reports import queries as q
-from experiments.statistics.intervals import Interval
+from experiments.statistics.intervals import Interval, z_critical
 from tailor_contract.definitions import Experiment
 from tailor_contract.policies import VWSlatesConfig
 
@@ -100,7 +101,14 @@ class SlotEstimate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SlateReport(msgspec.Struct, frozen=True, kw_only=True):
-    """The slates section of a report (``metric``: the primary metric counted as a click)."""
+    """The slates section of a report (``metric``: the primary metric counted as a click).
+
+    ``clicks_per_slate``: the policy's decisions' mean clicks over their slots; the holdout's
+    likewise (its default order), and ``gain_over_holdout`` their difference with a CLT
+    interval (units are split by hash, so this comparison is randomised). ``random`` and
+    ``learned`` clicks per slate add up the slots' SNIPS estimates (no interval: the slots'
+    estimates are not independent).
+    """
 
     metric: str
     decisions: int
@@ -108,6 +116,11 @@ class SlateReport(msgspec.Struct, frozen=True, kw_only=True):
     items: list[ItemSlotRate]
     estimates: list[SlotEstimate]
     notes: list[str] = msgspec.field(default_factory=list)
+    clicks_per_slate: float = 0.0
+    holdout_clicks_per_slate: float | None = None
+    gain_over_holdout: Interval | None = None
+    random_clicks_per_slate: float | None = None
+    learned_clicks_per_slate: float | None = None
 
 
 class _Row(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -150,17 +163,36 @@ def _clicked(
 
 def _estimate(rewards: Sequence[float], propensities: Sequence[float],
               target: Sequence[float], level: float) -> tuple[Interval, Interval]:
-    """IPS and SNIPS of a target giving the logged item probability ``target[i]``."""
+    """IPS and SNIPS of a target giving the logged item probability ``target[i]``.
+
+    When every weighted row clicked, or none did, the CLT interval has zero width (a plug-in
+    variance of 0); it is then the exact (Clopper-Pearson) interval of 0 or all successes in
+    the weights' effective sample size, so a slot nobody clicked yet does not read as certain.
+    """
     pi = np.asarray(target, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    p = np.asarray(propensities, dtype=np.float64)
     est = evaluate_policy(
-        np.asarray(rewards, dtype=np.float64),
-        np.asarray(propensities, dtype=np.float64),
-        np.zeros(len(pi), dtype=np.int64),
-        np.column_stack([pi, 1.0 - pi]),
-        level=level,
-        reward_range=(0.0, 1.0),
-    )
-    return est.ips, est.snips
+        r, p, np.zeros(len(pi), dtype=np.int64), np.column_stack([pi, 1.0 - pi]),
+        level=level, reward_range=(0.0, 1.0),
+    )  # fmt: skip
+    weighted = r[pi > 0]
+    if weighted.size == 0 or not (np.all(weighted == 0.0) or np.all(weighted == 1.0)):
+        return est.ips, est.snips
+    ess = max(est.effective_sample_size, 1.0)
+    tail = (1.0 - level) / 2.0
+    edge = tail ** (1.0 / ess)  # P(all n_eff the same) = edge ** n_eff = tail
+    return _widened(est.ips, edge), _widened(est.snips, edge)
+
+
+def _widened(iv: Interval, edge: float) -> Interval:
+    """A zero-width interval at 0 (or 1) widened to [0, 1 - edge] (or [edge, 1])."""
+    if iv.upper > iv.lower:
+        return iv
+    if iv.estimate <= 0.5:
+        return Interval(estimate=iv.estimate, lower=0.0, upper=max(iv.upper, 1.0 - edge),
+                        level=iv.level)  # fmt: skip
+    return Interval(estimate=iv.estimate, lower=min(iv.lower, edge), upper=1.0, level=iv.level)
 
 
 def _learned_targets(
@@ -198,6 +230,109 @@ def _learned_targets(
     return out
 
 
+_Shown = list[tuple[_Row, bool]]
+"""Slot exposures with whether each was clicked."""
+
+
+def _slot_rates(policy: _Shown, holdout: _Shown, n_slots: int) -> list[SlotRate]:
+    """Exposures, clicks and click rate per slot, the policy's and the holdout's."""
+    out = []
+    for j in range(n_slots):
+        shown = [c for row, c in policy if row.slot == j]
+        held = [c for row, c in holdout if row.slot == j]
+        out.append(
+            SlotRate(
+                slot=j, exposures=len(shown), clicks=sum(shown),
+                click_rate=_rate(sum(shown), len(shown)),
+                holdout_exposures=len(held), holdout_clicks=sum(held),
+                holdout_click_rate=_rate(sum(held), len(held)) if held else None,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _item_rates(policy: _Shown) -> list[ItemSlotRate]:
+    """Per item and slot, most shown first (at most ``MAX_ITEM_ROWS``)."""
+    per_item: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    for row, c in policy:
+        counts = per_item[row.item, row.slot]
+        counts[0] += 1
+        counts[1] += int(c)
+    return sorted(
+        (
+            ItemSlotRate(item=item, slot=slot, exposures=n, clicks=k, click_rate=_rate(k, n))
+            for (item, slot), (n, k) in per_item.items()
+        ),
+        key=lambda r: (-r.exposures, r.slot, r.item),
+    )[:MAX_ITEM_ROWS]
+
+
+def _prefixed(
+    policy: _Shown, learned: Mapping[tuple[str, int], float]
+) -> list[tuple[int, float, float, float, float | None]]:
+    """Per decision and slot ``j``: (j, click, Π p_i, Π π_i of random order, Π π_i of the
+    learned ranking or None), the products over slots ``i <= j``."""
+    by_decision: dict[str, _Shown] = defaultdict(list)
+    for row, c in policy:
+        by_decision[row.decision_id].append((row, c))
+    out: list[tuple[int, float, float, float, float | None]] = []
+    for decision_id, slate_rows in by_decision.items():
+        slate_rows.sort(key=lambda rc: rc[0].slot)
+        p_all = random_all = 1.0
+        learned_all: float | None = 1.0
+        for i, (row, c) in enumerate(slate_rows):
+            if row.slot != i or row.propensity <= 0 or row.candidates <= i:
+                break  # a slate cut by the row limit, or a row no estimate can use
+            p_all *= row.propensity
+            random_all *= 1.0 / (row.candidates - i)
+            target = learned.get((decision_id, i))
+            learned_all = None if target is None or learned_all is None else learned_all * target
+            out.append((i, float(c), p_all, random_all, learned_all))
+    return out
+
+
+def _slot_estimates(
+    prefixed: Sequence[tuple[int, float, float, float, float | None]], n_slots: int, level: float
+) -> list[SlotEstimate]:
+    """IPS and SNIPS per slot of random order and of the learned ranking."""
+    estimates = []
+    for j in range(n_slots):
+        usable = [t for t in prefixed if t[0] == j]
+        if not usable:
+            continue
+        rewards = [t[1] for t in usable]
+        props = [t[2] for t in usable]
+        random_ips, random_snips = _estimate(rewards, props, [t[3] for t in usable], level)
+        pairs = [(t[1], t[2], t[4]) for t in usable if t[4] is not None]
+        learned_ips = learned_snips = None
+        if len(pairs) >= 2:
+            learned_ips, learned_snips = _estimate(
+                [p[0] for p in pairs], [p[1] for p in pairs], [float(p[2] or 0.0) for p in pairs],
+                level,
+            )
+        estimates.append(
+            SlotEstimate(
+                slot=j, n=len(usable), logged=float(np.mean(rewards)),
+                random_ips=random_ips, random_snips=random_snips,
+                learned_n=len(pairs), learned_ips=learned_ips, learned_snips=learned_snips,
+            )
+        )  # fmt: skip
+    return estimates
+
+
+def _gain(policy: _Shown, holdout: _Shown, level: float) -> Interval | None:
+    """Clicks per slate of the policy's decisions minus the holdout's, with a CLT interval."""
+    mine, held = _clicks_per_decision(policy), _clicks_per_decision(holdout)
+    if len(mine) < 2 or len(held) < 2:
+        return None
+    diff = float(np.mean(mine) - np.mean(held))
+    se = math.sqrt(
+        float(np.var(mine, ddof=1)) / len(mine) + float(np.var(held, ddof=1)) / len(held)
+    )
+    crit = z_critical(level)
+    return Interval(estimate=diff, lower=diff - crit * se, upper=diff + crit * se, level=level)
+
+
 def slate_section(
     exposures: Sequence[Sequence[Any]],
     outcomes: Sequence[Sequence[Any]],
@@ -222,30 +357,6 @@ def slate_section(
     policy = [(row, c) for row, c in zip(rows, clicks, strict=True) if row.reason == "policy"]
     holdout = [(row, c) for row, c in zip(rows, clicks, strict=True) if row.holdout]
     n_slots = max(row.slot for row in rows) + 1
-    slots = []
-    for j in range(n_slots):
-        shown = [c for row, c in policy if row.slot == j]
-        held = [c for row, c in holdout if row.slot == j]
-        slots.append(
-            SlotRate(
-                slot=j, exposures=len(shown), clicks=sum(shown),
-                click_rate=_rate(sum(shown), len(shown)),
-                holdout_exposures=len(held), holdout_clicks=sum(held),
-                holdout_click_rate=_rate(sum(held), len(held)) if held else None,
-            )
-        )  # fmt: skip
-    per_item: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
-    for row, c in policy:
-        counts = per_item[row.item, row.slot]
-        counts[0] += 1
-        counts[1] += int(c)
-    items = sorted(
-        (
-            ItemSlotRate(item=item, slot=slot, exposures=n, clicks=k, click_rate=_rate(k, n))
-            for (item, slot), (n, k) in per_item.items()
-        ),
-        key=lambda r: (-r.exposures, r.slot, r.item),
-    )[:MAX_ITEM_ROWS]
     notes: list[str] = []
     learned: dict[tuple[str, int], float] = {}
     if model is not None and isinstance(experiment.policy, VWSlatesConfig):
@@ -258,53 +369,35 @@ def slate_section(
             )
     elif model is None:
         notes.append("No published model yet: the learned ranking is not evaluated.")
-    # Per decision and slot: (click, Π p_i, Π π_i random, Π π_i learned or None), i <= slot.
-    by_decision: dict[str, list[tuple[_Row, bool]]] = defaultdict(list)
-    for row, c in policy:
-        by_decision[row.decision_id].append((row, c))
-    prefixed: list[tuple[int, float, float, float, float | None]] = []
-    for decision_id, slate_rows in by_decision.items():
-        slate_rows.sort(key=lambda rc: rc[0].slot)
-        p_all = random_all = 1.0
-        learned_all: float | None = 1.0
-        for i, (row, c) in enumerate(slate_rows):
-            if row.slot != i or row.propensity <= 0 or row.candidates <= i:
-                break  # a slate cut by the row limit, or a row no estimate can use
-            p_all *= row.propensity
-            random_all *= 1.0 / (row.candidates - i)
-            target = learned.get((decision_id, i))
-            learned_all = None if target is None or learned_all is None else learned_all * target
-            prefixed.append((i, float(c), p_all, random_all, learned_all))
-    estimates = []
-    for j in range(n_slots):
-        usable = [t for t in prefixed if t[0] == j]
-        if not usable:
-            continue
-        rewards = [t[1] for t in usable]
-        props = [t[2] for t in usable]
-        random_ips, random_snips = _estimate(rewards, props, [t[3] for t in usable], level)
-        pairs = [(t[1], t[2], t[4]) for t in usable if t[4] is not None]
-        learned_ips = learned_snips = None
-        if len(pairs) >= 2:
-            learned_ips, learned_snips = _estimate(
-                [p[0] for p in pairs], [p[1] for p in pairs], [float(p[2] or 0.0) for p in pairs],
-                level,
-            )
-        estimates.append(
-            SlotEstimate(
-                slot=j, n=len(usable), logged=float(np.mean(rewards)),
-                random_ips=random_ips, random_snips=random_snips,
-                learned_n=len(pairs), learned_ips=learned_ips, learned_snips=learned_snips,
-            )
-        )  # fmt: skip
+    estimates = _slot_estimates(_prefixed(policy, learned), n_slots, level)
+    per_slate = _clicks_per_decision(policy)
+    held_slate = _clicks_per_decision(holdout)
+    learned_total = None
+    if estimates and all(e.learned_snips is not None for e in estimates):
+        learned_total = float(sum(e.learned_snips.estimate for e in estimates if e.learned_snips))
     return SlateReport(
         metric=experiment.primary_metric,
         decisions=len({row.decision_id for row in rows}),
-        slots=slots,
-        items=items,
+        slots=_slot_rates(policy, holdout, n_slots),
+        items=_item_rates(policy),
         estimates=estimates,
         notes=notes,
+        clicks_per_slate=float(np.mean(per_slate)) if per_slate else 0.0,
+        holdout_clicks_per_slate=float(np.mean(held_slate)) if held_slate else None,
+        gain_over_holdout=_gain(policy, holdout, level),
+        random_clicks_per_slate=(
+            float(sum(e.random_snips.estimate for e in estimates)) if estimates else None
+        ),
+        learned_clicks_per_slate=learned_total,
     )
+
+
+def _clicks_per_decision(shown: Sequence[tuple[_Row, bool]]) -> list[float]:
+    """Each decision's clicks over its slots."""
+    totals: dict[str, float] = defaultdict(float)
+    for row, c in shown:
+        totals[row.decision_id] += float(c)
+    return list(totals.values())
 
 
 def slate_report(

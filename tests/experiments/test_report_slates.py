@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
 from bandits.base import Candidate
 from bandits.slates import SlateExample
 from bandits.vw_slates import VWSlatesPolicy
+from experiments.reports.slate_verdict import slate_verdict
 from experiments.reports.slates import slate_section
 from tailor_contract.definitions import Experiment, Variant
 from tailor_contract.policies import VWSlatesConfig
@@ -142,3 +144,47 @@ def test_without_a_model_only_random_order_is_estimated() -> None:
     assert all(e.learned_ips is None for e in report.estimates)
     assert report.notes and "No published model" in report.notes[0]
     assert slate_section([], [], EXPERIMENT, model=None, level=0.95) is None
+
+
+def test_the_verdict_compares_whole_slates_with_the_holdout(
+    simulated: tuple[list[list[Any]], list[list[Any]], VWSlatesPolicy],
+) -> None:
+    """The holdout's clicks per slate match its default order's exact value; the learned
+    slates beat it (segment b dislikes the default order) and the verdict says so with the
+    difference and its interval, one detail line per slot."""
+    exposures, outcomes, policy = simulated
+    report = slate_section(exposures, outcomes, EXPERIMENT, model=policy, level=0.95)
+    assert report is not None and report.holdout_clicks_per_slate is not None
+    default_truth = float(np.mean([EXAMINE @ ATTRACT[s][:3] for s in "ab"]))
+    assert report.holdout_clicks_per_slate == pytest.approx(default_truth, abs=0.05)
+    gain = report.gain_over_holdout
+    assert gain is not None and gain.lower > 0
+    assert gain.estimate == pytest.approx(
+        report.clicks_per_slate - report.holdout_clicks_per_slate
+    )
+    verdict = slate_verdict(report, 0.95)
+    assert verdict.status == "winner"
+    assert verdict.headline.startswith("The ranked slates earn more clicks than the holdout")
+    assert len(verdict.details) == 3 and verdict.details[0].startswith("Slot 0:")
+    without_holdout = msgspec.structs.replace(report, gain_over_holdout=None,
+                                              holdout_clicks_per_slate=None)  # fmt: skip
+    plain = slate_verdict(without_holdout, 0.95)
+    assert plain.status == "no_difference" and "no holdout" in plain.headline
+    assert report.learned_clicks_per_slate is not None
+    assert report.random_clicks_per_slate is not None
+    assert report.learned_clicks_per_slate > report.random_clicks_per_slate
+
+
+def test_a_slot_nobody_clicked_gets_an_interval_not_a_point() -> None:
+    """With no click in a slot the estimates are 0 with the exact interval of 0 successes in
+    the weights' effective sample size (here 40 uniform rows: upper 1 - 0.025^(1/40)), not a
+    zero-width interval from a zero plug-in variance."""
+    exposures = [
+        [f"d{i}", 0, "i0" if i % 2 else "i1", 0.5, "policy", 0, 2, {}, T0 + i] for i in range(40)
+    ]
+    report = slate_section(exposures, [], EXPERIMENT, model=None, level=0.95)
+    assert report is not None
+    [estimate] = report.estimates
+    for iv in (estimate.random_ips, estimate.random_snips):
+        assert (iv.estimate, iv.lower) == (0.0, 0.0)
+        assert iv.upper == pytest.approx(1 - 0.025 ** (1 / 40))

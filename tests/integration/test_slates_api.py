@@ -315,6 +315,8 @@ async def test_the_report_shows_click_rates_per_slot_and_off_policy_estimates(
     [first, *_] = section["estimates"]
     assert (first["slot"], first["n"]) == (0, 30)
     assert 0.0 <= first["random_ips"]["lower"] <= first["random_ips"]["upper"] <= 1.0
+    assert got.json()["verdict"]["headline"].startswith("The ranked slates earn")
+    assert got.json()["adaptive"] is None  # slot items are not arms
     text = await client.get("/v1/experiments/carousel/report", params={"format": "text"})
     assert "slates (30 decisions" in text.text
     assert "random IPS" in text.text
