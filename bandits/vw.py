@@ -95,7 +95,7 @@ _COUNTED: Final = frozenset({"--squarecb", "--first", "--cover", "--bag", "--reg
                              "--rnd", "--softmax", "--synthcover"})  # fmt: skip
 
 
-def weights_decide(config: VWCBConfig) -> bool:
+def weights_decide(config: VWCBConfig | VWSlatesConfig) -> bool:
     """Whether decisions depend on the weight table alone (epsilon-greedy exploration).
 
     SquareCB's gamma grows with the number of examples learned, explore-first and cover count

@@ -23,7 +23,10 @@ as at decision time.
 
 Parsed action examples are cached by the candidate's content (as :mod:`bandits.vw` does): VW
 leaves them as it found them after predict and learn (pinned by the tests). A snapshot restores
-the weights and learning state exactly. Not thread-safe: one thread at a time per policy.
+the weights and learning state exactly; with epsilon exploration decisions depend on the
+weights alone, so a serving worker takes a newer snapshot by copying its weight rows in place
+(:meth:`VWSlatesPolicy.patch`, the :class:`~bandits.base.Incremental` protocol). Not
+thread-safe: one thread at a time per policy.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Final, Literal, cast
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 from vowpal_wabbit_next import CCBExampleType, CCBLabel, TextFormatParser, Workspace
 from vowpal_wabbit_next import Example as VWExample
 
@@ -51,6 +55,7 @@ from bandits.base import (
 )
 from bandits.features import ccb_action_line, ccb_shared_line, slot_line
 from bandits.slates import Slate, SlateExample, SlotChoice
+from bandits.vw import weights_decide
 from tailor_contract.policies import VWSlatesConfig
 
 __all__ = ["NAME", "VWSlatesPolicy"]
@@ -67,11 +72,16 @@ _Pick = Callable[[list[float]], tuple[int, float]]
 
 
 class _SlatesState(msgspec.Struct, frozen=True, tag_field="kind", tag=NAME):
-    """A CCB model and the arguments that shape it (all but epsilon)."""
+    """A CCB model and the arguments that shape it (all but epsilon); for configs whose
+    decisions depend on the weights alone, the weight table's non-zero rows (uint32) and their
+    values (float32, ``stride`` per row), as :mod:`bandits.vw` keeps them for a patch."""
 
     args: list[str]
     model: bytes
     format: Literal[1] = 1
+    rows: bytes = b""
+    values: bytes = b""
+    stride: int = 0
 
 
 def _argmax(weights: list[float]) -> tuple[int, float]:
@@ -99,6 +109,8 @@ class VWSlatesPolicy:
         except RuntimeError as exc:  # VW's way of saying the model bytes are unusable
             raise SnapshotError(f"VW could not load the model: {exc}") from exc
         self._parser = TextFormatParser(self._ws)
+        self._patchable = weights_decide(config)
+        self._rows: npt.NDArray[np.uint32] | None = None  # non-zero rows, known after a patch
         self._actions: dict[bytes, VWExample] = {}
         self._shared: dict[bytes, VWExample] = {}
         self._slots: list[VWExample] = []
@@ -336,9 +348,63 @@ class VWSlatesPolicy:
     # -- snapshots -------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """Serialize the VW model (with its online learning state) and its shaping args."""
-        state = _SlatesState(args=self._config.structural_args(), model=self._ws.serialize())
+        """Serialize the VW model (with its online learning state) and its shaping args, and for
+        weights-only configs the non-zero weight rows (what :meth:`patch` copies)."""
+        model = self._ws.serialize()
+        if not self._patchable:
+            state = _SlatesState(args=self._config.structural_args(), model=model)
+            return msgspec.msgpack.encode(state)
+        table = self._table()
+        rows = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
+        state = _SlatesState(
+            args=self._config.structural_args(),
+            model=model,
+            rows=rows.tobytes(),
+            values=np.ascontiguousarray(table[rows]).tobytes(),
+            stride=table.shape[1],
+        )
         return msgspec.msgpack.encode(state)
+
+    def _table(self) -> npt.NDArray[np.float32]:
+        """The workspace's weight table as a writable ``(rows, stride)`` view."""
+        weights = self._ws.weights()
+        table: npt.NDArray[np.float32] = weights.reshape(weights.shape[0], -1)
+        return table
+
+    def patch(self, snapshot: bytes, *, version: str) -> bool:
+        """Overwrite the weights with a newer snapshot's, in place (a memory copy of its
+        non-zero rows instead of loading a workspace, which holds the GIL for milliseconds);
+        decisions afterwards equal those of the restored snapshot (pinned by the tests).
+
+        Returns False, changing nothing, when the config is not weights-only (SquareCB counts
+        examples), the snapshot carries no rows, or it was trained with other arguments or
+        another table shape.
+        """
+        if not self._patchable:
+            return False
+        try:
+            state = decode_snapshot(snapshot, _SlatesState, NAME)
+        except SnapshotError:
+            return False
+        table = self._table()
+        if (
+            state.args != self._config.structural_args()
+            or not state.rows
+            or state.stride != table.shape[1]
+        ):
+            return False
+        rows = np.frombuffer(state.rows, dtype=np.uint32)
+        values = np.frombuffer(state.values, dtype=np.float32).reshape(-1, state.stride)
+        if len(rows) != len(values) or (len(rows) and int(rows.max()) >= table.shape[0]):
+            return False
+        previous = self._rows
+        if previous is None:  # built fresh or loaded whole: find what it holds once
+            previous = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
+        table[previous] = 0.0
+        table[rows] = values
+        self._rows = rows
+        self.version = version
+        return True
 
     @classmethod
     def restore(cls, config: VWSlatesConfig, snapshot: bytes, *, version: str) -> VWSlatesPolicy:

@@ -35,6 +35,7 @@ before the cluster one (``RENAMENX``) once, at start-up, so existing data keeps 
 from __future__ import annotations
 
 import binascii
+import fnmatch
 import functools
 from collections.abc import Sequence
 from typing import Any, cast
@@ -227,9 +228,13 @@ async def migrate_layout(client: Redis, prefix: str) -> int:
     fixed, patterns = _renames(prefix)
     moved = 0
     names = list(fixed)
-    for pattern in patterns:
-        async for key in client.scan_iter(match=pattern, count=MIGRATE_SCAN_COUNT):
-            names.append(key.decode() if isinstance(key, bytes) else str(key))
+    # Decision records, join indexes and models exist only beside experiment definitions (which
+    # are never deleted): without any fixed key there is nothing to scan for (a new prefix).
+    if await client.exists(*fixed):
+        async for key in client.scan_iter(match=prefix + ":*", count=MIGRATE_SCAN_COUNT):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+                names.append(name)
     for start in range(0, len(names), MIGRATE_SCAN_COUNT):
         async with client.pipeline(transaction=False) as pipe:
             for old in names[start : start + MIGRATE_SCAN_COUNT]:

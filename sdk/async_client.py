@@ -193,11 +193,13 @@ class AsyncTailorClient:
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> AsyncIterator[RecipientResult]:
         """Stream one result per recipient, in order (see ``TailorClient.decide_batch``)."""
         body, units = batch_request(
-            campaign, recipients, placements, send_window, default_send_time, step, context, explain
-        )
+            campaign, recipients, placements, send_window, default_send_time, step, context,
+            explain, slates,
+        )  # fmt: skip
         return self._stream_batch(body, units, list(placements), defaults)
 
     async def _stream_batch(

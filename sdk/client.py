@@ -91,8 +91,10 @@ def batch_request(
     step: str | None,
     context: Mapping[str, Any] | None,
     explain: bool = False,
+    slates: Mapping[str, int | Mapping[str, Any]] | None = None,
 ) -> tuple[bytes, list[str]]:
-    """A checked ``/v1/decide/batch`` body and the recipients' unit ids, in order."""
+    """A checked ``/v1/decide/batch`` body and the recipients' unit ids, in order (a slate given
+    as a number is its slot count)."""
     listed = [r if isinstance(r, Recipient) else dict(r) for r in recipients]
     request: dict[str, Any] = {
         "campaign": campaign,
@@ -109,6 +111,11 @@ def batch_request(
             request[name] = value
     if explain:
         request["explain"] = True
+    if slates:
+        request["slates"] = {
+            p: {"slots": ask} if isinstance(ask, int) and not isinstance(ask, bool) else ask
+            for p, ask in slates.items()
+        }
     body = wire.batch_body(request)
     units = [r.unit_id if isinstance(r, Recipient) else str(r.get("unit_id", "")) for r in listed]
     return body, units
@@ -235,6 +242,7 @@ class TailorClient:
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> Iterator[RecipientResult]:
         """Stream one result per recipient, in order (NDJSON from ``/v1/decide/batch``).
 
@@ -245,8 +253,9 @@ class TailorClient:
         ``explain`` asks learning policies why they chose (``Decision.explanation``).
         """
         body, units = batch_request(
-            campaign, recipients, placements, send_window, default_send_time, step, context, explain
-        )
+            campaign, recipients, placements, send_window, default_send_time, step, context,
+            explain, slates,
+        )  # fmt: skip
         return self._stream_batch(body, units, list(placements), defaults)
 
     def _stream_batch(

@@ -189,10 +189,12 @@ class _FakeCore:
         step: str | None,
         context: Mapping[str, Any] | None,
         defaults: Defaults | None,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> list[RecipientResult]:
         listed = [r if isinstance(r, Recipient) else dict(r) for r in recipients]
         _, units = batch_request(  # raises InvalidRequest as the real client does
-            campaign, listed, placements, send_window, default_send_time, step, context
+            campaign, listed, placements, send_window, default_send_time, step, context,
+            slates=slates,
         )
         results = []
         for index, (unit, recipient) in enumerate(zip(units, listed, strict=True)):
@@ -294,11 +296,12 @@ class FakeTailorClient(_FakeCore):
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> Iterator[RecipientResult]:
         """One scripted result per recipient, in order. ``explain`` changes nothing here."""
         results = self._batch(
             campaign, recipients, placements, send_window, default_send_time, step, context,
-            defaults,
+            defaults, slates,
         )  # fmt: skip
         return iter(results)
 
@@ -371,12 +374,13 @@ class FakeAsyncTailorClient(_FakeCore):
         context: Mapping[str, Any] | None = None,
         defaults: Defaults | None = None,
         explain: bool = False,
+        slates: Mapping[str, int | Mapping[str, Any]] | None = None,
     ) -> AsyncIterator[RecipientResult]:
         """One scripted result per recipient, in order (an async iterator); ``explain``
         changes nothing here."""
         results = self._batch(
             campaign, recipients, placements, send_window, default_send_time, step, context,
-            defaults,
+            defaults, slates,
         )  # fmt: skip
 
         async def stream() -> AsyncIterator[RecipientResult]:

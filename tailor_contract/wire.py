@@ -507,7 +507,9 @@ class BatchDecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     ``send_time``), which need ``send_window``; ``default_send_time`` overrides the experiments'
     default for this campaign. ``step`` names a workflow step (abandoned_cart, welcome, ...):
     it is visible to targeting as the attribute ``step``, next to ``campaign``. ``context``
-    applies to every recipient (a recipient's own context wins). ``explain`` asks learning
+    applies to every recipient (a recipient's own context wins). ``slates`` asks, per
+    placement, every recipient's ranked slate (email content blocks; the candidates are shared
+    by the campaign, see :class:`SlateRequest`). ``explain`` asks learning
     policies why they chose, as on ``/v1/decide``: every answer a learning policy chose carries
     an ``explanation`` (off by default; it costs a model lookup per answer).
     """
@@ -522,6 +524,14 @@ class BatchDecideRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
         default_factory=dict
     )
     explain: bool = False
+    slates: Annotated[dict[Placement, SlateRequest], Meta(max_length=10)] = msgspec.field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        for placement in self.slates:
+            if placement not in self.placements:
+                raise ValueError(f"slates: {placement!r} is not one of the requested placements")
 
 
 class RecipientError(msgspec.Struct, kw_only=True):

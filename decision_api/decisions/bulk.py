@@ -46,7 +46,7 @@ from tailor_contract.send_window import (
     check_default,
     resolve_zone,
 )
-from tailor_contract.wire import Recipient, RecipientDecision, RecipientError
+from tailor_contract.wire import Recipient, RecipientDecision, RecipientError, SlateRequest
 
 log = structlog.get_logger("tailor.bulk")
 
@@ -66,6 +66,8 @@ class Campaign(msgspec.Struct, frozen=True, kw_only=True):
     context: Mapping[str, Any] = msgspec.field(default_factory=dict)
     explain: bool = False
     """Add an ``explanation`` to every answer a learning policy chose (as ``/v1/decide``)."""
+    slates: Mapping[str, SlateRequest] = msgspec.field(default_factory=dict)
+    """Placements every recipient gets a ranked slate for (as ``/v1/decide``'s ``slates``)."""
 
 
 def check_unit_id(unit_id: str) -> str | None:
@@ -250,6 +252,8 @@ def _prepare(
         unit = engine.prepare(recipient.unit_id, context, consent, profile, chunk.degraded, now_ms)
         if recipient.exclude:
             unit.exclude = {p: frozenset(keys) for p, keys in recipient.exclude.items()}
+        if campaign.slates:
+            unit.slates = campaign.slates
         chunk.units.append(unit)
         chunk.positions.append(i)
         chunk.zones.append(zone)

@@ -479,7 +479,10 @@ class DecisionEngine:
         self, placement: str, units: Sequence[UnitCall], *, defer_send_time: bool = False
     ) -> list[Placed]:
         """Decide one placement for many units: for each unit what :meth:`place` answers, with
-        each experiment's policy choosing for all of its units in one vectorised call."""
+        each experiment's policy choosing for all of its units in one vectorised call (a
+        placement asking for slates is decided unit by unit)."""
+        if any(placement in u.slates for u in units if u.slates):
+            return [self._place(placement, u, defer_send_time) for u in units]
         out: list[Placed | None] = []
         assigned: dict[str, tuple[Compiled, list[int]]] = {}
         for i, unit in enumerate(units):

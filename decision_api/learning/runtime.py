@@ -30,6 +30,7 @@ from bandits.serving import ServingPolicies
 from bandits.slates import Slate
 from bandits.snapshots import SnapshotStore
 from bandits.spec import PolicySpec, candidate_features, is_learning
+from decision_api.learning.outcome_batcher import OutcomeBatcher
 from decision_api.metrics import Metrics
 from decision_api.redis_client import connect
 from decision_api.settings import RedisSettings
@@ -82,6 +83,8 @@ class LearningPolicies:
 
     def __init__(self, redis: Redis, redis_bin: Redis, prefix: str, metrics: Metrics) -> None:
         self.join = RewardJoin(redis, prefix)
+        self.outcomes = OutcomeBatcher(self.join)
+        """Single outcomes of concurrent requests share the join's round trips through it."""
         self.snapshots = SnapshotStore(redis_bin, prefix)
         self.serving = ServingPolicies(
             self.snapshots,

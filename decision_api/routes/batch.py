@@ -100,6 +100,7 @@ def campaign_of(data: BatchDecideRequest, services: Services) -> Campaign:
         step=data.step,
         context=data.context,
         explain=data.explain,
+        slates=data.slates,
     )
 
 

@@ -143,8 +143,10 @@ async def join_outcomes(
             )
             for outcome in outcomes
         ]
-        # Every outcome of a batch in at most two pipelined round trips (not one per outcome).
-        applied = await join.apply_outcomes(refs, now_ms=now, rules_of=rules)
+        if len(refs) == 1:  # shares a pipeline with the concurrent requests' outcomes
+            applied = [await services.learning.outcomes.apply(refs[0], now, rules)]
+        else:  # every outcome of a batch in at most two pipelined round trips
+            applied = await join.apply_outcomes(refs, now_ms=now, rules_of=rules)
         for outcome, results in zip(outcomes, applied, strict=True):
             for experiment, result in results:
                 if result == "joined":

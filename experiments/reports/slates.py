@@ -163,17 +163,36 @@ def _clicked(
 
 def _estimate(rewards: Sequence[float], propensities: Sequence[float],
               target: Sequence[float], level: float) -> tuple[Interval, Interval]:
-    """IPS and SNIPS of a target giving the logged item probability ``target[i]``."""
+    """IPS and SNIPS of a target giving the logged item probability ``target[i]``.
+
+    When every weighted row clicked, or none did, the CLT interval has zero width (a plug-in
+    variance of 0); it is then the exact (Clopper-Pearson) interval of 0 or all successes in
+    the weights' effective sample size, so a slot nobody clicked yet does not read as certain.
+    """
     pi = np.asarray(target, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    p = np.asarray(propensities, dtype=np.float64)
     est = evaluate_policy(
-        np.asarray(rewards, dtype=np.float64),
-        np.asarray(propensities, dtype=np.float64),
-        np.zeros(len(pi), dtype=np.int64),
-        np.column_stack([pi, 1.0 - pi]),
-        level=level,
-        reward_range=(0.0, 1.0),
-    )
-    return est.ips, est.snips
+        r, p, np.zeros(len(pi), dtype=np.int64), np.column_stack([pi, 1.0 - pi]),
+        level=level, reward_range=(0.0, 1.0),
+    )  # fmt: skip
+    weighted = r[pi > 0]
+    if weighted.size == 0 or not (np.all(weighted == 0.0) or np.all(weighted == 1.0)):
+        return est.ips, est.snips
+    ess = max(est.effective_sample_size, 1.0)
+    tail = (1.0 - level) / 2.0
+    edge = tail ** (1.0 / ess)  # P(all n_eff the same) = edge ** n_eff = tail
+    return _widened(est.ips, edge), _widened(est.snips, edge)
+
+
+def _widened(iv: Interval, edge: float) -> Interval:
+    """A zero-width interval at 0 (or 1) widened to [0, 1 - edge] (or [edge, 1])."""
+    if iv.upper > iv.lower:
+        return iv
+    if iv.estimate <= 0.5:
+        return Interval(estimate=iv.estimate, lower=0.0, upper=max(iv.upper, 1.0 - edge),
+                        level=iv.level)  # fmt: skip
+    return Interval(estimate=iv.estimate, lower=min(iv.lower, edge), upper=1.0, level=iv.level)
 
 
 def _learned_targets(

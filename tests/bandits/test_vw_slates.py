@@ -10,7 +10,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from bandits.base import Arm, Candidate, CandidateError, Context, Example, Policy, SnapshotError
+from bandits.base import (
+    Arm,
+    Candidate,
+    CandidateError,
+    Context,
+    Example,
+    Incremental,
+    Policy,
+    SnapshotError,
+)
 from bandits.registry import build_policy
 from bandits.slates import SlateExample, SlatePolicy
 from bandits.vw_slates import VWSlatesPolicy
@@ -249,3 +258,31 @@ def test_slate_examples_are_validated(fields: dict[str, object], match: str) -> 
     }
     with pytest.raises(ValueError, match=match):
         SlateExample(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_a_serving_policy_takes_a_newer_snapshot_by_patching_its_weights(
+    trained: tuple[VWSlatesPolicy, list[SlateExample]],
+) -> None:
+    """A fresh (or older) epsilon-greedy slates policy patched with a snapshot decides exactly
+    as the snapshot restored whole, and says so (Incremental); a SquareCB config, a snapshot
+    trained with other arguments or a snapshot of another kind is refused (the caller
+    rebuilds)."""
+    policy, logged = trained
+    config = VWSlatesConfig(learning_rate=0.05)
+    serving = VWSlatesPolicy(config)
+    assert isinstance(serving, Incremental)
+    newer = VWSlatesPolicy.restore(config, policy.snapshot(), version="v1")
+    newer.learn_slates(logged[:300])  # a newer model: the old rows must go, the new ones come in
+    for data, version in ((policy.snapshot(), "v1"), (newer.snapshot(), "v2")):
+        assert serving.patch(data, version=version)
+        whole = VWSlatesPolicy.restore(config, data, version=version)
+        for segment in ("a", "b"):
+            assert serving.slot_pmfs({"segment": segment}, ITEMS, [3, 0, 5]) == whole.slot_pmfs(
+                {"segment": segment}, ITEMS, [3, 0, 5]
+            )
+        assert serving.version == version
+    square = VWSlatesPolicy(VWSlatesConfig(learning_rate=0.05, exploration="squarecb"))
+    assert not square.patch(square.snapshot(), version="x")
+    assert not serving.patch(VWSlatesPolicy(VWSlatesConfig()).snapshot(), version="x")
+    assert not serving.patch(msgspec.msgpack.encode({"kind": "vw_cb"}), version="x")
+    assert serving.version == "v2"

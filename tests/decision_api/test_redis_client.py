@@ -127,6 +127,9 @@ async def test_a_single_server_moves_old_key_names_once(redis_url: str) -> None:
         assert [g["name"] for g in groups] == ["learners"]
         assert await r.hget(profile, "f:plan") == "s:gold"  # profiles keep their names
         assert await migrate_layout(r, prefix) == 0  # once
+        fresh = "n" + prefix  # a new deployment: nothing to move, no keyspace scan
+        assert await migrate_layout(r, fresh) == 0
+        assert await r.get("{" + fresh + "}:layout") == "2"
 
         settings = Settings(  # no learner: the records above are not real decisions
             redis=RedisSettings(url=redis_url, key_prefix=prefix),

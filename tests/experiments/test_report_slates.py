@@ -173,3 +173,18 @@ def test_the_verdict_compares_whole_slates_with_the_holdout(
     assert report.learned_clicks_per_slate is not None
     assert report.random_clicks_per_slate is not None
     assert report.learned_clicks_per_slate > report.random_clicks_per_slate
+
+
+def test_a_slot_nobody_clicked_gets_an_interval_not_a_point() -> None:
+    """With no click in a slot the estimates are 0 with the exact interval of 0 successes in
+    the weights' effective sample size (here 40 uniform rows: upper 1 - 0.025^(1/40)), not a
+    zero-width interval from a zero plug-in variance."""
+    exposures = [
+        [f"d{i}", 0, "i0" if i % 2 else "i1", 0.5, "policy", 0, 2, {}, T0 + i] for i in range(40)
+    ]
+    report = slate_section(exposures, [], EXPERIMENT, model=None, level=0.95)
+    assert report is not None
+    [estimate] = report.estimates
+    for iv in (estimate.random_ips, estimate.random_snips):
+        assert (iv.estimate, iv.lower) == (0.0, 0.0)
+        assert iv.upper == pytest.approx(1 - 0.025 ** (1 / 40))

@@ -31,6 +31,7 @@ from tests.support.redis_cluster import ClusterNode, RedisCluster
 pytestmark = [pytest.mark.slow, pytest.mark.redis_cluster]
 
 SECRET = "failover-admin"
+LOADED = 'tailor_model_version_loaded{experiment="hero"}'
 CLIENTS = 4
 BEFORE_S = 3.0
 AFTER_S = 5.0
@@ -55,6 +56,15 @@ def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield own
     finally:
         own.stop()
+
+
+def model_version(url: str) -> float:
+    """The model version the workers serve (the oldest a live worker serves), 0 if none."""
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    return next(
+        (float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(LOADED)),
+        0.0,
+    )
 
 
 def primary_of_slot(cluster: RedisCluster, slot: int) -> ClusterNode:
@@ -166,7 +176,13 @@ def test_killing_a_primary_under_load_degrades_at_worst_and_loses_no_event(
                 assert time.monotonic() - killed_at < 30, "the replica never took over"
                 time.sleep(0.05)
             took_over_s = time.monotonic() - killed_at
+            version_at_takeover = model_version(server.url)
             time.sleep(AFTER_S)
+            # The join and the learner carry on: decisions made since the takeover are learned.
+            deadline = time.monotonic() + 30
+            while (version_after := model_version(server.url)) <= version_at_takeover:
+                assert time.monotonic() < deadline, "no model published after the failover"
+                time.sleep(0.2)
         cluster.wait_ok(timeout_s=30)
     finally:
         assert server.stop(timeout_s=60) == 0, server.output()[-3000:]
@@ -176,7 +192,8 @@ def test_killing_a_primary_under_load_degrades_at_worst_and_loses_no_event(
     print(  # the figures of docs/operations.md
         f"\nreplica took over {took_over_s:.2f} s after kill -9; "
         f"{len(degraded)} of {len(load.decisions)} decisions degraded; slowest decision "
-        f"{slowest * 1000:.0f} ms; statuses {dict(load.statuses)}; errors {len(load.errors)}"
+        f"{slowest * 1000:.0f} ms; statuses {dict(load.statuses)}; errors {len(load.errors)}; "
+        f"model version {version_at_takeover:.0f} at the takeover, {version_after:.0f} after"
     )
     assert load.errors == []
     assert [s for s in load.statuses if s >= 500] == []

@@ -358,3 +358,32 @@ async def test_warm_start_teaches_a_slates_model_the_logged_slates(
         "/v1/experiments/carousel/what-if", json={"policy": {"kind": "vw_slates"}}
     )
     assert what_if.status_code == 409 and "0 logged decisions" in what_if.text
+
+
+async def test_bulk_decisions_rank_a_slate_for_every_recipient(client: Client) -> None:
+    """``/v1/decide/batch`` with ``slates`` gives every recipient its own ranked slate (email
+    content blocks) from the campaign's candidates, logged one exposure per slot with the
+    campaign; a slate for a placement not requested is a 422 naming ``slates``."""
+    await start(client, carousel())
+    blocks = [{"id": f"block-{i}", "features": {"topic": f"t{i % 3}"}} for i in range(6)]
+    body = {
+        "campaign": "weekly", "placements": ["home_carousel"],
+        "recipients": [{"unit_id": f"r{i}", "context": {"segment": f"s{i % 2}"}} for i in range(5)],
+        "slates": {"home_carousel": {"slots": 4, "candidates": blocks}},
+    }  # fmt: skip
+    got = await client.post("/v1/decide/batch", json=body)
+    assert got.status_code == 200, got.text
+    recipients = got.json()["recipients"]
+    assert len(recipients) == 5
+    for r in recipients:
+        slate = r["decisions"][0]["slate"]
+        assert [s["slot"] for s in slate] == [0, 1, 2, 3]
+        assert len({s["item"] for s in slate}) == 4
+        assert all(0 < s["propensity"] <= 1 for s in slate)
+    logged = await rows(
+        client, "SELECT count(), uniqExact(decision_id) FROM exposures "
+        "WHERE campaign = 'weekly' AND slot >= 0 AND candidates = 6", 1,
+    )  # fmt: skip
+    assert logged == [(20, 5)]
+    bad = await client.post("/v1/decide/batch", json={**body, "slates": {"other": {"slots": 2}}})
+    assert bad.status_code == 422 and "slates" in bad.text

@@ -610,6 +610,13 @@ async def test_slates_reach_the_api_and_outcomes_name_their_slot(api: Client, ta
         client.track_outcome("click", decision_id=mine.decision_id, item=mine_slate[1].item)
         client.track_outcome("click", decision_id=mine.decision_id, slot=0)
         assert await client.flush(5.0)
+        recipients = [{"unit_id": f"b-{tag}-{i}"} for i in range(3)]
+        bulk = [
+            r async for r in client.decide_batch(
+                f"c-{tag}", recipients, [placement], slates={placement: 2}
+            )
+        ]  # fmt: skip
+        assert [len(r[placement].slate or []) for r in bulk] == [2, 2, 2]
         bad = await client.decide(f"u-{tag}", [placement], slates={placement: {"slots": 0}})
         assert bad.fallback and bad.error is not None
         assert "slots" in str(bad.error)
