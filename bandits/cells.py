@@ -411,19 +411,22 @@ class CellModels:
         fold = self._count % 2
         self._count += 1
         n_at, s_at = (_N_A, _S_A) if fold == 0 else (_N_B, _S_B)
+        # Each attribute's value once, not once per partition (26 partitions of 5 attributes).
+        values = {a: cell_value(context.get(a)) for a in self.attributes}
+        gain = w * reward
         for part in self.partitions.values():
-            cell = self.cell_of(part.attributes, context)
-            if cell is None:
+            cell = tuple([values[a] for a in part.attributes])
+            if None in cell:
                 continue
-            row = part.cells.get(cell)
+            row = part.cells.get(cell)  # type: ignore[arg-type]  # no None left in it
             if row is None:
-                row = part.cells[cell] = [[] for _ in range(4)]
+                row = part.cells[cell] = [[] for _ in range(4)]  # type: ignore[index]
             if len(row[0]) <= i:
                 grow = [0.0] * (i + 1 - len(row[0]))
-                for values in row:
-                    values.extend(grow)
+                for column in row:
+                    column.extend(grow)
             row[n_at][i] += w
-            row[s_at][i] += w * reward
+            row[s_at][i] += gain
         if not 0.0 <= reward <= 1.0:
             self._unit = False
         t = self._totals
