@@ -43,7 +43,6 @@ DAY_MS = 86_400_000
 HOLDOUT_ARM = "~holdout"
 GLOBAL_HOLDOUT_ARM = "~global_holdout"
 UNCONFIGURED = "~unconfigured"
-UNKNOWN_SEGMENT = "(unknown)"
 PPM = 1_000_000
 BUCKETS_MS = (60_000, 300_000, 900_000, 3_600_000, 6 * 3_600_000, DAY_MS, 7 * DAY_MS)
 """Time buckets for series over time: a minute up to a week."""
@@ -244,15 +243,13 @@ def _type_sums(row: Sequence[Any]) -> TypeSums:
     )
 
 
-def _groups(
-    rows: Sequence[Sequence[Any]], query: ReportQuery, segments: dict[int, str]
-) -> tuple[list[ArmGroup], int]:
+def _groups(rows: Sequence[Sequence[Any]], query: ReportQuery) -> tuple[list[ArmGroup], int]:
     """Cohort groups from UNIT_METRICS rows (one per type index), and the earlier units."""
     names = _arm_names(query.variants)
-    merged: dict[tuple[int, int, int], ArmGroup] = {}
+    merged: dict[tuple[int, str, int], ArmGroup] = {}
     earlier = 0
     for row in rows:
-        arm, seg, day, cohort, k = int(row[0]), int(row[1]), int(row[2]), row[3], int(row[4])
+        arm, seg, day, cohort, k = int(row[0]), str(row[1]), int(row[2]), row[3], int(row[4])
         units, mixed = int(row[5]), int(row[6])
         if not cohort:
             earlier += units
@@ -260,7 +257,7 @@ def _groups(
         by_type = {query.types[k - 1]: _type_sums(row)} if 1 <= k <= len(query.types) else {}
         group = ArmGroup(
             arm=names.get(arm, UNCONFIGURED),
-            segment=segments.get(seg, UNKNOWN_SEGMENT),
+            segment=seg,
             day=day,
             units=units,
             exposures=int(row[16]),
@@ -492,17 +489,16 @@ def fetch_report_data(event_log: EventLog, query: ReportQuery) -> ReportData:
             value_cells = _by_bucket(_off_policy_rows(bucketed, query, query.reward.base).cells)
         if not query.segment and by_bucket:
             ope_rows = bucketed
-    elif query.segment:  # the segment names; the summary has the base rows' leading columns
-        summary = event_log.query(sql.EXPOSURE_SUMMARY, _ope_parameters(query, 0))
-        ope_rows = [("base", *row, 0, *([0.0] * 6)) for row in summary]
+    elif query.segment:  # the variants no longer configured, as base rows without a segment
+        arms = event_log.query(sql.EXPOSURE_ARMS, _ope_parameters(query, 0))
+        ope_rows = [("base", code, name, "", 0, n, 0, *([0.0] * 6)) for code, name, n in arms]
     ope = _off_policy_rows(ope_rows, query, query.reward.base)
     if by_bucket and not query.segment:
         ope = msgspec.structs.replace(ope, cells=merge_cells(ope.cells), segments={})
     unit_sql = _unit_sql(query)
     day_ms = series_bucket(event_log, query)
     rows = event_log.query(unit_sql, _unit_parameters(query, orphans > 0, day_ms))
-    segments = {sql.EMPTY_SEGMENT_HASH: "", **ope.segments}
-    groups, earlier = _groups(rows, query, segments)
+    groups, earlier = _groups(rows, query)
     exposures: dict[str, int] = {}
     for g in groups:
         exposures[g.arm] = exposures.get(g.arm, 0) + g.exposures
