@@ -27,7 +27,8 @@ excepted; for ``change``, ``post10k`` = share 10,000-15,000 decisions after the 
 curve (cumulative expected regret against the oracle at a few points); the policy's own
 member/serving report when it has one (``serving_report``); and ``cover`` = whether the SNIPS 95 %
 interval of uniform play's value, estimated from the policy's logs, covers the truth
-(``cover_x``: the same for always playing the best single variant).
+(``cover_x``: the same for always playing the best single variant; ``cover_every_x`` in the
+JSON: the share of the variants X whose always-X interval covers).
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
         "regret": {str(p): round(float(regret[p - 1]), 1) for p in points},
         "cover": covers((1.0 / k) / logged_p, float(uni.mean())),
         "cover_x": covers((chosen == best_x) / logged_p, float(ctr[:, best_x].mean())),
+        "cover_every_x": sum(covers((chosen == x) / logged_p, float(ctr[:, x].mean()))
+                             for x in range(k)) / k,
         "min_p_x_k": float(logged_p.min() * k),
     }
     if kind == "change":
