@@ -77,9 +77,8 @@ one pass with no join — exposures ``UNION ALL`` outcomes grouped by unit, outc
 arrays and ``ARRAY JOIN``-ed per type — gives the same rows at the same cost (CPU 1.24 vs 1.22 s
 without a segment, 1.81 vs 1.66 s with one); ``join_algorithm = 'parallel_hash'`` changes
 nothing; grouping the units step by ``unit_id`` instead of its hash costs 1.4x (CPU, that step
-alone), 2.7x with
-``optimize_aggregation_in_order``; one-level aggregation 1.5x. Dropping the window that finds a
-unit's lowest outcome type would save at most 9% of ``UNIT_METRICS``.
+alone), 2.7x with ``optimize_aggregation_in_order``; one-level aggregation 1.5x. Dropping the
+window that finds a unit's lowest outcome type would save at most 9% of ``UNIT_METRICS``.
 """
 
 from __future__ import annotations
