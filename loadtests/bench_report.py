@@ -14,9 +14,9 @@ under 1 s median, by segment under 1.5 s, without ``OPTIMIZE``.
 100M exposures: measured when ``--exposures`` is that large (``--exposures 100000000 --outcomes
 10000000 --units 20000000``: 11 GB, 4 minutes to generate), otherwise the first pass's medians
 times ten, printed as a LOWER BOUND: per-unit hash tables outgrow the CPU caches, so time grows
-faster than rows. Measured once (2026-12-07, chdb, 2 cores, load 11.6, not merged): the report
-took 76 s wall, 43 s CPU — 3x the CPU of ten 10M reports; by segment 90 s, 67 s CPU. At that scale the report needs
-pre-aggregation or a server with more cores; not done.
+faster than rows. Measured once (2026-12-07, chdb, 2 cores, load 10-12, not merged): the report
+took 76 s wall, 43 s CPU (3x the CPU of ten 10M reports); by segment 90 s, 67 s CPU. At that
+scale the report needs pre-aggregation or a server with more cores; not done.
 """
 
 from __future__ import annotations
