@@ -35,13 +35,14 @@ def _slot(unit: str, j: int, item: str) -> tuple[object, ...]:
         event_id=uuid.uuid4(), decision_id=f"d-{unit}", ts_ms=T0, unit_id=unit,
         experiment="carousel", experiment_version=1, placement="home", variant=item,
         propensity=0.5, policy="vw_slates", policy_version="", reason="policy", holdout=False,
-        context={}, slot=j, item=item, candidates=3,
+        context={"device": "d" if unit == "u2" else "m"}, slot=j, item=item, candidates=3,
     ).row()  # fmt: skip
 
 
 def test_slot_rows_are_not_arm_exposures(event_log: ClickHouseEventLog) -> None:
     """Units and exposures per arm count each slate once, in the arm of its slot-0 item; a
-    click on any slot converts the unit; the text and the page say what an arm is."""
+    click on any slot converts the unit; the drivers read the top item; the text and the page
+    say what an arm is."""
     rows = [_slot(u, j, item) for u, slate in SLATES.items() for j, item in enumerate(slate)]
     event_log.insert("exposures", rows, token="slates")
     click = Outcome(
@@ -54,6 +55,8 @@ def test_slot_rows_are_not_arm_exposures(event_log: ClickHouseEventLog) -> None:
     assert arms == {"i0": (0, 0), "i1": (1, 1), "i2": (2, 2)}
     primary = {m.arm: (m.units, m.converters) for m in report.metrics[0].arms}
     assert primary == {"i1": (1, 1), "i2": (2, 0)}
+    # What drives the choice is read from the top item too: the device tells it, per slate.
+    assert [(d.feature, d.importance, d.decisions) for d in report.drivers] == [("device", 1.0, 3)]
     # Both renderings say so next to the traffic table.
     assert "item in slot 0" in render_report_text(report)
     assert "item in slot 0" in render_report_page(report)
