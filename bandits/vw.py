@@ -29,7 +29,6 @@ from typing import Final, Literal, cast
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 from vowpal_wabbit_next import CBLabel, TextFormatParser, Workspace
 from vowpal_wabbit_next import Example as VWExample
 
@@ -47,6 +46,7 @@ from bandits.base import (
     floor_pmf,
 )
 from bandits.features import action_line, shared_line
+from bandits.vw_weights import WeightPatcher, weight_rows
 from tailor_contract.policies import VWCBConfig, VWSlatesConfig
 from tailor_contract.wire import Factor
 
@@ -139,7 +139,7 @@ class VWPolicy:
             raise SnapshotError(f"VW could not load the model: {exc}") from exc
         self._parser = TextFormatParser(self._ws)
         self._patchable = weights_decide(config)
-        self._rows: npt.NDArray[np.uint32] | None = None  # non-zero rows, known after a patch
+        self._patcher = WeightPatcher()
         self._actions: dict[bytes, VWExample] = {}
         self._shared: dict[bytes, VWExample] = {}
         # The candidates tuple last decided over (held, so its id cannot be reused), its parsed
@@ -331,25 +331,12 @@ class VWPolicy:
         """Serialize the VW model (with its online learning state) and its shaping args, and
         for weights-only configs the non-zero weight rows (see :class:`_VWState`)."""
         model = self._ws.serialize()
+        args = self._config.structural_args()
         if not self._patchable:
-            state = _VWState(args=self._config.structural_args(), model=model)
-            return msgspec.msgpack.encode(state)
-        table = self._table()
-        rows = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
-        state = _VWState(
-            args=self._config.structural_args(),
-            model=model,
-            rows=rows.tobytes(),
-            values=np.ascontiguousarray(table[rows]).tobytes(),
-            stride=table.shape[1],
-        )
+            return msgspec.msgpack.encode(_VWState(args=args, model=model))
+        rows, values, stride = weight_rows(self._ws)
+        state = _VWState(args=args, model=model, rows=rows, values=values, stride=stride)
         return msgspec.msgpack.encode(state)
-
-    def _table(self) -> npt.NDArray[np.float32]:
-        """The workspace's weight table as a writable ``(rows, stride)`` view."""
-        weights = self._ws.weights()
-        table: npt.NDArray[np.float32] = weights.reshape(weights.shape[0], -1)
-        return table
 
     def patch(self, snapshot: bytes, *, version: str) -> bool:
         """Overwrite the weights with a newer snapshot's, in place: a memory copy of its
@@ -365,23 +352,10 @@ class VWPolicy:
             state = decode_snapshot(snapshot, _VWState, NAME)
         except SnapshotError:
             return False
-        table = self._table()
-        if (
-            state.args != self._config.structural_args()
-            or not state.rows
-            or state.stride != table.shape[1]
+        if state.args != self._config.structural_args() or not self._patcher.apply(
+            self._ws, state.rows, state.values, state.stride
         ):
             return False
-        rows = np.frombuffer(state.rows, dtype=np.uint32)
-        values = np.frombuffer(state.values, dtype=np.float32).reshape(-1, state.stride)
-        if len(rows) != len(values) or (len(rows) and int(rows.max()) >= table.shape[0]):
-            return False
-        previous = self._rows
-        if previous is None:  # loaded whole: find what it holds once
-            previous = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
-        table[previous] = 0.0
-        table[rows] = values
-        self._rows = rows
         self.version = version
         return True
 

@@ -36,7 +36,6 @@ from typing import Final, Literal, cast
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 from vowpal_wabbit_next import CCBExampleType, CCBLabel, TextFormatParser, Workspace
 from vowpal_wabbit_next import Example as VWExample
 
@@ -56,6 +55,7 @@ from bandits.base import (
 from bandits.features import ccb_action_line, ccb_shared_line, slot_line
 from bandits.slates import Slate, SlateExample, SlotChoice
 from bandits.vw import weights_decide
+from bandits.vw_weights import WeightPatcher, weight_rows
 from tailor_contract.policies import VWSlatesConfig
 
 __all__ = ["NAME", "VWSlatesPolicy"]
@@ -74,7 +74,7 @@ _Pick = Callable[[list[float]], tuple[int, float]]
 class _SlatesState(msgspec.Struct, frozen=True, tag_field="kind", tag=NAME):
     """A CCB model and the arguments that shape it (all but epsilon); for configs whose
     decisions depend on the weights alone, the weight table's non-zero rows (uint32) and their
-    values (float32, ``stride`` per row), as :mod:`bandits.vw` keeps them for a patch."""
+    values (float32, ``stride`` per row), as :mod:`bandits.vw_weights` copies them."""
 
     args: list[str]
     model: bytes
@@ -110,7 +110,7 @@ class VWSlatesPolicy:
             raise SnapshotError(f"VW could not load the model: {exc}") from exc
         self._parser = TextFormatParser(self._ws)
         self._patchable = weights_decide(config)
-        self._rows: npt.NDArray[np.uint32] | None = None  # non-zero rows, known after a patch
+        self._patcher = WeightPatcher()
         self._actions: dict[bytes, VWExample] = {}
         self._shared: dict[bytes, VWExample] = {}
         self._slots: list[VWExample] = []
@@ -351,25 +351,12 @@ class VWSlatesPolicy:
         """Serialize the VW model (with its online learning state) and its shaping args, and for
         weights-only configs the non-zero weight rows (what :meth:`patch` copies)."""
         model = self._ws.serialize()
+        args = self._config.structural_args()
         if not self._patchable:
-            state = _SlatesState(args=self._config.structural_args(), model=model)
-            return msgspec.msgpack.encode(state)
-        table = self._table()
-        rows = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
-        state = _SlatesState(
-            args=self._config.structural_args(),
-            model=model,
-            rows=rows.tobytes(),
-            values=np.ascontiguousarray(table[rows]).tobytes(),
-            stride=table.shape[1],
-        )
+            return msgspec.msgpack.encode(_SlatesState(args=args, model=model))
+        rows, values, stride = weight_rows(self._ws)
+        state = _SlatesState(args=args, model=model, rows=rows, values=values, stride=stride)
         return msgspec.msgpack.encode(state)
-
-    def _table(self) -> npt.NDArray[np.float32]:
-        """The workspace's weight table as a writable ``(rows, stride)`` view."""
-        weights = self._ws.weights()
-        table: npt.NDArray[np.float32] = weights.reshape(weights.shape[0], -1)
-        return table
 
     def patch(self, snapshot: bytes, *, version: str) -> bool:
         """Overwrite the weights with a newer snapshot's, in place (a memory copy of its
@@ -386,23 +373,10 @@ class VWSlatesPolicy:
             state = decode_snapshot(snapshot, _SlatesState, NAME)
         except SnapshotError:
             return False
-        table = self._table()
-        if (
-            state.args != self._config.structural_args()
-            or not state.rows
-            or state.stride != table.shape[1]
+        if state.args != self._config.structural_args() or not self._patcher.apply(
+            self._ws, state.rows, state.values, state.stride
         ):
             return False
-        rows = np.frombuffer(state.rows, dtype=np.uint32)
-        values = np.frombuffer(state.values, dtype=np.float32).reshape(-1, state.stride)
-        if len(rows) != len(values) or (len(rows) and int(rows.max()) >= table.shape[0]):
-            return False
-        previous = self._rows
-        if previous is None:  # built fresh or loaded whole: find what it holds once
-            previous = np.flatnonzero(table.any(axis=1)).astype(np.uint32)
-        table[previous] = 0.0
-        table[rows] = values
-        self._rows = rows
         self.version = version
         return True
 

@@ -24,6 +24,7 @@ __all__ = [
     "arm_kind",
     "arm_metric",
     "arm_totals",
+    "arms_note",
     "ordered_arms",
     "personalised",
     "policy_kind",
@@ -35,6 +36,21 @@ __all__ = [
 def policy_kind(experiment: Experiment) -> str:
     """The experiment's policy tag: ``fixed``, ``thompson``, ``vw_cb``…"""
     return str(type(experiment.policy).__struct_config__.tag)
+
+
+def arms_note(policy: str) -> str | None:
+    """What the per-arm tables count when that is not what their names say, else None.
+
+    A ranked slate logs one exposure per slot; the per-arm queries read only slot 0, so a
+    slate counts once and a unit belongs to the arm of the item on top of its first slate.
+    """
+    if policy != "vw_slates":
+        return None
+    return (
+        "Ranked slates: an arm is the item in slot 0 (the top) of the unit's first slate, and "
+        "exposures count slates, not slots; a click on any slot converts the unit. Per-slot "
+        "and per-item click rates are in the slates section."
+    )
 
 
 def arm_kind(arm: str) -> ArmKind:

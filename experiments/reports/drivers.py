@@ -5,8 +5,9 @@ Read from the logged decisions, not from a model: over the period's exposures a 
 chose (reason ``policy``), each context attribute logged with them gets Cramér's V between its
 value and the chosen variant — 0 when the policy chooses alike whatever the value, 1 when the
 value alone tells the choice. It is descriptive (it says what the policy does, not why the
-outcomes differ) and works for every learning policy. Sensitive features never appear: they are
-stripped before a decision is made and logged.
+outcomes differ) and works for every learning policy; of a ranked slate only the item on top
+(slot 0) counts as the choice. Sensitive features never appear: they are stripped before a
+decision is made and logged.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DRIVERS_SQL = """
 SELECT k, context[k] AS v, variant, count() AS n
 FROM exposures
 ARRAY JOIN mapKeys(context) AS k
-WHERE experiment = {experiment:String} AND reason = 'policy'
+WHERE experiment = {experiment:String} AND reason = 'policy' AND slot <= 0
   AND ({start_ms:Int64} <= 0 OR ts >= fromUnixTimestamp64Milli({start_ms:Int64}))
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
 GROUP BY k, v, variant

@@ -17,6 +17,7 @@ from importlib import resources
 
 import msgspec
 
+from experiments.reports.arms import arms_note
 from experiments.reports.results import (
     AdaptiveSection,
     ApprenticeStatus,
@@ -118,6 +119,9 @@ def _arms(report: ExperimentReport) -> str:
     if srm is not None:
         verdict = "MISMATCH — do not trust the results" if srm.mismatch else "no problem"
         note = f"Sample-ratio check: χ² = {srm.statistic:.2f}, p = {_p(srm.p_value)} ({verdict})."
+    slates = arms_note(report.policy)
+    if slates is not None:
+        note = f"{slates} {note}"
     head = ["Arm", "Kind", "Units", "Exposures", "Share", "Configured"]
     return _table(head, rows) + f'<p class="note">{_e(note)}</p>'
 

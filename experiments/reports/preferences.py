@@ -39,7 +39,7 @@ PREFERENCES_SQL = """
 SELECT k, context[k] AS v, variant, count() AS n
 FROM exposures
 ARRAY JOIN {attributes:Array(String)} AS k
-WHERE experiment = {experiment:String} AND reason = 'policy' AND holdout = 0
+WHERE experiment = {experiment:String} AND reason = 'policy' AND holdout = 0 AND slot <= 0
   AND mapContains(context, k)
   AND ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})

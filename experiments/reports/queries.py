@@ -115,8 +115,10 @@ _VARIANT_INDEX = (
 )
 _TYPE_INDEX = "transform(o_type, {types:Array(String)}, arrayEnumerate({types:Array(String)}), 0)"
 _ARM_CODE = f"multiIf(reason = 'global_holdout', 255, holdout = 1, 254, {_VARIANT_INDEX})"
-_IN_EXPERIMENT = "reason IN ('split', 'policy', 'holdout', 'global_holdout')"
-_LOGGED = "reason IN ('split', 'policy') AND holdout = 0 AND propensity > 0"
+# A ranked slate logs one row per slot (``slot`` 0, 1, …; -1 for any other exposure): the per-arm
+# queries read only its slot-0 row, so a slate counts once, in the arm of the item on top.
+_IN_EXPERIMENT = "reason IN ('split', 'policy', 'holdout', 'global_holdout') AND slot <= 0"
+_LOGGED = "reason IN ('split', 'policy') AND holdout = 0 AND propensity > 0 AND slot <= 0"
 # Constant-folded away (no unit id hashed) when nothing is sampled.
 _SAMPLED = "({sample_ppm:UInt32} >= 1000000 OR cityHash64(unit_id) % 1000000 < {sample_ppm:UInt32})"
 # An open period (from 0, to "now") folds to true: the ts column is then read only if needed.
@@ -265,7 +267,7 @@ by_decision AS (
   INNER JOIN (SELECT r_dec, r_t, r_value FROM ro WHERE r_unit = '' AND r_dec != '') AS r
     ON r.r_dec = e.decision_id
   WHERE {{by_decision:UInt8}} = 1 AND e.experiment = {{experiment:String}}
-    AND e.reason IN ('split', 'policy') AND e.holdout = 0 AND e.propensity > 0
+    AND e.reason IN ('split', 'policy') AND e.holdout = 0 AND e.propensity > 0 AND e.slot <= 0
     AND ({{sample_ppm:UInt32}} >= 1000000
          OR cityHash64(e.unit_id) % 1000000 < {{sample_ppm:UInt32}})
     AND {_IN_RANGE.replace("ts ", "e.ts ")}
@@ -350,7 +352,7 @@ WHERE experiment = {{experiment:String}} AND {_IN_EXPERIMENT} AND {_IN_RANGE}
 GROUP BY code, name
 """
 
-_DECIDED = "reason IN ('split', 'policy') AND holdout = 0"
+_DECIDED = "reason IN ('split', 'policy') AND holdout = 0 AND slot <= 0"
 
 ALLOCATION_SPAN: Final = f"""
 SELECT count(), min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from experiments.reports.arms import arms_note
 from experiments.reports.results import (
     AdaptiveSection,
     Comparison,
@@ -286,6 +287,9 @@ def render_report_text(report: ExperimentReport) -> str:
             for a in report.arms
         ],
     )
+    note = arms_note(report.policy)
+    if note is not None:
+        lines.append(f"  {note}")
     if report.apprentice is not None:
         lines += ["", "apprentice", f"  {report.apprentice.sentence}"]
     if report.slates is not None:

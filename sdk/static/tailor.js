@@ -22,6 +22,18 @@
  *   data-tailor-click="click"                      a click reports an outcome of that type
  * The container gets data-tailor-variant (and data-tailor-done, decided or not).
  *
+ * Ranked slates (a vw_slates experiment): data-tailor-slots="4" on the container asks for a
+ * slate of up to 4 items instead of one variant, and its fields are filled per item, never from
+ * the placement's payload. Either
+ *   items of the page inside it, each data-tailor-item="sku-1" (optional
+ *   data-tailor-features='{"brand": "acme"}'): they are the candidates; the slate's items are
+ *   moved into its order (each to the end of its parent) and the others get `hidden`; or
+ *   a <template> inside it (one element): the experiment's variants are ranked, one copy per
+ *   slot is inserted before the template and filled from that variant's payload; elements
+ *   marked data-tailor-default inside the container get `hidden`.
+ * Each shown item gets data-tailor-item and data-tailor-slot (0 first); a data-tailor-click
+ * inside it reports its item and slot with the outcome. Fail-open: the page's order stays.
+ *
  * window.tailor: ready (Promise of the decide answer, or null on failure), decision, unit,
  * track(type, value, properties) -> sends an outcome with the page's decision id.
  * Decide is a header-free text/plain POST (no CORS preflight); outcomes go by sendBeacon.
@@ -36,6 +48,7 @@
   var consent = attr('data-consent') !== 'false';
   var timeoutMs = parseInt(attr('data-timeout') || '1000', 10);
   var PLACEMENT = 'data-tailor-placement';
+  var SLOTS = 'data-tailor-slots';
 
   function hex32() {
     var bytes = new Uint8Array(16);
@@ -82,6 +95,55 @@
     });
   }
 
+  function itemsOf(box) {
+    return Array.prototype.slice.call(box.querySelectorAll('[data-tailor-item]'));
+  }
+
+  // The `slates` entry of a container marked data-tailor-slots: its items as candidates, if any.
+  function slateRequest(box) {
+    var request = {};
+    var slots = parseInt(box.getAttribute(SLOTS), 10);
+    if (slots > 0) request.slots = slots;
+    var items = itemsOf(box);
+    if (items.length) {
+      request.candidates = items.map(function (el) {
+        var candidate = { id: el.getAttribute('data-tailor-item') };
+        try {
+          var features = JSON.parse(el.getAttribute('data-tailor-features') || 'null');
+          if (features && typeof features === 'object') candidate.features = features;
+        } catch (e) { /* no features */ }
+        return candidate;
+      });
+    }
+    return request;
+  }
+
+  function renderSlate(box, slate) {
+    var items = itemsOf(box);
+    var template = box.querySelector('template');
+    if (items.length) {
+      var byId = {};
+      items.forEach(function (el) { byId[el.getAttribute('data-tailor-item')] = el; el.hidden = true; });
+      slate.forEach(function (s) {
+        var el = byId[s.item];
+        if (!el) return;
+        el.hidden = false;
+        el.setAttribute('data-tailor-slot', String(s.slot));
+        if (s.payload) apply(el, s.payload);
+        el.parentNode.appendChild(el);
+      });
+    } else if (template && template.content.firstElementChild) {
+      box.querySelectorAll('[data-tailor-default]').forEach(function (el) { el.hidden = true; });
+      slate.forEach(function (s) {
+        var el = template.content.firstElementChild.cloneNode(true);
+        el.setAttribute('data-tailor-item', s.item);
+        el.setAttribute('data-tailor-slot', String(s.slot));
+        if (s.payload) apply(el, s.payload);
+        template.parentNode.insertBefore(el, template);
+      });
+    }
+  }
+
   var unit = unitId();
   var byPlacement = {};
   var tailor = window.tailor = { unit: unit, decision: null, error: null };
@@ -93,12 +155,16 @@
     return false;
   }
 
-  function outcome(type, value, placement, properties) {
+  function outcome(type, value, placement, properties, slotEl) {
     var d = placement ? byPlacement[placement] : null;
     var body = { event_id: hex32(), type: type, unit_id: unit, value: Number(value) || 0 };
     if (tailor.decision) body.decision_id = tailor.decision.decision_id;
     if (d && d.experiment) body.experiment = d.experiment;
     if (properties) body.properties = properties;
+    if (d && d.slate && slotEl) {
+      body.item = slotEl.getAttribute('data-tailor-item');
+      body.slot = parseInt(slotEl.getAttribute('data-tailor-slot'), 10);
+    }
     return send(body);
   }
 
@@ -108,7 +174,9 @@
     var el = event.target && event.target.closest && event.target.closest('[data-tailor-click]');
     if (!el) return;
     var box = el.closest('[' + PLACEMENT + ']');
-    outcome(el.getAttribute('data-tailor-click') || 'click', 0, box && box.getAttribute(PLACEMENT));
+    var slotEl = el.closest('[data-tailor-slot]');
+    if (slotEl && !(box && box.contains(slotEl))) slotEl = null;
+    outcome(el.getAttribute('data-tailor-click') || 'click', 0, box && box.getAttribute(PLACEMENT), null, slotEl);
   }, true);
 
   function finish(answer) {
@@ -123,11 +191,18 @@
     var placements = Array.from(new Set(Array.prototype.map.call(nodes, function (el) { return el.getAttribute(PLACEMENT); })));
     if (!placements.length) return finish(null);
     var abort = new AbortController();
+    var slates = {};
+    nodes.forEach(function (el) {
+      var p = el.getAttribute(PLACEMENT);
+      if (el.hasAttribute(SLOTS) && !slates[p]) slates[p] = slateRequest(el);
+    });
     var timer = setTimeout(function () { abort.abort(); }, timeoutMs);
     try {
+      var body = { unit_id: unit, placements: placements, context: context(), consent: consent };
+      if (Object.keys(slates).length) body.slates = slates;
       var response = await fetch(url('/v1/decide'), {
         method: 'POST', mode: 'cors', credentials: 'omit', signal: abort.signal,
-        body: JSON.stringify({ unit_id: unit, placements: placements, context: context(), consent: consent })
+        body: JSON.stringify(body)
       });
       if (!response.ok) throw new Error('tailor: decide answered ' + response.status);
       var answer = await response.json();
@@ -136,7 +211,9 @@
       nodes.forEach(function (el) {
         var d = byPlacement[el.getAttribute(PLACEMENT)];
         if (!d || !d.variant) return;
-        if (d.payload) apply(el, d.payload);
+        if (el.hasAttribute(SLOTS)) {
+          if (d.slate) renderSlate(el, d.slate);
+        } else if (d.payload) apply(el, d.payload);
         el.setAttribute('data-tailor-variant', d.variant);
       });
       return finish(answer);

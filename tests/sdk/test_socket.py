@@ -105,7 +105,6 @@ def start_experiment(api: ApiServer, key: str, placement: str, variants: list[An
     time.sleep(0.15)  # the worker's config poll (50 ms)
 
 
-
 def client_for(url: str, key: str = INGEST, **options: Any) -> TailorClient:
     """A sync SDK client."""
     return TailorClient(url, key, options=ClientOptions(**options), close_at_exit=False)
@@ -379,3 +378,92 @@ def test_snippet_fails_open_when_the_api_is_down(demo: DemoSite, profile: Path, 
     assert "data-tailor-variant" not in dom.by_id["hero"]["attrs"]
     assert "data-tailor-done" in dom.by_id["hero"]["attrs"]
     assert "tailor-hide" not in (dom.root.get("class") or "")
+
+
+def slate_page(api_url: str, unit: str, tag: str) -> bytes:
+    """Two slate placements: page items ranked as candidates, and variants through a template."""
+    items = "".join(
+        f'<li data-tailor-item="sku-{k}" data-tailor-features=\'{{"brand": "b{k}"}}\'>'
+        f'<a id="sku-{k}" href="#" data-tailor-click="click">{k}</a></li>'
+        for k in (1, 2, 3)
+    )
+    return f"""<!doctype html><html><head><meta charset="utf-8"></head><body>
+<ul id="recs" data-tailor-placement="recs-{tag}" data-tailor-slots="2">{items}</ul>
+<div id="strip" data-tailor-placement="strip-{tag}" data-tailor-slots="2">
+  <p data-tailor-default>Default strip</p>
+  <template><b data-tailor-field="title"></b></template>
+</div>
+<pre id="result"></pre>
+<script>
+document.addEventListener('tailor:decision', async function (e) {{
+  var shown = function (sel) {{
+    return Array.from(document.querySelectorAll(sel)).filter(function (el) {{ return !el.hidden; }})
+      .map(function (el) {{
+        return [el.dataset.tailorItem, el.dataset.tailorSlot, el.textContent];
+      }});
+  }};
+  var out = {{decision: e.detail, error: window.tailor.error,
+    recs: shown('#recs [data-tailor-item]'), strip: shown('#strip [data-tailor-item]'),
+    hidden: Array.from(document.querySelectorAll('#recs [hidden], #strip [hidden]')).length}};
+  var second = document.querySelector('#recs [data-tailor-slot="1"] a');
+  if (second) second.click();
+  await fetch('/wait');
+  document.getElementById('result').textContent = JSON.stringify(out);
+}});
+</script>
+<script async src="{api_url}/sdk/tailor.js" data-api="{api_url}" data-key="{DECIDE}"
+        data-unit="{unit}" data-timeout="3000"></script>
+</body></html>""".encode()
+
+
+def test_snippet_renders_slates_and_reports_the_clicked_slot(
+    api: ApiServer, demo: DemoSite, events: ClickHouse, profile: Path, tag: str
+) -> None:
+    """A data-tailor-slots container asks for a slate: page items are sent as candidates, shown
+    in the slate's order (the rest hidden); a template is filled per slot from the ranked
+    variants' payloads; a click in an item reports its item and slot."""
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    for key, variants, default in (
+        (f"recs-{tag}", [{"key": "v"}], "v"),
+        (f"strip-{tag}", [{"key": k, "payload": {"title": k.upper()}} for k in "xyz"], "z"),
+    ):
+        spec = {
+            "key": key,
+            "placement": key,
+            "variants": variants,
+            "default_variant": default,
+            "policy": {"kind": "vw_slates", "slots": 2},
+            "primary_metric": "click",
+        }
+        created = httpx.post(api.url + "/v1/experiments", json=spec, headers=headers)
+        assert created.status_code == 201, created.text
+        started = httpx.post(f"{api.url}/v1/experiments/{key}/start", headers=headers)
+        assert started.status_code == 200, started.text
+    time.sleep(0.15)  # the worker's config poll (50 ms)
+    unit = f"slates-{tag}"
+    page = slate_page(api.url, unit, tag)
+    demo.pages[f"/slates-{tag}.html"] = lambda: (200, "text/html; charset=utf-8", page)
+    dom = Elements(chromium_dom(f"{demo.origin}/slates-{tag}.html", profile))
+    result = json.loads(dom.by_id["result"]["text"])
+    assert result["error"] is None, result
+    slates = {d["placement"]: d["slate"] for d in result["decision"]["decisions"]}
+    recs, strip = slates[f"recs-{tag}"], slates[f"strip-{tag}"]
+    assert [[s["item"], str(s["slot"]), s["item"][-1]] for s in recs] == result["recs"]
+    assert [[s["item"], str(s["slot"]), s["item"].upper()] for s in strip] == result["strip"]
+    assert result["hidden"] == 2  # the unranked sku and the default strip
+    decision_id = result["decision"]["decision_id"]
+
+    def clicked() -> Any:
+        rows = events.query(
+            "SELECT item, slot, experiment FROM outcomes WHERE unit_id = {u:String}",
+            parameters={"u": unit},
+        ).result_rows
+        return rows or None
+
+    assert eventually_sync(clicked) == [(recs[1]["item"], 1, f"recs-{tag}")]
+    exposures = events.query(
+        """SELECT slot, item, candidates FROM exposures
+           WHERE decision_id = {d:String} AND experiment = {e:String} ORDER BY slot""",
+        parameters={"d": decision_id, "e": f"recs-{tag}"},
+    ).result_rows
+    assert exposures == [(0, recs[0]["item"], 3), (1, recs[1]["item"], 3)]
