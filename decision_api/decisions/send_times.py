@@ -256,47 +256,56 @@ class SendTimeGroup:
     def _local_histories(self, pending: Sequence[int]) -> FloatArray:
         """Opens and clicks per local hour (of day or week) of the pending members, (n, H).
 
-        UTC histograms are rolled by each zone's offset at the window start; members sharing
-        a zone (and so an offset) are rolled together. Each history type's counts go into the
-        week matrix in one conversion (rows summed in :meth:`_week`'s order, so the same
-        floats), not one small array per member.
+        UTC histograms are rolled by each zone's offset at the window start (one offset per
+        zone of the group's table, one gather for every member: ``local[h] = week[h - offset]``).
+        Each history type's counts go into the week matrix in one step (types summed in
+        :meth:`_week`'s order, so the same floats): a decoded profile's stored cells
+        (``hour_cells``, a few per unit) by index, not its 168 bins per type.
         """
         out = np.zeros((len(pending), self.n_hours))
-        profiles, zones, members = self.chunk.profiles, self.chunk.zones, self.members
-        rows: list[int] = []
-        by_offset: dict[int, list[int]] = {}
-        by_type: dict[str, tuple[list[int], list[list[int]]]] = {t: ([], []) for t in HISTORY_TYPES}
-        for r, m in enumerate(pending):
-            k = members[m][0]
-            hours = profiles[k].hours
-            if not hours:
-                continue
-            i = len(rows)
-            rows.append(r)
-            for typ, (at, counts) in by_type.items():
-                found = hours.get(typ)
-                if found:
-                    at.append(i)
-                    counts.append(found)
-            offset = _utc_offset_hours(zones[k], self.window)
-            group = by_offset.get(offset)
-            if group is None:
-                by_offset[offset] = [i]
-            else:
-                group.append(i)
+        profiles, members = self.chunk.profiles, self.members
+        of_pending = [profiles[members[m][0]] for m in pending]
+        rows = [r for r, profile in enumerate(of_pending) if profile.hours]
         if not rows:
             return out
         weeks = np.zeros((len(rows), 168))
-        for at, counts in by_type.values():
+        for typ in HISTORY_TYPES:
+            at: list[int] = []  # dense rows (profiles built without their cells)
+            counts: list[list[int]] = []
+            cell_rows: list[int] = []
+            cell_hours: list[int] = []
+            cell_counts: list[int] = []
+            for i, r in enumerate(rows):
+                profile = of_pending[r]
+                if profile.hour_cells:
+                    for cell_type, hour, count in profile.hour_cells:
+                        if cell_type == typ:
+                            cell_rows.append(i)
+                            cell_hours.append(hour)
+                            cell_counts.append(count)
+                    continue
+                found = profile.hours.get(typ)
+                if found:
+                    at.append(i)
+                    counts.append(found)
             if at:
                 weeks[at] += np.array(counts, dtype=np.float64)
+            if cell_rows:
+                weeks[cell_rows, cell_hours] += np.array(cell_counts, dtype=np.float64)
         row_index = np.array(rows)
-        for offset, group in by_offset.items():
-            local = np.roll(weeks[group], offset, axis=1)
-            out[row_index[group]] = (
-                local if self.n_hours == 168 else local.reshape(-1, 7, 24).sum(axis=1)
-            )
+        offsets = self._zone_offsets()[self.table.codes[np.asarray(pending)[row_index]]]
+        local = np.take_along_axis(weeks, (_WEEK - offsets[:, None]) % 168, axis=1)
+        out[row_index] = local if self.n_hours == 168 else local.reshape(-1, 7, 24).sum(axis=1)
         return out
+
+    def _zone_offsets(self) -> IntArray:
+        """Each table row's UTC offset in whole hours at the window start (0 for the row of
+        invalid zones, which has no feasible hour)."""
+        offsets = [_utc_offset_hours(zone, self.window) for zone in self.table.zones]
+        return np.array([*offsets, 0], dtype=np.int64)
+
+
+_WEEK = np.arange(168)
 
 
 _OFFSETS: dict[tuple[str, int], int] = {}

@@ -104,6 +104,10 @@ class UnitProfile(msgspec.Struct, kw_only=True):
     caps: dict[str, list[int]] = msgspec.field(default_factory=dict)
     opted_out: bool = False
     found: bool = False
+    hour_cells: list[tuple[str, int, int]] = msgspec.field(default_factory=list)
+    """The stored cells of ``hours`` as (type, hour of week, count), as decoded: the bulk
+    path's sparse view (a few cells, not 168 bins per type). Empty for a profile built
+    without :func:`decode_profile`; readers then use ``hours``."""
 
 
 EMPTY_PROFILE = UnitProfile(attributes={}, hours={})
@@ -286,6 +290,7 @@ def decode_profile(raw: Mapping[str, str], now: float) -> UnitProfile:
     counts: dict[str, list[int]] = {}
     values: dict[str, float] = {}
     hours: dict[str, list[int]] = {}
+    cells: list[tuple[str, int, int]] = []
     caps: dict[str, list[int]] = {}
     for field, raw_value in raw.items():
         kind = field[:2]
@@ -311,7 +316,9 @@ def decode_profile(raw: Mapping[str, str], now: float) -> UnitProfile:
             attributes[field[2:] + "_days_since"] = round((now - float(raw_value)) / 86400, 3)
         elif kind == "h:":
             typ, _, how = field[2:].rpartition(":")
-            hours.setdefault(typ, [0] * HOURS_OF_WEEK)[int(how)] = int(raw_value)
+            hour, count = int(how), int(raw_value)
+            hours.setdefault(typ, [0] * HOURS_OF_WEEK)[hour] = count
+            cells.append((typ, hour, count))
         elif kind == "c:":
             caps[field[2:]] = [int(t) for t in raw_value.split(",") if t]
         elif field == "cat":
@@ -329,6 +336,7 @@ def decode_profile(raw: Mapping[str, str], now: float) -> UnitProfile:
         caps=caps,
         opted_out=raw.get(OPTOUT_FIELD) == "1",
         found=True,
+        hour_cells=cells,
     )
 
 

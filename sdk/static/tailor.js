@@ -35,7 +35,8 @@
  * inside it reports its item and slot with the outcome. Fail-open: the page's order stays.
  *
  * window.tailor: ready (Promise of the decide answer, or null on failure), decision, unit,
- * track(type, value, properties) -> sends an outcome with the page's decision id.
+ * track(type, value, properties, slate) -> sends an outcome with the page's decision id;
+ * slate, optional: {placement, item, slot} names the slate item that earned it.
  * Decide is a header-free text/plain POST (no CORS preflight); outcomes go by sendBeacon.
  * Fail-open: on any error or timeout the page keeps its built-in content.
  */
@@ -155,7 +156,8 @@
     return false;
   }
 
-  function outcome(type, value, placement, properties, slotEl) {
+  // The outcome's body; sent unless `build` (then returned for the caller to complete).
+  function outcome(type, value, placement, properties, slotEl, build) {
     var d = placement ? byPlacement[placement] : null;
     var body = { event_id: hex32(), type: type, unit_id: unit, value: Number(value) || 0 };
     if (tailor.decision) body.decision_id = tailor.decision.decision_id;
@@ -165,10 +167,16 @@
       body.item = slotEl.getAttribute('data-tailor-item');
       body.slot = parseInt(slotEl.getAttribute('data-tailor-slot'), 10);
     }
-    return send(body);
+    return build ? body : send(body);
   }
 
-  tailor.track = function (type, value, properties) { return outcome(type, value, null, properties); };
+  tailor.track = function (type, value, properties, slate) {
+    var named = slate || {};
+    var body = outcome(type, value, named.placement || null, properties, null, true);
+    if (named.item) body.item = String(named.item);
+    if (named.slot !== undefined && named.slot !== null) body.slot = parseInt(named.slot, 10);
+    return send(body);
+  };
 
   document.addEventListener('click', function (event) {
     var el = event.target && event.target.closest && event.target.closest('[data-tailor-click]');

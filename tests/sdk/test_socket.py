@@ -407,6 +407,8 @@ document.addEventListener('tailor:decision', async function (e) {{
     hidden: Array.from(document.querySelectorAll('#recs [hidden], #strip [hidden]')).length}};
   var second = document.querySelector('#recs [data-tailor-slot="1"] a');
   if (second) second.click();
+  var top = out.recs.length ? out.recs[0][0] : '';
+  window.tailor.track('add_to_cart', 3, null, {{placement: 'recs-{tag}', item: top}});
   await fetch('/wait');
   document.getElementById('result').textContent = JSON.stringify(out);
 }});
@@ -421,7 +423,8 @@ def test_snippet_renders_slates_and_reports_the_clicked_slot(
 ) -> None:
     """A data-tailor-slots container asks for a slate: page items are sent as candidates, shown
     in the slate's order (the rest hidden); a template is filled per slot from the ranked
-    variants' payloads; a click in an item reports its item and slot."""
+    variants' payloads; a click in an item reports its item and slot, and tailor.track names an
+    item when asked."""
     headers = {"authorization": f"Bearer {ADMIN}"}
     for key, variants, default in (
         (f"recs-{tag}", [{"key": "v"}], "v"),
@@ -455,12 +458,16 @@ def test_snippet_renders_slates_and_reports_the_clicked_slot(
 
     def clicked() -> Any:
         rows = events.query(
-            "SELECT item, slot, experiment FROM outcomes WHERE unit_id = {u:String}",
+            """SELECT item, slot, experiment FROM outcomes WHERE unit_id = {u:String}
+               ORDER BY type""",
             parameters={"u": unit},
         ).result_rows
-        return rows or None
+        return rows if len(rows) >= 2 else None
 
-    assert eventually_sync(clicked) == [(recs[1]["item"], 1, f"recs-{tag}")]
+    assert eventually_sync(clicked) == [
+        (recs[0]["item"], -1, f"recs-{tag}"),  # tailor.track naming the item only
+        (recs[1]["item"], 1, f"recs-{tag}"),
+    ]
     exposures = events.query(
         """SELECT slot, item, candidates FROM exposures
            WHERE decision_id = {d:String} AND experiment = {e:String} ORDER BY slot""",
