@@ -46,6 +46,7 @@ from bandits.base import (
     floor_pmf,
 )
 from bandits.features import action_line, shared_line
+from bandits.vw_examples import ExampleCache
 from bandits.vw_weights import WeightPatcher, weight_rows
 from tailor_contract.policies import VWCBConfig, VWSlatesConfig
 from tailor_contract.wire import Factor
@@ -58,7 +59,6 @@ NAME: Final = "vw_cb"
 _ACTION_CACHE_SIZE: Final = 10_000
 _SHARED_CACHE_SIZE: Final = 4_096
 _NO_LABEL: Final = CBLabel()
-_ENCODER: Final = msgspec.msgpack.Encoder()
 
 
 def check_vw_config(config: VWCBConfig | VWSlatesConfig) -> None:
@@ -140,8 +140,8 @@ class VWPolicy:
         self._parser = TextFormatParser(self._ws)
         self._patchable = weights_decide(config)
         self._patcher = WeightPatcher()
-        self._actions: dict[bytes, VWExample] = {}
-        self._shared: dict[bytes, VWExample] = {}
+        self._actions = ExampleCache(self._parser, _ACTION_CACHE_SIZE)
+        self._shared = ExampleCache(self._parser, _SHARED_CACHE_SIZE)
         # The candidates tuple last decided over (held, so its id cannot be reused), its parsed
         # action examples and their predictor: serving passes the same tuple every time.
         self._last: tuple[Sequence[Candidate], list[VWExample], _Predict] | None = None
@@ -151,18 +151,8 @@ class VWPolicy:
     def _action_examples(self, candidates: Sequence[Candidate]) -> list[VWExample]:
         """Return one parsed action example per candidate, reusing cached ones."""
         check_candidates(candidates)
-        out: list[VWExample] = []
-        cache = self._actions
-        for candidate in candidates:
-            content = _ENCODER.encode(candidate)
-            example = cache.get(content)
-            if example is None:
-                if len(cache) >= _ACTION_CACHE_SIZE:
-                    cache.clear()
-                line = action_line(candidate.key, candidate.features)
-                example = cache[content] = self._parser.parse_line(line)
-            out.append(example)
-        return out
+        actions = self._actions
+        return [actions.get(c, action_line, c.key, c.features) for c in candidates]
 
     def _shared_example(self, context: Context) -> VWExample:
         """The parsed ``shared`` example of ``context``, reused for a context seen recently.
@@ -172,17 +162,7 @@ class VWPolicy:
         leaves a shared example as it found it after predict (pinned by the tests, as for action
         examples). Keyed by the context's msgpack encoding; bounded like the action cache.
         """
-        try:
-            content = _ENCODER.encode(context)
-        except TypeError:  # a value msgpack cannot encode: format it (shared_line says why)
-            return self._parser.parse_line(shared_line(context))
-        cache = self._shared
-        example = cache.get(content)
-        if example is None:
-            if len(cache) >= _SHARED_CACHE_SIZE:
-                cache.clear()
-            example = cache[content] = self._parser.parse_line(shared_line(context))
-        return example
+        return self._shared.get(context, shared_line, context)
 
     def _prepared(self, candidates: Sequence[Candidate]) -> tuple[list[VWExample], _Predict]:
         """Action examples and predictor for ``candidates`` (cached for the same sequence)."""

@@ -55,6 +55,7 @@ from bandits.base import (
 from bandits.features import ccb_action_line, ccb_shared_line, slot_line
 from bandits.slates import Slate, SlateExample, SlotChoice
 from bandits.vw import weights_decide
+from bandits.vw_examples import ExampleCache
 from bandits.vw_weights import WeightPatcher, weight_rows
 from tailor_contract.policies import VWSlatesConfig
 
@@ -64,7 +65,6 @@ NAME: Final = "vw_slates"
 _ACTION_CACHE_SIZE: Final = 20_000
 _SHARED_CACHE_SIZE: Final = 4_096
 _OPEN_SLOT: Final = CCBLabel(CCBExampleType.Slot)
-_ENCODER: Final = msgspec.msgpack.Encoder()
 
 _Predict = Callable[[list[VWExample]], list[list[tuple[int, float]]]]
 # Picks one of the remaining items from their weights: (position in the list, probability).
@@ -111,8 +111,8 @@ class VWSlatesPolicy:
         self._parser = TextFormatParser(self._ws)
         self._patchable = weights_decide(config)
         self._patcher = WeightPatcher()
-        self._actions: dict[bytes, VWExample] = {}
-        self._shared: dict[bytes, VWExample] = {}
+        self._actions = ExampleCache(self._parser, _ACTION_CACHE_SIZE)
+        self._shared = ExampleCache(self._parser, _SHARED_CACHE_SIZE)
         self._slots: list[VWExample] = []
         self._predict = self._predictor()
 
@@ -121,33 +121,13 @@ class VWSlatesPolicy:
     def _action_examples(self, candidates: Sequence[Candidate]) -> list[VWExample]:
         """One parsed action example per candidate, reusing cached ones."""
         check_candidates(candidates)
-        out: list[VWExample] = []
-        cache = self._actions
-        for candidate in candidates:
-            content = _ENCODER.encode(candidate)
-            example = cache.get(content)
-            if example is None:
-                if len(cache) >= _ACTION_CACHE_SIZE:
-                    cache.clear()
-                line = ccb_action_line(candidate.key, candidate.features)
-                example = cache[content] = self._parser.parse_line(line)
-            out.append(example)
-        return out
+        actions = self._actions
+        return [actions.get(c, ccb_action_line, c.key, c.features) for c in candidates]
 
     def _shared_example(self, context: Context) -> VWExample:
         """The parsed ``ccb shared`` example of ``context``, reused for a context seen
         recently (keyed by its msgpack encoding; a value msgpack cannot encode is parsed)."""
-        try:
-            content = _ENCODER.encode(context)
-        except TypeError:
-            return self._parser.parse_line(ccb_shared_line(context))
-        cache = self._shared
-        example = cache.get(content)
-        if example is None:
-            if len(cache) >= _SHARED_CACHE_SIZE:
-                cache.clear()
-            example = cache[content] = self._parser.parse_line(ccb_shared_line(context))
-        return example
+        return self._shared.get(context, ccb_shared_line, context)
 
     def _slot_examples(self, k: int) -> list[VWExample]:
         """The first ``k`` slot examples (cached; their labels are set per prediction)."""
