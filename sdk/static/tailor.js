@@ -1,44 +1,8 @@
 /*! Tailor browser snippet (ES2017, no dependencies).
- *
- * <html class="tailor-hide">  (optional anti-flicker: with the CSS rule
- *   .tailor-hide [data-tailor-placement] { visibility: hidden }  the snippet removes the class
- *   when it is done, decided or not; add an inline timer that removes it too, in case this
- *   file never loads: setTimeout(function () { document.documentElement.classList
- *   .remove('tailor-hide'); }, 1500))
  * <script async src="https://API/sdk/tailor.js" data-key="DECIDE_ONLY_KEY"></script>
- *
- * Script attributes: data-api (default: the script's origin), data-key (a key holding only the
- * decide scope: it travels as ?key=), data-unit (default: the tailor_uid cookie, created on
- * first visit; without consent an id for this page view only), data-consent="false",
- * data-timeout (ms, default 1000), data-context (JSON object merged into the context).
- * Context sent: page (path only), referrer (no query), device, language, local_hour.
- *
- * Markup: data-tailor-placement="home_hero" on a container; inside it (or on it)
- *   data-tailor-field="headline"                   textContent = payload.headline
- *   <img data-tailor-field="img">                  src = payload.img
- *   data-tailor-field="url" data-tailor-as="href"  any attribute but on*, style, srcdoc;
- *                                                  javascript:/data: values are refused
- *   data-tailor-field="theme" data-tailor-as="class"  classList.add(payload.theme)
- *   data-tailor-click="click"                      a click reports an outcome of that type
- * The container gets data-tailor-variant (and data-tailor-done, decided or not).
- *
- * Ranked slates (a vw_slates experiment): data-tailor-slots="4" on the container asks for a
- * slate of up to 4 items instead of one variant, and its fields are filled per item, never from
- * the placement's payload. Either
- *   items of the page inside it, each data-tailor-item="sku-1" (optional
- *   data-tailor-features='{"brand": "acme"}'): they are the candidates; the slate's items are
- *   moved into its order (each to the end of its parent) and the others get `hidden`; or
- *   a <template> inside it (one element): the experiment's variants are ranked, one copy per
- *   slot is inserted before the template and filled from that variant's payload; elements
- *   marked data-tailor-default inside the container get `hidden`.
- * Each shown item gets data-tailor-item and data-tailor-slot (0 first); a data-tailor-click
- * inside it reports its item and slot with the outcome. Fail-open: the page's order stays.
- *
- * window.tailor: ready (Promise of the decide answer, or null on failure), decision, unit,
- * track(type, value, properties, slate) -> sends an outcome with the page's decision id;
- * slate, optional: {placement, item, slot} names the slate item that earned it.
- * Decide is a header-free text/plain POST (no CORS preflight); outcomes go by sendBeacon.
- * Fail-open: on any error or timeout the page keeps its built-in content.
+ * Markup (data-tailor-placement, -field, -as, -click, -slots, -item), script attributes,
+ * window.tailor and the anti-flicker class: docs/http-api.md, "GET /sdk/tailor.js".
+ * Fail-open: on any error or timeout the page keeps its built-in content and order.
  */
 (function () {
   'use strict';

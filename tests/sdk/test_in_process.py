@@ -432,7 +432,8 @@ async def test_snippet_is_served_with_etag(api: Client) -> None:
     response = await api.get("/sdk/tailor.js")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/javascript")
-    assert b"data-tailor-placement" in response.content and len(response.content) < 8 * 1024
+    # A budget for a script on every page view: 8 KiB until slates, which added about 2.5 KiB.
+    assert b"data-tailor-placement" in response.content and len(response.content) < 10 * 1024
     again = await api.get("/sdk/tailor.js", headers={"if-none-match": response.headers["etag"]})
     assert again.status_code == 304
 
