@@ -77,17 +77,7 @@ class SnapshotStore:
     async def get(self, experiment: str) -> Snapshot | None:
         """The published snapshot of an experiment, or None."""
         raw: dict[bytes, bytes] = await self._redis.hgetall(self.key(experiment))  # type: ignore[assignment]
-        if not raw or b"version" not in raw:
-            return None
-        return Snapshot(
-            experiment=experiment,
-            version=int(raw[b"version"]),
-            gen=int(raw.get(b"gen", b"0")),
-            kind=raw.get(b"kind", b"").decode(),
-            data=raw.get(b"data", b""),
-            examples=int(raw.get(b"examples", b"0")),
-            updated_ms=int(raw.get(b"updated_ms", b"0")),
-        )
+        return _decode(experiment, raw)
 
     def stage_publish(self, pipe: Pipeline, snapshot: Snapshot) -> None:
         """Queue a publish on a (MULTI) pipeline, so it can commit together with stream acks."""
@@ -142,17 +132,7 @@ class SnapshotStore:
     async def saved(self, experiment: str, version: int) -> Snapshot | None:
         """A saved version, or None."""
         raw: dict[bytes, bytes] = await self._redis.hgetall(self.saved_key(experiment, version))  # type: ignore[assignment]
-        if not raw or b"version" not in raw:
-            return None
-        return Snapshot(
-            experiment=experiment,
-            version=int(raw[b"version"]),
-            gen=int(raw.get(b"gen", b"0")),
-            kind=raw.get(b"kind", b"").decode(),
-            data=raw.get(b"data", b""),
-            examples=int(raw.get(b"examples", b"0")),
-            updated_ms=int(raw.get(b"updated_ms", b"0")),
-        )
+        return _decode(experiment, raw)
 
     async def saved_versions(self, experiment: str) -> list[int]:
         """The saved versions, oldest first."""
@@ -181,3 +161,18 @@ class SnapshotStore:
             self.stage_publish(pipe, fresh)
             await pipe.execute()
         return fresh
+
+
+def _decode(experiment: str, raw: dict[bytes, bytes]) -> Snapshot | None:
+    """A model hash (published or saved) as a Snapshot, or None when it holds none."""
+    if not raw or b"version" not in raw:
+        return None
+    return Snapshot(
+        experiment=experiment,
+        version=int(raw[b"version"]),
+        gen=int(raw.get(b"gen", b"0")),
+        kind=raw.get(b"kind", b"").decode(),
+        data=raw.get(b"data", b""),
+        examples=int(raw.get(b"examples", b"0")),
+        updated_ms=int(raw.get(b"updated_ms", b"0")),
+    )

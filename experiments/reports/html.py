@@ -264,17 +264,6 @@ def _rate_iv(iv: Interval | None) -> str:
     return f"{iv.estimate:.2%} [{iv.lower:.2%}, {iv.upper:.2%}]"
 
 
-def _per_slate(s: SlateReport) -> str:
-    parts = [f"policy {s.clicks_per_slate:.3f}"]
-    if s.holdout_clicks_per_slate is not None:
-        parts.append(f"holdout (default order) {s.holdout_clicks_per_slate:.3f}")
-    if s.random_clicks_per_slate is not None:
-        parts.append(f"random order (off-policy) {s.random_clicks_per_slate:.3f}")
-    if s.learned_clicks_per_slate is not None:
-        parts.append(f"learned ranking (off-policy) {s.learned_clicks_per_slate:.3f}")
-    return ", ".join(parts)
-
-
 def _slates(s: SlateReport | None) -> str:
     """Click rate per slot (policy, holdout), off-policy per slot, the most shown item-slots."""
     if s is None:
@@ -310,7 +299,7 @@ def _slates(s: SlateReport | None) -> str:
     return (
         f'<section class="slates"><h2>Slates</h2><p class="note">{s.decisions:,} decisions; '
         f"a click is a {_e(s.metric)} outcome naming its slot or item. Clicks per slate: "
-        f"{_e(_per_slate(s))}.</p>{slots}"
+        f"{_e(s.clicks_per_slate_summary())}.</p>{slots}"
         "<h3>Off-policy click rate per slot (95% CI)</h3>"
         f"{estimates}<h3>Items by slot</h3>{items}{notes}</section>"
     )

@@ -122,6 +122,18 @@ class SlateReport(msgspec.Struct, frozen=True, kw_only=True):
     random_clicks_per_slate: float | None = None
     learned_clicks_per_slate: float | None = None
 
+    def clicks_per_slate_summary(self) -> str:
+        """Clicks per slate in words: the policy's, the holdout's, and off-policy random order
+        and learned ranking (those that exist), as the text report and the page print them."""
+        parts = [f"policy {self.clicks_per_slate:.3f}"]
+        if self.holdout_clicks_per_slate is not None:
+            parts.append(f"holdout (default order) {self.holdout_clicks_per_slate:.3f}")
+        if self.random_clicks_per_slate is not None:
+            parts.append(f"random order (off-policy) {self.random_clicks_per_slate:.3f}")
+        if self.learned_clicks_per_slate is not None:
+            parts.append(f"learned ranking (off-policy) {self.learned_clicks_per_slate:.3f}")
+        return ", ".join(parts)
+
 
 class _Row(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     decision_id: str

@@ -67,22 +67,10 @@ def _rate_iv(iv: Interval | None) -> str:
     return f"{iv.estimate:.2%} [{iv.lower:.2%}, {iv.upper:.2%}]"
 
 
-def _per_slate(s: SlateReport) -> str:
-    """Clicks per slate: the policy's, the holdout's, and off-policy random and learned."""
-    parts = [f"policy {s.clicks_per_slate:.3f}"]
-    if s.holdout_clicks_per_slate is not None:
-        parts.append(f"holdout (default order) {s.holdout_clicks_per_slate:.3f}")
-    if s.random_clicks_per_slate is not None:
-        parts.append(f"random order (off-policy) {s.random_clicks_per_slate:.3f}")
-    if s.learned_clicks_per_slate is not None:
-        parts.append(f"learned ranking (off-policy) {s.learned_clicks_per_slate:.3f}")
-    return ", ".join(parts)
-
-
 def _slates(s: SlateReport) -> list[str]:
     """Click rate per slot (policy and holdout), off-policy per slot, the top item-slots."""
     lines = ["", f"slates ({s.decisions:,} decisions; a click = a {s.metric} naming the slot)"]
-    lines.append("  clicks per slate: " + _per_slate(s))
+    lines.append("  clicks per slate: " + s.clicks_per_slate_summary())
     lines += _table(
         ["slot", "exposures", "click rate", "holdout exposures", "holdout click rate"],
         [
