@@ -49,6 +49,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, ResponseError
+from redis.retry import Retry as SyncRetry
 
 from decision_api.settings import RedisSettings
 
@@ -60,6 +61,8 @@ CLUSTER_RETRIES = 1
 default (10, backed off up to 1 s) sits out a whole failover: a decision waited 2.8 s for a
 replica to take over. With one quick retry it answers ``degraded`` instead, within the socket
 timeout; the next command after the takeover goes to the new primary."""
+SYNC_CLUSTER_RETRIES = 3
+"""The blocking client's attempts (the event-log relay's: no visitor waits on it)."""
 LAYOUT_VERSION = "2"
 MIGRATE_SCAN_COUNT = 1000
 
@@ -126,6 +129,12 @@ def connect_sync(settings: RedisSettings, **options: Any) -> redis.Redis:
     url = settings.url or "redis://127.0.0.1:6379/0"
     if not settings.cluster:
         return redis.Redis.from_url(url, **options)
+    # redis-py's default backs off a topology refresh after failed ones (up to 10 s): the relay's
+    # owner kept calling a dead primary for 8 s after its replica had taken over. Its caller
+    # retries every second anyway; a short backoff lets each retry see the new topology.
+    options.setdefault(
+        "retry", SyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), SYNC_CLUSTER_RETRIES)
+    )
     return cast(
         redis.Redis, redis.RedisCluster.from_url(url, require_full_coverage=False, **options)
     )

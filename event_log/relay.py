@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 import redis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from event_log import sql as event_sql
 from event_log.rows import Table
@@ -53,6 +53,9 @@ STREAM_MAXLEN = 100_000
 RESPONSE_TTL_S = 120
 OWNER_GROUP = "owner"
 HEARTBEAT_S = 5
+STOP_RETRY_S = 30.0
+"""How long a stopping owner retries Redis or chdb to drain the stream (``tailor serve`` waits
+60 s for it); what is left stays in the stream for the next owner."""
 
 
 class _Request(msgspec.Struct, frozen=True, array_like=True):
@@ -68,6 +71,10 @@ class _Response(msgspec.Struct, frozen=True, array_like=True):
     error: str = ""
 
 
+REDIS_ERRORS = (RedisError, RedisClusterException)
+"""What a Redis call may raise when Redis is down or failing over: redis-py's cluster client
+raises ``RedisClusterException``, not a ``RedisError``, when no node serves a slot."""
+
 Connect = Callable[..., redis.Redis]
 """Makes the blocking Redis client from connection options (``socket_timeout``...)."""
 
@@ -81,6 +88,16 @@ def _client(redis_url: str, connect: Connect | None, **options: Any) -> redis.Re
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(_Request)
 _response_decoder = msgspec.msgpack.Decoder(_Response)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable (milliseconds, sequence)."""
+    ms, _, seq = _text(value).partition("-")
+    return int(ms), int(seq or 0)
 
 
 class RelayKeys:
@@ -128,7 +145,7 @@ class RelayEventLog:
                 maxlen=STREAM_MAXLEN,
                 approximate=True,
             )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             # The exception's text names Redis's address: it stays out of API answers.
             raise EventLogUnavailable(f"event relay unreachable ({type(exc).__name__})") from exc
 
@@ -141,7 +158,7 @@ class RelayEventLog:
             reply: Any = self._redis.brpop(
                 [self._keys.response_prefix + request.id], self._timeout_s
             )
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             # The exception's text names Redis's address: it stays out of API answers.
             raise EventLogUnavailable(f"event relay unreachable ({type(exc).__name__})") from exc
         if reply is None:
@@ -165,7 +182,7 @@ class RelayEventLog:
         """Whether the owner is alive (its heartbeat is fresh) and Redis answers."""
         try:
             return bool(self._redis.exists(self._keys.heartbeat))
-        except RedisError:
+        except REDIS_ERRORS:
             return False
 
     def close(self) -> None:
@@ -189,7 +206,12 @@ class Owner:
         self.inserted = 0
 
     def start(self) -> None:
-        """Create the consumer group (from the stream's start)."""
+        """Create the consumer group (from the stream's start) unless it exists.
+
+        Called again whenever Redis answers ``NOGROUP``: a Redis restarted without its data (the
+        private one keeps nothing on disk) has lost the group, and the entries workers add
+        since then must still be read.
+        """
         try:
             self._redis.xgroup_create(self._keys.stream, OWNER_GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -253,9 +275,43 @@ class Owner:
         """Tell workers the owner is alive."""
         self._redis.set(self._keys.heartbeat, str(os.getpid()), ex=HEARTBEAT_S)
 
+    def _group(self) -> dict[str, Any] | None:
+        """The owner group's ``XINFO GROUPS`` entry (None: the group is gone)."""
+        groups: Any = self._redis.xinfo_groups(self._keys.stream)
+        return next((g for g in groups if _text(g["name"]) == OWNER_GROUP), None)
+
     def backlog(self) -> int:
-        """Stream entries not yet inserted."""
-        return int(self._redis.xlen(self._keys.stream))
+        """Stream entries not yet inserted: read but not acknowledged, or not yet read.
+
+        Not the stream's length: an entry acknowledged but not deleted (Redis restarted from an
+        append-only file that kept the ``XACK`` but not the ``XDEL``) is inserted already, and
+        counting it kept a stopping owner waiting for ever.
+        """
+        group = self._group()
+        if group is None:
+            return int(self._redis.xlen(self._keys.stream))
+        after = "(" + _text(group["last-delivered-id"])
+        unread: Any = self._redis.xrange(self._keys.stream, min=after, count=1)
+        return int(group["pending"]) + len(unread)
+
+    def tidy(self, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` entries inserted already (read and acknowledged, left behind
+        by a Redis restart); returns how many."""
+        group = self._group()
+        if group is None:
+            return 0
+        last = _stream_id(group["last-delivered-id"])
+        pending: Any = self._redis.xpending_range(self._keys.stream, OWNER_GROUP, "-", "+", limit)
+        unacked = {p["message_id"] for p in pending}
+        entries: Any = self._redis.xrange(self._keys.stream, count=limit)
+        done = [
+            entry_id
+            for entry_id, _ in entries
+            if entry_id not in unacked and _stream_id(entry_id) <= last
+        ]
+        if done:
+            self._redis.xdel(self._keys.stream, *done)
+        return len(done)
 
     def close(self) -> None:
         """Close the Redis connection."""
@@ -268,20 +324,31 @@ def run_owner(
     """Own the event log until ``stop.is_set()``; then drain what is left and return.
 
     A failing insert (chdb error) leaves its entry unacknowledged in the stream: it is retried
-    (with the same token) after a pause, so nothing is lost while the store recovers.
+    (with the same token) after a pause, so nothing is lost while the store recovers. Redis
+    errors are retried the same way, the consumer group is created again if Redis lost it, and a
+    stopping owner keeps retrying for up to ``STOP_RETRY_S`` before it leaves what is left in
+    the stream for the next owner.
     """
     from event_log.store import open_event_log
 
     event_log = open_event_log(event_log_url)
     event_log.migrate()
     owner = Owner(event_log, redis_url, prefix, connect)
-    owner.start()
     log.info("event_log_owner_started", pid=os.getpid())
+    grouped = False  # the consumer group exists (as far as the owner knows)
     retry_pending = True
+    give_up_at: float | None = None
     try:
         while True:
             stopping = stop.is_set()
+            if stopping and give_up_at is None:
+                give_up_at = time.monotonic() + STOP_RETRY_S
             try:
+                if not grouped:
+                    owner.start()
+                    if tidied := owner.tidy():
+                        log.info("event_log_owner_tidied", entries=tidied)
+                    grouped = True
                 owner.heartbeat()
                 if retry_pending:
                     while owner.drain(pending=True):
@@ -291,12 +358,15 @@ def run_owner(
                 owner.answer()
                 if stopping and not drained and owner.backlog() == 0:
                     break
-            except (EventLogUnavailable, RedisError) as exc:
-                log.warning("event_log_owner_retrying", error=str(exc))
+            except (EventLogUnavailable, *REDIS_ERRORS) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    grouped = False
                 retry_pending = True
-                if stopping and isinstance(exc, RedisError):
+                if give_up_at is not None and time.monotonic() >= give_up_at:
+                    log.error("event_log_owner_left_backlog", error=str(exc))
                     break
-                time.sleep(1.0)
+                log.warning("event_log_owner_retrying", error=str(exc))
+                time.sleep(0.5 if stopping else 1.0)
     finally:
         owner.close()
         event_log.close()

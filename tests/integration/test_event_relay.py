@@ -20,9 +20,10 @@ import msgspec
 import pytest
 import redis
 
-from decision_api.redis_server import free_port
+from decision_api.redis_server import RedisServer, free_port
 from event_log.relay import RelayEventLog, RelayKeys, run_owner
 from event_log.rows import Outcome
+from event_log.store import open_event_log
 from tailor_contract.errors import EventLogUnavailable
 from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
 
@@ -286,3 +287,94 @@ def test_two_workers_share_the_embedded_event_log(tmp_path: Path) -> None:
     rows = json.loads(counted.stdout)
     assert sorted(r[0] for r in rows) == sorted(decision_ids)
     assert not [pid for pid in tree if alive(pid)]
+
+
+def _owner_thread(
+    event_log_url: str, redis_url: str, namespace: str
+) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_owner, args=(event_log_url, redis_url, namespace, stop), daemon=True
+    )
+    thread.start()
+    return thread, stop
+
+
+def test_a_stopping_owner_is_not_held_by_entries_it_inserted_already(
+    redis_url: str, event_log_url: str, namespace: str
+) -> None:
+    """An entry read and acknowledged but not deleted (what a Redis restarted from its
+    append-only file can hold) is not backlog: the owner deletes it and stops when asked.
+    It used to wait for the stream to be empty, and ``tailor serve`` killed it after 60 s."""
+    keys = RelayKeys(namespace)
+    client = redis.Redis.from_url(redis_url)
+    relay = RelayEventLog(redis_url, namespace, timeout_s=20)
+    try:
+        client.xgroup_create(keys.stream, "owner", id="0", mkstream=True)
+        relay.insert("outcomes", _outcomes(5, "done"), "token-done")
+        client.xreadgroup("owner", "owner", {keys.stream: ">"}, count=10)
+        (entry_id,) = [e for e, _ in client.xrange(keys.stream)]
+        client.xack(keys.stream, "owner", entry_id)  # inserted, acknowledged, never deleted
+        relay.insert("outcomes", _outcomes(30, "new"), "token-new")
+        thread, stop = _owner_thread(event_log_url, redis_url, namespace)
+        _wait(lambda: relay.query("SELECT count() FROM outcomes") == [(30,)])
+        stop.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the owner did not stop"
+        assert client.xlen(keys.stream) == 0
+    finally:
+        client.close()
+        relay.close()
+
+
+def test_the_owner_recreates_its_group_when_redis_lost_it(
+    redis_url: str, event_log_url: str, namespace: str
+) -> None:
+    """A Redis restarted without its data has no consumer group: the owner creates it again
+    and stores what workers add since (it used to answer ``NOGROUP`` for ever)."""
+    keys = RelayKeys(namespace)
+    client = redis.Redis.from_url(redis_url)
+    relay = RelayEventLog(redis_url, namespace, timeout_s=20)
+    thread, stop = _owner_thread(event_log_url, redis_url, namespace)
+    try:
+        relay.insert("outcomes", _outcomes(10, "before"), "token-before")
+        _wait(lambda: relay.query("SELECT count() FROM outcomes") == [(10,)])
+        client.delete(keys.stream)  # the stream and its group, as after a restart without data
+        relay.insert("outcomes", _outcomes(20, "after"), "token-after")
+        _wait(lambda: relay.query("SELECT count() FROM outcomes") == [(30,)])
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        client.close()
+        relay.close()
+    assert not thread.is_alive()
+
+
+def test_a_stopping_owner_waits_out_a_redis_restart_to_drain(
+    tmp_path: Path, event_log_url: str, namespace: str
+) -> None:
+    """Told to stop while Redis is down, the owner retries until Redis is back and stores what
+    the stream holds (it used to give up at the first Redis error, leaving it behind)."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), persist=True).start()
+    relay = RelayEventLog(server.url, namespace, timeout_s=20)
+    try:
+        relay.insert("outcomes", _outcomes(40, "held"), "token-held")
+        relay.close()
+        server.stop()  # saves the stream
+        thread, stop = _owner_thread(event_log_url, server.url, namespace)
+        stop.set()
+        time.sleep(2.0)
+        assert thread.is_alive(), "the owner gave up while Redis was down"
+        server = RedisServer(tmp_path / "redis", port=server.port, persist=True).start()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        relay = RelayEventLog(server.url, namespace, timeout_s=20)
+        assert redis.Redis.from_url(server.url).xlen(RelayKeys(namespace).stream) == 0
+    finally:
+        relay.close()
+        server.stop()
+    store = open_event_log(event_log_url)
+    try:
+        assert store.query("SELECT count() FROM outcomes") == [(40,)]
+    finally:
+        store.close()
