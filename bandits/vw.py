@@ -289,14 +289,30 @@ class VWPolicy:
         ]
 
     def learn(self, examples: Sequence[Example]) -> None:
-        """Learn from each example in order with label ``0:-reward:propensity``."""
+        """Learn from each example in order with label ``0:-reward:propensity``.
+
+        Shared examples come from the same cache as decisions' (a context learned is usually
+        one just predicted for), and the label types are checked here against the workspace's,
+        read once: ``Workspace.learn_one`` reads it from VW twice per example of every call,
+        which cost the learner more than VW's learning itself.
+        """
+        learn_raw = getattr(getattr(self._ws, "_workspace", None), "learn_multi_ex_one", None)
+        expected = self._ws.label_type
         for ex in examples:
             actions = self._action_examples(ex.candidates)
-            shared = self._parser.parse_line(shared_line(ex.context))
+            shared = self._shared_example(ex.context)
             chosen = actions[ex.chosen]
             chosen.set_label(CBLabel(label=(0, -ex.reward, ex.propensity)))
             try:
-                self._ws.learn_one([shared, *actions])
+                batch = [shared, *actions]
+                raw = [getattr(e, "_example", None) for e in batch]
+                if learn_raw is None or None in raw:
+                    self._ws.learn_one(batch)  # vowpal_wabbit_next's internals moved
+                    continue
+                for i, e in enumerate(batch):
+                    if e.label_type != expected:
+                        raise ValueError(f"example {i} has label type {e.label_type}")
+                learn_raw(raw)
             finally:
                 # The example stays cached for later decisions: it must not keep the label.
                 chosen.set_label(_NO_LABEL)
