@@ -31,10 +31,10 @@ from bandits.send_time.zones import BulkZoneHours, bulk_zone_hours, default_send
 from bandits.spec import candidate_features
 from bandits.vw import VWPolicy
 from decision_api.decisions.engine import Placed, UnitCall
+from decision_api.decisions.hashing import unit_hash_list
 from decision_api.learning.runtime import LearningPolicies
 from decision_api.profiles.store import UnitProfile
 from experiments.cache import Compiled
-from tailor_contract.assignment import unit_hash
 from tailor_contract.definitions import SendTimeSpec
 from tailor_contract.send_window import (
     NO_SEND_AT,
@@ -236,10 +236,12 @@ class SendTimeGroup:
                 ):
                     chosen[m], propensity[m] = int(hours_ok[choice.index]), choice.propensity
             return chosen, propensity, policy.name, policy.version
-        for m in pending:  # fixed: uniform over the feasible hours, sticky per unit
-            k, _ = self.members[m]
+        # fixed: uniform over the feasible hours, sticky per unit (hashed in one call)
+        positions = unit_hash_list(
+            exp.hash_salt, [self.chunk.units[self.members[m][0]].unit_id for m in pending]
+        )
+        for m, u in zip(pending, positions, strict=True):
             hours_ok = np.flatnonzero(self.feasible[m])
-            u = unit_hash(exp.hash_salt, self.chunk.units[k].unit_id)
             chosen[m] = int(hours_ok[min(int(u * len(hours_ok)), len(hours_ok) - 1)])
             propensity[m] = 1.0 / len(hours_ok)
         return chosen, propensity, "fixed", ""
