@@ -299,7 +299,7 @@ class VWPolicy:
         learn_raw = getattr(getattr(self._ws, "_workspace", None), "learn_multi_ex_one", None)
         expected = self._ws.label_type
         for ex in examples:
-            actions = self._action_examples(ex.candidates)
+            actions = self._prepared(ex.candidates)[0]  # by identity: the same tuple
             shared = self._shared_example(ex.context)
             chosen = actions[ex.chosen]
             chosen.set_label(CBLabel(label=(0, -ex.reward, ex.propensity)))
