@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import os
 import statistics
@@ -99,7 +100,7 @@ async def drive(client: Client, kind: str, requests: int, concurrency: int, clic
                 seed: int) -> dict[str, float]:  # fmt: skip
     """``requests`` decides over ``concurrency`` tasks (plus clicks); CPU per decision."""
     decide = bodies(f"p-{kind}", seed)
-    ids: list[bytes] = []
+    ids: collections.deque[bytes] = collections.deque(maxlen=2_000)  # as bench_serving
     owed = 0.0
     counter = iter(range(10**9))
     done = {"decisions": 0, "outcomes": 0, "errors": 0}
@@ -109,7 +110,7 @@ async def drive(client: Client, kind: str, requests: int, concurrency: int, clic
         while True:
             if clicks and owed >= 1.0 and ids:
                 owed -= 1.0
-                body = b'{"decision_id":"%s","type":"click"}' % ids.pop(0)
+                body = b'{"decision_id":"%s","type":"click"}' % ids.popleft()
                 status, _ = await client.post("/v1/outcomes", body)
                 done["outcomes"] += 1
                 done["errors"] += status != 202
@@ -170,7 +171,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     clicks = args.learning == "on"
     kinds = [args.policy] if args.policy != "all" else ["fixed", "thompson", "vw_cb"]
     for kind in kinds:  # warm-up: caches, first models
-        await drive(client, kind, 2000, args.concurrency, clicks, 1)
+        await drive(client, kind, args.warmup, args.concurrency, clicks, 1)
     await asyncio.sleep(3.0)
     results: dict[str, list[float]] = {k: [] for k in kinds}
     loops: dict[str, list[float]] = {k: [] for k in kinds}
@@ -185,6 +186,17 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
                   f" us, outcomes {got['outcomes']:.0f}, errors {got['errors']:.0f};"
                   + "".join(f" {n} {got[n + '_us']:.1f} us" for n in OTHERS),
                   flush=True)  # fmt: skip
+    if args.callgrind:  # one more run per policy, its instructions counted by callgrind
+        for kind in kinds:
+            control = ["callgrind_control", str(os.getpid())]
+            subprocess.run([*control[:1], "-i", "on", *control[1:]], check=True,
+                           capture_output=True)  # fmt: skip
+            got = await drive(client, kind, args.callgrind, args.concurrency, clicks, 99)
+            subprocess.run([*control[:1], "-i", "off", *control[1:]], check=True,
+                           capture_output=True)  # fmt: skip
+            subprocess.run([*control[:1], "-d", f"{kind}-{int(got['decisions'])}",
+                            *control[1:]], check=True, capture_output=True)  # fmt: skip
+            print(f"callgrind: {kind} {got['decisions']:.0f} decisions dumped", flush=True)
     if profiler is not None:  # one more run per policy, not counted in the medians
         for kind in kinds:
             profiler.enable()
@@ -209,7 +221,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--learning", default="on", choices=("on", "off"))
+    parser.add_argument("--warmup", type=int, default=2000, help="decisions per policy first")
     parser.add_argument("--profile", default="")
+    parser.add_argument(
+        "--callgrind", type=int, default=0,
+        help="run under valgrind --tool=callgrind --collect-atstart=no: then one more run of "
+        "this many decisions per policy with collection on, dumped per policy",
+    )  # fmt: skip
     args = parser.parse_args()
     import uvloop
 
