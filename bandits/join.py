@@ -97,8 +97,10 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True,
     model_version: str
     context: dict[str, FeatureValue]
     decided_ms: int
-    slate: list[int] = msgspec.field(default_factory=list)
-    slate_propensities: list[float] = msgspec.field(default_factory=list)
+    # Tuples: a one-variant decision shares the empty one (a bulk campaign remembers hundreds of
+    # thousands of records; two fresh lists each were most of the collector's work).
+    slate: tuple[int, ...] = ()
+    slate_propensities: tuple[float, ...] = ()
     features: list[dict[str, FeatureValue]] | None = None
 
     @property

@@ -183,8 +183,12 @@ class Pseudonymiser:
         return "anon:" + digest[:32]
 
 
-class UnitCall(msgspec.Struct, kw_only=True):
-    """One unit's side of a decision: what targeting and policies see, and what is logged."""
+class UnitCall(msgspec.Struct, kw_only=True, gc=False):
+    """One unit's side of a decision: what targeting and policies see, and what is logged.
+
+    Not tracked by the cyclic collector (``gc=False``: it holds plain data and cannot be part
+    of a cycle), like :class:`Placed`: a bulk chunk makes thousands of each.
+    """
 
     unit_id: str
     attributes: dict[str, Any]
@@ -198,7 +202,7 @@ class UnitCall(msgspec.Struct, kw_only=True):
     slates: Mapping[str, SlateRequest] = msgspec.field(default_factory=dict)
 
 
-class Placed(msgspec.Struct, kw_only=True):
+class Placed(msgspec.Struct, kw_only=True, gc=False):
     """One placement's decision with what the exposure row needs."""
 
     answer: PlacementDecision

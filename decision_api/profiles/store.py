@@ -92,7 +92,7 @@ class UnitEvent(msgspec.Struct, frozen=True, kw_only=True):
     category: str = ""
 
 
-class UnitProfile(msgspec.Struct, kw_only=True):
+class UnitProfile(msgspec.Struct, kw_only=True, gc=False):
     """What Redis holds about a unit, decoded.
 
     ``attributes`` are the features targeting rules and models see (stored features and derived
