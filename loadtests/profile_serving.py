@@ -186,17 +186,6 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
                   f" us, outcomes {got['outcomes']:.0f}, errors {got['errors']:.0f};"
                   + "".join(f" {n} {got[n + '_us']:.1f} us" for n in OTHERS),
                   flush=True)  # fmt: skip
-    if args.callgrind:  # one more run per policy, its instructions counted by callgrind
-        for kind in kinds:
-            control = ["callgrind_control", str(os.getpid())]
-            subprocess.run([*control[:1], "-i", "on", *control[1:]], check=True,
-                           capture_output=True)  # fmt: skip
-            got = await drive(client, kind, args.callgrind, args.concurrency, clicks, 99)
-            subprocess.run([*control[:1], "-i", "off", *control[1:]], check=True,
-                           capture_output=True)  # fmt: skip
-            subprocess.run([*control[:1], "-d", f"{kind}-{int(got['decisions'])}",
-                            *control[1:]], check=True, capture_output=True)  # fmt: skip
-            print(f"callgrind: {kind} {got['decisions']:.0f} decisions dumped", flush=True)
     if profiler is not None:  # one more run per policy, not counted in the medians
         for kind in kinds:
             profiler.enable()
@@ -223,11 +212,6 @@ def main() -> int:
     parser.add_argument("--learning", default="on", choices=("on", "off"))
     parser.add_argument("--warmup", type=int, default=2000, help="decisions per policy first")
     parser.add_argument("--profile", default="")
-    parser.add_argument(
-        "--callgrind", type=int, default=0,
-        help="run under valgrind --tool=callgrind --collect-atstart=no: then one more run of "
-        "this many decisions per policy with collection on, dumped per policy",
-    )  # fmt: skip
     args = parser.parse_args()
     import uvloop
 
