@@ -58,6 +58,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from bandits.base import FeatureValue
+from bandits.scripts import run_script
 
 log = structlog.get_logger("tailor.join")
 
@@ -96,8 +97,10 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True, array_like=True,
     model_version: str
     context: dict[str, FeatureValue]
     decided_ms: int
-    slate: list[int] = msgspec.field(default_factory=list)
-    slate_propensities: list[float] = msgspec.field(default_factory=list)
+    # Tuples: a one-variant decision shares the empty one (a bulk campaign remembers hundreds of
+    # thousands of records; two fresh lists each were most of the collector's work).
+    slate: tuple[int, ...] = ()
+    slate_propensities: tuple[float, ...] = ()
     features: list[dict[str, FeatureValue]] | None = None
 
     @property
@@ -446,9 +449,8 @@ class RewardJoin:
             if self.screen is not None:
                 batch = await self.screen.screen(batch, _unit_of)
             for payload, decisions in _remember_calls(batch):
-                await self._remember(
-                    keys=[self.due_key], args=[self._shared, self.due_key, payload]
-                )
+                args = [self._shared, self.due_key, payload]
+                await run_script(self._remember, [self.due_key], args)
                 sent.update(decisions)
         except RedisError:
             # Put the unwritten ones back (bounded) so a short Redis outage does not lose the
@@ -551,7 +553,7 @@ class RewardJoin:
         replies: list[Any] = []
         if len(calls) == 1:  # one outcome, one call: no pipeline object to build
             script, keys, args = calls[0]
-            replies = [await script(keys=keys, args=args)]
+            replies = [await run_script(script, keys, args)]
         elif calls:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for script, keys, args in calls:

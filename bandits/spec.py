@@ -43,17 +43,27 @@ class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
         return min(1.0, max(0.0, (reward - self.reward_lo) / span))
 
     def example(self, record: DecisionRecord, reward: float) -> Example | None:
-        """The training example for a finalised record, or None if its arms are gone."""
-        by_key = {c.key: c for c in self.candidates}
-        candidates = []
-        for key in record.candidates:
-            candidate = by_key.get(key)
-            if candidate is None:
-                return None  # a variant was removed since the decision
-            candidates.append(candidate)
+        """The training example for a finalised record, or None if its arms are gone.
+
+        A decision among all the experiment's variants (the usual case) gets ``candidates``
+        itself, the same tuple for every example: the policies recognise it by identity and
+        reuse what they prepared for it (VW's parsed action examples).
+        """
+        candidates: tuple[Candidate, ...] = self.candidates
+        if len(record.candidates) != len(candidates) or any(
+            key != c.key for key, c in zip(record.candidates, candidates, strict=True)
+        ):
+            by_key = {c.key: c for c in self.candidates}
+            found = []
+            for key in record.candidates:
+                candidate = by_key.get(key)
+                if candidate is None:
+                    return None  # a variant was removed since the decision
+                found.append(candidate)
+            candidates = tuple(found)
         return Example(
             context=record.context,
-            candidates=tuple(candidates),
+            candidates=candidates,
             chosen=record.chosen,
             propensity=max(record.propensity, 1e-9),
             reward=self.scale(reward),

@@ -289,14 +289,30 @@ class VWPolicy:
         ]
 
     def learn(self, examples: Sequence[Example]) -> None:
-        """Learn from each example in order with label ``0:-reward:propensity``."""
+        """Learn from each example in order with label ``0:-reward:propensity``.
+
+        Shared examples come from the same cache as decisions' (a context learned is usually
+        one just predicted for), and the label types are checked here against the workspace's,
+        read once: ``Workspace.learn_one`` reads it from VW twice per example of every call,
+        which cost the learner more than VW's learning itself.
+        """
+        learn_raw = getattr(getattr(self._ws, "_workspace", None), "learn_multi_ex_one", None)
+        expected = self._ws.label_type
         for ex in examples:
-            actions = self._action_examples(ex.candidates)
-            shared = self._parser.parse_line(shared_line(ex.context))
+            actions = self._prepared(ex.candidates)[0]  # by identity: the same tuple
+            shared = self._shared_example(ex.context)
             chosen = actions[ex.chosen]
             chosen.set_label(CBLabel(label=(0, -ex.reward, ex.propensity)))
             try:
-                self._ws.learn_one([shared, *actions])
+                batch = [shared, *actions]
+                raw = [getattr(e, "_example", None) for e in batch]
+                if learn_raw is None or None in raw:
+                    self._ws.learn_one(batch)  # vowpal_wabbit_next's internals moved
+                    continue
+                for i, e in enumerate(batch):
+                    if e.label_type != expected:
+                        raise ValueError(f"example {i} has label type {e.label_type}")
+                learn_raw(raw)
             finally:
                 # The example stays cached for later decisions: it must not keep the label.
                 chosen.set_label(_NO_LABEL)
@@ -332,12 +348,29 @@ class VWPolicy:
             state = decode_snapshot(snapshot, _VWState, NAME)
         except SnapshotError:
             return False
-        if state.args != self._config.structural_args() or not self._patcher.apply(
-            self._ws, state.rows, state.values, state.stride
-        ):
+        if state.args != self._config.structural_args():
+            return False
+        return self.patch_rows(state.rows, state.values, state.stride, version=version)
+
+    def patch_rows(self, rows: bytes, values: bytes, stride: int, *, version: str) -> bool:
+        """Overwrite the weights with these non-zero rows (a weights-only config's, from
+        :func:`~bandits.vw_weights.weight_rows` of a model trained with this config's
+        arguments), in place; False, changing nothing, when that cannot be done."""
+        if not self._patchable or not self._patcher.apply(self._ws, rows, values, stride):
             return False
         self.version = version
         return True
+
+    @property
+    def patchable(self) -> bool:
+        """Whether decisions depend on the weights alone (see :func:`weights_decide`)."""
+        return self._patchable
+
+    def weight_rows(self) -> tuple[bytes, bytes, int]:
+        """The non-zero weight rows, their values and the stride (what :meth:`patch_rows`
+        takes)."""
+        rows, values, stride = weight_rows(self._ws)
+        return rows, values, stride
 
     @classmethod
     def restore(cls, config: VWCBConfig, snapshot: bytes, *, version: str) -> VWPolicy:

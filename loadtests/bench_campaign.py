@@ -13,10 +13,13 @@ their events to the event-log owner process — the time until they are durable 
 Configurations: ``thompson`` (``thompson`` for content, ``send_time_thompson`` for send time) and
 ``vw_cb`` (``vw_cb`` on both).
 
-Printed per configuration: recipients/s of each run and their median, the time until every
-exposure of a run was written to the event log, and the server's peak RSS (``VmHWM`` of the
-``tailor serve`` process tree: the granian main process plus its worker). Targets on a 2-core
-machine: >= 20,000 recipients/s and RSS < 1 GB with Thompson, >= 5,000 recipients/s with vw_cb.
+Printed per configuration: recipients/s of each run and their median, server CPU-seconds per
+1k recipients (the whole ``tailor serve`` tree: worker, learner, embedded event log), the
+latency of each 1,000-recipient chunk of the streamed answer (p50/p99 of the time between
+successive chunks' answers), the time until every exposure of a run was written to the event
+log and how many were (written/expected per run), and the server's peak RSS (``VmHWM`` of the
+``tailor serve`` process tree). Targets (issue 15, one worker, median of 3 rounds): >= 50,000
+recipients/s with Thompson, >= 25,000/s with vw_cb, every exposure stored, RSS < 1 GB.
 Request bodies are encoded before the clock starts; the client only counts answers.
 """
 
@@ -305,25 +308,54 @@ def create_experiments(client: httpx.Client, config: str) -> None:
 TALLY = {"degraded": 0}
 
 
-def send(client: httpx.Client, body: bytes, stream: bool) -> int:
-    """Post one request; returns the number of recipients answered."""
+CHUNK = 1000
+"""Recipients the server decides per chunk (``decision_api.decisions.bulk.CHUNK``): the answer
+streams out chunk by chunk, so the time between successive chunks' answers is their latency."""
+
+
+def send(client: httpx.Client, body: bytes, stream: bool, gaps: list[float] | None = None) -> int:
+    """Post one request; returns the number of recipients answered.
+
+    The answer is read as it streams: each time another ``CHUNK`` recipients have arrived, the
+    time since the previous chunk (since the request for the first) goes into ``gaps``.
+    """
     headers = {"content-type": "application/json"}
+    marker = b"\n"
     if stream:
         headers["accept"] = "application/x-ndjson"
-        lines = 0
-        with client.stream("POST", "/v1/decide/batch", content=body, headers=headers) as r:
-            r.raise_for_status()
-            for chunk in r.iter_raw():
-                lines += chunk.count(b"\n")
-                TALLY["degraded"] += chunk.count(b'"degraded":true')
-        return lines
-    response = client.post("/v1/decide/batch", content=body, headers=headers)
-    response.raise_for_status()
-    TALLY["degraded"] += response.content.count(b'"degraded":true,"decisions"')
-    tail = response.content[-200:]  # the summary follows the recipients
-    count = re.search(rb'"count":(\d+)', tail)
-    assert count is not None, tail
+    else:
+        marker = b'"index":'
+    seen = 0
+    tail = b""
+    last = time.perf_counter()
+    body_end = b""
+    with client.stream("POST", "/v1/decide/batch", content=body, headers=headers) as r:
+        r.raise_for_status()
+        for piece in r.iter_raw():
+            window = tail + piece
+            found = window.count(marker)
+            TALLY["degraded"] += piece.count(b'"degraded":true,"decisions"')
+            tail = window[-(len(marker) - 1) :] if len(marker) > 1 else b""
+            before = seen
+            seen += found
+            if gaps is not None and seen // CHUNK > before // CHUNK:
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+            body_end = (body_end + piece)[-200:]
+    if stream:
+        return seen
+    count = re.search(rb'"count":(\d+)', body_end)  # the summary follows the recipients
+    assert count is not None, body_end
     return int(count.group(1))
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank), NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def wait_written(client: httpx.Client, target: int, timeout: float = 300) -> float:
@@ -360,6 +392,8 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
             baseline, _ = peak_rss_mb(server.process.pid, "VmRSS")
             print(f"  {config}: server RSS after warm-up {baseline:.0f} MB", flush=True)
             rates, durable, cpu_rates = [], [], []
+            gaps: list[float] = []
+            stored: list[tuple[int, int]] = []
             expected = exposures_written(client)
             pid = server.process.pid
             redis_pid = redis_process_id(server.redis.url)
@@ -381,7 +415,7 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                     with ThreadPoolExecutor(args.workers) as pool:
                         answered = sum(pool.map(lambda b: send(client, b, args.stream), payloads))
                 else:
-                    answered = sum(send(client, body, args.stream) for body in payloads)
+                    answered = sum(send(client, body, args.stream, gaps) for body in payloads)
                 elapsed = time.perf_counter() - start
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
@@ -395,6 +429,8 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                     durable.append(float("nan"))
                 else:
                     durable.append(elapsed + wait_written(client, expected))
+                    stored.append((exposures_written(client) - (expected - 2 * args.recipients),
+                                   2 * args.recipients))  # fmt: skip
                 server_cpu = cpu_seconds(pid) - cpu0
                 redis_cpu = cpu_seconds(redis_pid) - redis0
                 cpu_rates.append(args.recipients / server_cpu)
@@ -413,7 +449,8 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                 print(
                     f"  {config}: {rates[-1]:,.0f} recipients/s ({elapsed:.2f} s), "
                     f"all exposures written after {durable[-1]:.2f} s; CPU until then: server "
-                    f"{server_cpu:.1f} s ({cpu_rates[-1]:,.0f} recipients per CPU-second), "
+                    f"{server_cpu:.1f} s ({cpu_rates[-1]:,.0f} recipients per CPU-second, "
+                    f"{server_cpu / args.recipients * 1000:.3f} CPU-s per 1k recipients), "
                     f"redis {redis_cpu:.1f} s; load {load()}",
                     flush=True,
                 )
@@ -431,6 +468,9 @@ def run_config(config: str, args: argparse.Namespace) -> dict[str, object]:
                 print(f"  {config}: server warnings: {counts}")
     return {
         "config": config,
+        "gap_p50_ms": quantile(gaps, 0.5) * 1000,
+        "gap_p99_ms": quantile(gaps, 0.99) * 1000,
+        "stored": stored,
         "rates": rates,
         "median": statistics.median(rates),
         "durable_median_s": statistics.median(durable),
@@ -488,6 +528,16 @@ def main() -> int:
             f"exposures durable after {r['durable_median_s']:.2f} s; "
             f"{r['cpu_median']:,.0f} recipients per server CPU-second; "
             f"server peak RSS {r['rss_mb']:.0f} MB (worker {r['rss_worker_mb']:.0f} MB)"
+        )
+        cpu_per_1k = 1000 / r["cpu_median"]  # type: ignore[operator]
+        stored = r["stored"]
+        all_stored = all(got == want for got, want in stored)  # type: ignore[attr-defined]
+        print(
+            f"            {cpu_per_1k:.3f} server CPU-s per 1k recipients; per {CHUNK}-recipient "
+            f"chunk of the streamed answer p50 {r['gap_p50_ms']:.1f} ms, p99 "
+            f"{r['gap_p99_ms']:.1f} ms; exposures stored per run (written/expected): "
+            + ", ".join(f"{got:,}/{want:,}" for got, want in stored)  # type: ignore[attr-defined]
+            + ("" if all_stored or not stored else "  <- MISSING EXPOSURES")
         )
     return 0
 

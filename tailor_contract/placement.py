@@ -20,12 +20,12 @@ With no experiment left, the first fallback applies, else ``no_experiment``. The
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 
-from tailor_contract.assignment import in_holdout, in_layer
+from tailor_contract.assignment import in_holdout, in_layer, unit_hash
 from tailor_contract.definitions import Condition, LayerSlice
 from tailor_contract.targeting import matches
 
@@ -38,6 +38,7 @@ __all__ = [
     "Gate",
     "Gated",
     "walk",
+    "walk_many",
 ]
 
 ASSIGN: Final = "assign"
@@ -48,8 +49,15 @@ NO_EXPERIMENT: Final = "no_experiment"
 HOLDOUT_REASONS: Final = frozenset({"global_holdout", "holdout"})
 """Default reasons that put the unit in a holdout group (logged with ``holdout = 1``)."""
 DEFAULT_REASONS: Final = frozenset(
-    {"kill_switch", "experiment_paused", "not_targeted", "outside_layer", "global_holdout",
-     "holdout", "no_consent"}
+    {
+        "kill_switch",
+        "experiment_paused",
+        "not_targeted",
+        "outside_layer",
+        "global_holdout",
+        "holdout",
+        "no_consent",
+    }
 )
 """Verdicts answered with the experiment's default variant."""
 
@@ -130,3 +138,109 @@ def walk(
     if fallback is not None:
         return fallback
     return None, NO_EXPERIMENT
+
+
+Hashes = Callable[[str, Sequence[str]], Sequence[float]]
+"""``(salt, unit ids) -> unit_hash(salt, id)`` for each id, in order (a vectorised one may be
+passed to :func:`walk_many`; it must give the same floats as :func:`unit_hash`)."""
+
+
+def _hashes(salt: str, unit_ids: Sequence[str]) -> list[float]:
+    return [unit_hash(salt, unit_id) for unit_id in unit_ids]
+
+
+def walk_many(
+    candidates: Sequence[G],
+    *,
+    unit_ids: Sequence[str],
+    attributes: Sequence[Mapping[str, Any]],
+    consent: Sequence[bool],
+    kill_switch: bool,
+    global_holdout: Sequence[bool],
+    hashes: Hashes = _hashes,
+) -> list[tuple[G | None, str]]:
+    """:func:`walk` for many units at once: ``out[i]`` is exactly what ``walk`` answers for
+    unit ``i`` (its id, attributes, consent and global holdout at index ``i``).
+
+    The rules run in the same order, experiment by experiment over the units still undecided,
+    so that each layer and holdout hash is computed by one ``hashes(salt, ids)`` call for all
+    the units that reach it (a bulk caller passes a vectorised one).
+    """
+    n = len(unit_ids)
+    out: list[tuple[G | None, str] | None] = [None] * n
+    fallback: list[tuple[G, str] | None] = [None] * n
+    remaining = list(range(n))
+    for candidate in candidates:
+        if not remaining:
+            break
+        gate = candidate.gate
+        if kill_switch:
+            for i in remaining:
+                out[i] = (candidate, "kill_switch")
+            remaining = []
+            break
+        admitted = _admitted(candidate, remaining, unit_ids, attributes, fallback, hashes)
+        if not admitted:
+            continue
+        if len(admitted) < len(remaining):  # the others go on to the next experiment
+            decided = set(admitted)
+            remaining = [i for i in remaining if i not in decided]
+        else:
+            remaining = []
+        held: Sequence[bool] = [False] * len(admitted)
+        if gate.holdout > 0:
+            share = gate.holdout
+            drawn = hashes(gate.salt + ":holdout", [unit_ids[i] for i in admitted])
+            held = [u < share for u in drawn]
+        assign = SEND_TIME if gate.send_time else ASSIGN
+        for i, in_holdout_slice in zip(admitted, held, strict=True):
+            if global_holdout[i]:
+                out[i] = (candidate, "global_holdout")
+            elif in_holdout_slice:
+                out[i] = (candidate, "holdout")
+            elif not consent[i]:
+                out[i] = (candidate, "no_consent")
+            else:
+                out[i] = (candidate, assign)
+    return [
+        found if found is not None else (fallback[i] or (None, NO_EXPERIMENT))
+        for i, found in enumerate(out)
+    ]
+
+
+def _admitted(
+    candidate: G,
+    remaining: list[int],
+    unit_ids: Sequence[str],
+    attributes: Sequence[Mapping[str, Any]],
+    fallback: list[tuple[G, str] | None],
+    hashes: Hashes,
+) -> list[int]:
+    """The units of ``remaining`` the candidate's pause, targeting and layer admit; the others
+    get their fallback (the first one only, as :func:`walk` keeps it)."""
+    gate = candidate.gate
+    if gate.paused:
+        for i in remaining:
+            fallback[i] = fallback[i] or (candidate, "experiment_paused")
+        return []
+    if gate.targeting is not None:
+        targeted: list[int] = []
+        for i in remaining:
+            if matches(gate.targeting, attributes[i]):
+                targeted.append(i)
+            else:
+                fallback[i] = fallback[i] or (candidate, "not_targeted")
+        remaining = targeted
+    if gate.layer is None or not remaining:
+        return remaining
+    inside: list[int] = []
+    layer_slice = gate.layer_slice
+    if layer_slice is not None:
+        positions = hashes("layer:" + gate.layer, [unit_ids[i] for i in remaining])
+        start, end = layer_slice.start, layer_slice.end
+        inside = [i for i, u in zip(remaining, positions, strict=True) if start <= u < end]
+    admitted = set(inside)
+    for i in remaining:
+        if i not in admitted:
+            fallback[i] = fallback[i] or (candidate, "outside_layer")
+    return inside

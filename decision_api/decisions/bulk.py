@@ -35,7 +35,7 @@ import structlog
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from decision_api.decisions.engine import DecisionEngine, Placed, UnitCall
+from decision_api.decisions.engine import DecisionEngine, Placed, UnitCall, global_holdouts
 from decision_api.decisions.send_times import fill_send_times
 from decision_api.learning.runtime import LearningPolicies
 from decision_api.profiles.store import EMPTY_PROFILE, FeatureStore, UnitProfile
@@ -230,6 +230,7 @@ def _prepare(
     shared = {**campaign.context, **fixed}
     by_chunk = chunk.profiles
     profiles: list[UnitProfile] = []
+    held = global_holdouts([r.unit_id for r in chunk.recipients], engine.global_holdout)
     for i, recipient in enumerate(chunk.recipients):
         if chunk.errors[i] is not None:
             continue
@@ -249,7 +250,9 @@ def _prepare(
                 code="invalid_timezone", field="timezone", message=problem
             )
             continue
-        unit = engine.prepare(recipient.unit_id, context, consent, profile, chunk.degraded, now_ms)
+        unit = engine.prepare(
+            recipient.unit_id, context, consent, profile, chunk.degraded, now_ms, held[i]
+        )
         if recipient.exclude:
             unit.exclude = {p: frozenset(keys) for p, keys in recipient.exclude.items()}
         if campaign.slates:

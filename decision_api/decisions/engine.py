@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 from bandits.base import Candidate, Choice
 from bandits.slates import Slate
 from decision_api.decisions.eligibility import NO_ELIGIBLE_VARIANT, eligible_indexes, split_among
+from decision_api.decisions.hashing import unit_hash_list
 from decision_api.decisions.slates import (
     Offer,
     default_slate,
@@ -56,8 +57,20 @@ from event_log.rows import Exposure, new_decision_id, new_event_id, stringify
 from event_log.throttle import Throttle
 from event_log.writer import EventSink
 from experiments.cache import Compiled, ExperimentCache
-from tailor_contract.assignment import in_global_holdout, pick_bucket, unit_hash
-from tailor_contract.placement import ASSIGN, HOLDOUT_REASONS, NO_EXPERIMENT, SEND_TIME, walk
+from tailor_contract.assignment import (
+    GLOBAL_HOLDOUT_SALT,
+    in_global_holdout,
+    pick_bucket,
+    unit_hash,
+)
+from tailor_contract.placement import (
+    ASSIGN,
+    HOLDOUT_REASONS,
+    NO_EXPERIMENT,
+    SEND_TIME,
+    walk,
+    walk_many,
+)
 from tailor_contract.policies import FixedConfig, VWSlatesConfig
 from tailor_contract.wire import DecideResponse, Factor, PlacementDecision, SlateRequest
 
@@ -170,8 +183,12 @@ class Pseudonymiser:
         return "anon:" + digest[:32]
 
 
-class UnitCall(msgspec.Struct, kw_only=True):
-    """One unit's side of a decision: what targeting and policies see, and what is logged."""
+class UnitCall(msgspec.Struct, kw_only=True, gc=False):
+    """One unit's side of a decision: what targeting and policies see, and what is logged.
+
+    Not tracked by the cyclic collector (``gc=False``: it holds plain data and cannot be part
+    of a cycle), like :class:`Placed`: a bulk chunk makes thousands of each.
+    """
 
     unit_id: str
     attributes: dict[str, Any]
@@ -185,7 +202,7 @@ class UnitCall(msgspec.Struct, kw_only=True):
     slates: Mapping[str, SlateRequest] = msgspec.field(default_factory=dict)
 
 
-class Placed(msgspec.Struct, kw_only=True):
+class Placed(msgspec.Struct, kw_only=True, gc=False):
     """One placement's decision with what the exposure row needs."""
 
     answer: PlacementDecision
@@ -318,8 +335,11 @@ class DecisionEngine:
         profile: UnitProfile,
         degraded: bool,
         now_ms: int,
+        global_holdout: bool | None = None,
     ) -> UnitCall:
-        """Per-unit state of one decision: attributes, consent, caps, a new decision id."""
+        """Per-unit state of one decision: attributes, consent, caps, a new decision id
+        (``global_holdout``: whether the unit is in the global holdout, when the caller hashed
+        it already)."""
         if consent:
             attributes: dict[str, Any] = {**profile.attributes, **context}
         else:
@@ -332,7 +352,9 @@ class DecisionEngine:
             unit_id=unit_id,
             attributes=attributes,
             consent=consent,
-            global_holdout=in_global_holdout(unit_id, self.global_holdout),
+            global_holdout=in_global_holdout(unit_id, self.global_holdout)
+            if global_holdout is None
+            else global_holdout,
             decision_id=new_decision_id(),
             now_ms=now_ms,
             caps=profile.caps,
@@ -479,14 +501,25 @@ class DecisionEngine:
         self, placement: str, units: Sequence[UnitCall], *, defer_send_time: bool = False
     ) -> list[Placed]:
         """Decide one placement for many units: for each unit what :meth:`place` answers, with
-        each experiment's policy choosing for all of its units in one vectorised call (a
+        the placement walk run for all units at once (each holdout, layer and split hash
+        computed for the whole group in one vectorised call: :mod:`~decision_api.decisions.hashing`)
+        and each experiment's policy choosing for all of its units in one vectorised call (a
         placement asking for slates is decided unit by unit)."""
         if any(placement in u.slates for u in units if u.slates):
             return [self._place(placement, u, defer_send_time) for u in units]
         out: list[Placed | None] = []
         assigned: dict[str, tuple[Compiled, list[int]]] = {}
-        for i, unit in enumerate(units):
-            routed = self._route(placement, unit, defer_send_time)
+        walked = walk_many(
+            self._cache.for_placement(placement),
+            unit_ids=[u.unit_id for u in units],
+            attributes=[u.attributes for u in units],
+            consent=[u.consent for u in units],
+            kill_switch=self.kill_switch,
+            global_holdout=[u.global_holdout for u in units],
+            hashes=unit_hash_list,
+        )
+        for i, (unit, (compiled, verdict)) in enumerate(zip(units, walked, strict=True)):
+            routed = self._routed(placement, compiled, verdict, defer_send_time)
             if isinstance(routed, Placed):
                 out.append(routed)
                 continue
@@ -502,9 +535,16 @@ class DecisionEngine:
             else:
                 group[1].append(i)
         for compiled, members in assigned.values():
-            chosen = self._choose_many(compiled, [units[i] for i in members])
-            for i, choice in zip(members, chosen, strict=True):
-                out[i] = self._assign(placement, compiled, units[i], choice)
+            group_units = [units[i] for i in members]
+            chosen = self._choose_many(compiled, group_units)
+            positions: list[float] | None = None
+            if any(choice is None for choice in chosen):
+                positions = unit_hash_list(
+                    compiled.experiment.hash_salt, [u.unit_id for u in group_units]
+                )
+            for k, (i, choice) in enumerate(zip(members, chosen, strict=True)):
+                at = positions[k] if positions is not None else None
+                out[i] = self._assign(placement, compiled, units[i], choice, at)
         return [p for p in out if p is not None]
 
     def _place(self, placement: str, unit: UnitCall, defer_send_time: bool = False) -> Placed:
@@ -629,8 +669,15 @@ class DecisionEngine:
             return self._serve(placement, compiled, unit, index, propensity, policy, reason)
         keys = [exp.variants[i].key for i in eligible]
         return self._serve(
-            placement, compiled, unit, eligible[choice.index], choice.propensity, choice.policy,
-            "policy", choice=choice, candidates=keys,
+            placement,
+            compiled,
+            unit,
+            eligible[choice.index],
+            choice.propensity,
+            choice.policy,
+            "policy",
+            choice=choice,
+            candidates=keys,
         )
 
     def _route(self, placement: str, unit: UnitCall, defer_send_time: bool) -> Placed | Compiled:
@@ -644,6 +691,12 @@ class DecisionEngine:
             kill_switch=self.kill_switch,
             global_holdout=unit.global_holdout,
         )
+        return self._routed(placement, compiled, verdict, defer_send_time)
+
+    def _routed(
+        self, placement: str, compiled: Compiled | None, verdict: str, defer_send_time: bool
+    ) -> Placed | Compiled:
+        """What :meth:`_route` answers for the walk's ``(compiled, verdict)``."""
         if compiled is None:
             return Placed(
                 answer=PlacementDecision(placement=placement, reason=NO_EXPERIMENT),
@@ -675,12 +728,21 @@ class DecisionEngine:
         return [None] * len(units) if chosen is None else chosen
 
     def _assign(
-        self, placement: str, compiled: Compiled, unit: UnitCall, choice: Choice | None
+        self,
+        placement: str,
+        compiled: Compiled,
+        unit: UnitCall,
+        choice: Choice | None,
+        position: float | None = None,
     ) -> Placed:
+        """Serve the policy's ``choice``, or without one the fixed split (``position``: the
+        unit's split hash when the caller computed it already)."""
         exp = compiled.experiment
         learning = not isinstance(exp.policy, FixedConfig)
         if choice is None:
-            index = pick_bucket(unit_hash(exp.hash_salt, unit.unit_id), compiled.cumulative)
+            if position is None:
+                position = unit_hash(exp.hash_salt, unit.unit_id)
+            index = pick_bucket(position, compiled.cumulative)
             lower = compiled.cumulative[index - 1] if index else 0.0
             propensity = compiled.cumulative[index] - lower
             policy, reason = "fixed", "split"
@@ -773,7 +835,10 @@ class DecisionEngine:
                 return reason
             hits.append(
                 CapHit(
-                    unit.unit_id, field, unit.now_ms, contact.window_s * 1000,
+                    unit.unit_id,
+                    field,
+                    unit.now_ms,
+                    contact.window_s * 1000,
                     contact.max_exposures,
                 )
             )
@@ -802,3 +867,10 @@ class DecisionEngine:
             holdout=holdout,
             model_version="",
         )
+
+
+def global_holdouts(unit_ids: Sequence[str], share: float) -> list[bool]:
+    """``in_global_holdout(u, share)`` for every unit, hashed in one vectorised call."""
+    if share <= 0:
+        return [False] * len(unit_ids)
+    return [u < share for u in unit_hash_list(GLOBAL_HOLDOUT_SALT, unit_ids)]

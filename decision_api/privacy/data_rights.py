@@ -26,14 +26,14 @@ holds, per erased unit, a token (a hash of its pseudonym, never the id) scored b
 expires, ``TOMBSTONE_TTL_S`` later; the same token goes to the tombstones of the unit's hash slot
 (``{p}:erased:{<slot tag>}``, see :func:`decision_api.profiles.store.tombstone_key`). Every writer
 checks them before writing: the event writer (exposures, outcomes), the reward-join and
-frequency-cap flushers (each one ``ZRANGEBYSCORE`` of ``{p}:erased`` per flush, and no per-item
-work unless an erasure is recent) and the event and feature scripts (atomically, in the same
-script call, on the slot's set: one slot per script on a Redis Cluster). The decision hot path
-is unchanged. A flush that looked at the tombstones just before they were set is covered
-twice: this worker's flushers are waited for (they hold a lock while they write), and the whole
-sweep runs again ``settle_s`` later for the other workers'. Writes for the unit inside the
-tombstone TTL are dropped: a unit that comes back right after its erasure starts afresh two
-minutes later.
+frequency-cap flushers (one ``ZRANGEBYSCORE`` of ``{p}:erased`` per worker and
+``SCREEN_MAX_AGE_S``, shared by every flush, and no per-item work unless an erasure is recent)
+and the event and feature scripts (atomically, in the same script call, on the slot's set: one
+slot per script on a Redis Cluster). The decision hot path is unchanged. A flush that looked
+at the tombstones just before they were set is covered twice: this worker's flushers are waited
+for (they hold a lock while they write; its reading is dropped), and the whole sweep runs again
+``settle_s`` later for the other workers'. Writes for the unit inside the tombstone TTL are
+dropped: a unit that comes back right after its erasure starts afresh two minutes later.
 
 The erasure is recorded in the audit table under the unit's pseudonym (a keyed hash), never the
 raw id. It is idempotent: when the event log is down it fails with 503 before touching Redis, and
@@ -90,6 +90,11 @@ EXPORT_LIMIT = 10_000
 SCAN_COUNT = 1000
 TOMBSTONE_TTL_S = 120
 SCREEN_BACKOFF_S = 1.0
+SCREEN_MAX_AGE_S = 0.05
+"""How long one reading of the tombstones serves every screen of a worker (the join, frequency
+cap and event-log flushers each screen every flush, every 20 ms): far below the erasure's second
+sweep (``settle_s``, at least 0.25 s), which removes what a screen with an older reading let
+through, and an erasure on this worker drops the reading at once."""
 R = TypeVar("R", ExposureRecord, OutcomeRecord)
 T = TypeVar("T")
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -141,6 +146,9 @@ class Tombstones:
         self._pseudonymise = pseudonymise
         self._ttl_ms = int(ttl_s * 1000)
         self._skip_until = 0.0
+        self._reading: tuple[float, frozenset[str]] | None = None
+        self.reads = 0
+        """How many times the tombstones were read from Redis."""
 
     @staticmethod
     def _hash(pseudonym: str) -> str:
@@ -154,6 +162,7 @@ class Tombstones:
         """Mark the unit erased for the next ``ttl_s`` seconds (and trim expired marks)."""
         now = int(time.time() * 1000)
         token = self.token(unit_id)
+        self._reading = None
         for key in (tombstone_key(self._prefix, unit_id), self.key):  # two slots: two MULTIs
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zremrangebyscore(key, "-inf", now)
@@ -162,10 +171,19 @@ class Tombstones:
                 await pipe.execute()
 
     async def active(self) -> frozenset[str]:
-        """The tokens of units erased within the TTL (usually none: one cheap call)."""
+        """The tokens of units erased within the TTL (usually none: one cheap call), read at
+        most once per ``SCREEN_MAX_AGE_S`` (the reading is timed from before the call)."""
+        started = time.monotonic()
+        reading = self._reading
+        if reading is not None and started - reading[0] < SCREEN_MAX_AGE_S:
+            return reading[1]
         now = int(time.time() * 1000)
+        self.reads += 1
         members = await self._redis.zrangebyscore(self.key, now, "+inf")
-        return frozenset(_text(m) for m in members)
+        active = frozenset(_text(m) for m in members)
+        if self._reading is reading:  # no erasure here meanwhile (add() drops the reading)
+            self._reading = (started, active)
+        return active
 
     async def screen(self, items: list[T], unit_of: Callable[[T], str]) -> list[T]:
         """``items`` without those whose unit (``unit_of(item)``: an id or a pseudonym) was

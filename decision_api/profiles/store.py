@@ -46,6 +46,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bandits.scripts import run_script
 from decision_api.redis_client import is_cluster, key_slot, queue_script, slot_tag
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class UnitEvent(msgspec.Struct, frozen=True, kw_only=True):
     category: str = ""
 
 
-class UnitProfile(msgspec.Struct, kw_only=True):
+class UnitProfile(msgspec.Struct, kw_only=True, gc=False):
     """What Redis holds about a unit, decoded.
 
     ``attributes`` are the features targeting rules and models see (stored features and derived
@@ -380,7 +381,7 @@ class RedisFeatureStore:
                     hashes: list[dict[str, str]] = await pipe.execute()
                 profiles += [decode_profile(h, now) for h in hashes]
                 continue
-            flat_hashes = await self._mget(keys=keys)
+            flat_hashes = await run_script(self._mget, keys)
             for flat in flat_hashes:
                 if not flat:  # an unknown unit (most of a campaign's, often): no dict to build
                     profiles.append(UnitProfile(attributes={}, hours={}))

@@ -327,3 +327,51 @@ def test_a_snapshot_without_the_cell_level_test_restores(
     restored = build_policy(VWCBConfig(), [], snapshot=msgspec.msgpack.encode(raw), version="2")
     assert isinstance(restored, EnsemblePolicy)
     assert restored._shift.seen == 0 and restored._shift.terms == {}
+
+def test_a_serving_worker_patches_newer_snapshots_like_a_restore() -> None:
+    """With epsilon exploration (decisions depend on VW's weights alone) a serving ensemble
+    takes each newer snapshot in place — VW's weight rows copied, no workspace loaded — and
+    then decides exactly as one restored from it: members' pmfs, the served pmf, the report."""
+    config = VWCBConfig(exploration="epsilon", epsilon=0.05)
+    rng = np.random.default_rng(5)
+    learner = build_policy(config, [])
+    serving = build_policy(config, [], snapshot=learner.snapshot(), version="0")
+    assert isinstance(serving, EnsemblePolicy)
+    contexts = [_context(rng) for _ in range(30)]
+    for step in range(1, 5):
+        batch = []
+        for _ in range(400):
+            context = _context(rng)
+            choice = learner.choose(context, CANDIDATES, rng)
+            reward = float(rng.random() < _interaction(context)[choice.index])
+            batch.append(Example(context=context, candidates=CANDIDATES, chosen=choice.index,
+                                 propensity=choice.propensity, reward=reward))
+        learner.learn(batch)
+        snapshot = learner.snapshot()
+        assert serving.patch(snapshot, version=str(step))
+        restored = build_policy(config, [], snapshot=snapshot, version=str(step))
+        assert isinstance(restored, EnsemblePolicy)
+        assert serving.version == str(step)
+        assert serving.serving_report() == restored.serving_report()
+        for context in contexts:
+            np.testing.assert_array_equal(serving.pmf(context, CANDIDATES),
+                                          restored.pmf(context, CANDIDATES))
+            np.testing.assert_array_equal(serving._vw.pmf(context, CANDIDATES),
+                                          restored._vw.pmf(context, CANDIDATES))
+        assert serving.choose(contexts[0], CANDIDATES, np.random.default_rng(step)) == (
+            restored.choose(contexts[0], CANDIDATES, np.random.default_rng(step)))
+
+
+def test_patch_refuses_what_it_cannot_take() -> None:
+    """SquareCB (state beyond the weights), another VW shape, or bytes that are no ensemble:
+    False and nothing changed (the worker then rebuilds)."""
+    squarecb = build_policy(VWCBConfig(), [])
+    assert isinstance(squarecb, EnsemblePolicy)
+    assert not squarecb.patch(squarecb.snapshot(), version="1")
+    epsilon = VWCBConfig(exploration="epsilon", epsilon=0.05)
+    serving = build_policy(epsilon, [], version="0")
+    assert isinstance(serving, EnsemblePolicy)
+    other = build_policy(VWCBConfig(exploration="epsilon", epsilon=0.05, interactions=("UA",)), [])
+    assert not serving.patch(other.snapshot(), version="1")
+    assert not serving.patch(b"not a snapshot", version="1")
+    assert serving.version == "0"

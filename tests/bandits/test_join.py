@@ -604,8 +604,8 @@ def _slate_record(decision_id: str, unit_id: str = "u1") -> DecisionRecord:
         candidates=["a", "b", "c", "d"],
         chosen=2,
         propensity=0.5,
-        slate=[2, 0, 3],
-        slate_propensities=[0.5, 0.4, 0.6],
+        slate=(2, 0, 3),
+        slate_propensities=(0.5, 0.4, 0.6),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from scipy import integrate
@@ -102,6 +103,53 @@ def test_same_state_gives_same_pmf_on_every_worker() -> None:
     one = ThompsonPolicy.restore(ThompsonConfig(), ARMS, snapshot, version="v1")
     two = ThompsonPolicy.restore(ThompsonConfig(), ARMS, snapshot, version="v2")
     np.testing.assert_array_equal(one.pmf({}, CANDIDATES), two.pmf({}, CANDIDATES))
+
+
+def _trained() -> ThompsonPolicy:
+    policy = ThompsonPolicy(ThompsonConfig(segment_by="plan"), ARMS)
+    policy.learn([_example("a", 1.0, {"plan": "pro"}), _example("b", 0.0), _example("c", 0.5)])
+    return policy
+
+
+def test_a_restore_takes_the_shipped_win_probabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker restoring a snapshot draws no Monte Carlo for the global pmf over all arms (the
+    learner shipped it) and decides exactly as one that drew it; a segment is still drawn."""
+    snapshot = _trained().snapshot()
+    drawn = ThompsonPolicy.restore(ThompsonConfig(segment_by="plan"), ARMS, snapshot, version="1")
+    expected = drawn.pmf({}, CANDIDATES)
+    expected_pro = drawn.pmf({"plan": "pro"}, CANDIDATES)
+    calls: list[int] = []
+    real = np.random.default_rng
+
+    def counted(seed: int) -> np.random.Generator:
+        calls.append(seed)
+        return real(seed)
+
+    monkeypatch.setattr("bandits.thompson.np.random.default_rng", counted)
+    restored = ThompsonPolicy.restore(
+        ThompsonConfig(segment_by="plan"), ARMS, snapshot, version="2"
+    )
+    np.testing.assert_array_equal(restored.pmf({}, CANDIDATES), expected)
+    assert calls == []
+    np.testing.assert_array_equal(restored.pmf({"plan": "pro"}, CANDIDATES), expected_pro)
+    assert len(calls) == 1  # the segment's own posterior: drawn here, as before
+
+
+def test_shipped_win_probabilities_need_the_same_posterior(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other priors (so another posterior) or another number of draws ignore what was shipped,
+    and a snapshot without it (older learners) restores as before."""
+    policy = _trained()
+    snapshot = policy.snapshot()
+    for config in (ThompsonConfig(prior_alpha=2.0), ThompsonConfig(mc_samples=5_000)):
+        fresh = ThompsonPolicy(config, ARMS)
+        fresh.learn([_example("a", 1.0, {"plan": "pro"}), _example("b", 0.0), _example("c", 0.5)])
+        restored = ThompsonPolicy.restore(config, ARMS, snapshot, version="2")
+        np.testing.assert_array_equal(restored.pmf({}, CANDIDATES), fresh.pmf({}, CANDIDATES))
+    old = msgspec.msgpack.encode(
+        {"kind": "thompson", "arms": {"a": [1.0, 0.0], "b": [0.0, 1.0]}, "segments": {}}
+    )
+    restored = ThompsonPolicy.restore(ThompsonConfig(), ARMS, old, version="3")
+    assert restored.pmf({}, CANDIDATES).sum() == pytest.approx(1.0)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from vowpal_wabbit_next import CBLabel, TextFormatParser, Workspace
@@ -86,8 +87,10 @@ def test_converges_without_context() -> None:
 def test_learning_matches_plain_vw_on_fresh_examples(
     trained: tuple[VWPolicy, list[Example]],
 ) -> None:
-    """Cached, relabelled action examples train exactly like freshly parsed ones."""
+    """Cached, relabelled action examples and cached shared examples (contexts repeat here)
+    train exactly like freshly parsed ones through ``Workspace.learn_one``."""
     _, logged = trained
+    assert len({shared_line(ex.context) for ex in logged[:500]}) < 250
     policy = VWPolicy(epsilon_vw(0.1))
     policy.learn(logged[:500])
     reference = Workspace(epsilon_vw(0.1).vw_args())
@@ -183,7 +186,9 @@ def test_cached_shared_examples_predict_like_fresh_ones() -> None:
             assert np.array_equal(policy.pmf(context, CANDIDATES), _fresh_pmf(policy, context))
             policy.choose(context, CANDIDATES, rng)
         policy.learn(_simulate(VWPolicy(VWCBConfig()), 200, rng))
-    assert len(policy._shared) == len(contexts)
+    # Learning parses its contexts through the same cache (the simulated ones as well).
+    assert len(policy._shared) > len(contexts)
+    assert all(policy._shared._cache.get(msgspec.msgpack.encode(c)) is not None for c in contexts)
 
 
 def test_patch_takes_a_newer_snapshot_like_a_restore() -> None:

@@ -135,14 +135,6 @@ class Load:
             thread.join(timeout=30)
 
 
-# Known defect (seen once in four clean-clone runs, 2026-12-07): after the failover the event-log
-# owner of a 2-worker server inserted nothing more (718 of 2,342 events stored; the rest stayed
-# in the relay stream in Redis, the spools were empty). Not strict: it passes when the owner
-# resumes, and any other failure of this test still fails the run.
-@pytest.mark.xfail(
-    strict=False,
-    reason="known: the event-log owner may stop draining the relay stream after a failover",
-)
 def test_killing_a_primary_under_load_degrades_at_worst_and_loses_no_event(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:

@@ -249,7 +249,7 @@ async def test_outcomes_name_their_slot_and_each_slot_is_learned_with_its_reward
     assert (example.reward, example.joined) == (2.0, True)
     record = example.record
     assert record.slate_items == [s["item"] for s in slate]
-    assert record.slate_propensities == [s["propensity"] for s in slate]
+    assert list(record.slate_propensities) == [s["propensity"] for s in slate]
     spec = spec_of(await ExperimentStore(redis, namespace).get("carousel"))
     built = spec.slate_example(record, example.rewards)
     assert built is not None
