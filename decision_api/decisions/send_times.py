@@ -7,8 +7,9 @@ One :class:`SendTimeGroup` per send-time experiment in a chunk decides all its m
   tables are shared by every recipient of a zone);
 - ``send_time_thompson`` gets each recipient's open/click histogram (168 UTC hour-of-week bins
   in the profile) rolled into local hours as the per-recipient prior, in one vectorised call;
-  ``vw_cb`` sees the history as features (peak hour, open count) and chooses among the
-  feasible hours with one ``choose_many`` per zone; ``fixed`` picks a feasible hour by hash;
+  ``vw_cb`` (VW alone or the default ensemble holding it) sees the history as features (peak
+  hour, open count) and chooses among the feasible hours with one ``choose_many`` per zone;
+  ``fixed`` picks a feasible hour by hash;
 - holdout recipients, and recipients the experiment does not serve, get the campaign's default
   send time (their reason stays ``holdout``, ``no_consent``, ...);
 - a learning choice is remembered for the reward join with the window's feasible hours as its
@@ -29,7 +30,6 @@ from bandits.base import Candidate, Choice
 from bandits.send_time.policy import SendTimePolicy
 from bandits.send_time.zones import BulkZoneHours, bulk_zone_hours, default_send_at_many
 from bandits.spec import candidate_features
-from bandits.vw import VWPolicy
 from decision_api.decisions.engine import Placed, UnitCall
 from decision_api.decisions.hashing import unit_hash_list
 from decision_api.learning.runtime import LearningPolicies
@@ -214,13 +214,16 @@ class SendTimeGroup:
             hours, props = policy.choose_hours(histories, self.feasible[idx], rng)
             chosen[idx], propensity[idx] = hours, props
             return chosen, propensity, policy.name, policy.version
-        if isinstance(policy, VWPolicy):
-            # Members of one zone share their feasible hours: one choose_many per zone.
+        if policy is not None:
+            # A contextual policy (vw_cb: VW alone or the ensemble holding it). Members of one
+            # zone share their feasible hours: one choose_many per zone. The version logged is
+            # the one the choices carry (the ensemble's names its serving member).
             candidates = _hour_candidates(self.compiled)
             by_code: dict[int, list[int]] = {}
             codes = self.table.codes
             for m in pending:
                 by_code.setdefault(int(codes[m]), []).append(m)
+            version = policy.version
             for code, members in by_code.items():
                 hours_ok = np.flatnonzero(self.table.feasible[code])
                 options = [candidates[h] for h in hours_ok.tolist()]
@@ -235,7 +238,8 @@ class SendTimeGroup:
                     members, policy.choose_many(contexts, options, rng), strict=True
                 ):
                     chosen[m], propensity[m] = int(hours_ok[choice.index]), choice.propensity
-            return chosen, propensity, policy.name, policy.version
+                    version = choice.model_version
+            return chosen, propensity, policy.name, version
         # fixed: uniform over the feasible hours, sticky per unit (hashed in one call)
         positions = unit_hash_list(
             exp.hash_salt, [self.chunk.units[self.members[m][0]].unit_id for m in pending]

@@ -309,6 +309,32 @@ async def test_recipients_who_open_at_19h_get_19h_most_of_the_time(
     assert share_none <= 0.15
 
 
+@pytest.mark.parametrize("members", ["ensemble", "vw"])
+async def test_vw_cb_chooses_send_times_with_its_model(
+    client: Client, tag: str, members: str
+) -> None:
+    """A send-time experiment on ``vw_cb`` is decided by its model, whether VW serves alone or
+    in the default ensemble: reason ``policy``, policy ``vw_cb``, a propensity over the feasible
+    hours, and the hour of ``send_at`` is the variant (the ensemble's choices were served by the
+    fixed hash split, logged as ``fixed``, before this was fixed)."""
+    key, placement = f"st-vw-{members}-{tag}", f"send-vw-{tag}"
+    await start(client, send_time_spec(key, placement,
+                                       policy={"kind": "vw_cb", "members": members}))  # fmt: skip
+    everyone = [(f"vw-{tag}-{i}", HISTORY_ZONES[i % len(HISTORY_ZONES)]) for i in range(40)]
+    answer = await batch(client, {
+        "campaign": f"c-{tag}", "placements": [placement],
+        "send_window": window(f"{datetime.now(UTC).date() + timedelta(days=3)}T00:00:00+00:00",
+                              48),
+        "recipients": [{"unit_id": u, "timezone": z} for u, z in everyone],
+    })  # fmt: skip
+    for (_, zone), result in zip(everyone, answer["recipients"], strict=True):
+        decision = placed(result, placement)
+        assert (decision["policy"], decision["reason"]) == ("vw_cb", "policy"), decision
+        assert 0 < decision["propensity"] <= 1
+        local = instant(decision["send_at"]).astimezone(ZoneInfo(zone))
+        assert local.hour == int(decision["variant"][1:])
+
+
 async def test_no_consent_gets_the_default_time_without_reading_the_profile(
     client: Client, tag: str, monkeypatch: pytest.MonkeyPatch, redis: Redis
 ) -> None:
