@@ -537,7 +537,11 @@ def main() -> int:
             f"chunk of the streamed answer p50 {r['gap_p50_ms']:.1f} ms, p99 "
             f"{r['gap_p99_ms']:.1f} ms; exposures stored per run (written/expected): "
             + ", ".join(f"{got:,}/{want:,}" for got, want in stored)  # type: ignore[attr-defined]
-            + ("" if all_stored or not stored else "  <- MISSING EXPOSURES")
+            + (
+                ""
+                if all_stored or not stored
+                else "  <- NOT EQUAL (fewer: lost; more: counted twice)"
+            )
         )
     return 0
 
