@@ -230,7 +230,7 @@ class CellModels:
         var = max(ss / n - mean * mean, 1e-6)
         return mean, var if n >= 2 * self.scale else 0.25
 
-    def _noise(self, mean: FloatArray) -> FloatArray:
+    def noise(self, mean: FloatArray) -> FloatArray:
         """The reward variance of an arm whose mean is near ``mean`` (same shape).
 
         Rewards in ``[0, 1]`` (clicks, conversions) have a variance that follows their mean,
@@ -301,11 +301,11 @@ class CellModels:
             if level == 0:
                 up = np.zeros(1, dtype=np.intp)
                 mean = (s + GLOBAL_PRIOR * mean0) / (n + GLOBAL_PRIOR)
-                var = self._noise(mean) / (n + GLOBAL_PRIOR)
+                var = self.noise(mean) / (n + GLOBAL_PRIOR)
             else:
                 up = np.array([parent_index[c[:-1]] for c in cells], dtype=np.intp)
                 mu_p, v_p = parent_mean[up], parent_var[up]
-                noise = self._noise(mu_p)
+                noise = self.noise(mu_p)
                 tau2 = max(_between_variance(n_a, s_a, n_b, s_b, mu_p, v_p),
                            float(noise.mean()) / MAX_PRIOR_TRIALS)
                 prior_var = tau2 + v_p

@@ -64,7 +64,7 @@ from bandits.cells import (
     Partition,
     thompson_probabilities,
 )
-from bandits.drift import Cusum
+from bandits.drift import CellShift, Cusum
 from bandits.vw import VWPolicy
 from tailor_contract.policies import VWCBConfig
 from tailor_contract.wire import Factor
@@ -119,6 +119,7 @@ class _EnsembleState(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"
     table: list[Level]
     drift: Cusum
     ranked_at: int
+    shift: CellShift = msgspec.field(default_factory=CellShift)
     format: Literal[2] = 2
     rows: bytes = b""
     values: bytes = b""
@@ -178,6 +179,7 @@ class EnsemblePolicy:
         self._partition: Partition = ()
         self._table: list[Level] = []
         self._drift = Cusum()
+        self._shift = CellShift()
         self._ranked_at = 0
         if state is not None:
             self._estimates.update({k: _Estimate(v.weight, v.total, v.squares)
@@ -186,6 +188,7 @@ class EnsemblePolicy:
             self._partition = tuple(state.partition)
             self._table = list(state.table)
             self._drift = msgspec.structs.replace(state.drift)
+            self._shift = msgspec.structs.replace(state.shift, terms=dict(state.shift.terms))
             self._ranked_at = state.ranked_at
         self._arm_order = tuple(self._cells.arms)
         self._samplers = SamplerCache()
@@ -359,6 +362,7 @@ class EnsemblePolicy:
         changed = False
         _, sigma2 = self._cells.overall()
         sd = math.sqrt(sigma2)
+        checked: list[tuple[str, float, float, float]] = []  # cell and arm, reward, mean, var
         for ex in examples:
             keys = check_candidates(ex.candidates)
             pmfs = self._member_pmfs(ex.context, ex.candidates, keys, cache, with_vw=True)
@@ -369,25 +373,36 @@ class EnsemblePolicy:
                 gain = 0.0 if pmf is None else (float(pmf[ex.chosen]) - base) * scale
                 self._estimates[member].add(gain, self._decay)
             predicted = self._predicted(ex.context, ex.chosen_key)
-            if predicted is not None and self._drift.update((ex.reward - predicted) / sd):
+            if predicted is None:
+                continue
+            cell, mean, var = predicted
+            if self._drift.update((ex.reward - mean) / sd):
                 changed = True
+            checked.append((cell, ex.reward, mean, var))
+        if checked:
+            noises = self._cells.noise(np.array([c[2] for c in checked])).tolist()
+            for (cell, reward, mean, var), noise in zip(checked, noises, strict=True):
+                if self._shift.update(cell, reward, mean, noise, var):
+                    changed = True
         if changed:
             self._cells.forget(DRIFT_KEEP)
             self._estimates = {m: _Estimate() for m in _CONTEXTUAL}
+            self._shift.reset()
         self._vw.learn([msgspec.structs.replace(ex, propensity=1.0) for ex in examples])
         for ex in examples:
             self._cells.learn(ex.context, ex.chosen_key, ex.reward)
         self._arm_order = tuple(self._cells.arms)
         self._select(rank=changed)
 
-    def _predicted(self, context: Context, arm: str) -> float | None:
-        """The served chain's posterior mean of ``arm`` in the context's cell (None before
-        anything was learned)."""
+    def _predicted(self, context: Context, arm: str) -> tuple[str, float, float] | None:
+        """The served chain's (cell and arm, posterior mean, posterior variance) of ``arm`` in
+        the context's cell (None before anything was learned)."""
         i = self._cells.arms.get(arm)
         if i is None or not self._table:
             return None
         level, key = self._cell_level(len(self._partition), context)
-        return self._table[level].means[key][i]
+        row = self._table[level]
+        return f"{level}\x1f{key}\x1f{arm}", row.means[key][i], row.variances[key][i]
 
     def _select(self, rank: bool = False) -> None:
         """Search the partition now and then, rebuild the serving table, and pick who serves
@@ -426,7 +441,7 @@ class EnsemblePolicy:
                                         evidence=self._estimates[m].weight))
         return ServingReport(member=self._tag.partition("/")[2], mix=self._mix,
                              partition="+".join(self._partition), members=members,
-                             changes=self._drift.alarms)
+                             changes=self._drift.alarms + self._shift.alarms)
 
     def snapshot(self) -> bytes:
         """Serialize every member and the serving state (with the VW member's weight rows when
@@ -443,6 +458,7 @@ class EnsemblePolicy:
             table=self._table,
             drift=self._drift,
             ranked_at=self._ranked_at,
+            shift=self._shift,
             rows=rows,
             values=values,
             stride=stride,

@@ -3,8 +3,10 @@
 Decisions read a plain dict of ready :class:`~bandits.base.Policy` objects — no lock, no I/O.
 :meth:`ServingPolicies.poll` (a background task) checks the published versions in one pipelined
 round trip and, for each that moved, builds the new policy off the event loop and swaps the
-reference. A policy that can take the snapshot in place (:class:`~bandits.base.Incremental`, a
-weights-only VW model) gets the new weights copied into it on the loop instead (about 1 ms):
+reference. A policy that can take the snapshot in place (:class:`~bandits.base.Incremental`: a
+weights-only VW model, or the ``vw_cb`` ensemble whose VW member is one) gets the new weights
+copied into it on the loop instead (about 1 ms; a Thompson snapshot carries the win
+probabilities the learner drew, so its rebuild draws nothing):
 building a VW workspace holds the GIL for 10-20 ms, which stalls the event loop even from
 another thread. A snapshot that fails to load leaves the previous model serving and is reported
 through ``on_load_failure`` (a metric and a log line).

@@ -23,8 +23,10 @@ Printed per world and policy (medians over seeds): ``share`` = expected click ra
 pmf over the last fifth, as a share of the oracle's gain over uniform play; ``single`` = the
 same share for the best single variant; ``margin`` = the worst 2,000-decision window after
 10,000 decisions of (share - best single variant's share), the change's recovery period
-excepted; for ``change``, ``post10k`` = share 10,000-15,000 decisions after the switch; a regret
-curve (cumulative expected regret against the oracle at a few points); the policy's own
+excepted; for ``change``, ``post10k`` = share 10,000-15,000 decisions after the switch,
+``pre`` = share in the 5,000 before it, and ``recovered`` = whether ``post10k`` is at least
+``RECOVERED`` times ``pre``; a regret curve (cumulative expected regret against the oracle at a
+few points) and the share curve (share per 5,000 decisions); the policy's own
 member/serving report when it has one (``serving_report``); and ``cover`` = whether the SNIPS 95 %
 interval of uniform play's value, estimated from the policy's logs, covers the truth
 (``cover_x``: the same for always playing the best single variant; ``cover_every_x`` in the
@@ -57,6 +59,9 @@ PROBS = {
     "region": [0.4, 0.3, 0.2, 0.1],
 }
 KINDS = ("additive", "2way", "3way", "rare", "change")
+RECOVERED = 0.8
+"""The change world's policy has recovered when its share 10,000-15,000 decisions after the
+switch is at least this much of its share in the 5,000 decisions before it."""
 Array = npt.NDArray[np.float64]
 
 # Policies by name: a JSON policy config. ``vw_cb_main`` is the configuration main shipped
@@ -218,9 +223,12 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
                              for x in range(k)) / k,
         "min_p_x_k": float(logged_p.min() * k),
     }
+    out["curve"] = {str(hi): round(share(hi - 5000, hi), 2) for hi in range(5000, n + 1, 5000)}
     if kind == "change":
         h = world.switch
         out["post10k"] = share(h + 10_000, min(h + 15_000, n))
+        out["pre"] = share(max(h - 5000, 0), h)
+        out["recovered"] = bool(out["post10k"] >= RECOVERED * out["pre"])
     report: Callable[[], object] | None = getattr(serving, "serving_report", None)
     if report is not None:
         out["serving"] = msgspec.to_builtins(report())
@@ -235,7 +243,10 @@ def summarise(rows: list[dict[str, Any]]) -> None:
     for (world, policy), rs in groups.items():
         def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
             return statistics.median(r[key] for r in rs if r.get(key) is not None)
-        extra = f" post10k={med('post10k'):.2f}" if "post10k" in rs[0] else ""
+        extra = ""
+        if "post10k" in rs[0]:
+            extra = (f" post10k={med('post10k'):.2f} pre={med('pre'):.2f} "
+                     f"recovered={sum(r['recovered'] for r in rs)}/{len(rs)}")
         curve = {p: statistics.median(r["regret"][p] for r in rs) for p in rs[0]["regret"]}
         cover = sum(r["cover"] for r in rs)
         cover_x = sum(r.get("cover_x", False) for r in rs)
@@ -244,6 +255,10 @@ def summarise(rows: list[dict[str, Any]]) -> None:
               f"cover={cover}/{len(rs)} cover_x={cover_x}/{len(rs)} "
               f"choose={med('choose_us'):.0f}us secs={med('secs'):.0f} "
               f"regret={curve}")
+        if all("curve" in r for r in rs):
+            shares = {p: statistics.median(r["curve"][p] for r in rs) for p in rs[0]["curve"]}
+            print(f"{'':21s} share per 5,000 decisions (median): "
+                  + " ".join(f"{v:.2f}" for v in shares.values()))
 
 
 def main() -> int:

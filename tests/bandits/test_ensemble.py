@@ -8,7 +8,8 @@ import pytest
 
 from bandits.base import Candidate, Context, Example, Policy
 from bandits.cells import CellModels
-from bandits.ensemble import PROBE, EnsemblePolicy, _EnsembleState, _Estimate
+from bandits.drift import SHIFT_WARMUP, SHIFT_WINDOW
+from bandits.ensemble import DRIFT_KEEP, PROBE, EnsemblePolicy, _EnsembleState, _Estimate
 from bandits.registry import build_policy
 from tailor_contract.policies import VWCBConfig
 
@@ -293,6 +294,39 @@ def test_the_default_floor_falls_with_evidence_to_its_minimum() -> None:
     fixed = VWCBConfig(min_propensity=0.02)
     assert fixed.floor(4, examples=10**7) == pytest.approx(0.02)
 
+
+
+def test_an_alarm_of_the_cell_level_test_discounts_old_evidence() -> None:
+    """The learner feeds the cell-level test (bandits.drift.CellShift) the served cell's
+    prediction for every example; its alarm discounts the statistics like the CUSUM's."""
+    learner, _, _ = _run(VWCBConfig(), _interaction, 2000, seed=4)
+    assert isinstance(learner, EnsemblePolicy)
+    shift = learner._shift
+    assert sum(t[0] for t in shift.terms.values()) == shift.seen > 0
+    before = learner.serving_report().changes
+    weight = learner._cells._totals[0] / learner._cells.scale
+    # Prime the test: a full window whose one cell fell far short of its predictions.
+    shift.terms = {"1\x1fyoung\x1fv0": [500.0, 10.0, 250.0, 125.0, 0.0]}
+    shift.seen, shift.windows = SHIFT_WINDOW - 1, SHIFT_WARMUP
+    rng = np.random.default_rng(0)
+    context = _context(rng)
+    learner.learn([Example(context=context, candidates=CANDIDATES, chosen=0, propensity=0.5,
+                           reward=0.0)])
+    assert learner.serving_report().changes == before + 1
+    after = learner._cells._totals[0] / learner._cells.scale
+    assert after == pytest.approx(weight * DRIFT_KEEP + 1.0, rel=0.01)
+    assert shift.alarms == 1 and learner._shift.seen == 0
+
+def test_a_snapshot_without_the_cell_level_test_restores(
+    interaction_run: tuple[Policy, Policy, float],
+) -> None:
+    """Snapshots written before the cell-level test existed restore with a fresh one."""
+    learner, _, _ = interaction_run
+    raw = msgspec.msgpack.decode(learner.snapshot())
+    del raw["shift"]
+    restored = build_policy(VWCBConfig(), [], snapshot=msgspec.msgpack.encode(raw), version="2")
+    assert isinstance(restored, EnsemblePolicy)
+    assert restored._shift.seen == 0 and restored._shift.terms == {}
 
 def test_a_serving_worker_patches_newer_snapshots_like_a_restore() -> None:
     """With epsilon exploration (decisions depend on VW's weights alone) a serving ensemble
