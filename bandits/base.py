@@ -228,9 +228,7 @@ class Sampler:
             model_version=version,
         )
 
-    def choices(
-        self, keys: Sequence[str], u: FloatArray, name: str, version: str
-    ) -> list[Choice]:
+    def choices(self, keys: Sequence[str], u: FloatArray, name: str, version: str) -> list[Choice]:
         """Draw one index per uniform in ``u`` and wrap each as a Choice."""
         pmf = self._pmf_list
         return [

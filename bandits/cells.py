@@ -47,8 +47,14 @@ from scipy import special
 
 from bandits.base import Context, FloatArray
 
-__all__ = ["CellModels", "CellsState", "Level", "best_probabilities", "cell_value",
-           "thompson_probabilities"]
+__all__ = [
+    "CellModels",
+    "CellsState",
+    "Level",
+    "best_probabilities",
+    "cell_value",
+    "thompson_probabilities",
+]
 
 GLOBAL_PRIOR: Final = 2.0
 MAX_PRIOR_TRIALS: Final = 5_000.0
@@ -104,8 +110,14 @@ def best_probabilities(mean: FloatArray, var: FloatArray) -> FloatArray:
     return out / s
 
 
-def _between_variance(n_a: FloatArray, s_a: FloatArray, n_b: FloatArray, s_b: FloatArray,
-                      mu_p: FloatArray, v_p: FloatArray) -> float:
+def _between_variance(
+    n_a: FloatArray,
+    s_a: FloatArray,
+    n_b: FloatArray,
+    s_b: FloatArray,
+    mu_p: FloatArray,
+    v_p: FloatArray,
+) -> float:
     """Method-of-moments variance of the cells' arm means around their parents' (``tau^2``).
 
     Cross-fold: ``(ybar_A - mu_p) (ybar_B - mu_p)`` has expectation ``(theta - mu_p)^2 +
@@ -187,8 +199,14 @@ class _Partition:
 class CellModels:
     """Forgetting per-cell statistics for every crossing of up to three attributes."""
 
-    def __init__(self, *, max_attributes: int, max_values: int,
-                 half_life: int | None, state: CellsState | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_attributes: int,
+        max_values: int,
+        half_life: int | None,
+        state: CellsState | None = None,
+    ) -> None:
         self._max_attributes = max_attributes
         self._max_values = max_values
         self._growth = 1.0 if half_life is None else 2.0 ** (1.0 / half_life)
@@ -260,8 +278,9 @@ class CellModels:
 
     # -- the hierarchical posterior --------------------------------------------------------
 
-    def _arrays(self, part: Partition, order: Sequence[str]
-                ) -> tuple[list[Cell], FloatArray, FloatArray, FloatArray, FloatArray]:
+    def _arrays(
+        self, part: Partition, order: Sequence[str]
+    ) -> tuple[list[Cell], FloatArray, FloatArray, FloatArray, FloatArray]:
         """Cells of the stored partition with attributes ``set(order)``, each cell's values in
         ``order``; per fold (A, B) counts and sums, shape ``(cells, arms)``, unscaled."""
         key = self._by_set[frozenset(part)]
@@ -306,8 +325,10 @@ class CellModels:
                 up = np.array([parent_index[c[:-1]] for c in cells], dtype=np.intp)
                 mu_p, v_p = parent_mean[up], parent_var[up]
                 noise = self.noise(mu_p)
-                tau2 = max(_between_variance(n_a, s_a, n_b, s_b, mu_p, v_p),
-                           float(noise.mean()) / MAX_PRIOR_TRIALS)
+                tau2 = max(
+                    _between_variance(n_a, s_a, n_b, s_b, mu_p, v_p),
+                    float(noise.mean()) / MAX_PRIOR_TRIALS,
+                )
                 prior_var = tau2 + v_p
                 precision = n / noise + 1.0 / prior_var
                 mean = (s / noise + mu_p / prior_var) / precision
@@ -354,13 +375,16 @@ class CellModels:
         out = []
         for level, fit in enumerate(self._chain(order, "AB")):
             cells, mean, var = fit.cells, fit.mean, fit.var
-            best = np.stack([thompson_probabilities(m, v)
-                             for m, v in zip(mean, var, strict=True)])
+            best = np.stack([thompson_probabilities(m, v) for m, v in zip(mean, var, strict=True)])
             joined = ["\x1f".join(c) for c in cells]
-            out.append(Level(attributes=list(order[:level]),
-                             means=dict(zip(joined, mean.tolist(), strict=True)),
-                             variances=dict(zip(joined, var.tolist(), strict=True)),
-                             best=dict(zip(joined, best.tolist(), strict=True))))
+            out.append(
+                Level(
+                    attributes=list(order[:level]),
+                    means=dict(zip(joined, mean.tolist(), strict=True)),
+                    variances=dict(zip(joined, var.tolist(), strict=True)),
+                    best=dict(zip(joined, best.tolist(), strict=True)),
+                )
+            )
         return out
 
     # -- learning --------------------------------------------------------------------------

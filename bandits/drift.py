@@ -105,8 +105,9 @@ class CellShift(msgspec.Struct, array_like=True):
     last_z: float = 0.0
     windows: int = 0
 
-    def update(self, key: str, reward: float, predicted: float, noise: float,
-               posterior_var: float) -> bool:
+    def update(
+        self, key: str, reward: float, predicted: float, noise: float, posterior_var: float
+    ) -> bool:
         """Add one example of (cell, arm) ``key``; True on an alarm (at a window's end)."""
         term = self.terms.get(key)
         if term is None:

@@ -107,8 +107,9 @@ class _Estimate(msgspec.Struct, array_like=True):
         return mean, mean - Z * se, mean + Z * se
 
 
-class _EnsembleState(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind",
-                     tag="vw_cb_ensemble"):
+class _EnsembleState(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="vw_cb_ensemble"
+):
     vw_args: list[str]
     vw: bytes
     cells: CellsState
@@ -152,8 +153,9 @@ class ServingReport(msgspec.Struct, frozen=True, kw_only=True):
 class EnsemblePolicy:
     """``vw_cb``'s default: VW, per-cell Thompson and a baseline behind one Policy."""
 
-    def __init__(self, config: VWCBConfig, *, version: str = "0",
-                 state: _EnsembleState | None = None) -> None:
+    def __init__(
+        self, config: VWCBConfig, *, version: str = "0", state: _EnsembleState | None = None
+    ) -> None:
         """Build every member, from ``state`` when given.
 
         Raises:
@@ -170,8 +172,10 @@ class EnsemblePolicy:
         """Everything but the VW member, fresh or from ``state``."""
         config = self._config
         self._cells = CellModels(
-            max_attributes=config.max_cell_attributes, max_values=config.max_cell_values,
-            half_life=config.forget_half_life, state=state.cells if state else None,
+            max_attributes=config.max_cell_attributes,
+            max_values=config.max_cell_values,
+            half_life=config.forget_half_life,
+            state=state.cells if state else None,
         )
         self._estimates = {m: _Estimate() for m in _CONTEXTUAL}
         self._serving = "baseline"
@@ -182,8 +186,13 @@ class EnsemblePolicy:
         self._shift = CellShift()
         self._ranked_at = 0
         if state is not None:
-            self._estimates.update({k: _Estimate(v.weight, v.total, v.squares)
-                                    for k, v in state.estimates.items() if k in _CONTEXTUAL})
+            self._estimates.update(
+                {
+                    k: _Estimate(v.weight, v.total, v.squares)
+                    for k, v in state.estimates.items()
+                    if k in _CONTEXTUAL
+                }
+            )
             self._serving, self._mix = state.serving, state.mix
             self._partition = tuple(state.partition)
             self._table = list(state.table)
@@ -226,17 +235,21 @@ class EnsemblePolicy:
         mean0, sigma2 = self._cells.overall()
         means, variances = row.means[key], row.variances[key]
         mean = np.array([means[arms[k]] if k in arms else mean0 for k in keys])
-        var = np.array([variances[arms[k]] if k in arms else sigma2 / GLOBAL_PRIOR
-                        for k in keys])
+        var = np.array([variances[arms[k]] if k in arms else sigma2 / GLOBAL_PRIOR for k in keys])
         return thompson_probabilities(mean, var)
 
     def _cell_pmf(self, context: Context, keys: tuple[str, ...], depth: int) -> FloatArray:
         level, key = self._cell_level(depth, context)
         return self._level_pmf(level, key, keys)
 
-    def _member_pmfs(self, context: Context, candidates: Sequence[Candidate],
-                     keys: tuple[str, ...], cache: dict[object, FloatArray],
-                     with_vw: bool) -> dict[str, FloatArray]:
+    def _member_pmfs(
+        self,
+        context: Context,
+        candidates: Sequence[Candidate],
+        keys: tuple[str, ...],
+        cache: dict[object, FloatArray],
+        with_vw: bool,
+    ) -> dict[str, FloatArray]:
         """Each member's pmf for one context; cell pmfs memoised in ``cache``."""
         out: dict[str, FloatArray] = {}
         base_key = ("b", keys)
@@ -271,8 +284,9 @@ class EnsemblePolicy:
         """The exploration floor of each of ``n`` candidates now (it falls with evidence)."""
         return self._config.floor(n, examples=self._cells.count)
 
-    def _served(self, context: Context, candidates: Sequence[Candidate],
-                keys: tuple[str, ...]) -> tuple[Sampler | None, list[float] | None]:
+    def _served(
+        self, context: Context, candidates: Sequence[Candidate], keys: tuple[str, ...]
+    ) -> tuple[Sampler | None, list[float] | None]:
         """The served pmf: a cached Sampler when no VW prediction is needed, else weights."""
         uses_vw = self._serving == "vw" and self._mix > 0.0
         floor = self.floor(len(keys))
@@ -283,14 +297,16 @@ class EnsemblePolicy:
             sampler = self._samplers.get(cache_key)
             if sampler is None:
                 base = self._level_pmf(0, "", keys)
-                pmf = base if level == 0 else (
-                    self._mix * self._level_pmf(level, key, keys) + (1.0 - self._mix) * base)
+                pmf = (
+                    base
+                    if level == 0
+                    else (self._mix * self._level_pmf(level, key, keys) + (1.0 - self._mix) * base)
+                )
                 sampler = self._samplers.put(cache_key, Sampler(floor_pmf(pmf.tolist(), floor)))
             return sampler, None
         base_sampler = self._samplers.get(("base", keys))
         if base_sampler is None:
-            base_sampler = self._samplers.put(("base", keys),
-                                              Sampler(self._level_pmf(0, "", keys)))
+            base_sampler = self._samplers.put(("base", keys), Sampler(self._level_pmf(0, "", keys)))
         vw = self._vw.pmf(context, candidates)
         mixed = self._mix * vw + (1.0 - self._mix) * base_sampler.pmf
         return None, floor_pmf(mixed.tolist(), floor)
@@ -317,14 +333,17 @@ class EnsemblePolicy:
                 return []
             cell = self._cells.cell_of(self._partition[:level], context)
             assert cell is not None
-            return [Factor(feature=a, value=v)
-                    for a, v in zip(self._partition[:level], cell, strict=True)]
+            return [
+                Factor(feature=a, value=v)
+                for a, v in zip(self._partition[:level], cell, strict=True)
+            ]
         if self._serving == "vw":
             return self._vw.explain(context, candidates, chosen)
         return []
 
-    def choose(self, context: Context, candidates: Sequence[Candidate],
-               rng: np.random.Generator) -> Choice:
+    def choose(
+        self, context: Context, candidates: Sequence[Candidate], rng: np.random.Generator
+    ) -> Choice:
         """Draw from the served pmf; ``model_version`` names the serving member."""
         keys = check_candidates(candidates)
         sampler, weights = self._served(context, candidates, keys)
@@ -332,11 +351,17 @@ class EnsemblePolicy:
             return sampler.choice(keys, rng.random(), self.name, self._tag)
         assert weights is not None
         index, propensity = draw_weighted(weights, rng.random())
-        return Choice(index=index, key=keys[index], propensity=propensity, policy=self.name,
-                      model_version=self._tag)
+        return Choice(
+            index=index,
+            key=keys[index],
+            propensity=propensity,
+            policy=self.name,
+            model_version=self._tag,
+        )
 
-    def choose_many(self, contexts: Sequence[Context], candidates: Sequence[Candidate],
-                    rng: np.random.Generator) -> list[Choice]:
+    def choose_many(
+        self, contexts: Sequence[Context], candidates: Sequence[Candidate], rng: np.random.Generator
+    ) -> list[Choice]:
         """Decide for each context over the same candidates; equals repeated ``choose``."""
         keys = check_candidates(candidates)
         out = []
@@ -347,8 +372,15 @@ class EnsemblePolicy:
                 continue
             assert weights is not None
             index, propensity = draw_weighted(weights, u)
-            out.append(Choice(index=index, key=keys[index], propensity=propensity,
-                              policy=self.name, model_version=self._tag))
+            out.append(
+                Choice(
+                    index=index,
+                    key=keys[index],
+                    propensity=propensity,
+                    policy=self.name,
+                    model_version=self._tag,
+                )
+            )
         return out
 
     # -- learning --------------------------------------------------------------------------
@@ -437,11 +469,18 @@ class EnsemblePolicy:
         members = []
         for m in _CONTEXTUAL:
             est, lo, hi = self._estimates[m].interval()
-            members.append(MemberReport(member=m, gain=est, lower=lo, upper=hi,
-                                        evidence=self._estimates[m].weight))
-        return ServingReport(member=self._tag.partition("/")[2], mix=self._mix,
-                             partition="+".join(self._partition), members=members,
-                             changes=self._drift.alarms + self._shift.alarms)
+            members.append(
+                MemberReport(
+                    member=m, gain=est, lower=lo, upper=hi, evidence=self._estimates[m].weight
+                )
+            )
+        return ServingReport(
+            member=self._tag.partition("/")[2],
+            mix=self._mix,
+            partition="+".join(self._partition),
+            members=members,
+            changes=self._drift.alarms + self._shift.alarms,
+        )
 
     def snapshot(self) -> bytes:
         """Serialize every member and the serving state (with the VW member's weight rows when

@@ -522,7 +522,11 @@ class RewardJoin:
                     slow.append(i)
                     continue
                 args: list[str | int] = [
-                    self.record_key(o.decision_id, ""), o.event_id, now_ms, o.ts_ms, *o.where
+                    self.record_key(o.decision_id, ""),
+                    o.event_id,
+                    now_ms,
+                    o.ts_ms,
+                    *o.where,
                 ]
                 for name, its_rules in rules_of.items():
                     reward = its_rules.reward_of(o.type, o.value)
@@ -647,9 +651,7 @@ class RewardJoin:
                 return done
 
 
-_APPLIED: dict[int, Applied] = {
-    1: "joined", 0: "duplicate", -1: "late", -2: "early", -3: "ignored"
-}
+_APPLIED: dict[int, Applied] = {1: "joined", 0: "duplicate", -1: "late", -2: "early", -3: "ignored"}
 _BY_DECISION: dict[int, Applied] = {**_APPLIED, 2: "ignored"}
 
 
@@ -710,7 +712,13 @@ def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
             ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
             known = shared[key] = (index, str(end), str(ttl), str(item.start))
         row: tuple[Any, ...] = (
-            record.experiment, body, known[1], known[2], known[0], end, known[3]
+            record.experiment,
+            body,
+            known[1],
+            known[2],
+            known[0],
+            end,
+            known[3],
         )
         if record.slate:
             row = (*row, record.slate_items)

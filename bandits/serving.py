@@ -171,9 +171,7 @@ class ServingPolicies:
                     log.warning("model_restarted", experiment=name, reason=str(exc))
                     policy = build_policy(spec.config, spec.arms, version=str(version))
                 else:
-                    log.error(
-                        "model_load_failed", experiment=name, version=version, error=str(exc)
-                    )
+                    log.error("model_load_failed", experiment=name, version=version, error=str(exc))
                     if self._on_load_failure is not None:
                         self._on_load_failure(name, str(exc))
                     continue

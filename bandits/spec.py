@@ -69,7 +69,6 @@ class PolicySpec(msgspec.Struct, frozen=True, kw_only=True):
             reward=self.scale(reward),
         )
 
-
     def slate_example(self, record: DecisionRecord, rewards: list[float]) -> SlateExample | None:
         """The training slate of a finalised slate record (one reward per slot), or None if it
         cannot be rebuilt (a variant removed since, or rewards that do not fit the slots).

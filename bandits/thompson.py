@@ -105,8 +105,7 @@ class ThompsonPolicy:
         if state is not None:
             self._global = {k: list(v) for k, v in state.arms.items()}
             self._segments = {
-                seg: {k: list(v) for k, v in stats.items()}
-                for seg, stats in state.segments.items()
+                seg: {k: list(v) for k, v in stats.items()} for seg, stats in state.segments.items()
             }
         self._eligible: frozenset[str] = frozenset()
         self._refresh_eligible()

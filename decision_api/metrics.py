@@ -81,6 +81,7 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
+
 # ``*_created`` series double the exposition for no operational value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -191,13 +192,16 @@ class Metrics:
             "tailor_examples_learned", "Training examples learned", ["experiment"], registry=r
         )
         self.late_outcomes = Counter(
-            "tailor_late_outcomes", "Outcomes after their decision's reward window (not learned)",
-            ["experiment"], registry=r,
+            "tailor_late_outcomes",
+            "Outcomes after their decision's reward window (not learned)",
+            ["experiment"],
+            registry=r,
         )
         self.early_outcomes = Counter(
             "tailor_early_outcomes",
             "Outcomes dated before their decision (or its send_at): rejected, not learned",
-            ["experiment"], registry=r,
+            ["experiment"],
+            registry=r,
         )
         self.loop_lag = Histogram(
             "tailor_event_loop_lag_seconds",

@@ -145,9 +145,7 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, AsyncRedisCluster | ClusterPipeline)
 
 
-def queue_script(
-    script: AsyncScript, pipe: Any, keys: Sequence[Any], args: Sequence[Any]
-) -> None:
+def queue_script(script: AsyncScript, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
     """Queue a script call on a pipeline: ``EVALSHA`` on a single server's pipeline (which loads
     missing scripts itself), ``EVAL`` with the text on a cluster pipeline (which would not)."""
     if isinstance(pipe, ClusterPipeline):

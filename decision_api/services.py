@@ -363,9 +363,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 raise  # a local directory that cannot be opened is a configuration error
             # A ClickHouse server down at start-up: serve anyway, spool events until it answers.
             log.warning("event_log_unreachable_at_start", error=str(exc))
-            event_log = DeferredEventLog(
-                settings.event_log.url, cluster=settings.event_log.cluster
-            )
+            event_log = DeferredEventLog(settings.event_log.url, cluster=settings.event_log.cluster)
     applied = await asyncio.to_thread(event_log.migrate)
     if applied:
         log.info("event_log_migrated", versions=applied)

@@ -46,9 +46,15 @@ def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument("--fast", action="store_true", help="a few seconds: tiny shop, one day")
     demo.add_argument("--days", type=_positive, help="simulated days (default 3; --fast 1)")
     demo.add_argument("--port", type=int, help="port (default 8000 if free, else any; 0: any)")
-    demo.add_argument("--no-serve", action="store_true", help="exit when done (default: keep "
-                      "serving the reports until Ctrl-C)")
+    demo.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="exit when done (default: keep serving the reports until Ctrl-C)",
+    )
     demo.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
-    demo.add_argument("--data-dir", default="data/demo",
-                      help="the demo's data directory, wiped at start (default data/demo)")
+    demo.add_argument(
+        "--data-dir",
+        default="data/demo",
+        help="the demo's data directory, wiped at start (default data/demo)",
+    )
     demo.set_defaults(func=cmd_demo)

@@ -91,9 +91,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.s
         progress = Progress(
             population.size + plan.days * (plan.visits_per_day + subscribers), stream=err
         )
-        obs = run_interruptibly(
-            simulate(population, plan, server.url, server.redis_url, progress)
-        )
+        obs = run_interruptibly(simulate(population, plan, server.url, server.redis_url, progress))
         progress.set_stage("reading the reports")
         reports = run_interruptibly(read_reports(server.url, population, obs))
         progress.finish()

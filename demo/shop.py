@@ -64,6 +64,7 @@ def email_window_s(days: int) -> int:
     counted only the first newsletter's opens)."""
     return max(EMAIL_WINDOW_S, (days + 2) * 86400)
 
+
 _HERO_PAYLOADS: Final = {
     "control": {"img": "hero-classic.jpg", "headline": "Welcome back"},
     "spring": {"img": "hero-spring.jpg", "headline": "Spring is here: new colours"},

@@ -223,9 +223,7 @@ _ALTER_TABLE = re.compile(r"\A\s*ALTER TABLE (\w+) (ADD|DROP|MODIFY|RENAME|COMME
 _ENGINE = "ENGINE = ReplacingMergeTree\n"
 
 
-def cluster_migration(
-    version: int, statement: str, cluster: str, database: str
-) -> tuple[str, ...]:
+def cluster_migration(version: int, statement: str, cluster: str, database: str) -> tuple[str, ...]:
     """A single-node migration rewritten for a replicated, sharded cluster (run in order).
 
     ``CREATE TABLE t`` becomes ``t_local`` (``ReplicatedReplacingMergeTree`` under

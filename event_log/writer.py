@@ -49,6 +49,7 @@ class UnitScreen(Protocol):
         """``items`` without those whose unit is screened out; raises ``RedisError``."""
         ...
 
+
 log = structlog.get_logger("tailor.event_writer")
 
 MAX_STRIKES = 5

@@ -116,8 +116,12 @@ class RedisCounters:
         for own in ("info", "config|resetstat", "config"):
             calls.pop(own, None)
         scripts = sum(n for name, n in calls.items() if name.startswith(("eval", "fcall")))
-        return {"commands": float(sum(calls.values())), "scripts": float(scripts),
-                "cpu_s": self._cpu() - self._cpu0, "by_command": calls}  # type: ignore[dict-item]
+        return {
+            "commands": float(sum(calls.values())),
+            "scripts": float(scripts),
+            "cpu_s": self._cpu() - self._cpu0,
+            "by_command": calls,
+        }  # type: ignore[dict-item]
 
     def close(self) -> None:
         """Close the connection."""

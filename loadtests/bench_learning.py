@@ -143,8 +143,9 @@ def parse_world(spec: str) -> tuple[str, int]:
     return kind, int(k) if k else 8
 
 
-def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int, batch: int,
-            window: int) -> dict[str, Any]:
+def run_one(
+    spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int, batch: int, window: int
+) -> dict[str, Any]:
     """Drive one policy through one world; returns the figures of the module docstring."""
     kind, k = parse_world(spec)
     world = World(kind, k, n, seed)
@@ -174,15 +175,24 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
         expected[i] = float(pmf @ ctr[i])
         logged_p[i] = choice.propensity
         rewards[i] = r
-        pending.append((i + window, Example(context=context, candidates=cands, chosen=a,
-                                            propensity=choice.propensity, reward=r)))
+        pending.append(
+            (
+                i + window,
+                Example(
+                    context=context,
+                    candidates=cands,
+                    chosen=a,
+                    propensity=choice.propensity,
+                    reward=r,
+                ),
+            )
+        )
         if (i + 1) % batch == 0:
             due = [e for t, e in pending if t <= i]
             pending = [(t, e) for t, e in pending if t > i]
             learner.learn(due)
             version += 1
-            serving = build_policy(config, arms, snapshot=learner.snapshot(),
-                                   version=str(version))
+            serving = build_policy(config, arms, snapshot=learner.snapshot(), version=str(version))
     secs = time.perf_counter() - t0
     orc, uni = ctr.max(1), ctr.mean(1)
 
@@ -202,6 +212,7 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
         margins.append(share(lo, hi) - single(lo, hi))
     regret = np.cumsum(orc - expected)
     points = [p for p in (1000, 5000, 10_000, 20_000, 35_000, 50_000, 100_000) if p <= n]
+
     # SNIPS estimates from the logs, with 95 % intervals (delta method): uniform play, and
     # always playing the best single variant ("always X").
     def covers(w: Array, truth: float) -> bool:
@@ -212,15 +223,22 @@ def run_one(spec: str, policy_name: str, config: PolicyConfig, seed: int, n: int
     best_x = int(ctr.mean(0).argmax())
     chosen = np.asarray(chosen_arms)
     out: dict[str, Any] = {
-        "world": spec, "policy": policy_name, "seed": seed, "n": n, "secs": round(secs, 1),
+        "world": spec,
+        "policy": policy_name,
+        "seed": seed,
+        "n": n,
+        "secs": round(secs, 1),
         "choose_us": round(choose_s / n * 1e6, 1),
-        "share": share(n - n // 5, n), "single": single(n - n // 5, n),
+        "share": share(n - n // 5, n),
+        "single": single(n - n // 5, n),
         "margin": min(margins) if margins else None,
         "regret": {str(p): round(float(regret[p - 1]), 1) for p in points},
         "cover": covers((1.0 / k) / logged_p, float(uni.mean())),
         "cover_x": covers((chosen == best_x) / logged_p, float(ctr[:, best_x].mean())),
-        "cover_every_x": sum(covers((chosen == x) / logged_p, float(ctr[:, x].mean()))
-                             for x in range(k)) / k,
+        "cover_every_x": sum(
+            covers((chosen == x) / logged_p, float(ctr[:, x].mean())) for x in range(k)
+        )
+        / k,
         "min_p_x_k": float(logged_p.min() * k),
     }
     out["curve"] = {str(hi): round(share(hi - 5000, hi), 2) for hi in range(5000, n + 1, 5000)}
@@ -241,24 +259,32 @@ def summarise(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         groups[(r["world"], r["policy"])].append(r)
     for (world, policy), rs in groups.items():
+
         def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
             return statistics.median(r[key] for r in rs if r.get(key) is not None)
+
         extra = ""
         if "post10k" in rs[0]:
-            extra = (f" post10k={med('post10k'):.2f} pre={med('pre'):.2f} "
-                     f"recovered={sum(r['recovered'] for r in rs)}/{len(rs)}")
+            extra = (
+                f" post10k={med('post10k'):.2f} pre={med('pre'):.2f} "
+                f"recovered={sum(r['recovered'] for r in rs)}/{len(rs)}"
+            )
         curve = {p: statistics.median(r["regret"][p] for r in rs) for p in rs[0]["regret"]}
         cover = sum(r["cover"] for r in rs)
         cover_x = sum(r.get("cover_x", False) for r in rs)
-        print(f"{world:9s} {policy:11s} seeds={len(rs)} share={med('share'):.2f} "
-              f"single={med('single'):.2f} margin={med('margin'):+.2f}{extra} "
-              f"cover={cover}/{len(rs)} cover_x={cover_x}/{len(rs)} "
-              f"choose={med('choose_us'):.0f}us secs={med('secs'):.0f} "
-              f"regret={curve}")
+        print(
+            f"{world:9s} {policy:11s} seeds={len(rs)} share={med('share'):.2f} "
+            f"single={med('single'):.2f} margin={med('margin'):+.2f}{extra} "
+            f"cover={cover}/{len(rs)} cover_x={cover_x}/{len(rs)} "
+            f"choose={med('choose_us'):.0f}us secs={med('secs'):.0f} "
+            f"regret={curve}"
+        )
         if all("curve" in r for r in rs):
             shares = {p: statistics.median(r["curve"][p] for r in rs) for p in rs[0]["curve"]}
-            print(f"{'':21s} share per 5,000 decisions (median): "
-                  + " ".join(f"{v:.2f}" for v in shares.values()))
+            print(
+                f"{'':21s} share per 5,000 decisions (median): "
+                + " ".join(f"{v:.2f}" for v in shares.values())
+            )
 
 
 def main() -> int:
@@ -268,8 +294,12 @@ def main() -> int:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--window", type=int, default=0,
-                    help="decisions until a reward window closes (0: learned at the next batch)")
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="decisions until a reward window closes (0: learned at the next batch)",
+    )
     ap.add_argument("--policy-json", default="", help="NAME=JSON to add a policy config")
     ap.add_argument("--out", default="", help="append one JSON line per run to this file")
     a = ap.parse_args()

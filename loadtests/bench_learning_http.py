@@ -68,8 +68,11 @@ def experiment(world: str, k: int, policy: dict[str, Any], window_s: int) -> dic
         "variants": [{"key": f"v{j}"} for j in range(k)],
         "policy": policy,
         "reward_window_s": window_s,
-        "reward": {"rules": [{"type": "click", "reward": 1.0}], "aggregation": "first",
-                   "default": 0.0},
+        "reward": {
+            "rules": [{"type": "click", "reward": 1.0}],
+            "aggregation": "first",
+            "default": 0.0,
+        },
     }
 
 
@@ -128,22 +131,27 @@ async def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             server.wait_ready()
             conns = [await Connection.open(server.port) for _ in range(args.concurrency + 1)]
             admin = conns[0]
-            profiles = [(s, j) for s in sorted(set(base.x[:, 0].tolist()))
-                        for j in range(UNITS_PER_SEGMENT)]
+            profiles = [
+                (s, j) for s in sorted(set(base.x[:, 0].tolist())) for j in range(UNITS_PER_SEGMENT)
+            ]
 
             async def put_profiles(conn: Connection) -> None:
                 while profiles:
                     s, j = profiles.pop()
-                    await conn.call("PUT", f"/v1/units/s{s}-{j}/features",
-                                    {"features": {"segment": f"s{s}"}})
+                    await conn.call(
+                        "PUT", f"/v1/units/s{s}-{j}/features", {"features": {"segment": f"s{s}"}}
+                    )
 
             await asyncio.gather(*(put_profiles(c) for c in conns[1:]))
             for spec in exps.values():
                 await admin.call("POST", "/v1/experiments", spec)
                 await admin.call("POST", f"/v1/experiments/{spec['key']}/start")
             while True:  # consent=false: nothing is learned from the probe
-                got = await admin.call("POST", "/v1/decide", {
-                    "unit_id": "probe", "placements": placements, "consent": False})
+                got = await admin.call(
+                    "POST",
+                    "/v1/decide",
+                    {"unit_id": "probe", "placements": placements, "consent": False},
+                )
                 if all(d.get("experiment") for d in got["decisions"]):
                     break
                 await asyncio.sleep(0.1)
@@ -163,12 +171,12 @@ async def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                         await asyncio.sleep(2.0)
                         now = time.monotonic()
                         done_at.append((now, next_i))
-                        closed = max((i for t, i in done_at if t <= now - args.window - 1.0),
-                                     default=0)
+                        closed = max(
+                            (i for t, i in done_at if t <= now - args.window - 1.0), default=0
+                        )
                         for spec, e in exps.items():
                             try:
-                                info = await conn.call("GET",
-                                                       f"/v1/experiments/{e['key']}/model")
+                                info = await conn.call("GET", f"/v1/experiments/{e['key']}/model")
                                 learned = int(info["examples"])
                             except RuntimeError:  # 404: nothing published yet
                                 learned = 0
@@ -199,12 +207,18 @@ async def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
                         chosen[spec][i] = a
                         propensity[spec][i] = float(d.get("propensity", 1.0))
                         members[spec][str(d.get("model_version")).partition("/")[2]] += (
-                            i >= n - n // 5)
+                            i >= n - n // 5
+                        )
                         if world.clicks_u[i] < ctr[i, a]:
                             clicked[spec][i] = 1.0
-                            clicks.add(sent + delays[i, column[spec]], {
-                                "decision_id": got["decision_id"],
-                                "experiment": d["experiment"], "type": "click"})
+                            clicks.add(
+                                sent + delays[i, column[spec]],
+                                {
+                                    "decision_id": got["decision_id"],
+                                    "experiment": d["experiment"],
+                                    "type": "click",
+                                },
+                            )
 
             await asyncio.gather(*(visitor_loop(c) for c in conns[1:]))
             seconds = time.monotonic() - started
@@ -230,16 +244,22 @@ async def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         r = clicked[spec]
         est = float((w * r).sum() / w.sum())
         se = float(np.sqrt(((w * (r - est)) ** 2).sum()) / w.sum())
-        rows.append({
-            "world": spec, "seed": seed, "n": n, "seconds": round(seconds, 1),
-            "decisions_per_s": round(n / seconds), "p99_ms": round(float(
-                np.percentile(latency, 99) * 1000), 1),
-            "share": share, "single": single,
-            "regret": {str(p): round(float(regret[p - 1]), 1) for p in points},
-            "cover": bool(abs(est - float(uni.mean())) <= 1.96 * se),
-            "learner_lag": max(lags[spec], default=0),
-            "serving": members[spec].most_common(2),
-        })
+        rows.append(
+            {
+                "world": spec,
+                "seed": seed,
+                "n": n,
+                "seconds": round(seconds, 1),
+                "decisions_per_s": round(n / seconds),
+                "p99_ms": round(float(np.percentile(latency, 99) * 1000), 1),
+                "share": share,
+                "single": single,
+                "regret": {str(p): round(float(regret[p - 1]), 1) for p in points},
+                "cover": bool(abs(est - float(uni.mean())) <= 1.96 * se),
+                "learner_lag": max(lags[spec], default=0),
+                "serving": members[spec].most_common(2),
+            }
+        )
     return rows
 
 
@@ -260,15 +280,18 @@ def main() -> int:
         for row in got:
             print(json.dumps(row), flush=True)
         rows += got
-    print(f"\n{'world':<10}{'seeds':>6}{'share':>8}{'single':>8}{'cover':>7}{'lag':>8}"
-          "  regret curve")
+    print(
+        f"\n{'world':<10}{'seeds':>6}{'share':>8}{'single':>8}{'cover':>7}{'lag':>8}  regret curve"
+    )
     for spec in args.worlds.split(","):
         rs = [r for r in rows if r["world"] == spec]
         curve = {p: statistics.median(r["regret"][p] for r in rs) for p in rs[0]["regret"]}
-        print(f"{spec:<10}{len(rs):>6}{statistics.median(r['share'] for r in rs):>8.2f}"
-              f"{statistics.median(r['single'] for r in rs):>8.2f}"
-              f"{sum(r['cover'] for r in rs):>5}/{len(rs)}"
-              f"{statistics.median(r['learner_lag'] for r in rs):>8.0f}  {curve}")
+        print(
+            f"{spec:<10}{len(rs):>6}{statistics.median(r['share'] for r in rs):>8.2f}"
+            f"{statistics.median(r['single'] for r in rs):>8.2f}"
+            f"{sum(r['cover'] for r in rs):>5}/{len(rs)}"
+            f"{statistics.median(r['learner_lag'] for r in rs):>8.0f}  {curve}"
+        )
     speed = statistics.median(r["decisions_per_s"] for r in rows)
     print(f"visitors/s (each asks every world's placement): {speed:,.0f}")
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,10 @@ N_CANDIDATES = 10
 N_SHARED = 20
 ARMS = [Arm(key=f"variant_{i}", weight=float(i + 1)) for i in range(N_CANDIDATES)]
 CANDIDATES = tuple(
-    Candidate(key=a.key, features={"colour": f"c{i % 3}", "price": 9.99 + i,
-                                   "tags": ["sale", f"t{i % 4}"]})
+    Candidate(
+        key=a.key,
+        features={"colour": f"c{i % 3}", "price": 9.99 + i, "tags": ["sale", f"t{i % 4}"]},
+    )
     for i, a in enumerate(ARMS)
 )
 
@@ -47,10 +49,12 @@ def make_contexts(n: int, rng: np.random.Generator) -> list[Context]:
     for _ in range(n):
         cats = rng.integers(0, 50, size=N_SHARED)
         nums = rng.random(N_SHARED)
-        out.append({
-            f"f{j}": (f"v{cats[j]}" if j % 2 == 0 else round(float(nums[j]) * 100, 3))
-            for j in range(N_SHARED)
-        })
+        out.append(
+            {
+                f"f{j}": (f"v{cats[j]}" if j % 2 == 0 else round(float(nums[j]) * 100, 3))
+                for j in range(N_SHARED)
+            }
+        )
     return out
 
 
@@ -59,8 +63,13 @@ def make_examples(contexts: Sequence[Context], rng: np.random.Generator) -> list
     chosen = rng.integers(0, N_CANDIDATES, size=len(contexts))
     rewards = rng.random(len(contexts)) < 0.1 + 0.05 * chosen
     return [
-        Example(context=c, candidates=CANDIDATES, chosen=int(i), propensity=1 / N_CANDIDATES,
-                reward=float(r))
+        Example(
+            context=c,
+            candidates=CANDIDATES,
+            chosen=int(i),
+            propensity=1 / N_CANDIDATES,
+            reward=float(r),
+        )
         for c, i, r in zip(contexts, chosen, rewards, strict=True)
     ]
 
@@ -128,14 +137,21 @@ def bench_bulk(runs: int, n: int) -> dict[str, float]:
     contexts = make_contexts(n, rng)
     warm = make_examples(make_contexts(2_000, rng), rng)
     out: dict[str, float] = {}
-    for label, config in {"fixed": FixedConfig(), "thompson (segment_by f0)":
-                          ThompsonConfig(segment_by="f0"), "vw_cb epsilon": VWCBConfig()}.items():
+    for label, config in {
+        "fixed": FixedConfig(),
+        "thompson (segment_by f0)": ThompsonConfig(segment_by="f0"),
+        "vw_cb epsilon": VWCBConfig(),
+    }.items():
         policy = build_policy(config, ARMS)
         policy.learn(warm)
         policy.choose_many(contexts, CANDIDATES, np.random.default_rng(3))  # fill caches
-        out[label] = median_cpu(
-            runs, lambda p=policy: p.choose_many(contexts, CANDIDATES, np.random.default_rng(3))
-        ) / n * 1e6
+        out[label] = (
+            median_cpu(
+                runs, lambda p=policy: p.choose_many(contexts, CANDIDATES, np.random.default_rng(3))
+            )
+            / n
+            * 1e6
+        )
     return out
 
 
@@ -190,8 +206,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10_000)
     args = parser.parse_args()
 
-    print(f"CPU per decision, choose(), {N_CANDIDATES} candidates, {N_SHARED} shared features "
-          f"(median of {args.runs} runs x {args.decisions}):")
+    print(
+        f"CPU per decision, choose(), {N_CANDIDATES} candidates, {N_SHARED} shared features "
+        f"(median of {args.runs} runs x {args.decisions}):"
+    )
     decisions = bench_decisions(args.runs, args.decisions)
     for label, us in decisions.items():
         print(f"  {label:<44} {us:8.1f} us")

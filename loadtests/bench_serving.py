@@ -314,15 +314,16 @@ def main() -> int:
                for k in ("decisions_s", "ratio", "cpu_us", "cpu_ratio", "p50_ms", "p99_ms",
                          "p99_ratio", "lag_le_ms", "lag_over_5ms")}  # fmt: skip
         summary[name] = med
-        print(f"  {name:<19} {med['decisions_s']:8.0f}/s {med['ratio']:5.2f}x  CPU "
-              f"{med['cpu_us']:5.0f} us per request ({med['cpu_ratio']:4.2f}x)  p50 "
-              f"{med['p50_ms']:5.2f} ms  p99 {med['p99_ms']:6.2f} ms ({med['p99_ratio']:4.2f}x)"
-              f"  loop lag <= {med['lag_le_ms']:g} ms, {med['lag_over_5ms']:g} timers > 5 ms late")
+        print(
+            f"  {name:<19} {med['decisions_s']:8.0f}/s {med['ratio']:5.2f}x  CPU "
+            f"{med['cpu_us']:5.0f} us per request ({med['cpu_ratio']:4.2f}x)  p50 "
+            f"{med['p50_ms']:5.2f} ms  p99 {med['p99_ms']:6.2f} ms ({med['p99_ratio']:4.2f}x)"
+            f"  loop lag <= {med['lag_le_ms']:g} ms, {med['lag_over_5ms']:g} timers > 5 ms late"
+        )
     for kind, target in (("thompson", 0.6), ("vw_cb", 0.45)):
         med = summary[f"{kind} learning on"]
         ok = med["ratio"] >= target and med["p99_ratio"] <= 1.5
-        print(f"  target {kind} learning on >= {target}x, p99 <= 1.5x: "
-              f"{'OK' if ok else 'MISSED'}")
+        print(f"  target {kind} learning on >= {target}x, p99 <= 1.5x: {'OK' if ok else 'MISSED'}")
     print(f"  largest event-loop lag since start: {lag_max} ms; server RSS {rss} MiB")
     out = write_result("bench_serving", {
         "command": " ".join(sys.argv), "rounds": rounds, "median": summary,

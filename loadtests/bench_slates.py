@@ -263,8 +263,12 @@ async def api_cpu(policy: VWSlatesPolicy, world: World, slots: int, decides: int
                     for body in bodies:
                         request = decoder.decode(body)
                         answer = await engine.decide(
-                            request.unit_id, request.placements, request.context,
-                            request.consent, int(time.time() * 1000), slates=request.slates,
+                            request.unit_id,
+                            request.placements,
+                            request.context,
+                            request.consent,
+                            int(time.time() * 1000),
+                            slates=request.slates,
                         )
                         encoder.encode(answer)
                     return answer

@@ -24,8 +24,14 @@ _PAYLOAD = {"img": "a.png", "headline": "Welcome back"}
 
 
 def _decision(placement: str) -> PlacementDecision:
-    return PlacementDecision(placement=placement, reason="split", policy="fixed",
-                             experiment="echo", variant="control", payload=_PAYLOAD)
+    return PlacementDecision(
+        placement=placement,
+        reason="split",
+        policy="fixed",
+        experiment="echo",
+        variant="control",
+        payload=_PAYLOAD,
+    )
 
 
 @post("/v1/decide", status_code=200)

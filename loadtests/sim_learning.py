@@ -178,8 +178,11 @@ def experiment(name: str, policy: dict[str, Any], window_s: int) -> dict[str, An
         ],
         "policy": policy,
         "reward_window_s": window_s,
-        "reward": {"rules": [{"type": "click", "reward": 1.0}], "aggregation": "first",
-                   "default": 0.0},
+        "reward": {
+            "rules": [{"type": "click", "reward": 1.0}],
+            "aggregation": "first",
+            "default": 0.0,
+        },
     }
 
 
@@ -272,16 +275,23 @@ class RunResult(msgspec.Struct, kw_only=True):
     policies: list[PolicyResult]
 
 
-async def setup(conns: list[Connection], units: list[tuple[str, str, str]], window_s: int,
-                policies: dict[str, dict[str, Any]]) -> None:
+async def setup(
+    conns: list[Connection],
+    units: list[tuple[str, str, str]],
+    window_s: int,
+    policies: dict[str, dict[str, Any]],
+) -> None:
     """Write unit profiles, create and start one experiment per policy, wait until live."""
     queue = list(units)
 
     async def put_features(conn: Connection) -> None:
         while queue:
             unit, segment, device = queue.pop()
-            await conn.call("PUT", f"/v1/units/{unit}/features",
-                            {"features": {"segment": segment, "device": device}})
+            await conn.call(
+                "PUT",
+                f"/v1/units/{unit}/features",
+                {"features": {"segment": segment, "device": device}},
+            )
 
     await asyncio.gather(*(put_features(c) for c in conns))
     admin = conns[0]
@@ -291,8 +301,9 @@ async def setup(conns: list[Connection], units: list[tuple[str, str, str]], wind
         await admin.call("POST", f"/v1/experiments/{spec['key']}/start")
     placements = [f"sim_{name}" for name in policies]
     while True:  # consent=false: nothing is learned from these probes
-        got = await admin.call("POST", "/v1/decide", {"unit_id": "probe",
-                                                      "placements": placements, "consent": False})
+        got = await admin.call(
+            "POST", "/v1/decide", {"unit_id": "probe", "placements": placements, "consent": False}
+        )
         if all(d.get("experiment") for d in got["decisions"]):
             return
         await asyncio.sleep(0.1)
@@ -331,8 +342,9 @@ async def drive(
             table = ctr[seg_index[segment], dev_index[device]]
             oracle[i] = table.max()
             sent = time.perf_counter()
-            body = await conn.call("POST", "/v1/decide",
-                                   {"unit_id": unit, "placements": placements})
+            body = await conn.call(
+                "POST", "/v1/decide", {"unit_id": unit, "placements": placements}
+            )
             latency[i] = time.perf_counter() - sent
             outcomes = []
             for decision in body["decisions"]:
@@ -342,15 +354,25 @@ async def drive(
                 learned[i, j] = decision["reason"] in ("policy", "split")
                 if click_u[i, j] < p:
                     clicks[i, j] = True
-                    outcomes.append({"decision_id": body["decision_id"],
-                                     "experiment": decision["experiment"], "type": "click"})
+                    outcomes.append(
+                        {
+                            "decision_id": body["decision_id"],
+                            "experiment": decision["experiment"],
+                            "type": "click",
+                        }
+                    )
             if outcomes:
                 await conn.call("POST", "/v1/outcomes/batch", {"outcomes": outcomes})
 
     await asyncio.gather(*(visitor_loop(c) for c in conns))
     return {
-        p: {"ctr": chosen_ctr[:, j], "click": clicks[:, j], "learned": learned[:, j],
-            "oracle": oracle, "latency": latency}
+        p: {
+            "ctr": chosen_ctr[:, j],
+            "click": clicks[:, j],
+            "learned": learned[:, j],
+            "oracle": oracle,
+            "latency": latency,
+        }
         for j, p in enumerate(policies)
     }
 
@@ -372,8 +394,9 @@ def model_info(url: str, name: str) -> tuple[int, int]:
     return int(got.json()["examples"]), int(got.json()["version"])
 
 
-async def run_once(args: argparse.Namespace, seed: int,
-                   policies: dict[str, dict[str, Any]]) -> RunResult:
+async def run_once(
+    args: argparse.Namespace, seed: int, policies: dict[str, dict[str, Any]]
+) -> RunResult:
     """Start a fresh server, simulate, stop; returns the figures of this run."""
     rng = np.random.default_rng(seed)
     units = [
@@ -417,23 +440,35 @@ async def run_once(args: argparse.Namespace, seed: int,
             )
         )
     latency = next(iter(series.values()))["latency"]
-    return RunResult(seed=seed, seconds=seconds, decisions_per_s=args.decisions / seconds,
-                     decide_p50_ms=float(np.percentile(latency, 50) * 1000),
-                     decide_p99_ms=float(np.percentile(latency, 99) * 1000),
-                     oracle_ctr=oracle_ctr, uniform_ctr=uniform_ctr, policies=results)
+    return RunResult(
+        seed=seed,
+        seconds=seconds,
+        decisions_per_s=args.decisions / seconds,
+        decide_p50_ms=float(np.percentile(latency, 50) * 1000),
+        decide_p99_ms=float(np.percentile(latency, 99) * 1000),
+        oracle_ctr=oracle_ctr,
+        uniform_ctr=uniform_ctr,
+        policies=results,
+    )
 
 
 def print_run(run: RunResult) -> None:
     """One run's table."""
-    print(f"\nrun seed={run.seed}: {run.seconds:.1f} s, {run.decisions_per_s:,.0f} visitors/s "
-          f"(decide p50 {run.decide_p50_ms:.1f} ms, p99 {run.decide_p99_ms:.1f} ms), "
-          f"oracle CTR {run.oracle_ctr:.4f}, uniform CTR {run.uniform_ctr:.4f}")
-    print(f"{'policy':<18}{'clicks':>8}{'mean CTR':>10}{'regret':>10}{'last-10k CTR':>14}"
-          f"{'gain share':>12}{'learned':>9}{'version':>9}")
+    print(
+        f"\nrun seed={run.seed}: {run.seconds:.1f} s, {run.decisions_per_s:,.0f} visitors/s "
+        f"(decide p50 {run.decide_p50_ms:.1f} ms, p99 {run.decide_p99_ms:.1f} ms), "
+        f"oracle CTR {run.oracle_ctr:.4f}, uniform CTR {run.uniform_ctr:.4f}"
+    )
+    print(
+        f"{'policy':<18}{'clicks':>8}{'mean CTR':>10}{'regret':>10}{'last-10k CTR':>14}"
+        f"{'gain share':>12}{'learned':>9}{'version':>9}"
+    )
     for p in run.policies:
-        print(f"{p.policy:<18}{p.clicks:>8}{p.mean_ctr:>10.4f}{p.regret:>10.1f}"
-              f"{p.last_ctr:>14.4f}{p.last_gain_share:>11.0%}{p.learned_examples:>9}"
-              f"{p.model_version:>9}")
+        print(
+            f"{p.policy:<18}{p.clicks:>8}{p.mean_ctr:>10.4f}{p.regret:>10.1f}"
+            f"{p.last_ctr:>14.4f}{p.last_gain_share:>11.0%}{p.learned_examples:>9}"
+            f"{p.model_version:>9}"
+        )
 
 
 def medians(runs: list[RunResult]) -> dict[str, dict[str, float]]:
@@ -450,8 +485,9 @@ def medians(runs: list[RunResult]) -> dict[str, dict[str, float]]:
 
 def main() -> int:
     """Run the simulation ``--runs`` times, print tables and medians, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--decisions", type=int, default=50_000, help="visitors per run")
     parser.add_argument("--concurrency", type=int, default=48)
@@ -459,10 +495,14 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=5, help="reward window, seconds")
     parser.add_argument("--snapshot-interval", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--policies", default=",".join(POLICIES),
-                        help="comma-separated subset of " + ",".join(POLICIES))
-    parser.add_argument("--vw-args", default="",
-                        help="extra VW arguments for the vw_cb policies, e.g. '-l 0.1'")
+    parser.add_argument(
+        "--policies",
+        default=",".join(POLICIES),
+        help="comma-separated subset of " + ",".join(POLICIES),
+    )
+    parser.add_argument(
+        "--vw-args", default="", help="extra VW arguments for the vw_cb policies, e.g. '-l 0.1'"
+    )
     args = parser.parse_args()
     policies = {name: dict(POLICIES[name]) for name in args.policies.split(",")}
     for config in policies.values():
@@ -477,19 +517,28 @@ def main() -> int:
     summary = medians(runs)
     if args.runs > 1:
         print(f"\nmedians over {args.runs} runs")
-        print(f"{'policy':<18}{'clicks':>8}{'mean CTR':>10}{'regret':>10}{'last-10k CTR':>14}"
-              f"{'gain share':>12}")
+        print(
+            f"{'policy':<18}{'clicks':>8}{'mean CTR':>10}{'regret':>10}{'last-10k CTR':>14}"
+            f"{'gain share':>12}"
+        )
         for name, m in summary.items():
-            print(f"{name:<18}{m['clicks']:>8.0f}{m['mean_ctr']:>10.4f}{m['regret']:>10.1f}"
-                  f"{m['last_ctr']:>14.4f}{m['last_gain_share']:>11.0%}")
+            print(
+                f"{name:<18}{m['clicks']:>8.0f}{m['mean_ctr']:>10.4f}{m['regret']:>10.1f}"
+                f"{m['last_ctr']:>14.4f}{m['last_gain_share']:>11.0%}"
+            )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"sim_learning-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({
-        "args": vars(args),
-        "policies": policies,
-        "runs": msgspec.to_builtins(runs),
-        "medians": summary,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(args),
+                "policies": policies,
+                "runs": msgspec.to_builtins(runs),
+                "medians": summary,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {out.relative_to(REPO)}")
     return 0
 

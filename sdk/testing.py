@@ -193,7 +193,13 @@ class _FakeCore:
     ) -> list[RecipientResult]:
         listed = [r if isinstance(r, Recipient) else dict(r) for r in recipients]
         _, units = batch_request(  # raises InvalidRequest as the real client does
-            campaign, listed, placements, send_window, default_send_time, step, context,
+            campaign,
+            listed,
+            placements,
+            send_window,
+            default_send_time,
+            step,
+            context,
             slates=slates,
         )
         results = []

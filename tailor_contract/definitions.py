@@ -274,11 +274,7 @@ class ExperimentSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     auto_pause_on_harm: bool = False
 
     def __post_init__(self) -> None:
-        if (
-            self.start_at is not None
-            and self.end_at is not None
-            and self.end_at <= self.start_at
-        ):
+        if self.start_at is not None and self.end_at is not None and self.end_at <= self.start_at:
             raise ValueError(
                 f"end_at: {self.end_at.isoformat()} must be after start_at "
                 f"{self.start_at.isoformat()}"

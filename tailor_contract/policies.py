@@ -37,8 +37,15 @@ Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
 
 
-def _check(name: str, value: float, *, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None) -> None:
+def _check(
+    name: str,
+    value: float,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> None:
     """Raise ValueError ``"<name> == <value>, must be <op> <bound>"`` when a bound is broken."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{name} == {value}, must be finite")
@@ -52,8 +59,9 @@ def _check(name: str, value: float, *, ge: float | None = None, gt: float | None
             raise ValueError(f"{name} == {value}, must be {op} {bound}")
 
 
-class _Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
-            tag_field="kind"):
+class _Base(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"
+):
     """Common options of every policy config."""
 
 
@@ -210,22 +218,46 @@ class _Arg(Enum):
 
 _ALIASES: Final = {"-l": "--learning_rate", "-b": "--bit_precision", "-q": "--quadratic"}
 _ALLOWED: Final = {
-    "--learning_rate": _Arg.FLOAT, "--power_t": _Arg.FLOAT, "--initial_t": _Arg.FLOAT,
-    "--decay_learning_rate": _Arg.FLOAT, "--l1": _Arg.FLOAT, "--l2": _Arg.FLOAT,
-    "--lambda": _Arg.FLOAT, "--psi": _Arg.FLOAT, "--mellowness": _Arg.FLOAT,
-    "--mineps": _Arg.FLOAT, "--cb_min_cost": _Arg.FLOAT, "--cb_max_cost": _Arg.FLOAT,
-    "--bit_precision": _Arg.BITS, "--first": _Arg.INT, "--bag": _Arg.INT, "--cover": _Arg.INT,
-    "--random_seed": _Arg.INT, "--cb_type": _Arg.CB_TYPE, "--quadratic": _Arg.NAMESPACES,
-    "--cubic": _Arg.NAMESPACES, "--interactions": _Arg.NAMESPACES, "--noconstant": _Arg.FLAG,
-    "--adaptive": _Arg.FLAG, "--normalized": _Arg.FLAG, "--invariant": _Arg.FLAG,
-    "--sgd": _Arg.FLAG, "--softmax": _Arg.FLAG, "--nounif": _Arg.FLAG, "--regcb": _Arg.FLAG,
-    "--regcbopt": _Arg.FLAG, "--elim": _Arg.FLAG,
+    "--learning_rate": _Arg.FLOAT,
+    "--power_t": _Arg.FLOAT,
+    "--initial_t": _Arg.FLOAT,
+    "--decay_learning_rate": _Arg.FLOAT,
+    "--l1": _Arg.FLOAT,
+    "--l2": _Arg.FLOAT,
+    "--lambda": _Arg.FLOAT,
+    "--psi": _Arg.FLOAT,
+    "--mellowness": _Arg.FLOAT,
+    "--mineps": _Arg.FLOAT,
+    "--cb_min_cost": _Arg.FLOAT,
+    "--cb_max_cost": _Arg.FLOAT,
+    "--bit_precision": _Arg.BITS,
+    "--first": _Arg.INT,
+    "--bag": _Arg.INT,
+    "--cover": _Arg.INT,
+    "--random_seed": _Arg.INT,
+    "--cb_type": _Arg.CB_TYPE,
+    "--quadratic": _Arg.NAMESPACES,
+    "--cubic": _Arg.NAMESPACES,
+    "--interactions": _Arg.NAMESPACES,
+    "--noconstant": _Arg.FLAG,
+    "--adaptive": _Arg.FLAG,
+    "--normalized": _Arg.FLAG,
+    "--invariant": _Arg.FLAG,
+    "--sgd": _Arg.FLAG,
+    "--softmax": _Arg.FLAG,
+    "--nounif": _Arg.FLAG,
+    "--regcb": _Arg.FLAG,
+    "--regcbopt": _Arg.FLAG,
+    "--elim": _Arg.FLAG,
 }
 # Options the config fields own; repeating them in extra_args would silently fight the field.
 _RESERVED: Final = {
-    "--cb_explore_adf": "kind", "--ccb_explore_adf": "kind", "--epsilon": "epsilon",
+    "--cb_explore_adf": "kind",
+    "--ccb_explore_adf": "kind",
+    "--epsilon": "epsilon",
     "--squarecb": "exploration",
-    "--gamma_scale": "gamma_scale", "--gamma_exponent": "gamma_exponent",
+    "--gamma_scale": "gamma_scale",
+    "--gamma_exponent": "gamma_exponent",
 }
 _CB_TYPES: Final = frozenset({"ips", "dm", "dr", "mtr", "sm"})
 _NAMESPACES_RE: Final = re.compile(r"[UA]{2,3}")
@@ -239,8 +271,10 @@ def _check_value(option: str, kind: _Arg, value: str, *, slots: bool = False) ->
     namespaces of a slate policy, which has slot features ``S`` too)."""
     if kind is _Arg.NAMESPACES and slots:
         if not _SLATE_NAMESPACES_RE.fullmatch(value):
-            raise ValueError(f"VW option {option} takes 2-3 namespace letters from U (shared), "
-                             f"A (action) and S (slot), got {value!r}")
+            raise ValueError(
+                f"VW option {option} takes 2-3 namespace letters from U (shared), "
+                f"A (action) and S (slot), got {value!r}"
+            )
         return
     match kind:
         case _Arg.FLOAT if not _NUMBER_RE.fullmatch(value):
@@ -250,11 +284,14 @@ def _check_value(option: str, kind: _Arg, value: str, *, slots: bool = False) ->
         case _Arg.BITS if not 1 <= int(value) <= MAX_BITS:
             raise ValueError(f"{option} == {value}, must be between 1 and {MAX_BITS}")
         case _Arg.CB_TYPE if value not in _CB_TYPES:
-            raise ValueError(f"VW option {option} must be one of {sorted(_CB_TYPES)}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"VW option {option} must be one of {sorted(_CB_TYPES)}, got {value!r}"
+            )
         case _Arg.NAMESPACES if not _NAMESPACES_RE.fullmatch(value):
-            raise ValueError(f"VW option {option} takes 2-3 namespace letters from U (shared) "
-                             f"and A (action), got {value!r}")
+            raise ValueError(
+                f"VW option {option} takes 2-3 namespace letters from U (shared) "
+                f"and A (action), got {value!r}"
+            )
 
 
 def check_vw_args(args: tuple[str, ...], *, slots: bool = False) -> list[str]:
@@ -273,15 +310,17 @@ def check_vw_args(args: tuple[str, ...], *, slots: bool = False) -> list[str]:
         option, eq, inline = token.partition("=")
         option = _ALIASES.get(option, option)
         if not option.startswith("-") or _NUMBER_RE.fullmatch(option):
-            raise ValueError(f"VW argument {token!r} is not an option (values follow their "
-                             "option)")
+            raise ValueError(f"VW argument {token!r} is not an option (values follow their option)")
         if option in _RESERVED:
-            raise ValueError(f"VW argument {option} is set by the config field "
-                             f"{_RESERVED[option]!r}, not by extra_args")
+            raise ValueError(
+                f"VW argument {option} is set by the config field "
+                f"{_RESERVED[option]!r}, not by extra_args"
+            )
         kind = _ALLOWED.get(option)
         if kind is None:
-            raise ValueError(f"VW argument {token!r} is not allowed; allowed: "
-                             f"{', '.join(sorted(_ALLOWED))}")
+            raise ValueError(
+                f"VW argument {token!r} is not allowed; allowed: {', '.join(sorted(_ALLOWED))}"
+            )
         out.append(option)
         if kind is _Arg.FLAG:
             if eq:
@@ -376,8 +415,13 @@ class VWCBConfig(_Learning, frozen=True, tag="vw_cb"):
         if self.exploration == "epsilon":
             args += ["--epsilon", repr(self.epsilon)]
         else:
-            args += ["--squarecb", "--gamma_scale", repr(self.gamma_scale),
-                     "--gamma_exponent", repr(self.gamma_exponent)]
+            args += [
+                "--squarecb",
+                "--gamma_scale",
+                repr(self.gamma_scale),
+                "--gamma_exponent",
+                repr(self.gamma_exponent),
+            ]
         for ns in self.interactions:
             args += ["--interactions", ns]
         extra = check_vw_args(self.extra_args)
@@ -455,8 +499,13 @@ class VWSlatesConfig(_Learning, frozen=True, tag="vw_slates"):
         if self.exploration == "epsilon":
             args += ["--epsilon", repr(self.epsilon)]
         else:
-            args += ["--squarecb", "--gamma_scale", repr(self.gamma_scale),
-                     "--gamma_exponent", repr(self.gamma_exponent)]
+            args += [
+                "--squarecb",
+                "--gamma_scale",
+                repr(self.gamma_scale),
+                "--gamma_exponent",
+                repr(self.gamma_exponent),
+            ]
         for ns in self.interactions:
             args += ["--interactions", ns]
         extra = check_vw_args(self.extra_args, slots=True)
@@ -534,7 +583,6 @@ class SendTimeThompsonConfig(
         _check_range("population_cap", self.population_cap, 0.0, 1e12, open_low=True)
         _check_range("min_share", self.min_share, 0.0, 1.0)
         _check_range("mc_draws", self.mc_draws, 1, 1024)
-
 
 
 PolicyConfig = (

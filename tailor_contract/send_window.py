@@ -33,6 +33,7 @@ SECONDS_PER_HOUR: Final = 3600
 SECONDS_PER_DAY: Final = 86_400
 EPOCH_WEEKDAY: Final = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
+
 def hours_in(kind: HourKind) -> int:
     """Return the number of actions of an hour kind: 24 for hour_of_day, 168 for hour_of_week."""
     match kind:

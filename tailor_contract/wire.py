@@ -131,8 +131,7 @@ class SlateRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
     slots: Annotated[int, Meta(ge=1, le=MAX_SLOTS)] | None = None
     candidates: (
-        Annotated[list[SlateCandidate], Meta(min_length=1, max_length=MAX_SLATE_CANDIDATES)]
-        | None
+        Annotated[list[SlateCandidate], Meta(min_length=1, max_length=MAX_SLATE_CANDIDATES)] | None
     ) = None
 
     def __post_init__(self) -> None:

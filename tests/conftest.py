@@ -107,9 +107,7 @@ def event_log_url(chdb_dir: Path, namespace: str) -> str:
 
 
 @pytest.fixture
-def settings(
-    redis_settings: RedisSettings, event_log_url: str, tmp_path: Path
-) -> Settings:
+def settings(redis_settings: RedisSettings, event_log_url: str, tmp_path: Path) -> Settings:
     """Settings for an app under test: real Redis and chdb, fast flushes, open auth."""
     return Settings(
         redis=redis_settings,

@@ -77,9 +77,10 @@ def offer_of(
     order = range(len(variants)) if eligible is None else eligible
     return Offer(
         candidates=[
-            Candidate(key=variants[i].key, features=candidate_features(
-                variants[i].payload, variants[i].features
-            ))
+            Candidate(
+                key=variants[i].key,
+                features=candidate_features(variants[i].payload, variants[i].features),
+            )
             for i in order
         ],
         payloads=[variants[i].payload for i in order],
@@ -105,9 +106,7 @@ def default_slate(offer: Offer, slots: int, default_key: str) -> list[SlotDecisi
 def ranked_slate(offer: Offer, slate: Slate) -> list[SlotDecision]:
     """The answer's slots for a slate the policy drew over ``offer.candidates``."""
     return [
-        SlotDecision(
-            slot=j, item=s.key, propensity=s.propensity, payload=offer.payloads[s.index]
-        )
+        SlotDecision(slot=j, item=s.key, propensity=s.propensity, payload=offer.payloads[s.index])
         for j, s in enumerate(slate.slots)
     ]
 

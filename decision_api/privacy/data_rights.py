@@ -261,9 +261,7 @@ class DataRights:
         indexes = [self._join_index(u) for u in sorted(units)]
         found += [k for k, n in zip(indexes, await self._exist(indexes), strict=True) if n]
         records: list[str] = []
-        async for key in self._redis.scan_iter(
-            match=_escape(self._dec) + "*", count=SCAN_COUNT
-        ):
+        async for key in self._redis.scan_iter(match=_escape(self._dec) + "*", count=SCAN_COUNT):
             name = _text(key)
             if name.partition(self._dec)[2].partition(":")[0] in tags:
                 found.append(name)

@@ -45,9 +45,7 @@ class ContactCapController(Controller):
         return ContactCapList(contact_caps=[_info(n, c) for n, c in caps.items()])
 
     @get("/{name:str}")
-    async def read(
-        self, name: CapName, services: NamedDependency[Services]
-    ) -> ContactCapInfo:
+    async def read(self, name: CapName, services: NamedDependency[Services]) -> ContactCapInfo:
         """One contact cap."""
         return _info(name, await services.store.contact_cap(name))
 
@@ -66,9 +64,7 @@ class ContactCapController(Controller):
         return info
 
     @delete("/{name:str}", status_code=204)
-    async def delete_cap(
-        self, name: CapName, services: NamedDependency[Services]
-    ) -> None:
+    async def delete_cap(self, name: CapName, services: NamedDependency[Services]) -> None:
         """Delete a contact cap that no draft or live experiment names (409 otherwise)."""
         await services.store.delete_contact_cap(name)
         services.audit("delete", "contact_cap", name, 0, "")

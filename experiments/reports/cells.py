@@ -300,5 +300,3 @@ def evaluate_logging_policy(
         min_ess_fraction=min_ess_fraction,
         reward_range=reward_range,
     )
-
-

@@ -173,8 +173,9 @@ def _clicked(
     return out
 
 
-def _estimate(rewards: Sequence[float], propensities: Sequence[float],
-              target: Sequence[float], level: float) -> tuple[Interval, Interval]:
+def _estimate(
+    rewards: Sequence[float], propensities: Sequence[float], target: Sequence[float], level: float
+) -> tuple[Interval, Interval]:
     """IPS and SNIPS of a target giving the logged item probability ``target[i]``.
 
     When every weighted row clicked, or none did, the CLT interval has zero width (a plug-in
@@ -319,7 +320,9 @@ def _slot_estimates(
         learned_ips = learned_snips = None
         if len(pairs) >= 2:
             learned_ips, learned_snips = _estimate(
-                [p[0] for p in pairs], [p[1] for p in pairs], [float(p[2] or 0.0) for p in pairs],
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
+                [float(p[2] or 0.0) for p in pairs],
                 level,
             )
         estimates.append(

@@ -59,8 +59,10 @@ def _violations(package: str) -> list[str]:
         for line, module in _imports(path):
             top = module.split(".")[0]
             if top in LAYER and top != package and LAYER[top] >= LAYER[package]:
-                found.append(f"{where}:{line} imports {module} (layer {LAYER[top]} from "
-                             f"layer {LAYER[package]})")
+                found.append(
+                    f"{where}:{line} imports {module} (layer {LAYER[top]} from "
+                    f"layer {LAYER[package]})"
+                )
             if top not in LAYER and any(p.startswith("_") for p in module.split(".")[1:]):
                 found.append(f"{where}:{line} imports the private module {module}")
             allowed = ALLOWED_THIRD_PARTY.get(package)

@@ -26,8 +26,12 @@ def test_sampler_normalises_and_never_draws_zero_weights() -> None:
 
 @pytest.mark.parametrize(
     ("weights", "match"),
-    [([], "at least one"), ([0.0, 0.0], "positive probability"), ([1.0, -1.0], ">= 0"),
-     ([1.0, float("nan")], "finite")],
+    [
+        ([], "at least one"),
+        ([0.0, 0.0], "positive probability"),
+        ([1.0, -1.0], ">= 0"),
+        ([1.0, float("nan")], "finite"),
+    ],
 )
 def test_sampler_rejects_bad_weights(weights: list[float], match: str) -> None:
     """Empty, all-zero, negative or non-finite weights are refused."""

@@ -23,8 +23,7 @@ def _in_arms_order(cells: CellModels, values: list[float]) -> np.ndarray:
     return np.array([values[cells.arms[a]] for a in ARMS])
 
 
-def _feed(cells: CellModels, rates: object, n: int, seed: int,
-          attributes: dict[str, int]) -> None:
+def _feed(cells: CellModels, rates: object, n: int, seed: int, attributes: dict[str, int]) -> None:
     """Uniform logging over ARMS; contexts with the given attributes (values 0..m-1)."""
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -44,8 +43,7 @@ def test_a_cell_without_trials_starts_from_its_parent() -> None:
         segment = "s0" if i % 2 else "s1"
         arm = int(rng.integers(3))
         p = (0.1, 0.1, 0.5)[arm] if segment == "s0" else (0.5, 0.1, 0.1)[arm]
-        cells.learn({"segment": segment, "device": f"d{i % 3}"}, ARMS[arm],
-                    float(rng.random() < p))
+        cells.learn({"segment": segment, "device": f"d{i % 3}"}, ARMS[arm], float(rng.random() < p))
     cells.learn({"segment": "s0", "device": "d9"}, "v0", 0.0)  # the cell exists, one trial
     table = cells.table(("segment", "device"))
     parent = _in_arms_order(cells, table[1].means["s0"])
@@ -75,8 +73,13 @@ def test_a_noise_attribute_collapses_onto_its_parent() -> None:
     """An attribute that does not matter gets a prior as strong as allowed: its cells' means
     stay within a fraction of the parent's, though each differs by chance in its data."""
     cells = _models()
-    _feed(cells, lambda x: (0.3, 0.1, 0.1) if x["a"] else (0.1, 0.1, 0.3), 6000, 2,
-          {"a": 2, "noise": 4})
+    _feed(
+        cells,
+        lambda x: (0.3, 0.1, 0.1) if x["a"] else (0.1, 0.1, 0.3),
+        6000,
+        2,
+        {"a": 2, "noise": 4},
+    )
     table = cells.table(("a", "noise"))
     for a, n in itertools.product(range(2), range(4)):
         child = np.array(table[2].means[f"a{a}\x1fnoise{n}"])
@@ -158,7 +161,12 @@ def test_between_cell_variance_is_right_on_adaptively_collected_clicks() -> None
     got = _between_variance(half, s_a, half, s_b, parent, np.zeros_like(parent))
     assert truth / 1.5 < got < truth * 1.5
     # Without variation between cells the estimate is about zero.
-    flat = _between_variance(half, rng.binomial(half.astype(int), parent).astype(float), half,
-                             rng.binomial(half.astype(int), parent).astype(float), parent,
-                             np.zeros_like(parent))
+    flat = _between_variance(
+        half,
+        rng.binomial(half.astype(int), parent).astype(float),
+        half,
+        rng.binomial(half.astype(int), parent).astype(float),
+        parent,
+        np.zeros_like(parent),
+    )
     assert abs(flat) < truth / 4

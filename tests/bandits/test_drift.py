@@ -47,8 +47,14 @@ def test_alarm_soon_after_a_drop_then_silence_while_warming_up() -> None:
     assert not any(detector.update(float(r)) for r in after[when + 1 : when + 1 + WARMUP])
 
 
-def _feed(detector: CellShift, n: int, rates: np.ndarray, predicted: np.ndarray,
-          rng: np.random.Generator, posterior_var: float = 1e-5) -> list[int]:
+def _feed(
+    detector: CellShift,
+    n: int,
+    rates: np.ndarray,
+    predicted: np.ndarray,
+    rng: np.random.Generator,
+    posterior_var: float = 1e-5,
+) -> list[int]:
     """Feed ``n`` examples of a policy playing each cell's predicted best arm (``rates`` and
     ``predicted``: shape (cells, arms)); returns the indices of the alarms."""
     alarms = []

@@ -19,8 +19,12 @@ DEVICES = ("mobile", "desktop")
 
 
 def _context(rng: np.random.Generator) -> Context:
-    return {"segment": SEGMENTS[int(rng.integers(3))], "device": DEVICES[int(rng.integers(2))],
-            "noise": f"n{int(rng.integers(4))}", "visits": float(rng.integers(1, 9))}
+    return {
+        "segment": SEGMENTS[int(rng.integers(3))],
+        "device": DEVICES[int(rng.integers(2))],
+        "noise": f"n{int(rng.integers(4))}",
+        "visits": float(rng.integers(1, 9)),
+    }
 
 
 def _interaction(context: Context) -> np.ndarray:
@@ -36,8 +40,9 @@ def _flat(context: Context) -> np.ndarray:
     return np.array([0.2, 0.3, 0.2])
 
 
-def _run(config: VWCBConfig, world: object, n: int, seed: int, batch: int = 250
-         ) -> tuple[Policy, Policy, float]:
+def _run(
+    config: VWCBConfig, world: object, n: int, seed: int, batch: int = 250
+) -> tuple[Policy, Policy, float]:
     """Serve from snapshots refreshed every ``batch`` decisions; returns (learner, serving,
     mean expected reward of the served pmf over the last quarter)."""
     rng = np.random.default_rng(seed)
@@ -52,8 +57,15 @@ def _run(config: VWCBConfig, world: object, n: int, seed: int, batch: int = 250
         if i >= 3 * n // 4:
             tail.append(float(serving.pmf(context, CANDIDATES) @ rates))
         reward = float(rng.random() < rates[choice.index])
-        pending.append(Example(context=context, candidates=CANDIDATES, chosen=choice.index,
-                               propensity=choice.propensity, reward=reward))
+        pending.append(
+            Example(
+                context=context,
+                candidates=CANDIDATES,
+                chosen=choice.index,
+                propensity=choice.propensity,
+                reward=reward,
+            )
+        )
         if len(pending) == batch:
             learner.learn(pending)
             pending = []
@@ -79,8 +91,9 @@ def test_cells_find_the_interaction_and_take_over(
     cells = next(m for m in report.members if m.member == "cells")
     assert cells.lower > 0.0
     assert tail > 0.42  # best single variant: 0.5/3 + 0.1*2/3 = 0.23
-    choice = serving.choose({"segment": "adult", "device": "mobile"}, CANDIDATES,
-                            np.random.default_rng(0))
+    choice = serving.choose(
+        {"segment": "adult", "device": "mobile"}, CANDIDATES, np.random.default_rng(0)
+    )
     assert choice.model_version.endswith("/cells:" + report.partition)
 
 
@@ -109,17 +122,18 @@ def _set(policy: EnsemblePolicy, member: str, gain: float, half_width: float) ->
 @pytest.mark.parametrize(
     ("partition", "cells", "vw", "member", "mix"),
     [
-        (("segment",), None, None, "cells:segment", 1.0),        # no evidence: cells serve
-        (("segment",), 0.005, None, "cells:segment", 1.0),       # undecided: cells serve
+        (("segment",), None, None, "cells:segment", 1.0),  # no evidence: cells serve
+        (("segment",), 0.005, None, "cells:segment", 1.0),  # undecided: cells serve
         (("segment",), -0.02, None, "mix:cells:segment", PROBE),  # credibly worse: probe
-        (("segment",), 0.01, 0.05, "vw", 1.0),                   # VW credibly better: VW
-        (("segment",), 0.03, 0.025, "cells:segment", 1.0),       # VW not better than cells
-        ((), None, 0.005, "mix:vw", PROBE),                      # no partition: VW probes
-        ((), None, -0.02, "baseline", 0.0),                      # VW credibly worse: baseline
+        (("segment",), 0.01, 0.05, "vw", 1.0),  # VW credibly better: VW
+        (("segment",), 0.03, 0.025, "cells:segment", 1.0),  # VW not better than cells
+        ((), None, 0.005, "mix:vw", PROBE),  # no partition: VW probes
+        ((), None, -0.02, "baseline", 0.0),  # VW credibly worse: baseline
     ],
 )
-def test_serving_rule(partition: tuple[str, ...], cells: float | None, vw: float | None,
-                      member: str, mix: float) -> None:
+def test_serving_rule(
+    partition: tuple[str, ...], cells: float | None, vw: float | None, member: str, mix: float
+) -> None:
     """The cells serve unless credibly worse than the baseline (then they keep a probe share);
     VW serves only once credibly better than the baseline and than the cells' estimate."""
     policy = EnsemblePolicy(VWCBConfig())
@@ -144,18 +158,23 @@ def test_snapshot_round_trip(interaction_run: tuple[Policy, Policy, float]) -> N
     rng = np.random.default_rng(1)
     contexts = [_context(rng) for _ in range(30)]
     for context in contexts:
-        np.testing.assert_array_equal(restored.pmf(context, CANDIDATES),
-                                      learner.pmf(context, CANDIDATES))
-    more = [Example(context=c, candidates=CANDIDATES, chosen=i % 3, propensity=0.4,
-                    reward=float(i % 2)) for i, c in enumerate(contexts)]
+        np.testing.assert_array_equal(
+            restored.pmf(context, CANDIDATES), learner.pmf(context, CANDIDATES)
+        )
+    more = [
+        Example(context=c, candidates=CANDIDATES, chosen=i % 3, propensity=0.4, reward=float(i % 2))
+        for i, c in enumerate(contexts)
+    ]
     learner.learn(more)
     restored.learn(more)
-    after, expected = (msgspec.msgpack.decode(p.snapshot(), type=_EnsembleState)
-                       for p in (restored, learner))
+    after, expected = (
+        msgspec.msgpack.decode(p.snapshot(), type=_EnsembleState) for p in (restored, learner)
+    )
     assert msgspec.structs.replace(after, vw=b"") == msgspec.structs.replace(expected, vw=b"")
     for context in contexts:
-        np.testing.assert_array_equal(restored.pmf(context, CANDIDATES),
-                                      learner.pmf(context, CANDIDATES))
+        np.testing.assert_array_equal(
+            restored.pmf(context, CANDIDATES), learner.pmf(context, CANDIDATES)
+        )
 
 
 @pytest.mark.parametrize("member", ["cells", "vw", "baseline"])
@@ -172,9 +191,9 @@ def test_logged_propensity_is_the_served_pmf_with_the_floor(
     rng = np.random.default_rng(7)
     floor = policy.floor(len(CANDIDATES))
     contexts = [_context(rng) for _ in range(40)]
-    for context, choice in zip(contexts, policy.choose_many(contexts, CANDIDATES,
-                                                             np.random.default_rng(2)),
-                               strict=True):
+    for context, choice in zip(
+        contexts, policy.choose_many(contexts, CANDIDATES, np.random.default_rng(2)), strict=True
+    ):
         pmf = policy.pmf(context, CANDIDATES)
         assert pmf.min() >= floor - 1e-12 and pmf.sum() == pytest.approx(1.0)
         assert choice.propensity == pytest.approx(pmf[choice.index], rel=1e-12)
@@ -208,8 +227,14 @@ def test_cells_drop_attributes_with_many_values_and_cap_the_count() -> None:
     cells = CellModels(max_attributes=3, max_values=4, half_life=None)
     rng = np.random.default_rng(0)
     for i in range(50):
-        context: Context = {"id": f"u{i}", "a": f"a{i % 2}", "b": f"b{i % 3}", "c": True,
-                            "d": "late", "x": 0.5}
+        context: Context = {
+            "id": f"u{i}",
+            "a": f"a{i % 2}",
+            "b": f"b{i % 3}",
+            "c": True,
+            "d": "late",
+            "x": 0.5,
+        }
         cells.learn(context, "v0", float(rng.random() < 0.5))
     assert cells.attributes == ["a", "b", "c"]
     parts = set(cells.partitions)
@@ -241,13 +266,16 @@ def test_serving_looks_up_the_shipped_probabilities(
     learner, _, _ = interaction_run
     served = build_policy(VWCBConfig(), [], snapshot=learner.snapshot(), version="2")
     keys = tuple(learner._cells.arms)  # type: ignore[attr-defined]
-    for candidates in (tuple(Candidate(key=k) for k in keys),
-                       tuple(Candidate(key=k) for k in reversed(keys))):
+    for candidates in (
+        tuple(Candidate(key=k) for k in keys),
+        tuple(Candidate(key=k) for k in reversed(keys)),
+    ):
         _serve_without_computing(served, candidates, monkeypatch)
 
 
-def _serve_without_computing(served: Policy, candidates: tuple[Candidate, ...],
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def _serve_without_computing(
+    served: Policy, candidates: tuple[Candidate, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
 
     def computed(*_: object) -> None:
         raise AssertionError("Thompson probabilities computed while serving")
@@ -295,7 +323,6 @@ def test_the_default_floor_falls_with_evidence_to_its_minimum() -> None:
     assert fixed.floor(4, examples=10**7) == pytest.approx(0.02)
 
 
-
 def test_an_alarm_of_the_cell_level_test_discounts_old_evidence() -> None:
     """The learner feeds the cell-level test (bandits.drift.CellShift) the served cell's
     prediction for every example; its alarm discounts the statistics like the CUSUM's."""
@@ -310,12 +337,14 @@ def test_an_alarm_of_the_cell_level_test_discounts_old_evidence() -> None:
     shift.seen, shift.windows = SHIFT_WINDOW - 1, SHIFT_WARMUP
     rng = np.random.default_rng(0)
     context = _context(rng)
-    learner.learn([Example(context=context, candidates=CANDIDATES, chosen=0, propensity=0.5,
-                           reward=0.0)])
+    learner.learn(
+        [Example(context=context, candidates=CANDIDATES, chosen=0, propensity=0.5, reward=0.0)]
+    )
     assert learner.serving_report().changes == before + 1
     after = learner._cells._totals[0] / learner._cells.scale
     assert after == pytest.approx(weight * DRIFT_KEEP + 1.0, rel=0.01)
     assert shift.alarms == 1 and learner._shift.seen == 0
+
 
 def test_a_snapshot_without_the_cell_level_test_restores(
     interaction_run: tuple[Policy, Policy, float],
@@ -327,6 +356,7 @@ def test_a_snapshot_without_the_cell_level_test_restores(
     restored = build_policy(VWCBConfig(), [], snapshot=msgspec.msgpack.encode(raw), version="2")
     assert isinstance(restored, EnsemblePolicy)
     assert restored._shift.seen == 0 and restored._shift.terms == {}
+
 
 def test_a_serving_worker_patches_newer_snapshots_like_a_restore() -> None:
     """With epsilon exploration (decisions depend on VW's weights alone) a serving ensemble
@@ -344,8 +374,15 @@ def test_a_serving_worker_patches_newer_snapshots_like_a_restore() -> None:
             context = _context(rng)
             choice = learner.choose(context, CANDIDATES, rng)
             reward = float(rng.random() < _interaction(context)[choice.index])
-            batch.append(Example(context=context, candidates=CANDIDATES, chosen=choice.index,
-                                 propensity=choice.propensity, reward=reward))
+            batch.append(
+                Example(
+                    context=context,
+                    candidates=CANDIDATES,
+                    chosen=choice.index,
+                    propensity=choice.propensity,
+                    reward=reward,
+                )
+            )
         learner.learn(batch)
         snapshot = learner.snapshot()
         assert serving.patch(snapshot, version=str(step))
@@ -354,12 +391,15 @@ def test_a_serving_worker_patches_newer_snapshots_like_a_restore() -> None:
         assert serving.version == str(step)
         assert serving.serving_report() == restored.serving_report()
         for context in contexts:
-            np.testing.assert_array_equal(serving.pmf(context, CANDIDATES),
-                                          restored.pmf(context, CANDIDATES))
-            np.testing.assert_array_equal(serving._vw.pmf(context, CANDIDATES),
-                                          restored._vw.pmf(context, CANDIDATES))
+            np.testing.assert_array_equal(
+                serving.pmf(context, CANDIDATES), restored.pmf(context, CANDIDATES)
+            )
+            np.testing.assert_array_equal(
+                serving._vw.pmf(context, CANDIDATES), restored._vw.pmf(context, CANDIDATES)
+            )
         assert serving.choose(contexts[0], CANDIDATES, np.random.default_rng(step)) == (
-            restored.choose(contexts[0], CANDIDATES, np.random.default_rng(step)))
+            restored.choose(contexts[0], CANDIDATES, np.random.default_rng(step))
+        )
 
 
 def test_patch_refuses_what_it_cannot_take() -> None:

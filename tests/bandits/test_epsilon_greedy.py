@@ -15,8 +15,7 @@ CANDIDATES = tuple(Candidate(key=a.key) for a in ARMS)
 
 def _example(key: str, reward: float) -> Example:
     index = [c.key for c in CANDIDATES].index(key)
-    return Example(context={}, candidates=CANDIDATES, chosen=index, propensity=0.25,
-                   reward=reward)
+    return Example(context={}, candidates=CANDIDATES, chosen=index, propensity=0.25, reward=reward)
 
 
 def test_untrained_policy_is_uniform() -> None:
@@ -28,11 +27,19 @@ def test_untrained_policy_is_uniform() -> None:
 def test_pmf_is_epsilon_over_n_plus_greedy_mass_shared_by_ties() -> None:
     """The best means share 1 - epsilon; every arm gets epsilon / n; revenue-like rewards work."""
     policy = EpsilonGreedyPolicy(EpsilonGreedyConfig(epsilon=0.2), ARMS)
-    policy.learn([_example("a", 30.0), _example("b", 10.0), _example("b", 50.0),
-                  _example("c", 5.0), _example("d", 30.0)])
+    policy.learn(
+        [
+            _example("a", 30.0),
+            _example("b", 10.0),
+            _example("b", 50.0),
+            _example("c", 5.0),
+            _example("d", 30.0),
+        ]
+    )
     assert policy.mean("b") == 30.0
-    np.testing.assert_allclose(policy.pmf({}, CANDIDATES), [0.05 + 0.8 / 3] * 2 + [0.05]
-                               + [0.05 + 0.8 / 3])
+    np.testing.assert_allclose(
+        policy.pmf({}, CANDIDATES), [0.05 + 0.8 / 3] * 2 + [0.05] + [0.05 + 0.8 / 3]
+    )
 
 
 def test_arm_without_data_is_explored_not_exploited() -> None:
@@ -54,11 +61,18 @@ def test_converges_to_the_best_arm() -> None:
     picks: list[str] = []
     for _ in range(60):
         choices = policy.choose_many([{}] * 50, CANDIDATES, rng)
-        policy.learn([
-            Example(context={}, candidates=CANDIDATES, chosen=c.index, propensity=c.propensity,
-                    reward=float(rng.random() < rates[c.key]))
-            for c in choices
-        ])
+        policy.learn(
+            [
+                Example(
+                    context={},
+                    candidates=CANDIDATES,
+                    chosen=c.index,
+                    propensity=c.propensity,
+                    reward=float(rng.random() < rates[c.key]),
+                )
+                for c in choices
+            ]
+        )
         picks += [c.key for c in choices]
     assert policy.pmf({}, CANDIDATES).argmax() == 2
     assert picks[-1000:].count("c") > 800

@@ -635,7 +635,14 @@ async def test_slate_outcomes_accumulate_per_slot_and_finalise_as_one_reward_per
         ])
     ]  # fmt: skip
     assert [r[0][1] for r in applied] == [
-        "joined", "joined", "joined", "joined", "ignored", "ignored", "ignored", "ignored"
+        "joined",
+        "joined",
+        "joined",
+        "joined",
+        "ignored",
+        "ignored",
+        "ignored",
+        "ignored",
     ]
     await join.finalize_due(T0 + WINDOW_S * 1000)
     [example] = await _stream(redis, join)

@@ -91,9 +91,7 @@ async def _pending(redis_bin: Redis, namespace: str) -> int:
     return int(info["pending"])
 
 
-async def test_learns_the_stream_and_publishes_with_acks(
-    redis_bin: Redis, namespace: str
-) -> None:
+async def test_learns_the_stream_and_publishes_with_acks(redis_bin: Redis, namespace: str) -> None:
     """Examples become posterior counts in a published snapshot; publishing acks them all."""
     examples = bernoulli_examples(EXP, 1500, np.random.default_rng(1))
     await feed(redis_bin, namespace, examples)
@@ -315,9 +313,7 @@ async def test_snapshot_cadence_is_respected(
     assert lo <= snap.version <= hi
 
 
-async def test_each_experiment_learns_its_own_examples(
-    redis_bin: Redis, namespace: str
-) -> None:
+async def test_each_experiment_learns_its_own_examples(redis_bin: Redis, namespace: str) -> None:
     """Examples of two experiments interleaved on one stream go to their own models, both
     published in one step."""
     other = spec_of("other", ThompsonConfig(), arms=("x", "y"))
@@ -330,8 +326,9 @@ async def test_each_experiment_learns_its_own_examples(
     store = SnapshotStore(redis_bin, namespace)
     versions = await store.versions([EXP, "other"])
     assert versions == {EXP: (1, 0), "other": (1, 0)}
-    other_policy = build_policy(other.config, [Arm(key="x"), Arm(key="y")],
-                                snapshot=(await store.get("other")).data)  # type: ignore[union-attr]
+    other_policy = build_policy(
+        other.config, [Arm(key="x"), Arm(key="y")], snapshot=(await store.get("other")).data
+    )  # type: ignore[union-attr]
     assert isinstance(other_policy, ThompsonPolicy)
     assert other_policy.posterior("y") == (2.0, 1.0)
 
@@ -343,14 +340,26 @@ async def test_the_lease_lets_exactly_one_runner_learn(
     lease lapses the other takes over and continues the published model."""
     store = ExperimentStore(redis, namespace)
     spec = msgspec.convert(
-        {"key": EXP, "placement": "home", "default_variant": "a",
-         "variants": [{"key": k} for k in ARMS], "policy": {"kind": "thompson"}},
+        {
+            "key": EXP,
+            "placement": "home",
+            "default_variant": "a",
+            "variants": [{"key": k} for k in ARMS],
+            "policy": {"kind": "thompson"},
+        },
         ExperimentSpec,
     )
     await store.create(spec, 0.0)
     runners = [
-        LearnerRunner(redis_bin, RewardJoin(redis, namespace), store, namespace, holder=name,
-                      snapshot_interval_s=0.0, sweep_interval_s=0.0)
+        LearnerRunner(
+            redis_bin,
+            RewardJoin(redis, namespace),
+            store,
+            namespace,
+            holder=name,
+            snapshot_interval_s=0.0,
+            sweep_interval_s=0.0,
+        )
         for name in ("worker-1", "worker-2")
     ]
     rng = np.random.default_rng(9)

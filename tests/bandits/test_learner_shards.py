@@ -126,9 +126,7 @@ async def test_two_shards_learn_every_example_once_and_trim_below_the_slower(
                                   snapshot=snap.data)  # fmt: skip
             assert isinstance(policy, ThompsonPolicy)
             counts = {k: tuple(x - 1.0 for x in policy.posterior(k)) for k in ARMS}
-            assert counts == {
-                k: pytest.approx(v) for k, v in arm_totals(fed[experiment]).items()
-            }
+            assert counts == {k: pytest.approx(v) for k, v in arm_totals(fed[experiment]).items()}
         assert all(learner.shard.owns(name) for name in learner._models)
     for group in ("learners:0/2", "learners:1/2"):
         assert int((await redis_bin.xpending(stream, group))["pending"]) == 0

@@ -19,8 +19,12 @@ from tailor_contract.policies import (
 )
 from tests.support.training import epsilon_vw
 
-ARMS = [Arm(key="a", weight=1.0), Arm(key="b", weight=2.0), Arm(key="c", weight=3.0),
-        Arm(key="d", weight=4.0)]
+ARMS = [
+    Arm(key="a", weight=1.0),
+    Arm(key="b", weight=2.0),
+    Arm(key="c", weight=3.0),
+    Arm(key="d", weight=4.0),
+]
 CANDIDATES = tuple(Candidate(key=a.key, features={"size": i + 1}) for i, a in enumerate(ARMS))
 CONTEXT: Context = {"country": "fr", "visits": 3, "member": True}
 REWARD_RATES = {"a": 0.2, "b": 0.5, "c": 0.35, "d": 0.1}
@@ -34,8 +38,15 @@ def _trained(config: FixedConfig | ThompsonConfig | EpsilonGreedyConfig | VWCBCo
     for _ in range(300):
         chosen = int(rng.integers(len(CANDIDATES)))
         reward = float(rng.random() < REWARD_RATES[CANDIDATES[chosen].key])
-        examples.append(Example(context=CONTEXT, candidates=CANDIDATES, chosen=chosen,
-                                propensity=0.25, reward=reward))
+        examples.append(
+            Example(
+                context=CONTEXT,
+                candidates=CANDIDATES,
+                chosen=chosen,
+                propensity=0.25,
+                reward=reward,
+            )
+        )
     policy.learn(examples)
     return policy
 
@@ -138,8 +149,15 @@ def _lopsided(config: ThompsonConfig | EpsilonGreedyConfig | VWCBConfig) -> Poli
     examples = []
     for _ in range(2_000):
         chosen = int(rng.integers(len(CANDIDATES)))
-        examples.append(Example(context=CONTEXT, candidates=CANDIDATES, chosen=chosen,
-                                propensity=0.25, reward=float(chosen == 1)))
+        examples.append(
+            Example(
+                context=CONTEXT,
+                candidates=CANDIDATES,
+                chosen=chosen,
+                propensity=0.25,
+                reward=float(chosen == 1),
+            )
+        )
     policy.learn(examples)
     return policy
 

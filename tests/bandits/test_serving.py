@@ -41,8 +41,15 @@ async def _publish(store: SnapshotStore, spec: PolicySpec, version: int, data: b
     async with store._redis.pipeline(transaction=True) as pipe:
         store.stage_publish(
             pipe,
-            Snapshot(experiment=spec.experiment, version=version, gen=0, kind="x", data=data,
-                     examples=1, updated_ms=0),
+            Snapshot(
+                experiment=spec.experiment,
+                version=version,
+                gen=0,
+                kind="x",
+                data=data,
+                examples=1,
+                updated_ms=0,
+            ),
         )
         await pipe.execute()
 

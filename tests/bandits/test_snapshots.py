@@ -34,10 +34,18 @@ def _examples(n: int, seed: int) -> list[Example]:
     for _ in range(n):
         context = CONTEXTS[int(rng.integers(len(CONTEXTS)))]
         chosen = int(rng.integers(len(ARMS)))
-        reward = float(rng.random() < (0.6 if (chosen == 2) == (context["tier"] == "gold")
-                                       else 0.2))
-        out.append(Example(context=context, candidates=CANDIDATES, chosen=chosen,
-                           propensity=1 / 3, reward=reward))
+        reward = float(
+            rng.random() < (0.6 if (chosen == 2) == (context["tier"] == "gold") else 0.2)
+        )
+        out.append(
+            Example(
+                context=context,
+                candidates=CANDIDATES,
+                chosen=chosen,
+                propensity=1 / 3,
+                reward=reward,
+            )
+        )
     return out
 
 
@@ -50,14 +58,16 @@ def test_round_trip_preserves_predictions_and_learning(config: PolicyConfig) -> 
     assert (policy.version, restored.version) == ("v1", "v2")
     assert restored.name == policy.name
     for context in CONTEXTS:
-        np.testing.assert_array_equal(restored.pmf(context, CANDIDATES),
-                                      policy.pmf(context, CANDIDATES))
+        np.testing.assert_array_equal(
+            restored.pmf(context, CANDIDATES), policy.pmf(context, CANDIDATES)
+        )
     more = _examples(100, seed=2)
     policy.learn(more)
     restored.learn(more)
     for context in CONTEXTS:
-        np.testing.assert_array_equal(restored.pmf(context, CANDIDATES),
-                                      policy.pmf(context, CANDIDATES))
+        np.testing.assert_array_equal(
+            restored.pmf(context, CANDIDATES), policy.pmf(context, CANDIDATES)
+        )
     rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
     assert [c.index for c in restored.choose_many(CONTEXTS * 10, CANDIDATES, rng_a)] == [
         c.index for c in policy.choose_many(CONTEXTS * 10, CANDIDATES, rng_b)

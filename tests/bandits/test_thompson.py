@@ -19,16 +19,21 @@ CANDIDATES = tuple(Candidate(key=a.key) for a in ARMS)
 
 def _example(key: str, reward: float, context: Context | None = None) -> Example:
     index = [c.key for c in CANDIDATES].index(key)
-    return Example(context=context or {}, candidates=CANDIDATES, chosen=index,
-                   propensity=0.25, reward=reward)
+    return Example(
+        context=context or {}, candidates=CANDIDATES, chosen=index, propensity=0.25, reward=reward
+    )
 
 
 def test_win_probability_matches_numerical_integration() -> None:
     """With two arms, P(arm wins) is within 0.01 (about 3 standard errors) of the integral."""
     arms = [Arm(key="a"), Arm(key="b")]
     policy = ThompsonPolicy(ThompsonConfig(), arms)
-    policy.learn([_example("a", 1.0)] * 6 + [_example("a", 0.0)] * 4
-                 + [_example("b", 1.0)] * 4 + [_example("b", 0.0)] * 6)
+    policy.learn(
+        [_example("a", 1.0)] * 6
+        + [_example("a", 0.0)] * 4
+        + [_example("b", 1.0)] * 4
+        + [_example("b", 0.0)] * 6
+    )
     a, b = sps.beta(7, 5), sps.beta(5, 7)
     exact, _ = integrate.quad(lambda x: a.pdf(x) * b.cdf(x), 0.0, 1.0)
     pmf = policy.pmf({}, (Candidate(key="a"), Candidate(key="b")))
@@ -68,8 +73,11 @@ def test_segments_learn_separately_and_unseen_fall_back() -> None:
     """Each segment has its own posterior; an unseen or missing segment uses the global one."""
     policy = ThompsonPolicy(ThompsonConfig(segment_by="country"), ARMS)
     fr, de = {"country": "fr"}, {"country": "de"}
-    policy.learn([_example("a", 1.0, fr)] * 30 + [_example("b", 0.0, fr)] * 30
-                 + [_example("b", 1.0, de)] * 20)
+    policy.learn(
+        [_example("a", 1.0, fr)] * 30
+        + [_example("b", 0.0, fr)] * 30
+        + [_example("b", 1.0, de)] * 20
+    )
     assert policy.pmf(fr, CANDIDATES).argmax() == 0
     assert policy.pmf(de, CANDIDATES).argmax() == 1
     assert policy.posterior("a", "fr") == (31.0, 1.0)
@@ -162,11 +170,18 @@ def test_converges_to_the_best_arm() -> None:
     picks: list[str] = []
     for _ in range(60):
         choices = policy.choose_many([{}] * 50, CANDIDATES, rng)
-        policy.learn([
-            Example(context={}, candidates=CANDIDATES, chosen=c.index, propensity=c.propensity,
-                    reward=float(rng.random() < rates[c.key]))
-            for c in choices
-        ])
+        policy.learn(
+            [
+                Example(
+                    context={},
+                    candidates=CANDIDATES,
+                    chosen=c.index,
+                    propensity=c.propensity,
+                    reward=float(rng.random() < rates[c.key]),
+                )
+                for c in choices
+            ]
+        )
         picks += [c.key for c in choices]
     assert picks[-1000:].count("c") > 800
     assert policy.pmf({}, CANDIDATES)[2] > 0.9

@@ -26,8 +26,11 @@ RATES = np.full((3, 3), 0.1) + np.eye(3) * 0.6
 
 
 def _context(segment: int, rng: np.random.Generator) -> Context:
-    return {"age_band": SEGMENTS[segment], "visits": int(rng.integers(1, 20)),
-            "member": bool(rng.random() < 0.5)}
+    return {
+        "age_band": SEGMENTS[segment],
+        "visits": int(rng.integers(1, 20)),
+        "member": bool(rng.random() < 0.5),
+    }
 
 
 def _simulate(policy: VWPolicy, steps: int, rng: np.random.Generator) -> list[Example]:
@@ -38,8 +41,13 @@ def _simulate(policy: VWPolicy, steps: int, rng: np.random.Generator) -> list[Ex
         context = _context(segment, rng)
         choice = policy.choose(context, CANDIDATES, rng)
         reward = float(rng.random() < RATES[segment, choice.index])
-        example = Example(context=context, candidates=CANDIDATES, chosen=choice.index,
-                          propensity=choice.propensity, reward=reward)
+        example = Example(
+            context=context,
+            candidates=CANDIDATES,
+            chosen=choice.index,
+            propensity=choice.propensity,
+            reward=reward,
+        )
         policy.learn([example])
         logged.append(example)
     return logged
@@ -78,9 +86,17 @@ def test_converges_without_context() -> None:
     rates = (0.2, 0.6, 0.3)
     for _ in range(1_500):
         choice = policy.choose({}, CANDIDATES, rng)
-        policy.learn([Example(context={}, candidates=CANDIDATES, chosen=choice.index,
-                              propensity=choice.propensity,
-                              reward=float(rng.random() < rates[choice.index]))])
+        policy.learn(
+            [
+                Example(
+                    context={},
+                    candidates=CANDIDATES,
+                    chosen=choice.index,
+                    propensity=choice.propensity,
+                    reward=float(rng.random() < rates[choice.index]),
+                )
+            ]
+        )
     assert policy.pmf({}, CANDIDATES)[1] > 0.8
 
 
@@ -107,12 +123,12 @@ def test_snapshot_restores_identical_predictions(
 ) -> None:
     """A restored policy predicts the same pmfs as the original for the logged contexts."""
     policy, logged = trained
-    restored = build_policy(epsilon_vw(0.1), [], snapshot=policy.snapshot(),
-                            version="v2")
+    restored = build_policy(epsilon_vw(0.1), [], snapshot=policy.snapshot(), version="v2")
     assert restored.version == "v2"
     for ex in logged[:50]:
-        np.testing.assert_array_equal(restored.pmf(ex.context, CANDIDATES),
-                                      policy.pmf(ex.context, CANDIDATES))
+        np.testing.assert_array_equal(
+            restored.pmf(ex.context, CANDIDATES), policy.pmf(ex.context, CANDIDATES)
+        )
 
 
 def test_epsilon_may_change_on_restore(trained: tuple[VWPolicy, list[Example]]) -> None:
@@ -131,12 +147,17 @@ def test_epsilon_may_change_on_restore(trained: tuple[VWPolicy, list[Example]]) 
         (VWCBConfig(exploration="squarecb"), None, "trained with VW arguments"),
         (VWCBConfig(interactions=()), None, "only epsilon may change"),
         (VWCBConfig(), b"not msgpack at all", "not a vw_cb snapshot"),
-        (VWCBConfig(), ThompsonPolicy(ThompsonConfig(), [Arm(key="a")]).snapshot(),
-         "not a vw_cb snapshot"),
+        (
+            VWCBConfig(),
+            ThompsonPolicy(ThompsonConfig(), [Arm(key="a")]).snapshot(),
+            "not a vw_cb snapshot",
+        ),
     ],
 )
 def test_incompatible_snapshots_are_refused(
-    trained: tuple[VWPolicy, list[Example]], config: VWCBConfig, snapshot: bytes | None,
+    trained: tuple[VWPolicy, list[Example]],
+    config: VWCBConfig,
+    snapshot: bytes | None,
     match: str,
 ) -> None:
     """Snapshots of another shape or kind raise SnapshotError instead of corrupting VW."""

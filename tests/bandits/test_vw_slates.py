@@ -146,10 +146,12 @@ def test_slates_depend_on_the_callers_generator_only(
     """Two copies of one model give the same slates for the same seed, although one has made
     many predictions before (VW's own sampling state differs): VW's seed never decides."""
     policy, _ = trained
-    busy = VWSlatesPolicy.restore(VWSlatesConfig(learning_rate=0.05), policy.snapshot(),
-                                  version="v1")
-    fresh = VWSlatesPolicy.restore(VWSlatesConfig(learning_rate=0.05), policy.snapshot(),
-                                   version="v1")
+    busy = VWSlatesPolicy.restore(
+        VWSlatesConfig(learning_rate=0.05), policy.snapshot(), version="v1"
+    )
+    fresh = VWSlatesPolicy.restore(
+        VWSlatesConfig(learning_rate=0.05), policy.snapshot(), version="v1"
+    )
     warm = np.random.default_rng(99)
     for _ in range(300):
         busy.choose_slate({"segment": "b"}, ITEMS, 5, warm)
@@ -192,8 +194,9 @@ def test_restore_refuses_other_arguments_and_kinds(
     with pytest.raises(SnapshotError, match="trained with VW arguments"):
         VWSlatesPolicy.restore(VWSlatesConfig(learning_rate=0.1), data, version="1")
     with pytest.raises(SnapshotError, match="not a vw_slates snapshot"):
-        VWSlatesPolicy.restore(VWSlatesConfig(), msgspec.msgpack.encode({"kind": "vw_cb"}),
-                               version="1")
+        VWSlatesPolicy.restore(
+            VWSlatesConfig(), msgspec.msgpack.encode({"kind": "vw_cb"}), version="1"
+        )
     VWSlatesPolicy.restore(VWSlatesConfig(learning_rate=0.05, epsilon=0.2), data, version="1")
 
 
@@ -209,13 +212,14 @@ def test_one_slot_protocol_matches_the_first_slot(
     assert choice.propensity == pytest.approx(pmf[choice.index], rel=1e-12)
     assert choice.policy == "vw_slates"
     assert choice.model_version == "v1"
-    copy = VWSlatesPolicy.restore(VWSlatesConfig(learning_rate=0.05), policy.snapshot(),
-                                  version="v1")
-    copy.learn([Example(context={"segment": "a"}, candidates=ITEMS, chosen=3,
-                        propensity=0.02, reward=1.0)])
+    copy = VWSlatesPolicy.restore(
+        VWSlatesConfig(learning_rate=0.05), policy.snapshot(), version="v1"
+    )
+    copy.learn(
+        [Example(context={"segment": "a"}, candidates=ITEMS, chosen=3, propensity=0.02, reward=1.0)]
+    )
     assert copy.snapshot() != policy.snapshot()
-    many = policy.choose_many([{"segment": "a"}, {"segment": "b"}], ITEMS,
-                              np.random.default_rng(4))
+    many = policy.choose_many([{"segment": "a"}, {"segment": "b"}], ITEMS, np.random.default_rng(4))
     assert many[0] == choice
 
 

@@ -132,8 +132,11 @@ def test_min_share_must_fit_the_arms(n_arms: int, ok: bool) -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [ThompsonConfig(min_propensity=0.25), EpsilonGreedyConfig(min_propensity=0.25),
-     VWCBConfig(min_propensity=0.25)],
+    [
+        ThompsonConfig(min_propensity=0.25),
+        EpsilonGreedyConfig(min_propensity=0.25),
+        VWCBConfig(min_propensity=0.25),
+    ],
     ids=["thompson", "epsilon_greedy", "vw_cb"],
 )
 def test_min_propensity_must_fit_the_arms(
@@ -147,8 +150,13 @@ def test_min_propensity_must_fit_the_arms(
 
 @pytest.mark.parametrize(
     ("min_propensity", "n", "floor"),
-    [(None, 4, DEFAULT_MIN_PROPENSITY_SHARE / 4), (None, 10, DEFAULT_MIN_PROPENSITY_SHARE / 10),
-     (0.02, 4, 0.02), (0.0, 4, 0.0), (0.2, 8, 0.125)],
+    [
+        (None, 4, DEFAULT_MIN_PROPENSITY_SHARE / 4),
+        (None, 10, DEFAULT_MIN_PROPENSITY_SHARE / 10),
+        (0.02, 4, 0.02),
+        (0.0, 4, 0.0),
+        (0.2, 8, 0.125),
+    ],
 )
 def test_floor_defaults_to_a_share_of_uniform_and_never_exceeds_it(
     min_propensity: float | None, n: int, floor: float
@@ -161,17 +169,41 @@ def test_vw_args_are_normalised_and_complete() -> None:
     """Aliases and --opt=value forms normalise; the command line carries exploration, the
     interactions (by default UA and the cubic UUA) and the learning rate (by default 0.03)."""
     assert check_vw_args(("-l", "0.5", "--l2=1e-6", "-q", "UU", "--noconstant")) == [
-        "--learning_rate", "0.5", "--l2", "1e-6", "--quadratic", "UU", "--noconstant",
+        "--learning_rate",
+        "0.5",
+        "--l2",
+        "1e-6",
+        "--quadratic",
+        "UU",
+        "--noconstant",
     ]
     assert epsilon_vw(0.2).vw_args() == [
-        "--cb_explore_adf", "--quiet", "--epsilon", "0.2", "--interactions", "UA",
-        "--learning_rate", "0.01",
+        "--cb_explore_adf",
+        "--quiet",
+        "--epsilon",
+        "0.2",
+        "--interactions",
+        "UA",
+        "--learning_rate",
+        "0.01",
     ]
     squarecb = VWCBConfig(exploration="squarecb", gamma_scale=20.0, extra_args=("--lambda", "-1"))
     assert squarecb.vw_args() == [
-        "--cb_explore_adf", "--quiet", "--squarecb", "--gamma_scale", "20.0",
-        "--gamma_exponent", "0.5", "--interactions", "UA", "--interactions", "UUA",
-        "--learning_rate", "0.03", "--lambda", "-1",
+        "--cb_explore_adf",
+        "--quiet",
+        "--squarecb",
+        "--gamma_scale",
+        "20.0",
+        "--gamma_exponent",
+        "0.5",
+        "--interactions",
+        "UA",
+        "--interactions",
+        "UUA",
+        "--learning_rate",
+        "0.03",
+        "--lambda",
+        "-1",
     ]
     # An explicit learning rate in the extra arguments replaces the default one.
     assert VWCBConfig(extra_args=("-l", "0.5")).vw_args().count("--learning_rate") == 1

@@ -53,7 +53,6 @@ def hero() -> dict[str, Any]:
     return {**HERO_TEMPLATE, "key": f"hero-{tag}", "placement": f"home-{tag}", "layer": f"l-{tag}"}
 
 
-
 def services_of(client: Client) -> Services:
     """The app's open services (its event log shares the app's chdb lock)."""
     services: Services = client.app.state.services

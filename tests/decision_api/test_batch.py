@@ -76,7 +76,6 @@ def services_of(client: Client) -> Services:
     return services
 
 
-
 async def start(client: Client, spec: dict[str, Any]) -> None:
     """Create and start an experiment."""
     created = await client.post("/v1/experiments", json=spec)
@@ -248,9 +247,15 @@ async def test_time_zone_comes_from_field_then_context_then_profile_then_utc(
         {"unit_id": f"n-{tag}"},
     ]  # fmt: skip
     zones = ["America/New_York", "Asia/Kolkata", "Asia/Tokyo", "UTC"]
-    answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
-                                  "recipients": recipients,
-                                  "send_window": window("2037-06-01T00:00:00+00:00", 48)})
+    answer = await batch(
+        client,
+        {
+            "campaign": f"c-{tag}",
+            "placements": [placement],
+            "recipients": recipients,
+            "send_window": window("2037-06-01T00:00:00+00:00", 48),
+        },
+    )
     for zone, result in zip(zones, answer["recipients"], strict=True):
         decision = placed(result, placement)
         local = instant(decision["send_at"]).astimezone(ZoneInfo(zone))
@@ -397,9 +402,15 @@ async def test_bad_recipient_is_reported_in_its_own_answer(
     key, placement = f"st-err-{tag}", f"send-{tag}"
     await start(client, send_time_spec(key, placement))
     recipients = [{"unit_id": f"a-{tag}"}, bad, {"unit_id": f"b-{tag}"}]
-    answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
-                                  "recipients": recipients,
-                                  "send_window": window("2037-06-01T00:00:00+00:00", 24)})
+    answer = await batch(
+        client,
+        {
+            "campaign": f"c-{tag}",
+            "placements": [placement],
+            "recipients": recipients,
+            "send_window": window("2037-06-01T00:00:00+00:00", 24),
+        },
+    )
     assert answer["count"] == 3 and answer["errors"] == 1
     good_a, broken, good_b = answer["recipients"]
     assert broken["index"] == 1 and "decision_id" not in broken and "decisions" not in broken
@@ -455,8 +466,14 @@ async def test_documented_recipient_limit(client: Client, tag: str) -> None:
     limit = services_of(client).settings.decisions.max_batch_recipients
     assert limit == DecisionSettings().max_batch_recipients == 50_000
     placement = f"none-{tag}"
-    ok = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
-                              "recipients": [{"unit_id": f"u{i}"} for i in range(10_000)]})
+    ok = await batch(
+        client,
+        {
+            "campaign": f"c-{tag}",
+            "placements": [placement],
+            "recipients": [{"unit_id": f"u{i}"} for i in range(10_000)],
+        },
+    )
     assert ok["count"] == 10_000 and ok["errors"] == 0
     too_many = await client.post("/v1/decide/batch", json={
         "campaign": f"c-{tag}", "placements": [placement],
@@ -563,9 +580,15 @@ async def test_holdout_share_gets_the_default_time_and_is_logged_as_holdout(
     n, campaign = 4000, f"c-{tag}"
     recipients = [{"unit_id": f"hold-{i}", "timezone": ZONES[i % len(ZONES)]} for i in range(n)]
     start_text = "2037-06-01T00:00:00+00:00"
-    answer = await batch(client, {"campaign": campaign, "placements": [placement],
-                                  "recipients": recipients,
-                                  "send_window": window(start_text, 48)})
+    answer = await batch(
+        client,
+        {
+            "campaign": campaign,
+            "placements": [placement],
+            "recipients": recipients,
+            "send_window": window(start_text, 48),
+        },
+    )
     begin = instant(start_text)
     oracle = {z: first_local_hours(z, begin, begin + timedelta(hours=48), False) for z in ZONES}
     held: dict[str, str] = {}
@@ -606,10 +629,16 @@ async def test_every_recipient_is_logged_with_campaign_and_send_at(
         for i in range(300)
     ]  # fmt: skip
     recipients.append({"unit_id": "bad\x00id"})
-    answer = await batch(client, {"campaign": campaign, "context": {"list": "weekly"},
-                                  "placements": [content_placement, send_placement],
-                                  "recipients": recipients,
-                                  "send_window": window("2037-06-01T00:00:00+00:00", 30)})
+    answer = await batch(
+        client,
+        {
+            "campaign": campaign,
+            "context": {"list": "weekly"},
+            "placements": [content_placement, send_placement],
+            "recipients": recipients,
+            "send_window": window("2037-06-01T00:00:00+00:00", 30),
+        },
+    )
     assert answer["errors"] == 1
     rows = await campaign_exposures(client, campaign, 600)
     by_decision: dict[str, dict[str, dict[str, Any]]] = {}
@@ -824,9 +853,15 @@ async def test_profile_read_failure_degrades_the_chunk_not_the_batch(
         return await real(unit_ids, now)
 
     monkeypatch.setattr(services.features, "get_profiles", flaky)
-    answer = await batch(client, {"campaign": f"c-{tag}", "placements": [placement],
-                                  "send_window": window("2037-06-01T00:00:00+00:00", 24),
-                                  "recipients": [{"unit_id": f"d-{tag}-{i}"} for i in range(5)]})
+    answer = await batch(
+        client,
+        {
+            "campaign": f"c-{tag}",
+            "placements": [placement],
+            "send_window": window("2037-06-01T00:00:00+00:00", 24),
+            "recipients": [{"unit_id": f"d-{tag}-{i}"} for i in range(5)],
+        },
+    )
     assert answer["degraded"] is degraded and answer["errors"] == 0
     for result in answer["recipients"]:
         assert result.get("degraded", False) is degraded

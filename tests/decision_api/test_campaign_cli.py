@@ -66,7 +66,9 @@ def test_recipients_are_read_from_csv_and_jsonl(tmp_path: Path) -> None:
 
 
 def test_campaign_prints_a_line_per_recipient_with_a_bar_on_a_terminal(
-    live: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    live: ApiServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Every recipient gets its subject variant and a send time inside the window, in input

@@ -53,7 +53,6 @@ def services_of(client: Client) -> Services:
     return services
 
 
-
 async def exposures(client: Client, decision_id: str, count: int = 1) -> list[dict[str, Any]]:
     """The exposure rows of one decision, once ``count`` of them have been flushed."""
 

@@ -133,8 +133,7 @@ async def test_learning_policy_chooses_among_eligible_candidates(
         assert out["variant"] == "a" and out["reason"] in {"policy", "model_unavailable"}, out
         assert out["propensity"] == 1.0
     both = [
-        await decide(client, f"v-{tag}-{i}", placement, context={"stock_b": 0})
-        for i in range(40)
+        await decide(client, f"v-{tag}-{i}", placement, context={"stock_b": 0}) for i in range(40)
     ]
     assert {o["variant"] for o in both} == {"a", "c"}
     assert all(o["reason"] == "policy" for o in both)

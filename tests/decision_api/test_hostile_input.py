@@ -80,12 +80,25 @@ async def test_deeply_nested_json_is_a_400(
 
 HEX = "0123456789abcdef" * 2
 NL_ID = HEX + "\n"
-SPEC = {"key": "k13", "placement": "p13", "default_variant": "a",
-        "variants": [{"key": "a"}, {"key": "b"}]}
+SPEC = {
+    "key": "k13",
+    "placement": "p13",
+    "default_variant": "a",
+    "variants": [{"key": "a"}, {"key": "b"}],
+}
 OUT = {"type": "click", "unit_id": "u-1"}
-EXPOSURE = {"event_id": HEX, "decision_id": "d1", "unit_id": "u-1", "experiment": "k13",
-            "experiment_version": 1, "placement": "p13", "variant": "a", "reason": "split",
-            "propensity": 0.5, "ts": "2026-01-01T00:00:00Z"}
+EXPOSURE = {
+    "event_id": HEX,
+    "decision_id": "d1",
+    "unit_id": "u-1",
+    "experiment": "k13",
+    "experiment_version": 1,
+    "placement": "p13",
+    "variant": "a",
+    "reason": "split",
+    "propensity": 0.5,
+    "ts": "2026-01-01T00:00:00Z",
+}
 
 
 def ago(days: float) -> str:

@@ -171,9 +171,7 @@ def _local_log(settings: Settings, name: str) -> Settings:
 async def dead_cluster_client(settings: Settings) -> AsyncIterator[AsyncTestClient[object]]:
     """An app told to use a Redis Cluster at an address where nothing listens (with a key of
     ``TAILOR_AUTH_API_KEYS``, which works without Redis)."""
-    dead = RedisSettings(
-        url=f"redis://127.0.0.1:{free_port()}/0", cluster=True, key_prefix="dead"
-    )
+    dead = RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", cluster=True, key_prefix="dead")
     auth = AuthSettings(api_keys=f"{SECRET}:admin+decide+ingest")
     own = msgspec.structs.replace(settings, redis=dead, auth=auth)
     headers = {"Authorization": f"Bearer {SECRET}"}

@@ -53,6 +53,8 @@ class Logs:
         self.actions: npt.NDArray[np.intp] = np.empty(n, dtype=np.intp)
         self.propensities = np.empty(n)
         self.rewards = np.empty(n)
+
+
 SQUARECB_VW = VWCBConfig(
     members="vw", interactions=("UA",), learning_rate=0.01, gamma_scale=GAMMA_SCALE
 )
@@ -73,10 +75,19 @@ def simulate(seed: int, config: VWCBConfig) -> Logs:
         for i, context, choice in zip(rows, contexts, choices, strict=True):
             reward = float(rng.random() < CTR[segment[i], choice.index])
             logs.actions[i], logs.propensities[i], logs.rewards[i] = (
-                choice.index, choice.propensity, reward
+                choice.index,
+                choice.propensity,
+                reward,
             )
-            examples.append(Example(context=context, candidates=CANDIDATES, chosen=choice.index,
-                                    propensity=choice.propensity, reward=reward))
+            examples.append(
+                Example(
+                    context=context,
+                    candidates=CANDIDATES,
+                    chosen=choice.index,
+                    propensity=choice.propensity,
+                    reward=reward,
+                )
+            )
         policy.learn(examples)
     return logs
 
@@ -99,8 +110,10 @@ def coverage(config: VWCBConfig) -> tuple[dict[str, tuple[float, float]], float]
             target = np.broadcast_to(pi, (DECISIONS, N_VARIANTS))
             est = evaluate_policy(logs.rewards, logs.propensities, logs.actions, target)
             truth = TRUTH[name]
-            hits[name] += [est.ips.lower <= truth <= est.ips.upper,
-                           est.snips.lower <= truth <= est.snips.upper]
+            hits[name] += [
+                est.ips.lower <= truth <= est.ips.upper,
+                est.snips.lower <= truth <= est.snips.upper,
+            ]
     return {name: (h[0] / SEEDS, h[1] / SEEDS) for name, h in hits.items()}, smallest
 
 

@@ -38,9 +38,7 @@ ATTRACT = {"a": np.array([0.5, 0.35, 0.2, 0.1, 0.05]), "b": np.array([0.05, 0.1,
 T0 = 1_700_000_000_000
 
 
-def _simulate(
-    n: int, seed: int
-) -> tuple[list[list[Any]], list[list[Any]], VWSlatesPolicy]:
+def _simulate(n: int, seed: int) -> tuple[list[list[Any]], list[list[Any]], VWSlatesPolicy]:
     """Decide and learn ``n`` slates; every 10th decision is a holdout (the default order).
 
     Returns exposure rows and outcome rows as the report's queries return them, and the
@@ -159,9 +157,7 @@ def test_the_verdict_compares_whole_slates_with_the_holdout(
     assert report.holdout_clicks_per_slate == pytest.approx(default_truth, abs=0.05)
     gain = report.gain_over_holdout
     assert gain is not None and gain.lower > 0
-    assert gain.estimate == pytest.approx(
-        report.clicks_per_slate - report.holdout_clicks_per_slate
-    )
+    assert gain.estimate == pytest.approx(report.clicks_per_slate - report.holdout_clicks_per_slate)
     verdict = slate_verdict(report, 0.95)
     assert verdict.status == "winner"
     assert verdict.headline.startswith("The ranked slates earn more clicks than the holdout")

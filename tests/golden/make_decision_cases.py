@@ -60,53 +60,189 @@ in_gho = lambda u: in_global_holdout(u, 0.2)  # noqa: E731
 plain = lambda u: not in_holdout("held", u, 0.3) and not in_global_holdout(u, 0.2)  # noqa: E731
 
 # (name, definitions, unit, profile, context, consent, {placement: reason})
-SCENARIOS: list[tuple[str, dict[str, Any], str, dict[str, Any], dict[str, Any], bool,
-                      dict[str, str]]] = [
+SCENARIOS: list[
+    tuple[str, dict[str, Any], str, dict[str, Any], dict[str, Any], bool, dict[str, str]]
+] = [
     ("a split", {"experiments": [exp("e1")]}, "u1", {}, {}, True, {"hero": "split"}),
     *[
-        (f"a split, unit {u}", {"experiments": [exp("e1"), exp("o1", "offer")]}, u, {}, {},
-         True, {"hero": "split", "offer": "split"})
+        (
+            f"a split, unit {u}",
+            {"experiments": [exp("e1"), exp("o1", "offer")]},
+            u,
+            {},
+            {},
+            True,
+            {"hero": "split", "offer": "split"},
+        )
         for u in ("alice", "bob", "carol", "dave", "erin", "42", "u-ü")
     ],
-    ("no experiment", {"experiments": [exp("e1")]}, "u1", {}, {}, True,
-     {"carousel": "no_experiment"}),
-    ("kill switch before everything", {"kill_switch": True, "experiments": [
-        exp("p1", status="paused"), exp("e1")]}, "u1", {}, {}, False, {"hero": "kill_switch"}),
-    ("paused is a fallback", {"experiments": [exp("p1", status="paused")]}, "u1", {}, {}, True,
-     {"hero": "experiment_paused"}),
-    ("a lower-priority experiment after a paused one", {"experiments": [
-        exp("p1", status="paused", priority=5), exp("e2", priority=1)]}, "u1", {}, {}, True,
-     {"hero": "split"}),
-    ("not targeted", {"experiments": [exp("t1", targeting=TARGET_MOBILE)]}, "u1", {},
-     {"device": "desktop"}, True, {"hero": "not_targeted"}),
-    ("targeted by the request context", {"experiments": [exp("t1", targeting=TARGET_MOBILE)]},
-     "u1", {}, {"device": "mobile"}, True, {"hero": "split"}),
-    ("targeted by profile and context together", {"experiments": [
-        exp("t2", targeting=TARGET_GOLD)]}, "u1", {"tier": "gold"}, {"device": "mobile"}, True,
-     {"hero": "split"}),
-    ("the context wins over the profile", {"experiments": [exp("t1", targeting=TARGET_MOBILE)]},
-     "u1", {"device": "mobile"}, {"device": "tv"}, True, {"hero": "not_targeted"}),
-    ("first fallback wins", {"experiments": [
-        exp("p1", status="paused", priority=9), exp("t1", targeting=TARGET_MOBILE, priority=1)]},
-     "u1", {}, {}, True, {"hero": "experiment_paused"}),
-    ("outside the layer", {"experiments": [exp("l1", layer="L", layer_slice=HALF)]},
-     first_unit(lambda u: not in_half(u)), {}, {}, True, {"hero": "outside_layer"}),
-    ("inside the layer", {"experiments": [exp("l1", layer="L", layer_slice=HALF)]},
-     first_unit(in_half), {}, {}, True, {"hero": "split"}),
-    ("global holdout", {"global_holdout": 0.2, "experiments": [exp("e1")]},
-     first_unit(in_gho), {}, {}, True, {"hero": "global_holdout"}),
-    ("global holdout before no consent", {"global_holdout": 0.2, "experiments": [exp("e1")]},
-     first_unit(in_gho), {}, {}, False, {"hero": "global_holdout"}),
-    ("experiment holdout", {"experiments": [exp("held", holdout=0.3)]},
-     first_unit(in_ho), {}, {}, True, {"hero": "holdout"}),
-    ("not in the holdout", {"global_holdout": 0.2, "experiments": [exp("held", holdout=0.3)]},
-     first_unit(plain), {}, {}, True, {"hero": "split"}),
-    ("holdout before no consent", {"experiments": [exp("held", holdout=0.3)]},
-     first_unit(in_ho), {}, {}, False, {"hero": "holdout"}),
-    ("no consent", {"experiments": [exp("e1"), exp("o1", "offer")]}, "u1", {}, {}, False,
-     {"hero": "no_consent", "offer": "no_consent"}),
-    ("targeting before consent", {"experiments": [exp("t1", targeting=TARGET_MOBILE)]}, "u1",
-     {}, {}, False, {"hero": "not_targeted"}),
+    (
+        "no experiment",
+        {"experiments": [exp("e1")]},
+        "u1",
+        {},
+        {},
+        True,
+        {"carousel": "no_experiment"},
+    ),
+    (
+        "kill switch before everything",
+        {"kill_switch": True, "experiments": [exp("p1", status="paused"), exp("e1")]},
+        "u1",
+        {},
+        {},
+        False,
+        {"hero": "kill_switch"},
+    ),
+    (
+        "paused is a fallback",
+        {"experiments": [exp("p1", status="paused")]},
+        "u1",
+        {},
+        {},
+        True,
+        {"hero": "experiment_paused"},
+    ),
+    (
+        "a lower-priority experiment after a paused one",
+        {"experiments": [exp("p1", status="paused", priority=5), exp("e2", priority=1)]},
+        "u1",
+        {},
+        {},
+        True,
+        {"hero": "split"},
+    ),
+    (
+        "not targeted",
+        {"experiments": [exp("t1", targeting=TARGET_MOBILE)]},
+        "u1",
+        {},
+        {"device": "desktop"},
+        True,
+        {"hero": "not_targeted"},
+    ),
+    (
+        "targeted by the request context",
+        {"experiments": [exp("t1", targeting=TARGET_MOBILE)]},
+        "u1",
+        {},
+        {"device": "mobile"},
+        True,
+        {"hero": "split"},
+    ),
+    (
+        "targeted by profile and context together",
+        {"experiments": [exp("t2", targeting=TARGET_GOLD)]},
+        "u1",
+        {"tier": "gold"},
+        {"device": "mobile"},
+        True,
+        {"hero": "split"},
+    ),
+    (
+        "the context wins over the profile",
+        {"experiments": [exp("t1", targeting=TARGET_MOBILE)]},
+        "u1",
+        {"device": "mobile"},
+        {"device": "tv"},
+        True,
+        {"hero": "not_targeted"},
+    ),
+    (
+        "first fallback wins",
+        {
+            "experiments": [
+                exp("p1", status="paused", priority=9),
+                exp("t1", targeting=TARGET_MOBILE, priority=1),
+            ]
+        },
+        "u1",
+        {},
+        {},
+        True,
+        {"hero": "experiment_paused"},
+    ),
+    (
+        "outside the layer",
+        {"experiments": [exp("l1", layer="L", layer_slice=HALF)]},
+        first_unit(lambda u: not in_half(u)),
+        {},
+        {},
+        True,
+        {"hero": "outside_layer"},
+    ),
+    (
+        "inside the layer",
+        {"experiments": [exp("l1", layer="L", layer_slice=HALF)]},
+        first_unit(in_half),
+        {},
+        {},
+        True,
+        {"hero": "split"},
+    ),
+    (
+        "global holdout",
+        {"global_holdout": 0.2, "experiments": [exp("e1")]},
+        first_unit(in_gho),
+        {},
+        {},
+        True,
+        {"hero": "global_holdout"},
+    ),
+    (
+        "global holdout before no consent",
+        {"global_holdout": 0.2, "experiments": [exp("e1")]},
+        first_unit(in_gho),
+        {},
+        {},
+        False,
+        {"hero": "global_holdout"},
+    ),
+    (
+        "experiment holdout",
+        {"experiments": [exp("held", holdout=0.3)]},
+        first_unit(in_ho),
+        {},
+        {},
+        True,
+        {"hero": "holdout"},
+    ),
+    (
+        "not in the holdout",
+        {"global_holdout": 0.2, "experiments": [exp("held", holdout=0.3)]},
+        first_unit(plain),
+        {},
+        {},
+        True,
+        {"hero": "split"},
+    ),
+    (
+        "holdout before no consent",
+        {"experiments": [exp("held", holdout=0.3)]},
+        first_unit(in_ho),
+        {},
+        {},
+        False,
+        {"hero": "holdout"},
+    ),
+    (
+        "no consent",
+        {"experiments": [exp("e1"), exp("o1", "offer")]},
+        "u1",
+        {},
+        {},
+        False,
+        {"hero": "no_consent", "offer": "no_consent"},
+    ),
+    (
+        "targeting before consent",
+        {"experiments": [exp("t1", targeting=TARGET_MOBILE)]},
+        "u1",
+        {},
+        {},
+        False,
+        {"hero": "not_targeted"},
+    ),
 ]
 
 
@@ -144,28 +280,37 @@ def main() -> None:
                 "variant": answer.variant,
                 "reason": answer.reason,
             }
-        cases.append({
-            "name": name,
-            "definitions": {
-                "global_holdout": spec.get("global_holdout", 0.0),
-                "kill_switch": spec.get("kill_switch", False),
-                "experiments": [
-                    msgspec.to_builtins(e)
-                    for e in spec["experiments"]
-                ],
+        cases.append(
+            {
+                "name": name,
+                "definitions": {
+                    "global_holdout": spec.get("global_holdout", 0.0),
+                    "kill_switch": spec.get("kill_switch", False),
+                    "experiments": [msgspec.to_builtins(e) for e in spec["experiments"]],
+                },
+                "unit_id": unit,
+                "profile": profile,
+                "context": context,
+                "consent": consent,
+                "expected": expected,
+            }
+        )
+    OUT.write_text(
+        json.dumps(
+            {
+                "hash_version": HASH_VERSION,
+                "description": (
+                    "Whole placement decisions: definitions, unit, profile, context, "
+                    "consent -> experiment, variant, reason per placement. Written by "
+                    "make_decision_cases.py."
+                ),
+                "cases": cases,
             },
-            "unit_id": unit,
-            "profile": profile,
-            "context": context,
-            "consent": consent,
-            "expected": expected,
-        })
-    OUT.write_text(json.dumps({
-        "hash_version": HASH_VERSION,
-        "description": "Whole placement decisions: definitions, unit, profile, context, consent "
-        "-> experiment, variant, reason per placement. Written by make_decision_cases.py.",
-        "cases": cases,
-    }, indent=1, ensure_ascii=False) + "\n")
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     print(f"wrote {len(cases)} cases to {OUT}")
 
 

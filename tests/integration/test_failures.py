@@ -401,5 +401,6 @@ async def test_event_log_down_leaks_nothing(redis_url: str, tmp_path: Path) -> N
     assert not [line for line in lines if address in line or unit in line], "leaked in logs"
     logged = [json.loads(line) for line in lines if '"backend_unavailable"' in line]
     assert {entry["route"] for entry in logged} >= {
-        "GET /v1/units/{unit_id}/export", "DELETE /v1/units/{unit_id}"
+        "GET /v1/units/{unit_id}/export",
+        "DELETE /v1/units/{unit_id}",
     }, logged

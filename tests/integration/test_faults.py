@@ -136,9 +136,7 @@ def stored(data: Path) -> tuple[list[str], list[str]]:
     return rows["exposures"], [uuid.UUID(e).hex for e in rows["outcomes"]]
 
 
-@pytest.mark.parametrize(
-    ("workers", "ending"), [(1, "sigterm"), (2, "sigterm"), (1, "kill -9")]
-)
+@pytest.mark.parametrize(("workers", "ending"), [(1, "sigterm"), (2, "sigterm"), (1, "kill -9")])
 async def test_no_event_lost_or_doubled_through_kills_and_sigterm(
     tmp_path: Path, workers: int, ending: str
 ) -> None:
@@ -252,9 +250,7 @@ async def test_no_event_lost_when_clickhouse_and_the_spool_fail_under_poison(
     and every poison batch was refused with a 4xx and stored nothing."""
     spool = tmp_path / "spool"
     with front_at(tmp_path / "chdb") as front:
-        server = start_server(
-            tmp_path, redis_url, front.url, TAILOR_EVENT_LOG_SPOOL_DIR=str(spool)
-        )
+        server = start_server(tmp_path, redis_url, front.url, TAILOR_EVENT_LOG_SPOOL_DIR=str(spool))
         poison_statuses: dict[int, int] = {}
         stop_poison = asyncio.Event()
         try:
@@ -288,4 +284,3 @@ async def test_no_event_lost_when_clickhouse_and_the_spool_fail_under_poison(
     assert dropped == 0
     assert poison_statuses and all(400 <= s < 500 for s in poison_statuses), poison_statuses
     assert not any(u.startswith("poison-") for u in poisoned)
-

@@ -68,8 +68,15 @@ async def _publish(snapshots: SnapshotStore, version: int, data: bytes) -> None:
     async with snapshots._redis.pipeline(transaction=True) as pipe:
         snapshots.stage_publish(
             pipe,
-            Snapshot(experiment="hero", version=version, gen=0, kind="thompson", data=data,
-                     examples=100, updated_ms=0),
+            Snapshot(
+                experiment="hero",
+                version=version,
+                gen=0,
+                kind="thompson",
+                data=data,
+                examples=100,
+                updated_ms=0,
+            ),
         )
         await pipe.execute()
 
@@ -87,11 +94,19 @@ async def test_corrupt_snapshot_keeps_the_previous_model_serving(
     assert (await client.post("/v1/experiments/hero/start")).status_code == 200
     spec = spec_of(await ExperimentStore(redis, namespace).get("hero"))
     policy = build_policy(spec.config, spec.arms)
-    policy.learn([
-        Example(context={}, candidates=spec.candidates, chosen=arm, propensity=1 / 3,
-                reward=float(arm == 2))
-        for arm in (0, 1, 2) for _ in range(40)
-    ])
+    policy.learn(
+        [
+            Example(
+                context={},
+                candidates=spec.candidates,
+                chosen=arm,
+                propensity=1 / 3,
+                reward=float(arm == 2),
+            )
+            for arm in (0, 1, 2)
+            for _ in range(40)
+        ]
+    )
     await _publish(snapshots, 1, policy.snapshot())
 
     async def metrics() -> str:
@@ -168,8 +183,10 @@ async def test_two_worker_processes_swap_models_and_pause_within_a_second(
             async def live_everywhere() -> bool:
                 # consent=false probes are not learned; they show the worker knows the experiment.
                 for url in (a, b):
-                    got = await http.post(url + "/v1/decide", json={
-                        "unit_id": "probe", "placements": ["home"], "consent": False})
+                    got = await http.post(
+                        url + "/v1/decide",
+                        json={"unit_id": "probe", "placements": ["home"], "consent": False},
+                    )
                     if got.json()["decisions"][0]["reason"] != "no_consent":
                         return False
                 return True
@@ -229,8 +246,12 @@ async def test_two_worker_processes_swap_models_and_pause_within_a_second(
                 await asyncio.sleep(0.02)
             assert len(delays) == 2 and max(delays.values()) < 3.0, delays
             served = {url: (await _decide(http, url, "check"))["model_version"] for url in (a, b)}
-            assert served[a] == served[b] == str(
-                (await snapshots.get("hero")).version  # type: ignore[union-attr]
+            assert (
+                served[a]
+                == served[b]
+                == str(
+                    (await snapshots.get("hero")).version  # type: ignore[union-attr]
+                )
             )
 
             # Pause through worker A; hammer both workers until each serves the default.
@@ -257,6 +278,7 @@ async def test_two_worker_processes_swap_models_and_pause_within_a_second(
             proc.stop()
         await snapshots._redis.aclose()
     assert "learner_started" in learner.output()
-    print(f"model swap delays (s): {sorted(delays.values())}; "
-          f"pause delays (s): {sorted(first_default.values())}")
-
+    print(
+        f"model swap delays (s): {sorted(delays.values())}; "
+        f"pause delays (s): {sorted(first_default.values())}"
+    )

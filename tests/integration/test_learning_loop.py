@@ -250,9 +250,7 @@ async def test_outcome_dated_before_its_decision_is_rejected_and_counted(
     await eventually(finalised, what="the decision's window finalised")
     [(stream_id, fields)] = await redis.xrange(join.stream_key)
     example = decode_entry(stream_id, fields)
-    assert (example.record.decision_id, example.reward, example.joined) == (
-        decision_id, 0.0, False
-    )
+    assert (example.record.decision_id, example.reward, example.joined) == (decision_id, 0.0, False)
 
 
 async def _examples_are(client: AsyncTestClient[Litestar], key: str, n: int) -> bool:
@@ -354,8 +352,9 @@ async def test_logged_propensities_equal_the_policy_pmf_and_match_frequencies(
     pmfs: dict[tuple[str, str], np.ndarray] = {}
     versions: dict[str, str] = {}
     for name, policy_config in PROPENSITY_POLICIES.items():
-        await start(client, definition(name, policy_config, placement=f"p_{name}",
-                                       variants=variants))
+        await start(
+            client, definition(name, policy_config, placement=f"p_{name}", variants=variants)
+        )
         spec = spec_of(await store.get(name))
         policy = build_policy(spec.config, spec.arms)
         examples = []
@@ -365,8 +364,15 @@ async def test_logged_propensities_equal_the_policy_pmf_and_match_frequencies(
             chosen = int(rng.integers(4))
             best = 1 if segment == "s1" else 3
             reward = float(rng.random() < (0.5 if chosen == best else 0.1))
-            examples.append(Example(context={"segment": segment}, candidates=spec.candidates,
-                                    chosen=chosen, propensity=0.25, reward=reward))
+            examples.append(
+                Example(
+                    context={"segment": segment},
+                    candidates=spec.candidates,
+                    chosen=chosen,
+                    propensity=0.25,
+                    reward=reward,
+                )
+            )
         policy.learn(examples)
         snap = await snapshots.replace(
             name, 1, kind=policy.name, data=policy.snapshot(), examples=1000
@@ -426,8 +432,11 @@ async def test_logged_propensities_equal_the_policy_pmf_and_match_frequencies(
     [
         ({"kind": "thompson", "prior_alpha": 0}, "$.policy.prior_alpha", "> 0"),
         ({"kind": "thompson", "min_share": 0.3}, "$.policy.min_share", "min_share == 0.3"),
-        ({"kind": "vw_cb", "min_propensity": 0.3}, "$.policy.min_propensity",
-         "min_propensity == 0.3 with 4 arms"),
+        (
+            {"kind": "vw_cb", "min_propensity": 0.3},
+            "$.policy.min_propensity",
+            "min_propensity == 0.3 with 4 arms",
+        ),
         ({"kind": "epsilon_greedy", "min_propensity": 1.5}, "$.policy.min_propensity", "<= 1.0"),
         ({"kind": "thompson", "min_propensity": 0.26}, "$.policy.min_propensity", "<= 0.25"),
         ({"kind": "thompson", "mc_samples": 10}, "$.policy.mc_samples", ">= 1000"),

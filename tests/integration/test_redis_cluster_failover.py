@@ -100,9 +100,7 @@ class Load:
                 unit = f"w{worker}-u{i % 50}"
                 try:
                     sent = time.monotonic()
-                    answer = http.post(
-                        "/v1/decide", json={"unit_id": unit, "placements": ["home"]}
-                    )
+                    answer = http.post("/v1/decide", json={"unit_id": unit, "placements": ["home"]})
                     with self.lock:
                         self.statuses[answer.status_code] += 1
                     if answer.status_code != 200:

@@ -69,9 +69,12 @@ def test_serve_on_a_cluster_loads_keys_decides_learns_and_reports(
             assert http.post("/v1/experiments/hero/start").status_code == 200
             assert httpx.get(server.url + "/v1/experiments").status_code == 401  # not open
             deadline = time.monotonic() + 20
-            while http.post("/v1/decide", json={"unit_id": "warm", "placements": ["home"]}).json()[
-                "decisions"
-            ][0].get("reason") == "no_experiment":
+            while (
+                http.post("/v1/decide", json={"unit_id": "warm", "placements": ["home"]})
+                .json()["decisions"][0]
+                .get("reason")
+                == "no_experiment"
+            ):
                 assert time.monotonic() < deadline, "the workers never saw the experiment"
                 time.sleep(0.1)
             for i in range(UNITS):

@@ -66,7 +66,6 @@ def open_probability(local_hour: int, peak: int) -> float:
     return 0.03 + 0.5 * float(np.exp(-(distance**2) / (2 * 1.2**2)))
 
 
-
 class Round(msgspec.Struct):
     """What one campaign round produced."""
 

@@ -420,7 +420,7 @@ def test_serve_learns_in_its_own_process_and_restarts_it(
             time.sleep(0.05)
         assert version >= 1, "no model version reached the worker"
         assert "tailor_examples_learned_total{" not in metrics  # the worker learned nothing
-        assert 'tailor_event_loop_lag_seconds_count' in metrics
+        assert "tailor_event_loop_lag_seconds_count" in metrics
 
     os.kill(learner, signal.SIGKILL)
     deadline = time.monotonic() + 15

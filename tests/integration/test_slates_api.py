@@ -120,7 +120,8 @@ async def test_a_slate_is_answered_and_logged_one_exposure_per_slot(client: Clie
     assert all(0 < s["propensity"] <= 1 for s in slate)
     assert (placement["reason"], placement["policy"]) == ("policy", "vw_slates")
     assert (placement["variant"], placement["propensity"]) == (
-        slate[0]["item"], slate[0]["propensity"]
+        slate[0]["item"],
+        slate[0]["propensity"],
     )
     logged = await rows(
         client,
@@ -141,7 +142,9 @@ async def test_request_candidates_are_ranked_and_exclusions_respected(client: Cl
                   for i in range(4)]  # fmt: skip
     for unit in ("a", "b", "c", "d"):
         answer = await decide(
-            client, unit, {"candidates": candidates},
+            client,
+            unit,
+            {"candidates": candidates},
             exclude={"home_carousel": ["sku-2"]},
         )
         slate = answer["decisions"][0]["slate"]
@@ -167,7 +170,9 @@ async def test_default_answers_show_the_fixed_order_and_other_policies_answer_on
     placement = answer["decisions"][0]
     assert placement["reason"] == "not_targeted"
     assert [(s["item"], s["propensity"]) for s in placement["slate"]] == [
-        ("shoes", 1.0), ("hat", 1.0), ("scarf", 1.0)
+        ("shoes", 1.0),
+        ("hat", 1.0),
+        ("scarf", 1.0),
     ]
     given = [{"id": "x"}, {"id": "y"}]
     answer = await decide(client, "u", {"candidates": given}, context={"country": "de"})
@@ -234,8 +239,7 @@ async def test_outcomes_name_their_slot_and_each_slot_is_learned_with_its_reward
         f"SELECT slot, item FROM outcomes WHERE decision_id = '{did}' ORDER BY slot, item",
         5,
     )
-    assert logged == sorted([(-1, ""), (-1, "not-shown"), (-1, slate[1]["item"]), (2, ""),
-                             (7, "")])
+    assert logged == sorted([(-1, ""), (-1, "not-shown"), (-1, slate[1]["item"]), (2, ""), (7, "")])
     join = RewardJoin(redis, namespace)
 
     async def finalised() -> bool:

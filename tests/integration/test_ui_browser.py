@@ -203,9 +203,12 @@ def test_create_start_and_read_the_verdict(api: ApiServer, page: tuple[Page, Wat
     expect(form.locator("[data-path='$.variants[1].payload']")).to_have_class("invalid")
     expect(form.locator("[data-error-for='$']")).to_be_empty()
     shot(tab, "field_error")
-    assert httpx.get(
-        f"{api.url}/v1/experiments/{key}", headers={"Authorization": f"Bearer {ADMIN}"}
-    ).status_code == 404, "the invalid definition must not be stored"
+    assert (
+        httpx.get(
+            f"{api.url}/v1/experiments/{key}", headers={"Authorization": f"Bearer {ADMIN}"}
+        ).status_code
+        == 404
+    ), "the invalid definition must not be stored"
 
     form.locator("[data-path='$.variants[1].payload']").fill('{"headline": "Free shipping"}')
     form.locator("#save").click()

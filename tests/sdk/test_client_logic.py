@@ -387,8 +387,10 @@ def test_decide_with_bad_arguments_falls_back_without_a_request(
     [
         ({}, "decision_id"),
         ({"unit_id": "u1", "value": float("nan")}, "value"),
-        ({"unit_id": "u1", "properties": {"k": "x" * 2000}},
-         "invalid value in properties: must be at most 1024 characters"),
+        (
+            {"unit_id": "u1", "properties": {"k": "x" * 2000}},
+            "invalid value in properties: must be at most 1024 characters",
+        ),
     ],
 )
 def test_track_outcome_refuses_bad_values_at_the_call(kwargs: dict[str, Any], match: str) -> None:

@@ -33,8 +33,16 @@ def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
     python = tmp / "venv" / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         str(tmp / "tailor_contract"), str(tmp / "sdk")],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(tmp / "tailor_contract"),
+            str(tmp / "sdk"),
+        ],
         check=True,
         timeout=300,
     )
@@ -45,8 +53,11 @@ def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """``tailor serve`` on its embedded defaults (private Redis, chdb) in a temp directory."""
     tmp = tmp_path_factory.mktemp("sdk_dist_api")
-    env = {"TAILOR_DATA_DIR": str(tmp / "data"), "TAILOR_LOG_LEVEL": "warning",
-           "TAILOR_DECISIONS_CONFIG_POLL_INTERVAL_S": "0.05"}
+    env = {
+        "TAILOR_DATA_DIR": str(tmp / "data"),
+        "TAILOR_LOG_LEVEL": "warning",
+        "TAILOR_DECISIONS_CONFIG_POLL_INTERVAL_S": "0.05",
+    }
     server = ApiServer(env, tmp / "server.log").start()
     yield server
     server.stop()
@@ -56,15 +67,22 @@ def test_the_sdk_environment_has_no_server_dependencies(sdk_python: Path) -> Non
     """pip lists the SDK, the contract, httpx and msgspec, and none of the server's packages."""
     listed = subprocess.run(
         [str(sdk_python), "-m", "pip", "list", "--format=freeze"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.lower()
     names = {line.split("==")[0] for line in listed.splitlines()}
     assert {"tailor-decision-sdk", "tailor-decision-contract", "httpx", "msgspec"} <= names
     assert names.isdisjoint(SERVER_ONLY)
     typed = subprocess.run(
-        [str(sdk_python), "-c", "import sdk, pathlib; "
-         "print((pathlib.Path(sdk.__file__).parent / 'py.typed').exists())"],
-        check=True, capture_output=True, text=True,
+        [
+            str(sdk_python),
+            "-c",
+            "import sdk, pathlib; print((pathlib.Path(sdk.__file__).parent / 'py.typed').exists())",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert typed == "True"
 
@@ -100,7 +118,10 @@ def test_decisions_outcomes_and_a_batch_from_the_installed_sdk(
         print("ok")
     """)
     run = subprocess.run(  # noqa: PLW1510  (the return code is asserted with the output)
-        [str(sdk_python), "-c", script], capture_output=True, text=True, timeout=120,
+        [str(sdk_python), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=sdk_python.parents[2],
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -601,9 +601,7 @@ async def test_slates_reach_the_api_and_outcomes_name_their_slot(api: Client, ta
         assert [s.slot for s in slate] == [0, 1, 2]
         assert ranked[placement].variant == slate[0].item
         own = [{"id": f"sku-{i}", "features": {"brand": "x" if i % 2 else "y"}} for i in range(5)]
-        mine = await client.decide(
-            f"u-{tag}", [placement], slates={placement: {"candidates": own}}
-        )
+        mine = await client.decide(f"u-{tag}", [placement], slates={placement: {"candidates": own}})
         mine_slate = mine[placement].slate
         assert mine_slate is not None and len(mine_slate) == 2
         assert {s.item for s in mine_slate} <= {c["id"] for c in own}

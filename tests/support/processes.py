@@ -99,9 +99,7 @@ class TailorServer(TailorProcess):
         raise RuntimeError(f"server not ready after {timeout_s} s:\n{self.output()[-4000:]}")
 
 
-def server_env(
-    redis_url: str, prefix: str, data_dir: Path, **extra: str
-) -> dict[str, str]:
+def server_env(redis_url: str, prefix: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a server sharing Redis (and key prefix) but owning its chdb and spool."""
     data_dir.mkdir(parents=True, exist_ok=True)
     return {

@@ -70,15 +70,24 @@ class ClusterNode:
         self.proc = subprocess.Popen(
             [
                 binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory),
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-                "--save", "",
-                "--appendonly", "no",
-                "--logfile", str(self.directory / "redis.log"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(NODE_TIMEOUT_MS),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -94,9 +103,7 @@ class ClusterNode:
             if section == "cluster-info":
                 raw = c.execute_command("CLUSTER", "INFO")
                 text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                return dict(
-                    line.split(":", 1) for line in text.splitlines() if ":" in line
-                )
+                return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
             return {k: str(v) for k, v in c.info(section).items()}
 
     def kill(self) -> None:

@@ -80,9 +80,7 @@ def bernoulli_examples(
     ]
 
 
-async def feed(
-    redis: Redis, prefix: str, examples: Sequence[tuple[DecisionRecord, float]]
-) -> None:
+async def feed(redis: Redis, prefix: str, examples: Sequence[tuple[DecisionRecord, float]]) -> None:
     """Append finalised examples to ``{{prefix}}:train`` in one pipelined round trip."""
     stream = f"{{{prefix}}}:train"
     async with redis.pipeline(transaction=False) as pipe:
@@ -104,5 +102,10 @@ def arm_totals(examples: Sequence[tuple[DecisionRecord, float]]) -> dict[str, tu
 def epsilon_vw(epsilon: float) -> VWCBConfig:
     """A plain-VW vw_cb config (no ensemble) exploring epsilon-greedily with ``-q UA -l 0.01``
     (the defaults are an ensemble, SquareCB, cubic interactions and ``-l 0.03``)."""
-    return VWCBConfig(exploration="epsilon", epsilon=epsilon, members="vw",
-                      interactions=("UA",), learning_rate=0.01)
+    return VWCBConfig(
+        exploration="epsilon",
+        epsilon=epsilon,
+        members="vw",
+        interactions=("UA",),
+        learning_rate=0.01,
+    )
