@@ -411,19 +411,7 @@ class VWCBConfig(_Learning, frozen=True, tag="vw_cb"):
 
     def vw_args(self) -> list[str]:
         """Return the full VW command line this config stands for (validated options only)."""
-        args = ["--cb_explore_adf", "--quiet"]
-        if self.exploration == "epsilon":
-            args += ["--epsilon", repr(self.epsilon)]
-        else:
-            args += [
-                "--squarecb",
-                "--gamma_scale",
-                repr(self.gamma_scale),
-                "--gamma_exponent",
-                repr(self.gamma_exponent),
-            ]
-        for ns in self.interactions:
-            args += ["--interactions", ns]
+        args = ["--cb_explore_adf", "--quiet", *_exploration_args(self)]
         extra = check_vw_args(self.extra_args)
         if "--learning_rate" not in extra and "-l" not in self.extra_args:
             args += ["--learning_rate", repr(self.learning_rate)]
@@ -431,11 +419,7 @@ class VWCBConfig(_Learning, frozen=True, tag="vw_cb"):
 
     def structural_args(self) -> list[str]:
         """Return the arguments a snapshot must share to be restorable (all but epsilon)."""
-        args = self.vw_args()
-        if self.exploration == "epsilon":
-            i = args.index("--epsilon")
-            del args[i : i + 2]
-        return args
+        return _without_epsilon(self.vw_args(), self.exploration)
 
 
 MAX_SLOTS: Final = 50
@@ -495,19 +479,7 @@ class VWSlatesConfig(_Learning, frozen=True, tag="vw_slates"):
 
     def vw_args(self) -> list[str]:
         """Return the full VW command line this config stands for (validated options only)."""
-        args = ["--ccb_explore_adf", "--quiet"]
-        if self.exploration == "epsilon":
-            args += ["--epsilon", repr(self.epsilon)]
-        else:
-            args += [
-                "--squarecb",
-                "--gamma_scale",
-                repr(self.gamma_scale),
-                "--gamma_exponent",
-                repr(self.gamma_exponent),
-            ]
-        for ns in self.interactions:
-            args += ["--interactions", ns]
+        args = ["--ccb_explore_adf", "--quiet", *_exploration_args(self)]
         extra = check_vw_args(self.extra_args, slots=True)
         if "--learning_rate" not in extra:
             args += ["--learning_rate", repr(self.learning_rate)]
@@ -515,14 +487,30 @@ class VWSlatesConfig(_Learning, frozen=True, tag="vw_slates"):
 
     def structural_args(self) -> list[str]:
         """Return the arguments a snapshot must share to be restorable (all but epsilon)."""
-        args = self.vw_args()
-        if self.exploration == "epsilon":
-            i = args.index("--epsilon")
-            del args[i : i + 2]
-        return args
+        return _without_epsilon(self.vw_args(), self.exploration)
 
 
 SEND_TIME_POLICY_NAME: Final = "send_time_thompson"
+
+
+def _exploration_args(config: VWCBConfig | VWSlatesConfig) -> list[str]:
+    """VW's exploration and interaction options for a contextual-bandit or slates config."""
+    if config.exploration == "epsilon":
+        args = ["--epsilon", repr(config.epsilon)]
+    else:
+        args = ["--squarecb", "--gamma_scale", repr(config.gamma_scale)]
+        args += ["--gamma_exponent", repr(config.gamma_exponent)]
+    for ns in config.interactions:
+        args += ["--interactions", ns]
+    return args
+
+
+def _without_epsilon(args: list[str], exploration: str) -> list[str]:
+    """``args`` without the epsilon-greedy share (it may change between snapshots)."""
+    if exploration == "epsilon":
+        i = args.index("--epsilon")
+        del args[i : i + 2]
+    return args
 
 
 def _check_range(
