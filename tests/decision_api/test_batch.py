@@ -125,6 +125,17 @@ def window(start: str, hours: float) -> dict[str, str]:
     return {"start": begin.isoformat(), "end": (begin + timedelta(hours=hours)).isoformat()}
 
 
+async def campaign_in_three_days(
+    client: Client, tag: str, placement: str, recipients: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """A campaign of ``(unit, timezone)`` recipients for the 48 h from midnight UTC in 3 days."""
+    start = f"{datetime.now(UTC).date() + timedelta(days=3)}T00:00:00+00:00"
+    return await batch(client, {
+        "campaign": f"c-{tag}", "placements": [placement], "send_window": window(start, 48),
+        "recipients": [{"unit_id": u, "timezone": z} for u, z in recipients],
+    })  # fmt: skip
+
+
 def instant(text: str) -> datetime:
     """A wire timestamp as an aware datetime."""
     return datetime.fromisoformat(text)
@@ -293,12 +304,7 @@ async def test_recipients_who_open_at_19h_get_19h_most_of_the_time(
     await asyncio.gather(*(open_at_local_hour(client, u, z, 19, 8) for u, z in with_history))
     without = [(f"n-{tag}-{i}", HISTORY_ZONES[i % len(HISTORY_ZONES)]) for i in range(120)]
     everyone = with_history + without
-    answer = await batch(client, {
-        "campaign": f"c-{tag}", "placements": [placement],
-        "send_window": window(f"{datetime.now(UTC).date() + timedelta(days=3)}T00:00:00+00:00",
-                              48),
-        "recipients": [{"unit_id": u, "timezone": z} for u, z in everyone],
-    })  # fmt: skip
+    answer = await campaign_in_three_days(client, tag, placement, everyone)
     at_19 = []
     for (_, zone), result in zip(everyone, answer["recipients"], strict=True):
         decision = placed(result, placement)
@@ -326,12 +332,7 @@ async def test_vw_cb_chooses_send_times_with_its_model(
     await start(client, send_time_spec(key, placement,
                                        policy={"kind": "vw_cb", "members": members}))  # fmt: skip
     everyone = [(f"vw-{tag}-{i}", HISTORY_ZONES[i % len(HISTORY_ZONES)]) for i in range(40)]
-    answer = await batch(client, {
-        "campaign": f"c-{tag}", "placements": [placement],
-        "send_window": window(f"{datetime.now(UTC).date() + timedelta(days=3)}T00:00:00+00:00",
-                              48),
-        "recipients": [{"unit_id": u, "timezone": z} for u, z in everyone],
-    })  # fmt: skip
+    answer = await campaign_in_three_days(client, tag, placement, everyone)
     for (_, zone), result in zip(everyone, answer["recipients"], strict=True):
         decision = placed(result, placement)
         assert (decision["policy"], decision["reason"]) == ("vw_cb", "policy"), decision
