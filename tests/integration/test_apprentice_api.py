@@ -146,7 +146,13 @@ async def test_an_auto_apprentice_takes_over_through_the_learner(
     }
     await start(client, definition("auto", policy, placement="home", window_s=1))
     answers = await decide_and_click(client, 200, clicked={"c"})
-    assert {a["decisions"][0]["policy"] for a in answers} == {"apprentice:thompson"}
+    served = [a["decisions"][0]["policy"] for a in answers]
+    # The split serves until the takeover, which may come before the 200th decision on a slow
+    # machine (the 1 s window closes while they are made), never before min_decisions.
+    apprenticed = served.index("thompson") if "thompson" in served else len(served)
+    assert apprenticed >= 100, served
+    assert set(served[:apprenticed]) == {"apprentice:thompson"}
+    assert set(served[apprenticed:]) <= {"thompson"}, served
 
     async def taken_over() -> bool:
         info = await model(client, "auto")
