@@ -1,7 +1,8 @@
 """Learning benchmark: how much of the oracle's gain each policy earns in simulated worlds.
 
 Run: ``.venv/bin/python loadtests/bench_learning.py [--worlds 2way,3way] [--policies vw_cb]
-[--seeds 1,2,3] [--n 50000] [--batch 1000] [--K 8]``
+[--seeds 1,2,3] [--n 50000] [--batch 1000] [--out runs.jsonl]``; ``--summarise runs.jsonl``
+prints the summary of saved runs again.
 
 In-process: a learner policy and a serving policy built from the learner's snapshot (as the
 server's workers do), the serving one refreshed every ``--batch`` decisions; each decision's
@@ -20,23 +21,29 @@ in the context; click rates ``base[segment] + g[v] + term``, about 2-12 %:
 - ``wide``: ``2way`` with 50 variants (``K`` is per world: 8 unless named, e.g. ``2way@3``).
 
 Printed per world and policy (medians over seeds): ``share`` = expected click rate of the served
-pmf over the last fifth, as a share of the oracle's gain over uniform play; ``single`` = the
-same share for the best single variant; ``margin`` = the worst 2,000-decision window after
-10,000 decisions of (share - best single variant's share), the change's recovery period
-excepted; for ``change``, ``post10k`` = share 10,000-15,000 decisions after the switch,
+pmf over the last fifth, as a share of the oracle's gain over uniform play; ``single`` = the same
+share for the best single variant; ``margin`` = the worst 2,000-decision window after 10,000
+decisions of (share - the share of the variant best over the window's phase: before or after the
+change), the change's recovery period excepted, paired per decision, with its 95 % interval over
+the window's visitors (``±``; the expected rewards carry no Bernoulli noise, so what is left is
+which visitors came), ``mean`` = the mean over those windows and ``below`` = the windows below the
+single variant by more than their interval; with ``--reference`` (default ``thompson``, the
+non-contextual learner) among the policies, the same margins against that policy's share on the
+same world and seed; for ``change``, ``post10k`` = share 10,000-15,000 decisions after the switch,
 ``pre`` = share in the 5,000 before it, and ``recovered`` = whether ``post10k`` is at least
-``RECOVERED`` times ``pre``; a regret curve (cumulative expected regret against the oracle at a
-few points) and the share curve (share per 5,000 decisions); the policy's own
-member/serving report when it has one (``serving_report``); and ``cover`` = whether the SNIPS 95 %
-interval of uniform play's value, estimated from the policy's logs, covers the truth
-(``cover_x``: the same for always playing the best single variant; ``cover_every_x`` in the
-JSON: the share of the variants X whose always-X interval covers).
+``RECOVERED`` times ``pre``; a regret curve (cumulative expected regret against the oracle at a few
+points) and the share curve (share per 5,000 decisions); the policy's own member/serving report
+when it has one (``serving_report``); and ``cover`` = whether the SNIPS 95 % interval of uniform
+play's value, estimated from the policy's logs, covers the truth (``cover_x``: the same for always
+playing the best single variant; ``cover_every_x`` in the JSON: the share of the variants X whose
+always-X interval covers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -60,6 +67,8 @@ PROBS = {
 }
 KINDS = ("additive", "2way", "3way", "rare", "change")
 RECOVERED = 0.8
+MARGIN_WINDOW = 2000
+Z = 1.96
 """The change world's policy has recovered when its share 10,000-15,000 decisions after the
 switch is at least this much of its share in the 5,000 decisions before it."""
 Array = npt.NDArray[np.float64]
@@ -204,12 +213,28 @@ def run_one(
         gain = orc[lo:hi].mean() - uni[lo:hi].mean()
         return float((ctr[lo:hi].mean(0).max() - uni[lo:hi].mean()) / gain)
 
-    margins = []
-    for lo in range(10_000, n, 2000):
-        hi = min(lo + 2000, n)
+    # The margin over the best single variant: per 2,000-decision window after 10,000
+    # decisions, the policy's expected reward (served pmf . true means, no Bernoulli noise)
+    # less that of the variant best over the window's phase (before / after the switch),
+    # paired per decision, in shares of the window's oracle gain, with its 95 % interval over
+    # the window's visitors; the change's 10,000 decisions of recovery excepted.
+    phases = [(0, world.switch), (world.switch, n)] if world.switch < n else [(0, n)]
+    best_of = np.empty(n, dtype=np.intp)
+    for lo, hi in phases:
+        best_of[lo:hi] = int(ctr[lo:hi].mean(0).argmax())
+    single_r = ctr[np.arange(n), best_of]
+    windows: list[tuple[float, float]] = []
+    window_shares: list[tuple[int, float, float]] = []  # for margins against another policy
+    for lo in range(10_000, n, MARGIN_WINDOW):
+        hi = min(lo + MARGIN_WINDOW, n)
         if lo < world.switch < hi or world.switch <= lo < world.switch + 10_000:
             continue
-        margins.append(share(lo, hi) - single(lo, hi))
+        gain = orc[lo:hi].mean() - uni[lo:hi].mean()
+        d = (expected[lo:hi] - single_r[lo:hi]) / gain
+        windows.append((float(d.mean()), float(Z * d.std(ddof=1) / np.sqrt(hi - lo))))
+        p = (expected[lo:hi] - uni[lo:hi]) / gain
+        window_shares.append((lo, float(p.mean()), float(Z * p.std(ddof=1) / np.sqrt(hi - lo))))
+    worst = min(windows, default=None)
     regret = np.cumsum(orc - expected)
     points = [p for p in (1000, 5000, 10_000, 20_000, 35_000, 50_000, 100_000) if p <= n]
 
@@ -231,7 +256,12 @@ def run_one(
         "choose_us": round(choose_s / n * 1e6, 1),
         "share": share(n - n // 5, n),
         "single": single(n - n // 5, n),
-        "margin": min(margins) if margins else None,
+        "margin": worst[0] if worst else None,
+        "margin_ci": worst[1] if worst else None,
+        "margin_mean": float(np.mean([w[0] for w in windows])) if windows else None,
+        "margin_fail": sum(m + h < 0.0 for m, h in windows),
+        "margin_windows": len(windows),
+        "window_shares": window_shares,
         "regret": {str(p): round(float(regret[p - 1]), 1) for p in points},
         "cover": covers((1.0 / k) / logged_p, float(uni.mean())),
         "cover_x": covers((chosen == best_x) / logged_p, float(ctr[:, best_x].mean())),
@@ -253,8 +283,41 @@ def run_one(
     return out
 
 
-def summarise(rows: list[dict[str, Any]]) -> None:
-    """Print medians over seeds per (world, policy)."""
+def against(rows: list[dict[str, Any]], reference: str) -> list[str]:
+    """Margins of every policy over ``reference`` run on the same world and seed: per seed the
+    worst window of (share - reference's share) with its 95 % interval (the two windows'
+    intervals combined as if independent: wider than the paired one), and how many windows
+    lie below the reference by more than their interval."""
+    refs = {(r["world"], r["seed"]): r for r in rows if r["policy"] == reference}
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    below: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for r in rows:
+        ref = refs.get((r["world"], r["seed"]))
+        if r["policy"] == reference or ref is None:
+            continue
+        theirs = {lo: (m, h) for lo, m, h in ref["window_shares"]}
+        diffs = []
+        for lo, m, h in r["window_shares"]:
+            if lo in theirs:
+                m2, h2 = theirs[lo]
+                diffs.append((m - m2, math.hypot(h, h2)))
+        if not diffs:
+            continue
+        worst = min(diffs)
+        key = (r["world"], r["policy"])
+        groups[key].append(f"{worst[0]:+.2f}±{worst[1]:.2f}")
+        below[key][0] += sum(d + h < 0.0 for d, h in diffs)
+        below[key][1] += len(diffs)
+    return [
+        f"{world:9s} {policy:11s} against {reference}: worst window {' / '.join(v)}, "
+        f"below by more than the interval in {below[(world, policy)][0]} of "
+        f"{below[(world, policy)][1]} windows"
+        for (world, policy), v in groups.items()
+    ]
+
+
+def summarise(rows: list[dict[str, Any]], reference: str = "thompson") -> None:
+    """Print medians over seeds per (world, policy), then margins against ``reference``."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["world"], r["policy"])].append(r)
@@ -274,7 +337,10 @@ def summarise(rows: list[dict[str, Any]]) -> None:
         cover_x = sum(r.get("cover_x", False) for r in rs)
         print(
             f"{world:9s} {policy:11s} seeds={len(rs)} share={med('share'):.2f} "
-            f"single={med('single'):.2f} margin={med('margin'):+.2f}{extra} "
+            f"single={med('single'):.2f} margin={med('margin'):+.2f}"
+            f"±{med('margin_ci'):.2f} mean={med('margin_mean'):+.2f} "
+            f"below={sum(r['margin_fail'] for r in rs)}/{sum(r['margin_windows'] for r in rs)}"
+            f"{extra} "
             f"cover={cover}/{len(rs)} cover_x={cover_x}/{len(rs)} "
             f"choose={med('choose_us'):.0f}us secs={med('secs'):.0f} "
             f"regret={curve}"
@@ -285,6 +351,8 @@ def summarise(rows: list[dict[str, Any]]) -> None:
                 f"{'':21s} share per 5,000 decisions (median): "
                 + " ".join(f"{v:.2f}" for v in shares.values())
             )
+    for line in against(rows, reference):
+        print(line)
 
 
 def main() -> int:
@@ -302,7 +370,17 @@ def main() -> int:
     )
     ap.add_argument("--policy-json", default="", help="NAME=JSON to add a policy config")
     ap.add_argument("--out", default="", help="append one JSON line per run to this file")
+    ap.add_argument(
+        "--reference",
+        default="thompson",
+        help="policy (among --policies) whose per-window share the others' margins also use",
+    )
+    ap.add_argument("--summarise", default="", help="only summarise the JSON lines of this file")
     a = ap.parse_args()
+    if a.summarise:
+        with open(a.summarise) as f:
+            summarise([json.loads(line) for line in f if line.strip()], a.reference)
+        return 0
     policies = dict(POLICIES)
     if a.policy_json:
         name, _, raw = a.policy_json.partition("=")
@@ -318,7 +396,7 @@ def main() -> int:
                 if a.out:
                     with open(a.out, "a") as f:
                         f.write(json.dumps(row) + "\n")
-    summarise(rows)
+    summarise(rows, a.reference)
     return 0
 
 
