@@ -48,7 +48,7 @@ has closed, so its size is bounded by decisions in flight. The stream is trimmed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
@@ -673,91 +673,94 @@ def _unit_of(item: _Queued) -> str:
     return item.record.unit_id
 
 
-def _remember_calls(batch: Sequence[_Queued]) -> list[tuple[bytes, list[str]]]:
+def _remember_calls(batch: Sequence[_Queued]) -> Iterator[tuple[bytes, list[str]]]:
     """The script arguments writing ``batch``: (msgpack payload, its decision ids) per call.
 
-    A payload is ``[rules, due, decision, ...]``: ``rules`` lists the distinct reward rules
-    (default reward, clip range, aggregation); ``due`` holds the call's due-set entries as one
-    flat ``[window end, "<decision id>|<experiment>", ...]`` list, sorted, so that one ``ZADD``
-    inserts neighbours one after another (random inserts into the large due set, one ``ZADD``
-    per decision, took Redis more time than the record ``HSET``s: about half of that goes); each
-    decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment: experiment,
-    record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua counts), the
-    window end as a number (for sorting; the script ignores it) and the window start, then for a
-    slate its items in slot order.
+    A payload is ``[rules, due, decision, ...]``: ``rules`` lists the distinct reward rules of
+    the call (default reward, clip range, aggregation); ``due`` holds the call's due-set entries
+    as one flat ``[window end, "<decision id>|<experiment>", ...]`` list, sorted, so that one
+    ``ZADD`` inserts neighbours one after another (random inserts into the large due set, one
+    ``ZADD`` per decision, took Redis more time than the record ``HSET``s: about half of that
+    goes); each decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment:
+    experiment, record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua
+    counts), the window end as a number (for sorting; the script ignores it) and the window
+    start, then for a slate its items in slot order.
     ``batch`` is grouped by decision in first-seen order and the groups cut into calls of about
-    ``REMEMBER_BATCH`` records; a decision never spans two calls.
+    ``REMEMBER_BATCH`` records; a decision never spans two calls. Each call is encoded when the
+    caller asks for it (a generator): a flush that fails on a Redis timeout has encoded only the
+    calls it sent, not the whole batch it puts back (under load, re-encoding what had never
+    been sent was more than half of the flusher's CPU).
     """
-    # One C call encodes every record (JSON never contains a raw newline).
-    bodies = _encoder.encode_lines([item.record for item in batch]).decode().split("\n")
-    rule_index: dict[int, int] = {}
-    rule_rows: list[tuple[str, str, str, str]] = []
-    # (rules, window end, decision time, window start) -> (rules index, end text, TTL text,
-    # start text): few distinct per batch (a chunk's decisions share their time; send times
-    # take a few dozen ends).
-    shared: dict[tuple[int, int, int, int], tuple[int, str, str, str]] = {}
-    groups: dict[str, list[Any]] = {}
-    for item, body in zip(batch, bodies, strict=False):
-        record, end = item.record, item.end
-        key = (id(item.rules), end, record.decided_ms, item.start)
-        known = shared.get(key)
-        if known is None:
-            rules = item.rules
-            index = rule_index.get(id(rules))
-            if index is None:
-                rule_rows.append(
-                    (repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation)
-                )
-                index = rule_index[id(rules)] = len(rule_rows)
-            ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
-            known = shared[key] = (index, str(end), str(ttl), str(item.start))
-        row: tuple[Any, ...] = (
-            record.experiment,
-            body,
-            known[1],
-            known[2],
-            known[0],
-            end,
-            known[3],
-        )
-        if record.slate:
-            row = (*row, record.slate_items)
-        decision_id = record.decision_id
+    groups: dict[str, list[_Queued]] = {}
+    for item in batch:
+        decision_id = item.record.decision_id
         group = groups.get(decision_id)
         if group is None:
-            groups[decision_id] = [decision_id, record.unit_id, row]
+            groups[decision_id] = [item]
         else:
-            group.append(row)
-    calls: list[tuple[bytes, list[str]]] = []
-    part: list[list[Any]] = []
+            group.append(item)
+    part: list[list[_Queued]] = []
     count = 0
     for group in groups.values():
         part.append(group)
-        count += len(group) - 2
+        count += len(group)
         if count >= REMEMBER_BATCH:
-            calls.append(_remember_call(rule_rows, part))
+            yield _remember_call(part)
             part, count = [], 0
     if part:
-        calls.append(_remember_call(rule_rows, part))
-    return calls
+        yield _remember_call(part)
 
 
-def _remember_call(
-    rule_rows: list[tuple[str, str, str, str]], part: list[list[Any]]
-) -> tuple[bytes, list[str]]:
+def _remember_call(part: list[list[_Queued]]) -> tuple[bytes, list[str]]:
     """One call's payload (see :func:`_remember_calls`) and its decision ids."""
-    # Member -> window end: a member repeated within the call keeps its last end, as
-    # successive ZADDs would leave it. Sorted by (end, end text, member): C comparisons only.
+    # One C call encodes every record of the call (JSON never contains a raw newline).
+    bodies = iter(
+        _encoder.encode_lines([item.record for group in part for item in group])
+        .decode()
+        .split("\n")
+    )
+    rule_index: dict[int, int] = {}
+    rule_rows: list[tuple[str, str, str, str]] = []
+    # (rules, window end, decision time, window start) -> (rules index, end text, TTL text,
+    # start text): few distinct per call (a chunk's decisions share their time; send times
+    # take a few dozen ends).
+    shared: dict[tuple[int, int, int, int], tuple[int, str, str, str]] = {}
+    # Member -> (window end, end text): a member repeated within the call keeps its last end,
+    # as successive ZADDs would leave it.
     ends: dict[str, tuple[int, str]] = {}
+    decisions: list[list[Any]] = []
     for group in part:
-        prefix = group[0] + "|"
-        for row in group[2:]:
-            ends[prefix + row[0]] = (row[5], row[2])
+        first = group[0].record
+        decision_id = first.decision_id
+        out: list[Any] = [decision_id, first.unit_id]
+        for item in group:
+            record, end = item.record, item.end
+            key = (id(item.rules), end, record.decided_ms, item.start)
+            known = shared.get(key)
+            if known is None:
+                rules = item.rules
+                index = rule_index.get(id(rules))
+                if index is None:
+                    rule_rows.append(
+                        (repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation)
+                    )
+                    index = rule_index[id(rules)] = len(rule_rows)
+                ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
+                known = shared[key] = (index, str(end), str(ttl), str(item.start))
+            row: tuple[Any, ...] = (
+                record.experiment, next(bodies), known[1], known[2], known[0], end, known[3]
+            )  # fmt: skip
+            if record.slate:
+                row = (*row, record.slate_items)
+            out.append(row)
+            ends[decision_id + "|" + record.experiment] = (end, known[1])
+        decisions.append(out)
+    # Sorted by (end, end text, member): C comparisons only.
     due: list[str] = []
     for (_, end_text), member in sorted(zip(ends.values(), ends, strict=True)):
         due.append(end_text)
         due.append(member)
-    return _packer.encode([rule_rows, due, *part]), [g[0] for g in part]
+    return _packer.encode([rule_rows, due, *decisions]), [d[0] for d in decisions]
 
 
 def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:

@@ -51,6 +51,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, ResponseError
 from redis.retry import Retry as SyncRetry
 
+from decision_api.lean_redis import LeanRedis
 from decision_api.settings import RedisSettings
 
 log = structlog.get_logger("tailor.redis")
@@ -104,16 +105,22 @@ class _ClusterPipeline(ClusterPipeline):
             raise ClusterUnavailable(str(exc)) from exc
 
 
-def connect(settings: RedisSettings, *, decode_responses: bool = True, **options: Any) -> Redis:
+def connect(
+    settings: RedisSettings, *, decode_responses: bool = True, lean: bool = False, **options: Any
+) -> Redis:
     """The asyncio client for ``settings``: a cluster client when ``settings.cluster``.
 
     ``options`` are connection options (``socket_timeout``, ``max_connections``...); on a
     cluster they apply per node. The cluster client is typed as ``Redis``: it offers the same
-    commands, pipelines and scripts (see the module docstring for what differs).
+    commands, pipelines and scripts (see the module docstring for what differs). ``lean`` (a
+    serving worker's clients, unless ``settings.lean_client`` is off): on a single server, a
+    :class:`~decision_api.lean_redis.LeanRedis`, whose hot commands share one pipelined
+    connection.
     """
     url = settings.url or "redis://127.0.0.1:6379/0"
     if not settings.cluster:
-        return Redis.from_url(url, decode_responses=decode_responses, **options)
+        cls = LeanRedis if lean and settings.lean_client else Redis
+        return cls.from_url(url, decode_responses=decode_responses, **options)
     options.setdefault(
         "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), CLUSTER_RETRIES)
     )

@@ -329,9 +329,10 @@ async def open_redis(settings: Settings) -> tuple[Redis, Redis]:
         "health_check_interval": 5,
         "max_connections": 256,
     }
-    redis = connect(settings.redis, decode_responses=True, **redis_options)
+    # Hot commands over a pipelined connection of each client's own (single server).
+    redis = connect(settings.redis, decode_responses=True, lean=True, **redis_options)
     # Model snapshots are binary, and learners block on the stream: their own pool.
-    redis_bin = connect(settings.redis, decode_responses=False, **redis_options)
+    redis_bin = connect(settings.redis, decode_responses=False, lean=True, **redis_options)
     if not settings.redis.cluster:
         try:  # keys of the layout before the cluster one keep working
             await migrate_layout(redis, settings.redis.key_prefix)

@@ -32,6 +32,9 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     cluster: bool = False
     key_prefix: Annotated[str, Meta(pattern=r"\A[A-Za-z0-9_.:-]{1,32}\Z")] = "tailor"
     socket_timeout_s: Annotated[float, Meta(gt=0, le=30)] = 0.5
+    lean_client: bool = True
+    """A single server's hot commands over one pipelined connection of the worker's own
+    (:mod:`decision_api.lean_redis`); ``False``: redis-py's pooled client for every command."""
     profile_ttl_s: Annotated[int, Meta(ge=60)] = 400 * 86400
 
     def __post_init__(self) -> None:
@@ -109,6 +112,9 @@ class LearnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     snapshot_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
     model_poll_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     reward_sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    nice: Annotated[int, Meta(ge=0, le=19)] = 10
+    """Added to a ``tailor learn`` process's niceness: on a machine it shares with API workers,
+    the kernel gives them the CPU first, and training takes what they leave."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

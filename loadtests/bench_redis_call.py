@@ -11,6 +11,9 @@ worker's event loop bounds what a learning decision can cost. On a private ``red
 - ``AsyncScript``: ``script(keys=..., args=...)``, redis-py's script object (what the server did);
 - ``run_script``: :func:`bandits.scripts.run_script` (``client.evalsha`` without the script
   object's per-call type checks; what the server does for its hot calls);
+- ``LeanRedis``: :func:`~bandits.scripts.run_script` on a
+  :class:`decision_api.lean_redis.LeanRedis` (what a serving worker does on a single server: the
+  same call over one pipelined ``hiredis`` connection, with timeouts and reconnects);
 - ``bare RESP``: ``hiredis.pack_command`` written to an asyncio transport, replies parsed by a
   ``hiredis.Reader`` in ``data_received`` — no connection pool, no retry wrapper; not a client
   the server uses (no reconnects, timeouts or errors), the floor a leaner client could reach.
@@ -38,6 +41,7 @@ from redis.asyncio import Redis
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bandits.scripts import run_script
+from decision_api.lean_redis import LeanRedis
 from decision_api.redis_server import RedisServer
 
 SCRIPT = "return redis.call('HGETALL', KEYS[1])"
@@ -73,10 +77,13 @@ async def measure(url: str, port: int, calls: int, rounds: int) -> dict[str, lis
     script = redis.register_script(SCRIPT)
     await redis.hset("k", mapping={"a": "1", "b": "2"})
     await script(keys=["k"])
+    lean = LeanRedis.from_url(url, socket_timeout=0.5)
+    lean_script = lean.register_script(SCRIPT)
     _, bare = await asyncio.get_running_loop().create_connection(BareResp, "127.0.0.1", port)
     ways = {
         "AsyncScript": lambda: script(keys=["k"]),
         "run_script": lambda: run_script(script, ["k"]),
+        "LeanRedis": lambda: run_script(lean_script, ["k"]),
         "bare RESP": lambda: bare.call("EVALSHA", script.sha, "1", "k"),
     }
     out: dict[str, list[float]] = {name: [] for name in ways}
@@ -87,6 +94,7 @@ async def measure(url: str, port: int, calls: int, rounds: int) -> dict[str, lis
                 await call()
             out[name].append((time.process_time() - started) / calls * 1e6)
     await redis.aclose()
+    await lean.aclose()
     return out
 
 

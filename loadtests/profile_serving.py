@@ -1,7 +1,7 @@
 """Profile one worker's serving path in-process: CPU per decision per policy, learning on.
 
 Run: ``.venv/bin/python loadtests/profile_serving.py [--policy thompson] [--requests 6000]
-[--profile /tmp/serving.prof] [--learning off]``
+[--profile /tmp/serving.prof] [--learning off] [--redis-client redis-py]``
 
 The same experiments and traffic as ``bench_serving.py`` (one placement per decide, a click for
 15 % of the decisions, 5 s windows), but no HTTP server: the ASGI app that ``tailor serve`` runs
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import collections
 import cProfile
+import gc
 import os
 import statistics
 import subprocess
@@ -92,6 +93,18 @@ def bodies(placement: str, seed: int) -> list[bytes]:
     return out
 
 
+GC_PAUSES: dict[int, list[float]] = {0: [], 1: [], 2: []}
+"""Milliseconds per garbage collection of each generation, on the measured runs."""
+_gc_started = [0.0]
+
+
+def _gc_timer(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        GC_PAUSES[info["generation"]].append(1e3 * (time.perf_counter() - _gc_started[0]))
+
+
 OTHERS: dict[str, int] = {}
 """Other processes whose CPU per decision is printed too (the learner, Redis)."""
 
@@ -156,6 +169,10 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     )
     await lifespan_in.put({"type": "lifespan.startup"})
     print("startup:", (await lifespan_out.get())["type"], flush=True)
+    from decision_api.asgi import tune_process
+
+    tune_process()  # the worker's GC thresholds (granian's worker calls it after build())
+    gc.callbacks.append(_gc_timer)
     client = Client(app)
     import msgspec
 
@@ -192,10 +209,15 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
             await drive(client, kind, args.requests, args.concurrency, clicks, 99)
             profiler.disable()
     for kind, cpus in results.items():
-        print(f"median {kind:<8} learning {args.learning}: {statistics.median(cpus):6.1f} us CPU "
+        print(f"median {kind:<8} learning {args.learning} {args.redis_client}: "
+              f"{statistics.median(cpus):6.1f} us CPU "
               f"per decision (rounds {', '.join(f'{c:.1f}' for c in cpus)}), event loop "
               f"{statistics.median(loops[kind]):6.1f} us; load "
               f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+    for generation, pauses in GC_PAUSES.items():
+        if pauses:
+            print(f"gc generation {generation}: {len(pauses)} collections, median "
+                  f"{statistics.median(pauses):.2f} ms, max {max(pauses):.2f} ms")  # fmt: skip
     if profiler is not None:
         profiler.dump_stats(args.profile)
     await lifespan_in.put({"type": "lifespan.shutdown"})
@@ -212,13 +234,21 @@ def main() -> int:
     parser.add_argument("--learning", default="on", choices=("on", "off"))
     parser.add_argument("--warmup", type=int, default=2000, help="decisions per policy first")
     parser.add_argument("--profile", default="")
+    parser.add_argument(
+        "--redis-client",
+        default="lean",
+        choices=("lean", "redis-py"),
+        help="the worker's client for hot commands (TAILOR_REDIS_LEAN_CLIENT)",
+    )
     args = parser.parse_args()
     import uvloop
 
     workdir = Path(tempfile.mkdtemp(prefix="profile-serving-"))
     redis_server = RedisServer(workdir / "redis", persist=False).start()
+    lean = str(args.redis_client == "lean").lower()
     env = tailor_env(workdir, redis_server.url, "prof", f"{ADMIN_KEY}:admin,{DECIDE_KEY}:decide",
-                     {"TAILOR_LEARNER_IN_PROCESS": "false"})  # fmt: skip
+                     {"TAILOR_LEARNER_IN_PROCESS": "false",
+                      "TAILOR_REDIS_LEAN_CLIENT": lean})  # fmt: skip
     learner = None
     OTHERS["redis"] = int(redis_server.pid or 0)
     if args.learning == "on":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bandits.join import (
     DecisionRecord,
@@ -595,6 +596,42 @@ async def test_a_failed_flush_keeps_holding_what_it_did_not_write(join: RewardJo
         await join.flush()
     assert join.pending == 1
     assert join.holds("d1", None) and join.holds(None, "u1")
+
+
+async def test_a_flush_failing_midway_encodes_only_the_calls_it_sent(
+    join: RewardJoin, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Script calls are encoded one at a time as they are sent: a timeout on the second of six
+    calls has encoded two (not six), puts back only what the first did not write, and the
+    next flush writes the rest."""
+    import bandits.join as join_module
+
+    rules = _rules()
+    n = 3 * join_module.REMEMBER_BATCH  # two experiments each: six script calls
+    for i in range(n):
+        join.remember(_record(f"d{i}", "hero", f"u{i}"), rules)
+        join.remember(_record(f"d{i}", "send", f"u{i}"), rules)
+    encoded: list[int] = []
+    real_call, real_run = join_module._remember_call, join_module.run_script
+
+    def counted_call(part: list[list[Any]]) -> tuple[bytes, list[str]]:
+        encoded.append(sum(len(group) for group in part))
+        return real_call(part)
+
+    async def second_times_out(script: Any, keys: Any, args: Any = ()) -> Any:
+        if len(encoded) == 2:
+            raise RedisTimeoutError("Timeout reading from redis")
+        return await real_run(script, keys, args)
+
+    monkeypatch.setattr(join_module, "_remember_call", counted_call)
+    monkeypatch.setattr(join_module, "run_script", second_times_out)
+    with pytest.raises(RedisTimeoutError):
+        await join.flush()
+    assert encoded == [join_module.REMEMBER_BATCH, join_module.REMEMBER_BATCH]
+    assert join.pending == 2 * n - join_module.REMEMBER_BATCH
+    monkeypatch.setattr(join_module, "run_script", real_run)
+    assert await join.flush() == 2 * n - join_module.REMEMBER_BATCH
+    assert await redis.zcard(join.due_key) == 2 * n
 
 
 def _slate_record(decision_id: str, unit_id: str = "u1") -> DecisionRecord:
