@@ -112,6 +112,9 @@ class LearnerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     snapshot_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
     model_poll_interval_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
     reward_sweep_interval_s: Annotated[float, Meta(gt=0, le=3600)] = 1.0
+    nice: Annotated[int, Meta(ge=0, le=19)] = 10
+    """Added to a ``tailor learn`` process's niceness: on a machine it shares with API workers,
+    the kernel gives them the CPU first, and training takes what they leave."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -260,7 +260,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--redis-client",
+        default="lean",
+        choices=("lean", "redis-py"),
+        help="the workers' client for hot commands (TAILOR_REDIS_LEAN_CLIENT), for an A/B",
+    )
     args = parser.parse_args()
+    lean = {"TAILOR_REDIS_LEAN_CLIENT": str(args.redis_client == "lean").lower()}
     try:
         import uvloop
 
@@ -278,7 +285,7 @@ def main() -> int:
             servers[mode] = ServerUnderTest(
                 workdir / mode, redis_server.url, free_port(), prefix=PREFIXES[mode],
                 api_keys=f"{ADMIN_KEY}:admin,{DECIDE_KEY}:decide",
-                extra_env={"TAILOR_LEARNER_IN_PROCESS": "false"} if mode == "off" else None,
+                extra_env={**lean, "TAILOR_LEARNER_IN_PROCESS": "false"} if mode == "off" else lean,
             )  # fmt: skip
         wait_echo(echo_port)
         for server in servers.values():

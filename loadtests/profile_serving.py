@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import collections
 import cProfile
+import gc
 import os
 import statistics
 import subprocess
@@ -92,6 +93,18 @@ def bodies(placement: str, seed: int) -> list[bytes]:
     return out
 
 
+GC_PAUSES: dict[int, list[float]] = {0: [], 1: [], 2: []}
+"""Milliseconds per garbage collection of each generation, on the measured runs."""
+_gc_started = [0.0]
+
+
+def _gc_timer(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        GC_PAUSES[info["generation"]].append(1e3 * (time.perf_counter() - _gc_started[0]))
+
+
 OTHERS: dict[str, int] = {}
 """Other processes whose CPU per decision is printed too (the learner, Redis)."""
 
@@ -156,6 +169,10 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
     )
     await lifespan_in.put({"type": "lifespan.startup"})
     print("startup:", (await lifespan_out.get())["type"], flush=True)
+    from decision_api.asgi import tune_process
+
+    tune_process()  # the worker's GC thresholds (granian's worker calls it after build())
+    gc.callbacks.append(_gc_timer)
     client = Client(app)
     import msgspec
 
@@ -197,6 +214,10 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
               f"per decision (rounds {', '.join(f'{c:.1f}' for c in cpus)}), event loop "
               f"{statistics.median(loops[kind]):6.1f} us; load "
               f"{os.getloadavg()[0]:.2f}")  # fmt: skip
+    for generation, pauses in GC_PAUSES.items():
+        if pauses:
+            print(f"gc generation {generation}: {len(pauses)} collections, median "
+                  f"{statistics.median(pauses):.2f} ms, max {max(pauses):.2f} ms")  # fmt: skip
     if profiler is not None:
         profiler.dump_stats(args.profile)
     await lifespan_in.put({"type": "lifespan.shutdown"})

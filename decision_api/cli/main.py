@@ -242,6 +242,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print("tailor learn: set TAILOR_REDIS_URL to the Redis the API uses", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
+    if settings.learner.nice:
+        os.nice(settings.learner.nice)  # serving first: training takes the CPU left over
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -7,16 +7,19 @@ import io
 import json
 import logging
 import logging.config
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import structlog
 
 from decision_api.cli.main import build_parser
 from decision_api.logging import configure_logging, granian_log_config
+from tests.support.polling import eventually_sync
 
 
 def commands(
@@ -111,3 +114,43 @@ def test_granian_lines_are_rendered_as_tailor_lines(
     logging.getLogger("_granian").info("Starting granian (main PID: %s)", 42)
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["event"] == "Starting granian (main PID: 42)" and line["logger"] == "_granian"
+
+
+@pytest.mark.parametrize("nice", [7, 0])
+def test_tailor_learn_runs_below_the_api_workers_priority(
+    redis_url: str, tmp_path: Path, nice: int
+) -> None:
+    """``tailor learn`` adds ``TAILOR_LEARNER_NICE`` to its niceness (10 unless set), so API
+    workers on the same machine get the CPU first; 0 keeps the launcher's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(
+        TAILOR_REDIS_URL=redis_url,
+        TAILOR_REDIS_KEY_PREFIX="nice" + str(nice),
+        TAILOR_DATA_DIR=str(tmp_path),
+        TAILOR_LEARNER_NICE=str(nice),
+    )
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    learner = subprocess.Popen(
+        [sys.executable, "-m", "decision_api.cli.main", "learn"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        # Niced before it connects: the lease it takes in Redis says it has started.
+        eventually_sync(
+            lambda: any(k.startswith("{nice") for k in _keys(redis_url, nice)),
+            "the learner took its lease",
+        )
+        assert os.getpriority(os.PRIO_PROCESS, learner.pid) == min(19, base + nice)
+    finally:
+        learner.terminate()
+        learner.wait(timeout=30)
+
+
+def _keys(redis_url: str, nice: int) -> list[str]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [str(k) for k in client.scan_iter(match="{nice" + str(nice) + "}*")]
+    finally:
+        client.close()
