@@ -191,9 +191,10 @@ async def run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, url
         red = cpu_seconds([redis_pid]) - redis0
         k = args.recipients / 1000
         label = "profiled" if profiler is not None else f"round {r + 1}"
+        backlog = app.app.state.services.learning.join.pending
         print(f"{label} {args.config}: CPU {cpu / k:.4f} s per 1k recipients (event loop "
               f"{loop / k:.4f}), redis {red / k:.4f}; wall {wall:.2f} s; written "
-              f"{await written(client):,}; RSS {rss_mb():.0f} MB; load "
+              f"{await written(client):,}; join backlog {backlog:,}; RSS {rss_mb():.0f} MB; load "
               f"{os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
         if profiler is None:
             cpus.append(cpu / k)

@@ -488,6 +488,7 @@ def live_server(redis_url: str, tmp_path: Path) -> Iterator[TailorServer]:
         server.stop()
 
 
+@pytest.mark.slow
 def test_readme_commands_run_as_written(live_server: TailorServer, tmp_path: Path) -> None:
     """The README's quickstart works on a fresh server: the website example decides and
     reports a purchase, the email example defines its experiments and gets every recipient a
@@ -508,6 +509,7 @@ def test_readme_commands_run_as_written(live_server: TailorServer, tmp_path: Pat
         assert all(d.get("send_at") or d["placement"] != "send_time" for d in answer["decisions"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["http-api.md", "operations.md"])
 def test_doc_commands_run_as_written(name: str, live_server: TailorServer, tmp_path: Path) -> None:
     """Every command of http-api.md (then operations.md's) runs in order against a real server

@@ -758,6 +758,42 @@ async def test_python_api_decides_an_iterable_in_ordered_chunks(
         assert decision.send_at is not None and begin <= decision.send_at < begin + timedelta(1)
 
 
+async def test_a_long_campaign_waits_for_the_reward_join_to_keep_up(
+    services: Services, tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between chunks the campaign writes the reward join's queue once it holds more than
+    ``JOIN_BACKLOG`` decisions: the queue stays bounded without the background flusher (a
+    long campaign grew it by ~190,000 records per 100,000 recipients), and every learning
+    decision reaches Redis."""
+    from bandits.join import RewardJoin
+    from decision_api.decisions import bulk
+
+    spec = msgspec.convert(
+        content_spec(f"join-{tag}", f"hero-{tag}", policy={"kind": "thompson"},
+                     primary_metric="click"),
+        type=ExperimentSpec,
+    )  # fmt: skip
+    await services.store.create(spec, time.time())
+    await services.store.transition(spec.key, "start", time.time())
+    await services.refresh_config(force=True)
+    # A join of its own: the background flusher holds the services' one, not this.
+    join = services.learning.join = RewardJoin(services.redis, services.settings.redis.key_prefix)
+    monkeypatch.setattr(bulk, "JOIN_BACKLOG", 25)
+    campaign = Campaign(name=f"c-{tag}", placements=(f"hero-{tag}",))
+    recipients = [Recipient(unit_id=f"jq-{tag}-{i}") for i in range(100)]
+    queued: list[int] = []
+    async for chunk in decide_bulk(
+        services.engine, services.features, services.learning, recipients, campaign,
+        now_ms=int(time.time() * 1000), rng=np.random.default_rng(1), chunk_size=10,
+    ):  # fmt: skip
+        assert all(r.decisions[0].reason != "model_unavailable" for r in chunk)
+        queued.append(join.pending)
+    assert max(queued) <= 25 + 10  # the bound plus the chunk decided since
+    assert await join.flush() == queued[-1]
+    due = await services.redis.zrange(join.due_key, 0, -1)
+    assert sum(1 for member in due if str(member).endswith(f"|join-{tag}")) == 100
+
+
 # --- equivalence with /v1/decide and the reward join --------------------------------------------
 
 

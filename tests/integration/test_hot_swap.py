@@ -152,6 +152,7 @@ async def _loaded_version(http: httpx.AsyncClient, url: str) -> float:
     return sample((await http.get(url + "/metrics")).text, LOADED)
 
 
+@pytest.mark.slow
 async def test_two_worker_processes_swap_models_and_pause_within_a_second(
     redis_url: str, namespace: str, redis: Redis, tmp_path: Path
 ) -> None:

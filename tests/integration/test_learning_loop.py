@@ -471,6 +471,7 @@ async def test_bad_policy_definitions_are_rejected_with_422(
 N_STREAM = 20_000
 
 
+@pytest.mark.slow
 async def test_learner_process_killed_mid_stream_loses_and_doubles_nothing(
     redis_url: str, namespace: str, redis: Redis, tmp_path: Path
 ) -> None:

