@@ -325,6 +325,12 @@ def parse_args() -> argparse.Namespace:
         "--profile", type=Path, help="py-spy the server tree during the first run (raw stacks here)"
     )
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--redis-client",
+        default="lean",
+        choices=("lean", "redis-py"),
+        help="the workers' client for hot commands (TAILOR_REDIS_LEAN_CLIENT), for an A/B",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     if args.soak and args.rate <= 0:
@@ -355,6 +361,7 @@ def main() -> int:
         api_keys=f"{ADMIN_KEY}:admin,{CLIENT_KEY}:decide+ingest",
         workers=args.workers, server=args.server, learner=args.learner,
         server_args=args.server_args.split(),
+        extra_env={"TAILOR_REDIS_LEAN_CLIENT": str(args.redis_client == "lean").lower()},
     )  # fmt: skip
     windows: list[SoakWindow] = []
     soak_verdict: dict[str, Any] = {}

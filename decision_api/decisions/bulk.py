@@ -182,8 +182,16 @@ async def decide_bulk(
                     placements[i], chunk.units, defer_send_time=True
                 )
             chunk.placed = [list(items) for items in zip(*placed_by_placement, strict=True)]
+        # Two turns of the event loop inside the chunk, spread over its work: the reward join's
+        # flusher sends its next script call each turn its previous one has been answered, and
+        # Redis answers while the chunk is being decided; turns only at the chunk's ends came
+        # while the previous call was still running (about one call per chunk).
+        await asyncio.sleep(0)
+        with _collector_paused():
             if campaign.window is not None:
                 fill_send_times(learning, chunk, campaign.default_send_time, campaign.window, rng)
+        await asyncio.sleep(0)
+        with _collector_paused():
             engine.log_exposures_many(chunk.units, chunk.placed, campaign.name)
             if campaign.explain:
                 for unit, placed in zip(chunk.units, chunk.placed, strict=True):
