@@ -64,7 +64,7 @@ from bandits.cells import (
     Partition,
     thompson_probabilities,
 )
-from bandits.drift import CellShift, Cusum
+from bandits.drift import CellShift, Cusum, slack_for
 from bandits.vw import VWPolicy
 from tailor_contract.policies import VWCBConfig
 from tailor_contract.wire import Factor
@@ -408,7 +408,7 @@ class EnsemblePolicy:
             if predicted is None:
                 continue
             cell, mean, var = predicted
-            if self._drift.update((ex.reward - mean) / sd):
+            if self._drift.update((ex.reward - mean) / sd, slack_for(len(keys))):
                 changed = True
             checked.append((cell, ex.reward, mean, var))
         if checked:
