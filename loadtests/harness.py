@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,3 +324,28 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     out = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out
+
+
+async def start_asgi_app(env: dict[str, str]) -> tuple[Any, Callable[[], Awaitable[None]]]:
+    """One API worker's ASGI app, in this process, built from ``env`` as a worker reads its
+    settings (``env`` is also put in ``os.environ``) and started through its lifespan; returns
+    the app and the coroutine function that shuts it down. For in-process profiling without
+    HTTP (``profile_serving.py``, ``profile_campaign.py``)."""
+    from decision_api.app import create_asgi_app
+    from decision_api.settings import Settings
+
+    os.environ.update(env)
+    app = create_asgi_app(Settings.from_env(env))
+    lifespan_in: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    lifespan = asyncio.create_task(app(scope, lifespan_in.get, lifespan_out.put))
+    await lifespan_in.put({"type": "lifespan.startup"})
+    print("startup:", (await lifespan_out.get())["type"], flush=True)
+
+    async def stop() -> None:
+        await lifespan_in.put({"type": "lifespan.shutdown"})
+        await lifespan_out.get()
+        await lifespan
+
+    return app, stop

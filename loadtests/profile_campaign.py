@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make ``loadtests`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from decision_api.redis_server import RedisServer
 from loadtests.bench_campaign import POLICIES, bodies, recipients, seed_histories
-from loadtests.harness import cpu_seconds, tailor_env
+from loadtests.harness import cpu_seconds, start_asgi_app, tailor_env
 from loadtests.profile_serving import Client
 
 ADMIN = "prof-admin-key"
@@ -140,22 +140,7 @@ async def campaign(client: AppClient, payloads: list[bytes]) -> int:
 
 
 async def run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, url: str) -> None:
-    from decision_api.app import create_asgi_app
-    from decision_api.settings import Settings
-
-    os.environ.update(env)
-    app = create_asgi_app(Settings.from_env(env))
-    lifespan_in: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    lifespan = asyncio.create_task(
-        app(
-            {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-            lifespan_in.get,
-            lifespan_out.put,
-        )
-    )
-    await lifespan_in.put({"type": "lifespan.startup"})
-    print("startup:", (await lifespan_out.get())["type"], flush=True)
+    app, stop = await start_asgi_app(env)  # the worker's settings only (a script, not the server)
     client = AppClient(app)
     rng = np.random.default_rng(7)
     items = recipients(args.recipients, rng)
@@ -202,9 +187,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], redis_pid: int, url
     print(f"median {args.config}: {statistics.median(cpus):.4f} CPU-s per 1k recipients "
           f"(rounds {', '.join(f'{c:.4f}' for c in cpus)}), event loop "
           f"{statistics.median(loops):.4f}; load {os.getloadavg()[0]:.2f}")  # fmt: skip
-    await lifespan_in.put({"type": "lifespan.shutdown"})
-    await lifespan_out.get()
-    await lifespan
+    await stop()
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make ``loadtests`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from decision_api.redis_server import RedisServer
 from loadtests.bench_serving import ADMIN_KEY, CLICK_SHARE, DECIDE_KEY, experiment
-from loadtests.harness import cpu_seconds, tailor_env
+from loadtests.harness import cpu_seconds, start_asgi_app, tailor_env
 
 
 class Client:
@@ -153,22 +153,7 @@ async def drive(client: Client, kind: str, requests: int, concurrency: int, clic
 
 
 async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
-    from decision_api.app import create_asgi_app
-    from decision_api.settings import Settings
-
-    os.environ.update(env)  # the worker's settings only (this is a script, not the server)
-    app = create_asgi_app(Settings.from_env(env))
-    lifespan_in: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    lifespan = asyncio.create_task(
-        app(
-            {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-            lifespan_in.get,
-            lifespan_out.put,
-        )
-    )
-    await lifespan_in.put({"type": "lifespan.startup"})
-    print("startup:", (await lifespan_out.get())["type"], flush=True)
+    app, stop = await start_asgi_app(env)  # the worker's settings only (a script, not the server)
     from decision_api.asgi import tune_process
 
     tune_process()  # the worker's GC thresholds (granian's worker calls it after build())
@@ -220,9 +205,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> None:
                   f"{statistics.median(pauses):.2f} ms, max {max(pauses):.2f} ms")  # fmt: skip
     if profiler is not None:
         profiler.dump_stats(args.profile)
-    await lifespan_in.put({"type": "lifespan.shutdown"})
-    await lifespan_out.get()
-    await lifespan
+    await stop()
 
 
 def main() -> int:
