@@ -64,14 +64,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("redis_kind", ["single", "cluster"], indirect=True, scope="module")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules with a test marked ``slow`` run first, each module's tests kept together and in
-    order: with pytest-xdist the long multi-process tests start early, and the run does not end
-    with one worker on a long test while the other has finished."""
-    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: item.path not in slow)  # stable: module order otherwise kept
-
-
 @pytest.fixture(scope="module")
 def redis_kind(request: pytest.FixtureRequest) -> str:
     """``single`` (the session's server) or ``cluster`` (for tests marked ``redis_cluster``);
