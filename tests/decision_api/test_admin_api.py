@@ -316,10 +316,16 @@ async def test_schedule_starts_and_stops_the_experiment_and_audits_it(
 
     assert await status_is("draft")
     await eventually(lambda: status_is("running"))
-    decided = await client.post(
-        "/v1/decide", json={"unit_id": "u1", "placements": [hero["placement"]]}
-    )
-    assert decided.json()["decisions"][0]["experiment"] == hero["key"]
+
+    async def serves_it() -> bool:
+        # Deciding sees a started experiment once its cached definitions refresh (within the
+        # poll interval), not in the same instant as the admin API (a clean clone saw the gap).
+        decided = await client.post(
+            "/v1/decide", json={"unit_id": "u1", "placements": [hero["placement"]]}
+        )
+        return decided.json()["decisions"][0].get("experiment") == hero["key"]
+
+    await eventually(serves_it, "decide serves the started experiment", timeout_s=3.0)
     await eventually(lambda: status_is("stopped"))
 
     async def three_rows() -> list[tuple[Any, ...]]:
