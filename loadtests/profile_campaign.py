@@ -56,49 +56,17 @@ async def written(client: Client) -> int:
 
 
 class AppClient(Client):
-    """ASGI calls with a GET too."""
+    """ASGI calls with the admin key, and a GET."""
 
     async def get(self, path: str) -> tuple[int, bytes]:
         """A GET through the same ASGI call (an empty body)."""
         return await self.post(path, b"", ADMIN, method="GET")
 
-    async def post(  # type: ignore[override]
+    async def post(
         self, path: str, body: bytes, key: str = ADMIN, method: str = "POST"
     ) -> tuple[int, bytes]:
-        """POST (or ``method``) ``body`` to ``path``; returns (status, whole answer)."""
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-            "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
-            "headers": [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer " + key.encode()),
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode())],
-            "state": {},
-        }  # fmt: skip
-        sent = False
-        status = 0
-        chunks: list[bytes] = []
-        done = asyncio.Event()  # a streamed answer listens for the disconnect that follows it
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await done.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    done.set()
-
-        await self.app(scope, receive, send)
-        return status, b"".join(chunks)
+        """``Client.post`` with the admin key by default."""
+        return await super().post(path, body, key, method)
 
 
 async def create(client: AppClient, config: str) -> None:

@@ -44,9 +44,12 @@ class Client:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def post(self, path: str, body: bytes, key: str = DECIDE_KEY) -> tuple[int, bytes]:
+    async def post(
+        self, path: str, body: bytes, key: str = DECIDE_KEY, method: str = "POST"
+    ) -> tuple[int, bytes]:
+        """POST (or ``method``) ``body`` to ``path``; returns (status, whole answer)."""
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
             "root_path": "", "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
             "headers": [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer " + key.encode()),
@@ -57,13 +60,14 @@ class Client:
         sent = False
         status = 0
         chunks: list[bytes] = []
+        done = asyncio.Event()  # a streamed answer listens for the disconnect that follows it
 
         async def receive() -> dict[str, Any]:
             nonlocal sent
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.sleep(3600)
+            await done.wait()
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
@@ -72,6 +76,8 @@ class Client:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    done.set()
 
         await self.app(scope, receive, send)
         return status, b"".join(chunks)
