@@ -119,10 +119,12 @@ async def test_metrics_count_decisions_latency_queue_and_flush_errors(client: Cl
     await client.post("/v1/decide", json={"unit_id": "u", "placements": [f"none-{tag}"]})
     written = ("tailor_events_written_total", frozenset({("table", "exposures")}))
     deadline = time.monotonic() + 5
-    while True:  # the writer flushes every 0.05 s; poll until the 5 exposures are counted
-        response = await client.get("/metrics")
-        after = samples(response.text)
-        if after.get(written, 0) - before.get(written, 0) >= 5 or time.monotonic() > deadline:
+    depth = ("tailor_event_queue_depth", frozenset())
+    while True:  # the writer flushes every 0.05 s and sets the depth gauge when a flush ends:
+        response = await client.get("/metrics")  # poll until the 5 exposures are counted
+        after = samples(response.text)  # and the flush that wrote them has ended
+        counted = after.get(written, 0) - before.get(written, 0) >= 5
+        if (counted and after.get(depth) == 0) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.02)
     assert response.status_code == 200
@@ -137,7 +139,7 @@ async def test_metrics_count_decisions_latency_queue_and_flush_errors(client: Cl
     assert delta("tailor_decision_latency_seconds_count", endpoint="decide") == 6
     assert delta("tailor_decision_latency_seconds_bucket", endpoint="decide", le="+Inf") == 6
     assert delta("tailor_events_written_total", table="exposures") == 5
-    assert after[("tailor_event_queue_depth", frozenset())] == 0
+    assert after[depth] == 0
     families = {f.name for f in text_string_to_metric_families(response.text)}
     assert {"tailor_event_flush_errors", "tailor_event_spool_bytes"} <= families
 
