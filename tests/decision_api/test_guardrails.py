@@ -334,8 +334,10 @@ async def test_harmless_guardrail_keeps_the_experiment_running(settings: Setting
         ]
 
 
-async def test_auto_pause_needs_a_guardrail_metric(client: Client) -> None:
+async def test_auto_pause_needs_a_guardrail_metric(shared_client: Client) -> None:
     """``auto_pause_on_harm`` without a guard-rail metric is a 422 naming the field."""
-    response = await client.post("/v1/experiments", json={**WATCHED, "guardrail_metrics": []})
+    response = await shared_client.post(
+        "/v1/experiments", json={**WATCHED, "guardrail_metrics": []}
+    )
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "$.auto_pause_on_harm"
