@@ -124,11 +124,12 @@ async def test_kill_switch_forced_by_settings(settings: Settings) -> None:
     ],
 )
 async def test_sensitive_features_rejected_in_definitions(
-    client: Client, change: dict[str, Any], field: str
+    shared_client: Client, change: dict[str, Any], field: str
 ) -> None:
     """Targeting, variant (action) features and policy options naming a sensitive feature are
-    422 at definition time, case-insensitively, naming the field."""
-    response = await client.post("/v1/experiments", json={**HERO, **change})
+    422 at definition time, case-insensitively, naming the field (one app for every case:
+    nothing is stored)."""
+    response = await shared_client.post("/v1/experiments", json={**HERO, **change})
     assert response.status_code == 422, response.text
     error = response.json()["errors"][0]
     assert error["field"] == field
