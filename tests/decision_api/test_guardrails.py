@@ -15,9 +15,14 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from decision_api.app import create_app
+from decision_api.decisions import engine as engine_module
 from decision_api.decisions.controls import Controls
+from decision_api.decisions.engine import DecisionEngine, Pseudonymiser
+from decision_api.metrics import Metrics
+from decision_api.profiles.store import UnitProfile
 from decision_api.settings import DecisionSettings, Settings
 from event_log.rows import Exposure, Outcome
+from experiments.cache import ExperimentCache
 from tests.support.polling import eventually
 
 Client = AsyncTestClient[Litestar]
@@ -155,6 +160,34 @@ async def test_sensitive_context_never_reaches_targeting(client: Client) -> None
     await asyncio.to_thread(client.blocking_portal.call, services.writer.flush)
     rows = await asyncio.to_thread(services.event_log.query, "SELECT context FROM exposures")
     assert rows == [({"device": "m"},)]
+
+
+def test_sensitive_attributes_are_stripped_from_every_prepared_unit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Names once found harmless are not checked again, but a sensitive one (any case) is
+    stripped from every unit, whatever names came before it, also once the set of names
+    remembered as harmless has started over."""
+    monkeypatch.setattr(engine_module, "MAX_KNOWN_NAMES", 50)
+    engine = DecisionEngine(
+        features=None,  # type: ignore[arg-type]  # prepare reads no store
+        cache=ExperimentCache(store=None),  # type: ignore[arg-type]
+        policies=None,
+        sink=None,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        pseudonymise=Pseudonymiser("s"),
+        rng=np.random.default_rng(0),
+        sensitive_features=frozenset({"Health", "religion"}),
+    )
+    profile = UnitProfile(attributes={"plan": "pro", "HEALTH": "x"}, hours={}, found=True)
+    for i in range(300):
+        context = {"device": "m", f"k{i % 120}": i}
+        if i % 7 == 0:
+            context["Religion" if i % 2 else "health"] = "y"
+        unit = engine.prepare(f"u{i}", context, True, profile, False, 1_700_000_000_000)
+        assert unit.attributes == {"plan": "pro", "device": "m", f"k{i % 120}": i}
+    no_consent = engine.prepare("u", {"religion": "z"}, False, profile, False, 0)
+    assert no_consent.attributes == {}
 
 
 class _Engine:
