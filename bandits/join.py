@@ -27,10 +27,12 @@ hot slot, see :mod:`decision_api.redis_client`). Record and index keys live for 
 window plus one hour:
 
 - ``{{p}}:dec:<d>:<experiment>`` HASH — ``rec`` (record JSON), ``wst``/``wend`` (window start and
-  end, ms), ``dflt``/``lo``/``hi`` (default reward and clip range), ``agg``, ``r`` (reward so
-  far), ``rts`` (under ``first``: the timestamp of the outcome that gave ``r``), ``o:<event id>``
-  (outcomes seen); for a ranked slate also ``ns`` (its number of slots), ``i:<item>`` (the
-  item's slot) and per slot ``r:<slot>``/``rts:<slot>`` in place of ``r``/``rts``;
+  end, ms), ``ru`` (the rules in one field: default reward, clip range, aggregation, see
+  :func:`packed_rules`; records written before it carry ``dflt``/``lo``/``hi``/``agg``, which
+  the scripts still read), ``r`` (reward so far), ``rts`` (under ``first``: the timestamp of
+  the outcome that gave ``r``), ``o:<event id>`` (outcomes seen); for a ranked slate also
+  ``ns`` (its number of slots), ``i:<item>`` (the item's slot) and per slot
+  ``r:<slot>``/``rts:<slot>`` in place of ``r``/``rts``;
 - ``{{p}}:dec:<d>:exps`` SET — the experiments the decision took part in;
 - ``{{p}}:u:<u>:join`` HASH — experiment -> the unit's latest open decision id;
 - ``{{p}}:join:due`` ZSET — ``<decision id>|<experiment>`` scored by window end (no TTL*);
@@ -183,12 +185,14 @@ end
 local function finalize(due, rec, stream, member, maxlen)
   if redis.call('ZREM', due, member) == 0 then return 0 end
   -- One HMGET, not one HGET per field: four commands fewer per learning decision.
-  local f = redis.call('HMGET', rec, 'rec', 'r', 'dflt', 'lo', 'hi', 'ns')
+  local f = redis.call('HMGET', rec, 'rec', 'r', 'ru', 'ns', 'dflt', 'lo', 'hi')
   local body = f[1]
   if not body then return 0 end
-  if f[6] then
-    return finalize_slate(rec, stream, maxlen, body, tonumber(f[6]), tonumber(f[3]),
-                          tonumber(f[4]), tonumber(f[5]))
+  local dflt, lo, hi = f[5], f[6], f[7]  -- a record written before 'ru' packed them
+  if f[3] then dflt, lo, hi = string.match(f[3], '^(%S+) (%S+) (%S+)') end
+  dflt, lo, hi = tonumber(dflt), tonumber(lo), tonumber(hi)
+  if f[4] then
+    return finalize_slate(rec, stream, maxlen, body, tonumber(f[4]), dflt, lo, hi)
   end
   local r = f[2]
   local joined = '1'
@@ -196,11 +200,9 @@ local function finalize(due, rec, stream, member, maxlen)
   if r then
     reward = tonumber(r)
   else
-    reward = tonumber(f[3])
+    reward = dflt
     joined = '0'
   end
-  local lo = tonumber(f[4])
-  local hi = tonumber(f[5])
   if reward < lo then reward = lo end
   if reward > hi then reward = hi end
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'rec', body, 'r', tostring(reward),
@@ -218,8 +220,9 @@ end
 _APPLY = """
 local function apply(rec, eid, reward_text, now, ts_text, slot, item)
   local ts = tonumber(ts_text)
-  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts', 'ns')
+  local f = redis.call('HMGET', rec, 'wend', 'wst', 'agg', 'rts', 'ns', 'ru')
   if not f[1] then return -1 end
+  if f[6] then f[3] = string.match(f[6], '(%S+)$') end
   if now > tonumber(f[1]) then return -1 end
   if f[2] and ts < tonumber(f[2]) then return -2 end
   local suffix, first = '', f[4]
@@ -314,10 +317,9 @@ for c = 3, #call do
   local ttl, ttl_text = -1, '1'
   for i = 3, #g do
     local r = g[i]
-    local exp, ru = r[1], rules[r[5]]
+    local exp = r[1]
     local rec = tag .. exp
-    redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'wst', r[7], 'dflt', ru[1], 'lo', ru[2],
-               'hi', ru[3], 'agg', ru[4])
+    redis.call('HSET', rec, 'rec', r[2], 'wend', r[3], 'wst', r[7], 'ru', rules[r[5]])
     local items = r[8]
     if items and #items > 0 then
       redis.call('HSET', rec, 'ns', #items)
@@ -677,14 +679,14 @@ def _remember_calls(batch: Sequence[_Queued]) -> Iterator[tuple[bytes, list[str]
     """The script arguments writing ``batch``: (msgpack payload, its decision ids) per call.
 
     A payload is ``[rules, due, decision, ...]``: ``rules`` lists the distinct reward rules of
-    the call (default reward, clip range, aggregation); ``due`` holds the call's due-set entries
-    as one flat ``[window end, "<decision id>|<experiment>", ...]`` list, sorted, so that one
-    ``ZADD`` inserts neighbours one after another (random inserts into the large due set, one
-    ``ZADD`` per decision, took Redis more time than the record ``HSET``s: about half of that
-    goes); each decision is ``[decision_id, unit_id, row, ...]`` with one row per experiment:
-    experiment, record JSON, window end, key TTL (ms), the index of its rules (1-based, as Lua
-    counts), the window end as a number (for sorting; the script ignores it) and the window
-    start, then for a slate its items in slot order.
+    the call (each :func:`packed_rules`, the record's ``ru`` field); ``due`` holds the call's
+    due-set entries as one flat ``[window end, "<decision id>|<experiment>", ...]`` list,
+    sorted, so that one ``ZADD`` inserts neighbours one after another (random inserts into the
+    large due set, one ``ZADD`` per decision, took Redis more time than the record ``HSET``s:
+    about half of that goes); each decision is ``[decision_id, unit_id, row, ...]`` with one
+    row per experiment: experiment, record JSON, window end, key TTL (ms), the index of its
+    rules (1-based, as Lua counts), the window end as a number (for sorting; the script ignores
+    it) and the window start, then for a slate its items in slot order.
     ``batch`` is grouped by decision in first-seen order and the groups cut into calls of about
     ``REMEMBER_BATCH`` records; a decision never spans two calls. Each call is encoded when the
     caller asks for it (a generator): a flush that fails on a Redis timeout has encoded only the
@@ -713,14 +715,15 @@ def _remember_calls(batch: Sequence[_Queued]) -> Iterator[tuple[bytes, list[str]
 
 def _remember_call(part: list[list[_Queued]]) -> tuple[bytes, list[str]]:
     """One call's payload (see :func:`_remember_calls`) and its decision ids."""
-    # One C call encodes every record of the call (JSON never contains a raw newline).
+    # One C call encodes every record of the call (JSON never contains a raw newline); the
+    # bodies travel as msgpack strings (Redis's cmsgpack reads no bin type).
     bodies = iter(
         _encoder.encode_lines([item.record for group in part for item in group])
         .decode()
         .split("\n")
     )
     rule_index: dict[int, int] = {}
-    rule_rows: list[tuple[str, str, str, str]] = []
+    rule_rows: list[str] = []
     # (rules, window end, decision time, window start) -> (rules index, end text, TTL text,
     # start text): few distinct per call (a chunk's decisions share their time; send times
     # take a few dozen ends).
@@ -741,9 +744,7 @@ def _remember_call(part: list[list[_Queued]]) -> tuple[bytes, list[str]]:
                 rules = item.rules
                 index = rule_index.get(id(rules))
                 if index is None:
-                    rule_rows.append(
-                        (repr(rules.default), repr(rules.lo), repr(rules.hi), rules.aggregation)
-                    )
+                    rule_rows.append(packed_rules(rules))
                     index = rule_index[id(rules)] = len(rule_rows)
                 ttl = max(1, end - record.decided_ms) + RECORD_GRACE_MS
                 known = shared[key] = (index, str(end), str(ttl), str(item.start))
@@ -761,6 +762,12 @@ def _remember_call(part: list[list[_Queued]]) -> tuple[bytes, list[str]]:
         due.append(end_text)
         due.append(member)
     return _packer.encode([rule_rows, due, *decisions]), [d[0] for d in decisions]
+
+
+def packed_rules(rules: JoinRules) -> str:
+    """A record's ``ru`` field: its default reward, clip range and aggregation, in one field
+    (``"<default> <lo> <hi> <aggregation>"``; the scripts split it)."""
+    return f"{rules.default!r} {rules.lo!r} {rules.hi!r} {rules.aggregation}"
 
 
 def decode_entry(stream_id: str, fields: Mapping[Any, Any]) -> TrainingExample:

@@ -28,6 +28,16 @@ failed primary. This module turns those into :class:`ClusterUnavailable`, a
 ``redis.exceptions.ConnectionError``, so the rest of Tailor treats a cluster in failover as it
 treats a Redis that is down: decisions answer ``degraded``, writes that need Redis answer 503.
 
+Stream reads. redis-py finds the keys of a command whose key positions vary (``XREAD``,
+``XREADGROUP``) by asking a node, with ``COMMAND GETKEYS``: the blocking client asks its *default
+node*, the asyncio one the node of its last topology refresh. When that node is the primary that
+died, the question fails before the command is routed, so no topology refresh follows, and every
+stream read failed for as long as the process lived, while the commands with fixed key positions
+(``XADD``, ``SET``...) went on working: the event-log owner, reading the relay's stream, inserted
+nothing after a failover and left the backlog in Redis at its stop (the failover test lost 544
+of 746 exposures). Both clients made here take the keys of a stream read from its arguments
+(:func:`stream_read_keys`), as Redis does, and ask no node.
+
 A single server keeps the same layout; :func:`migrate_layout` renames the keys of the layout
 before the cluster one (``RENAMENX``) once, at start-up, so existing data keeps working.
 """
@@ -72,8 +82,50 @@ class ClusterUnavailable(redis.exceptions.ConnectionError):
     """The cluster cannot serve a command now (a slot without a primary, no node answering)."""
 
 
+STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+_OPTION_ARGS = {"GROUP": 2, "COUNT": 1, "BLOCK": 1, "CLAIM": 1, "NOACK": 0}
+"""The options a stream read may carry before ``STREAMS``, with how many arguments each takes."""
+
+
+def _word(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode(errors="replace").upper()
+    return str(value).upper()
+
+
+def stream_read_keys(args: Sequence[Any]) -> list[Any] | None:
+    """The stream keys of ``XREAD``/``XREADGROUP`` ``args`` (the command first), read the way Redis
+    reads them: the options, then ``STREAMS``, then as many keys as ids. None for another command
+    or arguments this does not know (the caller asks Redis then)."""
+    if not args or _word(args[0]) not in STREAM_READS:
+        return None
+    i = 1
+    while i < len(args):
+        word = _word(args[i])
+        if word == "STREAMS":
+            rest = args[i + 1 :]
+            if not rest or len(rest) % 2:
+                return None
+            return list(rest[: len(rest) // 2])
+        if word not in _OPTION_ARGS:
+            return None
+        i += 1 + _OPTION_ARGS[word]
+    return None
+
+
 class _Cluster(AsyncRedisCluster):
-    """redis-py's cluster client whose availability errors are ``RedisError``s."""
+    """redis-py's cluster client whose availability errors are ``RedisError``s, and which finds
+    the keys of stream reads itself (see the module docstring)."""
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        keys = stream_read_keys((command, *args))
+        if keys is None:
+            slot: int = await super()._determine_slot(command, *args)
+            return slot
+        slots = {self.keyslot(key) for key in keys}
+        if len(slots) != 1:
+            raise RedisClusterException(f"{command} - all keys must map to the same key slot")
+        return slots.pop()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -103,6 +155,22 @@ class _ClusterPipeline(ClusterPipeline):
             return await super().execute(raise_on_error, allow_redirections)
         except RedisClusterException as exc:
             raise ClusterUnavailable(str(exc)) from exc
+
+
+class _SyncCluster(redis.RedisCluster):
+    """redis-py's blocking cluster client, which finds the keys of stream reads itself (see the
+    module docstring); another command whose keys it must ask its default node about moves the
+    default node elsewhere when that node cannot be reached, so the next attempt asks another."""
+
+    def _get_command_keys(self, *args: Any) -> Any:
+        keys = stream_read_keys(args)
+        if keys is not None:
+            return keys
+        try:
+            return super()._get_command_keys(*args)  # type: ignore[no-untyped-call]
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self.replace_default_node()
+            raise
 
 
 def connect(
@@ -142,9 +210,7 @@ def connect_sync(settings: RedisSettings, **options: Any) -> redis.Redis:
     options.setdefault(
         "retry", SyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), SYNC_CLUSTER_RETRIES)
     )
-    return cast(
-        redis.Redis, redis.RedisCluster.from_url(url, require_full_coverage=False, **options)
-    )
+    return cast(redis.Redis, _SyncCluster.from_url(url, require_full_coverage=False, **options))
 
 
 def is_cluster(client: object) -> bool:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
 
 import msgspec
 
@@ -201,6 +201,35 @@ TABLE_OF: dict[type[Event], Table] = {
     Outcome: "outcomes",
     AuditEntry: "audit",
 }
+
+
+class EventRows(Sequence[tuple[object, ...]]):
+    """A batch of events seen as their rows (each ``row()``, made only when read).
+
+    What the batching writer hands the event log: an insert encodes the events themselves
+    (:func:`event_log.sql.encode_rows` reads exposures field by field, one tuple each), while
+    any other reader sees the plain rows.
+    """
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = events
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[object, ...]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[object, ...]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[object, ...] | list[tuple[object, ...]]:
+        if isinstance(index, slice):
+            return [e.row() for e in self.events[index]]
+        return self.events[index].row()
+
+    def __iter__(self) -> Iterator[tuple[object, ...]]:
+        return (e.row() for e in self.events)
 
 
 _json = msgspec.json.Encoder()

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 
-from event_log.rows import Table
+from event_log.rows import EventRows, Exposure, Table
 
 EXPOSURE_COLUMNS: Final = (
     "event_id",
@@ -90,7 +90,11 @@ def encode_rows(table: Table, rows: Sequence[Sequence[object]]) -> bytes:
     """Rows (in ``COLUMNS[table]`` order, times as integer epoch ms) as an ``INSERT_FORMAT`` body.
 
     UUIDs encode as their text, dicts as JSON objects (``Map``), None as null (``Nullable``).
+    Exposures given as :class:`~event_log.rows.EventRows` are encoded from the events
+    themselves (one tuple each, times converted as they are read: about half the CPU).
     """
+    if table == "exposures" and isinstance(rows, EventRows):
+        return _encode_exposures(cast(Sequence[Exposure], rows.events))
     times = _TIME_COLUMNS[table]
     converted: list[list[object]] = []
     append = converted.append
@@ -104,6 +108,20 @@ def encode_rows(table: Table, rows: Sequence[Sequence[object]]) -> bytes:
     # One C call for every line (not one encode per row and a join): 0.8 instead of 1.3 us a
     # row; encode_lines ends each line with a newline, the body has none after the last.
     return _json.encode_lines(converted)[:-1]
+
+
+def _encode_exposures(events: Sequence[Exposure]) -> bytes:
+    """``encode_rows("exposures", [e.row() for e in events])``, without the row tuples."""
+    rows = [
+        (
+            e.event_id, e.decision_id, e.ts_ms / 1000, e.unit_id, e.experiment,
+            e.experiment_version, e.placement, e.variant, e.propensity, e.policy,
+            e.policy_version, e.reason, 1 if e.holdout else 0, e.context, e.campaign,
+            None if e.send_at_ms is None else e.send_at_ms / 1000, e.slot, e.item, e.candidates,
+        )
+        for e in events
+    ]  # fmt: skip
+    return _json.encode_lines(rows)[:-1]
 
 
 _TABLE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"

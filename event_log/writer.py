@@ -35,7 +35,7 @@ import msgspec
 import structlog
 from redis.exceptions import RedisError
 
-from event_log.rows import TABLE_OF, Event, Table
+from event_log.rows import TABLE_OF, Event, EventRows, Table
 from event_log.spool import Spool, SpooledBatch, SpoolFull
 from event_log.store import EventLog
 from event_log.throttle import Throttle
@@ -313,7 +313,7 @@ class EventWriter:
             return dropped
 
     def _insert(self, batch: SpooledBatch) -> None:
-        self._log.insert(batch.table, [e.row() for e in batch.events], batch.token)
+        self._log.insert(batch.table, EventRows(batch.events), batch.token)
         self._metrics.events_written(batch.table, len(batch.events))
 
     def _to_spool(self, batch: SpooledBatch) -> bool:

@@ -328,14 +328,17 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
 
 async def start_asgi_app(env: dict[str, str]) -> tuple[Any, Callable[[], Awaitable[None]]]:
     """One API worker's ASGI app, in this process, built from ``env`` as a worker reads its
-    settings (``env`` is also put in ``os.environ``) and started through its lifespan; returns
+    settings (``env`` is also put in ``os.environ``), tuned as a worker is
+    (:func:`decision_api.asgi.tune_process`) and started through its lifespan; returns
     the app and the coroutine function that shuts it down. For in-process profiling without
     HTTP (``profile_serving.py``, ``profile_campaign.py``)."""
     from decision_api.app import create_asgi_app
+    from decision_api.asgi import tune_process
     from decision_api.settings import Settings
 
     os.environ.update(env)
     app = create_asgi_app(Settings.from_env(env))
+    tune_process()  # as a server worker does (decision_api.asgi.build): the collector's tuning
     lifespan_in: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}

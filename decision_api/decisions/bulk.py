@@ -222,16 +222,31 @@ async def _keep_up_with_join(join: RewardJoin) -> None:
         log.warning("bulk_join_flush_failed", error=str(exc), pending=join.pending)
 
 
+def all_unit_ids_fine(unit_ids: list[str]) -> bool:
+    """Whether :func:`check_unit_id` finds every one of the ids fine, in a few C calls for the
+    whole list (a bad character is one character: it shows in the ids joined together)."""
+    if not unit_ids:
+        return True
+    lengths = list(map(len, unit_ids))
+    if min(lengths) == 0 or max(lengths) > MAX_UNIT_ID:
+        return False
+    return _BAD_UNIT_CHARS.search("".join(unit_ids)) is None
+
+
 async def _load_profiles(features: FeatureStore, chunk: _Chunk, now_ms: int) -> None:
     """Check unit ids; read the profiles of consenting recipients in one round trip."""
-    wanted: list[int] = []
-    errors = chunk.errors
-    for i, recipient in enumerate(chunk.recipients):
-        problem = check_unit_id(recipient.unit_id)
-        if problem is not None:
-            errors[i] = RecipientError(code="invalid_unit_id", field="unit_id", message=problem)
-        elif recipient.consent:
-            wanted.append(i)
+    recipients = chunk.recipients
+    if all_unit_ids_fine([r.unit_id for r in recipients]):  # the common case: one check
+        wanted = [i for i, recipient in enumerate(recipients) if recipient.consent]
+    else:
+        wanted = []
+        errors = chunk.errors
+        for i, recipient in enumerate(recipients):
+            problem = check_unit_id(recipient.unit_id)
+            if problem is not None:
+                errors[i] = RecipientError(code="invalid_unit_id", field="unit_id", message=problem)
+            elif recipient.consent:
+                wanted.append(i)
     chunk.profiles = [EMPTY_PROFILE] * len(chunk.recipients)
     if not wanted:
         return

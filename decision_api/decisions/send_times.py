@@ -224,16 +224,12 @@ class SendTimeGroup:
             for m in pending:
                 by_code.setdefault(int(codes[m]), []).append(m)
             version = policy.version
+            history = dict(zip(pending, self._history_features(pending), strict=True))
+            units, of_member = self.chunk.units, self.members
             for code, members in by_code.items():
                 hours_ok = np.flatnonzero(self.table.feasible[code])
                 options = [candidates[h] for h in hours_ok.tolist()]
-                contexts = [
-                    {
-                        **self.chunk.units[self.members[m][0]].attributes,
-                        **_history_features(self._week(self.members[m][0])),
-                    }
-                    for m in members
-                ]
+                contexts = [{**units[of_member[m][0]].attributes, **history[m]} for m in members]
                 for m, choice in zip(
                     members, policy.choose_many(contexts, options, rng), strict=True
                 ):
@@ -250,31 +246,20 @@ class SendTimeGroup:
             propensity[m] = 1.0 / len(hours_ok)
         return chosen, propensity, "fixed", ""
 
-    def _week(self, k: int) -> FloatArray:
-        """A unit's opens and clicks per UTC hour of week, shape (168,)."""
-        week = np.zeros(168)
-        for typ in HISTORY_TYPES:
-            counts = self.chunk.profiles[k].hours.get(typ)
-            if counts:
-                week += np.asarray(counts, dtype=np.float64)
-        return week
+    def _weeks(self, pending: Sequence[int]) -> tuple[list[int], FloatArray]:
+        """Opens and clicks per UTC hour of week of the pending members that have a history:
+        their positions in ``pending`` and their weeks, shape (len(rows), 168).
 
-    def _local_histories(self, pending: Sequence[int]) -> FloatArray:
-        """Opens and clicks per local hour (of day or week) of the pending members, (n, H).
-
-        UTC histograms are rolled by each zone's offset at the window start (one offset per
-        zone of the group's table, one gather for every member: ``local[h] = week[h - offset]``).
         Each history type's counts go into the week matrix in one step (types summed in
-        :meth:`_week`'s order, so the same floats): a decoded profile's stored cells
-        (``hour_cells``, a few per unit) by index, not its 168 bins per type.
+        ``HISTORY_TYPES`` order): a decoded profile's stored cells (``hour_cells``, a few per
+        unit) by index, not its 168 bins per type.
         """
-        out = np.zeros((len(pending), self.n_hours))
         profiles, members = self.chunk.profiles, self.members
         of_pending = [profiles[members[m][0]] for m in pending]
         rows = [r for r, profile in enumerate(of_pending) if profile.hours]
-        if not rows:
-            return out
         weeks = np.zeros((len(rows), 168))
+        if not rows:
+            return rows, weeks
         for typ in HISTORY_TYPES:
             at: list[int] = []  # dense rows (profiles built without their cells)
             counts: list[list[int]] = []
@@ -298,6 +283,33 @@ class SendTimeGroup:
                 weeks[at] += np.array(counts, dtype=np.float64)
             if cell_rows:
                 weeks[cell_rows, cell_hours] += np.array(cell_counts, dtype=np.float64)
+        return rows, weeks
+
+    def _history_features(self, pending: Sequence[int]) -> list[dict[str, Any]]:
+        """What a contextual policy sees of each pending member's history (the features of
+        :func:`history_features`), computed for all of them in one vectorised pass."""
+        out: list[dict[str, Any]] = [_NO_HISTORY] * len(pending)
+        rows, weeks = self._weeks(pending)
+        if not rows:
+            return out
+        totals = weeks.sum(axis=1).tolist()
+        peaks = weeks.reshape(-1, 7, 24).sum(axis=1).argmax(axis=1).tolist()
+        for r, total, peak in zip(rows, totals, peaks, strict=True):
+            if total:
+                out[r] = {"email_peak_hour_utc": str(peak), "email_opens_clicks": total}
+        return out
+
+    def _local_histories(self, pending: Sequence[int]) -> FloatArray:
+        """Opens and clicks per local hour (of day or week) of the pending members, (n, H).
+
+        UTC histograms (:meth:`_weeks`) are rolled by each zone's offset at the window start
+        (one offset per zone of the group's table, one gather for every member:
+        ``local[h] = week[h - offset]``).
+        """
+        out = np.zeros((len(pending), self.n_hours))
+        rows, weeks = self._weeks(pending)
+        if not rows:
+            return out
         row_index = np.array(rows)
         offsets = self._zone_offsets()[self.table.codes[np.asarray(pending)[row_index]]]
         local = np.take_along_axis(weeks, (_WEEK - offsets[:, None]) % 168, axis=1)
@@ -346,9 +358,15 @@ def _hour_candidates(compiled: Compiled) -> list[Candidate]:
     return known[1]
 
 
-def _history_features(week: FloatArray) -> dict[str, Any]:
+_NO_HISTORY: dict[str, Any] = {"email_history": "none"}
+
+
+def history_features(week: FloatArray) -> dict[str, Any]:
+    """The features a contextual send-time policy sees of one UTC hour-of-week history (168
+    bins): the peak hour of day (UTC) and the count of opens and clicks, or ``email_history:
+    none`` without any."""
     total = float(week.sum())
     if total == 0:
-        return {"email_history": "none"}
+        return dict(_NO_HISTORY)
     day = week.reshape(7, 24).sum(axis=0)
     return {"email_peak_hour_utc": str(int(day.argmax())), "email_opens_clicks": total}

@@ -209,6 +209,9 @@ class LearningPolicies:
         ``candidates`` are the variant keys the policy chose among (all variants by default).
         The reward window runs from ``window_start_ms`` (the decision by default; ``send_at``
         for a send-time decision) to ``window_end_ms`` (start + the experiment's window).
+        A ``dict`` context is kept as it is, not copied (a bulk campaign remembers two records
+        per recipient, both with the recipient's attributes): the caller never changes it
+        afterwards, as the engine never changes a unit's attributes once prepared.
         """
         exp = compiled.experiment
         rules = self.rules.get(exp.key)
@@ -229,7 +232,7 @@ class LearningPolicies:
                 chosen=choice.index,
                 propensity=choice.propensity,
                 model_version=choice.model_version,
-                context=dict(context),
+                context=context if type(context) is dict else dict(context),
                 decided_ms=now_ms,
             ),
             rules,

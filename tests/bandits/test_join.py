@@ -443,21 +443,9 @@ async def test_large_flush_writes_every_record_with_its_rules_and_window(
     for i in (0, 1, 499, 500, n - 1):
         hero = await redis.hgetall(join.record_key(f"d{i}", "hero"))
         send = await redis.hgetall(join.record_key(f"d{i}", "send"))
-        assert (hero["wend"], hero["dflt"], hero["lo"], hero["hi"], hero["agg"]) == (
-            str(T0 + WINDOW_S * 1000),
-            "0.25",
-            "0.0",
-            "1.0",
-            "first",
-        )
+        assert (hero["wend"], hero["ru"]) == (str(T0 + WINDOW_S * 1000), "0.25 0.0 1.0 first")
         end = T0 + (n - i) * 3_600_000
-        assert (send["wend"], send["dflt"], send["lo"], send["hi"], send["agg"]) == (
-            str(end),
-            "0.0",
-            "-1.0",
-            "2.0",
-            "sum",
-        )
+        assert (send["wend"], send["ru"]) == (str(end), "0.0 -1.0 2.0 sum")
         assert msgspec.json.decode(send["rec"], type=DecisionRecord) == _record(
             f"d{i}", "send", f"u{i}"
         )
@@ -712,6 +700,29 @@ async def _command_calls(redis: Redis) -> dict[str, int]:
         for name, v in stats.items():
             calls[name.removeprefix("cmdstat_")] += int(v["calls"])
     return dict(calls)
+
+
+@pytest.mark.parametrize("aggregation", ["first", "sum"])
+async def test_a_record_written_with_separate_rule_fields_still_joins_and_finalises(
+    join: RewardJoin, redis: Redis, aggregation: Literal["first", "sum"]
+) -> None:
+    """Records written before the rules were packed into ``ru`` (``dflt``/``lo``/``hi``/``agg``
+    fields) keep their aggregation and clip range: a deploy mid-window loses no reward."""
+    rules = {"hero": _rules(aggregation, default=0.25, lo=-1.0, hi=1.5)}
+    for did in ("d1", "d2"):
+        join.remember(_record(did, unit_id=f"u-{did}"), rules["hero"])
+    await join.flush()
+    for did in ("d1", "d2"):
+        key = join.record_key(did, "hero")
+        assert await redis.hget(key, "ru") == f"0.25 -1.0 1.5 {aggregation}"
+        await redis.hdel(key, "ru")
+        await redis.hset(key, mapping={"dflt": "0.25", "lo": "-1.0", "hi": "1.5",
+                                       "agg": aggregation})  # fmt: skip
+    for i, at_s in enumerate((3.0, 2.0)):  # two clicks: "sum" adds them (clipped to hi)
+        await _outcome(join, rules, event_id=f"e{i}", type="click", at_s=at_s, decision_id="d1")
+    await join.finalize_due(T0 + WINDOW_S * 1000)
+    got = {e.record.decision_id: (e.reward, e.joined) for e in await _stream(redis, join)}
+    assert got == {"d1": (1.5 if aggregation == "sum" else 1.0, True), "d2": (0.25, False)}
 
 
 async def test_finalising_reads_a_record_with_one_hmget(join: RewardJoin, redis: Redis) -> None:

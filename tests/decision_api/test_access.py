@@ -94,6 +94,14 @@ async def keyed(settings: Settings) -> AsyncIterator[Client]:
         yield c
 
 
+@pytest.fixture(scope="module")
+async def keyed_module(shared_settings: Settings) -> AsyncIterator[Client]:
+    """One keyed app (on the module's Redis kind) for tests that change nothing another test
+    reads: refused requests, the bootstrap keys, a unit of their own."""
+    async with AsyncTestClient(app=create_app(with_auth(shared_settings))) as c:
+        yield c
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def shared(
     redis_url: str, chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -208,19 +216,19 @@ async def test_keys_created_listed_revoked(keyed: Client, redis: Redis, namespac
         ({"scopes": ["decide"], "secret": "mine"}, "$.secret"),
     ],
 )
-async def test_key_create_rejects(keyed: Client, body: dict[str, Any], field: str) -> None:
+async def test_key_create_rejects(keyed_module: Client, body: dict[str, Any], field: str) -> None:
     """Bad key definitions are 422 naming the field."""
-    response = await keyed.post("/v1/keys", json=body, headers=bearer(SECRETS["admin"]))
+    response = await keyed_module.post("/v1/keys", json=body, headers=bearer(SECRETS["admin"]))
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == field
 
 
-async def test_bootstrap_key_cannot_be_revoked_through_api(keyed: Client) -> None:
+async def test_bootstrap_key_cannot_be_revoked_through_api(keyed_module: Client) -> None:
     """A key from TAILOR_AUTH_API_KEYS is 409 on revoke (it lives in the configuration)."""
     admin = bearer(SECRETS["admin"])
-    listed = (await keyed.get("/v1/keys", headers=admin)).json()["keys"]
+    listed = (await keyed_module.get("/v1/keys", headers=admin)).json()["keys"]
     env_key = next(k["key_id"] for k in listed if k["source"] == "env")
-    response = await keyed.delete(f"/v1/keys/{env_key}", headers=admin)
+    response = await keyed_module.delete(f"/v1/keys/{env_key}", headers=admin)
     assert response.status_code == 409
 
 
@@ -483,9 +491,9 @@ async def test_cors_preflight_refuses_other_origins(cors: Client) -> None:
     assert "access-control-allow-origin" not in preflight.headers
 
 
-async def test_no_cors_headers_without_configuration(keyed: Client) -> None:
+async def test_no_cors_headers_without_configuration(keyed_module: Client) -> None:
     """Without TAILOR_AUTH_CORS_ORIGINS no CORS header is sent."""
-    response = await keyed.post(
+    response = await keyed_module.post(
         "/v1/decide",
         json={"unit_id": "u1", "placements": ["home"]},
         headers={"Origin": "https://shop.example", **bearer(SECRETS["decide"])},
@@ -517,12 +525,13 @@ async def test_public_key_cannot_plant_events(
     assert served.status_code == 202, served.text
 
 
-async def test_public_key_sends_browser_events(keyed: Client) -> None:
+async def test_public_key_sends_browser_events(keyed_module: Client) -> None:
     """A decide-only key still records browsing events (with a category) for a unit."""
-    body = {"unit_id": "shopper-1", "type": "product_view", "properties": {"category": "shoes"}}
-    response = await keyed.post("/v1/events", json=body, headers=bearer(SECRETS["decide"]))
+    unit = "shopper-" + uuid.uuid4().hex[:8]
+    body = {"unit_id": unit, "type": "product_view", "properties": {"category": "shoes"}}
+    response = await keyed_module.post("/v1/events", json=body, headers=bearer(SECRETS["decide"]))
     assert response.status_code == 202, response.text
-    export = await keyed.get("/v1/units/shopper-1/export", headers=bearer(SECRETS["admin"]))
+    export = await keyed_module.get(f"/v1/units/{unit}/export", headers=bearer(SECRETS["admin"]))
     derived = export.json()["derived"]
     assert derived["product_view_7d"] == 1 and derived["last_categories"] == ["shoes"]
 

@@ -5,6 +5,7 @@ limits, workflow steps and frequency caps."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections import Counter
@@ -25,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from scipy import stats
 
 from bandits.join import DecisionRecord
-from decision_api.decisions.bulk import Campaign, decide_bulk
+from decision_api.decisions.bulk import Campaign, all_unit_ids_fine, check_unit_id, decide_bulk
 from decision_api.learning.runtime import spec_of
 from decision_api.profiles.store import unit_key
 from decision_api.services import Services, open_services
@@ -392,6 +393,31 @@ ERROR_CASES = [
     ({"unit_id": "u-zone", "context": {"timezone": "Nowhere/Land"}}, "invalid_timezone",
      "timezone", "not a known IANA time zone"),
 ]  # fmt: skip
+
+
+def test_a_chunk_of_unit_ids_is_fine_exactly_when_each_one_is() -> None:
+    """The one check per chunk agrees with checking every id (bad ones anywhere in a chunk)."""
+    rng = random.Random(3)
+    pool = [
+        "u1",
+        "",
+        "x" * 256,
+        "x" * 257,
+        "a\x01b",
+        "{",
+        "x}",
+        "ok-id",
+        "\u00e9t\u00e9",
+        "t\tb",
+        "z",
+    ]
+    seen = set()
+    for _ in range(400):
+        ids = [rng.choice(pool) for _ in range(rng.randint(0, 5))]
+        fine = all(check_unit_id(u) is None for u in ids)
+        assert all_unit_ids_fine(ids) == fine, ids
+        seen.add(fine)
+    assert seen == {True, False}
 
 
 @pytest.mark.parametrize(("bad", "code", "field", "match"), ERROR_CASES)

@@ -228,10 +228,10 @@ async def test_erasure_leaves_nothing(
     )  # fmt: skip
 
 
-async def test_erasure_is_idempotent(client: Client) -> None:
+async def test_erasure_is_idempotent(shared_client: Client) -> None:
     """Erasing an unknown (or already erased) unit succeeds with nothing removed."""
     for _ in range(2):
-        response = await client.delete("/v1/units/never-seen")
+        response = await shared_client.delete("/v1/units/never-seen")
         assert response.status_code == 200
         body = response.json()
         assert body["redis_keys"] == 0
@@ -321,9 +321,9 @@ async def test_erasure_needs_the_event_log(client: Client) -> None:
         ("/v1/units/" + "x" * 300 + "/export", 422),
     ],
 )
-async def test_unit_id_path_limits(client: Client, path: str, status: int) -> None:
+async def test_unit_id_path_limits(shared_client: Client, path: str, status: int) -> None:
     """Unit ids in paths obey the same limits as in bodies."""
-    response = await client.get(path)
+    response = await shared_client.get(path)
     assert response.status_code == status, response.text
 
 

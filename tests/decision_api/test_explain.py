@@ -73,9 +73,9 @@ async def test_explain_names_the_segment_once_it_decides(client: Client) -> None
     assert "health" not in str(factors)
 
 
-async def test_explain_must_be_a_boolean(client: Client) -> None:
+async def test_explain_must_be_a_boolean(shared_client: Client) -> None:
     """``explain: "yes"`` is a 400/422 naming the field."""
-    response = await client.post(
+    response = await shared_client.post(
         "/v1/decide", json={"unit_id": "u", "placements": ["home"], "explain": "yes"}
     )
     assert response.status_code in (400, 422), response.text
@@ -121,9 +121,9 @@ async def test_bulk_decisions_explain_on_request(client: Client) -> None:
     assert "health" not in str(answers)
 
 
-async def test_bulk_explain_must_be_a_boolean(client: Client) -> None:
+async def test_bulk_explain_must_be_a_boolean(shared_client: Client) -> None:
     """``explain: "yes"`` on /v1/decide/batch is a 400/422 naming the field."""
-    response = await client.post(
+    response = await shared_client.post(
         "/v1/decide/batch",
         json={
             "campaign": "c",

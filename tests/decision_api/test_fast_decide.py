@@ -37,6 +37,20 @@ async def client(app: DecideFront) -> AsyncIterator[AsyncTestClient[Litestar]]:
         yield c
 
 
+@pytest.fixture(scope="module")
+def front(shared_settings: Settings) -> DecideFront:
+    """One front for the module's tests of refused input (each compares counters before and
+    after its own request)."""
+    return create_asgi_app(shared_settings)
+
+
+@pytest.fixture(scope="module")
+async def front_client(front: DecideFront) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """An in-process client of :func:`front`, its lifespan running for the module."""
+    async with AsyncTestClient(app=front) as c:  # type: ignore[arg-type]
+        yield c
+
+
 def _fast_hits(app: Litestar | DecideFront) -> float:
     value = app.state.services.metrics.fast_path._value.get()
     return float(value)
@@ -80,9 +94,14 @@ async def test_fast_path_serves_valid_requests_like_the_handler(
     ],
 )
 async def test_bad_input_falls_through_to_the_handler(
-    client: AsyncTestClient[Litestar], app: Litestar, body: bytes, status: int, field: str
+    front_client: AsyncTestClient[Litestar],
+    front: DecideFront,
+    body: bytes,
+    status: int,
+    field: str,
 ) -> None:
     """Anything the fast path does not accept gets the full handler's problem answer."""
+    client, app = front_client, front
     before = _fast_hits(app)
     r = await client.post("/v1/decide", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status
@@ -211,10 +230,15 @@ async def test_a_single_outcome_is_served_by_the_front_like_the_handler(
     ],
 )
 async def test_an_outcome_the_front_cannot_serve_gets_the_routes_problem(
-    client: AsyncTestClient[Litestar], app: DecideFront, body: bytes, status: int, field: str
+    front_client: AsyncTestClient[Litestar],
+    front: DecideFront,
+    body: bytes,
+    status: int,
+    field: str,
 ) -> None:
     """Malformed outcomes, and one the route refuses after decoding (a ts out of range, refused
     before anything is logged), are answered by the route's problem handler."""
+    client, app = front_client, front
     before = _fast_outcomes(app)
     accepted = app.state.services.metrics.outcomes.labels("click")._value.get()
     r = await client.post(

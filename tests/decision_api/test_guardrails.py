@@ -15,9 +15,14 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from decision_api.app import create_app
+from decision_api.decisions import engine as engine_module
 from decision_api.decisions.controls import Controls
+from decision_api.decisions.engine import DecisionEngine, Pseudonymiser
+from decision_api.metrics import Metrics
+from decision_api.profiles.store import UnitProfile
 from decision_api.settings import DecisionSettings, Settings
 from event_log.rows import Exposure, Outcome
+from experiments.cache import ExperimentCache
 from tests.support.polling import eventually
 
 Client = AsyncTestClient[Litestar]
@@ -119,11 +124,12 @@ async def test_kill_switch_forced_by_settings(settings: Settings) -> None:
     ],
 )
 async def test_sensitive_features_rejected_in_definitions(
-    client: Client, change: dict[str, Any], field: str
+    shared_client: Client, change: dict[str, Any], field: str
 ) -> None:
     """Targeting, variant (action) features and policy options naming a sensitive feature are
-    422 at definition time, case-insensitively, naming the field."""
-    response = await client.post("/v1/experiments", json={**HERO, **change})
+    422 at definition time, case-insensitively, naming the field (one app for every case:
+    nothing is stored)."""
+    response = await shared_client.post("/v1/experiments", json={**HERO, **change})
     assert response.status_code == 422, response.text
     error = response.json()["errors"][0]
     assert error["field"] == field
@@ -154,6 +160,34 @@ async def test_sensitive_context_never_reaches_targeting(client: Client) -> None
     await asyncio.to_thread(client.blocking_portal.call, services.writer.flush)
     rows = await asyncio.to_thread(services.event_log.query, "SELECT context FROM exposures")
     assert rows == [({"device": "m"},)]
+
+
+def test_sensitive_attributes_are_stripped_from_every_prepared_unit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Names once found harmless are not checked again, but a sensitive one (any case) is
+    stripped from every unit, whatever names came before it, also once the set of names
+    remembered as harmless has started over."""
+    monkeypatch.setattr(engine_module, "MAX_KNOWN_NAMES", 50)
+    engine = DecisionEngine(
+        features=None,  # type: ignore[arg-type]  # prepare reads no store
+        cache=ExperimentCache(store=None),  # type: ignore[arg-type]
+        policies=None,
+        sink=None,  # type: ignore[arg-type]
+        metrics=Metrics(),
+        pseudonymise=Pseudonymiser("s"),
+        rng=np.random.default_rng(0),
+        sensitive_features=frozenset({"Health", "religion"}),
+    )
+    profile = UnitProfile(attributes={"plan": "pro", "HEALTH": "x"}, hours={}, found=True)
+    for i in range(300):
+        context = {"device": "m", f"k{i % 120}": i}
+        if i % 7 == 0:
+            context["Religion" if i % 2 else "health"] = "y"
+        unit = engine.prepare(f"u{i}", context, True, profile, False, 1_700_000_000_000)
+        assert unit.attributes == {"plan": "pro", "device": "m", f"k{i % 120}": i}
+    no_consent = engine.prepare("u", {"religion": "z"}, False, profile, False, 0)
+    assert no_consent.attributes == {}
 
 
 class _Engine:
@@ -333,8 +367,10 @@ async def test_harmless_guardrail_keeps_the_experiment_running(settings: Setting
         ]
 
 
-async def test_auto_pause_needs_a_guardrail_metric(client: Client) -> None:
+async def test_auto_pause_needs_a_guardrail_metric(shared_client: Client) -> None:
     """``auto_pause_on_harm`` without a guard-rail metric is a 422 naming the field."""
-    response = await client.post("/v1/experiments", json={**WATCHED, "guardrail_metrics": []})
+    response = await shared_client.post(
+        "/v1/experiments", json={**WATCHED, "guardrail_metrics": []}
+    )
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "$.auto_pause_on_harm"

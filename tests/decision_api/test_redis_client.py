@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,13 +24,17 @@ from decision_api.redis_client import (
     SLOTS,
     ClusterUnavailable,
     connect,
+    connect_sync,
+    key_slot,
     migrate_layout,
     new_name,
     slot_tag,
+    stream_read_keys,
 )
 from decision_api.redis_server import free_port
 from decision_api.settings import AuthSettings, LearnerSettings, RedisSettings, Settings
 from experiments.store import ExperimentStore
+from tests.support.redis_cluster import RedisCluster
 
 SECRET = "cluster-down-secret"
 
@@ -216,3 +221,84 @@ async def test_the_cluster_clients_errors_are_redis_errors() -> None:
                 await pipe.execute()
     finally:
         await r.aclose()
+
+
+@pytest.mark.parametrize(
+    ("args", "keys"),
+    [
+        (("XREADGROUP", "GROUP", "g", "c", "COUNT", 20, "STREAMS", "s", ">"), ["s"]),
+        (
+            (
+                "XREADGROUP",
+                "GROUP",
+                "streams",
+                "streams",
+                "BLOCK",
+                5,
+                "NOACK",
+                "STREAMS",
+                "a",
+                "b",
+                "0",
+                "0",
+            ),
+            ["a", "b"],
+        ),
+        ((b"XREAD", b"COUNT", b"1", b"STREAMS", b"k", b"$"), [b"k"]),
+        (("XREADGROUP", "GROUP", "g", "c", "STREAMS", "s"), None),  # a key without its id
+        (("XREAD", "SOMEDAY", "1", "STREAMS", "k", "$"), None),  # an option it does not know
+        (("XADD", "s", "*", "f", "v"), None),
+    ],
+)
+def test_stream_read_keys_are_read_as_redis_reads_them(
+    args: tuple[object, ...], keys: list[object] | None
+) -> None:
+    """The options (``GROUP`` takes two words, which may be ``streams``), then ``STREAMS``,
+    then as many keys as ids; anything else is left to Redis."""
+    assert stream_read_keys(args) == keys
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A cluster of this test's own: it loses a node."""
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+async def test_stream_reads_go_on_after_the_default_node_fails_over(
+    own_cluster: RedisCluster,
+) -> None:
+    """redis-py asks a node (the default one) where the keys of ``XREADGROUP`` are. Once that
+    primary was killed and its replica had taken over, every stream read failed for ever with
+    ``Connection refused`` (the question fails before routing, so no refresh follows), while
+    other commands went on: the event-log owner stored nothing after a failover. The clients
+    of :mod:`decision_api.redis_client` read the keys themselves."""
+    cluster = own_cluster
+    settings = RedisSettings(url=cluster.url, cluster=True)
+    blocking = connect_sync(settings, socket_timeout=2, socket_connect_timeout=1)
+    asyncio_client = connect(settings, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        await asyncio_client.ping()
+        asked = blocking.get_default_node()
+        assert asyncio_client.get_default_node().name == asked.name  # type: ignore[attr-defined]
+        dead = next(n for n in cluster.nodes if n.address == asked.name)
+        # A stream on another primary: nothing sent to it touches the node that dies.
+        stream = next(
+            k for k in (f"s{i}" for i in range(1000)) if cluster.primary_of(key_slot(k)) != dead
+        )
+        blocking.xgroup_create(stream, "sync", id="0", mkstream=True)
+        blocking.xgroup_create(stream, "async", id="0")
+        blocking.xadd(stream, {"n": "1"})
+        cluster.fail_over(dead)
+
+        read = blocking.xreadgroup("sync", "c", {stream: ">"}, count=10)
+        assert [len(entries) for _, entries in read] == [1]  # type: ignore[union-attr]
+        read = await asyncio_client.xreadgroup("async", "c", {stream: ">"}, count=10)
+        assert [len(entries) for _, entries in read] == [1]
+    finally:
+        blocking.close()
+        await asyncio_client.aclose()

@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from decision_api.decisions.send_times import SendTimeGroup
+from decision_api.decisions.send_times import SendTimeGroup, history_features
 from decision_api.profiles.store import EMPTY_PROFILE, UnitProfile, decode_profile
 from tailor_contract.definitions import SendTimeSpec
 from tailor_contract.send_window import HourKind, SendWindow
@@ -85,3 +85,26 @@ def test_decoded_profile_lists_its_hour_cells() -> None:
     profile = decode_profile(raw, WINDOW.start_s)
     assert sorted(profile.hour_cells) == [("email_click", 5, 1), ("email_open", 5, 2)]
     assert profile.hours["email_open"][5] == 2
+
+
+def test_contextual_history_features_for_a_group_equal_each_members_own() -> None:
+    """The vectorised features a contextual policy sees (peak UTC hour, opens and clicks, or no
+    history) equal :func:`history_features` of each member's dense 168-bin week."""
+    profiles, zones = _profiles(400, seed=11)
+    compiled = SimpleNamespace(experiment=SimpleNamespace(send_time=SendTimeSpec()))
+    chunk = SimpleNamespace(units=[], zones=zones, profiles=profiles, placed=[])
+    members = [(k, 1) for k in range(len(profiles))]
+    group = SendTimeGroup(None, compiled, chunk, members, None, WINDOW)  # type: ignore[arg-type]
+    pending = list(range(1, len(profiles), 2))
+    got = group._history_features(pending)
+
+    expected = []
+    for k in pending:
+        week = np.zeros(168)
+        for typ in ("email_open", "email_click"):
+            if typ in profiles[k].hours:
+                week += np.asarray(profiles[k].hours[typ], dtype=np.float64)
+        expected.append(history_features(week))
+    assert got == expected
+    assert {"email_history": "none"} in got
+    assert any("email_peak_hour_utc" in f for f in got)

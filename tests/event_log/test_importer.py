@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from event_log.importer import ImportFormat, ImportRejected, import_decisions
+from event_log.importer import ImportFormat, ImportRejected, import_decisions, read_rows
 from event_log.rows import Table
 from event_log.store import ClickHouseEventLog, EventLog
 from experiments.off_policy.estimators import evaluate_policy
@@ -291,3 +291,16 @@ def test_a_flag_column_that_is_always_one_is_warned_about(event_log: ClickHouseE
     assert summary.outcomes == 6
     assert len(summary.warnings) == 1
     assert summary.warnings[0].startswith("outcome.click is 1 on every one of the 6 rows")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"unit_id,variant,ts\n007,a,1709287200\n",
+        b"\xef\xbb\xbfunit_id,variant,ts\r\n007,a,1709287200\r\n",  # a BOM, Windows line ends
+        b'"unit_id","variant","ts"\n"007","a","1709287200"\n',
+    ],
+)
+def test_csv_cells_stay_text_so_ids_keep_their_leading_zeros(data: bytes) -> None:
+    """A CSV unit id "007" is read as "007" (types were inferred and cast back: "7")."""
+    assert read_rows(data, "csv") == [{"unit_id": "007", "variant": "a", "ts": "1709287200"}]

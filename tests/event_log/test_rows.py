@@ -7,7 +7,7 @@ import uuid
 
 import msgspec
 
-from event_log.rows import Exposure, new_event_id
+from event_log.rows import EventRows, Exposure, new_event_id
 from event_log.sql import EXPOSURE_COLUMNS, encode_rows
 
 
@@ -48,3 +48,25 @@ def test_insert_bodies_are_one_json_array_per_row_with_times_in_seconds() -> Non
         assert values[2] == (1_700_000_000_123 + i) / 1000
         assert values[EXPOSURE_COLUMNS.index("send_at")] == (1_700_000_360.0 if i else None)
         assert values[0] == str(row[0]) and values[1] == f"d{i}"
+
+
+def test_exposures_encode_from_their_events_as_from_their_rows() -> None:
+    """A batch handed over as ``EventRows`` encodes exactly as its rows do (slates, holdouts,
+    send times or none), and reads as those rows to anyone else."""
+    events = [
+        Exposure(
+            event_id=new_event_id(), decision_id=f"d{i}", ts_ms=1_700_000_000_123 + 7 * i,
+            unit_id=f"u{i}", experiment="hero", experiment_version=i, placement="home",
+            variant=f"v{i % 3}", propensity=1 / (i + 1), policy="thompson",
+            policy_version=str(i), reason="policy", holdout=i % 4 == 0,
+            context={"device": "mobile", "n": str(i)} if i % 2 else {}, campaign=f"c{i % 2}",
+            send_at_ms=1_700_000_360_001 + i if i % 3 else None, slot=i % 5 - 1,
+            item=f"v{i % 3}" if i % 5 else "", candidates=i % 5,
+        )
+        for i in range(40)
+    ]  # fmt: skip
+    rows = [e.row() for e in events]
+    batch = EventRows(events)
+    assert encode_rows("exposures", batch) == encode_rows("exposures", rows)
+    assert (list(batch), batch[3], batch[1:4], len(batch)) == (rows, rows[3], rows[1:4], 40)
+    assert encode_rows("exposures", EventRows([])) == b""

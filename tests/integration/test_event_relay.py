@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -20,12 +21,15 @@ import msgspec
 import pytest
 import redis
 
+from decision_api.redis_client import connect_sync, key_slot
 from decision_api.redis_server import RedisServer, free_port
+from decision_api.settings import RedisSettings
 from event_log.relay import RelayEventLog, RelayKeys, run_owner
 from event_log.rows import Outcome
 from event_log.store import open_event_log
 from tailor_contract.errors import EventLogUnavailable
 from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
+from tests.support.redis_cluster import RedisCluster
 
 
 def _outcomes(n: int, tag: str) -> list[tuple[object, ...]]:
@@ -378,3 +382,60 @@ def test_a_stopping_owner_waits_out_a_redis_restart_to_drain(
         assert store.query("SELECT count() FROM outcomes") == [(40,)]
     finally:
         store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.redis_cluster
+def test_the_owner_drains_after_its_clusters_default_node_fails_over(
+    tmp_path: Path, event_log_url: str
+) -> None:
+    """The primary its cluster client asks about command keys (the default node) is killed and
+    its replica takes over: the owner stores what workers add since. It used to fail every
+    ``XREADGROUP`` for ever (redis-py asked the dead node for the keys) while its heartbeat went
+    on, so workers kept adding to a stream nobody read, and the failover test lost 544 of 746
+    exposures."""
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    relay: RelayEventLog | None = None
+    try:
+        probe = connect_sync(RedisSettings(url=cluster.url, cluster=True))
+        asked = probe.get_default_node().name  # type: ignore[attr-defined]
+        probe.close()
+        dead = next(n for n in cluster.nodes if n.address == asked)
+        # The owner's keys on the other primaries: no command of its own reaches the dead node
+        # (an error there would refresh its topology and hide the fault).
+        prefix = next(
+            p
+            for p in (f"o{uuid.uuid4().hex[:8]}" for _ in range(10_000))
+            if all(
+                cluster.primary_of(key_slot(key)) != dead
+                for key in (RelayKeys(p).stream, RelayKeys(p).heartbeat, RelayKeys(p).requests)
+            )
+        )
+        settings = RedisSettings(url=cluster.url, cluster=True, key_prefix=prefix)
+        connect = functools.partial(connect_sync, settings)
+        thread = threading.Thread(
+            target=run_owner, args=(event_log_url, cluster.url, prefix, stop, connect), daemon=True
+        )
+        thread.start()
+        relay = RelayEventLog(cluster.url, prefix, timeout_s=5, connect=connect)
+        stream = RelayKeys(prefix).stream
+        _wait(relay.ping)
+        relay.insert("outcomes", _outcomes(10, "before"), "token-before")
+        _wait(lambda: relay.query("SELECT count() FROM outcomes") == [(10,)])
+        reader = connect_sync(settings)  # before the kill: the URL may name the node that dies
+        cluster.fail_over(dead)
+        relay.insert("outcomes", _outcomes(20, "after"), "token-after")
+        try:
+            _wait(lambda: reader.xlen(stream) == 0, timeout=15)
+        finally:
+            reader.close()
+        assert relay.query("SELECT count() FROM outcomes") == [(30,)]
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=40)
+        if relay is not None:
+            relay.close()
+        cluster.stop()

@@ -16,7 +16,9 @@ a time). Promises checked:
 A second test kills ClickHouse (over HTTP) and then makes the spool unwritable under load and a
 stream of poison batches: nothing answered 2xx may be lost or doubled, and no poison row stored.
 
-The whole test takes about a minute; the figures are printed (``FIGURES {...}``).
+Each phase of load between two faults runs until :data:`PHASE_EXPOSURES` more exposures were
+accepted (at least 0.5 s, at most the full phase); with ``TAILOR_LONG_TESTS=1`` every phase lasts
+its full length (2 s, thousands of events). The figures are printed (``FIGURES {...}``).
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ from tests.integration.test_failures import (
 )
 from tests.integration.test_serve_cli import children_of
 from tests.support.processes import TailorServer, server_env
+from tests.support.sizes import LONG_TESTS, sized
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FLUSH_INTERVAL_S = 0.2
 SLACK_S = 1.0  # a batch being inserted when the worker died, scheduling on a loaded machine
+PHASE_EXPOSURES = 60  # accepted per phase of load (three phases: > 100), unless long
+MIN_PHASE_S = 0.5
 
 COUNT_EVENTS = """
 import json, sys
@@ -126,6 +131,19 @@ async def until_ready(server: TailorServer, timeout_s: float, after: str) -> flo
     raise AssertionError(f"not ready {timeout_s} s after {after}:\n{server.output()[-3000:]}")
 
 
+async def under_load(load: TimedLoad, full_s: float) -> None:
+    """Let the load run on: ``full_s`` with ``TAILOR_LONG_TESTS=1``; otherwise until
+    :data:`PHASE_EXPOSURES` more exposures were accepted, for at least :data:`MIN_PHASE_S` and at
+    most ``full_s``."""
+    started = time.monotonic()
+    before = len(load.exposed)
+    while (elapsed := time.monotonic() - started) < full_s:
+        enough = len(load.exposed) - before >= PHASE_EXPOSURES
+        if not LONG_TESTS and elapsed >= MIN_PHASE_S and enough:
+            return
+        await asyncio.sleep(0.05)
+
+
 def stored(data: Path) -> tuple[list[str], list[str]]:
     """Decision ids of the stored exposures and event ids (hex) of the stored outcomes."""
     counted = subprocess.run(
@@ -154,21 +172,21 @@ async def test_no_event_lost_or_doubled_through_kills_and_sigterm(
             assert answer.status_code in (200, 201), answer.text
 
         load = TimedLoad(server.url).start()
-        await asyncio.sleep(2.0)
+        await under_load(load, 2.0)
         worker = worker_of(server)
         killed_worker_at = time.monotonic()
         os.kill(worker, signal.SIGKILL)
         respawn_s = await until_ready(server, 30, "kill -9 of the worker")
-        await asyncio.sleep(2.0)
+        await under_load(load, 2.0)
 
         redis_port = redis.port
         assert redis.pid is not None
         os.kill(redis.pid, signal.SIGKILL)
         redis.stop()  # reaps it
-        await asyncio.sleep(1.5)
+        await under_load(load, 1.5)
         redis = RedisServer(tmp_path / "redis", port=redis_port, persist=True).start()
         redis_back_s = await until_ready(server, 30, "the Redis restart")
-        await asyncio.sleep(2.0)
+        await under_load(load, 2.0)
 
         killed_server_at = time.monotonic()
         if ending == "sigterm":
@@ -256,7 +274,7 @@ async def test_no_event_lost_when_clickhouse_and_the_spool_fail_under_poison(
         try:
             load = Load(server.url).start()
             poison = asyncio.create_task(_poison(server.url, stop_poison, poison_statuses))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(sized(0.5, 1.0))
             await asyncio.to_thread(front.kill)  # ClickHouse down: batches go to the spool
             await asyncio.sleep(1.5)
             spool.rename(tmp_path / "spool-away")  # the spool becomes unwritable
@@ -267,7 +285,7 @@ async def test_no_event_lost_when_clickhouse_and_the_spool_fail_under_poison(
             spool.unlink()
             (tmp_path / "spool-away").rename(spool)
             await asyncio.to_thread(front.start)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(sized(0.5, 1.0))
             await load.finish()
             stop_poison.set()
             await poison

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -454,16 +455,18 @@ async def test_logged_propensities_equal_the_policy_pmf_and_match_frequencies(
     ],
 )
 async def test_bad_policy_definitions_are_rejected_with_422(
-    client: AsyncTestClient[Litestar], policy: dict[str, Any], field: str, match: str
+    shared_client: AsyncTestClient[Litestar], policy: dict[str, Any], field: str, match: str
 ) -> None:
-    """Bad hyper-parameters and VW arguments fail at definition time, naming the field."""
-    spec = definition("bad", policy, variants=["a", "b", "c", "d"])
-    got = await client.post("/v1/experiments", json=spec)
+    """Bad hyper-parameters and VW arguments fail at definition time, naming the field (one
+    app for every case, each under its own experiment key)."""
+    key = "bad-" + uuid.uuid4().hex[:8]
+    spec = definition(key, policy, variants=["a", "b", "c", "d"])
+    got = await shared_client.post("/v1/experiments", json=spec)
     assert got.status_code == 422, got.text
     [error] = got.json()["errors"]
     assert error["field"] == field
     assert match in error["message"]
-    assert (await client.get("/v1/experiments/bad")).status_code == 404
+    assert (await shared_client.get(f"/v1/experiments/{key}")).status_code == 404
 
 
 # -- the learner as a real process, killed mid-stream ----------------------------------------

@@ -10,9 +10,14 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from tests.integration.test_learning_loop import definition, start
-from tests.integration.test_what_if_api import quiet_client, uniform_log
+from tests.integration.test_what_if_api import (
+    own_key,
+    quiet_client,
+    quiet_module_client,
+    uniform_log,
+)
 
-__all__ = ["quiet_client"]
+__all__ = ["quiet_client", "quiet_module_client"]
 
 # seg x clicks on a, seg y on c (see test_what_if_api.CLICKS).
 RULES = {
@@ -92,11 +97,12 @@ async def test_the_current_model_greedy_is_read_from_the_published_snapshot(
     ],
 )
 async def test_a_bad_target_is_a_4xx_naming_the_field(
-    quiet_client: AsyncTestClient[Litestar], target: dict[str, object], field: str
+    quiet_module_client: AsyncTestClient[Litestar], target: dict[str, object], field: str
 ) -> None:
-    await start(quiet_client, definition("ob", {"kind": "fixed"}))
-    await uniform_log(quiet_client, 4)
-    got = await quiet_client.post("/v1/experiments/ob/off-policy", json={"target": target})
+    client, key = quiet_module_client, own_key("ob")
+    await start(client, definition(key, {"kind": "fixed"}, placement=key))
+    await uniform_log(client, 4, placement=key)
+    got = await client.post(f"/v1/experiments/{key}/off-policy", json={"target": target})
     assert got.status_code in (409, 422), got.text
     problem = got.json()
     fields = [e["field"] for e in problem.get("errors", [])] + [problem.get("field")]

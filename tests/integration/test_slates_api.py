@@ -200,11 +200,12 @@ async def test_default_answers_show_the_fixed_order_and_other_policies_answer_on
     ],
 )
 async def test_bad_slate_requests_are_refused_naming_the_field(
-    client: Client, slates: dict[str, Any], field: str
+    shared_client: Client, slates: dict[str, Any], field: str
 ) -> None:
     """A slate for a placement not asked for, a slot count out of 1..50, no or duplicated
-    candidates, a bad feature or an unknown option: a 4xx naming the field."""
-    got = await client.post(
+    candidates, a bad feature or an unknown option: a 4xx naming the field (no experiment
+    is involved, so one app serves every case)."""
+    got = await shared_client.post(
         "/v1/decide", json={"unit_id": "u", "placements": ["home_carousel"], "slates": slates}
     )
     assert 400 <= got.status_code < 500, got.text

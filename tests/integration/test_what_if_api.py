@@ -3,6 +3,7 @@ candidate config replayed over them, its value against the deployed policy's."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -25,19 +26,37 @@ async def quiet_client(settings: Settings) -> AsyncIterator[AsyncTestClient[Lite
         yield c
 
 
+@pytest.fixture(scope="module")
+async def quiet_module_client(
+    shared_settings: Settings,
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """Like :func:`quiet_client`, one app for a module's tests of refused requests (each on an
+    experiment and placement of its own)."""
+    quiet = msgspec.structs.replace(
+        shared_settings, learner=msgspec.structs.replace(shared_settings.learner, in_process=False)
+    )
+    async with AsyncTestClient(app=create_app(quiet)) as c:
+        yield c
+
+
+def own_key(prefix: str) -> str:
+    """An experiment key (also used as its placement) no other test uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
 # The visitor's segment decides which variant earns a click: "x" clicks on a, "y" on c.
 CLICKS = {"x": "a", "y": "c"}
 
 
-async def uniform_log(client: AsyncTestClient[Litestar], n: int) -> int:
-    """``n`` decisions of the fixed uniform split, each clicked when it suits the segment;
-    returns the number of clicks."""
+async def uniform_log(client: AsyncTestClient[Litestar], n: int, placement: str = "home") -> int:
+    """``n`` decisions of the fixed uniform split on ``placement``, each clicked when it suits
+    the segment; returns the number of clicks."""
     clicks = 0
     for i in range(n):
         segment = "x" if i % 2 == 0 else "y"
         got = await client.post(
             "/v1/decide",
-            json={"unit_id": f"u{i}", "placements": ["home"], "context": {"seg": segment}},
+            json={"unit_id": f"u{i}", "placements": [placement], "context": {"seg": segment}},
         )
         decision = got.json()
         if decision["decisions"][0]["variant"] == CLICKS[segment]:
@@ -80,10 +99,11 @@ async def test_a_segmented_candidate_beats_the_uniform_split_on_its_logs(
     ],
 )
 async def test_a_bad_candidate_config_is_a_422_naming_the_field(
-    quiet_client: AsyncTestClient[Litestar], policy: dict[str, object], field: str
+    quiet_module_client: AsyncTestClient[Litestar], policy: dict[str, object], field: str
 ) -> None:
-    await start(quiet_client, definition("wb", {"kind": "fixed"}))
-    got = await quiet_client.post("/v1/experiments/wb/what-if", json={"policy": policy})
+    key = own_key("wb")
+    await start(quiet_module_client, definition(key, {"kind": "fixed"}, placement=key))
+    got = await quiet_module_client.post(f"/v1/experiments/{key}/what-if", json={"policy": policy})
     assert got.status_code == 422, got.text
     problem = got.json()
     fields = [e["field"] for e in problem.get("errors", [])] + [problem.get("field")]

@@ -192,6 +192,37 @@ class RedisCluster:
                 return node
         return None
 
+    def primary_of(self, slot: int) -> ClusterNode:
+        """The running primary serving ``slot``."""
+        with contextlib.closing(self.running()[0].client()) as client:
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    port = int(primary[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no primary serves slot {slot}")
+
+    def fail_over(self, primary: ClusterNode, timeout_s: float = 30.0) -> float:
+        """``kill -9`` a primary once its replica is in sync, wait until the replica has taken
+        over and every slot is served again; returns the seconds from the kill to the takeover."""
+        replica = self.replica_of(primary)
+        assert replica is not None, f"{primary.address} has no replica"
+        deadline = time.monotonic() + timeout_s
+        self._wait(
+            lambda: replica.info("replication").get("master_link_status") == "up",
+            deadline,
+            f"replica {replica.address} in sync",
+        )
+        killed_at = time.monotonic()
+        primary.kill()
+        self._wait(
+            lambda: replica.info("replication").get("role") == "master",
+            deadline,
+            f"{replica.address} taking over",
+        )
+        took_over_s = time.monotonic() - killed_at
+        self.wait_ok(deadline - time.monotonic())
+        return took_over_s
+
     @staticmethod
     def _wait(probe: object, deadline: float, what: str) -> None:
         last: object = None
