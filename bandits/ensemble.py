@@ -268,6 +268,14 @@ class EnsemblePolicy:
             out["vw"] = self._vw.pmf(context, candidates)
         return out
 
+    def member_pmfs(
+        self, context: Context, candidates: Sequence[Candidate]
+    ) -> dict[str, FloatArray]:
+        """Each member's own pmf for ``context`` (``baseline``, ``cells`` once a partition is
+        chosen, ``vw``), before mixing and flooring: what each would serve alone."""
+        keys = check_candidates(candidates)
+        return self._member_pmfs(context, candidates, keys, {}, with_vw=True)
+
     # -- decisions -------------------------------------------------------------------------
 
     def _member_tag(self) -> str:

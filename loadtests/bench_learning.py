@@ -36,7 +36,11 @@ points) and the share curve (share per 5,000 decisions); the policy's own member
 when it has one (``serving_report``); and ``cover`` = whether the SNIPS 95 % interval of uniform
 play's value, estimated from the policy's logs, covers the truth (``cover_x``: the same for always
 playing the best single variant; ``cover_every_x`` in the JSON: the share of the variants X whose
-always-X interval covers).
+always-X interval covers). For a policy with members (``member_pmfs``: the ensemble), every
+``MEMBER_EVERY``-th decision also values each member's own pmf: ``members`` gives each member's
+share per 5,000 decisions beside the served one's, i.e. whether serving another member would
+have done better (``window_margins`` in the JSON: every margin window's start, margin and
+interval).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ PROBS = {
 KINDS = ("additive", "2way", "3way", "rare", "change")
 RECOVERED = 0.8
 MARGIN_WINDOW = 2000
+MEMBER_EVERY = 10
 Z = 1.96
 """The change world's policy has recovered when its share 10,000-15,000 decisions after the
 switch is at least this much of its share in the 5,000 decisions before it."""
@@ -169,6 +174,9 @@ def run_one(
     rewards = np.empty(n)
     pending: list[tuple[int, Example]] = []
     chosen_arms: list[int] = []
+    member_pmfs: Callable[[dict[str, str], tuple[Candidate, ...]], dict[str, Array]] | None
+    member_pmfs = getattr(serving, "member_pmfs", None)
+    member_rows: dict[str, list[tuple[int, float]]] = defaultdict(list)
     t0 = time.perf_counter()
     choose_s = 0.0
     version = 0
@@ -178,6 +186,11 @@ def run_one(
         pmf = serving.pmf(context, cands)
         choice = serving.choose(context, cands, rng)
         choose_s += time.perf_counter() - c0
+        if member_pmfs is not None and i % MEMBER_EVERY == 0:
+            c1 = time.perf_counter()
+            for member, member_pmf in member_pmfs(context, cands).items():
+                member_rows[member].append((i, float(member_pmf @ ctr[i])))
+            choose_s -= time.perf_counter() - c1
         a = choice.index
         chosen_arms.append(a)
         r = float(world.clicks_u[i] < ctr[i, a])
@@ -202,6 +215,7 @@ def run_one(
             learner.learn(due)
             version += 1
             serving = build_policy(config, arms, snapshot=learner.snapshot(), version=str(version))
+            member_pmfs = getattr(serving, "member_pmfs", None)
     secs = time.perf_counter() - t0
     orc, uni = ctr.max(1), ctr.mean(1)
 
@@ -224,6 +238,7 @@ def run_one(
         best_of[lo:hi] = int(ctr[lo:hi].mean(0).argmax())
     single_r = ctr[np.arange(n), best_of]
     windows: list[tuple[float, float]] = []
+    window_lows: list[int] = []
     window_shares: list[tuple[int, float, float]] = []  # for margins against another policy
     for lo in range(10_000, n, MARGIN_WINDOW):
         hi = min(lo + MARGIN_WINDOW, n)
@@ -232,6 +247,7 @@ def run_one(
         gain = orc[lo:hi].mean() - uni[lo:hi].mean()
         d = (expected[lo:hi] - single_r[lo:hi]) / gain
         windows.append((float(d.mean()), float(Z * d.std(ddof=1) / np.sqrt(hi - lo))))
+        window_lows.append(lo)
         p = (expected[lo:hi] - uni[lo:hi]) / gain
         window_shares.append((lo, float(p.mean()), float(Z * p.std(ddof=1) / np.sqrt(hi - lo))))
     worst = min(windows, default=None)
@@ -262,6 +278,7 @@ def run_one(
         "margin_fail": sum(m + h < 0.0 for m, h in windows),
         "margin_windows": len(windows),
         "window_shares": window_shares,
+        "window_margins": [(lo, m, h) for lo, (m, h) in zip(window_lows, windows, strict=True)],
         "regret": {str(p): round(float(regret[p - 1]), 1) for p in points},
         "cover": covers((1.0 / k) / logged_p, float(uni.mean())),
         "cover_x": covers((chosen == best_x) / logged_p, float(ctr[:, best_x].mean())),
@@ -272,6 +289,20 @@ def run_one(
         "min_p_x_k": float(logged_p.min() * k),
     }
     out["curve"] = {str(hi): round(share(hi - 5000, hi), 2) for hi in range(5000, n + 1, 5000)}
+    if member_rows:
+        out["members"] = {}
+        for member, rows_ in member_rows.items():
+            at = np.array([i for i, _ in rows_])
+            value = np.array([v for _, v in rows_])
+            curve = {}
+            for hi in range(5000, n + 1, 5000):
+                sel = (at >= hi - 5000) & (at < hi)
+                if sel.any():
+                    gain = orc[at[sel]].mean() - uni[at[sel]].mean()
+                    curve[str(hi)] = round(
+                        float((value[sel].mean() - uni[at[sel]].mean()) / gain), 2
+                    )
+            out["members"][member] = curve
     if kind == "change":
         h = world.switch
         out["post10k"] = share(h + 10_000, min(h + 15_000, n))
@@ -350,6 +381,15 @@ def summarise(rows: list[dict[str, Any]], reference: str = "thompson") -> None:
             print(
                 f"{'':21s} share per 5,000 decisions (median): "
                 + " ".join(f"{v:.2f}" for v in shares.values())
+            )
+        for member in sorted({m for r in rs for m in r.get("members", {})}):
+            curves = [r["members"][member] for r in rs if member in r.get("members", {})]
+            points = sorted({p for c in curves for p in c}, key=int)
+            print(
+                f"{'':21s} {member + ' alone':25s}: "
+                + " ".join(
+                    f"{statistics.median(c[p] for c in curves if p in c):.2f}" for p in points
+                )
             )
     for line in against(rows, reference):
         print(line)

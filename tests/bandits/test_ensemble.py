@@ -6,7 +6,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from bandits.base import Candidate, Context, Example, Policy
+from bandits.base import Candidate, Context, Example, Policy, floor_pmf
 from bandits.cells import CellModels
 from bandits.drift import SHIFT_WARMUP, SHIFT_WINDOW
 from bandits.ensemble import DRIFT_KEEP, PROBE, EnsemblePolicy, _EnsembleState, _Estimate
@@ -95,6 +95,29 @@ def test_cells_find_the_interaction_and_take_over(
         {"segment": "adult", "device": "mobile"}, CANDIDATES, np.random.default_rng(0)
     )
     assert choice.model_version.endswith("/cells:" + report.partition)
+
+
+def test_member_pmfs_are_what_each_member_would_serve_alone(
+    interaction_run: tuple[Policy, Policy, float],
+) -> None:
+    """Every member's own pmf: the cells' puts the interaction's winner first in each cell,
+    the baseline's is the same everywhere, and the served pmf is the cells' floored."""
+    _, serving, _ = interaction_run
+    assert isinstance(serving, EnsemblePolicy)
+    floor = serving.floor(len(CANDIDATES))
+    baselines = []
+    for segment in SEGMENTS:
+        for device in DEVICES:
+            context: Context = {"segment": segment, "device": device}
+            pmfs = serving.member_pmfs(context, CANDIDATES)
+            assert set(pmfs) == {"baseline", "cells", "vw"}
+            for pmf in pmfs.values():
+                assert pmf.sum() == pytest.approx(1.0) and pmf.min() >= 0.0
+            assert int(np.argmax(pmfs["cells"])) == int(np.argmax(_interaction(context)))
+            served = serving.pmf(context, CANDIDATES)
+            assert served == pytest.approx(floor_pmf(pmfs["cells"].tolist(), floor), rel=1e-9)
+            baselines.append(pmfs["baseline"])
+    assert all(np.array_equal(b, baselines[0]) for b in baselines)
 
 
 def test_without_context_effect_the_cells_collapse_onto_the_baseline() -> None:
