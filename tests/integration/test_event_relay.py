@@ -25,12 +25,12 @@ from decision_api.metrics import Metrics
 from decision_api.redis_client import connect_sync, key_slot
 from decision_api.redis_server import RedisServer, free_port
 from decision_api.settings import RedisSettings
-from event_log.relay import RelayEventLog, RelayKeys, run_owner
+from event_log.relay import REPLICA_ACK_TIMEOUT_MS, RelayEventLog, RelayKeys, run_owner
 from event_log.rows import Outcome
 from event_log.spool import Spool
 from event_log.store import open_event_log
 from event_log.writer import MAX_STRIKES, EventWriter
-from tailor_contract.errors import EventLogUnavailable
+from tailor_contract.errors import EventLogUnavailable, EventLogUnreachable
 from tests.event_log.test_writer import exposure
 from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
 from tests.support.redis_cluster import RedisCluster
@@ -481,3 +481,39 @@ async def test_a_batch_redis_will_not_take_stays_spooled_and_is_never_set_aside(
         client.close()
         relay.close()
         server.stop()
+
+
+def test_an_entry_no_replica_holds_stays_in_the_workers_spool(
+    tmp_path: Path, namespace: str
+) -> None:
+    """Redis replicates asynchronously: an ``XADD`` its primary acknowledged is lost with the
+    primary if its replica never got it. With the replica stopped (SIGSTOP), the insert waits
+    ``REPLICA_ACK_TIMEOUT_MS`` for a replica's acknowledgement and raises, so the writer keeps the
+    batch in its spool; with the replica running, it returns once the replica holds the entry.
+    It used to return as soon as the primary had it."""
+    primary = RedisServer(tmp_path / "primary", port=free_port(), persist=False).start()
+    replica = RedisServer(tmp_path / "replica", port=free_port(), persist=False).start()
+    relay = RelayEventLog(primary.url, namespace, timeout_s=5)
+    to_replica = redis.Redis.from_url(replica.url)
+    stream = RelayKeys(namespace).stream
+    try:
+        to_replica.replicaof("127.0.0.1", primary.port)
+        _wait(lambda: to_replica.info("replication")["master_link_status"] == "up")
+        relay.insert("outcomes", _outcomes(3, "held"), "token-held")
+        assert to_replica.xlen(stream) == 1  # the replica held it when insert returned
+        assert replica.pid is not None
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(EventLogUnreachable, match="no replica acknowledged"):
+                relay.insert("outcomes", _outcomes(3, "lost"), "token-lost")
+            assert time.monotonic() - started >= REPLICA_ACK_TIMEOUT_MS / 1000 * 0.9
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        relay.insert("outcomes", _outcomes(3, "again"), "token-again")  # the replica is back
+        assert to_replica.xlen(stream) == 3  # the entry of the failed insert was added too
+    finally:
+        to_replica.close()
+        relay.close()
+        replica.stop()
+        primary.stop()
