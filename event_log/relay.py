@@ -11,8 +11,11 @@ others:
   buffer (DESIGN: "a Redis-backed buffer when ClickHouse is slow or down");
 - queries and commands (reports, warm start, data rights) travel as request/response messages.
 
-If Redis itself is down, an insert raises :class:`EventLogUnavailable`, so the worker's batching
-writer spools the batch to its disk spool and replays it later, as with any event log.
+If Redis itself is down (or refuses the write: full, a cluster slot without a primary), an
+insert raises :class:`EventLogUnreachable`, so the worker's batching writer spools the batch to
+its disk spool and replays it later, as with any event log; it never takes such a batch for one
+the log rejects, whatever :meth:`RelayEventLog.ping` says (on a cluster the heartbeat may live on
+a node that answers while the stream's does not).
 
 Key layout (``{p}`` = key prefix):
 
@@ -45,7 +48,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from event_log import sql as event_sql
 from event_log.rows import Table
 from event_log.store import ClickHouseEventLog
-from tailor_contract.errors import EventLogUnavailable
+from tailor_contract.errors import EventLogUnavailable, EventLogUnreachable
 
 log = structlog.get_logger("tailor.event_relay")
 
@@ -135,7 +138,8 @@ class RelayEventLog:
         return []
 
     def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
-        """Hand a batch to the owner (one stream entry)."""
+        """Hand a batch to the owner (one stream entry); raises :class:`EventLogUnreachable`
+        when Redis does not take it."""
         if not rows:
             return
         try:
@@ -147,7 +151,7 @@ class RelayEventLog:
             )
         except REDIS_ERRORS as exc:
             # The exception's text names Redis's address: it stays out of API answers.
-            raise EventLogUnavailable(f"event relay unreachable ({type(exc).__name__})") from exc
+            raise EventLogUnreachable(f"event relay unreachable ({type(exc).__name__})") from exc
 
     def _call(self, kind: str, sql: str, parameters: Mapping[str, Any] | None) -> _Response:
         request = _Request(

@@ -21,13 +21,17 @@ import msgspec
 import pytest
 import redis
 
+from decision_api.metrics import Metrics
 from decision_api.redis_client import connect_sync, key_slot
 from decision_api.redis_server import RedisServer, free_port
 from decision_api.settings import RedisSettings
 from event_log.relay import RelayEventLog, RelayKeys, run_owner
 from event_log.rows import Outcome
+from event_log.spool import Spool
 from event_log.store import open_event_log
+from event_log.writer import MAX_STRIKES, EventWriter
 from tailor_contract.errors import EventLogUnavailable
+from tests.event_log.test_writer import exposure
 from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
 from tests.support.redis_cluster import RedisCluster
 
@@ -439,3 +443,41 @@ def test_the_owner_drains_after_its_clusters_default_node_fails_over(
         if relay is not None:
             relay.close()
         cluster.stop()
+
+
+async def test_a_batch_redis_will_not_take_stays_spooled_and_is_never_set_aside(
+    tmp_path: Path, namespace: str
+) -> None:
+    """Redis refuses the relay's ``XADD`` (full: ``maxmemory``) while it answers reads and the
+    owner's heartbeat is fresh, as when the stream's node of a cluster is down and the
+    heartbeat's is not. That is the event log being down, not a batch it rejects: the batch
+    stays in the spool through any number of replays and reaches the stream once Redis takes
+    writes again. The writer used to read the fresh heartbeat as "the log is up, the batch is
+    bad", split the batch after MAX_STRIKES replays and set every row aside in ``dead/``."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), persist=False).start()
+    client = redis.Redis.from_url(server.url)
+    relay = RelayEventLog(server.url, namespace, timeout_s=5)
+    writer = EventWriter(
+        relay, Spool(tmp_path / "spool", max_bytes=64 << 20, fsync="batch"), batch_size=10_000,
+        flush_interval_s=60.0, max_buffered=100_000, metrics=Metrics(),
+    )  # fmt: skip
+    keys = RelayKeys(namespace)
+    try:
+        client.set(keys.heartbeat, "1")  # an owner is alive
+        client.config_set("maxmemory", 1)  # every write refused: OOM
+        writer.submit_many([exposure(i, "held") for i in range(4)])
+        await writer.flush()
+        assert not writer.healthy
+        for _ in range(3 * MAX_STRIKES):
+            assert not await writer.replay()
+        assert writer.quarantined == 0
+        assert not (tmp_path / "spool" / "dead").exists()
+        client.config_set("maxmemory", 0)
+        assert await writer.replay()
+        ((_, fields),) = client.xrange(keys.stream)
+        assert (fields[b"t"], fields[b"n"]) == (b"exposures", b"4")
+        await writer.close()
+    finally:
+        client.close()
+        relay.close()
+        server.stop()
