@@ -26,7 +26,7 @@ import pytest
 
 from decision_api.redis_client import key_slot
 from tests.support.processes import TailorServer, server_env
-from tests.support.redis_cluster import ClusterNode, RedisCluster
+from tests.support.redis_cluster import RedisCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis_cluster]
 
@@ -65,16 +65,6 @@ def model_version(url: str) -> float:
         (float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(LOADED)),
         0.0,
     )
-
-
-def primary_of_slot(cluster: RedisCluster, slot: int) -> ClusterNode:
-    """The running primary serving ``slot``."""
-    with cluster.running()[0].client() as client:
-        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                port = int(primary[1])
-                return next(n for n in cluster.nodes if n.port == port)
-    raise AssertionError(f"no primary serves slot {slot}")
 
 
 class Load:
@@ -163,7 +153,7 @@ def test_killing_a_primary_under_load_degrades_at_worst_and_loses_no_event(
             assert http.post("/v1/experiments/hero/start").status_code == 200
         time.sleep(0.5)  # every worker polls the new experiment in
 
-        hot = primary_of_slot(cluster, key_slot(prefix))
+        hot = cluster.primary_of(key_slot(prefix))
         replica = cluster.replica_of(hot)
         assert replica is not None
         with Load(server.url) as load:
