@@ -56,6 +56,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import msgspec
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
@@ -563,7 +564,12 @@ class RewardJoin:
         elif calls:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for script, keys, args in calls:
-                    await script(keys=keys, args=args, client=pipe)
+                    if isinstance(pipe, ClusterPipeline):
+                        # By text: a cluster pipeline does not load a script a node lacks (a
+                        # replica promoted a moment ago), and NOSCRIPT failed the whole batch.
+                        pipe.eval(_script_text(script), len(keys), *keys, *args)
+                    else:
+                        await script(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute()
         for i, outcome_slots in enumerate(slots):
             for name, slot in outcome_slots:
@@ -806,3 +812,8 @@ def rules_for(
         hi=hi,
         rewards={t: (r, per_value) for t, r, per_value in rules},
     )
+
+
+def _script_text(script: AsyncScript) -> str:
+    text = script.script
+    return text if isinstance(text, str) else bytes(text).decode()

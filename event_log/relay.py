@@ -11,8 +11,21 @@ others:
   buffer (DESIGN: "a Redis-backed buffer when ClickHouse is slow or down");
 - queries and commands (reports, warm start, data rights) travel as request/response messages.
 
-If Redis itself is down, an insert raises :class:`EventLogUnavailable`, so the worker's batching
-writer spools the batch to its disk spool and replays it later, as with any event log.
+Durability of an added entry. Redis replicates asynchronously: an ``XADD`` its primary
+acknowledged can still be lost with that primary, when the replica that takes over never got it,
+and the worker has dropped the batch by then. So when the stream's primary has replicas (``ROLE``,
+counted again every ``REPLICAS_TTL_S``), the insert sends ``WAIT 1 REPLICA_ACK_TIMEOUT_MS`` after
+its ``XADD`` on the same connection and succeeds only once a replica holds the entry; otherwise it
+raises :class:`EventLogUnreachable` and the writer keeps the batch in its disk spool, to add it
+again later with the same deduplication token (the owner's insert drops the copy if the first
+entry survived). A primary without replicas cannot fail over to one, so there is nothing to wait
+for and the entry is added as it is.
+
+If Redis itself is down (or refuses the write: full, a cluster slot without a primary), an
+insert raises :class:`EventLogUnreachable`, so the worker's batching writer spools the batch to
+its disk spool and replays it later, as with any event log; it never takes such a batch for one
+the log rejects, whatever :meth:`RelayEventLog.ping` says (on a cluster the heartbeat may live on
+a node that answers while the stream's does not).
 
 Key layout (``{p}`` = key prefix):
 
@@ -31,6 +44,7 @@ Every command touches one key, so the relay works on a Redis Cluster as it is: t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -45,7 +59,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from event_log import sql as event_sql
 from event_log.rows import Table
 from event_log.store import ClickHouseEventLog
-from tailor_contract.errors import EventLogUnavailable
+from tailor_contract.errors import EventLogUnavailable, EventLogUnreachable
 
 log = structlog.get_logger("tailor.event_relay")
 
@@ -53,6 +67,11 @@ STREAM_MAXLEN = 100_000
 RESPONSE_TTL_S = 120
 OWNER_GROUP = "owner"
 HEARTBEAT_S = 5
+REPLICA_ACK_TIMEOUT_MS = 1000
+"""How long an insert waits for a replica of the stream's primary to acknowledge its entry
+before the batch goes to the worker's spool."""
+REPLICAS_TTL_S = 10.0
+"""How long an insert trusts its count of the stream primary's connected replicas."""
 STOP_RETRY_S = 30.0
 """How long a stopping owner retries Redis or chdb to drain the stream (``tailor serve`` waits
 60 s for it); what is left stays in the stream for the next owner."""
@@ -129,25 +148,70 @@ class RelayEventLog:
         )
         self._keys = RelayKeys(prefix)
         self._timeout_s = timeout_s
+        # Connected replicas of the stream's primary, by node name: (count, when counted).
+        self._replicas: dict[str, tuple[int, float]] = {}
 
     def migrate(self) -> list[int]:
         """The owner migrates; nothing to do here."""
         return []
 
     def insert(self, table: Table, rows: Sequence[tuple[object, ...]], token: str) -> None:
-        """Hand a batch to the owner (one stream entry)."""
+        """Hand a batch to the owner (one stream entry), held by a replica too when the stream's
+        primary has any; raises :class:`EventLogUnreachable` when Redis does not take it or no
+        replica acknowledged it within ``REPLICA_ACK_TIMEOUT_MS`` (see the module docstring)."""
         if not rows:
             return
+        fields = {"t": table, "k": token, "n": len(rows), "b": event_sql.encode_rows(table, rows)}
+        stream = self._keys.stream
+        name = ""
         try:
-            self._redis.xadd(
-                self._keys.stream,
-                {"t": table, "k": token, "n": len(rows), "b": event_sql.encode_rows(table, rows)},
-                maxlen=STREAM_MAXLEN,
-                approximate=True,
-            )
+            name, node = self._stream_node()
+            if self._replica_count(name, node) == 0:
+                self._redis.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                return
+            with node.pipeline(transaction=False) as pipe:  # one connection: WAIT covers the XADD
+                pipe.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                pipe.wait(1, REPLICA_ACK_TIMEOUT_MS)
+                acked = int(pipe.execute()[1])
         except REDIS_ERRORS as exc:
+            self._replicas.pop(name, None)
+            self._refresh_topology()
             # The exception's text names Redis's address: it stays out of API answers.
-            raise EventLogUnavailable(f"event relay unreachable ({type(exc).__name__})") from exc
+            raise EventLogUnreachable(f"event relay unreachable ({type(exc).__name__})") from exc
+        if acked < 1:
+            self._replicas.pop(name, None)  # counted again next time: the replica may be gone
+            raise EventLogUnreachable(
+                f"no replica acknowledged the event relay's entry within {REPLICA_ACK_TIMEOUT_MS}"
+                " ms; the batch stays in the spool"
+            )
+
+    def _stream_node(self) -> tuple[str, redis.Redis]:
+        """The name of the stream's primary and a client of that node alone (on a single
+        server: the client itself)."""
+        if isinstance(self._redis, redis.RedisCluster):
+            node: Any = self._redis.get_node_from_key(self._keys.stream)
+            client: redis.Redis = self._redis.get_redis_connection(node)
+            return str(node.name), client
+        return "", self._redis
+
+    def _replica_count(self, name: str, node: redis.Redis) -> int:
+        """Replicas connected to the stream's primary (``ROLE``), counted every
+        ``REPLICAS_TTL_S``."""
+        counted = self._replicas.get(name)
+        now = time.monotonic()
+        if counted is not None and now - counted[1] < REPLICAS_TTL_S:
+            return counted[0]
+        role: Any = node.role()
+        count = len(role[2]) if _text(role[0]) == "master" else 0
+        self._replicas[name] = (count, now)
+        return count
+
+    def _refresh_topology(self) -> None:
+        """After a failed insert on a cluster: learn the slots' primaries again (the insert
+        talks to the stream's node directly, which follows no ``MOVED``)."""
+        if isinstance(self._redis, redis.RedisCluster):
+            with contextlib.suppress(*REDIS_ERRORS):
+                self._redis.nodes_manager.initialize()
 
     def _call(self, kind: str, sql: str, parameters: Mapping[str, Any] | None) -> _Response:
         request = _Request(

@@ -7,7 +7,8 @@ batches follow it there (order is kept); a replay loop re-inserts spooled batche
 with their original deduplication tokens, once the log answers again. ``close()`` stops the loop
 between steps (never mid-insert) and flushes everything (to the log, or to the spool when the log
 is down). A batch the log keeps rejecting while it answers pings is split in halves after
-``MAX_STRIKES`` attempts, down to single rows, and only the rows still rejected are set aside in
+``MAX_STRIKES`` attempts, down to single rows (an :class:`EventLogUnreachable` error is the log
+being down, never a strike), and only the rows still rejected are set aside in
 the spool's ``dead/`` (counted and logged; see :meth:`EventWriter._replay_batch`): one bad row
 cannot hold back, or take down, the rows batched with it.
 
@@ -39,7 +40,7 @@ from event_log.rows import TABLE_OF, Event, EventRows, Table
 from event_log.spool import Spool, SpooledBatch, SpoolFull
 from event_log.store import EventLog
 from event_log.throttle import Throttle
-from tailor_contract.errors import EventLogUnavailable
+from tailor_contract.errors import EventLogUnavailable, EventLogUnreachable
 
 
 class UnitScreen(Protocol):
@@ -374,6 +375,8 @@ class EventWriter:
         """Insert a batch: None when written, ``_DOWN`` when the log is down, else the error."""
         try:
             self._insert(batch)
+        except EventLogUnreachable:
+            return _DOWN  # nothing judged the batch (the relay's Redis refused it)
         except EventLogUnavailable as exc:
             return _DOWN if not self._log.ping() else str(exc)
         except Exception as exc:  # encoding errors: the batch itself is bad

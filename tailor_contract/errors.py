@@ -107,3 +107,9 @@ class EventLogUnavailable(ServiceUnavailable):
     """ClickHouse (server or chdb) failed or did not answer."""
 
     code = "event_log_unavailable"
+
+
+class EventLogUnreachable(EventLogUnavailable):
+    """The event log could not be reached at all, so nothing judged the batch: a writer keeps it
+    for a later attempt and never takes it for a batch the log rejects (the event-log relay
+    raises it when Redis refuses or fails its ``XADD``)."""

@@ -196,10 +196,10 @@ def bulk_zone_hours(window: SendWindow, zones: Sequence[str], kind: HourKind) ->
     infeasible, so the API can answer a per-recipient error.
     """
     n_hours = hours_in(kind)
-    index: dict[str, int] = {}
-    first_codes = np.fromiter(
-        (index.setdefault(name, len(index)) for name in zones), dtype=np.intp, count=len(zones)
-    )
+    # Distinct names in order of first appearance, then each recipient's code: C-level calls
+    # (dict.fromkeys, map over the dict's lookup), no Python frame per recipient.
+    index = {name: code for code, name in enumerate(dict.fromkeys(zones))}
+    first_codes = np.fromiter(map(index.__getitem__, zones), dtype=np.intp, count=len(zones))
     valid: list[str] = []
     send_rows: list[Int64Array] = []
     bad: dict[int, str] = {}

@@ -250,9 +250,10 @@ class SendTimeGroup:
         """Opens and clicks per UTC hour of week of the pending members that have a history:
         their positions in ``pending`` and their weeks, shape (len(rows), 168).
 
-        Each history type's counts go into the week matrix in one step (types summed in
-        ``HISTORY_TYPES`` order): a decoded profile's stored cells (``hour_cells``, a few per
-        unit) by index, not its 168 bins per type.
+        A decoded profile's stored cells (``hour_cells``, a few per unit) go into the week
+        matrix by index, every history type in one unbuffered add (an open and a click in the
+        same hour both count), not its 168 bins per type; a profile built without its cells
+        adds its dense bins. Counts are integers: any order of the sums gives the same floats.
         """
         profiles, members = self.chunk.profiles, self.members
         of_pending = [profiles[members[m][0]] for m in pending]
@@ -260,29 +261,27 @@ class SendTimeGroup:
         weeks = np.zeros((len(rows), 168))
         if not rows:
             return rows, weeks
+        cell_rows: list[int] = []
+        cell_hours: list[int] = []
+        cell_counts: list[int] = []
+        dense: list[int] = []  # rows of profiles built without their cells
+        for i, r in enumerate(rows):
+            cells = of_pending[r].hour_cells
+            if not cells:
+                dense.append(i)
+                continue
+            for cell_type, hour, count in cells:
+                if cell_type in HISTORY_TYPES:
+                    cell_rows.append(i)
+                    cell_hours.append(hour)
+                    cell_counts.append(count)
+        if cell_rows:
+            np.add.at(weeks, (cell_rows, cell_hours), np.array(cell_counts, dtype=np.float64))
         for typ in HISTORY_TYPES:
-            at: list[int] = []  # dense rows (profiles built without their cells)
-            counts: list[list[int]] = []
-            cell_rows: list[int] = []
-            cell_hours: list[int] = []
-            cell_counts: list[int] = []
-            for i, r in enumerate(rows):
-                profile = of_pending[r]
-                if profile.hour_cells:
-                    for cell_type, hour, count in profile.hour_cells:
-                        if cell_type == typ:
-                            cell_rows.append(i)
-                            cell_hours.append(hour)
-                            cell_counts.append(count)
-                    continue
-                found = profile.hours.get(typ)
-                if found:
-                    at.append(i)
-                    counts.append(found)
+            at = [i for i in dense if of_pending[rows[i]].hours.get(typ)]
             if at:
+                counts = [of_pending[rows[i]].hours[typ] for i in at]
                 weeks[at] += np.array(counts, dtype=np.float64)
-            if cell_rows:
-                weeks[cell_rows, cell_hours] += np.array(cell_counts, dtype=np.float64)
         return rows, weeks
 
     def _history_features(self, pending: Sequence[int]) -> list[dict[str, Any]]:

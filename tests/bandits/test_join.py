@@ -823,3 +823,27 @@ async def test_a_batch_of_outcomes_costs_two_round_trips(
     rewarded = {(e.record.decision_id, e.record.experiment) for e in await _stream(redis, join)
                 if e.joined}  # fmt: skip
     assert len(rewarded) == 10 * 2 + 10 + 10 + 10 * 2
+
+
+async def test_a_batch_of_outcomes_joins_on_a_primary_without_its_scripts(
+    join: RewardJoin, redis: Redis
+) -> None:
+    """A replica promoted a moment ago knows none of the join's scripts (as after ``SCRIPT
+    FLUSH``): a batch of outcomes still joins. On a cluster the batch's pipeline sent them by
+    ``EVALSHA`` and failed whole with ``NOSCRIPT`` (``reward_join_failed`` right after the
+    failover test's takeover: those rewards were never learned)."""
+    rules = {"hero": _rules()}
+    for i in range(3):
+        join.remember(_record(f"d{i}"), rules["hero"])
+    await join.flush()
+    if is_cluster(redis):
+        await redis.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.ALL_NODES)
+    else:
+        await redis.script_flush()
+    outcomes = [
+        OutcomeRef(event_id=f"e{i}", type="click", value=0.0, ts_ms=T0 + 1000,
+                   decision_id=f"d{i}", experiment="hero")
+        for i in range(3)
+    ]  # fmt: skip
+    got = await join.apply_outcomes(outcomes, now_ms=T0 + 2000, rules_of=rules)
+    assert got == [[("hero", "joined")]] * 3

@@ -108,3 +108,10 @@ def test_contextual_history_features_for_a_group_equal_each_members_own() -> Non
     assert got == expected
     assert {"email_history": "none"} in got
     assert any("email_peak_hour_utc" in f for f in got)
+
+
+def test_an_open_and_a_click_in_the_same_hour_both_count() -> None:
+    raw = {"h:email_open:30": "2", "h:email_click:30": "1", "h:web_visit:30": "5"}
+    profile = decode_profile(raw, WINDOW.start_s)
+    histories = _histories([profile, EMPTY_PROFILE], ["UTC", "UTC"], "hour_of_week")
+    assert histories[0][30] == 3.0 and histories[0].sum() == 3.0

@@ -21,13 +21,17 @@ import msgspec
 import pytest
 import redis
 
+from decision_api.metrics import Metrics
 from decision_api.redis_client import connect_sync, key_slot
 from decision_api.redis_server import RedisServer, free_port
 from decision_api.settings import RedisSettings
-from event_log.relay import RelayEventLog, RelayKeys, run_owner
+from event_log.relay import REPLICA_ACK_TIMEOUT_MS, RelayEventLog, RelayKeys, run_owner
 from event_log.rows import Outcome
+from event_log.spool import Spool
 from event_log.store import open_event_log
-from tailor_contract.errors import EventLogUnavailable
+from event_log.writer import MAX_STRIKES, EventWriter
+from tailor_contract.errors import EventLogUnavailable, EventLogUnreachable
+from tests.event_log.test_writer import exposure
 from tests.integration.test_serve_cli import COUNT_EXPOSURES, REPO, TAILOR, alive, descendants
 from tests.support.redis_cluster import RedisCluster
 
@@ -439,3 +443,77 @@ def test_the_owner_drains_after_its_clusters_default_node_fails_over(
         if relay is not None:
             relay.close()
         cluster.stop()
+
+
+async def test_a_batch_redis_will_not_take_stays_spooled_and_is_never_set_aside(
+    tmp_path: Path, namespace: str
+) -> None:
+    """Redis refuses the relay's ``XADD`` (full: ``maxmemory``) while it answers reads and the
+    owner's heartbeat is fresh, as when the stream's node of a cluster is down and the
+    heartbeat's is not. That is the event log being down, not a batch it rejects: the batch
+    stays in the spool through any number of replays and reaches the stream once Redis takes
+    writes again. The writer used to read the fresh heartbeat as "the log is up, the batch is
+    bad", split the batch after MAX_STRIKES replays and set every row aside in ``dead/``."""
+    server = RedisServer(tmp_path / "redis", port=free_port(), persist=False).start()
+    client = redis.Redis.from_url(server.url)
+    relay = RelayEventLog(server.url, namespace, timeout_s=5)
+    writer = EventWriter(
+        relay, Spool(tmp_path / "spool", max_bytes=64 << 20, fsync="batch"), batch_size=10_000,
+        flush_interval_s=60.0, max_buffered=100_000, metrics=Metrics(),
+    )  # fmt: skip
+    keys = RelayKeys(namespace)
+    try:
+        client.set(keys.heartbeat, "1")  # an owner is alive
+        client.config_set("maxmemory", 1)  # every write refused: OOM
+        writer.submit_many([exposure(i, "held") for i in range(4)])
+        await writer.flush()
+        assert not writer.healthy
+        for _ in range(3 * MAX_STRIKES):
+            assert not await writer.replay()
+        assert writer.quarantined == 0
+        assert not (tmp_path / "spool" / "dead").exists()
+        client.config_set("maxmemory", 0)
+        assert await writer.replay()
+        ((_, fields),) = client.xrange(keys.stream)
+        assert (fields[b"t"], fields[b"n"]) == (b"exposures", b"4")
+        await writer.close()
+    finally:
+        client.close()
+        relay.close()
+        server.stop()
+
+
+def test_an_entry_no_replica_holds_stays_in_the_workers_spool(
+    tmp_path: Path, namespace: str
+) -> None:
+    """Redis replicates asynchronously: an ``XADD`` its primary acknowledged is lost with the
+    primary if its replica never got it. With the replica stopped (SIGSTOP), the insert waits
+    ``REPLICA_ACK_TIMEOUT_MS`` for a replica's acknowledgement and raises, so the writer keeps the
+    batch in its spool; with the replica running, it returns once the replica holds the entry.
+    It used to return as soon as the primary had it."""
+    primary = RedisServer(tmp_path / "primary", port=free_port(), persist=False).start()
+    replica = RedisServer(tmp_path / "replica", port=free_port(), persist=False).start()
+    relay = RelayEventLog(primary.url, namespace, timeout_s=5)
+    to_replica = redis.Redis.from_url(replica.url)
+    stream = RelayKeys(namespace).stream
+    try:
+        to_replica.replicaof("127.0.0.1", primary.port)
+        _wait(lambda: to_replica.info("replication")["master_link_status"] == "up")
+        relay.insert("outcomes", _outcomes(3, "held"), "token-held")
+        assert to_replica.xlen(stream) == 1  # the replica held it when insert returned
+        assert replica.pid is not None
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(EventLogUnreachable, match="no replica acknowledged"):
+                relay.insert("outcomes", _outcomes(3, "lost"), "token-lost")
+            assert time.monotonic() - started >= REPLICA_ACK_TIMEOUT_MS / 1000 * 0.9
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        relay.insert("outcomes", _outcomes(3, "again"), "token-again")  # the replica is back
+        assert to_replica.xlen(stream) == 3  # the entry of the failed insert was added too
+    finally:
+        to_replica.close()
+        relay.close()
+        replica.stop()
+        primary.stop()
