@@ -38,6 +38,11 @@ nothing after a failover and left the backlog in Redis at its stop (the failover
 of 746 exposures). Both clients made here take the keys of a stream read from its arguments
 (:func:`stream_read_keys`), as Redis does, and ask no node.
 
+Startup nodes. A cluster client discovers the cluster from the node its URL names, so a process
+started while that node is down (a worker respawned after a failover, a restarted learner) could
+not start at all. The URL of a cluster may name several nodes, ``redis://[auth@]a:7000,b:7001/0``
+(:func:`cluster_startup`): the client tries each.
+
 A single server keeps the same layout; :func:`migrate_layout` renames the keys of the layout
 before the cluster one (``RENAMENX``) once, at start-up, so existing data keeps working.
 """
@@ -53,10 +58,12 @@ from typing import Any, cast
 import redis
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode as SyncClusterNode
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, ResponseError
 from redis.retry import Retry as SyncRetry
@@ -173,6 +180,24 @@ class _SyncCluster(redis.RedisCluster):
             raise
 
 
+def cluster_startup(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL that may name several nodes (``redis://[auth@]a:7000,b:7001/0``) as the URL
+    of its first node and the (host, port) of the others (port 6379 when not given)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url, []
+    netloc, slash, tail = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    first, *others = hosts.split(",")
+    nodes = []
+    for other in others:
+        host, colon, port = other.rpartition(":")
+        if not colon or host.endswith(":"):  # no port, or a bare IPv6 address
+            host, port = other, ""
+        nodes.append((host.strip("[]"), int(port) if port else 6379))
+    return f"{scheme}://{auth}{at}{first}{slash}{tail}", nodes
+
+
 def connect(
     settings: RedisSettings, *, decode_responses: bool = True, lean: bool = False, **options: Any
 ) -> Redis:
@@ -192,9 +217,14 @@ def connect(
     options.setdefault(
         "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), CLUSTER_RETRIES)
     )
+    first, others = cluster_startup(url)
     # A slot without a primary (failover in progress) must not stop the others being served.
     cluster = _Cluster.from_url(
-        url, decode_responses=decode_responses, require_full_coverage=False, **options
+        first,
+        startup_nodes=[AsyncClusterNode(host, port) for host, port in others],
+        decode_responses=decode_responses,
+        require_full_coverage=False,
+        **options,
     )
     return cast(Redis, cluster)
 
@@ -210,7 +240,12 @@ def connect_sync(settings: RedisSettings, **options: Any) -> redis.Redis:
     options.setdefault(
         "retry", SyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), SYNC_CLUSTER_RETRIES)
     )
-    return cast(redis.Redis, _SyncCluster.from_url(url, require_full_coverage=False, **options))
+    first, others = cluster_startup(url)
+    nodes = [SyncClusterNode(host, port) for host, port in others]  # type: ignore[no-untyped-call]
+    cluster = _SyncCluster.from_url(
+        first, startup_nodes=nodes, require_full_coverage=False, **options
+    )
+    return cast(redis.Redis, cluster)
 
 
 def is_cluster(client: object) -> bool:

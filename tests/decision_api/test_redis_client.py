@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import redis
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 from redis.crc import key_slot as redis_key_slot
@@ -23,6 +24,7 @@ from decision_api.profiles.store import tombstone_key, unit_key
 from decision_api.redis_client import (
     SLOTS,
     ClusterUnavailable,
+    cluster_startup,
     connect,
     connect_sync,
     key_slot,
@@ -299,6 +301,46 @@ async def test_stream_reads_go_on_after_the_default_node_fails_over(
         assert [len(entries) for _, entries in read] == [1]  # type: ignore[union-attr]
         read = await asyncio_client.xreadgroup("async", "c", {stream: ">"}, count=10)
         assert [len(entries) for _, entries in read] == [1]
+    finally:
+        blocking.close()
+        await asyncio_client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "first", "others"),
+    [
+        ("redis://a:7000/0", "redis://a:7000/0", []),
+        ("redis://a:7000,b:7001,c/0", "redis://a:7000/0", [("b", 7001), ("c", 6379)]),
+        ("rediss://u:p@a:7000,b:7001", "rediss://u:p@a:7000", [("b", 7001)]),
+        ("redis://a:1,[::1]:7002/0?x=1", "redis://a:1/0?x=1", [("::1", 7002)]),
+    ],
+)
+def test_a_cluster_url_may_name_several_nodes(
+    url: str, first: str, others: list[tuple[str, int]]
+) -> None:
+    """The first node keeps the URL's credentials and options; the others are host and port."""
+    assert cluster_startup(url) == (first, others)
+
+
+@pytest.mark.slow
+async def test_a_client_starts_while_the_node_its_url_names_first_is_dead(
+    own_cluster: RedisCluster,
+) -> None:
+    """A process started after a failover (a respawned worker) whose URL names the dead primary
+    first reaches the cluster through the next node the URL names; naming only the dead node,
+    it cannot start."""
+    cluster = own_cluster
+    dead = cluster.primary_of(0)
+    alive = next(n for n in cluster.nodes if n is not dead and cluster.replica_of(n) is not None)
+    cluster.fail_over(dead)
+    with pytest.raises(redis.exceptions.RedisClusterException):  # all a one-node URL allows
+        connect_sync(RedisSettings(url=f"redis://{dead.address}/0", cluster=True))
+    settings = RedisSettings(url=f"redis://{dead.address},{alive.address}/0", cluster=True)
+    blocking = connect_sync(settings, socket_connect_timeout=1)
+    asyncio_client = connect(settings, socket_connect_timeout=1)
+    try:
+        blocking.set("started", "1")
+        assert await asyncio_client.get("started") == "1"
     finally:
         blocking.close()
         await asyncio_client.aclose()
