@@ -31,6 +31,7 @@ import pytest
 
 from decision_api.redis_server import RedisServer, free_port
 from tests.support.processes import TailorServer, server_env
+from tests.support.sizes import LONG_TESTS
 
 pytestmark = pytest.mark.slow
 
@@ -251,6 +252,23 @@ async def eventually_stored(front: Front, load: Load, timeout: float = 20.0) -> 
         await asyncio.sleep(0.2)
 
 
+PHASE_EXPOSURES = 60  # per phase of load unless TAILOR_LONG_TESTS=1 (test_faults: 3 phases > 100)
+MIN_PHASE_S = 0.5
+
+
+async def under_load(load: Load, full_s: float) -> None:
+    """Let the load run on: ``full_s`` with ``TAILOR_LONG_TESTS=1``; otherwise until
+    :data:`PHASE_EXPOSURES` more exposures were accepted, for at least :data:`MIN_PHASE_S` and at
+    most ``full_s``."""
+    started = time.monotonic()
+    before = len(load.exposed)
+    while (elapsed := time.monotonic() - started) < full_s:
+        enough = len(load.exposed) - before >= PHASE_EXPOSURES
+        if not LONG_TESTS and elapsed >= MIN_PHASE_S and enough:
+            return
+        await asyncio.sleep(0.05)
+
+
 def metric(server: TailorServer, name: str) -> float:
     """Sum of a Prometheus counter's samples on the server."""
     text = httpx.get(server.url + "/metrics", timeout=5).text
@@ -264,13 +282,13 @@ async def test_event_log_outage_under_load(redis_url: str, tmp_path: Path) -> No
         server = start_server(tmp_path, redis_url, front.url)
         try:
             load = Load(server.url).start()
-            await asyncio.sleep(1.0)
+            await under_load(load, 1.0)
             await asyncio.to_thread(front.kill)
             await asyncio.sleep(1.5)
             readyz = await asyncio.to_thread(httpx.get, server.url + "/readyz", timeout=5)
             down = readyz.json()["checks"]
             await asyncio.to_thread(front.start)
-            await asyncio.sleep(1.0)
+            await under_load(load, 1.0)
             await load.finish()
             await eventually_stored(front, load)
             assert down["event_log"] == "down"
@@ -296,7 +314,7 @@ async def test_redis_outage_under_load(redis_url: str, tmp_path: Path) -> None:
             put = f"{server.url}/v1/units/u-x/features"
             assert httpx.put(put, json=features, headers=ADMIN).status_code == 200
             load = Load(server.url).start()
-            await asyncio.sleep(1.0)
+            await under_load(load, 1.0)
             await asyncio.to_thread(redis.stop)
             await asyncio.sleep(0.5)
             during = await asyncio.to_thread(httpx.put, put, json=features, headers=ADMIN)

@@ -16,7 +16,7 @@ a time). Promises checked:
 A second test kills ClickHouse (over HTTP) and then makes the spool unwritable under load and a
 stream of poison batches: nothing answered 2xx may be lost or doubled, and no poison row stored.
 
-Each phase of load between two faults runs until :data:`PHASE_EXPOSURES` more exposures were
+Each phase of load between two faults runs until 60 more exposures were
 accepted (at least 0.5 s, at most the full phase); with ``TAILOR_LONG_TESTS=1`` every phase lasts
 its full length (2 s, thousands of events). The figures are printed (``FIGURES {...}``).
 """
@@ -49,18 +49,17 @@ from tests.integration.test_failures import (
     metric,
     start_server,
     stored_exactly_once,
+    under_load,
 )
 from tests.integration.test_serve_cli import children_of
 from tests.support.processes import TailorServer, server_env
-from tests.support.sizes import LONG_TESTS, sized
+from tests.support.sizes import sized
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FLUSH_INTERVAL_S = 0.2
 SLACK_S = 1.0  # a batch being inserted when the worker died, scheduling on a loaded machine
-PHASE_EXPOSURES = 60  # accepted per phase of load (three phases: > 100), unless long
-MIN_PHASE_S = 0.5
 
 COUNT_EVENTS = """
 import json, sys
@@ -129,19 +128,6 @@ async def until_ready(server: TailorServer, timeout_s: float, after: str) -> flo
                 pass
             await asyncio.sleep(0.05)
     raise AssertionError(f"not ready {timeout_s} s after {after}:\n{server.output()[-3000:]}")
-
-
-async def under_load(load: TimedLoad, full_s: float) -> None:
-    """Let the load run on: ``full_s`` with ``TAILOR_LONG_TESTS=1``; otherwise until
-    :data:`PHASE_EXPOSURES` more exposures were accepted, for at least :data:`MIN_PHASE_S` and at
-    most ``full_s``."""
-    started = time.monotonic()
-    before = len(load.exposed)
-    while (elapsed := time.monotonic() - started) < full_s:
-        enough = len(load.exposed) - before >= PHASE_EXPOSURES
-        if not LONG_TESTS and elapsed >= MIN_PHASE_S and enough:
-            return
-        await asyncio.sleep(0.05)
 
 
 def stored(data: Path) -> tuple[list[str], list[str]]:
