@@ -172,8 +172,10 @@ class ServerUnderTest:
         workers: API worker processes.
         server: ``granian`` (``tailor serve``), ``granian-cli`` (granian's own command line with
             ``server_args``, one worker) or ``uvicorn``.
-        learner: ``in-process`` (the default, leader-elected inside the API workers) or
-            ``process`` (``TAILOR_LEARNER_IN_PROCESS=false`` and a ``tailor learn`` process).
+        learner: ``serve`` (the default: the server's own choice, as a user gets it:
+            ``tailor serve`` supervises a ``tailor learn`` process of its own; an app uvicorn
+            builds directly learns inside its workers) or ``process``
+            (``TAILOR_LEARNER_IN_PROCESS=false`` and a ``tailor learn`` started here beside it).
         extra_env: More ``TAILOR_*`` settings.
         server_args: Extra options for ``granian-cli``.
     """
@@ -188,7 +190,7 @@ class ServerUnderTest:
         api_keys: str,
         workers: int = 1,
         server: str = "granian",
-        learner: str = "in-process",
+        learner: str = "serve",
         extra_env: dict[str, str] | None = None,
         server_args: Sequence[str] = (),
     ) -> None:

@@ -5,7 +5,8 @@ Run: ``.venv/bin/python loadtests/loadgen.py [--rate 3750 | --rate 0] [--runs 3]
 
 Set-up: a private ``redis-server``; ``tailor serve`` (granian, embedded chdb in a temporary
 directory, JSON logging at ``info``, API keys on; ``--server uvicorn`` for comparison,
-``--learner process`` to run the learner as ``tailor learn`` off the API workers); a population of
+by default the learner ``tailor serve`` supervises as its own process, ``--learner process``
+for a ``tailor learn`` started beside the server instead); a population of
 ``--units`` (100,000) profiles written straight into Redis in the server's key format (pipelined:
 segment, device, 14 numeric features, a category list, a flag); six placements served by six
 running experiments — two ``fixed`` (A/B/n with targeting), two ``thompson`` (one per segment) and
@@ -317,7 +318,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--server-args", default="", help="granian-cli options, e.g. '--task-impl rust'"
     )
-    parser.add_argument("--learner", choices=["in-process", "process"], default="in-process")
+    parser.add_argument(
+        "--learner",
+        choices=["serve", "process"],
+        default="serve",
+        help="serve: tailor serve's own learner process (the default); process: a tailor learn "
+        "started beside the server",
+    )
     parser.add_argument("--reward-window", type=int, default=60, help="seconds")
     parser.add_argument("--soak", type=float, default=0.0, help="soak for this many seconds")
     parser.add_argument("--soak-every", type=float, default=30.0)
