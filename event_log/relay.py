@@ -268,6 +268,10 @@ class Owner:
         self._redis = _client(redis_url, connect, socket_timeout=10, socket_connect_timeout=2)
         self._keys = RelayKeys(prefix)
         self.inserted = 0
+        # Answers Redis has not taken yet: (response key, body, when answered). A query request
+        # is popped before it is answered, so an answer that cannot be pushed (a failover moved
+        # the response key's slot) is kept and pushed again, not lost with its request.
+        self._unsent: list[tuple[str, bytes, float]] = []
 
     def start(self) -> None:
         """Create the consumer group (from the stream's start) unless it exists.
@@ -311,7 +315,13 @@ class Owner:
         return done
 
     def answer(self, limit: int = 20) -> int:
-        """Answer up to ``limit`` waiting query requests."""
+        """Answer up to ``limit`` waiting query requests.
+
+        An answer Redis does not take is kept (the error propagates, the caller retries later)
+        and pushed first on the next call, so a request popped just before a failover is still
+        answered, within its caller's wait if the retry comes soon enough.
+        """
+        self._push_answers()
         answered = 0
         while answered < limit:
             raw: Any = self._redis.rpop(self._keys.requests)
@@ -328,12 +338,22 @@ class Owner:
             except EventLogUnavailable as exc:
                 response = _Response(ok=False, rows=[], error=str(exc))
             key = self._keys.response_prefix + request.id
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, _encoder.encode(response))
-                pipe.expire(key, RESPONSE_TTL_S)
-                pipe.execute()
+            self._unsent.append((key, _encoder.encode(response), time.monotonic()))
             answered += 1
+            self._push_answers()
         return answered
+
+    def _push_answers(self) -> None:
+        """Push the kept answers in order; one Redis refuses stays, with those after it (an
+        answer older than ``RESPONSE_TTL_S`` is dropped: nobody waits for it any more)."""
+        while self._unsent:
+            key, body, at = self._unsent[0]
+            if time.monotonic() - at < RESPONSE_TTL_S:
+                with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.lpush(key, body)
+                    pipe.expire(key, RESPONSE_TTL_S)
+                    pipe.execute()
+            self._unsent.pop(0)
 
     def heartbeat(self) -> None:
         """Tell workers the owner is alive."""

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -517,3 +518,52 @@ def test_an_entry_no_replica_holds_stays_in_the_workers_spool(
         relay.close()
         replica.stop()
         primary.stop()
+
+
+class _FirstPipelineFails(redis.Redis):
+    """A Redis client whose first ``pipeline()`` fails as a connection to a dead node does."""
+
+    failed = False
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        if not _FirstPipelineFails.failed:
+            _FirstPipelineFails.failed = True
+            raise redis.exceptions.ConnectionError("Error 111 connecting: Connection refused.")
+        return super().pipeline(transaction, shard_hint)
+
+
+def test_a_query_popped_before_redis_failed_is_still_answered(
+    redis_url: str, event_log_url: str, namespace: str
+) -> None:
+    """The owner pops a query, runs it, and Redis refuses the answer (the response key's slot
+    was on a primary that just died): the answer is kept and pushed on the owner's next turn, so
+    the caller, still waiting, gets it. It used to be lost with its request: the caller waited
+    out its 5 s and got "the event-log owner did not answer" (seen in a failover test)."""
+    from event_log.relay import Owner
+
+    prefix = f"a{namespace}"
+    event_log = open_event_log(event_log_url)
+    event_log.migrate()
+    owner = Owner(
+        event_log, redis_url, prefix,
+        connect=lambda **options: _FirstPipelineFails.from_url(redis_url, **options),
+    )  # fmt: skip
+    relay = RelayEventLog(redis_url, prefix, timeout_s=5)
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(relay.query("SELECT 41 + 1")))
+    try:
+        caller.start()
+        deadline = time.monotonic() + 5
+        failures = 0
+        while not answers and time.monotonic() < deadline:
+            try:
+                owner.answer()
+            except redis.exceptions.ConnectionError:
+                failures += 1
+            time.sleep(0.01)
+        caller.join(timeout=10)
+        assert failures == 1
+        assert answers == [[(42,)]]
+    finally:
+        relay.close()
+        event_log.close()
