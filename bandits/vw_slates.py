@@ -62,8 +62,9 @@ from tailor_contract.policies import VWSlatesConfig
 __all__ = ["NAME", "VWSlatesPolicy"]
 
 NAME: Final = "vw_slates"
-_ACTION_CACHE_SIZE: Final = 20_000
-_SHARED_CACHE_SIZE: Final = 4_096
+# About 32 KB of native memory per parsed example (see bandits.vw): bounded to ~40 MB per policy.
+_ACTION_CACHE_SIZE: Final = 1_024  # the items of a few candidate sets (50 items each)
+_SHARED_CACHE_SIZE: Final = 256
 _OPEN_SLOT: Final = CCBLabel(CCBExampleType.Slot)
 
 _Predict = Callable[[list[VWExample]], list[list[tuple[int, float]]]]
