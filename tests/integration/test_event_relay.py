@@ -496,10 +496,14 @@ def test_an_entry_no_replica_holds_stays_in_the_workers_spool(
     replica = RedisServer(tmp_path / "replica", port=free_port(), persist=False).start()
     relay = RelayEventLog(primary.url, namespace, timeout_s=5)
     to_replica = redis.Redis.from_url(replica.url)
+    to_primary = redis.Redis.from_url(primary.url)
     stream = RelayKeys(namespace).stream
     try:
         to_replica.replicaof("127.0.0.1", primary.port)
         _wait(lambda: to_replica.info("replication")["master_link_status"] == "up")
+        # The primary lists the replica (ROLE, what the relay counts) a moment after the
+        # replica sees its link up: an insert in between did not wait for it.
+        _wait(lambda: len(to_primary.role()[2]) == 1)
         relay.insert("outcomes", _outcomes(3, "held"), "token-held")
         assert to_replica.xlen(stream) == 1  # the replica held it when insert returned
         assert replica.pid is not None
@@ -515,6 +519,7 @@ def test_an_entry_no_replica_holds_stays_in_the_workers_spool(
         assert to_replica.xlen(stream) == 3  # the entry of the failed insert was added too
     finally:
         to_replica.close()
+        to_primary.close()
         relay.close()
         replica.stop()
         primary.stop()
