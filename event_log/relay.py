@@ -109,6 +109,14 @@ _request_decoder = msgspec.msgpack.Decoder(_Request)
 _response_decoder = msgspec.msgpack.Decoder(_Response)
 
 
+def _refresh_topology(client: redis.Redis) -> None:
+    """On a cluster client, learn the slots' primaries again (after a node failed a command
+    that does not refresh by itself: a pipeline, a command sent to one node)."""
+    if isinstance(client, redis.RedisCluster):
+        with contextlib.suppress(*REDIS_ERRORS):
+            client.nodes_manager.initialize()
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -209,9 +217,7 @@ class RelayEventLog:
     def _refresh_topology(self) -> None:
         """After a failed insert on a cluster: learn the slots' primaries again (the insert
         talks to the stream's node directly, which follows no ``MOVED``)."""
-        if isinstance(self._redis, redis.RedisCluster):
-            with contextlib.suppress(*REDIS_ERRORS):
-                self._redis.nodes_manager.initialize()
+        _refresh_topology(self._redis)
 
     def _call(self, kind: str, sql: str, parameters: Mapping[str, Any] | None) -> _Response:
         request = _Request(
@@ -349,10 +355,13 @@ class Owner:
         while self._unsent:
             key, body, at = self._unsent[0]
             if time.monotonic() - at < RESPONSE_TTL_S:
-                with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.lpush(key, body)
-                    pipe.expire(key, RESPONSE_TTL_S)
-                    pipe.execute()
+                try:  # two commands, not a pipeline: a cluster pipeline that meets a dead
+                    # primary does not learn the new one, and every retry went to the dead node
+                    self._redis.lpush(key, body)
+                    self._redis.expire(key, RESPONSE_TTL_S)
+                except REDIS_ERRORS:
+                    _refresh_topology(self._redis)
+                    raise
             self._unsent.pop(0)
 
     def heartbeat(self) -> None:

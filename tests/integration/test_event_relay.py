@@ -525,16 +525,16 @@ def test_an_entry_no_replica_holds_stays_in_the_workers_spool(
         primary.stop()
 
 
-class _FirstPipelineFails(redis.Redis):
-    """A Redis client whose first ``pipeline()`` fails as a connection to a dead node does."""
+class _FirstPushFails(redis.Redis):
+    """A Redis client whose first ``LPUSH`` fails as a connection to a dead node does."""
 
     failed = False
 
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        if not _FirstPipelineFails.failed:
-            _FirstPipelineFails.failed = True
+    def lpush(self, name: Any, *values: Any) -> Any:
+        if not _FirstPushFails.failed:
+            _FirstPushFails.failed = True
             raise redis.exceptions.ConnectionError("Error 111 connecting: Connection refused.")
-        return super().pipeline(transaction, shard_hint)
+        return super().lpush(name, *values)
 
 
 def test_a_query_popped_before_redis_failed_is_still_answered(
@@ -551,7 +551,7 @@ def test_a_query_popped_before_redis_failed_is_still_answered(
     event_log.migrate()
     owner = Owner(
         event_log, redis_url, prefix,
-        connect=lambda **options: _FirstPipelineFails.from_url(redis_url, **options),
+        connect=lambda **options: _FirstPushFails.from_url(redis_url, **options),
     )  # fmt: skip
     relay = RelayEventLog(redis_url, prefix, timeout_s=5)
     answers: list[Any] = []
