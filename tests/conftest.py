@@ -57,6 +57,16 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         cluster.stop()
 
 
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A 3-master cluster of the test's own, for tests that kill or fail over its nodes."""
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked ``redis_cluster`` run on a single Redis server and on a Redis Cluster."""
     marked = metafunc.definition.get_closest_marker("redis_cluster") is not None

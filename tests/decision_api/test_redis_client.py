@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -258,16 +257,6 @@ def test_stream_read_keys_are_read_as_redis_reads_them(
     """The options (``GROUP`` takes two words, which may be ``streams``), then ``STREAMS``,
     then as many keys as ids; anything else is left to Redis."""
     assert stream_read_keys(args) == keys
-
-
-@pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    """A cluster of this test's own: it loses a node."""
-    cluster = RedisCluster(tmp_path / "cluster").start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -46,16 +45,6 @@ outcomes = [str(r[0]) for r in log.query("SELECT DISTINCT event_id FROM outcomes
 print(json.dumps({"decisions": decisions, "outcomes": outcomes}))
 log.close()
 """
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    """A cluster of this test's own: it loses a node."""
-    own = RedisCluster(tmp_path / "cluster").start()
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 def model_version(url: str) -> float:
@@ -124,11 +113,12 @@ class Load:
 
 
 def test_killing_a_primary_under_load_degrades_at_worst_and_loses_no_event(
-    cluster: RedisCluster, tmp_path: Path
+    own_cluster: RedisCluster, tmp_path: Path
 ) -> None:
     """SIGKILL of the hot slot's primary under decisions + outcomes: its replica takes over,
     no request gets a 5xx (or none at all), decisions degrade at worst and only around the kill,
     and the event log holds every exposure and outcome the API accepted."""
+    cluster = own_cluster
     prefix = "f" + uuid.uuid4().hex[:10]
     data = tmp_path / "srv"
     env = server_env(
